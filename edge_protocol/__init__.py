@@ -1,0 +1,70 @@
+"""Shared wire format and trust core of the edge model runtime.
+
+Pure: bytes in, objects out. Imports only the standard library and `cryptography`.
+docs/protocol.md is the normative description of everything defined here.
+"""
+
+from edge_protocol.canonical import canonical_bytes, parse_json
+from edge_protocol.envelope import MAX_DOCUMENT_BYTES, Envelope, Signature
+from edge_protocol.errors import (
+    REJECTION_REASONS,
+    FormatError,
+    ProtocolError,
+    RejectedError,
+)
+from edge_protocol.fields import format_time, parse_time
+from edge_protocol.keys import PublicKey, SigningKey, load_private_key, save_private_key
+from edge_protocol.metadata import (
+    SPEC_VERSION,
+    Artifact,
+    AssignedModel,
+    Assignment,
+    ModelIO,
+    Release,
+    RoleKeys,
+    Root,
+    SelfTest,
+    TensorData,
+    TensorSpec,
+)
+from edge_protocol.selftest import check_selftest_outputs
+from edge_protocol.topics import DEFAULT_PREFIX, TopicRef, Topics
+from edge_protocol.trust import ArtifactVerifier, TrustedState, utc_now
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "MAX_DOCUMENT_BYTES",
+    "REJECTION_REASONS",
+    "SPEC_VERSION",
+    "Artifact",
+    "ArtifactVerifier",
+    "AssignedModel",
+    "Assignment",
+    "Envelope",
+    "FormatError",
+    "ModelIO",
+    "ProtocolError",
+    "PublicKey",
+    "RejectedError",
+    "Release",
+    "RoleKeys",
+    "Root",
+    "SelfTest",
+    "Signature",
+    "SigningKey",
+    "TensorData",
+    "TensorSpec",
+    "TopicRef",
+    "Topics",
+    "TrustedState",
+    "canonical_bytes",
+    "check_selftest_outputs",
+    "format_time",
+    "load_private_key",
+    "parse_json",
+    "parse_time",
+    "save_private_key",
+    "utc_now",
+]

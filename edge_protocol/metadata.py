@@ -1,0 +1,502 @@
+"""The three signed document types: root, release and assignment (docs/protocol.md).
+
+Each is a frozen dataclass with a strict `from_dict` (every field checked, the error naming
+its path) and a `to_dict` that gives back the same object, unknown fields included, so a newer
+registry can add fields without breaking older agents.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar, Self, TypeVar
+
+from edge_protocol.errors import KeyFormatError, MetadataFormatError
+from edge_protocol.fields import FieldReader, format_time
+from edge_protocol.keys import PublicKey
+
+SPEC_VERSION = "1.0"
+ONNX_MEDIA_TYPE = "application/vnd.onnx"
+ROLE_NAMES = ("root", "release")
+
+# Open Inference Protocol v2 tensor datatypes, with their element size in bytes.
+ELEMENT_SIZES: dict[str, int] = {
+    "BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8,
+    "INT8": 1, "INT16": 2, "INT32": 4, "INT64": 8,
+    "FP16": 2, "FP32": 4, "FP64": 8,
+}  # fmt: skip
+DATATYPES = frozenset({*ELEMENT_SIZES, "BYTES"})
+
+MAX_CHUNK_SIZE = 16 * 1024 * 1024  # one MQTT message; bounds what a device buffers per chunk
+MAX_CHUNKS = 16_384
+MAX_TENSORS = 64
+MAX_RANK = 8
+MAX_KEYS = 64
+T = TypeVar("T")
+_DECIMAL = re.compile(r"^[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$")
+
+
+def _check_spec_version(reader: FieldReader) -> str:
+    value = reader.string("spec_version", max_length=16)
+    if value.split(".", maxsplit=1)[0] != SPEC_VERSION.split(".", maxsplit=1)[0]:
+        raise MetadataFormatError(
+            f"{reader.path('spec_version')}: {value!r} is not a 1.x document; "
+            "this implementation speaks spec_version 1"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class RoleKeys:
+    """The keys allowed to sign for a role and how many of them must."""
+
+    keyids: tuple[str, ...]
+    threshold: int
+    unrecognized_fields: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, obj: Any, path: str) -> Self:
+        """Parse and validate a role object."""
+        r = FieldReader(obj, path)
+        raw_ids = r.array("keyids", max_items=MAX_KEYS)
+        keyids = tuple(FieldReader({"keyid": k}, r.path("keyids")).sha256("keyid") for k in raw_ids)
+        if len(set(keyids)) != len(keyids):
+            raise MetadataFormatError(f"{r.path('keyids')}: key ids must be unique")
+        threshold = r.integer("threshold", minimum=1)
+        if threshold > len(keyids):
+            raise MetadataFormatError(
+                f"{r.path('threshold')}: {threshold} exceeds the {len(keyids)} key(s) listed"
+            )
+        return cls(keyids, threshold, r.unrecognized())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the wire object."""
+        return {
+            **self.unrecognized_fields,
+            "keyids": list(self.keyids),
+            "threshold": self.threshold,
+        }
+
+
+@dataclass(frozen=True)
+class Root:
+    """The trust anchor: which keys sign for which role, and until when."""
+
+    TYPE: ClassVar[str] = "root"
+    version: int
+    expires: datetime
+    keys: dict[str, PublicKey]
+    roles: dict[str, RoleKeys]
+    spec_version: str = SPEC_VERSION
+    unrecognized_fields: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> Self:
+        """Parse and validate a root `signed` object."""
+        r = FieldReader(obj, "root")
+        r.constant("_type", cls.TYPE)
+        spec_version = _check_spec_version(r)
+        keys = _parse_keys(r.obj("keys"), r.path("keys"))
+        roles = {
+            name: RoleKeys.from_dict(raw, f"{r.path('roles')}.{name}")
+            for name, raw in r.obj("roles").items()
+        }
+        for name in ROLE_NAMES:
+            if name not in roles:
+                raise MetadataFormatError(f"root.roles.{name}: required role is missing")
+        for name, role in roles.items():
+            unknown = [k for k in role.keyids if k not in keys]
+            if unknown:
+                raise MetadataFormatError(f"root.roles.{name}: key id {unknown[0]} is not in keys")
+        return cls(
+            version=r.integer("version", minimum=1),
+            expires=r.time("expires"),
+            keys=keys,
+            roles=roles,
+            spec_version=spec_version,
+            unrecognized_fields=r.unrecognized(),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the `signed` object."""
+        return {
+            **self.unrecognized_fields,
+            "_type": self.TYPE,
+            "spec_version": self.spec_version,
+            "version": self.version,
+            "expires": format_time(self.expires),
+            "keys": {keyid: key.to_dict() for keyid, key in self.keys.items()},
+            "roles": {name: role.to_dict() for name, role in self.roles.items()},
+        }
+
+    def role_keys(self, role: str) -> dict[str, PublicKey]:
+        """Return the public keys of `role`, by key id."""
+        return {keyid: self.keys[keyid] for keyid in self.roles[role].keyids}
+
+
+def _parse_keys(raw: dict[str, Any], path: str) -> dict[str, PublicKey]:
+    if len(raw) > MAX_KEYS:
+        raise MetadataFormatError(f"{path}: at most {MAX_KEYS} keys")
+    keys: dict[str, PublicKey] = {}
+    for keyid, key_obj in raw.items():
+        try:
+            key = PublicKey.from_dict(key_obj)
+        except KeyFormatError as e:
+            raise MetadataFormatError(f"{path}.{keyid}: {e}") from e
+        if key.keyid != keyid:
+            # Binding the id to the key stops one key from being counted under two ids.
+            raise MetadataFormatError(f"{path}.{keyid}: key id does not match the key's hash")
+        keys[keyid] = key
+    return keys
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output: name, datatype and shape (-1 for a variable dimension)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    unrecognized_fields: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, obj: Any, path: str) -> Self:
+        """Parse and validate a tensor description."""
+        r = FieldReader(obj, path)
+        name = r.string("name", max_length=256)
+        datatype = _read_datatype(r)
+        shape = _read_shape(r, allow_variable=True)
+        return cls(name, datatype, shape, r.unrecognized())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the wire object."""
+        return {
+            **self.unrecognized_fields,
+            "name": self.name,
+            "datatype": self.datatype,
+            "shape": list(self.shape),
+        }
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """The inputs and outputs a model declares."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    unrecognized_fields: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, obj: Any, path: str) -> Self:
+        """Parse and validate an io object."""
+        r = FieldReader(obj, path)
+        inputs = _read_list(r, "inputs", TensorSpec.from_dict)
+        outputs = _read_list(r, "outputs", TensorSpec.from_dict)
+        return cls(inputs, outputs, r.unrecognized())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the wire object."""
+        return {
+            **self.unrecognized_fields,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+        }
+
+
+@dataclass(frozen=True)
+class TensorData:
+    """A concrete tensor: raw little-endian row-major bytes, carried as base64."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: bytes
+    unrecognized_fields: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, obj: Any, path: str) -> Self:
+        """Parse a tensor and check its byte length against datatype and shape."""
+        r = FieldReader(obj, path)
+        name = r.string("name", max_length=256)
+        datatype = _read_datatype(r)
+        if datatype == "BYTES":
+            raise MetadataFormatError(f"{r.path('datatype')}: BYTES tensors have no fixed layout")
+        shape = _read_shape(r, allow_variable=False)
+        encoded = r.string("data", max_length=4 * 1024 * 1024)
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise MetadataFormatError(f"{r.path('data')}: not valid base64") from e
+        expected = math.prod(shape) * ELEMENT_SIZES[datatype]
+        if len(data) != expected:
+            raise MetadataFormatError(
+                f"{r.path('data')}: {len(data)} bytes, "
+                f"but {datatype} {list(shape)} needs {expected}"
+            )
+        return cls(name, datatype, shape, data, r.unrecognized())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the wire object."""
+        return {
+            **self.unrecognized_fields,
+            "name": self.name,
+            "datatype": self.datatype,
+            "shape": list(self.shape),
+            "data": base64.b64encode(self.data).decode("ascii"),
+        }
+
+
+@dataclass(frozen=True)
+class SelfTest:
+    """Golden inference the agent must reproduce before a model may serve."""
+
+    inputs: tuple[TensorData, ...]
+    outputs: tuple[TensorData, ...]
+    atol: str = "1e-4"  # decimal strings: signed content carries no floats
+    rtol: str = "1e-3"
+    unrecognized_fields: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, obj: Any, path: str) -> Self:
+        """Parse and validate a self-test object."""
+        r = FieldReader(obj, path)
+        inputs = _read_list(r, "inputs", TensorData.from_dict)
+        outputs = _read_list(r, "outputs", TensorData.from_dict)
+        if not inputs or not outputs:
+            raise MetadataFormatError(f"{path}: needs at least one input and one output")
+        atol, rtol = _read_decimal(r, "atol"), _read_decimal(r, "rtol")
+        return cls(inputs, outputs, atol, rtol, r.unrecognized())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the wire object."""
+        return {
+            **self.unrecognized_fields,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "atol": self.atol,
+            "rtol": self.rtol,
+        }
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """The model file: its hash, size and the hashes of its fixed-size chunks."""
+
+    sha256: str
+    size: int
+    chunk_size: int
+    chunks: tuple[str, ...]
+    media_type: str = ONNX_MEDIA_TYPE
+    unrecognized_fields: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def describe(cls, data: bytes, chunk_size: int) -> Self:
+        """Compute the descriptor of `data` split into chunks of `chunk_size` bytes."""
+        chunks = tuple(
+            hashlib.sha256(data[i : i + chunk_size]).hexdigest()
+            for i in range(0, len(data), chunk_size)
+        )
+        return cls(hashlib.sha256(data).hexdigest(), len(data), chunk_size, chunks)
+
+    @classmethod
+    def from_dict(cls, obj: Any, path: str) -> Self:
+        """Parse an artifact and check the chunk list is consistent with size and chunk_size."""
+        r = FieldReader(obj, path)
+        sha256, size = r.sha256("sha256"), r.integer("size", minimum=1)
+        chunk_size = r.integer("chunk_size", minimum=1)
+        if chunk_size > MAX_CHUNK_SIZE:
+            raise MetadataFormatError(f"{r.path('chunk_size')}: at most {MAX_CHUNK_SIZE} bytes")
+        raw_chunks = r.array("chunks", max_items=MAX_CHUNKS)
+        chunks = tuple(FieldReader({"c": c}, r.path("chunks")).sha256("c") for c in raw_chunks)
+        expected = math.ceil(size / chunk_size)
+        if len(chunks) != expected:
+            raise MetadataFormatError(
+                f"{r.path('chunks')}: {len(chunks)} chunk hashes, but size {size} in chunks "
+                f"of {chunk_size} needs {expected}"
+            )
+        media_type = r.string("media_type", max_length=128)
+        return cls(sha256, size, chunk_size, chunks, media_type, r.unrecognized())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the wire object."""
+        return {
+            **self.unrecognized_fields,
+            "sha256": self.sha256,
+            "size": self.size,
+            "chunk_size": self.chunk_size,
+            "chunks": list(self.chunks),
+            "media_type": self.media_type,
+        }
+
+    def chunk_length(self, index: int) -> int:
+        """Return the exact byte length chunk `index` must have."""
+        if index < len(self.chunks) - 1:
+            return self.chunk_size
+        return self.size - self.chunk_size * (len(self.chunks) - 1)
+
+
+@dataclass(frozen=True)
+class Release:
+    """One version of one model, as signed by the release role."""
+
+    TYPE: ClassVar[str] = "release"
+    model: str
+    version: int
+    created: datetime
+    expires: datetime
+    artifact: Artifact
+    io: ModelIO
+    selftest: SelfTest
+    label: str = ""
+    build: dict[str, Any] = field(default_factory=dict)
+    spec_version: str = SPEC_VERSION
+    unrecognized_fields: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> Self:
+        """Parse and validate a release `signed` object."""
+        r = FieldReader(obj, "release")
+        r.constant("_type", cls.TYPE)
+        return cls(
+            spec_version=_check_spec_version(r),
+            model=r.string("model", name=True),
+            version=r.integer("version", minimum=1),
+            label=r.string("label", max_length=256),
+            created=r.time("created"),
+            expires=r.time("expires"),
+            artifact=Artifact.from_dict(r.raw("artifact"), r.path("artifact")),
+            io=ModelIO.from_dict(r.raw("io"), r.path("io")),
+            selftest=SelfTest.from_dict(r.raw("selftest"), r.path("selftest")),
+            build=r.obj("build"),
+            unrecognized_fields=r.unrecognized(),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the `signed` object."""
+        return {
+            **self.unrecognized_fields,
+            "_type": self.TYPE,
+            "spec_version": self.spec_version,
+            "model": self.model,
+            "version": self.version,
+            "label": self.label,
+            "created": format_time(self.created),
+            "expires": format_time(self.expires),
+            "artifact": self.artifact.to_dict(),
+            "io": self.io.to_dict(),
+            "selftest": self.selftest.to_dict(),
+            "build": self.build,
+        }
+
+
+@dataclass(frozen=True)
+class AssignedModel:
+    """What an assignment pins for one model: the release version, its hash and size."""
+
+    version: int
+    sha256: str
+    size: int
+    unrecognized_fields: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, obj: Any, path: str) -> Self:
+        """Parse and validate one assigned model."""
+        r = FieldReader(obj, path)
+        return cls(
+            version=r.integer("version", minimum=1),
+            sha256=r.sha256("sha256"),
+            size=r.integer("size", minimum=1),
+            unrecognized_fields=r.unrecognized(),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the wire object."""
+        return {
+            **self.unrecognized_fields,
+            "version": self.version,
+            "sha256": self.sha256,
+            "size": self.size,
+        }
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The registry's word for one device: which release of each model it must run."""
+
+    TYPE: ClassVar[str] = "assignment"
+    device_id: str
+    seq: int
+    created: datetime
+    expires: datetime
+    models: dict[str, AssignedModel]
+    spec_version: str = SPEC_VERSION
+    unrecognized_fields: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> Self:
+        """Parse and validate an assignment `signed` object."""
+        r = FieldReader(obj, "assignment")
+        r.constant("_type", cls.TYPE)
+        spec_version = _check_spec_version(r)
+        raw_models = r.obj("models")
+        models: dict[str, AssignedModel] = {}
+        for name, entry in raw_models.items():
+            FieldReader({"model": name}, r.path("models")).string("model", name=True)
+            models[name] = AssignedModel.from_dict(entry, f"{r.path('models')}.{name}")
+        return cls(
+            spec_version=spec_version,
+            device_id=r.string("device_id", name=True),
+            seq=r.integer("seq", minimum=1),
+            created=r.time("created"),
+            expires=r.time("expires"),
+            models=models,
+            unrecognized_fields=r.unrecognized(),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the `signed` object."""
+        return {
+            **self.unrecognized_fields,
+            "_type": self.TYPE,
+            "spec_version": self.spec_version,
+            "device_id": self.device_id,
+            "seq": self.seq,
+            "created": format_time(self.created),
+            "expires": format_time(self.expires),
+            "models": {name: m.to_dict() for name, m in self.models.items()},
+        }
+
+
+def _read_datatype(r: FieldReader) -> str:
+    datatype = r.string("datatype", max_length=8)
+    if datatype not in DATATYPES:
+        raise MetadataFormatError(f"{r.path('datatype')}: {datatype!r} is not an OIP v2 datatype")
+    return datatype
+
+
+def _read_shape(r: FieldReader, *, allow_variable: bool) -> tuple[int, ...]:
+    dims = r.array("shape", max_items=MAX_RANK)
+    lowest = -1 if allow_variable else 1
+    for dim in dims:
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < lowest or dim == 0:
+            kind = "a positive integer or -1" if allow_variable else "a positive integer"
+            raise MetadataFormatError(f"{r.path('shape')}: every dimension must be {kind}")
+    return tuple(dims)
+
+
+def _read_decimal(r: FieldReader, key: str) -> str:
+    value = r.string(key, max_length=32)
+    if not _DECIMAL.match(value) or not math.isfinite(float(value)):
+        raise MetadataFormatError(f"{r.path(key)}: expected a non-negative decimal string")
+    return value
+
+
+def _read_list(r: FieldReader, key: str, parse: Callable[[Any, str], T]) -> tuple[T, ...]:
+    items = r.array(key, max_items=MAX_TENSORS)
+    return tuple(parse(item, f"{r.path(key)}[{i}]") for i, item in enumerate(items))
