@@ -85,7 +85,9 @@ class Registry:
         data = bytes((i * 7 + size) % 251 for i in range(size))
         return data, Artifact.describe(data, chunk_size)
 
-    def release(self, version: int = 1, artifact: Artifact | None = None, **changes: Any) -> Release:
+    def release(
+        self, version: int = 1, artifact: Artifact | None = None, **changes: Any
+    ) -> Release:
         """A release of MODEL with a tiny self-test."""
         if artifact is None:
             artifact = self.artifact()[1]

@@ -16,8 +16,9 @@ from edge_protocol.errors import CanonicalJSONError
 scalars = st.none() | st.booleans() | st.integers(INT_MIN, INT_MAX) | st.text(max_size=20)
 json_values = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=30,
 )
 
@@ -61,7 +62,7 @@ def test_floats_are_refused_anywhere_in_the_value(number: float, context: Any) -
 
 
 def test_known_vector() -> None:
-    value = {"b": 1, "a": [True, None, "é\n\"\\"], "Z": {"y": -5}}
+    value = {"b": 1, "a": [True, None, 'é\n"\\'], "Z": {"y": -5}}
     assert canonical_bytes(value) == '{"Z":{"y":-5},"a":[true,null,"é\\n\\"\\\\"],"b":1}'.encode()
 
 
