@@ -1,0 +1,1 @@
+"""Shared test support: real mosquitto brokers, a throw-away PKI and small ONNX models."""
