@@ -1,0 +1,59 @@
+"""Where the registry keeps its records (`Storage`) and its model files (`BlobStore`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from model_registry.errors import ConfigError
+from model_registry.storage.base import (
+    ROLES,
+    DeploymentRecord,
+    DeviceMessageRecord,
+    DeviceRecord,
+    ModelSummary,
+    ReleaseRecord,
+    Storage,
+    TokenRecord,
+)
+from model_registry.storage.blobs import BlobStore
+from model_registry.storage.sqlite import SQLiteStorage
+
+__all__ = [
+    "ROLES",
+    "BlobStore",
+    "DeploymentRecord",
+    "DeviceMessageRecord",
+    "DeviceRecord",
+    "ModelSummary",
+    "ReleaseRecord",
+    "SQLiteStorage",
+    "Storage",
+    "TokenRecord",
+    "open_storage",
+]
+
+_SQLITE_SCHEME = "sqlite://"
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def open_storage(dsn_or_path: str | Path) -> Storage:
+    """Return the (not yet opened) storage for a `sqlite:///abs/path.db` URL or a file path."""
+    if isinstance(dsn_or_path, Path):
+        return SQLiteStorage(dsn_or_path)
+    location = dsn_or_path.strip()
+    if location.startswith(_POSTGRES_SCHEMES):
+        raise ConfigError(
+            "database: PostgreSQL storage is not available yet; use a SQLite path or sqlite:/// URL"
+        )
+    if location.startswith(_SQLITE_SCHEME):
+        path = location.removeprefix(_SQLITE_SCHEME)
+        if not path.startswith("/"):
+            raise ConfigError(
+                f"database: {dsn_or_path!r} needs an absolute path, as in sqlite:///var/registry.db"
+            )
+        return SQLiteStorage(Path(path))
+    if "://" in location:
+        raise ConfigError(f"database: {dsn_or_path!r} is neither a SQLite path nor a known URL")
+    if not location:
+        raise ConfigError("database: the location is empty")
+    return SQLiteStorage(Path(location))

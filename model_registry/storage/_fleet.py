@@ -1,0 +1,229 @@
+"""Synchronous SQLite operations on devices, device events, telemetry and tokens.
+
+Each function takes the connection and runs on the storage's worker thread; every write is one
+transaction, so an error leaves nothing stored.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+from typing import Any, Literal
+
+from model_registry.errors import ConflictError, InvalidInputError, NotFoundError
+from model_registry.storage._db import (
+    constraint_error,
+    dumps,
+    exists,
+    from_text,
+    is_foreign_key,
+    loads,
+    optional_from_text,
+    to_text,
+    transaction,
+)
+from model_registry.storage.base import ROLES, DeviceMessageRecord, DeviceRecord, TokenRecord
+
+_DEVICE_COLUMNS = (
+    "device_id, device_group, created, password_hash, assignment_seq, assignment, assigned,"
+    " online, last_seen, state"
+)
+# Built from the constant column list above, never from input.
+_SELECT_DEVICES = f"SELECT {_DEVICE_COLUMNS} FROM devices"  # noqa: S608
+_INSERT_DEVICE = f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
+
+
+def no_device(device_id: str) -> NotFoundError:
+    """Return the error for a device that does not exist."""
+    return NotFoundError(f"no device '{device_id}'")
+
+
+# devices
+
+
+def add_device(conn: sqlite3.Connection, device: DeviceRecord) -> None:
+    """Store a new device; raises ConflictError if the id exists."""
+    d = device
+    state = None if d.state is None else dumps(d.state)
+    values = (
+        *(d.device_id, d.group, to_text(d.created), d.password_hash, d.assignment_seq),
+        *(d.assignment, dumps(d.assigned), d.online, _optional_text(d.last_seen), state),
+    )
+    with transaction(conn):
+        try:
+            conn.execute(_INSERT_DEVICE, values)
+        except sqlite3.IntegrityError as e:
+            raise constraint_error(e, f"device '{d.device_id}' already exists") from e
+
+
+def get_device(conn: sqlite3.Connection, device_id: str) -> DeviceRecord:
+    """Return one device; raises NotFoundError."""
+    row = conn.execute(_SELECT_DEVICES + " WHERE device_id = ?", (device_id,)).fetchone()
+    if row is None:
+        raise no_device(device_id)
+    return _device(row)
+
+
+def devices(conn: sqlite3.Connection, group: str | None) -> list[DeviceRecord]:
+    """Return devices, all or of one group, by id."""
+    rows = conn.execute(
+        _SELECT_DEVICES + " WHERE (? IS NULL OR device_group = ?) ORDER BY device_id",
+        (group, group),
+    ).fetchall()
+    return [_device(row) for row in rows]
+
+
+def set_assignment(
+    conn: sqlite3.Connection,
+    device_id: str,
+    seq: int,
+    envelope: bytes,
+    assigned: dict[str, dict[str, Any]],
+) -> None:
+    """Record a device's new assignment; ConflictError unless `seq` grows."""
+    assigned_json = dumps(assigned)
+    with transaction(conn):  # the write lock makes the check and the update one step
+        row = conn.execute(
+            "SELECT assignment_seq FROM devices WHERE device_id = ?", (device_id,)
+        ).fetchone()
+        if row is None:
+            raise no_device(device_id)
+        if seq <= row["assignment_seq"]:
+            raise ConflictError(
+                f"assignment seq {seq} for device '{device_id}' does not grow: "
+                f"it is at {row['assignment_seq']}"
+            )
+        conn.execute(
+            "UPDATE devices SET assignment_seq = ?, assignment = ?, assigned = ?"
+            " WHERE device_id = ?",
+            (seq, envelope, assigned_json, device_id),
+        )
+
+
+def record_state(
+    conn: sqlite3.Connection, device_id: str, state: dict[str, Any], online: bool, seen: datetime
+) -> None:
+    """Store a device's latest state message; raises NotFoundError."""
+    values = (dumps(state), online, to_text(seen), device_id)
+    with transaction(conn):
+        cursor = conn.execute(
+            "UPDATE devices SET state = ?, online = ?, last_seen = ? WHERE device_id = ?", values
+        )
+        if cursor.rowcount == 0:
+            raise no_device(device_id)
+
+
+def _device(row: sqlite3.Row) -> DeviceRecord:
+    assignment = row["assignment"]
+    state = row["state"]
+    return DeviceRecord(
+        device_id=row["device_id"],
+        group=row["device_group"],
+        created=from_text(row["created"]),
+        password_hash=row["password_hash"],
+        assignment_seq=row["assignment_seq"],
+        assignment=None if assignment is None else bytes(assignment),
+        assigned=loads(row["assigned"]),
+        online=bool(row["online"]),
+        last_seen=optional_from_text(row["last_seen"]),
+        state=None if state is None else loads(state),
+    )
+
+
+def _optional_text(moment: datetime | None) -> str | None:
+    return None if moment is None else to_text(moment)
+
+
+# device events and telemetry: the same shape in two tables
+
+MessageTable = Literal["device_events", "telemetry"]
+_INSERT_MESSAGE = "INSERT INTO {table} (device_id, received, body) VALUES (?, ?, ?)"
+_SELECT_MESSAGES = (
+    "SELECT device_id, received, body FROM {table}"
+    " WHERE device_id = ? AND (? IS NULL OR received >= ?)"
+    " ORDER BY received DESC, {key} DESC LIMIT ?"
+)
+# The SQL of each table, filled in from these constants only, never from input.
+_MESSAGE_SQL = {
+    table: (_INSERT_MESSAGE.format(table=table), _SELECT_MESSAGES.format(table=table, key=key))
+    for table, key in (("device_events", "event_id"), ("telemetry", "report_id"))
+}
+
+
+def add_message(
+    conn: sqlite3.Connection,
+    table: MessageTable,
+    device_id: str,
+    received: datetime,
+    body: dict[str, Any],
+) -> None:
+    """Store one event or telemetry report; raises NotFoundError for an unknown device."""
+    values = (device_id, to_text(received), dumps(body))
+    with transaction(conn):
+        try:
+            conn.execute(_MESSAGE_SQL[table][0], values)
+        except sqlite3.IntegrityError as e:
+            if is_foreign_key(e):
+                raise no_device(device_id) from e
+            raise constraint_error(e, str(e)) from e
+
+
+def messages(
+    conn: sqlite3.Connection,
+    table: MessageTable,
+    device_id: str,
+    limit: int,
+    since: datetime | None,
+) -> list[DeviceMessageRecord]:
+    """Return a device's messages received at or after `since`, newest first."""
+    if limit < 1:
+        raise InvalidInputError(f"limit must be at least 1, not {limit}")
+    after = None if since is None else to_text(since)
+    rows = conn.execute(_MESSAGE_SQL[table][1], (device_id, after, after, limit)).fetchall()
+    # Only an empty answer needs the second look: was it no messages, or no such device?
+    if not rows and not exists(conn, "SELECT 1 FROM devices WHERE device_id = ?", (device_id,)):
+        raise no_device(device_id)
+    return [
+        DeviceMessageRecord(row["device_id"], from_text(row["received"]), loads(row["body"]))
+        for row in rows
+    ]
+
+
+def prune_telemetry(conn: sqlite3.Connection, older_than: datetime) -> int:
+    """Delete telemetry received before `older_than`; return how many rows went."""
+    with transaction(conn):
+        cursor = conn.execute("DELETE FROM telemetry WHERE received < ?", (to_text(older_than),))
+        return cursor.rowcount
+
+
+# tokens
+
+
+def add_token(
+    conn: sqlite3.Connection, name: str, role: str, token_hash: str, created: datetime
+) -> int:
+    """Store a token hash and return its id; ConflictError if the hash is stored already."""
+    if role not in ROLES:
+        raise InvalidInputError(f"role {role!r} is not one of {', '.join(ROLES)}")
+    values = (name, role, token_hash, to_text(created))
+    with transaction(conn):
+        try:
+            row = conn.execute(
+                "INSERT INTO tokens (name, role, token_hash, created) VALUES (?, ?, ?, ?)"
+                " RETURNING token_id",
+                values,
+            ).fetchone()
+        except sqlite3.IntegrityError as e:
+            # Never echo the hash: it is as good as the token for finding it in logs.
+            raise constraint_error(e, "a token with this hash is already stored") from e
+    return int(row[0])
+
+
+def find_token(conn: sqlite3.Connection, token_hash: str) -> TokenRecord | None:
+    """Return the token with this hash, or None."""
+    row = conn.execute(
+        "SELECT token_id, name, role, created FROM tokens WHERE token_hash = ?", (token_hash,)
+    ).fetchone()
+    if row is None:
+        return None
+    return TokenRecord(row["token_id"], row["name"], row["role"], from_text(row["created"]))

@@ -1,0 +1,190 @@
+"""The storage interface the services use, and the records it stores.
+
+Services depend on `Storage` only; `SQLiteStorage` implements it for one registry host and a
+PostgreSQL implementation can follow for several replicas without touching any service. All
+methods are coroutines so that blocking drivers run off the event loop inside the implementation.
+Signed documents are stored as the exact bytes that were published. Datetimes passed in must be
+timezone-aware (InvalidInputError otherwise) and come back in UTC. Errors are those of
+`model_registry.errors`: ConflictError for duplicates, NotFoundError for unknown names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+ROLES = ("viewer", "publisher", "admin")
+
+
+@dataclass(frozen=True)
+class ReleaseRecord:
+    """One signed release of one model."""
+
+    model: str
+    version: int
+    label: str
+    sha256: str
+    size: int
+    created: datetime
+    expires: datetime
+    envelope: bytes  # the signed release exactly as published
+    build: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """A model and its newest version."""
+
+    name: str
+    latest_version: int
+    releases: int
+    created: datetime
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """A provisioned device, what it is assigned and what it last reported."""
+
+    device_id: str
+    group: str
+    created: datetime
+    password_hash: str  # PBKDF2 hash of the device's MQTT password; the password is never stored
+    assignment_seq: int = 0
+    assignment: bytes | None = None  # the signed assignment last published for the device
+    assigned: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> pinned entry
+    online: bool = False
+    last_seen: datetime | None = None
+    state: dict[str, Any] | None = None  # the device's last `state` message
+
+
+@dataclass(frozen=True)
+class DeploymentRecord:
+    """One deploy or rollback: a release sent to a set of devices at a time."""
+
+    deployment_id: int
+    model: str
+    version: int
+    target_kind: str  # "group" or "devices"
+    target: str  # the group name, or the device ids joined by ","
+    device_ids: tuple[str, ...]
+    created: datetime
+    deadline: datetime
+    created_by: str
+    kind: str = "deploy"  # or "rollback"
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """An API token; only its SHA-256 is stored."""
+
+    token_id: int
+    name: str
+    role: str
+    created: datetime
+
+
+@dataclass(frozen=True)
+class DeviceMessageRecord:
+    """A stored device event or telemetry report."""
+
+    device_id: str
+    received: datetime
+    body: dict[str, Any]
+
+
+class Storage(Protocol):
+    """Everything the registry persists, behind one async interface."""
+
+    async def open(self) -> None:
+        """Connect and apply pending schema migrations."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    # roots
+    async def add_root(self, version: int, envelope: bytes) -> None:
+        """Store root `version`; raises ConflictError if that version is stored."""
+
+    async def roots(self) -> list[tuple[int, bytes]]:
+        """Return every root as (version, envelope), oldest first."""
+
+    # models and releases
+    async def add_release(self, release: ReleaseRecord) -> None:
+        """Store a release; raises ConflictError if (model, version) exists."""
+
+    async def replace_release_envelope(
+        self, model: str, version: int, envelope: bytes, expires: datetime
+    ) -> None:
+        """Swap in a re-signed envelope of an existing release; raises NotFoundError."""
+
+    async def get_release(self, model: str, version: int) -> ReleaseRecord:
+        """Return one release; raises NotFoundError."""
+
+    async def releases(self, model: str) -> list[ReleaseRecord]:
+        """Return a model's releases, oldest first; raises NotFoundError for unknown models."""
+
+    async def latest_version(self, model: str) -> int:
+        """Return the newest version of `model`, or 0 when it has none."""
+
+    async def models(self) -> list[ModelSummary]:
+        """Return every model, by name."""
+
+    # devices
+    async def add_device(self, device: DeviceRecord) -> None:
+        """Store a new device; raises ConflictError if the id exists."""
+
+    async def get_device(self, device_id: str) -> DeviceRecord:
+        """Return one device; raises NotFoundError."""
+
+    async def devices(self, group: str | None = None) -> list[DeviceRecord]:
+        """Return devices, all or of one group, by id."""
+
+    async def set_assignment(
+        self, device_id: str, seq: int, envelope: bytes, assigned: dict[str, dict[str, Any]]
+    ) -> None:
+        """Record the assignment just signed for a device; ConflictError unless its seq grows."""
+
+    async def record_state(
+        self, device_id: str, state: dict[str, Any], online: bool, seen: datetime
+    ) -> None:
+        """Store a device's latest state message; raises NotFoundError."""
+
+    # deployments
+    async def add_deployment(self, deployment: DeploymentRecord) -> int:
+        """Store a deployment and its targets atomically; return its id (the record's is ignored).
+
+        Raises NotFoundError for an unknown release or device, InvalidInputError for a device
+        listed twice.
+        """
+
+    async def get_deployment(self, deployment_id: int) -> DeploymentRecord:
+        """Return one deployment; raises NotFoundError."""
+
+    async def deployments(self, model: str | None = None) -> list[DeploymentRecord]:
+        """Return deployments, newest first, all or of one model."""
+
+    # device messages
+    async def add_event(self, device_id: str, received: datetime, body: dict[str, Any]) -> None:
+        """Store one device event; raises NotFoundError for an unknown device."""
+
+    async def events(
+        self, device_id: str, limit: int = 50, since: datetime | None = None
+    ) -> list[DeviceMessageRecord]:
+        """Return a device's events received at or after `since`, newest first."""
+
+    async def add_telemetry(self, device_id: str, received: datetime, body: dict[str, Any]) -> None:
+        """Store one telemetry report; raises NotFoundError for an unknown device."""
+
+    async def telemetry(self, device_id: str, limit: int = 100) -> list[DeviceMessageRecord]:
+        """Return a device's telemetry reports, newest first."""
+
+    async def prune_telemetry(self, older_than: datetime) -> int:
+        """Delete telemetry received before `older_than`; return how many rows went."""
+
+    # tokens
+    async def add_token(self, name: str, role: str, token_hash: str, created: datetime) -> int:
+        """Store a token hash and return its id; ConflictError if the hash is stored."""
+
+    async def find_token(self, token_hash: str) -> TokenRecord | None:
+        """Return the token with this hash, or None."""
