@@ -1,0 +1,89 @@
+"""Errors raised by edge_agent: one root, split by cause.
+
+These are domain errors: they carry no HTTP status codes. `edge_agent/server/middleware.py` is
+the one place that maps them to statuses and `{"error": "..."}` bodies. Messages are written
+for the person who sent the request or wrote the config: they name the thing that is wrong
+and what was expected.
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Root of every error edge_agent raises."""
+
+
+# --- configuration ---------------------------------------------------------------------
+
+
+class ConfigError(AgentError, ValueError):
+    """A setting that is missing, malformed or out of range; the message names the key."""
+
+
+# --- a client's request is wrong: the client can fix it ------------------------------
+
+
+class RequestError(AgentError):
+    """A request a client must change before it can succeed."""
+
+
+class InvalidRequestError(RequestError, ValueError):
+    """A malformed body, or tensors that do not match the model's inputs."""
+
+
+class PayloadTooLargeError(RequestError):
+    """A request body larger than the configured limit."""
+
+
+class UnsupportedMediaTypeError(RequestError):
+    """A Content-Type or Content-Encoding the server does not accept."""
+
+
+class UnauthorizedError(RequestError):
+    """A missing or wrong bearer token."""
+
+
+# --- what is being served: the request was fine, the server cannot take it now ---------
+
+
+class ServingError(AgentError):
+    """A well-formed request that the serving state cannot satisfy."""
+
+
+class ModelNotFoundError(ServingError, LookupError):
+    """No model (or no such version of it) is being served under that name."""
+
+
+class ModelNotReadyError(ServingError):
+    """The model exists but cannot run requests (its session has been released)."""
+
+
+class OverloadedError(ServingError):
+    """A model's request queue is full; the client should retry after `retry_after_s`."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ShuttingDownError(ServingError):
+    """The server is stopping and no longer takes new work."""
+
+
+# --- the model runtime (onnxruntime) ---------------------------------------------------
+
+
+class ModelRuntimeError(AgentError):
+    """A failure inside the model runtime, not caused by a client's input."""
+
+
+class ModelLoadError(ModelRuntimeError):
+    """A model file that cannot be loaded: unreadable, corrupt, or not the expected hash."""
+
+
+class UnsupportedModelError(ModelLoadError):
+    """A model whose inputs or outputs the Open Inference Protocol cannot express."""
+
+
+class InferenceError(ModelRuntimeError):
+    """onnxruntime failed while running a request that passed validation."""

@@ -1,0 +1,76 @@
+"""The aiohttp application of the local inference endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import Executor, ThreadPoolExecutor
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from edge_agent.runtime import ModelRepository
+from edge_agent.server.dataplane import DataPlane, StatusProvider
+from edge_agent.server.handlers import CONFIG, DATAPLANE, METRICS, routes
+from edge_agent.server.metrics import AgentMetrics
+from edge_agent.server.middleware import (
+    auth_middleware,
+    error_middleware,
+    metrics_middleware,
+)
+from edge_agent.server.settings import ServerConfig
+
+
+def create_app(
+    repository: ModelRepository,
+    config: ServerConfig,
+    *,
+    metrics: AgentMetrics | None = None,
+    executor: Executor | None = None,
+    status_providers: Iterable[StatusProvider] = (),
+) -> web.Application:
+    """Build the application serving `repository` under `config`.
+
+    Without an `executor`, the app creates a thread pool of `config.runtime.inference_workers`
+    threads for onnxruntime and shuts it down on cleanup; a given executor stays the caller's.
+    """
+    metrics = metrics or AgentMetrics()
+    metrics.attach(repository)
+    pool = executor or ThreadPoolExecutor(
+        config.runtime.inference_workers, thread_name_prefix="edge-agent-infer"
+    )
+    dataplane = DataPlane(repository, config, metrics, pool)
+    dataplane.status_providers.extend(status_providers)
+    # Outermost first: metrics see the final status, errors become responses, then the token.
+    middlewares: list[Middleware] = [metrics_middleware(metrics, repository), error_middleware]
+    if config.token is not None:
+        middlewares.append(auth_middleware(config.token))
+    app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
+    app[DATAPLANE], app[CONFIG], app[METRICS] = dataplane, config, metrics
+    app.add_routes(routes())
+    app.on_shutdown.append(_begin_drain)
+    # cleanup_ctx tears down in reverse: batchers stop first, then the pool they run on.
+    if executor is None:
+        app.cleanup_ctx.append(_owned_executor(pool))
+    app.cleanup_ctx.append(_dataplane_lifetime)
+    return app
+
+
+async def _begin_drain(app: web.Application) -> None:
+    # Runs before aiohttp waits for in-flight requests: readiness turns false at once.
+    app[DATAPLANE].draining = True
+
+
+def _owned_executor(
+    pool: Executor,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await asyncio.to_thread(pool.shutdown, wait=True)
+
+    return lifetime
+
+
+async def _dataplane_lifetime(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[DATAPLANE].close()

@@ -1,0 +1,162 @@
+"""The inference service behind the HTTP handlers (MLServer's dataplane pattern).
+
+Handlers parse and serialize; everything in between happens here: lease the serving model,
+validate against its io schema, queue on its batcher, shape the result. Owns one Batcher per
+model name; `close` stops them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.errors import ModelNotFoundError, ShuttingDownError
+from edge_agent.runtime import Batcher, LoadedModel, ModelRepository
+from edge_agent.server.metrics import AgentMetrics
+from edge_agent.server.oip import InferRequest, InferResponse, OutputTensor
+from edge_agent.server.settings import ServerConfig
+from edge_agent.server.simple import instances_to_tensors, predictions
+from edge_agent.server.validation import InputLimits, select_outputs, validate_inputs
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "edge-agent"
+PLATFORM = "onnx_onnxv1"
+EXTENSIONS = ("binary_tensor_data",)
+
+# Returns a fragment merged into GET /v1/status (the updater adds "update", trust adds "trust").
+StatusProvider = Callable[[], Mapping[str, Any]]
+
+
+class DataPlane:
+    """Health, metadata, inference and status, independent of the transport."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        config: ServerConfig,
+        metrics: AgentMetrics,
+        executor: Executor,
+    ) -> None:
+        self.repository = repository
+        self.metrics = metrics
+        self.status_providers: list[StatusProvider] = []
+        self.draining = False
+        self._config = config
+        self._policy = config.batch_policy()
+        self._limits = InputLimits(config.max_request_batch, config.allow_non_finite)
+        self._executor = executor
+        self._batchers: dict[str, Batcher] = {}
+        self._closed = False
+        metrics.registry.add_collect_hook(self._refresh_gauges)
+
+    def server_metadata(self) -> dict[str, Any]:
+        """The OIP server metadata object."""
+        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def is_ready(self) -> bool:
+        """Ready: serving at least one model and not draining."""
+        return not self.draining and bool(self.repository.names())
+
+    def model(self, name: str, version: str | None = None) -> LoadedModel:
+        """The serving model `name` (and `version`, when given), or ModelNotFoundError."""
+        model = self.repository.get(name)
+        if version is not None and version != str(model.version):
+            raise ModelNotFoundError(
+                f"model {name!r} has no version {version!r} loaded; "
+                f"version {model.version} is being served"
+            )
+        return model
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """The OIP model metadata object."""
+        model = self.model(name, version)
+        return {
+            "name": model.name,
+            "versions": [str(model.version)],
+            "platform": PLATFORM,
+            "inputs": [spec.to_dict() for spec in model.io.inputs],
+            "outputs": [spec.to_dict() for spec in model.io.outputs],
+        }
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        """Whether the model (version) can take requests now."""
+        return not self.draining and not self.model(name, version).released
+
+    async def infer(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
+        """Run one OIP inference request through the model's batcher."""
+        with self.repository.lease(name, version) as model:
+            inputs, rows = validate_inputs(request.inputs, model, self._limits)
+            chosen = select_outputs(request, model.io, name)
+            result = await self._batcher(name).submit(model, inputs, rows)
+        outputs = tuple(OutputTensor(n, result.outputs[n], binary) for n, binary in chosen)
+        return InferResponse(name, str(result.model.version), outputs, request.id)
+
+    async def predict(self, name: str, version: str | None, body: Any) -> dict[str, Any]:
+        """Run a `{"instances": [...]}` request and return `{"predictions": [...]}`."""
+        with self.repository.lease(name, version) as model:
+            tensors = instances_to_tensors(body, model.io)
+            inputs, rows = validate_inputs(tensors, model, self._limits)
+            result = await self._batcher(name).submit(model, inputs, rows)
+        return {
+            "model_name": name,
+            "model_version": str(result.model.version),
+            "predictions": predictions(result.outputs, result.model.io),
+        }
+
+    def status(self) -> dict[str, Any]:
+        """GET /v1/status: the agent, its models, and what the status providers add."""
+        status: dict[str, Any] = {}
+        for provider in list(self.status_providers):
+            try:
+                status.update(provider())
+            except Exception:
+                # Status is for diagnosing problems: one broken provider must not hide the rest.
+                log.exception("status provider %r failed", provider)
+                status.setdefault("status_errors", []).append(repr(provider))
+        status.update(
+            agent_version=__version__,
+            ready=self.is_ready(),
+            draining=self.draining,
+            models=[self._model_status(m) for m in self.repository.snapshot()],
+        )
+        return status
+
+    def _model_status(self, model: LoadedModel) -> dict[str, Any]:
+        batcher = self._batchers.get(model.name)
+        return {
+            "name": model.name,
+            "version": model.version,
+            "sha256": model.sha256,
+            "loaded_at": model.loaded_at.isoformat(),
+            "in_flight": model.in_flight,
+            "queue_depth": 0 if batcher is None else batcher.depth,
+            "batchable": model.batchable,
+            "providers": list(model.providers),
+        }
+
+    def _batcher(self, name: str) -> Batcher:
+        if self._closed:
+            raise ShuttingDownError("the server is shutting down")
+        batcher = self._batchers.get(name)
+        if batcher is None:
+            observe = self.metrics.batch_observer(name)
+            batcher = Batcher(name, self._policy, self._executor, on_batch=observe)
+            batcher.start()
+            self._batchers[name] = batcher
+        return batcher
+
+    def _refresh_gauges(self) -> None:
+        for name in self.repository.names():
+            batcher = self._batchers.get(name)
+            self.metrics.set_queue_depth(name, 0 if batcher is None else batcher.depth)
+
+    async def close(self) -> None:
+        """Stop every batcher (after the server has finished its in-flight requests)."""
+        self._closed = True
+        batchers, self._batchers = list(self._batchers.values()), {}
+        for batcher in batchers:
+            await batcher.close()

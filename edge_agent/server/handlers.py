@@ -1,0 +1,140 @@
+"""HTTP handlers: parse the request, call the DataPlane, serialize the answer. Nothing more.
+
+docs/openapi-agent.json documents every route registered here (a test holds them equal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from aiohttp import hdrs, web
+
+from edge_agent.server.body import read_body
+from edge_agent.server.dataplane import DataPlane
+from edge_agent.server.metrics import AgentMetrics
+from edge_agent.server.middleware import MODEL_VERSION
+from edge_agent.server.oip import (
+    HEADER_LENGTH,
+    decode_infer_request,
+    encode_infer_response,
+    parse_header_length,
+    parse_json,
+)
+from edge_agent.server.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
+from edge_agent.server.settings import ServerConfig
+
+DATAPLANE = web.AppKey("dataplane", DataPlane)
+CONFIG = web.AppKey("config", ServerConfig)
+METRICS = web.AppKey("metrics", AgentMetrics)
+
+OFFLOAD_BYTES = 256 * 1024  # bodies above this are decoded in a thread, not on the loop
+COMPRESS_BYTES = 1024  # responses above this are compressed when the client accepts it
+T = TypeVar("T")
+
+
+def _version(request: web.Request) -> str | None:
+    return request.match_info.get("version")
+
+
+async def _off_loop(size: int, function: Callable[..., T], *args: Any) -> T:
+    if size > OFFLOAD_BYTES:
+        return await asyncio.to_thread(function, *args)
+    return function(*args)
+
+
+async def server_live(request: web.Request) -> web.Response:
+    """OIP server live: 200 while the process answers."""
+    return web.Response(status=200)
+
+
+async def server_ready(request: web.Request) -> web.Response:
+    """OIP server ready: 200 when serving a model and not draining, else 400 (OIP: 4xx)."""
+    return web.Response(status=200 if request.app[DATAPLANE].is_ready() else 400)
+
+
+async def server_metadata(request: web.Request) -> web.Response:
+    """OIP server metadata."""
+    return web.json_response(request.app[DATAPLANE].server_metadata())
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+    """OIP model metadata."""
+    dataplane = request.app[DATAPLANE]
+    return web.json_response(
+        dataplane.model_metadata(request.match_info["model"], _version(request))
+    )
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    """OIP model ready: 200, 400 while draining, 404 for an unknown model or version."""
+    ready = request.app[DATAPLANE].model_ready(request.match_info["model"], _version(request))
+    return web.Response(status=200 if ready else 400)
+
+
+async def infer(request: web.Request) -> web.StreamResponse:
+    """OIP inference, JSON or with the binary tensor data extension."""
+    config, dataplane = request.app[CONFIG], request.app[DATAPLANE]
+    body = await read_body(request, config.max_body_bytes)
+    header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
+    parsed = await _off_loop(len(body), decode_infer_request, body, header_length)
+    result = await dataplane.infer(request.match_info["model"], _version(request), parsed)
+    request[MODEL_VERSION] = result.model_version
+    payload, json_length = encode_infer_response(result)
+    if json_length is None:
+        response = web.Response(body=payload, content_type="application/json")
+    else:
+        response = web.Response(body=payload, content_type="application/octet-stream")
+        response.headers[HEADER_LENGTH] = str(json_length)
+    _maybe_compress(request, response, len(payload))
+    return response
+
+
+def _maybe_compress(request: web.Request, response: web.Response, size: int) -> None:
+    accepted = request.headers.get(hdrs.ACCEPT_ENCODING, "").lower()
+    if size > COMPRESS_BYTES and ("gzip" in accepted or "deflate" in accepted):
+        response.enable_compression()
+
+
+async def predict(request: web.Request) -> web.Response:
+    """The simple form: `{"instances": [...]}` -> `{"predictions": [...]}`."""
+    config, dataplane = request.app[CONFIG], request.app[DATAPLANE]
+    body = await read_body(request, config.max_body_bytes)
+    parsed = await _off_loop(len(body), parse_json, body, "the request body")
+    result = await dataplane.predict(request.match_info["model"], None, parsed)
+    request[MODEL_VERSION] = result["model_version"]
+    return web.json_response(result)
+
+
+async def status(request: web.Request) -> web.Response:
+    """The agent's status: models, versions, and what the status providers report."""
+    return web.json_response(request.app[DATAPLANE].status())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition."""
+    text = request.app[METRICS].render()
+    return web.Response(body=text.encode(), headers={hdrs.CONTENT_TYPE: PROMETHEUS_CONTENT_TYPE})
+
+
+MODEL = "/v2/models/{model}"
+VERSION = "/v2/models/{model}/versions/{version}"
+
+
+def routes() -> list[web.RouteDef]:
+    """Every route of the local inference endpoint."""
+    return [
+        web.get("/v2", server_metadata, name="server_metadata"),
+        web.get("/v2/health/live", server_live, name="server_live"),
+        web.get("/v2/health/ready", server_ready, name="server_ready"),
+        web.get(MODEL, model_metadata, name="model_metadata"),
+        web.get(VERSION, model_metadata, name="model_version_metadata"),
+        web.get(f"{MODEL}/ready", model_ready, name="model_ready"),
+        web.get(f"{VERSION}/ready", model_ready, name="model_version_ready"),
+        web.post(f"{MODEL}/infer", infer, name="infer"),
+        web.post(f"{VERSION}/infer", infer, name="infer_version"),
+        web.post("/v1/models/{model}:predict", predict, name="predict"),
+        web.get("/v1/status", status, name="status"),
+        web.get("/metrics", metrics, name="metrics"),
+    ]

@@ -1,0 +1,162 @@
+"""The aiohttp middlewares: metrics, domain errors to HTTP statuses, bearer token.
+
+This is the only place that knows which status code a domain error becomes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from typing import Any
+
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler, Middleware
+
+from edge_agent.errors import (
+    AgentError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    OverloadedError,
+    PayloadTooLargeError,
+    RequestError,
+    ServingError,
+    ShuttingDownError,
+    UnauthorizedError,
+    UnsupportedMediaTypeError,
+)
+from edge_agent.runtime import ModelRepository
+from edge_agent.server.metrics import UNKNOWN_MODEL, AgentMetrics
+
+log = logging.getLogger(__name__)
+
+
+try:  # aiohttp >= 3.12 types request storage keys; older versions take a string
+    from aiohttp.web import RequestKey
+
+    MODEL_VERSION: Any = RequestKey("model_version", str)
+except ImportError:  # pragma: no cover
+    MODEL_VERSION = "edge_agent.model_version"
+
+# Most specific first: the first class in an error's MRO found here decides the status.
+STATUS_BY_ERROR: dict[type[AgentError], int] = {
+    InvalidRequestError: 400,
+    UnauthorizedError: 401,
+    ModelNotFoundError: 404,
+    PayloadTooLargeError: 413,
+    UnsupportedMediaTypeError: 415,
+    RequestError: 400,
+    ModelNotReadyError: 503,
+    OverloadedError: 503,
+    ShuttingDownError: 503,
+    ServingError: 503,
+    AgentError: 500,
+}
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})  # probes need no token
+METERED_ROUTES = {"infer": "infer", "infer_version": "infer", "predict": "predict"}
+CLIENT_CLOSED = 499  # nginx's code for "the client went away before the response"
+
+
+def status_for(error: AgentError) -> int:
+    """The HTTP status a domain error maps to."""
+    for cls in type(error).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return 500
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    """The OIP error body: `{"error": "..."}`."""
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def _error_headers(error: AgentError) -> dict[str, str] | None:
+    if isinstance(error, OverloadedError):
+        return {hdrs.RETRY_AFTER: str(max(1, round(error.retry_after_s)))}
+    if isinstance(error, UnauthorizedError):
+        return {hdrs.WWW_AUTHENTICATE: 'Bearer realm="edge-agent"'}
+    return None
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn domain errors and aiohttp's HTTP errors into `{"error": "..."}` responses."""
+    try:
+        return await handler(request)
+    except AgentError as e:
+        status = status_for(e)
+        if status >= 500 and not isinstance(e, ServingError):
+            log.error("%s %s failed: %s", request.method, request.path, e, exc_info=e)
+        return error_response(status, str(e), _error_headers(e))
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return error_response(e.status, _http_error_message(request, e), _kept_headers(e))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s %s failed unexpectedly", request.method, request.path)
+        return error_response(500, "internal server error")
+
+
+def _http_error_message(request: web.Request, error: web.HTTPException) -> str:
+    if error.status == 404:
+        return f"no endpoint {request.path}"
+    if error.status == 405:
+        return f"method {request.method} is not allowed on {request.path}"
+    return error.text or error.reason
+
+
+def _kept_headers(error: web.HTTPException) -> dict[str, str]:
+    dropped = {hdrs.CONTENT_TYPE, hdrs.CONTENT_LENGTH}
+    return {k: v for k, v in error.headers.items() if k not in dropped}
+
+
+def auth_middleware(token: str) -> Middleware:
+    """Require `Authorization: Bearer <token>` everywhere but the health probes."""
+    expected = token.encode()
+
+    @web.middleware
+    async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in OPEN_PATHS:
+            header = request.headers.get(hdrs.AUTHORIZATION)
+            if header is None:
+                raise UnauthorizedError("this endpoint needs 'Authorization: Bearer <token>'")
+            scheme, _, value = header.partition(" ")
+            given = value.strip().encode("utf-8", "surrogateescape")
+            # compare_digest takes the same time wherever the first difference is.
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):
+                raise UnauthorizedError("the bearer token is not valid")
+        return await handler(request)
+
+    return check_token
+
+
+def metrics_middleware(metrics: AgentMetrics, repository: ModelRepository) -> Middleware:
+    """Count inference requests by model, answering version and status, and time them."""
+
+    @web.middleware
+    async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
+        endpoint = METERED_ROUTES.get(request.match_info.route.name or "")
+        if endpoint is None:
+            return await handler(request)
+        started, status = time.perf_counter(), CLIENT_CLOSED
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        finally:
+            name = request.match_info.get("model", "")
+            metrics.observe_request(
+                model=name if name in repository else UNKNOWN_MODEL,
+                version=str(request.get(MODEL_VERSION, "")),
+                status=status,
+                endpoint=endpoint,
+                seconds=time.perf_counter() - started,
+            )
+
+    return measure

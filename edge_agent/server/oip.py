@@ -1,0 +1,243 @@
+"""Open Inference Protocol v2 inference requests and responses on the wire.
+
+Includes the binary tensor data extension: with `Inference-Header-Content-Length: N` the
+first N bytes of the body are the JSON object and the tensors whose `parameters` carry
+`binary_data_size` follow, in the order of the inputs. Responses use the same layout when
+an output is asked for in binary (`binary_data_output`, or `binary_data` per output).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from edge_agent.errors import InvalidRequestError
+from edge_agent.runtime.model import Array
+from edge_agent.server.tensors import (
+    array_datatype,
+    array_to_binary,
+    array_to_json,
+    binary_to_array,
+    json_to_array,
+)
+from edge_protocol.metadata import DATATYPES
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_RANK = 16
+MAX_TENSORS = 256
+
+
+@dataclass(frozen=True)
+class InputTensor:
+    """A decoded request input, already in the datatype and shape it declared."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    array: Array
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    """An output the client asked for; `binary` is None when it did not say."""
+
+    name: str
+    binary: bool | None = None
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A decoded inference request."""
+
+    inputs: tuple[InputTensor, ...]
+    outputs: tuple[RequestedOutput, ...] | None = None  # None: every output of the model
+    id: str | None = None
+    binary_output: bool = False  # request-level `binary_data_output`
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    """One output to send back, and whether it goes as binary data."""
+
+    name: str
+    array: Array
+    binary: bool = False
+
+
+@dataclass(frozen=True)
+class InferResponse:
+    """An inference result ready to encode."""
+
+    model_name: str
+    model_version: str
+    outputs: tuple[OutputTensor, ...]
+    id: str | None = None
+
+
+def parse_json(data: bytes, what: str) -> Any:
+    """Parse JSON bytes; any failure is the client's (400), never a 500."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError too
+        raise InvalidRequestError(f"{what} is not valid JSON: {e}") from e
+
+
+def parse_header_length(value: str | None, body_length: int) -> int | None:
+    """Validate the Inference-Header-Content-Length header against the body length."""
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise InvalidRequestError(f"{HEADER_LENGTH} must be a byte count, got {value!r}")
+    length = int(value)
+    if length > body_length:
+        raise InvalidRequestError(
+            f"{HEADER_LENGTH} is {length}, but the body has only {body_length} bytes"
+        )
+    return length
+
+
+def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest:
+    """Decode an inference request body (JSON, or JSON + binary tensors)."""
+    split = len(body) if header_length is None else header_length
+    obj = parse_json(body[:split], "the inference request")
+    if not isinstance(obj, dict):
+        raise InvalidRequestError("the inference request must be a JSON object")
+    parameters = _parameters(obj.get("parameters"), "request")
+    raw_inputs = obj.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs or len(raw_inputs) > MAX_TENSORS:
+        raise InvalidRequestError(f"'inputs' must be an array of 1 to {MAX_TENSORS} tensors")
+    request_id = obj.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidRequestError("'id' must be a string")
+    return InferRequest(
+        inputs=_decode_inputs(raw_inputs, memoryview(body)[split:]),
+        outputs=_requested_outputs(obj.get("outputs")),
+        id=request_id,
+        binary_output=_flag(parameters, "binary_data_output", "request"),
+    )
+
+
+def _decode_inputs(raw_inputs: list[Any], binary: memoryview) -> tuple[InputTensor, ...]:
+    offset, tensors, seen = 0, [], set()
+    for index, raw in enumerate(raw_inputs):
+        name, datatype, shape, params = _input_header(raw, index)
+        if name in seen:
+            raise InvalidRequestError(f"input {name!r} is given twice")
+        seen.add(name)
+        where = f"input {name!r}"
+        size = params.get("binary_data_size")
+        if size is None:
+            if "data" not in raw:
+                raise InvalidRequestError(f"{where}: needs 'data' or parameters.binary_data_size")
+            array = json_to_array(raw["data"], datatype, shape, where)
+        else:
+            if "data" in raw:
+                raise InvalidRequestError(f"{where}: has both 'data' and binary_data_size")
+            chunk = _binary_chunk(binary, offset, size, where)
+            offset += len(chunk)
+            array = binary_to_array(chunk, datatype, shape, where)
+        tensors.append(InputTensor(name, datatype, shape, array))
+    if offset != len(binary):
+        raise InvalidRequestError(
+            f"the body has {len(binary)} bytes after the JSON header, but the inputs' "
+            f"binary_data_size add up to {offset}"
+        )
+    return tuple(tensors)
+
+
+def _binary_chunk(binary: memoryview, offset: int, size: Any, where: str) -> bytes:
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise InvalidRequestError(f"{where}: binary_data_size must be a non-negative integer")
+    if offset + size > len(binary):
+        raise InvalidRequestError(
+            f"{where}: binary_data_size {size} runs past the end of the body "
+            f"({len(binary) - offset} bytes left; is {HEADER_LENGTH} set?)"
+        )
+    return bytes(binary[offset : offset + size])
+
+
+def _input_header(raw: Any, index: int) -> tuple[str, str, tuple[int, ...], dict[str, Any]]:
+    if not isinstance(raw, dict):
+        raise InvalidRequestError(f"inputs[{index}] must be a JSON object")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequestError(f"inputs[{index}].name must be a non-empty string")
+    where = f"input {name!r}"
+    datatype = raw.get("datatype")
+    if datatype not in DATATYPES:
+        raise InvalidRequestError(
+            f"{where}: datatype {datatype!r} is not one of {', '.join(sorted(DATATYPES))}"
+        )
+    shape = raw.get("shape")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_RANK
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise InvalidRequestError(
+            f"{where}: shape must be an array of at most {MAX_RANK} non-negative integers"
+        )
+    return name, datatype, tuple(shape), _parameters(raw.get("parameters"), where)
+
+
+def _requested_outputs(raw: Any) -> tuple[RequestedOutput, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or len(raw) > MAX_TENSORS:
+        raise InvalidRequestError(f"'outputs' must be an array of at most {MAX_TENSORS} objects")
+    outputs = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidRequestError(f"outputs[{index}] must be an object with a string 'name'")
+        where = f"output {item['name']!r}"
+        params = _parameters(item.get("parameters"), where)
+        if params.get("classification"):
+            raise InvalidRequestError(f"{where}: the classification extension is not supported")
+        binary = _flag(params, "binary_data", where) if "binary_data" in params else None
+        outputs.append(RequestedOutput(item["name"], binary))
+    return tuple(outputs)
+
+
+def _parameters(raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InvalidRequestError(f"{where}: 'parameters' must be a JSON object")
+    return raw
+
+
+def _flag(parameters: dict[str, Any], key: str, where: str) -> bool:
+    value = parameters.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidRequestError(f"{where}: parameters.{key} must be true or false")
+    return value
+
+
+def encode_infer_response(response: InferResponse) -> tuple[bytes, int | None]:
+    """Encode a response; the int is the JSON header length when binary data follows."""
+    outputs, blobs = [], []
+    for output in response.outputs:
+        entry: dict[str, Any] = {
+            "name": output.name,
+            "datatype": array_datatype(output.array),
+            "shape": list(output.array.shape),
+        }
+        if output.binary:
+            blob = array_to_binary(output.array)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = array_to_json(output.array)
+        outputs.append(entry)
+    header: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+    }
+    if response.id is not None:
+        header["id"] = response.id
+    header["outputs"] = outputs
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    if not blobs:
+        return encoded, None
+    return encoded + b"".join(blobs), len(encoded)

@@ -1,0 +1,107 @@
+"""Settings of the local inference server (TOML `[server]`, with `[runtime]` nested)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from edge_agent.errors import ConfigError
+from edge_agent.runtime import BatchPolicy, RuntimeOptions
+
+NonFinitePolicy = Literal["reject", "allow"]
+MiB = 1024 * 1024
+MAX_UNIX_PATH = 107  # sun_path holds 108 bytes including the terminating NUL
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where the server listens, who may call it, and the limits it enforces."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000  # 0 picks a free port (tests)
+    unix_socket: Path | None = None  # listen on this path only, not host:port (str accepted)
+    unix_socket_mode: int = 0o660  # file mode of the socket: owner and group may connect
+    token: str | None = None  # bearer token required on every route but /v2/health/*
+    max_body_bytes: int = 8 * MiB  # request body after Content-Encoding is undone
+    max_batch_size: int = 64  # rows merged into one session.run
+    max_queue_delay_ms: float = 1.0  # longest wait to fill a batch while the model is busy
+    max_queue_size: int = 256  # requests waiting per model; beyond it 503 + Retry-After
+    max_request_batch: int = 1024  # rows in one request (dimension 0 of a batchable input)
+    non_finite: NonFinitePolicy = "reject"  # NaN/Inf in floating inputs: refuse or pass on
+    retry_after_s: int = 1  # Retry-After sent with 503 when a queue is full
+    shutdown_timeout_s: float = 30.0  # longest wait for in-flight requests when draining
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+
+    def __post_init__(self) -> None:
+        self._check_listener()
+        if self.token is not None:
+            _check_token(self.token)
+        _check_int("server.max_body_bytes", self.max_body_bytes, 1024, 1024 * MiB)
+        _check_int("server.max_batch_size", self.max_batch_size, 1, 65_536)
+        _check_int("server.max_queue_size", self.max_queue_size, 1, 1_000_000)
+        _check_int("server.max_request_batch", self.max_request_batch, 1, 1_000_000)
+        _check_int("server.retry_after_s", self.retry_after_s, 1, 3600)
+        _check_float("server.max_queue_delay_ms", self.max_queue_delay_ms, 0.0, 1000.0)
+        _check_float("server.shutdown_timeout_s", self.shutdown_timeout_s, 0.0, 3600.0)
+        if self.non_finite not in ("reject", "allow"):
+            raise ConfigError(
+                f"server.non_finite: expected 'reject' or 'allow', got {self.non_finite!r}"
+            )
+        if not isinstance(self.runtime, RuntimeOptions):
+            raise ConfigError("server.runtime: expected RuntimeOptions")
+
+    def _check_listener(self) -> None:
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError(f"server.host: expected a host name or address, got {self.host!r}")
+        _check_int("server.port", self.port, 0, 65_535)
+        _check_int("server.unix_socket_mode", self.unix_socket_mode, 0, 0o777)
+        if self.unix_socket is None:
+            return
+        if isinstance(self.unix_socket, str):  # as read from TOML
+            object.__setattr__(self, "unix_socket", Path(self.unix_socket))
+        if not isinstance(self.unix_socket, Path) or not self.unix_socket.is_absolute():
+            raise ConfigError(
+                f"server.unix_socket: expected an absolute path, got {self.unix_socket!r}"
+            )
+        if len(str(self.unix_socket).encode()) > MAX_UNIX_PATH:
+            raise ConfigError(
+                f"server.unix_socket: {self.unix_socket} is longer than {MAX_UNIX_PATH} bytes"
+            )
+
+    @property
+    def allow_non_finite(self) -> bool:
+        """Whether NaN and infinities are accepted in floating-point inputs."""
+        return self.non_finite == "allow"
+
+    def batch_policy(self) -> BatchPolicy:
+        """The batcher limits these settings describe."""
+        return BatchPolicy(
+            max_batch_size=self.max_batch_size,
+            max_queue_delay_s=self.max_queue_delay_ms / 1000.0,
+            max_queue_size=self.max_queue_size,
+            max_concurrent_batches=self.runtime.inference_workers,
+            retry_after_s=float(self.retry_after_s),
+        )
+
+
+def _check_token(token: object) -> None:
+    if not isinstance(token, str) or len(token) < 16:
+        raise ConfigError("server.token: expected a string of at least 16 characters")
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise ConfigError("server.token: only printable ASCII without spaces can be a token")
+
+
+def _check_int(key: str, value: object, lowest: int, highest: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if not lowest <= value <= highest:
+        raise ConfigError(f"{key}: must be between {lowest} and {highest}, got {value}")
+
+
+def _check_float(key: str, value: object, lowest: float, highest: float) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if not lowest <= value <= highest:
+        raise ConfigError(f"{key}: must be between {lowest} and {highest}, got {value}")

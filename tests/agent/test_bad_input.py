@@ -1,0 +1,359 @@
+"""Table-driven rejections: every kind of bad request gets its 4xx and a message, never a 500."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp import ClientSession
+
+from edge_agent.runtime import ModelRepository, load_model
+from edge_agent.server import InferenceServer
+from tests.agent.conftest import ServerFactory, post
+
+TOKEN = "test-token-0123456789abcdef"  # noqa: S105 - a test token
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MAX_BODY = 64 * 1024
+MAX_ROWS = 8
+FEATURES = 32  # the classifier's input: FP32 [-1, 32]
+ROW = [0.25] * FEATURES
+
+
+def tensor(
+    data: Any = None, *, shape: list[int] | None = None, datatype: str = "FP32", name: str = "X"
+) -> dict[str, Any]:
+    """One classifier input; the default is a valid [1, 32] row."""
+    return {
+        "name": name,
+        "datatype": datatype,
+        "shape": [1, FEATURES] if shape is None else shape,
+        "data": [ROW] if data is None else data,
+    }
+
+
+def body(*inputs: dict[str, Any], **extra: Any) -> bytes:
+    """A JSON inference request."""
+    return json.dumps({"inputs": list(inputs) or [tensor()], **extra}).encode()
+
+
+def binary_body(
+    chunks: list[bytes], sizes: list[int], *, header_length_delta: int = 0
+) -> tuple[bytes, dict[str, str]]:
+    """A binary-extension request with the given tensor bytes and declared sizes."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "X",
+                    "datatype": "FP32",
+                    "shape": [1, FEATURES],
+                    "parameters": {"binary_data_size": size},
+                }
+                for size in sizes
+            ]
+        }
+    ).encode()
+    headers = {"Inference-Header-Content-Length": str(len(header) + header_length_delta)}
+    return header + b"".join(chunks), headers
+
+
+ROW_BYTES = np.full((1, FEATURES), 0.25, np.float32).tobytes()
+NAN_BYTES = np.full((1, FEATURES), np.nan, np.float32).tobytes()
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad request and the answer it must get."""
+
+    id: str
+    data: bytes
+    status: int
+    message: str  # a fragment the error message must contain
+    path: str = "/v2/models/classifier/infer"
+    headers: dict[str, str] = field(default_factory=dict)
+    auth: bool = True
+    method: str = "POST"
+
+
+def _binary_case(
+    id: str, chunks: list[bytes], sizes: list[int], message: str, delta: int = 0
+) -> Case:
+    data, headers = binary_body(chunks, sizes, header_length_delta=delta)
+    return Case(id, data, 400, message, headers=headers)
+
+
+CASES = [
+    Case("malformed-json", b'{"inputs": [', 400, "not valid JSON"),
+    Case("not-utf8", b"\xff\xfe\x00{", 400, "not valid JSON"),
+    Case("deeply-nested-json", b"[" * 30_000 + b"]" * 30_000, 400, "not valid JSON"),
+    Case("not-an-object", b"[]", 400, "JSON object"),
+    Case("no-inputs", b"{}", 400, "'inputs'"),
+    Case("id-not-string", body(id=7), 400, "'id'"),
+    Case("wrong-datatype", body(tensor(datatype="FP64")), 400, "expects FP32 [-1, 32]"),
+    Case("unknown-datatype", body(tensor(datatype="FLOAT")), 400, "datatype 'FLOAT'"),
+    Case("wrong-rank", body(tensor(ROW, shape=[FEATURES])), 400, "rank 1"),
+    Case("wrong-dimension", body(tensor([ROW[:-1]], shape=[1, 31])), 400, "dimension 1 is 31"),
+    Case("negative-dimension", body(tensor(shape=[-1, FEATURES])), 400, "non-negative"),
+    Case("zero-rows", body(tensor([], shape=[0, FEATURES])), 400, "cannot be empty"),
+    Case("element-count", body(tensor([ROW], shape=[2, FEATURES])), 400, "has 32 elements"),
+    Case("ragged-data", body(tensor([ROW, ROW[:3]], shape=[2, FEATURES])), 400, "rectangular"),
+    Case("strings-as-numbers", body(tensor([["1.0"] * FEATURES])), 400, "must be JSON numbers"),
+    Case("booleans-as-numbers", body(tensor([[True] * FEATURES])), 400, "must be JSON numbers"),
+    Case("nulls", body(tensor([[None] * FEATURES])), 400, "must be JSON numbers"),
+    Case("data-not-array", body(tensor("abc")), 400, "'data' must be a JSON array"),
+    Case(
+        "no-data",
+        body({"name": "X", "datatype": "FP32", "shape": [1, FEATURES]}),
+        400,
+        "needs 'data'",
+    ),
+    Case("unknown-input", body(tensor(name="Y")), 400, "unknown input 'Y'"),
+    Case("duplicate-input", body(tensor(), tensor()), 400, "given twice"),
+    Case("unknown-output", body(outputs=[{"name": "nope"}]), 400, "unknown output 'nope'"),
+    Case(
+        "classification",
+        body(outputs=[{"name": "label", "parameters": {"classification": 2}}]),
+        400,
+        "classification",
+    ),
+    Case("nan-token", body(tensor([[*ROW[1:], 0.0]])).replace(b"0.0]", b"NaN]"), 400, "is nan"),
+    Case("nan-full-row", body(tensor([[float("nan")] * FEATURES])), 400, "NaN and infinite"),
+    Case("infinity", body(tensor([[float("inf"), *ROW[1:]]])), 400, "NaN and infinite"),
+    Case("fp32-overflow", body(tensor([[1e39, *ROW[1:]]])), 400, "NaN and infinite"),
+    Case(
+        "too-many-rows",
+        body(tensor([ROW] * (MAX_ROWS + 1), shape=[MAX_ROWS + 1, FEATURES])),
+        400,
+        f"at most {MAX_ROWS} rows",
+    ),
+    _binary_case("binary-nan", [NAN_BYTES], [len(NAN_BYTES)], "NaN and infinite"),
+    _binary_case("binary-size-vs-shape", [ROW_BYTES[:100]], [100], "needs 128"),
+    _binary_case("binary-past-end", [ROW_BYTES], [256], "runs past the end"),
+    _binary_case("binary-trailing-bytes", [ROW_BYTES, b"xx"], [len(ROW_BYTES)], "add up to 128"),
+    _binary_case("header-length-past-body", [ROW_BYTES], [128], "has only", delta=10_000),
+    _binary_case("header-length-cuts-json", [ROW_BYTES], [128], "not valid JSON", delta=-5),
+    Case(
+        "header-length-not-a-number",
+        body(),
+        400,
+        "byte count",
+        headers={"Inference-Header-Content-Length": "12x"},
+    ),
+    Case(
+        "binary-size-not-int",
+        body(
+            {
+                "name": "X",
+                "datatype": "FP32",
+                "shape": [1, 32],
+                "parameters": {"binary_data_size": "128"},
+            }
+        ),
+        400,
+        "binary_data_size",
+    ),
+    Case("unknown-model", body(), 404, "'nope'", path="/v2/models/nope/infer"),
+    Case(
+        "unknown-version",
+        body(),
+        404,
+        "no version '7'",
+        path="/v2/models/classifier/versions/7/infer",
+    ),
+    Case("unknown-model-metadata", b"", 404, "'nope'", path="/v2/models/nope", method="GET"),
+    Case("unknown-route", b"", 404, "no endpoint", path="/v2/nothing", method="GET"),
+    Case("wrong-method", b"", 405, "not allowed", method="GET"),
+    Case("oversize-body", b'{"inputs":[' + b" " * MAX_BODY + b"]}", 413, "at most"),
+    Case(
+        "oversize-after-gunzip",
+        gzip.compress(b" " * (MAX_BODY + 1)),
+        413,
+        "exceeds",
+        headers={"Content-Encoding": "gzip"},
+    ),
+    Case(
+        "text-plain",
+        body(),
+        415,
+        "Content-Type 'text/plain'",
+        headers={"Content-Type": "text/plain"},
+    ),
+    Case(
+        "form-encoded",
+        body(),
+        415,
+        "application/json",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    ),
+    Case(
+        "unknown-encoding", body(), 415, "Content-Encoding 'br'", headers={"Content-Encoding": "br"}
+    ),
+    Case("missing-token", body(), 401, "Authorization: Bearer", auth=False),
+    Case(
+        "wrong-token",
+        body(),
+        401,
+        "not valid",
+        auth=False,
+        headers={"Authorization": "Bearer " + "x" * len(TOKEN)},
+    ),
+    Case(
+        "wrong-scheme",
+        body(),
+        401,
+        "not valid",
+        auth=False,
+        headers={"Authorization": f"Basic {TOKEN}"},
+    ),
+    Case(
+        "metrics-without-token",
+        b"",
+        401,
+        "Authorization",
+        path="/metrics",
+        method="GET",
+        auth=False,
+    ),
+    Case(
+        "predict-not-instances",
+        b'{"rows": []}',
+        400,
+        '"instances"',
+        path="/v1/models/classifier:predict",
+    ),
+    Case(
+        "predict-empty",
+        b'{"instances": []}',
+        400,
+        "at least one",
+        path="/v1/models/classifier:predict",
+    ),
+    Case(
+        "predict-ragged",
+        json.dumps({"instances": [ROW, ROW[:5]]}).encode(),
+        400,
+        "rectangular",
+        path="/v1/models/classifier:predict",
+    ),
+    Case(
+        "predict-features",
+        json.dumps({"instances": [ROW[:5]]}).encode(),
+        400,
+        "dimension 1 is 5",
+        path="/v1/models/classifier:predict",
+    ),
+    Case("predict-malformed", b"{", 400, "not valid JSON", path="/v1/models/classifier:predict"),
+]
+
+
+@pytest.fixture
+async def strict_server(start_server: ServerFactory) -> InferenceServer:
+    """Token required, small body and row limits."""
+    return await start_server(token=TOKEN, max_body_bytes=MAX_BODY, max_request_batch=MAX_ROWS)
+
+
+@pytest.fixture
+async def raw_http() -> AsyncIterator[ClientSession]:
+    """A client that sends bodies exactly as given (no automatic decompression)."""
+    async with ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+async def test_bad_requests_get_their_4xx(
+    strict_server: InferenceServer, raw_http: ClientSession, case: Case
+) -> None:
+    headers = {"Content-Type": "application/json", **(AUTH if case.auth else {}), **case.headers}
+
+    async with raw_http.request(
+        case.method, strict_server.url + case.path, data=case.data, headers=headers
+    ) as response:
+        status, payload = response.status, await response.json()
+
+    assert status == case.status, payload
+    assert set(payload) == {"error"}
+    assert case.message in payload["error"]
+
+
+async def test_missing_token_answer_names_the_scheme(
+    strict_server: InferenceServer, raw_http: ClientSession
+) -> None:
+    reply = await post(raw_http, strict_server.url + "/v2/models/classifier/infer", data=body())
+
+    assert reply.status == 401
+    assert reply.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_chunked_oversize_body_is_refused_while_streaming(
+    strict_server: InferenceServer, raw_http: ClientSession
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(MAX_BODY // 1024 + 2):
+            yield b" " * 1024
+
+    reply = await post(
+        raw_http, strict_server.url + "/v2/models/classifier/infer", data=chunks(), headers=AUTH
+    )
+
+    assert reply.status == 413
+
+
+async def test_nan_is_served_when_the_policy_allows_it(
+    start_server: ServerFactory, raw_http: ClientSession
+) -> None:
+    server = await start_server(non_finite="allow")
+    row = [float("nan"), *ROW[1:]]
+
+    reply = await post(
+        raw_http, server.url + "/v2/models/classifier/infer", data=body(tensor([row]))
+    )
+
+    assert reply.status == 200
+
+
+def _kinds_request(first: dict[str, Any], blob: bytes) -> tuple[bytes, dict[str, str]]:
+    """A kinds-model request whose first input is binary, the others JSON."""
+    others = [
+        {"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]},
+        {"name": "flag", "datatype": "BOOL", "shape": [1], "data": [True]},
+        {"name": "half", "datatype": "FP16", "shape": [1, 2], "data": [1, 2]},
+    ]
+    first = {**first, "parameters": {"binary_data_size": len(blob)}}
+    inputs = [first, *(t for t in others if t["name"] != first["name"])]
+    header = json.dumps({"inputs": inputs}).encode()
+    return header + blob, {"Inference-Header-Content-Length": str(len(header))}
+
+
+BYTES_INPUT = {"name": "text", "datatype": "BYTES", "shape": [1]}
+BINARY_ELEMENT_CASES = [
+    (BYTES_INPUT, b"\x09\x00\x00\x00abc", "runs past the data"),
+    (BYTES_INPUT, b"\x03\x00\x00\x00\xff\xfe\xfd", "not UTF-8"),
+    (BYTES_INPUT, b"\x01\x00", "ends after 0 of 1"),
+    (BYTES_INPUT, b"\x01\x00\x00\x00ab", "take 5"),
+    ({"name": "flag", "datatype": "BOOL", "shape": [1]}, struct.pack("<B", 2), "0 or 1"),
+]
+
+
+async def test_bad_binary_elements(
+    start_server: ServerFactory, raw_http: ClientSession, kinds_model: Path
+) -> None:
+    repo = ModelRepository()
+    repo.swap("kinds", load_model(kinds_model, name="kinds", version=1))
+    server = await start_server(repo)
+
+    for first, blob, message in BINARY_ELEMENT_CASES:
+        data, headers = _kinds_request(first, blob)
+
+        reply = await post(
+            raw_http, server.url + "/v2/models/kinds/infer", data=data, headers=headers
+        )
+
+        assert reply.status == 400, (blob, reply.json())
+        assert message in reply.json()["error"]
