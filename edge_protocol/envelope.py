@@ -124,7 +124,7 @@ def _parse_signature(item: Any) -> Signature:
     if not isinstance(item, dict) or set(item) != {"keyid", "sig"}:
         raise MalformedDocumentError("each signature must be an object with 'keyid' and 'sig'")
     keyid, sig = item["keyid"], item["sig"]
-    if not isinstance(keyid, str) or not _KEYID.match(keyid):
+    if not isinstance(keyid, str) or not _KEYID.fullmatch(keyid):
         raise MalformedDocumentError("signature keyid must be 64 lowercase hex characters")
     if not isinstance(sig, str):
         raise MalformedDocumentError("signature 'sig' must be a base64 string")

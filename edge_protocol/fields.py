@@ -22,7 +22,7 @@ _TIME_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 
 def is_valid_name(value: object) -> bool:
     """Return whether `value` may be used as a model name or device id."""
-    return isinstance(value, str) and NAME_PATTERN.match(value) is not None
+    return isinstance(value, str) and NAME_PATTERN.fullmatch(value) is not None
 
 
 def format_time(moment: datetime) -> str:
@@ -34,7 +34,7 @@ def format_time(moment: datetime) -> str:
 
 def parse_time(text: str, path: str = "time") -> datetime:
     """Parse the wire's ISO-8601 UTC form, refusing any other spelling."""
-    if not isinstance(text, str) or not _TIME_PATTERN.match(text):
+    if not isinstance(text, str) or not _TIME_PATTERN.fullmatch(text):
         raise MetadataFormatError(
             f"{path}: expected an ISO-8601 UTC time like 2026-01-31T12:00:00Z"
         )
@@ -85,7 +85,7 @@ class FieldReader:
             raise self._error(
                 f"{self.path(key)}: expected a string of at most {max_length} characters"
             )
-        if name and not NAME_PATTERN.match(value):
+        if name and not NAME_PATTERN.fullmatch(value):
             raise self._error(
                 f"{self.path(key)}: {value!r} is not a valid name "
                 "(letters, digits, '.', '_', '-'; starting with a letter or digit; max 128)"
@@ -109,7 +109,7 @@ class FieldReader:
     def sha256(self, key: str) -> str:
         """Return a field holding a lowercase hex SHA-256 digest."""
         value = self.raw(key)
-        if not isinstance(value, str) or not SHA256_PATTERN.match(value):
+        if not isinstance(value, str) or not SHA256_PATTERN.fullmatch(value):
             raise self._error(f"{self.path(key)}: expected 64 lowercase hex characters")
         return value
 

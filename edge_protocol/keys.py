@@ -37,7 +37,7 @@ class PublicKey:
     def __post_init__(self) -> None:
         if self.keytype != KEYTYPE_ED25519:
             raise KeyFormatError(f"unsupported keytype {self.keytype!r}; expected 'ed25519'")
-        if not isinstance(self.public, str) or not _PUBLIC_HEX.match(self.public):
+        if not isinstance(self.public, str) or not _PUBLIC_HEX.fullmatch(self.public):
             raise KeyFormatError("ed25519 public key must be 64 lowercase hex characters")
 
     @classmethod

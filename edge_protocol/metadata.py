@@ -492,7 +492,7 @@ def _read_shape(r: FieldReader, *, allow_variable: bool) -> tuple[int, ...]:
 
 def _read_decimal(r: FieldReader, key: str) -> str:
     value = r.string(key, max_length=32)
-    if not _DECIMAL.match(value) or not math.isfinite(float(value)):
+    if not _DECIMAL.fullmatch(value) or not math.isfinite(float(value)):
         raise MetadataFormatError(f"{r.path(key)}: expected a non-negative decimal string")
     return value
 

@@ -75,7 +75,7 @@ class Topics:
 
     def artifact_chunk(self, sha256: str, index: int) -> str:
         """Retained raw bytes of chunk `index` (from 0) of the artifact `sha256`."""
-        if not SHA256_PATTERN.match(sha256) or index < 0:
+        if not SHA256_PATTERN.fullmatch(sha256) or index < 0:
             raise TopicError(f"bad artifact chunk address {sha256!r}/{index}")
         return f"{self.prefix}/artifacts/{sha256}/{index}"
 
@@ -119,7 +119,7 @@ class Topics:
                 return TopicRef(KIND_ROOT, "", _number(version, topic))
             case ["releases", model, version] if is_valid_name(model):
                 return TopicRef(KIND_RELEASE, model, _number(version, topic))
-            case ["artifacts", sha256, index] if SHA256_PATTERN.match(sha256):
+            case ["artifacts", sha256, index] if SHA256_PATTERN.fullmatch(sha256):
                 return TopicRef(KIND_ARTIFACT, sha256, _number(index, topic, minimum=0))
             case ["devices", device_id, kind] if is_valid_name(device_id) and kind in (
                 KIND_ASSIGNMENT,
@@ -130,7 +130,7 @@ class Topics:
 
 
 def _name(value: str) -> str:
-    if not NAME_PATTERN.match(value):
+    if not NAME_PATTERN.fullmatch(value):
         raise TopicError(f"{value!r} cannot be a topic level (letters, digits, '.', '_', '-')")
     return value
 

@@ -114,3 +114,14 @@ def test_malformed_or_foreign_device_messages_are_refused(kind: str, payload: by
 def test_unknown_event_kinds_cannot_be_encoded() -> None:
     with pytest.raises(MessageFormatError):
         event_payload("d1", "exploded")
+
+
+@pytest.mark.parametrize("value", ["dev\n", "a" * 63 + "\n"])
+def test_a_trailing_newline_is_not_a_name(value: str) -> None:
+    from edge_protocol.fields import is_valid_name
+
+    assert not is_valid_name(value)
+    with pytest.raises(TopicError):
+        TOPICS.state(value)
+    with pytest.raises(TopicError):
+        TOPICS.artifact_chunk(SHA + "\n", 0)

@@ -1,0 +1,45 @@
+"""The aiohttp application: routes, middlewares and shared state."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from model_registry.api import deployments, devices, models, system
+from model_registry.api.auth import CTX_KEY, auth_middleware
+from model_registry.api.errors import error_middleware
+from model_registry.api.metrics import METRICS_KEY, RegistryMetrics, metrics_middleware
+from model_registry.services.context import RegistryContext
+
+# Multipart framing and form fields around the model file itself.
+UPLOAD_OVERHEAD_BYTES = 1024 * 1024
+
+
+def create_app(ctx: RegistryContext, metrics: RegistryMetrics | None = None) -> web.Application:
+    """Build the API application around a registry context."""
+    app = web.Application(
+        middlewares=[metrics_middleware, error_middleware, auth_middleware],
+        client_max_size=ctx.config.api.max_upload_mb * 1024 * 1024 + UPLOAD_OVERHEAD_BYTES,
+    )
+    app[CTX_KEY] = ctx
+    app[METRICS_KEY] = metrics or RegistryMetrics()
+    app.router.add_routes(
+        [
+            web.get("/healthz", system.healthz),
+            web.get("/metrics", system.metrics),
+            web.get("/v1/openapi.json", system.openapi),
+            web.post("/v1/tokens", system.create_token),
+            web.get("/v1/artifacts/{sha256}", system.get_artifact),
+            web.get("/v1/models", models.list_models),
+            web.get("/v1/models/{name}/versions", models.list_versions),
+            web.post("/v1/models/{name}/versions", models.push_version),
+            web.get("/v1/models/{name}/versions/{version}", models.get_version),
+            web.post("/v1/models/{name}/rollback", models.rollback_model),
+            web.get("/v1/deployments", deployments.list_deployments),
+            web.post("/v1/deployments", deployments.create_deployment),
+            web.get("/v1/deployments/{id}", deployments.get_deployment),
+            web.get("/v1/devices", devices.list_devices),
+            web.post("/v1/devices", devices.create_device),
+            web.get("/v1/devices/{id}", devices.get_device),
+        ]
+    )
+    return app

@@ -1,0 +1,79 @@
+"""The registry's Prometheus metrics: API requests, plus fleet gauges read at scrape time."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from aiohttp import web
+
+from model_registry.api.errors import Handler
+from model_registry.services.context import RegistryContext
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class RegistryMetrics:
+    """Counters the API updates, and the text exposition of them and of the fleet."""
+
+    def __init__(self) -> None:
+        self.requests: Counter[tuple[str, str, int]] = Counter()
+        self.request_seconds: dict[tuple[str, str], float] = {}
+        self.extra_counters: dict[str, Callable[[], Counter[str]]] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Record one answered request."""
+        self.requests[(method, route, status)] += 1
+        key = (method, route)
+        self.request_seconds[key] = self.request_seconds.get(key, 0.0) + seconds
+
+    async def render(self, ctx: RegistryContext) -> str:
+        """Return all metrics in the Prometheus text format 0.0.4."""
+        lines = [
+            "# HELP model_registry_http_requests_total API requests answered.",
+            "# TYPE model_registry_http_requests_total counter",
+        ]
+        for (method, route, status), count in sorted(self.requests.items()):
+            labels = f'method="{method}",route="{_escape(route)}",status="{status}"'
+            lines.append(f"model_registry_http_requests_total{{{labels}}} {count}")
+        lines += await _fleet_lines(ctx)
+        for name, source in sorted(self.extra_counters.items()):
+            lines += [f"# TYPE {name} counter"]
+            lines += [f'{name}{{reason="{_escape(k)}"}} {v}' for k, v in sorted(source().items())]
+        return "\n".join(lines) + "\n"
+
+
+async def _fleet_lines(ctx: RegistryContext) -> list[str]:
+    devices = await ctx.storage.devices()
+    models = await ctx.storage.models()
+    online = sum(1 for d in devices if d.online)
+    return [
+        "# HELP model_registry_devices Provisioned devices by connection state.",
+        "# TYPE model_registry_devices gauge",
+        f'model_registry_devices{{state="online"}} {online}',
+        f'model_registry_devices{{state="offline"}} {len(devices) - online}',
+        "# HELP model_registry_models Models with at least one release.",
+        "# TYPE model_registry_models gauge",
+        f"model_registry_models {len(models)}",
+    ]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+METRICS_KEY = web.AppKey("registry_metrics", RegistryMetrics)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every request by method, route template and status."""
+    started = time.perf_counter()
+    response = await handler(request)
+    route = request.match_info.route.resource
+    template = route.canonical if route is not None else "unmatched"
+    request.app[METRICS_KEY].observe(
+        request.method, template, response.status, time.perf_counter() - started
+    )
+    return response

@@ -1,0 +1,66 @@
+"""Endpoints for models and their versions."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from model_registry.api.auth import CTX_KEY, PRINCIPAL_KEY, require
+from model_registry.api.params import int_param, json_body, target_from
+from model_registry.api.uploads import read_upload
+from model_registry.api.views import deployment_view, model_view, release_view
+from model_registry.services.deployments import rollback
+from model_registry.services.releases import PushRequest, push_model
+
+
+@require("viewer")
+async def list_models(request: web.Request) -> web.Response:
+    """GET /v1/models."""
+    summaries = await request.app[CTX_KEY].storage.models()
+    return web.json_response({"models": [model_view(s) for s in summaries]})
+
+
+@require("viewer")
+async def list_versions(request: web.Request) -> web.Response:
+    """GET /v1/models/{name}/versions."""
+    name = request.match_info["name"]
+    releases = await request.app[CTX_KEY].storage.releases(name)
+    return web.json_response({"model": name, "versions": [release_view(r) for r in releases]})
+
+
+@require("publisher")
+async def push_version(request: web.Request) -> web.Response:
+    """POST /v1/models/{name}/versions: upload an ONNX model, build and sign the next version."""
+    ctx = request.app[CTX_KEY]
+    upload = await read_upload(request, ctx.config.api.max_upload_mb * 1024 * 1024)
+    push = PushRequest(
+        name=request.match_info["name"],
+        model=upload.model,
+        quantize=upload.quantize,
+        eval_set=upload.eval_set,
+        label=upload.label,
+        accuracy_limit_points=upload.accuracy_limit_points,
+        calibration=upload.calibration,
+    )
+    record = await push_model(ctx, push)
+    return web.json_response(release_view(record, detail=True), status=201)
+
+
+@require("viewer")
+async def get_version(request: web.Request) -> web.Response:
+    """GET /v1/models/{name}/versions/{version}: metadata, build report, signed release."""
+    version = int_param(request.match_info["version"], "version")
+    record = await request.app[CTX_KEY].storage.get_release(request.match_info["name"], version)
+    return web.json_response(release_view(record, detail=True))
+
+
+@require("publisher")
+async def rollback_model(request: web.Request) -> web.Response:
+    """POST /v1/models/{name}/rollback with {"group": G} or {"devices": [...]}."""
+    body = await json_body(request)
+    deployment = await rollback(
+        request.app[CTX_KEY],
+        request.match_info["name"],
+        target_from(body),
+        created_by=request[PRINCIPAL_KEY],
+    )
+    return web.json_response(deployment_view(deployment), status=201)

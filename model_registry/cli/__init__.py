@@ -1,0 +1,61 @@
+"""The `model-registry` command line: parse, dispatch, and map failures to exit codes.
+
+Exit codes: 0 success, 1 the operation failed, 2 usage error. Errors go to stderr as one plain
+sentence; `--json` prints machine-readable output on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from model_registry.cli import local, remote
+from model_registry.cli.parser import build_parser
+from model_registry.errors import RegistryError
+
+EXIT_FAILED = 1  # argparse itself exits with 2 on usage errors
+
+Command = Callable[[argparse.Namespace], int]
+
+COMMANDS: dict[str, Command] = {
+    "init": local.init,
+    "serve": local.serve,
+    "build-sklearn": local.build_sklearn,
+    "broker-config": local.broker_config,
+    "push": remote.push,
+    "models": remote.models,
+    "versions": remote.versions,
+    "deploy": remote.deploy,
+    "rollback": remote.rollback,
+    "devices add": remote.devices_add,
+    "devices list": remote.devices_list,
+    "token create": remote.token_create,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `model-registry`."""
+    args = build_parser().parse_args(argv)
+    name = " ".join(
+        part
+        for part in (
+            args.command,
+            getattr(args, "devices_command", None),
+            getattr(args, "token_command", None),
+        )
+        if part
+    )
+    try:
+        return COMMANDS[name](args)
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+    except (RegistryError, OSError) as e:
+        print(f"model-registry {name}: {_sentence(e)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _sentence(error: Exception) -> str:
+    if isinstance(error, OSError) and error.filename:
+        return f"{error.strerror}: {error.filename}"
+    return str(error)

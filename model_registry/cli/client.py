@@ -1,0 +1,113 @@
+"""A small synchronous client of the registry's REST API, for the CLI.
+
+The standard library is enough here: one request at a time, JSON in and out, and a multipart
+encoder for uploads. API errors come back as `ApiError` carrying the server's own sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model_registry.config import load_config
+from model_registry.errors import RegistryError
+from model_registry.home import CLI_TOKEN_FILE, SERVE_FILE
+
+URL_ENV = "MODEL_REGISTRY_URL"
+TOKEN_ENV = "MODEL_REGISTRY_TOKEN"  # noqa: S105 - a variable name
+TIMEOUT_S = 600  # a push quantizes and evaluates on the server before answering
+
+
+class ApiError(RegistryError):
+    """The API answered with an error, or could not be reached."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ApiClient:
+    """Where the API is and which token to send."""
+
+    url: str
+    token: str | None
+
+    @classmethod
+    def locate(cls, url: str | None, token: str | None, home: Path | None) -> ApiClient:
+        """Find the API from flags, then the environment, then the registry home."""
+        url = url or os.environ.get(URL_ENV)
+        token = token or os.environ.get(TOKEN_ENV)
+        if home is not None and (home / "registry.toml").exists():
+            config = load_config(home)
+            url = url or _served_url(home) or config.api.public_url or f"http://{config.api.listen}"
+            token_file = home / CLI_TOKEN_FILE
+            if token is None and token_file.exists():
+                token = token_file.read_text().strip()
+        if not url:
+            raise ApiError(
+                f"no registry to talk to: pass --url, set {URL_ENV}, "
+                "or point --home at a registry home"
+            )
+        if not url.startswith(("http://", "https://")):
+            raise ApiError(f"the registry URL {url!r} must start with http:// or https://")
+        return cls(url.rstrip("/"), token)
+
+    def get(self, path: str) -> Any:
+        """GET a JSON document."""
+        return self._send("GET", path, None, {})
+
+    def post_json(self, path: str, body: dict[str, Any]) -> Any:
+        """POST a JSON object."""
+        return self._send(
+            "POST", path, json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+
+    def post_files(self, path: str, fields: dict[str, bytes]) -> Any:
+        """POST a multipart form whose fields are all sent as files."""
+        boundary = "----model-registry-" + secrets.token_hex(12)
+        body = bytearray()
+        for name, data in fields.items():
+            body += f"--{boundary}\r\n".encode()
+            body += f'Content-Disposition: form-data; name="{name}"; filename="{name}"\r\n'.encode()
+            body += b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n"
+        body += f"--{boundary}--\r\n".encode()
+        content_type = f"multipart/form-data; boundary={boundary}"
+        return self._send("POST", path, bytes(body), {"Content-Type": content_type})
+
+    def _send(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Any:
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        # `locate` admits only http(s) URLs, so no file: or custom scheme reaches urlopen.
+        request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as e:
+            raise ApiError(_error_text(e), e.code) from e
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise ApiError(f"cannot reach the registry at {self.url}: {reason}") from e
+
+
+def _served_url(home: Path) -> str | None:
+    try:
+        endpoint = json.loads((home / SERVE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    url = endpoint.get("api_url") if isinstance(endpoint, dict) else None
+    return url if isinstance(url, str) else None
+
+
+def _error_text(error: urllib.error.HTTPError) -> str:
+    try:
+        message = json.loads(error.read()).get("error")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or f"the registry answered {error.code} {error.reason}")

@@ -1,0 +1,168 @@
+"""The argument parser of `model-registry`: the command-line contract in one place."""
+
+from __future__ import annotations
+
+import argparse
+
+from model_registry import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="model-registry",
+        description="Version, quantize, sign and deploy ONNX models to edge devices over MQTT.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _local_commands(commands)
+    _model_commands(commands)
+    _fleet_commands(commands)
+    return parser
+
+
+def _home(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--home", help="registry home (default: $MODEL_REGISTRY_HOME or ./registry-home)"
+    )
+
+
+def _api(parser: argparse.ArgumentParser) -> None:
+    _home(parser)
+    parser.add_argument(
+        "--url", help="registry API URL (default: $MODEL_REGISTRY_URL or the home's)"
+    )
+    parser.add_argument("--token", help="API token (default: $MODEL_REGISTRY_TOKEN or the home's)")
+
+
+def _json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _target(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--group", help="every device of this group")
+    group.add_argument("--device", nargs="+", metavar="ID", help="these devices")
+
+
+def _local_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    init = commands.add_parser(
+        "init", help="create a registry home: keys, root v1, database, admin token"
+    )
+    _home(init)
+    init.add_argument("--root-keys", type=int, default=1, help="number of root keys (default 1)")
+    init.add_argument(
+        "--root-threshold", type=int, default=1, help="root signatures required (default 1)"
+    )
+    init.add_argument(
+        "--passphrase-env", metavar="VAR", help="encrypt root keys with the passphrase in $VAR"
+    )
+
+    serve = commands.add_parser("serve", help="run the API and the MQTT side")
+    _home(serve)
+    serve.add_argument(
+        "--listen", metavar="HOST:PORT", help="API address (default from registry.toml)"
+    )
+    broker = serve.add_mutually_exclusive_group()
+    broker.add_argument("--mqtt-url", metavar="URL", help="external broker, mqtt:// or mqtts://")
+    broker.add_argument(
+        "--embedded-broker", metavar="HOST:PORT", help="start the embedded broker here"
+    )
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    build = commands.add_parser(
+        "build-sklearn", help="convert a fitted scikit-learn estimator to ONNX"
+    )
+    build.add_argument("estimator", metavar="ESTIMATOR.joblib")
+    build.add_argument("--sample", required=True, metavar="DATA.npz", help="rows with array X")
+    build.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+
+    broker_config = commands.add_parser(
+        "broker-config", help="write mosquitto config, passwords and ACL"
+    )
+    _home(broker_config)
+    broker_config.add_argument("--out", required=True, metavar="DIR")
+    broker_config.add_argument(
+        "--tls", action="store_true", help="TLS listener with a generated CA"
+    )
+    broker_config.add_argument(
+        "--port", type=int, help="listener port (default 1883, 8883 with --tls)"
+    )
+    broker_config.add_argument("--listen-host", default="0.0.0.0", help="listener address")  # noqa: S104
+    broker_config.add_argument(
+        "--tls-host", action="append", help="name or IP in the server certificate"
+    )
+    broker_config.add_argument("--force", action="store_true", help="overwrite existing files")
+    broker_config.add_argument(
+        "--user", help="account mosquitto drops root privileges to (default: the current user)"
+    )
+
+
+def _model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    push = commands.add_parser("push", help="upload an ONNX model as the next version")
+    _api(push)
+    push.add_argument("file", metavar="FILE.onnx")
+    push.add_argument("--name", required=True)
+    push.add_argument("--quantize", choices=["int8"])
+    push.add_argument(
+        "--eval", metavar="DATA.npz", help="evaluation set with X and y (accuracy gate)"
+    )
+    push.add_argument(
+        "--calibration", metavar="DATA.npz", help="rows X for static QDQ quantization"
+    )
+    push.add_argument("--label", default="")
+    push.add_argument(
+        "--accuracy-limit", type=float, default=1.0, help="largest allowed drop, in points"
+    )
+    _json(push)
+
+    models = commands.add_parser("models", help="list models")
+    _api(models)
+    _json(models)
+
+    versions = commands.add_parser("versions", help="list the versions of a model")
+    _api(versions)
+    versions.add_argument("name")
+    _json(versions)
+
+    deploy = commands.add_parser("deploy", help="deploy a version to a group or devices")
+    _api(deploy)
+    deploy.add_argument("name")
+    deploy.add_argument("version", type=int)
+    _target(deploy)
+    deploy.add_argument("--wait", action="store_true", help="follow the deployment until it ends")
+    _json(deploy)
+
+    rollback = commands.add_parser("rollback", help="deploy the previous release a target ran")
+    _api(rollback)
+    rollback.add_argument("name")
+    _target(rollback)
+    _json(rollback)
+
+
+def _fleet_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    devices = commands.add_parser("devices", help="provision and list devices")
+    device_commands = devices.add_subparsers(
+        dest="devices_command", metavar="COMMAND", required=True
+    )
+    add = device_commands.add_parser("add", help="register a device and write its bundle")
+    _api(add)
+    add.add_argument("device_id", metavar="ID")
+    add.add_argument("--group", default="default")
+    add.add_argument("--out", required=True, metavar="DIR", help="bundle directory to create")
+    add.add_argument(
+        "--mqtt-url", metavar="URL", help="broker URL for the device (default from the registry)"
+    )
+    _json(add)
+    listing = device_commands.add_parser("list", help="list devices")
+    _api(listing)
+    listing.add_argument("--group")
+    _json(listing)
+
+    token = commands.add_parser("token", help="manage API tokens")
+    token_commands = token.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
+    create = token_commands.add_parser("create", help="create a token (printed once)")
+    _api(create)
+    create.add_argument("--role", required=True, choices=["viewer", "publisher", "admin"])
+    create.add_argument("--name")
+    _json(create)

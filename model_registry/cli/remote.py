@@ -1,0 +1,181 @@
+"""Commands that call the API: push, models, versions, deploy, rollback, devices, token."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from model_registry.cli.client import ApiClient
+from model_registry.errors import ConflictError
+from model_registry.home import resolve_home
+
+
+def _client(args: argparse.Namespace) -> ApiClient:
+    return ApiClient.locate(args.url, args.token, resolve_home(args.home))
+
+
+def _print(args: argparse.Namespace, data: Any, rows: list[list[Any]], headers: list[str]) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return
+    text_rows = [[("-" if cell is None else str(cell)) for cell in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in text_rows)) for i, h in enumerate(headers)]
+    for row in [headers, *text_rows]:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def push(args: argparse.Namespace) -> int:
+    """model-registry push."""
+    fields = {"model": Path(args.file).read_bytes(), "label": args.label.encode()}
+    fields["accuracy_limit"] = str(args.accuracy_limit).encode()
+    if args.quantize:
+        fields["quantize"] = args.quantize.encode()
+    if args.eval:
+        fields["eval"] = Path(args.eval).read_bytes()
+    if args.calibration:
+        fields["calibration"] = Path(args.calibration).read_bytes()
+    release = _client(args).post_files(f"/v1/models/{quote(args.name)}/versions", fields)
+    if args.json:
+        print(json.dumps(release, indent=2))
+        return 0
+    build = release.get("build", {})
+    print(
+        f"Pushed {release['model']} version {release['version']} "
+        f"({release['size']} bytes, sha256 {release['sha256'][:12]})"
+    )
+    for key in (
+        "quantization",
+        "quantization_reason",
+        "accuracy_fp32",
+        "accuracy_int8",
+        "r2_fp32",
+        "r2_int8",
+        "agreement",
+        "size_ratio",
+    ):
+        if key in build:
+            print(f"  {key}: {build[key]}")
+    return 0
+
+
+def models(args: argparse.Namespace) -> int:
+    """model-registry models."""
+    data = _client(args).get("/v1/models")
+    rows = [[m["name"], m["latest_version"], m["releases"], m["created"]] for m in data["models"]]
+    _print(args, data, rows, ["NAME", "LATEST", "RELEASES", "CREATED"])
+    return 0
+
+
+def versions(args: argparse.Namespace) -> int:
+    """model-registry versions NAME."""
+    data = _client(args).get(f"/v1/models/{quote(args.name)}/versions")
+    rows = [
+        [
+            v["version"],
+            v["label"],
+            v["size"],
+            v["sha256"][:12],
+            v["build"].get("quantization"),
+            v["created"],
+        ]
+        for v in data["versions"]
+    ]
+    _print(args, data, rows, ["VERSION", "LABEL", "SIZE", "SHA256", "QUANTIZATION", "CREATED"])
+    return 0
+
+
+def _target(args: argparse.Namespace) -> dict[str, Any]:
+    return {"group": args.group} if args.group else {"devices": args.device}
+
+
+def deploy(args: argparse.Namespace) -> int:
+    """model-registry deploy NAME VERSION."""
+    body = {"model": args.name, "version": args.version, **_target(args)}
+    deployment = _client(args).post_json("/v1/deployments", body)
+    _print_deployment(args, deployment)
+    return 0
+
+
+def rollback(args: argparse.Namespace) -> int:
+    """model-registry rollback NAME."""
+    deployment = _client(args).post_json(f"/v1/models/{quote(args.name)}/rollback", _target(args))
+    _print_deployment(args, deployment)
+    return 0
+
+
+def _print_deployment(args: argparse.Namespace, deployment: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps(deployment, indent=2))
+        return
+    devices = deployment["devices"]
+    print(
+        f"Deployment {deployment['id']}: {deployment['kind']} {deployment['model']} "
+        f"version {deployment['version']} to {len(devices)} device(s): {', '.join(devices)}"
+    )
+
+
+def devices_add(args: argparse.Namespace) -> int:
+    """model-registry devices add ID --out DIR."""
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise ConflictError(f"{out} exists and is not empty; choose a new bundle directory")
+    body: dict[str, Any] = {"device_id": args.device_id, "group": args.group}
+    if args.mqtt_url:
+        body["mqtt_url"] = args.mqtt_url
+    device = _client(args).post_json("/v1/devices", body)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, encoded in device.pop("bundle").items():
+        path = out / name
+        path.write_bytes(base64.b64decode(encoded))
+        os.chmod(path, 0o600 if name == "mqtt-password" else 0o644)
+    if args.json:
+        print(json.dumps({**device, "bundle_dir": str(out.absolute())}, indent=2))
+        return 0
+    print(f"Registered device {device['device_id']} in group {device['group']}")
+    print(f"Bundle written to {out.absolute()}: start it with")
+    print(f"  edge-agent run --config {out.absolute() / 'device.toml'}")
+    return 0
+
+
+def devices_list(args: argparse.Namespace) -> int:
+    """model-registry devices list."""
+    path = "/v1/devices" + (f"?group={quote(args.group)}" if args.group else "")
+    data = _client(args).get(path)
+    rows = []
+    for device in data["devices"]:
+        models = device["models"] or {"-": {}}
+        for name, status in models.items():
+            rows.append(
+                [
+                    device["device_id"],
+                    device["group"],
+                    "online" if device["online"] else "offline",
+                    name,
+                    status.get("assigned"),
+                    status.get("active"),
+                    status.get("phase"),
+                    device["last_seen"],
+                ]
+            )
+    headers = ["DEVICE", "GROUP", "STATE", "MODEL", "ASSIGNED", "ACTIVE", "PHASE", "LAST SEEN"]
+    _print(args, data, rows, headers)
+    return 0
+
+
+def token_create(args: argparse.Namespace) -> int:
+    """model-registry token create --role R."""
+    body = {"role": args.role, **({"name": args.name} if args.name else {})}
+    token = _client(args).post_json("/v1/tokens", body)
+    if args.json:
+        print(json.dumps(token, indent=2))
+    else:
+        print(f"Created {token['role']} token {token['name']!r} (shown once):")
+        print(token["token"])
+    return 0

@@ -1,0 +1,200 @@
+"""registry.toml: the registry home's configuration, read into frozen dataclasses.
+
+Every key has a default, so a home works with an empty file; unknown keys and wrong types are
+errors naming the file, the key and the expected type. Relative paths are relative to the home.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_protocol import Topics
+from edge_protocol.errors import TopicError
+from model_registry.errors import ConfigError
+
+CONFIG_NAME = "registry.toml"
+EMBEDDED = "embedded"
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """The HTTP API."""
+
+    listen: str = "127.0.0.1:8700"
+    public_url: str = ""  # how devices reach the API for HTTP artifacts; derived from listen
+    max_upload_mb: int = 256
+
+    def __post_init__(self) -> None:
+        parse_host_port(self.listen, "api.listen")
+        if self.max_upload_mb < 1:
+            raise ConfigError("api.max_upload_mb: must be at least 1")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where records and blobs live."""
+
+    database: str = "registry.db"  # a path (SQLite) or a postgresql:// DSN
+    blobs: str = "blobs"
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """The broker the registry publishes to, or the embedded one it starts."""
+
+    url: str = EMBEDDED  # "embedded", mqtt://host:port or mqtts://host:port
+    embedded_listen: str = "127.0.0.1:1883"
+    device_url: str = ""  # the broker URL written into device bundles; derived when empty
+    username: str = "registry"
+    password_file: str = "secrets/mqtt-password"  # noqa: S105 - a path
+    ca_file: str = ""
+    topic_prefix: str = "edge/v1"
+    keepalive_s: int = 30
+
+    def __post_init__(self) -> None:
+        parse_host_port(self.embedded_listen, "mqtt.embedded_listen")
+        if self.url != EMBEDDED and not self.url.startswith(("mqtt://", "mqtts://")):
+            raise ConfigError(f"mqtt.url: {self.url!r} is not 'embedded', mqtt:// or mqtts://")
+        try:
+            Topics(self.topic_prefix)
+        except TopicError as e:
+            raise ConfigError(f"mqtt.topic_prefix: {e}") from e
+
+
+@dataclass(frozen=True)
+class SigningConfig:
+    """Keys and the lifetimes of what they sign."""
+
+    release_key: str = "keys/release.pem"
+    root_file: str = "root.json"
+    release_expiry_days: int = 30
+    assignment_expiry_days: int = 30
+    resign_before_days: int = 7  # re-sign documents still in use this long before they expire
+    resign_check_interval_s: int = 3600
+
+    def __post_init__(self) -> None:
+        for name in ("release_expiry_days", "assignment_expiry_days"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"signing.{name}: must be at least 1")
+        if not 0 < self.resign_before_days < self.release_expiry_days:
+            raise ConfigError("signing.resign_before_days: must be between 1 and the expiry")
+
+
+@dataclass(frozen=True)
+class ArtifactsConfig:
+    """How model files are cut for MQTT delivery."""
+
+    chunk_size_kib: int = 256
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.chunk_size_kib <= 16 * 1024:
+            raise ConfigError("artifacts.chunk_size_kib: must be between 1 and 16384")
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """Deployment defaults."""
+
+    deadline_s: int = 600  # a targeted device silent this long after a deploy counts as failed
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """The whole registry.toml, plus the home directory it was read from."""
+
+    home: Path
+    api: ApiConfig = field(default_factory=ApiConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    signing: SigningConfig = field(default_factory=SigningConfig)
+    artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
+
+    def path(self, relative: str) -> Path:
+        """Resolve a configured path against the home."""
+        return self.home / relative
+
+    @property
+    def database_location(self) -> str:
+        """The storage DSN, with a relative SQLite path resolved against the home."""
+        database = self.storage.database
+        if "://" in database:
+            return database
+        return str(self.path(database))
+
+    @property
+    def topics(self) -> Topics:
+        """The topic builder for the configured prefix."""
+        return Topics(self.mqtt.topic_prefix)
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "api": ApiConfig,
+    "storage": StorageConfig,
+    "mqtt": MqttConfig,
+    "signing": SigningConfig,
+    "artifacts": ArtifactsConfig,
+    "deploy": DeployConfig,
+}
+
+
+def load_config(home: Path) -> RegistryConfig:
+    """Read `home/registry.toml`, naming the file and key of any mistake."""
+    path = home / CONFIG_NAME
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path} not found: create a home with 'model-registry init'") from e
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: {e}") from e
+    unknown = set(data) - set(_SECTIONS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown section [{sorted(unknown)[0]}]")
+    sections = {
+        name: _read_section(path, name, cls, data.get(name, {})) for name, cls in _SECTIONS.items()
+    }
+    return RegistryConfig(home=home.resolve(), **sections)
+
+
+def _read_section(path: Path, name: str, cls: type[Any], values: Any) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: [{name}] must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{path}: unknown key {name}.{key}")
+        expected = hints[key]
+        if not _matches(value, expected):
+            raise ConfigError(f"{path}: {name}.{key} must be {_type_name(expected)}")
+    try:
+        return cls(**values)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
+def _matches(value: Any, expected: Any) -> bool:
+    if isinstance(expected, types.UnionType):
+        return any(_matches(value, option) for option in typing.get_args(expected))
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _type_name(expected: Any) -> str:
+    names = {int: "an integer", str: "a string", bool: "true or false", float: "a number"}
+    return names.get(expected, str(expected))
+
+
+def parse_host_port(text: str, key: str) -> tuple[str, int]:
+    """Split `HOST:PORT`, raising ConfigError naming `key` when it is not one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: {text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)

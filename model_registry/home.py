@@ -1,0 +1,176 @@
+"""The registry home: its layout, and `model-registry init` which creates it.
+
+```
+registry-home/
+  registry.toml          configuration (commented)
+  root.json              the current signed root: provision devices with this file
+  metadata/root/N.json   every root version ever signed
+  keys/root/root-K.pem   root keys: move them offline after init
+  keys/release.pem       the online release key
+  secrets/               0700: the MQTT password, the local CLI token
+  registry.db            SQLite records
+  blobs/                 content-addressed model files
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from edge_protocol import SigningKey, save_private_key, utc_now
+from model_registry.config import CONFIG_NAME, RegistryConfig, load_config
+from model_registry.errors import ConflictError, InvalidInputError
+from model_registry.fsutil import make_private_dir, write_file_atomic
+from model_registry.mqtt.credentials import generate_password
+from model_registry.signing import ROOT_LIFETIME, make_root, sign_document
+from model_registry.storage import open_storage
+from model_registry.tokens import generate_token, hash_token
+
+HOME_ENV = "MODEL_REGISTRY_HOME"
+DEFAULT_HOME = "registry-home"
+CLI_TOKEN_FILE = "secrets/cli-token"  # noqa: S105 - a file name
+SERVE_FILE = "serve.json"  # written by a running `serve`: where its API listens
+
+CONFIG_TEMPLATE = """\
+# Model registry configuration. Every key is optional; the values shown are the defaults.
+# Relative paths are relative to this file's directory (the registry home).
+
+[api]
+# Where the REST API listens. Keep it on loopback unless a TLS proxy fronts it.
+listen = "127.0.0.1:8700"
+# The URL devices use for HTTP artifact downloads; derived from `listen` when empty.
+public_url = ""
+# Largest model upload accepted, in MiB.
+max_upload_mb = 256
+
+[storage]
+# SQLite file, or a postgresql:// DSN for several registry replicas.
+database = "registry.db"
+blobs = "blobs"
+
+[mqtt]
+# "embedded" starts a broker inside the registry (a lab or a laptop);
+# fleets use mqtt://host:1883 or mqtts://host:8883 (mosquitto, EMQX, HiveMQ, VerneMQ).
+url = "embedded"
+embedded_listen = "127.0.0.1:1883"
+# The broker URL written into device bundles; derived from the above when empty.
+device_url = ""
+username = "registry"
+password_file = "secrets/mqtt-password"
+# CA certificate that signed the broker's certificate (mqtts:// only).
+ca_file = ""
+topic_prefix = "edge/v1"
+keepalive_s = 30
+
+[signing]
+release_key = "keys/release.pem"
+root_file = "root.json"
+# Lifetimes of what the release key signs. Documents still in use are re-signed
+# `resign_before_days` before they expire, checked every `resign_check_interval_s`.
+release_expiry_days = 30
+assignment_expiry_days = 30
+resign_before_days = 7
+resign_check_interval_s = 3600
+
+[artifacts]
+# Model files travel as retained MQTT messages of this size.
+chunk_size_kib = 256
+
+[deploy]
+# A targeted device that has not reported a terminal state this long after a deployment
+# counts as failed.
+deadline_s = 600
+"""
+
+
+@dataclass(frozen=True)
+class InitResult:
+    """What `init` created and must tell the operator once."""
+
+    home: Path
+    root_file: Path
+    admin_token: str
+    root_key_files: tuple[Path, ...]
+
+
+def resolve_home(explicit: str | None) -> Path:
+    """Return the home from `--home`, else $MODEL_REGISTRY_HOME, else ./registry-home."""
+    return Path(explicit or os.environ.get(HOME_ENV) or DEFAULT_HOME).absolute()
+
+
+async def init_home(
+    home: Path,
+    *,
+    root_keys: int = 1,
+    root_threshold: int = 1,
+    passphrase: bytes | None = None,
+    save_cli_token: bool = True,
+) -> InitResult:
+    """Create a new registry home with keys, root v1, database and an admin token."""
+    if not 1 <= root_threshold <= root_keys:
+        raise InvalidInputError(
+            f"root threshold {root_threshold} must be between 1 and the {root_keys} root key(s)"
+        )
+    config, root_key_files = await asyncio.to_thread(
+        _write_files, home, root_keys, root_threshold, passphrase
+    )
+    token = generate_token()
+    storage = open_storage(config.database_location)
+    await storage.open()
+    root_file = config.path(config.signing.root_file)
+    try:
+        await storage.add_root(1, await asyncio.to_thread(root_file.read_bytes))
+        await storage.add_token("admin", "admin", hash_token(token), utc_now())
+    finally:
+        await storage.close()
+    if save_cli_token:
+        await asyncio.to_thread(
+            write_file_atomic, home / CLI_TOKEN_FILE, token.encode(), mode=0o600
+        )
+    return InitResult(home, root_file, token, root_key_files)
+
+
+def _write_files(
+    home: Path, root_keys: int, root_threshold: int, passphrase: bytes | None
+) -> tuple[RegistryConfig, tuple[Path, ...]]:
+    if home.exists() and any(home.iterdir()):
+        raise ConflictError(f"{home} already exists and is not empty; refusing to overwrite it")
+    _make_layout(home)
+    write_file_atomic(home / CONFIG_NAME, CONFIG_TEMPLATE.encode(), exclusive=True)
+    config = load_config(home)
+    root_key_files = _generate_keys(config, root_keys, root_threshold, passphrase)
+    mqtt_password = generate_password().encode()
+    write_file_atomic(config.path(config.mqtt.password_file), mqtt_password, mode=0o600)
+    return config, root_key_files
+
+
+def _make_layout(home: Path) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    for sub in ("metadata/root", "blobs"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    for private in ("keys", "keys/root", "secrets"):
+        make_private_dir(home / private)
+
+
+def _generate_keys(
+    config: RegistryConfig, count: int, threshold: int, passphrase: bytes | None
+) -> tuple[Path, ...]:
+    root_keys = [SigningKey.generate() for _ in range(count)]
+    release_key = SigningKey.generate()
+    paths = tuple(config.home / "keys" / "root" / f"root-{i + 1}.pem" for i in range(count))
+    for key, path in zip(root_keys, paths, strict=True):
+        save_private_key(key, path, passphrase)
+    save_private_key(release_key, config.path(config.signing.release_key))
+    root = make_root(1, root_keys, [release_key], root_threshold=threshold, expires=_root_expiry())
+    signed = sign_document(root.to_dict(), root_keys)
+    write_file_atomic(config.home / "metadata" / "root" / "1.json", signed, exclusive=True)
+    write_file_atomic(config.path(config.signing.root_file), signed)
+    return paths
+
+
+def _root_expiry() -> datetime:
+    return utc_now().replace(microsecond=0) + ROOT_LIFETIME

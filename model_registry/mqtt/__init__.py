@@ -1,0 +1,1 @@
+"""MQTT for the registry: credentials, access rules, mosquitto files and the embedded broker."""

@@ -1,0 +1,208 @@
+"""The registry's MQTT connection: paho-mqtt on its own thread, awaitable from asyncio.
+
+Paho runs its network loop in a thread and reconnects by itself; its callbacks only hand work to
+the event loop with `call_soon_threadsafe`, never block and never take locks of ours (paho calls
+`on_publish` while holding its own locks, so any lock here could deadlock with `publish`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from model_registry.errors import ConfigError, RegistryError
+
+MAX_INFLIGHT = 200  # chunks of one artifact go out together; paho's default of 20 serializes them
+
+
+class MqttError(RegistryError):
+    """The broker refused us or could not be reached in time."""
+
+
+@dataclass(frozen=True)
+class MqttMessage:
+    """A received message, converted from paho's type at the boundary."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Host, port and whether TLS is on, parsed from an mqtt:// or mqtts:// URL."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        """Parse `mqtt://host[:port]` or `mqtts://host[:port]`."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ConfigError(f"broker URL {url!r} must look like mqtt://host:port or mqtts://...")
+        tls = parts.scheme == "mqtts"
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError as e:
+            raise ConfigError(f"broker URL {url!r} has a bad port") from e
+        return cls(parts.hostname, port, tls)
+
+
+class MqttConnection:
+    """One persistent-session MQTT client with awaitable QoS 1 publishes."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_id: str,
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: str | None = None,
+        keepalive_s: int = 30,
+        connect_timeout_s: float = 30.0,
+    ) -> None:
+        self.address = BrokerAddress.parse(url)
+        self._connect_timeout_s = connect_timeout_s
+        self._keepalive = keepalive_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connected: asyncio.Event | None = None
+        self._first_connect: asyncio.Future[None] | None = None
+        self._pending: dict[int, asyncio.Future[None]] = {}
+        self._subscriptions: list[str] = []
+        self._connections = 0
+        self.reconnected: asyncio.Queue[int] = asyncio.Queue()  # one item per reconnection
+        self.messages: asyncio.Queue[MqttMessage] = asyncio.Queue()
+        self._client = self._make_client(client_id, username, password, ca_file)
+
+    def _make_client(
+        self, client_id: str, username: str | None, password: str | None, ca_file: str | None
+    ) -> paho.Client:
+        # MQTT 3.1.1 with a persistent session: every broker we target speaks it, the embedded
+        # one included, and it keeps our subscriptions and queued messages across reconnects.
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=False,
+            protocol=paho.MQTTv311,
+        )
+        if username:
+            client.username_pw_set(username, password)
+        if self.address.tls:
+            client.tls_set(ca_certs=ca_file or None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.max_inflight_messages_set(MAX_INFLIGHT)
+        client.max_queued_messages_set(0)  # unbounded: a publish never silently drops
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    async def connect(self) -> None:
+        """Connect and start paho's network thread; fail if the broker says no."""
+        self._loop = asyncio.get_running_loop()
+        self._connected = asyncio.Event()
+        self._first_connect = self._loop.create_future()
+        self._client.connect_async(self.address.host, self.address.port, self._keepalive)
+        self._client.loop_start()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._first_connect), self._connect_timeout_s)
+        except TimeoutError as e:
+            await self.close()
+            raise MqttError(
+                f"no answer from the broker at {self.address.host}:{self.address.port} "
+                f"within {self._connect_timeout_s:.0f} s"
+            ) from e
+        except MqttError:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Disconnect cleanly and stop the network thread."""
+        self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(MqttError("connection closed before the broker acknowledged"))
+        self._pending.clear()
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = True) -> None:
+        """Publish at QoS 1 and wait for the broker's acknowledgement (across reconnects)."""
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise MqttError(f"cannot publish on {topic}: {paho.error_string(info.rc)}")
+        future = self._running_loop().create_future()
+        self._pending[info.mid] = future
+        await future
+
+    def subscribe(self, topic_filter: str) -> None:
+        """Subscribe at QoS 1 now and again after every reconnect."""
+        self._subscriptions.append(topic_filter)
+        self._client.subscribe(topic_filter, qos=1)
+
+    async def wait_connected(self) -> None:
+        """Return once the connection is up."""
+        if self._connected is None:
+            raise RuntimeError("connect() first")
+        await self._connected.wait()
+
+    # paho callbacks: network thread; hand everything to the loop.
+
+    def _on_connect(self, _c: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        self._call(self._connect_result, rc.is_failure, str(rc))
+
+    def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, _rc: Any, _p: Any) -> None:
+        self._call(self._mark_disconnected)
+
+    def _on_publish(self, _c: paho.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+        self._call(self._acknowledge, mid)
+
+    def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
+        converted = MqttMessage(message.topic, bytes(message.payload), bool(message.retain))
+        self._call(self.messages.put_nowait, converted)
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("connect() first")
+        return self._loop
+
+    def _call(self, callback: Any, *args: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    # loop side
+
+    def _connect_result(self, failed: bool, reason: str) -> None:
+        if self._first_connect is None or self._connected is None:
+            return  # a callback from a connection that close() already abandoned
+        if failed:
+            if not self._first_connect.done():
+                self._first_connect.set_exception(MqttError(f"broker refused us: {reason}"))
+            return
+        for topic_filter in self._subscriptions:
+            self._client.subscribe(topic_filter, qos=1)
+        self._connected.set()
+        self._connections += 1
+        if self._connections > 1:
+            self.reconnected.put_nowait(self._connections)
+        if not self._first_connect.done():
+            self._first_connect.set_result(None)
+
+    def _mark_disconnected(self) -> None:
+        if self._connected is not None:
+            self._connected.clear()
+
+    def _acknowledge(self, mid: int) -> None:
+        future = self._pending.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(None)

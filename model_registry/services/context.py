@@ -1,0 +1,28 @@
+"""The registry's long-lived parts, assembled once and handed to every service."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from edge_protocol import utc_now
+from edge_protocol.trust import Clock
+from model_registry.config import RegistryConfig
+from model_registry.mqtt.publisher import Publisher
+from model_registry.signing import ReleaseSigner
+from model_registry.storage import BlobStore, Storage
+
+
+@dataclass
+class RegistryContext:
+    """Configuration, storage, blobs, the release signer and (when connected) the publisher."""
+
+    config: RegistryConfig
+    storage: Storage
+    blobs: BlobStore
+    signer: ReleaseSigner
+    publisher: Publisher | None = None
+    clock: Clock = field(default=utc_now)
+    # Serializes everything that reads and rewrites device assignments or the broker's
+    # retained state (deploys, renewals, resyncs), so none acts on a stale view of another.
+    state_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

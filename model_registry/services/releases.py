@@ -1,0 +1,100 @@
+"""Pushing a model: build, store the artifact, sign release `last + 1`, announce it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from numpy.typing import NDArray
+
+from edge_protocol import Artifact
+from edge_protocol.fields import is_valid_name
+from model_registry.build import BuildResult, EvalSet, build
+from model_registry.errors import ConflictError, InvalidInputError
+from model_registry.services.context import RegistryContext
+from model_registry.storage import ReleaseRecord
+
+log = logging.getLogger(__name__)
+VERSION_RACE_RETRIES = 3  # replicas pushing the same model at once each get their own version
+
+
+@dataclass(frozen=True)
+class PushRequest:
+    """What an operator asks for when pushing a model."""
+
+    name: str
+    model: bytes
+    quantize: str | None = None  # "int8" or None
+    eval_set: EvalSet | None = None
+    label: str = ""
+    accuracy_limit_points: float = 1.0
+    source: str = "onnx"
+    calibration: NDArray[Any] | None = None  # rows for static QDQ quantization
+
+
+async def push_model(ctx: RegistryContext, request: PushRequest) -> ReleaseRecord:
+    """Build and sign the next version of a model; nothing is stored if any step fails."""
+    if not is_valid_name(request.name):
+        raise InvalidInputError(
+            f"model name {request.name!r} must be letters, digits, '.', '_' or '-' "
+            "(starting with a letter or digit, at most 128)"
+        )
+    if request.quantize not in (None, "int8"):
+        raise InvalidInputError(f"quantize must be 'int8', not {request.quantize!r}")
+    if len(request.label) > 256:
+        raise InvalidInputError("label must be at most 256 characters")
+    result = await asyncio.to_thread(
+        build,
+        request.model,
+        quantize=request.quantize,
+        eval_set=request.eval_set,
+        calibration=request.calibration,
+        accuracy_limit_points=request.accuracy_limit_points,
+        source=request.source,
+    )
+    await asyncio.to_thread(ctx.blobs.put, result.artifact)
+    record = await _store_next_version(ctx, request, result)
+    log.info("pushed %s v%d (%d bytes)", record.model, record.version, record.size)
+    if ctx.publisher is not None:
+        await ctx.publisher.publish_release(record)
+    return record
+
+
+async def _store_next_version(
+    ctx: RegistryContext, request: PushRequest, result: BuildResult
+) -> ReleaseRecord:
+    chunk_size = ctx.config.artifacts.chunk_size_kib * 1024
+    artifact = Artifact.describe(result.artifact, chunk_size)
+    for _attempt in range(VERSION_RACE_RETRIES):
+        version = await ctx.storage.latest_version(request.name) + 1
+        release, envelope = ctx.signer.release(
+            model=request.name,
+            version=version,
+            label=request.label,
+            artifact=artifact,
+            io=result.io,
+            selftest=result.selftest,
+            build=result.report,
+            now=ctx.clock(),
+        )
+        record = ReleaseRecord(
+            model=release.model,
+            version=release.version,
+            label=release.label,
+            sha256=artifact.sha256,
+            size=artifact.size,
+            created=release.created,
+            expires=release.expires,
+            envelope=envelope,
+            build=release.build,
+        )
+        try:
+            await ctx.storage.add_release(record)
+        except ConflictError:
+            continue
+        return record
+    raise ConflictError(
+        f"could not allocate a version of {request.name}: too many concurrent pushes"
+    )

@@ -1,0 +1,338 @@
+"""`write_broker_config`: the files, and a real mosquitto 2 running on exactly those files.
+
+The ACL checks cover what docs/protocol.md section 7 promises: a device reads the shared documents
+and its own assignment, writes only its own reports; the registry reads and writes the prefix;
+anonymous clients are refused. `is_allowed` (the embedded broker's evaluator) is checked against
+mosquitto's verdicts on the same table, so both brokers enforce the same rules.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import ssl
+import stat
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from paho.mqtt.enums import MQTTProtocolVersion
+
+from edge_protocol.topics import Topics
+from model_registry.errors import ConflictError, InvalidInputError
+from model_registry.mqtt.acl import is_allowed, render_mosquitto_acl
+from model_registry.mqtt.broker_config import BrokerConfigFiles, write_broker_config
+from model_registry.mqtt.credentials import generate_password, hash_password
+from tests.support.broker import (
+    LOCALHOST,
+    Broker,
+    ConnectRefusedError,
+    RetainedMessages,
+    free_port,
+    start_broker,
+)
+
+TOPICS = Topics()
+P = TOPICS.prefix
+REGISTRY = "registry"
+DEV, OTHER = "dev-a", "dev-b"
+SHA = "ef" * 32
+NOT_AUTHORIZED = 0x87
+ME = pwd.getpwuid(os.geteuid()).pw_name  # mosquitto started as root would switch to `mosquitto`
+
+
+def provision(names: tuple[str, ...]) -> dict[str, str]:
+    """Fresh passwords for the registry and `names`."""
+    return {name: generate_password() for name in (REGISTRY, *names)}
+
+
+def write(
+    out: Path, users: dict[str, str], *, port: int = 18830, **options: object
+) -> BrokerConfigFiles:
+    """write_broker_config with the users' hashes and defaults a test can override."""
+    devices = [(name, hash_password(pw)) for name, pw in users.items() if name != REGISTRY]
+    arguments: dict[str, object] = {
+        "topics": TOPICS,
+        "listen_host": LOCALHOST,
+        "port": port,
+        "registry_user": REGISTRY,
+        "registry_password_hash": hash_password(users[REGISTRY]),
+        "devices": devices,
+        "tls": False,
+        "run_as_user": ME,
+        **options,
+    }
+    return write_broker_config(out, **arguments)  # type: ignore[arg-type]
+
+
+def start(files: BrokerConfigFiles, port: int, users: dict[str, str], tls: bool) -> Broker:
+    """Run mosquitto on the generated mosquitto.conf, untouched."""
+    return start_broker(files.config, port=port, users=users, tls=tls, ca_file=files.ca_cert)
+
+
+@pytest.fixture(scope="module")
+def users() -> dict[str, str]:
+    return provision((DEV, OTHER))
+
+
+@pytest.fixture(scope="module")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory, users: dict[str, str]) -> Iterator[Broker]:
+    """mosquitto on a plain listener, configured only by write_broker_config."""
+    port = free_port()
+    files = write(tmp_path_factory.mktemp("broker-config"), users, port=port)
+    broker = start(files, port, users, tls=False)
+    yield broker
+    broker.stop()
+
+
+# --- the files -------------------------------------------------------------------------------
+
+
+def test_writes_config_passwords_and_acl_with_private_modes(tmp_path: Path) -> None:
+    users = provision((DEV,))
+    files = write(tmp_path / "out", users)
+
+    assert files.ca_cert is None
+    assert files.server_key is None
+    assert all(path.is_absolute() for path in (files.config, files.password_file, files.acl_file))
+    assert stat.S_IMODE(files.password_file.stat().st_mode) == 0o600
+    assert files.persistence_dir.is_dir()
+    assert files.acl_file.read_text() == render_mosquitto_acl(TOPICS, REGISTRY)
+    lines = files.password_file.read_text().splitlines()
+    assert [line.split(":", 1)[0] for line in lines] == [REGISTRY, DEV]
+    settings = _settings(files.config)
+    assert settings["allow_anonymous"] == "false"
+    assert settings["per_listener_settings"] == "false"
+    assert settings["password_file"] == str(files.password_file)
+    assert settings["acl_file"] == str(files.acl_file)
+    assert settings["persistence"] == "true"
+    assert settings["listener"] == f"18830 {LOCALHOST}"
+    assert settings["user"] == ME
+
+
+def test_tls_files_are_a_ca_and_a_server_certificate_for_the_hosts(tmp_path: Path) -> None:
+    files = write(tmp_path, provision(()), tls=True, tls_hosts=("broker.example", "10.0.0.7"))
+    assert files.ca_cert
+    assert files.ca_key
+    assert files.server_cert
+    assert files.server_key
+
+    for key in (files.ca_key, files.server_key):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    ca = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
+    server = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
+    assert server.issuer == ca.subject
+    server.verify_directly_issued_by(ca)
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["broker.example"]
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
+    settings = _settings(files.config)
+    assert (settings["cafile"], settings["certfile"], settings["keyfile"]) == (
+        str(files.ca_cert),
+        str(files.server_cert),
+        str(files.server_key),
+    )
+    assert settings["tls_version"] == "tlsv1.2"
+    assert "offline" in files.config.read_text()  # the CA key's advice
+
+
+def test_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
+    users = provision((DEV,))
+    first = write(tmp_path, users)
+    before = {path: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+
+    with pytest.raises(ConflictError, match=r"mosquitto\.conf"):
+        write(tmp_path, users, port=18831, tls=True)
+    assert {path: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before
+
+    write(tmp_path, users, port=18831, tls=True, overwrite=True)
+    assert _settings(first.config)["listener"] == f"18831 {LOCALHOST}"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"devices": [("dev a", hash_password("x"))]}, "cannot be an MQTT username"),
+        ({"devices": [(REGISTRY, hash_password("x"))]}, "appears twice"),
+        ({"devices": [(DEV, hash_password("x"))] * 2}, "appears twice"),
+        ({"devices": [(DEV, "plaintext")]}, "not a mosquitto hash"),
+        ({"devices": [(DEV, hash_password("x") + "\nintruder:x")]}, "not a mosquitto hash"),
+        ({"devices": [(DEV, hash_password("x") + "\n")]}, "not a mosquitto hash"),
+        ({"registry_user": "reg/istry"}, "cannot be an MQTT username"),
+        ({"devices": [("dev\n", hash_password("x"))]}, "cannot be an MQTT username"),
+        ({"port": 0}, "port"),
+        ({"listen_host": "0.0.0.0\nallow_anonymous true"}, "listen host"),
+        ({"run_as_user": "root\nallow_anonymous true"}, "user"),
+        ({"tls": True, "tls_hosts": ()}, "at least one host"),
+        ({"tls": True, "tls_hosts": ("bad host",)}, "neither a host name"),
+    ],
+)
+def test_refuses_bad_input_before_writing_anything(
+    tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        write(tmp_path / "out", provision(()), **change)
+    assert not (tmp_path / "out").exists()
+
+
+def _settings(config: Path) -> dict[str, str]:
+    """Option -> value of a mosquitto.conf, comments skipped (last one wins)."""
+    pairs = (line.split(" ", 1) for line in config.read_text().splitlines())
+    return {pair[0]: pair[1] for pair in pairs if len(pair) == 2 and not pair[0].startswith("#")}
+
+
+# --- a real mosquitto on the generated files ---------------------------------------------
+
+
+def test_devices_connect_with_their_own_credentials_only(mosquitto: Broker) -> None:
+    for protocol in (MQTTProtocolVersion.MQTTv311, MQTTProtocolVersion.MQTTv5):
+        with mosquitto.connect(DEV, protocol=protocol), mosquitto.connect(REGISTRY):
+            pass
+    for username, password in [(None, None), (DEV, "wrong"), (DEV, mosquitto.password(OTHER))]:
+        with pytest.raises(ConnectRefusedError) as refused:
+            mosquitto.connect(username, password)
+        assert refused.value.reason_code.is_failure
+
+
+def test_a_device_reads_only_its_own_assignment(
+    mosquitto: Broker, retained: RetainedMessages
+) -> None:
+    retained.publish(mosquitto, TOPICS.assignment(DEV), b"mine")
+    retained.publish(mosquitto, TOPICS.assignment(OTHER), b"theirs")
+    with mosquitto.connect(DEV) as device:
+        # mosquitto grants every subscription and filters each message on delivery.
+        device.subscribe(f"{P}/devices/+/assignment")
+        barrier = f"{P}/trust/barrier"
+        device.subscribe(barrier)
+        with mosquitto.connect(REGISTRY) as registry:
+            registry.publish(barrier, b"barrier")
+        received = device.collect_until(barrier)
+    assert [(m.topic, m.payload) for m in received] == [
+        (TOPICS.assignment(DEV), b"mine"),
+        (barrier, b"barrier"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        TOPICS.state(OTHER),
+        TOPICS.events(OTHER),
+        TOPICS.telemetry(OTHER),
+        TOPICS.assignment(DEV),
+        TOPICS.assignment(OTHER),
+        TOPICS.release("iris", 1),
+        TOPICS.artifact_chunk(SHA, 0),
+        TOPICS.root(1),
+    ],
+)
+def test_a_device_cannot_publish_outside_its_own_reports(mosquitto: Broker, topic: str) -> None:
+    with mosquitto.connect(DEV) as device:
+        assert device.publish(topic, b"forged").value == NOT_AUTHORIZED
+        assert not device.publish(TOPICS.events(DEV), b"allowed").is_failure
+
+
+def test_refused_publishes_of_a_mqtt311_device_never_reach_the_registry(mosquitto: Broker) -> None:
+    with mosquitto.connect(REGISTRY) as registry:
+        registry.subscribe(f"{P}/#", retained=False)
+        with mosquitto.connect(DEV, protocol=MQTTProtocolVersion.MQTTv311) as device:
+            device.publish(TOPICS.assignment(OTHER), b"forged")  # acknowledged, then dropped
+            device.publish(TOPICS.release("iris", 9), b"forged")
+            device.publish(TOPICS.state(DEV), b"barrier")
+        received = registry.collect_until(TOPICS.state(DEV))
+    assert [m.payload for m in received] == [b"barrier"]
+
+
+def test_the_registry_publishes_retained_everywhere_under_the_prefix(
+    mosquitto: Broker, retained: RetainedMessages
+) -> None:
+    topics = [TOPICS.root(1), TOPICS.release("iris", 1), TOPICS.artifact_chunk(SHA, 0),
+              TOPICS.assignment(DEV), TOPICS.state(DEV), P]  # fmt: skip
+    for topic in topics:
+        assert not retained.publish(mosquitto, topic, topic.encode()).is_failure
+    with mosquitto.connect(REGISTRY) as reader:
+        reader.subscribe(f"{P}/#")
+        reader.subscribe(P)
+        got = {m.topic: m.payload for m in (reader.next_message() for _ in topics)}
+    assert got == {topic: topic.encode() for topic in topics}
+    with mosquitto.connect(REGISTRY) as registry:
+        assert registry.publish("elsewhere/x", b"x").value == NOT_AUTHORIZED
+
+
+def test_a_will_is_published_only_on_a_topic_the_device_may_write(mosquitto: Broker) -> None:
+    with mosquitto.connect(REGISTRY) as registry:
+        registry.subscribe(f"{P}/#", retained=False)
+        for will_topic in (TOPICS.assignment(OTHER), TOPICS.state(DEV)):
+            client = mosquitto.paho_client(DEV, protocol=MQTTProtocolVersion.MQTTv311)
+            client.will_set(will_topic, b"offline", qos=1)
+            # By hand, without a network thread that would reconnect after the cut.
+            client.connect(mosquitto.host, mosquitto.port)
+            while not client.is_connected():
+                assert client.loop(1.0) == 0
+            sock = client.socket()
+            assert sock is not None
+            sock.close()  # vanish without DISCONNECT
+        received = registry.collect_until(TOPICS.state(DEV))
+    assert [(m.topic, m.payload) for m in received] == [(TOPICS.state(DEV), b"offline")]
+
+
+CROSS_CHECK = [
+    TOPICS.root(1), TOPICS.release("iris", 2), TOPICS.artifact_chunk(SHA, 3),
+    TOPICS.assignment(DEV), TOPICS.assignment(OTHER), TOPICS.state(DEV), TOPICS.state(OTHER),
+    TOPICS.events(DEV), TOPICS.telemetry(OTHER), f"{P}/trust/extra/level", f"{P}/unknown", P,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("username", [DEV, REGISTRY])
+def test_is_allowed_agrees_with_mosquitto(mosquitto: Broker, username: str) -> None:
+    """For each topic, mosquitto's read and write verdicts equal is_allowed's."""
+    tag = uuid.uuid4().hex.encode()
+    with mosquitto.connect(username) as client:
+        client.subscribe(f"{P}/#", retained=False)
+        client.subscribe(P, retained=False)
+        writable = {topic for topic in CROSS_CHECK if not client.publish(topic, tag).is_failure}
+        with mosquitto.connect(REGISTRY) as registry:
+            for topic in CROSS_CHECK:
+                registry.publish(topic, tag)
+            barrier = f"{P}/trust/barrier"
+            registry.publish(barrier, b"barrier")
+        readable = {m.topic for m in client.collect_until(barrier) if m.payload == tag}
+    for topic in CROSS_CHECK:
+        assert (topic in writable) == is_allowed(TOPICS, REGISTRY, username, topic, "write"), topic
+        assert (topic in readable) == is_allowed(TOPICS, REGISTRY, username, topic, "read"), topic
+
+
+def test_retained_documents_survive_a_restart(tmp_path: Path) -> None:
+    users = provision(())
+    port = free_port()
+    broker = start(write(tmp_path, users, port=port), port, users, tls=False)
+    try:
+        with broker.connect(REGISTRY) as registry:
+            registry.publish(TOPICS.root(1), b"root-1", retain=True)
+        broker.restart()
+        with broker.connect(REGISTRY) as registry:
+            registry.subscribe(TOPICS.root(1))
+            assert registry.next_message().payload == b"root-1"
+    finally:
+        broker.stop()
+
+
+def test_tls_listener_serves_the_generated_certificate(tmp_path: Path) -> None:
+    users = provision((DEV,))
+    port = free_port()
+    files = write(tmp_path, users, port=port, tls=True)
+    broker = start(files, port, users, tls=True)
+    try:
+        with broker.connect(DEV, protocol=MQTTProtocolVersion.MQTTv311) as device:
+            sock = device.paho.socket()
+            assert isinstance(sock, ssl.SSLSocket)
+            assert sock.version() == "TLSv1.3"  # `tls_version tlsv1.2` is a minimum
+        with pytest.raises(ssl.SSLCertVerificationError):
+            broker.connect(DEV, trust_ca=False)  # only the system store: our CA is private
+        with pytest.raises(ConnectRefusedError):
+            broker.connect(None)
+    finally:
+        broker.stop()

@@ -1,0 +1,85 @@
+"""`model-registry` as scripts use it: exit codes, one-sentence errors, --json listings."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.broker import LOCALHOST, free_port
+from tests.support.models import ModelSet
+from tests.support.registry import RegistryProcess, cli, cli_json
+
+
+@pytest.fixture(scope="module")
+def served_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A registry home with `serve` running on the embedded broker."""
+    home = tmp_path_factory.mktemp("cli") / "home"
+    cli("init", "--home", str(home))
+    registry = RegistryProcess(home, ("--embedded-broker", f"{LOCALHOST}:{free_port()}"))
+    registry.start()
+    yield home
+    registry.stop()
+
+
+def test_usage_errors_exit_2() -> None:
+    result = cli("push", "model.onnx", check=False)
+    assert result.returncode == 2
+    assert "--name" in result.stderr
+    assert cli("deploy", "m", "1", check=False).returncode == 2  # no target
+
+
+def test_init_twice_fails_with_one_sentence(tmp_path: Path) -> None:
+    cli("init", "--home", str(tmp_path / "h"))
+    result = cli("init", "--home", str(tmp_path / "h"), check=False)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert "refusing to overwrite" in result.stderr
+
+
+def test_unreachable_registry_is_a_clear_failure() -> None:
+    result = cli(
+        "models", "--url", f"http://{LOCALHOST}:{free_port()}", "--token", "x", check=False
+    )
+    assert result.returncode == 1
+    assert "cannot reach the registry" in result.stderr
+
+
+def test_listings_and_errors_against_a_running_registry(
+    served_home: Path, onnx_models: ModelSet, tmp_path: Path
+) -> None:
+    home = ("--home", str(served_home))
+    cli("push", str(onnx_models.regressor.onnx_path), "--name", "reg", *home)
+    assert [m["name"] for m in cli_json("models", *home)["models"]] == ["reg"]
+    versions = cli_json("versions", "reg", *home)["versions"]
+    assert versions[0]["version"] == 1
+    assert "VERSION" in cli("versions", "reg", *home).stdout
+
+    cli("devices", "add", "cli-dev", "--group", "g", "--out", str(tmp_path / "b"), *home)
+    assert (tmp_path / "b" / "mqtt-password").stat().st_mode & 0o777 == 0o600
+    listed = cli_json("devices", "list", *home)["devices"]
+    assert [d["device_id"] for d in listed] == ["cli-dev"]
+    deployment = cli_json("deploy", "reg", "1", "--group", "g", *home)
+    assert deployment["devices"] == ["cli-dev"]
+
+    missing = cli("deploy", "reg", "7", "--group", "g", *home, check=False)
+    assert missing.returncode == 1
+    assert "has no version 7" in missing.stderr
+    duplicate = cli("devices", "add", "cli-dev", "--out", str(tmp_path / "c"), *home, check=False)
+    assert duplicate.returncode == 1
+    assert "cli-dev" in duplicate.stderr
+
+
+def test_tokens_by_role(served_home: Path) -> None:
+    home = ("--home", str(served_home))
+    viewer = cli_json("token", "create", "--role", "viewer", *home)["token"]
+    assert cli("models", "--home", str(served_home), "--token", viewer).returncode == 0
+    denied = cli("token", "create", "--role", "admin", *home, "--token", viewer, check=False)
+    assert denied.returncode == 1
+    assert "admin role" in denied.stderr
+    forged = cli("models", *home, "--token", "mr_forged", check=False)
+    assert forged.returncode == 1
+    assert "token" in forged.stderr
+    json.dumps(viewer)

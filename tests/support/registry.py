@@ -1,0 +1,93 @@
+"""Driving the product as an operator does: `model-registry` commands and a `serve` process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .broker import LOCALHOST, free_port
+
+BIN = Path(sys.executable).parent
+START_TIMEOUT = 60.0  # the registry imports onnxruntime and scikit-learn before it listens
+
+
+def cli(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run `model-registry ARGS`; with `check`, fail with its stderr when it exits non-zero."""
+    result = subprocess.run(
+        [str(BIN / "model-registry"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"model-registry {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
+        )
+    return result
+
+
+def cli_json(*args: str) -> Any:
+    """Run a `model-registry` command with --json and parse its output."""
+    return json.loads(cli(*args, "--json").stdout)
+
+
+@dataclass
+class RegistryProcess:
+    """A `model-registry serve` subprocess on a free API port."""
+
+    home: Path
+    broker_args: tuple[str, ...]
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The API's base URL."""
+        return f"http://{LOCALHOST}:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        """Where the process writes its output."""
+        return self.home / "serve.log"
+
+    def start(self) -> None:
+        """Start `serve` and wait until /healthz answers."""
+        argv = [str(BIN / "model-registry"), "serve", "--home", str(self.home)]
+        argv += ["--listen", f"{LOCALHOST}:{self.port}", *self.broker_args]
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"model-registry serve exited:\n{self.log_file.read_text()}")
+            if self._healthy():
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise AssertionError(f"model-registry serve did not start:\n{self.log_file.read_text()}")
+
+    def stop(self) -> None:
+        """Stop the process with SIGTERM (SIGKILL if it hangs)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as response:  # noqa: S310
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
