@@ -1,11 +1,24 @@
-"""The `edge-agent` command line."""
+"""The `edge-agent` command line: `run` the agent, or `check-config` a device.toml.
+
+Exit codes: 0 success, 1 the config (or the agent) failed with the reason in one sentence on
+stderr, 2 usage error (argparse).
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from edge_agent import __version__
+from edge_agent.config import DeviceConfig
+from edge_agent.config_loader import load_config
+from edge_agent.errors import ConfigError
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,14 +29,88 @@ def build_parser() -> argparse.ArgumentParser:
             "Run verified ONNX models on this device: follow signed assignments over MQTT, "
             "install updates atomically, serve Open Inference Protocol v2 locally."
         ),
+        epilog="docs/configuration.md describes every key of device.toml.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_run(commands)
+    check = commands.add_parser(
+        "check-config",
+        help="validate a device.toml and print what it configures",
+        description="Validate a device.toml (secrets and files included) and print a summary.",
+    )
+    check.add_argument("config", type=Path, metavar="device.toml")
+    check.set_defaults(handler=_check_config)
     return parser
+
+
+def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = commands.add_parser(
+        "run",
+        help="run the agent until SIGTERM or SIGINT",
+        description="Serve the committed models, then follow the broker until SIGTERM or SIGINT.",
+    )
+    run.add_argument(
+        "--config", type=Path, required=True, metavar="device.toml", help="the configuration"
+    )
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--listen", metavar="HOST:PORT", help="serve on TCP (overrides [server])")
+    where.add_argument(
+        "--socket", type=Path, metavar="PATH", help="serve on a unix socket (overrides [server])"
+    )
+    run.add_argument("--state-dir", type=Path, metavar="DIR", help="overrides state_dir")
+    run.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default="INFO",
+        metavar="LEVEL",
+        help="DEBUG, INFO (the default), WARNING or ERROR",
+    )
+    run.set_defaults(handler=_run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `edge-agent`."""
-    parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ConfigError as e:
+        print(f"edge-agent: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
+    config = load_config(
+        args.config, state_dir=args.state_dir, listen=args.listen, socket=args.socket
+    )
+    # Imported here so that check-config and --help do not load MQTT and onnxruntime.
+    from edge_agent.agent import run_agent  # noqa: PLC0415
+
+    return run_agent(config)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    print(summary(load_config(args.config)))
     return 0
+
+
+def summary(config: DeviceConfig) -> str:
+    """A few lines saying what a valid config sets up."""
+    server = config.server
+    if server.unix_socket is not None:
+        listen = f"unix socket {server.unix_socket}"
+    else:
+        host = f"[{server.host}]" if ":" in server.host else server.host
+        listen = f"http://{host}:{server.port}"
+    rows = {
+        "device id": config.device_id,
+        "broker": f"{config.mqtt.url} as {config.mqtt.username}",
+        "state dir": str(config.state_dir),
+        "listen": listen,
+        "follows": ", ".join(config.follow) or "every model its assignment names",
+    }
+    lines = [f"{config.source}: OK"] + [f"  {name:<10} {value}" for name, value in rows.items()]
+    return "\n".join(lines)

@@ -80,6 +80,8 @@ class ModelRuntimeError(AgentError):
 class ModelLoadError(ModelRuntimeError):
     """A model file that cannot be loaded: unreadable, corrupt, or not the expected hash."""
 
+    reason = "load_error"  # the code an update event carries when this ends it
+
 
 class UnsupportedModelError(ModelLoadError):
     """A model whose inputs or outputs the Open Inference Protocol cannot express."""
@@ -87,3 +89,88 @@ class UnsupportedModelError(ModelLoadError):
 
 class InferenceError(ModelRuntimeError):
     """onnxruntime failed while running a request that passed validation."""
+
+
+# --- updates -----------------------------------------------------------------------------
+
+
+class UpdateError(AgentError):
+    """An update step that failed on this device; `reason` is the code put in its event."""
+
+    reason = "failed"
+
+
+class StepTimeoutError(UpdateError):
+    """An update step that did not finish before its deadline."""
+
+    reason = "timeout"
+
+
+class ProbationFailedError(UpdateError):
+    """A new model that misbehaved while on probation after the swap."""
+
+    reason = "probation_failed"
+
+
+# --- model store and downloads -----------------------------------------------------------
+
+
+class StoreError(AgentError):
+    """The on-disk model store cannot do what was asked; `reason` is the code in its event."""
+
+    reason = "store_error"
+
+
+class InvalidDigestError(StoreError, ValueError):
+    """A model or download name that is not a sha256 (64 lowercase hex), refused as a path."""
+
+    reason = "invalid_digest"
+
+
+class DiskFullError(StoreError):
+    """Too little free space in the state directory for a model."""
+
+    reason = "disk_full"
+
+
+class DownloadIncompleteError(StoreError):
+    """A download finalized while chunks are still missing."""
+
+    reason = "incomplete_download"
+
+
+class DownloadError(AgentError):
+    """Chunks could not be fetched from the broker or the registry."""
+
+    reason = "download_failed"
+
+
+class DownloadStalledError(DownloadError):
+    """No chunk was written for longer than the download's stall timeout."""
+
+    reason = "timeout"
+
+
+class DownloadFailedError(DownloadError):
+    """The registry refused the download (credentials, unknown artifact, bad answer)."""
+
+    reason = "download_failed"
+
+
+# --- broker connection -----------------------------------------------------------------
+
+
+class BrokerError(AgentError):
+    """The MQTT broker cannot be reached, refused something, or the connection ended."""
+
+
+class MqttConnectError(BrokerError):
+    """Connecting failed: unreachable host, TLS failure, refused CONNECT or no answer in time."""
+
+
+class MqttDisconnectedError(BrokerError):
+    """The connection ended before an operation completed, or while messages were awaited."""
+
+
+class MqttSubscribeError(BrokerError):
+    """The broker refused a subscription (SUBACK failure code 0x80)."""

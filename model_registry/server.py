@@ -134,6 +134,7 @@ async def _start_mqtt(
     )
     await connection.connect()
     stack.push_async_callback(connection.close)
+    ctx.broker_url = url
     ctx.publisher = Publisher(connection, config.topics, ctx.blobs)
     ingest = DeviceIngest(ctx, config.topics)
     for topic_filter in ingest.subscriptions():

@@ -20,6 +20,8 @@ class AgentMetrics:
     def __init__(self) -> None:
         self.registry = Registry()
         self._attached: set[int] = set()
+        # Called with (model, version, status) for every answered request (probation watches).
+        self.request_listeners: list[Callable[[str, str, int], None]] = []
         r = self.registry
         self.requests = r.register(Counter(
             "edge_agent_requests_total",
@@ -71,6 +73,8 @@ class AgentMetrics:
         """Count one inference request and record its latency."""
         self.requests.inc(model=model, version=version, status=str(status))
         self.request_duration.observe(seconds, model=model, endpoint=endpoint)
+        for listener in self.request_listeners:
+            listener(model, version, status)
 
     def batch_observer(self, model: str) -> Callable[[int], None]:
         """A callback recording the rows of each session.run of `model`."""

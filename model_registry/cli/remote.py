@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 from model_registry.cli.client import ApiClient
-from model_registry.errors import ConflictError
+from model_registry.errors import ConflictError, InvalidInputError
 from model_registry.home import resolve_home
 
 
@@ -97,6 +97,9 @@ def _target(args: argparse.Namespace) -> dict[str, Any]:
 
 def deploy(args: argparse.Namespace) -> int:
     """model-registry deploy NAME VERSION."""
+    if args.wait:
+        # Following a deployment needs the per-device progress view of the fleet feature.
+        raise InvalidInputError("--wait is not available yet; follow progress with 'devices list'")
     body = {"model": args.name, "version": args.version, **_target(args)}
     deployment = _client(args).post_json("/v1/deployments", body)
     _print_deployment(args, deployment)

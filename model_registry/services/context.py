@@ -22,6 +22,7 @@ class RegistryContext:
     blobs: BlobStore
     signer: ReleaseSigner
     publisher: Publisher | None = None
+    broker_url: str | None = None  # the broker `serve` actually uses (flags may override config)
     clock: Clock = field(default=utc_now)
     # Serializes everything that reads and rewrites device assignments or the broker's
     # retained state (deploys, renewals, resyncs), so none acts on a stale view of another.

@@ -119,6 +119,8 @@ def device_mqtt_url(ctx: RegistryContext) -> str:
     mqtt = ctx.config.mqtt
     if mqtt.device_url:
         return mqtt.device_url
+    if ctx.broker_url:
+        return ctx.broker_url
     if mqtt.url == EMBEDDED:
         return f"mqtt://{mqtt.embedded_listen}"
     return mqtt.url

@@ -6,6 +6,7 @@ import os
 import pwd
 import queue
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -158,6 +159,12 @@ class MosquittoProcess:
         self.stop(timeout)
         self.start(timeout)
 
+    def reload(self) -> None:
+        """SIGHUP: mosquitto re-reads its password and ACL files, keeping connections."""
+        if self._proc is None or self._proc.poll() is not None:
+            raise BrokerStartError("cannot reload: mosquitto is not running")
+        self._proc.send_signal(signal.SIGHUP)
+
     def log_text(self) -> str:
         """Return everything mosquitto has logged so far."""
         if not self.log_file.exists():
@@ -234,6 +241,10 @@ class Broker:
     def restart(self) -> None:
         """Stop and start the broker on the same port (retained state is lost)."""
         self.process.restart()
+
+    def reload(self) -> None:
+        """Make the broker re-read its password and ACL files."""
+        self.process.reload()
 
     def password(self, username: str) -> str:
         """Return the configured password of `username`."""

@@ -1,0 +1,181 @@
+"""`edge-agent run`: assemble the agent, serve at once, then follow the broker until told to stop.
+
+Order matters: the committed models are loaded and the local endpoint is serving before the
+agent touches the network, so an offline device serves immediately. On SIGTERM the agent says
+it is going offline, stops its updates, drains in-flight requests and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+from edge_agent.activation import Activator
+from edge_agent.config import DeviceConfig
+from edge_agent.dispatch import Dispatcher, Subscriptions
+from edge_agent.fetch import HttpChunkFetcher, MqttChunkFetcher
+from edge_agent.mqtt import Backoff, run_with_reconnect
+from edge_agent.reporting import Reporter
+from edge_agent.runtime import ModelRepository
+from edge_agent.server import InferenceServer
+from edge_agent.server.metrics import AgentMetrics
+from edge_agent.state import StateStore
+from edge_agent.store import ModelStore
+from edge_agent.updater import ChunkFetcher, Updater
+from edge_protocol import Topics, TrustedState
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    """Every long-lived part of the agent, wired together."""
+
+    def __init__(self, config: DeviceConfig) -> None:
+        self.config = config
+        self.topics = Topics(config.mqtt.topic_prefix)
+        self.states = StateStore(config.state_dir)
+        self.store = ModelStore(config.state_dir)
+        state = self.states.load()
+        provisioned = config.root_file.read_bytes()
+        self.trust = TrustedState(
+            self.states.trusted_root(provisioned),
+            device_id=config.device_id,
+            assignment_seq=state.assignment_seq,
+            assignment_digest=state.assignment_digest,
+        )
+        self.repository = ModelRepository()
+        self.metrics = AgentMetrics()
+        self.subscriptions = Subscriptions()
+        self.reporter = Reporter(config.device_id, self.topics, self.describe)
+        self.mqtt_fetcher = MqttChunkFetcher(
+            self.topics,
+            self.subscriptions.subscribe_many,
+            self.subscriptions.unsubscribe_many,
+            stall_timeout_s=config.updates.download_timeout_s,
+        )
+        activator = Activator(
+            self.repository,
+            self.metrics,
+            options=config.server.runtime,
+            store=self.store,
+            states=self.states,
+            settings=config.updates,
+        )
+        self.updater = Updater(
+            config,
+            self.trust,
+            states=self.states,
+            store=self.store,
+            activator=activator,
+            reporter=self.reporter,
+            fetcher=self._fetcher(),
+            subscribe=self.subscriptions.subscribe,
+        )
+        self.dispatcher = Dispatcher(self)
+        self.server = InferenceServer(
+            self.repository, config.server, metrics=self.metrics, status_providers=[self.status]
+        )
+
+    def _fetcher(self) -> ChunkFetcher:
+        if self.config.artifacts.transport == "mqtt":
+            return self.mqtt_fetcher
+        return LazyHttpFetcher(self.config)
+
+    def describe(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The (models, trust) parts of the state message."""
+        models: dict[str, Any] = {}
+        for name in sorted({*self.updater.state.models, *self.updater.phases}):
+            model_state = self.updater.state.model(name)
+            models[name] = {
+                "active": model_state.active.to_dict() if model_state.active else None,
+                "previous": model_state.previous.to_dict() if model_state.previous else None,
+                "phase": self.updater.phases.get(name, "idle"),
+                "last_error": self.updater.last_errors.get(name),
+            }
+        trust = {
+            "root_version": self.trust.root.version,
+            "assignment_seq": self.trust.assignment_seq,
+            "stale": self.trust.is_stale(),
+        }
+        return models, trust
+
+    def status(self) -> dict[str, Any]:
+        """The agent's part of `GET /v1/status`."""
+        models, trust = self.describe()
+        return {"device_id": self.config.device_id, "updates": models, "trust": trust}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve, follow the broker, and shut down cleanly when `stop` is set."""
+        await asyncio.to_thread(self.store.remove_debris)
+        await self.updater.serve_installed()
+        await self.server.start()
+        log.info("serving on %s; device %s", self.server.url, self.config.device_id)
+        mqtt = asyncio.create_task(self._follow_broker(), name="mqtt")
+        try:
+            await stop.wait()
+        finally:
+            await self._shutdown(mqtt)
+
+    async def _follow_broker(self) -> None:
+        settings = self.config.mqtt
+        await run_with_reconnect(
+            settings,
+            client_id=self.config.device_id,
+            will=self.reporter.offline_will,
+            on_connect=self.dispatcher.connected,
+            on_message=self.dispatcher.handle,
+            backoff=Backoff(settings.reconnect_min_s, settings.reconnect_max_s),
+            on_disconnect=self.dispatcher.disconnected,
+        )
+
+    async def _shutdown(self, mqtt: asyncio.Task[None]) -> None:
+        log.info("stopping: draining requests")
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await self.reporter.publish_offline()
+        mqtt.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await mqtt
+        await self.updater.close()
+        await self.server.drain_and_stop()
+        self.repository.close()
+
+
+class LazyHttpFetcher:
+    """The HTTP chunk fetcher, with its client session opened on first use."""
+
+    def __init__(self, config: DeviceConfig) -> None:
+        self._config = config
+
+    async def fetch(self, download: Any, progress: Any = None) -> int:
+        """Fetch every missing chunk over HTTP with the device's credentials."""
+        import aiohttp  # noqa: PLC0415 - only devices on the HTTP transport need a client
+
+        mqtt = self._config.mqtt
+        async with aiohttp.ClientSession() as session:
+            fetcher = HttpChunkFetcher(
+                self._config.artifacts.http_url,
+                username=mqtt.username,
+                password=mqtt.password or "",
+                session=session,
+                stall_timeout_s=self._config.updates.download_timeout_s,
+            )
+            return await fetcher.fetch(download, progress)
+
+
+def run_agent(config: DeviceConfig) -> int:
+    """Run the agent until SIGTERM or SIGINT; return the process exit code."""
+    return asyncio.run(_main(config))
+
+
+async def _main(config: DeviceConfig) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    agent = Agent(config)
+    await agent.run(stop)
+    return 0

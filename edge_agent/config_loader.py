@@ -1,0 +1,410 @@
+"""device.toml: the agent's configuration file, read into the dataclasses of `edge_agent.config`.
+
+Every mistake is a ConfigError naming the file, the dotted key and what was expected, so a bad
+config fails at start (or in `edge-agent check-config`), not at the first update. Relative paths
+are relative to the directory of the config file. Secrets (`password_file`, `token_file`) are read
+here, so a missing secret is a config error too. docs/configuration.md lists every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+import typing
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from edge_agent.config import (
+    DEFAULT_STATE_DIR,
+    ArtifactSettings,
+    DeviceConfig,
+    MqttSettings,
+    TelemetrySettings,
+    UpdateSettings,
+)
+from edge_agent.errors import ConfigError
+from edge_agent.runtime import RuntimeOptions
+from edge_agent.server.settings import MiB, ServerConfig
+from edge_protocol import Topics
+from edge_protocol.errors import TopicError
+from edge_protocol.fields import is_valid_name
+
+NOT_HOST_PORT = "is not HOST:PORT (write IPv6 addresses as [::1]:8080)"
+NAME_RULE = "letters, digits, '.', '_' or '-', starting with a letter or digit, at most 128"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """A TOML value type: its name in error messages, its test, its conversion."""
+
+    description: str
+    accepts: Callable[[object], bool]
+    convert: Callable[[Path, Any], Any] = lambda _base, value: value
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value)  # TOML has nan and inf; no setting of ours means anything by them
+
+
+def _is_strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+INT = _Kind("an integer", _is_int)
+NUMBER = _Kind("a number", _is_number, lambda _base, value: float(value))
+STRING = _Kind("a string", lambda value: isinstance(value, str))
+STRINGS = _Kind("an array of strings", _is_strings, lambda _base, value: tuple(value))
+# An absolute path stays as it is: `base / "/abs"` is "/abs".
+PATH = _Kind("a non-empty path", lambda v: isinstance(v, str) and v != "", lambda b, v: b / v)
+# The bundle template writes `ca_file = ""` when there is no CA, so empty means "not set".
+OPTIONAL_PATH = _Kind("a path", STRING.accepts, lambda b, v: b / v if v else None)
+
+
+def _choice(options: Collection[str]) -> _Kind:
+    return _Kind(" or ".join(repr(o) for o in options), lambda value: value in options)
+
+
+_KIND_OF_TYPE: dict[Any, _Kind] = {
+    int: INT,
+    float: NUMBER,
+    str: STRING,
+    Path: PATH,
+    Path | None: OPTIONAL_PATH,
+    tuple[str, ...]: STRINGS,
+}
+
+
+def _keys_of(cls: type[Any], *, skip: Collection[str] = ()) -> dict[str, _Kind]:
+    """The TOML keys that are simply the dataclass fields of `cls`, with their kinds."""
+    hints = typing.get_type_hints(cls)
+    keys = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        hint = hints[f.name]
+        literal = typing.get_origin(hint) is typing.Literal
+        keys[f.name] = _choice(typing.get_args(hint)) if literal else _KIND_OF_TYPE[hint]
+    return keys
+
+
+# ServerConfig fields that are not TOML keys of the same name: `_SERVER_KEYS` set them, and
+# `runtime` comes from its own [runtime] section.
+_SERVER_DERIVED = ("host", "port", "unix_socket", "unix_socket_mode", "token", "max_body_bytes")
+_SERVER_KEYS = {
+    "listen": STRING,  # -> host, port
+    "socket": OPTIONAL_PATH,  # -> unix_socket
+    "socket_mode": INT,  # -> unix_socket_mode
+    "token_file": OPTIONAL_PATH,  # -> token, read from the file
+    "max_body_mb": INT,  # -> max_body_bytes
+}
+_SERVER_RENAMED = {"socket": "unix_socket", "socket_mode": "unix_socket_mode"}
+# ServerConfig names its fields in its errors; the operator needs the TOML key instead.
+_SERVER_KEY_OF_FIELD = {
+    "server.host": "server.listen",
+    "server.port": "server.listen",
+    "server.unix_socket": "server.socket",
+    "server.unix_socket_mode": "server.socket_mode",
+    "server.token": "server.token_file",
+}
+
+# Field names someone may write instead of the TOML key (docs or code in hand).
+_HINTS = {
+    **_SERVER_KEY_OF_FIELD,
+    "server.max_body_bytes": "server.max_body_mb",
+    "mqtt.password": "mqtt.password_file",
+    "telemetry.spool_max_bytes": "telemetry.spool_max_mb",
+    "root_file": "trust.root_file",
+    "follow": "models.follow",
+}
+
+_TOP_KEYS = {"device_id": STRING, "state_dir": PATH}
+_SECTIONS: dict[str, dict[str, _Kind]] = {
+    "trust": {"root_file": PATH},
+    "mqtt": _keys_of(MqttSettings, skip={"password"}) | {"password_file": OPTIONAL_PATH},
+    "models": {"follow": STRINGS},
+    "artifacts": _keys_of(ArtifactSettings),
+    "runtime": _keys_of(RuntimeOptions),
+    "server": _keys_of(ServerConfig, skip={*_SERVER_DERIVED, "runtime"}) | _SERVER_KEYS,
+    "updates": _keys_of(UpdateSettings),
+    "telemetry": _keys_of(TelemetrySettings, skip={"spool_max_bytes"}) | {"spool_max_mb": INT},
+}
+_REQUIRED = {"": ("device_id",), "trust": ("root_file",), "mqtt": ("url",)}
+# Inclusive bounds of numeric keys the dataclasses do not check themselves.
+_LIMITS: dict[str, tuple[float, float]] = {
+    "mqtt.keepalive_s": (1, 65_535),  # the MQTT keep-alive field is 16 bits
+    "mqtt.reconnect_min_s": (0.1, 3600),
+    "mqtt.reconnect_max_s": (0.1, 86_400),
+    "server.max_body_mb": (1, 1024),  # ServerConfig's own bounds on max_body_bytes, in MiB
+    "updates.release_timeout_s": (1, 86_400),
+    "updates.download_timeout_s": (1, 86_400),
+    "updates.activation_timeout_s": (1, 86_400),
+    "updates.probation_requests": (0, 1_000_000),
+    "updates.probation_s": (0, 86_400),
+    "updates.probation_max_error_rate": (0, 1),
+    "updates.max_probation_restarts": (0, 100),
+    "telemetry.interval_s": (1, 86_400),
+    "telemetry.spool_max_mb": (1, 65_536),
+}
+
+
+def supported_keys() -> list[str]:
+    """Every dotted key a device.toml may contain, in file order."""
+    return [*_TOP_KEYS] + [f"{name}.{key}" for name, keys in _SECTIONS.items() for key in keys]
+
+
+@dataclass(frozen=True)
+class _Source:
+    """The file being read: named in every error; its directory anchors relative paths."""
+
+    path: Path
+    base: Path
+
+    def error(self, message: str) -> ConfigError:
+        """A ConfigError about this file."""
+        return ConfigError(f"{self.path}: {message}")
+
+
+def load_config(
+    path: Path,
+    *,
+    state_dir: Path | None = None,
+    listen: str | None = None,
+    socket: Path | None = None,
+) -> DeviceConfig:
+    """Read and validate a device.toml; the keywords (from the command line) override the file."""
+    src = _Source(path, path.resolve().parent)
+    data = _parse(src)
+    top = _read_table(src, "", {k: v for k, v in data.items() if k not in _SECTIONS}, _TOP_KEYS)
+    sections = {name: _section(src, data, name) for name in _SECTIONS}
+    device_id = _device_id(src, top["device_id"])
+    return DeviceConfig(
+        source=path.resolve(),
+        device_id=device_id,
+        state_dir=_state_dir(top, state_dir),
+        root_file=_existing_file(src, "trust.root_file", sections["trust"]["root_file"]),
+        mqtt=_mqtt(src, sections["mqtt"], device_id),
+        follow=_follow(src, sections["models"].get("follow", ())),
+        artifacts=_artifacts(src, sections["artifacts"]),
+        server=_server(src, sections["server"], sections["runtime"], listen, socket),
+        updates=_construct(src, UpdateSettings, sections["updates"]),
+        telemetry=_telemetry(src, sections["telemetry"]),
+    )
+
+
+def _state_dir(top: Mapping[str, Any], override: Path | None) -> Path:
+    if override is not None:
+        return override.absolute()  # from the command line: relative to the current directory
+    state_dir: Path = top.get("state_dir", DEFAULT_STATE_DIR)
+    return state_dir
+
+
+def _parse(src: _Source) -> dict[str, Any]:
+    try:
+        return tomllib.loads(src.path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise src.error("no such file") from e
+    except OSError as e:
+        raise src.error(f"cannot read it ({e.strerror or e})") from e
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise src.error(f"not valid TOML ({e})") from e
+
+
+def _section(src: _Source, data: Mapping[str, Any], name: str) -> dict[str, Any]:
+    table = data.get(name, {})
+    if not isinstance(table, dict):
+        raise src.error(f"[{name}] must be a table")
+    return _read_table(src, name, table, _SECTIONS[name])
+
+
+def _read_table(
+    src: _Source, section: str, table: Mapping[str, Any], kinds: Mapping[str, _Kind]
+) -> dict[str, Any]:
+    """Check each key of one table against `kinds`; return the converted values by TOML key."""
+    values = {}
+    for key, value in table.items():
+        dotted = f"{section}.{key}" if section else key
+        kind = kinds.get(key)
+        if kind is None:
+            raise src.error(_unknown(section, key, value, kinds))
+        if not kind.accepts(value):
+            raise src.error(f"{dotted} must be {kind.description}")
+        limits = _LIMITS.get(dotted)
+        if limits and not limits[0] <= value <= limits[1]:
+            raise src.error(f"{dotted} must be between {limits[0]} and {limits[1]}, got {value}")
+        values[key] = kind.convert(src.base, value)
+    for key in _REQUIRED.get(section, ()):
+        if key not in values:
+            raise src.error(f"{section}.{key} is required".lstrip("."))
+    return values
+
+
+def _unknown(section: str, key: str, value: object, kinds: Mapping[str, _Kind]) -> str:
+    dotted = f"{section}.{key}" if section else key
+    what = f"unknown section [{dotted}]" if isinstance(value, dict) else f"unknown key {dotted}"
+    known = [*kinds] if section else [*kinds, *_SECTIONS]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.7)  # most unknown keys are typos
+    hint = _HINTS.get(dotted) or (f"{section}.{close[0]}".lstrip(".") if close else None)
+    return f"{what}; did you mean {hint}?" if hint else f"{what} (see docs/configuration.md)"
+
+
+def _construct(src: _Source, cls: Callable[..., T], values: Mapping[str, Any]) -> T:
+    try:
+        return cls(**values)
+    except ConfigError as e:
+        raise src.error(str(e)) from e
+
+
+def _device_id(src: _Source, device_id: str) -> str:
+    if not is_valid_name(device_id):
+        raise src.error(f"device_id {device_id!r} is not a valid name ({NAME_RULE})")
+    return device_id
+
+
+def _follow(src: _Source, names: tuple[str, ...]) -> tuple[str, ...]:
+    for name in names:
+        if not is_valid_name(name):
+            raise src.error(f"models.follow: {name!r} is not a valid model name ({NAME_RULE})")
+    return names
+
+
+def _existing_file(src: _Source, key: str, path: Path) -> Path:
+    if not path.is_file():
+        raise src.error(f"{key}: there is no file at {path}")
+    return path
+
+
+def _read_secret(src: _Source, key: str, path: Path) -> str:
+    """The content of a one-line secret file, without its trailing newline."""
+    try:
+        secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as e:
+        raise src.error(f"{key}: cannot read {path} ({e.strerror or e})") from e
+    except UnicodeDecodeError as e:
+        raise src.error(f"{key}: {path} is not UTF-8 text") from e
+    if not secret:
+        raise src.error(f"{key}: {path} is empty")
+    return secret
+
+
+def _check_url(src: _Source, key: str, url: str, schemes: tuple[str, ...]) -> None:
+    parts = urlsplit(url)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # a port that is not a number or above 65535
+        port_ok = False
+    expected = " or ".join(f"{scheme}://HOST[:PORT]" for scheme in schemes)
+    if parts.scheme not in schemes or not parts.hostname or not port_ok:
+        raise src.error(f"{key}: {url!r} is not a URL of the form {expected}")
+    if parts.username is not None:  # credentials belong in username and password_file
+        raise src.error(f"{key}: {url!r} must not contain credentials")
+
+
+def _mqtt(src: _Source, values: dict[str, Any], device_id: str) -> MqttSettings:
+    password_file = values.pop("password_file", None)
+    if password_file is not None:
+        values["password"] = _read_secret(src, "mqtt.password_file", password_file)
+    settings = MqttSettings(**{"username": device_id, **values})
+    _check_url(src, "mqtt.url", settings.url, ("mqtt", "mqtts"))
+    if not settings.username:
+        raise src.error("mqtt.username must not be empty")
+    try:
+        Topics(settings.topic_prefix)
+    except TopicError as e:
+        raise src.error(f"mqtt.topic_prefix: {e}") from e
+    if settings.reconnect_min_s > settings.reconnect_max_s:
+        raise src.error("mqtt.reconnect_min_s must not be above mqtt.reconnect_max_s")
+    _check_tls(src, settings)
+    return settings
+
+
+def _check_tls(src: _Source, settings: MqttSettings) -> None:
+    if (settings.client_cert is None) != (settings.client_key is None):
+        raise src.error("mqtt.client_cert and mqtt.client_key go together: set both or neither")
+    files = {"ca_file": settings.ca_file, "client_cert": settings.client_cert}
+    files["client_key"] = settings.client_key
+    for name, path in files.items():
+        if path is None:
+            continue
+        # A TLS file next to a plain-text URL means the operator believes the link is encrypted.
+        if not settings.url.startswith("mqtts://"):
+            raise src.error(f"mqtt.{name} needs an mqtts:// url, but mqtt.url is {settings.url!r}")
+        _existing_file(src, f"mqtt.{name}", path)
+
+
+def _artifacts(src: _Source, values: Mapping[str, Any]) -> ArtifactSettings:
+    settings = ArtifactSettings(**values)
+    if settings.http_url:
+        _check_url(src, "artifacts.http_url", settings.http_url, ("http", "https"))
+    elif settings.transport == "http":
+        raise src.error('artifacts.http_url is required when artifacts.transport = "http"')
+    return settings
+
+
+def _telemetry(src: _Source, values: dict[str, Any]) -> TelemetrySettings:
+    if "spool_max_mb" in values:
+        values["spool_max_bytes"] = values.pop("spool_max_mb") * MiB
+    return _construct(src, TelemetrySettings, values)
+
+
+def _server(
+    src: _Source,
+    values: dict[str, Any],
+    runtime: Mapping[str, Any],
+    listen: str | None,
+    socket: Path | None,
+) -> ServerConfig:
+    fields = _server_fields(src, values)
+    if listen is not None:  # --listen: serve on TCP even if the file names a socket
+        address = _host_port(listen)
+        if address is None:
+            raise ConfigError(f"--listen: {listen!r} {NOT_HOST_PORT}")
+        fields["host"], fields["port"] = address
+        fields["unix_socket"] = None
+    if socket is not None:
+        fields["unix_socket"] = socket.absolute()
+    fields["runtime"] = _construct(src, RuntimeOptions, runtime)
+    try:
+        return ServerConfig(**fields)
+    except ConfigError as e:
+        key, sep, rest = str(e).partition(":")
+        raise src.error(f"{_SERVER_KEY_OF_FIELD.get(key, key)}{sep}{rest}") from e
+
+
+def _server_fields(src: _Source, values: dict[str, Any]) -> dict[str, Any]:
+    """ServerConfig's fields from the [server] keys: renamed, unit-converted, secrets read."""
+    fields = {_SERVER_RENAMED.get(key, key): value for key, value in values.items()}
+    if "listen" in fields:
+        address = _host_port(fields.pop("listen"))
+        if address is None:
+            raise src.error(f"server.listen: {values['listen']!r} {NOT_HOST_PORT}")
+        fields["host"], fields["port"] = address
+    if "max_body_mb" in fields:
+        fields["max_body_bytes"] = fields.pop("max_body_mb") * MiB
+    token_file = fields.pop("token_file", None)
+    if token_file is not None:
+        fields["token"] = _read_secret(src, "server.token_file", token_file)
+    return fields
+
+
+def _host_port(text: str) -> tuple[str, int] | None:
+    """Split HOST:PORT or [IPV6]:PORT; None if `text` is neither."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:  # an IPv6 address needs brackets, or its last group reads as the port
+        return None
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65_535:
+        return None
+    return host, int(port)

@@ -1,0 +1,132 @@
+"""Routing what arrives from the broker: roots, the assignment, releases and chunks.
+
+Every document is verified by `edge_protocol.TrustedState` before anything acts on it, and the
+trust high-water marks are persisted before the updater starts work. Rejections become
+`rejected` events; nothing a broker sends can stop the agent from serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from edge_agent.errors import AgentError
+from edge_agent.mqtt import AgentMqtt, Message
+from edge_protocol import RejectedError
+from edge_protocol.errors import TopicError
+from edge_protocol.topics import KIND_ARTIFACT, KIND_ASSIGNMENT, KIND_RELEASE, KIND_ROOT
+
+if TYPE_CHECKING:
+    from edge_agent.agent import Agent
+
+log = logging.getLogger(__name__)
+
+
+class Subscriptions:
+    """Subscribes through whichever connection is current, and remembers what to renew."""
+
+    def __init__(self) -> None:
+        self.client: AgentMqtt | None = None
+        self.wanted: set[str] = set()
+
+    async def subscribe(self, topic_filter: str) -> None:
+        """Subscribe now if connected, and again after every reconnection."""
+        await self.subscribe_many([topic_filter])
+
+    async def subscribe_many(self, topic_filters: Sequence[str]) -> None:
+        """Subscribe to several filters (kept across reconnections)."""
+        self.wanted.update(topic_filters)
+        if self.client is not None:
+            await self.client.subscribe(*topic_filters)
+
+    async def unsubscribe_many(self, topic_filters: Sequence[str]) -> None:
+        """Stop following several filters."""
+        self.wanted.difference_update(topic_filters)
+        if self.client is not None:
+            await self.client.unsubscribe(*topic_filters)
+
+    async def renew(self, client: AgentMqtt) -> None:
+        """Use a new connection and subscribe it to everything still wanted."""
+        self.client = client
+        if self.wanted:
+            await client.subscribe(*sorted(self.wanted))
+
+
+class Dispatcher:
+    """Handles connection events and every message for the agent."""
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+        self._pending_roots: dict[int, bytes] = {}
+
+    async def connected(self, client: AgentMqtt) -> None:
+        """On each connection: follow the trust and assignment topics, report, resume."""
+        agent = self._agent
+        topics, device = agent.topics, agent.config.device_id
+        await agent.subscriptions.subscribe_many([topics.all_roots(), topics.assignment(device)])
+        await agent.subscriptions.renew(client)
+        await agent.reporter.connected(client)
+
+    def disconnected(self, error: Exception) -> None:
+        """Forget the lost connection."""
+        self._agent.subscriptions.client = None
+        self._agent.reporter.disconnected()
+
+    async def handle(self, message: Message) -> None:
+        """Route one message by its topic."""
+        try:
+            ref = self._agent.topics.parse(message.topic)
+        except TopicError:
+            log.debug("ignoring a message on %s", message.topic)
+            return
+        if ref.kind == KIND_ARTIFACT:
+            self._agent.mqtt_fetcher.feed(message.topic, message.payload)
+        elif ref.kind == KIND_RELEASE and ref.number is not None:
+            self._agent.updater.on_release(ref.name, ref.number, message.payload)
+        elif ref.kind == KIND_ROOT and ref.number is not None and message.payload:
+            await self._on_root(ref.number, message.payload)
+        elif ref.kind == KIND_ASSIGNMENT and ref.name == self._agent.config.device_id:
+            await self._on_assignment(message.payload)
+
+    async def _on_root(self, version: int, payload: bytes) -> None:
+        trust = self._agent.trust
+        if version <= trust.root.version:
+            return
+        self._pending_roots[version] = payload
+        # Roots are applied strictly in order; a later one waits for the versions between.
+        while (nxt := trust.root.version + 1) in self._pending_roots:
+            data = self._pending_roots.pop(nxt)
+            try:
+                trust.update_root(data)
+            except RejectedError as e:
+                await self._agent.reporter.event(
+                    "rejected", reason=e.reason, detail=f"root v{nxt}: {e}"
+                )
+                return
+            await asyncio.to_thread(self._agent.states.save_root, data)
+            log.info("trusting root version %d", nxt)
+            await self._agent.reporter.publish_state()
+
+    async def _on_assignment(self, payload: bytes) -> None:
+        if not payload:
+            return
+        agent = self._agent
+        try:
+            assignment = agent.trust.verify_assignment(payload)
+        except RejectedError as e:
+            log.warning("rejected an assignment: %s", e)
+            await agent.reporter.event("rejected", reason=e.reason, detail=f"assignment: {e}")
+            return
+        updater = agent.updater
+        if (assignment.seq, agent.trust.assignment_digest) != (
+            updater.state.assignment_seq,
+            updater.state.assignment_digest,
+        ):
+            updater.accept_assignment_marks(assignment.seq, agent.trust.assignment_digest)
+            await updater.save()
+        try:
+            updater.apply(assignment)
+        except AgentError as e:
+            log.error("cannot apply assignment %d: %s", assignment.seq, e)

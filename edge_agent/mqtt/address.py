@@ -1,0 +1,48 @@
+"""Where the broker is and how to trust it: the `[mqtt]` URL and the TLS context."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from edge_agent.config import MqttSettings
+from edge_agent.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Host, port and TLS flag parsed from `mqtt://host[:port]` or `mqtts://host[:port]`."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        """Parse the broker URL of `[mqtt] url`, raising ConfigError if it is malformed."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ConfigError(f"mqtt.url {url!r} must look like mqtt://host[:port] or mqtts://...")
+        tls = parts.scheme == "mqtts"
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError as e:
+            raise ConfigError(f"mqtt.url {url!r} has a bad port") from e
+        return cls(parts.hostname, port, tls)
+
+    def __str__(self) -> str:
+        # Never the raw URL: it could carry credentials in its userinfo part.
+        return f"{self.host}:{self.port}"
+
+
+def tls_context(settings: MqttSettings) -> ssl.SSLContext:
+    """A verifying client context: the configured CA (else the system store), optional cert."""
+    try:
+        # With a cafile only that CA is trusted: a fleet pins its own broker CA.
+        context = ssl.create_default_context(cafile=settings.ca_file)
+        if settings.client_cert is not None:
+            context.load_cert_chain(settings.client_cert, settings.client_key)
+    except OSError as e:  # ssl.SSLError included: unreadable or mismatched PEM files
+        raise ConfigError(f"cannot load the TLS files of [mqtt]: {e}") from e
+    return context

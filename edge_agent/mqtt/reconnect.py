@@ -1,0 +1,108 @@
+"""The caller's reconnect policy: jittered exponential backoff around one `AgentMqtt` at a time.
+
+This is aiomqtt's recipe (`docs/reconnection.md`): paho never reconnects by itself; a loop opens
+a fresh connection, runs the caller's `on_connect`, dispatches messages until the connection
+ends, sleeps a jittered delay and starts over, until it is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import NoReturn
+
+from edge_agent.config import MqttSettings
+from edge_agent.errors import BrokerError, MqttDisconnectedError
+from edge_agent.mqtt.address import BrokerAddress
+from edge_agent.mqtt.connection import AgentMqtt, Message
+
+log = logging.getLogger(__name__)
+
+
+class Backoff:
+    """Jittered exponential delays for a reconnect loop ("full jitter", capped at max_s)."""
+
+    def __init__(self, min_s: float, max_s: float, *, rng: random.Random | None = None) -> None:
+        if not 0 < min_s <= max_s:
+            raise ValueError(f"backoff needs 0 < min_s <= max_s, got {min_s} and {max_s}")
+        self.min_s = min_s  # the first ceiling
+        self.max_s = max_s  # the ceiling never grows past this
+        # Jitter only spreads a fleet's reconnects out; it protects no secret.
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311
+        self._ceiling = min_s
+
+    def next_delay(self) -> float:
+        """Return a delay uniform in [0, ceiling]; the ceiling doubles up to max_s."""
+        # Full jitter: devices that lost the same broker do not come back in lockstep.
+        delay = self._rng.uniform(0.0, self._ceiling)
+        self._ceiling = min(self._ceiling * 2, self.max_s)
+        return delay
+
+    def reset(self) -> None:
+        """Start again from min_s, after a connection that worked."""
+        self._ceiling = self.min_s
+
+
+async def run_with_reconnect(
+    settings: MqttSettings,
+    *,
+    client_id: str,
+    will: tuple[str, bytes] | None,
+    on_connect: Callable[[AgentMqtt], Awaitable[None]],
+    on_message: Callable[[Message], Awaitable[None]],
+    backoff: Backoff,
+    on_disconnect: Callable[[Exception], None] | None = None,
+) -> NoReturn:
+    """Stay connected until cancelled: connect, on_connect, dispatch messages, back off, repeat.
+
+    `on_connect` runs on every connection (publish state, subscribe: a restarted broker has
+    forgotten the session). Messages go to `on_message` one at a time, in order. A BrokerError
+    from either ends the connection like a drop does; other exceptions propagate.
+    `on_disconnect` hears why each attempt or connection ended.
+    """
+    address = BrokerAddress.parse(settings.url)
+    while True:
+        error = await _one_connection(
+            settings,
+            client_id=client_id,
+            will=will,
+            on_connect=on_connect,
+            on_message=on_message,
+            backoff=backoff,
+        )
+        delay = backoff.next_delay()
+        log.warning("MQTT: %s; reconnecting to %s in %.1f s", error, address, delay)
+        if on_disconnect is not None:
+            on_disconnect(error)
+        await asyncio.sleep(delay)
+
+
+async def _one_connection(
+    settings: MqttSettings,
+    *,
+    client_id: str,
+    will: tuple[str, bytes] | None,
+    on_connect: Callable[[AgentMqtt], Awaitable[None]],
+    on_message: Callable[[Message], Awaitable[None]],
+    backoff: Backoff,
+) -> BrokerError:
+    """Run one connection until it ends; return why it ended."""
+    try:
+        async with AgentMqtt(settings, client_id=client_id, will=will) as client:
+            log.info(
+                "MQTT: connected to %s as %s (user %s, session present: %s)",
+                BrokerAddress.parse(settings.url),
+                client_id,
+                settings.username or "anonymous",
+                client.session_present,
+            )
+            await on_connect(client)
+            # Reset only now: a broker that accepts and then fails on_connect still backs off.
+            backoff.reset()
+            async for message in client.messages():
+                await on_message(message)
+    except BrokerError as e:
+        return e
+    return MqttDisconnectedError("the message stream ended")  # messages() ends by raising

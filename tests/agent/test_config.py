@@ -1,0 +1,455 @@
+"""device.toml: real files in tmp_path, loaded by the real loader and the real console script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.cli import main
+from edge_agent.config import (
+    ArtifactSettings,
+    DeviceConfig,
+    MqttSettings,
+    TelemetrySettings,
+    UpdateSettings,
+)
+from edge_agent.config_loader import load_config
+from edge_agent.errors import ConfigError
+from edge_agent.runtime import RuntimeOptions
+from edge_agent.server import ServerConfig
+
+EDGE_AGENT = Path(sys.executable).parent / "edge-agent"
+PASSWORD = "s3cret-mqtt-password"  # noqa: S105 - a test value
+TOKEN = "0123456789abcdef-api-token"  # noqa: S105 - a test value
+DELETE = object()
+MiB = 1024 * 1024
+
+
+def toml_value(value: Any) -> str:
+    """One value in TOML syntax (JSON strings are valid TOML basic strings)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return repr(value)  # int, float, nan, inf
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """A document of top-level keys and one level of tables."""
+    lines = [f"{k} = {toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for name, table in data.items():
+        if isinstance(table, dict):
+            lines += [f"\n[{name}]", *(f"{k} = {toml_value(v)}" for k, v in table.items())]
+    return "\n".join(lines) + "\n"
+
+
+def full_config() -> dict[str, Any]:
+    """Every key set, none to its default; paths relative to the config file."""
+    return {
+        "device_id": "pi-kitchen",
+        "state_dir": "state",
+        "trust": {"root_file": "root.json"},
+        "mqtt": {
+            "url": "mqtts://broker.example.com:8883",
+            "username": "kitchen",
+            "password_file": "mqtt-password",
+            "ca_file": "tls/ca.crt",
+            "client_cert": "tls/client.crt",
+            "client_key": "tls/client.key",
+            "keepalive_s": 45,
+            "topic_prefix": "plant/edge",
+            "reconnect_min_s": 2,
+            "reconnect_max_s": 90.5,
+        },
+        "models": {"follow": ["fraud", "churn.v2"]},
+        "artifacts": {"transport": "http", "http_url": "https://registry.example.com/api"},
+        "runtime": {
+            "intra_op_threads": 3,
+            "inter_op_threads": 0,
+            "inference_workers": 2,
+            "execution_providers": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        },
+        "server": {
+            "listen": "0.0.0.0:9000",
+            "socket": "",
+            "socket_mode": 0o600,
+            "token_file": "api-token",
+            "max_body_mb": 4,
+            "max_batch_size": 16,
+            "max_queue_delay_ms": 2,
+            "max_queue_size": 64,
+            "max_request_batch": 256,
+            "non_finite": "allow",
+            "retry_after_s": 3,
+            "shutdown_timeout_s": 10,
+        },
+        "updates": {
+            "release_timeout_s": 60,
+            "download_timeout_s": 900.0,
+            "activation_timeout_s": 600,
+            "probation_requests": 50,
+            "probation_s": 45.5,
+            "probation_max_error_rate": 0.02,
+            "max_probation_restarts": 3,
+        },
+        "telemetry": {"interval_s": 60, "spool_max_mb": 8},
+    }
+
+
+def minimal_config() -> dict[str, Any]:
+    """Only the required keys."""
+    return {
+        "device_id": "pi-kitchen",
+        "trust": {"root_file": "root.json"},
+        "mqtt": {"url": "mqtt://127.0.0.1:1883"},
+    }
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    """A directory with the files a config refers to (as a device bundle would have them)."""
+    directory = (tmp_path / "etc").resolve()
+    (directory / "tls").mkdir(parents=True)
+    files = {
+        "root.json": "{}",
+        "mqtt-password": PASSWORD + "\n",
+        "api-token": TOKEN + "\n",
+        "tls/ca.crt": "CA",
+        "tls/client.crt": "CERT",
+        "tls/client.key": "KEY",
+        "empty": "",
+        "short-token": "short\n",
+    }
+    for name, content in files.items():
+        (directory / name).write_text(content)
+    return directory
+
+
+def write(directory: Path, data: dict[str, Any], name: str = "device.toml") -> Path:
+    """Write `data` as TOML into `directory/name`."""
+    path = directory / name
+    path.write_text(to_toml(data))
+    return path
+
+
+def changed(data: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`data` with dotted keys set (or removed, for DELETE)."""
+    for dotted, value in changes.items():
+        section, _, key = dotted.rpartition(".")
+        table = data.setdefault(section, {}) if section else data
+        if value is DELETE:
+            del table[key]
+        else:
+            table[key] = value
+    return data
+
+
+def test_a_full_config_loads_into_the_dataclasses(config_dir: Path) -> None:
+    config = load_config(write(config_dir, full_config()))
+
+    runtime = RuntimeOptions(3, 0, 2, ("CUDAExecutionProvider", "CPUExecutionProvider"))
+    assert config == DeviceConfig(
+        source=config_dir / "device.toml",
+        device_id="pi-kitchen",
+        state_dir=config_dir / "state",
+        root_file=config_dir / "root.json",
+        mqtt=MqttSettings(
+            url="mqtts://broker.example.com:8883",
+            username="kitchen",
+            password=PASSWORD,
+            ca_file=config_dir / "tls/ca.crt",
+            client_cert=config_dir / "tls/client.crt",
+            client_key=config_dir / "tls/client.key",
+            keepalive_s=45,
+            topic_prefix="plant/edge",
+            reconnect_min_s=2.0,
+            reconnect_max_s=90.5,
+        ),
+        follow=("fraud", "churn.v2"),
+        artifacts=ArtifactSettings("http", "https://registry.example.com/api"),
+        server=ServerConfig(
+            host="0.0.0.0",  # noqa: S104 - the value under test
+            port=9000,
+            unix_socket=None,
+            unix_socket_mode=0o600,
+            token=TOKEN,
+            max_body_bytes=4 * MiB,
+            max_batch_size=16,
+            max_queue_delay_ms=2.0,
+            max_queue_size=64,
+            max_request_batch=256,
+            non_finite="allow",
+            retry_after_s=3,
+            shutdown_timeout_s=10.0,
+            runtime=runtime,
+        ),
+        updates=UpdateSettings(60.0, 900.0, 600.0, 50, 45.5, 0.02, 3),
+        telemetry=TelemetrySettings(interval_s=60.0, spool_max_bytes=8 * MiB),
+    )
+    assert isinstance(config.mqtt.reconnect_min_s, float)  # an int in TOML, a float here
+
+
+def test_a_minimal_config_takes_the_defaults(config_dir: Path) -> None:
+    config = load_config(write(config_dir, minimal_config()))
+
+    assert config.state_dir == Path("/var/lib/edge-agent")
+    assert config.mqtt == MqttSettings(url="mqtt://127.0.0.1:1883", username="pi-kitchen")
+    assert config.follow == ()
+    assert config.follows("anything")
+    assert config.artifacts == ArtifactSettings()
+    assert config.server == ServerConfig()
+    assert config.updates == UpdateSettings()
+    assert config.telemetry == TelemetrySettings()
+
+
+def test_relative_paths_are_relative_to_the_config_file(
+    config_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    outside_root = elsewhere / "root.json"
+    outside_root.write_text("{}")
+    data = changed(full_config(), {"trust.root_file": str(outside_root), "server.socket": "a.sk"})
+    write(config_dir, data)
+    monkeypatch.chdir(tmp_path)
+
+    config = load_config(Path("etc/device.toml"))
+
+    assert config.source == config_dir / "device.toml"
+    assert config.state_dir == config_dir / "state"
+    assert config.root_file == outside_root  # absolute paths stay as they are
+    assert config.mqtt.ca_file == config_dir / "tls/ca.crt"
+    assert config.server.unix_socket == config_dir / "a.sk"
+
+
+def test_empty_optional_paths_mean_not_set(config_dir: Path) -> None:
+    data = changed(minimal_config(), {"mqtt.password_file": "", "mqtt.ca_file": ""})
+    config = load_config(write(config_dir, changed(data, {"server.token_file": ""})))
+
+    assert (config.mqtt.password, config.mqtt.ca_file, config.server.token) == (None, None, None)
+
+
+def test_ipv6_listen_address(config_dir: Path) -> None:
+    data = changed(minimal_config(), {"server.listen": "[::1]:8080"})
+    server = load_config(write(config_dir, data)).server
+
+    assert (server.host, server.port) == ("::1", 8080)
+
+
+def test_command_line_overrides_win(
+    config_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(config_dir, changed(full_config(), {"server.socket": "agent.sock"}))
+    monkeypatch.chdir(tmp_path)
+    cwd = tmp_path.resolve()
+
+    config = load_config(path, state_dir=Path("var/state"), listen="[::1]:8081")
+    assert config.state_dir == cwd / "var/state"  # command-line paths: relative to the cwd
+    server = config.server
+    assert (server.host, server.port, server.unix_socket) == ("::1", 8081, None)
+
+    config = load_config(path, socket=Path("run/agent.sock"))
+    assert config.server.unix_socket == cwd / "run/agent.sock"
+    assert config.state_dir == config_dir / "state"
+
+
+def test_a_bad_listen_override_names_the_option(config_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="--listen: 'nowhere'"):
+        load_config(write(config_dir, minimal_config()), listen="nowhere")
+
+
+BAD_CONFIGS = [
+    pytest.param({"extra": {"a": 1}}, "unknown section [extra]", id="unknown-section"),
+    pytest.param({"mqqt": {"url": "x"}}, "did you mean mqtt?", id="section-typo"),
+    pytest.param({"colour": "red"}, "unknown key colour", id="unknown-top-key"),
+    pytest.param({"server.max_batch": 8}, "unknown key server.max_batch", id="unknown-key"),
+    pytest.param({"server.extra": {"a": 1}}, "unknown section [server.extra]", id="subtable"),
+    pytest.param({"server.host": "::"}, "unknown key server.host", id="field-not-key"),
+    pytest.param({"mqtt": "broker"}, "[mqtt] must be a table", id="section-not-table"),
+    pytest.param({"mqtt.url": 1883}, "mqtt.url must be a string", id="int-for-string"),
+    pytest.param(
+        {"server.max_batch_size": "8"},
+        "server.max_batch_size must be an integer",
+        id="string-for-int",
+    ),
+    pytest.param(
+        {"server.max_batch_size": 8.0},
+        "server.max_batch_size must be an integer",
+        id="float-for-int",
+    ),
+    pytest.param(
+        {"server.max_queue_size": True}, "server.max_queue_size must be an integer", id="bool-int"
+    ),
+    pytest.param({"updates.probation_s": True}, "updates.probation_s must be a number", id="bool"),
+    pytest.param({"telemetry.interval_s": "60"}, "telemetry.interval_s must be a number", id="s"),
+    pytest.param({"telemetry.interval_s": float("nan")}, "telemetry.interval_s must be", id="nan"),
+    pytest.param({"models.follow": "fraud"}, "models.follow must be an array", id="not-array"),
+    pytest.param({"models.follow": ["a", 1]}, "models.follow must be an array", id="array-item"),
+    pytest.param({"trust.root_file": 1}, "trust.root_file must be a non-empty path", id="path"),
+    pytest.param({"trust.root_file": ""}, "trust.root_file must be a non-empty path", id="empty"),
+    pytest.param(
+        {"artifacts.transport": "ftp"},
+        "artifacts.transport must be 'mqtt' or 'http'",
+        id="not-a-choice",
+    ),
+    pytest.param({"device_id": DELETE}, "device_id is required", id="missing-device-id"),
+    pytest.param({"trust.root_file": DELETE}, "trust.root_file is required", id="missing-root"),
+    pytest.param({"trust": DELETE}, "trust.root_file is required", id="missing-trust"),
+    pytest.param({"mqtt.url": DELETE}, "mqtt.url is required", id="missing-url"),
+    pytest.param({"mqtt.url": "http://broker:1883"}, "mqtt.url: 'http:", id="url-scheme"),
+    pytest.param({"mqtt.url": "mqtts://"}, "mqtt.url", id="url-without-host"),
+    pytest.param({"mqtt.url": "mqtts://broker:99999"}, "mqtt.url", id="url-port"),
+    pytest.param({"mqtt.url": "mqtts://u:p@broker"}, "mqtt.url", id="url-credentials"),
+    pytest.param({"device_id": "pi kitchen"}, "device_id 'pi kitchen'", id="bad-device-id"),
+    pytest.param({"models.follow": ["-fraud"]}, "models.follow: '-fraud'", id="bad-model-name"),
+    pytest.param({"mqtt.password_file": "missing"}, "mqtt.password_file", id="no-password"),
+    pytest.param({"mqtt.password_file": "tls"}, "mqtt.password_file", id="password-is-dir"),
+    pytest.param({"mqtt.password_file": "empty"}, "mqtt.password_file", id="empty-password"),
+    pytest.param({"mqtt.username": ""}, "mqtt.username", id="empty-username"),
+    pytest.param({"mqtt.client_key": DELETE}, "mqtt.client_cert and mqtt.client_key", id="half"),
+    pytest.param({"mqtt.client_cert": ""}, "mqtt.client_cert and mqtt.client_key", id="half-2"),
+    pytest.param({"mqtt.ca_file": "nope.crt"}, "mqtt.ca_file", id="missing-ca"),
+    pytest.param({"trust.root_file": "nope.json"}, "trust.root_file", id="missing-root-file"),
+    pytest.param({"mqtt.url": "mqtt://broker:1883"}, "mqtt.ca_file needs an mqtts://", id="tls"),
+    pytest.param({"mqtt.topic_prefix": "edge/+/v1"}, "mqtt.topic_prefix", id="topic-prefix"),
+    pytest.param({"mqtt.keepalive_s": 0}, "mqtt.keepalive_s must be between", id="keepalive"),
+    pytest.param({"mqtt.reconnect_min_s": 100}, "mqtt.reconnect_min_s", id="backoff-order"),
+    pytest.param({"artifacts.http_url": DELETE}, "artifacts.http_url is required", id="http"),
+    pytest.param({"artifacts.http_url": "ftp://registry"}, "artifacts.http_url", id="http-url"),
+    pytest.param({"server.listen": "localhost"}, "server.listen", id="listen-no-port"),
+    pytest.param({"server.listen": "::1:8080"}, "server.listen", id="listen-bare-ipv6"),
+    pytest.param({"server.listen": "host:http"}, "server.listen", id="listen-port-name"),
+    pytest.param({"server.listen": "host:70000"}, "server.listen", id="listen-port-range"),
+    pytest.param({"server.listen": ""}, "server.listen", id="listen-empty"),
+    pytest.param(
+        {"runtime.execution_providers": ["Cuda"]},
+        "runtime.execution_providers: 'Cuda' is not an onnxruntime provider",
+        id="provider-name",
+    ),
+    pytest.param({"runtime.inference_workers": 0}, "runtime.inference_workers", id="workers"),
+    pytest.param(
+        {"server.max_batch_size": 0}, "server.max_batch_size: must be between", id="limit"
+    ),
+    pytest.param({"server.max_queue_delay_ms": 5000}, "server.max_queue_delay_ms", id="delay"),
+    pytest.param({"server.non_finite": "ignore"}, "server.non_finite", id="non-finite"),
+    pytest.param({"server.max_body_mb": 0}, "server.max_body_mb must be between", id="body"),
+    pytest.param({"server.socket_mode": 0o1000}, "server.socket_mode", id="socket-mode"),
+    pytest.param({"server.socket": "s" * 120}, "server.socket:", id="socket-too-long"),
+    pytest.param({"server.token_file": "short-token"}, "server.token_file:", id="short-token"),
+    pytest.param({"server.token_file": "missing"}, "server.token_file", id="missing-token"),
+    pytest.param({"updates.probation_max_error_rate": 2}, "updates.probation_max", id="rate"),
+    pytest.param({"updates.download_timeout_s": 0}, "updates.download_timeout_s", id="timeout"),
+    pytest.param({"telemetry.spool_max_mb": 0}, "telemetry.spool_max_mb", id="spool"),
+]
+
+
+@pytest.mark.parametrize(("changes", "expected"), BAD_CONFIGS)
+def test_a_bad_config_names_the_file_and_the_key(
+    config_dir: Path, changes: dict[str, Any], expected: str
+) -> None:
+    path = write(config_dir, changed(full_config(), changes))
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+
+    message = str(info.value)
+    assert message.startswith(f"{path}: "), message
+    assert expected in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(None, "no such file", id="missing-file"),
+        pytest.param("device_id = ", "not valid TOML", id="syntax"),
+        pytest.param("device_id = 'a'\ndevice_id = 'b'\n", "not valid TOML", id="duplicate-key"),
+    ],
+)
+def test_an_unreadable_file_is_named(tmp_path: Path, text: str | None, expected: str) -> None:
+    path = tmp_path / "device.toml"
+    if text is not None:
+        path.write_text(text)
+
+    with pytest.raises(ConfigError, match=f"^{path}: {expected}"):
+        load_config(path)
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    """Run the installed `edge-agent check-config` from the file's directory."""
+    return subprocess.run(
+        [str(EDGE_AGENT), "check-config", path.name],
+        cwd=path.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_check_config_prints_a_summary(config_dir: Path) -> None:
+    result = check_config(write(config_dir, full_config()))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == f"{config_dir / 'device.toml'}: OK"
+    for expected in (
+        "pi-kitchen",
+        "mqtts://broker.example.com:8883 as kitchen",
+        str(config_dir / "state"),
+        "http://0.0.0.0:9000",
+        "fraud, churn.v2",
+    ):
+        assert expected in result.stdout
+    assert PASSWORD not in result.stdout
+    assert TOKEN not in result.stdout
+
+
+def test_check_config_rejects_a_bad_file_in_one_sentence(config_dir: Path) -> None:
+    path = write(config_dir, changed(full_config(), {"server.max_batch_size": True}))
+
+    result = check_config(path)
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == ("edge-agent: device.toml: server.max_batch_size must be an integer\n")
+
+
+def test_usage_errors_exit_2(config_dir: Path) -> None:
+    for argv in (
+        ["check-config"],
+        ["run"],
+        ["run", "--config", "x", "--listen", "a:1", "--socket", "s"],
+    ):
+        result = subprocess.run(
+            [str(EDGE_AGENT), *argv], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert result.returncode == 2, argv
+        assert "usage: edge-agent" in result.stderr
+
+
+def test_version_still_works() -> None:
+    result = subprocess.run(
+        [str(EDGE_AGENT), "--version"], capture_output=True, text=True, timeout=120, check=False
+    )
+
+    assert result.returncode == 0
+    assert result.stdout.startswith("edge-agent ")
+
+
+def test_run_with_a_bad_config_exits_1_before_starting(
+    config_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(config_dir, changed(full_config(), {"mqtt.url": DELETE}))
+
+    assert main(["run", "--config", str(path), "--log-level", "debug"]) == 1
+
+    assert capsys.readouterr().err == f"edge-agent: {path}: mqtt.url is required\n"

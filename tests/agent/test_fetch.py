@@ -1,0 +1,511 @@
+"""Chunk fetchers against a real mosquitto broker and a real aiohttp server, on real files."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from paho.mqtt.enums import MQTTErrorCode
+
+from edge_agent.errors import DownloadFailedError, DownloadStalledError
+from edge_agent.fetch import HttpChunkFetcher, MqttChunkFetcher
+from edge_agent.store import ModelStore, PartialDownload
+from edge_protocol import Artifact, Topics
+from edge_protocol.errors import ChunkHashError, SizeExceededError
+from tests.support.broker import Broker, RetainedMessages
+
+CHUNK = 1024
+N_CHUNKS = 12
+DATA_SIZE = (N_CHUNKS - 1) * CHUNK + 300
+TOPICS = Topics()
+DEVICE, PASSWORD = "dev-a", "dev-a-secret"
+
+
+@dataclass(frozen=True)
+class Blob:
+    data: bytes
+    artifact: Artifact
+
+    def chunk(self, index: int) -> bytes:
+        start = index * self.artifact.chunk_size
+        return self.data[start : start + self.artifact.chunk_length(index)]
+
+    def topic(self, index: int) -> str:
+        return TOPICS.artifact_chunk(self.artifact.sha256, index)
+
+
+def make_blob(size: int = DATA_SIZE) -> Blob:
+    data = os.urandom(size)  # a fresh artifact per test: no retained chunk leaks between tests
+    return Blob(data, Artifact.describe(data, CHUNK))
+
+
+@pytest.fixture
+def blob() -> Blob:
+    return make_blob()
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- MQTT ----------------------------------------------------------------------------------
+
+
+class LoopSubscriber:
+    """The agent's MQTT side in miniature: paho thread callbacks handed to the loop."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.fetcher: MqttChunkFetcher | None = None
+        self.subscribed: list[list[str]] = []
+        self.unsubscribed: list[list[str]] = []
+        self.received: list[tuple[str, bytes]] = []
+        self._watched: dict[tuple[str, bytes], asyncio.Event] = {}
+        self._loop = asyncio.get_running_loop()
+        self._acks: dict[int, asyncio.Future[None]] = {}
+        client = broker.paho_client(reconnect_on_failure=False)
+        client.on_connect = lambda *_args: self._from_thread(0)
+        client.on_subscribe = lambda _c, _u, mid, *_rest: self._from_thread(mid)
+        client.on_unsubscribe = lambda _c, _u, mid, *_rest: self._from_thread(mid)
+        client.on_message = lambda _c, _u, m: self._loop.call_soon_threadsafe(
+            self._deliver, m.topic, m.payload
+        )
+        self.client = client
+
+    async def connect(self) -> None:
+        ack = self._expect(0)  # CONNACK has no message id; 0 is never used for packets
+        self.client.connect(self.broker.host, self.broker.port)
+        self.client.loop_start()
+        await asyncio.wait_for(ack, 10)
+
+    async def subscribe(self, topics: Sequence[str]) -> None:
+        self.subscribed.append(list(topics))
+        result, mid = self.client.subscribe([(topic, 1) for topic in topics])
+        assert result == MQTTErrorCode.MQTT_ERR_SUCCESS
+        assert mid is not None
+        await asyncio.wait_for(self._expect(mid), 10)
+
+    async def unsubscribe(self, topics: Sequence[str]) -> None:
+        self.unsubscribed.append(list(topics))
+        result, mid = self.client.unsubscribe(list(topics))
+        assert result == MQTTErrorCode.MQTT_ERR_SUCCESS
+        assert mid is not None
+        await asyncio.wait_for(self._expect(mid), 10)
+
+    def watch(self, topic: str, payload: bytes) -> asyncio.Event:
+        """Return an event set when this exact message arrives."""
+        return self._watched.setdefault((topic, payload), asyncio.Event())
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _expect(self, mid: int) -> asyncio.Future[None]:
+        # Registered before the ack can run: acks reach the loop via call_soon_threadsafe.
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._acks[mid] = future
+        return future
+
+    def _from_thread(self, mid: int) -> None:
+        self._loop.call_soon_threadsafe(self._ack, mid)
+
+    def _ack(self, mid: int) -> None:
+        future = self._acks.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def _deliver(self, topic: str, payload: bytes) -> None:
+        self.received.append((topic, payload))
+        if (topic, payload) in self._watched:
+            self._watched[topic, payload].set()
+        if self.fetcher is not None:
+            self.fetcher.feed(topic, payload)
+
+
+@dataclass
+class MqttRig:
+    """A connected subscriber and a fetcher that uses it."""
+
+    subscriber: LoopSubscriber
+    fetcher: MqttChunkFetcher
+
+    def subscribed_topics(self) -> list[str]:
+        return [topic for call in self.subscriber.subscribed for topic in call]
+
+
+async def mqtt_rig(broker: Broker, **options: Any) -> MqttRig:
+    subscriber = LoopSubscriber(broker)
+    await subscriber.connect()
+    options.setdefault("stall_timeout_s", 10.0)
+    fetcher = MqttChunkFetcher(TOPICS, subscriber.subscribe, subscriber.unsubscribe, **options)
+    subscriber.fetcher = fetcher
+    return MqttRig(subscriber, fetcher)
+
+
+@pytest.fixture
+async def rig(mosquitto_plain: Broker) -> AsyncIterator[MqttRig]:
+    made = await mqtt_rig(mosquitto_plain, batch=4)
+    yield made
+    made.subscriber.close()
+
+
+def publish_chunks(
+    retained: RetainedMessages, broker: Broker, blob: Blob, indices: Sequence[int]
+) -> None:
+    """Publish chunks as the registry does: retained, QoS 1, one topic per chunk."""
+    for index in indices:
+        retained.publish(broker, blob.topic(index), blob.chunk(index))
+
+
+async def test_mqtt_downloads_every_chunk_in_batches(
+    tmp_path: Path, mosquitto_plain: Broker, retained: RetainedMessages, rig: MqttRig, blob: Blob
+) -> None:
+    publish_chunks(retained, mosquitto_plain, blob, range(N_CHUNKS))
+    download = ModelStore(tmp_path).open_download(blob.artifact)
+    seen: list[tuple[int, int]] = []
+
+    written = await rig.fetcher.fetch(download, progress=lambda have, n: seen.append((have, n)))
+
+    assert written == N_CHUNKS == rig.fetcher.chunks_written
+    assert seen == [(have, N_CHUNKS) for have in range(1, N_CHUNKS + 1)]
+    assert [len(call) for call in rig.subscriber.subscribed] == [4, 4, 4]
+    assert rig.subscriber.unsubscribed == rig.subscriber.subscribed
+    assert sha256_of(download.finalize()) == blob.artifact.sha256
+
+
+async def test_mqtt_resumes_after_a_restart_fetching_only_the_missing_chunks(
+    tmp_path: Path, mosquitto_plain: Broker, retained: RetainedMessages, rig: MqttRig, blob: Blob
+) -> None:
+    publish_chunks(retained, mosquitto_plain, blob, range(6))
+    six_on_disk = asyncio.Event()
+
+    def progress(have: int, _total: int) -> None:
+        if have == 6:
+            six_on_disk.set()
+
+    download = ModelStore(tmp_path).open_download(blob.artifact)
+    task = asyncio.create_task(rig.fetcher.fetch(download, progress))
+    await asyncio.wait_for(six_on_disk.wait(), 10)
+    task.cancel()  # the agent stops mid-download, waiting for chunk 6
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert rig.subscriber.unsubscribed == rig.subscriber.subscribed
+    publish_chunks(retained, mosquitto_plain, blob, range(6, N_CHUNKS))
+
+    # A restarted agent: new store, new download object, new MQTT client and fetcher.
+    resumed = ModelStore(tmp_path).open_download(blob.artifact)
+    missing = resumed.missing()
+    assert missing == list(range(6, N_CHUNKS))
+    second = await mqtt_rig(mosquitto_plain, batch=4)
+    try:
+        written = await second.fetcher.fetch(resumed)
+    finally:
+        second.subscriber.close()
+
+    assert written == len(missing) == second.fetcher.chunks_written
+    assert sorted(second.subscribed_topics()) == sorted(blob.topic(i) for i in missing)
+    assert sha256_of(resumed.finalize()) == blob.artifact.sha256
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        (lambda chunk: bytes([chunk[0] ^ 0xFF]) + chunk[1:], ChunkHashError),
+        (lambda chunk: chunk + b"\0", SizeExceededError),
+    ],
+)
+async def test_mqtt_a_bad_chunk_rejects_the_download_and_is_never_written(
+    tmp_path: Path,
+    mosquitto_plain: Broker,
+    retained: RetainedMessages,
+    rig: MqttRig,
+    blob: Blob,
+    *,
+    payload: Callable[[bytes], bytes],
+    error: type[Exception],
+) -> None:
+    retained.publish(mosquitto_plain, blob.topic(0), payload(blob.chunk(0)))
+    publish_chunks(retained, mosquitto_plain, blob, range(1, N_CHUNKS))
+    store = ModelStore(tmp_path)
+    download = store.open_download(blob.artifact)
+
+    with pytest.raises(error):
+        await rig.fetcher.fetch(download)
+
+    assert 0 in download.missing()
+    assert ModelStore(tmp_path).open_download(blob.artifact).missing()[0] == 0
+    part = store.downloads_dir / f"{blob.artifact.sha256}.part"
+    assert part.read_bytes()[:CHUNK] == bytes(CHUNK)
+    assert rig.subscriber.unsubscribed == rig.subscriber.subscribed
+
+
+async def test_mqtt_ignores_empty_payloads_and_other_artifacts(
+    tmp_path: Path, mosquitto_plain: Broker, retained: RetainedMessages, rig: MqttRig, blob: Blob
+) -> None:
+    last = N_CHUNKS - 1
+    publish_chunks(retained, mosquitto_plain, blob, range(last))
+    all_but_one = asyncio.Event()
+    download = ModelStore(tmp_path).open_download(blob.artifact)
+    task = asyncio.create_task(
+        rig.fetcher.fetch(download, lambda have, _n: have == last and all_but_one.set())
+    )
+    await asyncio.wait_for(all_but_one.wait(), 10)
+
+    # The registry clearing a retained chunk reaches live subscribers as an empty message.
+    cleared = rig.subscriber.watch(blob.topic(last), b"")
+    retained.publish(mosquitto_plain, blob.topic(last), b"")
+    rig.fetcher.feed(make_blob().topic(0), b"a chunk of an artifact nobody fetches")
+    rig.fetcher.feed("edge/v1/not/a/chunk", b"x")
+    await asyncio.wait_for(cleared.wait(), 10)
+    assert not task.done()
+    assert download.missing() == [last]
+
+    retained.publish(mosquitto_plain, blob.topic(last), blob.chunk(last))
+    assert await asyncio.wait_for(task, 10) == N_CHUNKS
+    assert rig.fetcher.chunks_received == N_CHUNKS
+
+
+async def test_mqtt_resubscribes_when_silent_and_stalls_without_progress(
+    tmp_path: Path, mosquitto_plain: Broker, blob: Blob
+) -> None:
+    rig = await mqtt_rig(mosquitto_plain, batch=4, stall_timeout_s=0.8, resubscribe_after_s=0.25)
+    download = ModelStore(tmp_path).open_download(blob.artifact)
+    try:
+        with pytest.raises(DownloadStalledError, match="0 of 12 chunks"):
+            await rig.fetcher.fetch(download)
+    finally:
+        rig.subscriber.close()
+
+    first = [blob.topic(i) for i in range(4)]
+    assert len(rig.subscriber.subscribed) >= 3  # the batch, then again after each silence
+    assert all(call == first for call in rig.subscriber.subscribed)
+    assert rig.subscriber.unsubscribed == [first]
+
+
+async def test_mqtt_resubscribe_after_a_reconnect_names_only_awaited_chunks(
+    tmp_path: Path, mosquitto_plain: Broker, retained: RetainedMessages, rig: MqttRig, blob: Blob
+) -> None:
+    publish_chunks(retained, mosquitto_plain, blob, [0, 1])
+    two = asyncio.Event()
+    download = ModelStore(tmp_path).open_download(blob.artifact)
+    task = asyncio.create_task(rig.fetcher.fetch(download, lambda h, _n: h == 2 and two.set()))
+    await asyncio.wait_for(two.wait(), 10)
+
+    await rig.fetcher.resubscribe()  # what the agent's on-connect hook does
+
+    assert rig.subscriber.subscribed[-1] == [blob.topic(2), blob.topic(3)]
+    publish_chunks(retained, mosquitto_plain, blob, range(2, N_CHUNKS))
+    assert await asyncio.wait_for(task, 10) == N_CHUNKS
+
+
+# --- HTTP ----------------------------------------------------------------------------------
+
+
+@dataclass
+class BlobServer:
+    """Serves artifacts like the registry's GET /v1/artifacts/{sha256}, with faults on demand."""
+
+    root: Path
+    ranges: list[str | None] = field(default_factory=list)
+    fail_next: int = 0  # answer this many requests with 503 first
+    ignore_range: bool = False  # answer 200 with the whole file
+    endless: bool = False  # answer 206 and then never stop sending
+    endless_sent: int = 0
+    endless_over: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, blob: Blob) -> None:
+        (self.root / blob.artifact.sha256).write_bytes(blob.data)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        header = request.headers.get("Authorization", "")
+        try:
+            credentials = aiohttp.BasicAuth.decode(header)
+        except ValueError:
+            credentials = None
+        if credentials is None or (credentials.login, credentials.password) != (DEVICE, PASSWORD):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        path = self.root / request.match_info["sha256"]
+        if not path.is_file():
+            return web.json_response({"error": "no such artifact"}, status=404)
+        self.ranges.append(request.headers.get("Range"))
+        if self.fail_next:
+            self.fail_next -= 1
+            return web.json_response({"error": "busy"}, status=503)
+        if self.endless:
+            return await self._endless(request)
+        if self.ignore_range:
+            return web.Response(body=path.read_bytes())
+        return web.FileResponse(path)  # what the registry uses: it answers Range itself
+
+    async def _endless(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=206)
+        await response.prepare(request)
+        block = b"\0" * 65536
+        try:
+            while self.endless_sent < 1 << 30:
+                await response.write(block)
+                self.endless_sent += len(block)
+        except ConnectionError:
+            pass  # the client hung up: what an endless-data defence should do
+        finally:
+            self.endless_over.set()
+        return response
+
+
+@dataclass
+class HttpRig:
+    server: BlobServer
+    url: str
+    session: aiohttp.ClientSession
+
+    def fetcher(self, **options: Any) -> HttpChunkFetcher:
+        options.setdefault("username", DEVICE)
+        options.setdefault("password", PASSWORD)
+        options.setdefault("stall_timeout_s", 5.0)
+        options.setdefault("retry_delay_s", 0.02)
+        return HttpChunkFetcher(self.url, session=self.session, **options)
+
+
+@pytest.fixture
+async def http(tmp_path: Path) -> AsyncIterator[HttpRig]:
+    (tmp_path / "blobs").mkdir()
+    blobs = BlobServer(tmp_path / "blobs")
+    app = web.Application()
+    app.router.add_get("/v1/artifacts/{sha256}", blobs.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    async with aiohttp.ClientSession() as session:
+        yield HttpRig(blobs, str(server.make_url("/")), session)
+    await server.close()
+
+
+def open_download(tmp_path: Path, artifact: Artifact) -> PartialDownload:
+    return ModelStore(tmp_path / "state").open_download(artifact)
+
+
+def chunk_range(artifact: Artifact, index: int) -> str:
+    start = index * artifact.chunk_size
+    return f"bytes={start}-{start + artifact.chunk_length(index) - 1}"
+
+
+async def test_http_downloads_each_chunk_with_its_own_range(
+    tmp_path: Path, http: HttpRig, blob: Blob
+) -> None:
+    http.server.add(blob)
+    download = open_download(tmp_path, blob.artifact)
+    seen: list[int] = []
+
+    written = await http.fetcher().fetch(download, lambda have, _n: seen.append(have))
+
+    assert written == N_CHUNKS
+    assert seen == list(range(1, N_CHUNKS + 1))
+    assert http.server.ranges == [chunk_range(blob.artifact, i) for i in range(N_CHUNKS)]
+    assert sha256_of(download.finalize()) == blob.artifact.sha256
+
+
+async def test_http_refetches_a_chunk_whose_bitmap_update_was_lost(
+    tmp_path: Path, http: HttpRig, blob: Blob
+) -> None:
+    http.server.add(blob)
+    download = open_download(tmp_path, blob.artifact)
+    download.write_chunk(0, blob.chunk(0))
+    download.write_chunk(1, blob.chunk(1))
+    part = tmp_path / "state" / "downloads" / f"{blob.artifact.sha256}.part"
+    fd = os.open(part, os.O_WRONLY)  # chunk 2's bytes landed; the crash came before the bitmap
+    try:
+        os.pwrite(fd, blob.chunk(2), 2 * CHUNK)
+    finally:
+        os.close(fd)
+
+    resumed = open_download(tmp_path, blob.artifact)
+    fetcher = http.fetcher()
+    written = await fetcher.fetch(resumed)
+
+    assert written == N_CHUNKS - 2 == fetcher.chunks_written
+    assert http.server.ranges == [chunk_range(blob.artifact, i) for i in range(2, N_CHUNKS)]
+    assert sha256_of(resumed.finalize()) == blob.artifact.sha256
+
+
+async def test_http_retries_server_errors(tmp_path: Path, http: HttpRig, blob: Blob) -> None:
+    http.server.add(blob)
+    http.server.fail_next = 3
+
+    assert await http.fetcher().fetch(open_download(tmp_path, blob.artifact)) == N_CHUNKS
+    assert http.server.ranges[:4] == [chunk_range(blob.artifact, 0)] * 4
+
+
+async def test_http_stalls_when_the_server_keeps_failing(
+    tmp_path: Path, http: HttpRig, blob: Blob
+) -> None:
+    http.server.add(blob)
+    http.server.fail_next = 1_000_000
+
+    with pytest.raises(DownloadStalledError, match="HTTP 503"):
+        await http.fetcher(stall_timeout_s=0.5).fetch(open_download(tmp_path, blob.artifact))
+    assert len(http.server.ranges) >= 3
+
+
+async def test_http_stalls_when_the_server_is_unreachable(tmp_path: Path, blob: Blob) -> None:
+    async with aiohttp.ClientSession() as session:
+        fetcher = HttpChunkFetcher(
+            "http://127.0.0.1:9", username=DEVICE, password=PASSWORD, session=session,
+            stall_timeout_s=0.3, retry_delay_s=0.02,
+        )  # fmt: skip
+        with pytest.raises(DownloadStalledError, match="not fetched"):
+            await fetcher.fetch(open_download(tmp_path, blob.artifact))
+
+
+@pytest.mark.parametrize(
+    ("password", "unknown", "message"),
+    [
+        ("wrong", False, "refused this device's credentials"),
+        (PASSWORD, True, "has no artifact"),
+    ],
+)
+async def test_http_refusals_fail_the_download_at_once(
+    tmp_path: Path, http: HttpRig, blob: Blob, *, password: str, unknown: bool, message: str
+) -> None:
+    if not unknown:
+        http.server.add(blob)
+    fetcher = http.fetcher(password=password)
+
+    with pytest.raises(DownloadFailedError, match=message):
+        await fetcher.fetch(open_download(tmp_path, blob.artifact))
+    assert fetcher.chunks_written == 0
+
+
+async def test_http_endless_data_is_cut_off_after_one_byte_too_many(
+    tmp_path: Path, http: HttpRig, blob: Blob
+) -> None:
+    http.server.add(blob)
+    http.server.endless = True
+    download = open_download(tmp_path, blob.artifact)
+
+    with pytest.raises(SizeExceededError, match="chunk 0 has 1025 bytes"):
+        await http.fetcher().fetch(download)
+
+    await asyncio.wait_for(http.server.endless_over.wait(), 10)
+    assert http.server.endless_sent < 64 << 20  # hung up at once: only socket buffers filled
+    assert download.have_count == 0
+
+
+async def test_http_accepts_200_only_for_a_single_chunk_artifact(
+    tmp_path: Path, http: HttpRig
+) -> None:
+    http.server.ignore_range = True
+    single, multi = make_blob(CHUNK - 10), make_blob()
+    http.server.add(single)
+    http.server.add(multi)
+
+    assert await http.fetcher().fetch(open_download(tmp_path, single.artifact)) == 1
+    with pytest.raises(DownloadFailedError, match="unexpected HTTP 200"):
+        await http.fetcher().fetch(open_download(tmp_path, multi.artifact))
