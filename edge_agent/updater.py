@@ -236,7 +236,7 @@ class Updater:
         committed = replace(self.state.model(name), in_probation=False, probation_restarts=0)
         await self._save(name, committed)
         await self._set_phase(name, "idle")
-        await self._retain()
+        await self._retain(finished=name)
 
     async def _roll_back(self, name: str, failed: Installed, error: UpdateError) -> None:
         model_state = self.state.model(name)
@@ -254,7 +254,7 @@ class Updater:
             detail=str(error), **back_to,
         )  # fmt: skip
         await self._set_phase(name, "idle")
-        await self._retain()
+        await self._retain(finished=name)
 
     async def _fail(
         self, name: str, pinned: AssignedModel, seq: int, *, kind: str, reason: str, detail: str
@@ -268,7 +268,7 @@ class Updater:
             kind, model=name, version=pinned.version, reason=reason, detail=detail, seq=seq
         )
         await self._set_phase(name, "failed")
-        await self._retain()
+        await self._retain(finished=name)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -290,9 +290,11 @@ class Updater:
         self._activator.metrics.set_update_state(name, phase)
         await self._reporter.publish_state()
 
-    async def _retain(self) -> None:
-        keep = self.state.installed_shas() | {job.target.sha256 for job in self._jobs.values()}
-        await asyncio.to_thread(self._store.retain, keep)
+    async def _retain(self, finished: str | None = None) -> None:
+        # Keep what the state refers to and what other updates are fetching; the update that
+        # just ended (`finished`) keeps nothing it did not install.
+        others = {job.target.sha256 for job in self._jobs.values() if job.model != finished}
+        await asyncio.to_thread(self._store.retain, self.state.installed_shas() | others)
 
 
 def _reason(error: Exception) -> str:

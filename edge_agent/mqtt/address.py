@@ -22,6 +22,9 @@ class BrokerAddress:
     def parse(cls, url: str) -> BrokerAddress:
         """Parse the broker URL of `[mqtt] url`, raising ConfigError if it is malformed."""
         parts = urlsplit(url)
+        if parts.username is not None or parts.password is not None:
+            # Not echoed: the URL holds a secret. Config keys keep it out of logs and errors.
+            raise ConfigError("mqtt.url must not carry credentials; use mqtt.username and a file")
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ConfigError(f"mqtt.url {url!r} must look like mqtt://host[:port] or mqtts://...")
         tls = parts.scheme == "mqtts"
@@ -36,6 +39,20 @@ class BrokerAddress:
         return f"{self.host}:{self.port}"
 
 
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """An SSLSocket that closes itself when its handshake fails."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        """Handshake; on failure close the socket, which paho would leave open."""
+        # paho's _ssl_wrap_socket raises without closing; the socket would live on in the
+        # traceback until garbage collection (a ResourceWarning per failed attempt).
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
 def tls_context(settings: MqttSettings) -> ssl.SSLContext:
     """A verifying client context: the configured CA (else the system store), optional cert."""
     try:
@@ -45,4 +62,5 @@ def tls_context(settings: MqttSettings) -> ssl.SSLContext:
             context.load_cert_chain(settings.client_cert, settings.client_key)
     except OSError as e:  # ssl.SSLError included: unreadable or mismatched PEM files
         raise ConfigError(f"cannot load the TLS files of [mqtt]: {e}") from e
+    context.sslsocket_class = _ClosingSSLSocket  # the documented hook for wrap_socket's type
     return context

@@ -82,6 +82,7 @@ class AgentMqtt:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._opening: asyncio.Future[None] | None = None  # done at CONNACK or failure
         self._pending: dict[int, asyncio.Future[tuple[int, ...]]] = {}  # mid -> ack codes
+        # Unbounded: paho's thread must never wait on the consumer (keep-alive would stall).
         self._queue: asyncio.Queue[Message | _Lost] = asyncio.Queue()
         self._gone = asyncio.Event()  # the connection ended (or never came up)
         self._network_started = False
@@ -140,6 +141,8 @@ class AgentMqtt:
             raise RuntimeError("an AgentMqtt connects once; make a new one to reconnect")
         self._loop = asyncio.get_running_loop()
         self._opening = self._loop.create_future()
+        # The worker reports back through _hand_over; a daemon so that a connect stuck on a
+        # silent host (bounded by paho's connect_timeout anyway) never holds up interpreter exit.
         threading.Thread(target=self._open_socket, name="mqtt-connect", daemon=True).start()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
@@ -227,7 +230,7 @@ class AgentMqtt:
         self._network_started = True
 
     def _socket_failed(self, error: Exception) -> None:
-        self._fail_opening(self._unreachable_text(error))
+        self._fail_opening(self._unreachable_text(error), cause=error)
 
     def _connack_arrived(self, reason: ReasonCode, session_present: bool) -> None:
         if reason.is_failure:
@@ -256,9 +259,11 @@ class AgentMqtt:
         if future is not None and not future.done():  # done: its waiter was cancelled
             future.set_result(codes)
 
-    def _fail_opening(self, text: str) -> None:
+    def _fail_opening(self, text: str, *, cause: Exception | None = None) -> None:
         if self._opening is not None and not self._opening.done():
-            self._opening.set_exception(MqttConnectError(text))
+            error = MqttConnectError(text)
+            error.__cause__ = cause  # as `raise ... from cause` would
+            self._opening.set_exception(error)
 
     async def _shut_down(self) -> None:
         """Send DISCONNECT if we got that far and wait for paho's network thread to end."""

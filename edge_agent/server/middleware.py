@@ -136,6 +136,17 @@ def auth_middleware(token: str) -> Middleware:
     return check_token
 
 
+def _answering_version(request: web.Request, repository: ModelRepository, name: str) -> str:
+    """The version that answered; for a failed request, the one serving now.
+
+    Failures must count against a version too: probation judges a new model by them.
+    """
+    answered = request.get(MODEL_VERSION)
+    if answered is not None:
+        return str(answered)
+    return str(repository.get(name).version) if name in repository else ""
+
+
 def metrics_middleware(metrics: AgentMetrics, repository: ModelRepository) -> Middleware:
     """Count inference requests by model, answering version and status, and time them."""
 
@@ -153,7 +164,7 @@ def metrics_middleware(metrics: AgentMetrics, repository: ModelRepository) -> Mi
             name = request.match_info.get("model", "")
             metrics.observe_request(
                 model=name if name in repository else UNKNOWN_MODEL,
-                version=str(request.get(MODEL_VERSION, "")),
+                version=_answering_version(request, repository, name),
                 status=status,
                 endpoint=endpoint,
                 seconds=time.perf_counter() - started,

@@ -43,6 +43,7 @@ class AgentProcess:
         """Start the agent and wait until its endpoint answers."""
         argv = [str(BIN / "edge-agent"), "run", "--config", str(self.config)]
         argv += ["--listen", f"{LOCALHOST}:{self.port}", "--state-dir", str(self.state_dir)]
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         self.starts += 1
