@@ -105,11 +105,21 @@ class Agent:
     def status(self) -> dict[str, Any]:
         """The agent's part of `GET /v1/status`."""
         models, trust = self.describe()
-        return {"device_id": self.config.device_id, "updates": models, "trust": trust}
+        downloads = {
+            "chunks_received": self.mqtt_fetcher.chunks_received,
+            "chunks_written": self.mqtt_fetcher.chunks_written,
+        }
+        return {
+            "device_id": self.config.device_id,
+            "updates": models,
+            "trust": trust,
+            "downloads": downloads,
+        }
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve, follow the broker, and shut down cleanly when `stop` is set."""
         await asyncio.to_thread(self.store.remove_debris)
+        await asyncio.to_thread(self.states.remove_debris)
         await self.updater.serve_installed()
         await self.server.start()
         log.info("serving on %s; device %s", self.server.url, self.config.device_id)

@@ -137,6 +137,17 @@ class StateStore:
         for sub in ("", "trust", RELEASES_DIR):
             (state_dir / sub).mkdir(parents=True, exist_ok=True)
 
+    def remove_debris(self) -> list[Path]:
+        """Delete temp files a crash left mid-write (the real files were never touched)."""
+        debris = [
+            path
+            for sub in ("", "trust", RELEASES_DIR)
+            for path in (self.state_dir / sub).glob(".*.tmp")
+        ]
+        for path in debris:
+            path.unlink(missing_ok=True)
+        return debris
+
     def load(self) -> AgentState:
         """Return the saved state, or a fresh one on first start."""
         path = self.state_dir / STATE_FILE

@@ -91,9 +91,11 @@ class Fleet:
         self.broker.reload()
         return bundle / "device.toml"
 
-    def agent(self, device_id: str, group: str) -> AgentProcess:
-        """Provision a device and return its (not yet started) agent."""
+    def agent(self, device_id: str, group: str, extra_toml: str = "") -> AgentProcess:
+        """Provision a device (appending `extra_toml` to its config); return its agent."""
         config = self.provision(device_id, group)
+        if extra_toml:
+            config.write_text(config.read_text() + "\n" + extra_toml)
         return AgentProcess(config, self.root / "states" / device_id)
 
     def registry_client(self) -> MqttTestClient:
