@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.config import UpdateSettings
-from edge_agent.errors import StepTimeoutError
+from edge_agent.errors import AgentError, StepTimeoutError
 from edge_agent.probation import ProbationWatcher
 from edge_agent.runtime import LoadedModel, ModelRepository, RuntimeOptions, load_model
 from edge_agent.runtime.iospec import OIP_TO_NUMPY
@@ -87,7 +87,7 @@ class Activator:
         """At start-up: serve an installed model if its file is intact; say whether it is."""
         try:
             await self.restore(name, installed)
-        except (OSError, ValueError, RuntimeError) as e:
+        except (AgentError, OSError, ValueError, RuntimeError) as e:
             log.error("cannot serve %s v%d from the store: %s", name, installed.version, e)
             return False
         return True

@@ -151,3 +151,19 @@ def test_broker_outage_during_serving_and_during_a_download(
         agent.wait_for_version("clf", 80, timeout=90)
         for index in range(len(chunks)):
             registry.publish(TOPICS.artifact_chunk(sha256, index), b"", retain=True)
+
+
+def test_a_damaged_model_file_falls_back_to_the_previous_release(
+    fleet: Fleet, releases: dict[str, int], agents: list[AgentProcess]
+) -> None:
+    agent = start_agent(fleet, agents, "damaged", "damaged", SHORT_PROBATION)
+    for version in (releases["v1"], releases["v2"]):
+        fleet.deploy("clf", version, "damaged")
+        agent.wait_for_version("clf", version)
+        _wait_phase(agent, "clf", "idle")
+    agent.kill()
+    active = agent.get_state()["models"]["clf"]["active"]["sha256"]
+    model_file = agent.state_dir / "models" / f"{active}.onnx"
+    model_file.write_bytes(model_file.read_bytes()[:-100])  # a bad sector, a half-flashed card
+    agent.start()
+    assert agent.serving_version("clf") == releases["v1"], "the previous release serves at once"

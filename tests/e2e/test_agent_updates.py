@@ -172,3 +172,40 @@ def test_hostile_updates_are_rejected_and_the_old_model_keeps_serving(
 
 def _root_key_path(fleet: Fleet) -> Path:
     return fleet.home / "keys" / "root" / "root-1.pem"
+
+
+def test_root_rotation_is_followed_in_order(
+    fleet: Fleet, releases: dict[str, int], agents: list[AgentProcess]
+) -> None:
+    from model_registry.signing import make_root, sign_document
+
+    agent = start_agent(fleet, agents, "rotate", "rotate")
+    old_root = load_private_key(_root_key_path(fleet))
+    release_key = fleet.forger().release_key
+    new_roots = [SigningKey.generate(), SigningKey.generate()]
+    expires = utc_now().replace(microsecond=0) + timedelta(days=30)
+    v2 = make_root(2, [new_roots[0]], [release_key], root_threshold=1, expires=expires)
+    v3 = make_root(3, [new_roots[1]], [release_key], root_threshold=1, expires=expires)
+    intruder = SigningKey.generate()
+    forged_v4 = make_root(4, [intruder], [intruder], root_threshold=1, expires=expires)
+    with fleet.registry_client() as registry:
+        registry.subscribe(TOPICS.events("rotate"))
+        # v3 first: it must wait for v2, then follow the chain v1 -> v2 -> v3.
+        registry.publish(TOPICS.root(3), sign_document(v3.to_dict(), [new_roots[0], new_roots[1]]),
+                         retain=True)  # fmt: skip
+        registry.publish(TOPICS.root(2), sign_document(v2.to_dict(), [old_root, new_roots[0]]),
+                         retain=True)  # fmt: skip
+        deadline = time.monotonic() + 30
+        while (agent.get("/v1/status") or {}).get("trust", {}).get("root_version") != 3:
+            assert time.monotonic() < deadline, "the agent did not follow the root chain"
+            time.sleep(0.05)
+        # A root signed only by a key the chain never trusted is refused.
+        registry.publish(
+            TOPICS.root(4), sign_document(forged_v4.to_dict(), [intruder]), retain=True
+        )
+        assert collect_events(registry, "rotate", "rejected")[-1]["reason"] == "signature_threshold"
+        fleet.deploy("clf", releases["v1"], "rotate")
+        agent.wait_for_version("clf", releases["v1"])
+        for version in (2, 3, 4):  # leave the shared broker as it was
+            registry.publish(TOPICS.root(version), b"", retain=True)
+    assert (agent.state_dir / "trust" / "root.json").exists()

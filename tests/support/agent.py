@@ -83,6 +83,10 @@ class AgentProcess:
             return None
         return json.loads(body) if expect_json else body
 
+    def get_state(self) -> Any:
+        """The agent's state.json, as it is on disk now."""
+        return json.loads((self.state_dir / "state.json").read_text())
+
     def serving_version(self, model: str) -> int | None:
         """The version the agent serves for `model` (from /v2/models/{m}), or None."""
         metadata = self.get(f"/v2/models/{model}")
