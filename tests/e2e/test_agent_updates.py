@@ -134,6 +134,9 @@ def test_hostile_updates_are_rejected_and_the_old_model_keeps_serving(
     tampered = chunks_of(v2_bytes, CHUNK)
     tampered[1] = tampered[1][::-1]
     crash, crash_signed = release(53, junk)
+    # v2's golden self-test attached to v3's file: a genuine model that does not reproduce it.
+    v3_bytes = models.v3.read_bytes()
+    wrong_test, wrong_test_signed = release(54, v3_bytes)
     seq = 10  # above anything the registry gave this device
     attacks: list[tuple[Documents, str, str]] = [
         ([(assignment_topic, forger.assignment(device, seq, pins, keys=(unknown,)))],
@@ -155,6 +158,8 @@ def test_hostile_updates_are_rejected_and_the_old_model_keeps_serving(
                            chunks=oversized_first), "rejected", "size_exceeded"),
         (_update_documents(forger, device, seq + 4, release=crash, signed=crash_signed,
                            chunks=chunks_of(junk, CHUNK)), "failed", "load_error"),
+        (_update_documents(forger, device, seq + 5, release=wrong_test, signed=wrong_test_signed,
+                           chunks=chunks_of(v3_bytes, CHUNK)), "rejected", "selftest_mismatch"),
     ]  # fmt: skip
     with fleet.registry_client() as attacker:
         attacker.subscribe(TOPICS.events(device))
