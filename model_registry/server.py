@@ -77,6 +77,7 @@ async def running_registry(
         api_url = await _start_api(
             stack, create_app(ctx, metrics), options.listen or config.api.listen
         )
+        ctx.api_url = api_url
         log.info("registry API on %s, MQTT %s", api_url, mqtt_url or "off")
         yield RunningRegistry(ctx, api_url, mqtt_url, ingest)
 

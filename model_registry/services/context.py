@@ -23,6 +23,7 @@ class RegistryContext:
     signer: ReleaseSigner
     publisher: Publisher | None = None
     broker_url: str | None = None  # the broker `serve` actually uses (flags may override config)
+    api_url: str | None = None  # where `serve` actually listens
     clock: Clock = field(default=utc_now)
     # Serializes everything that reads and rewrites device assignments or the broker's
     # retained state (deploys, renewals, resyncs), so none acts on a stale view of another.

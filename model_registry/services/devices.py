@@ -128,4 +128,4 @@ def device_mqtt_url(ctx: RegistryContext) -> str:
 
 def api_public_url(ctx: RegistryContext) -> str:
     """The API URL devices should use for HTTP artifacts, from the config."""
-    return ctx.config.api.public_url or f"http://{ctx.config.api.listen}"
+    return ctx.config.api.public_url or ctx.api_url or f"http://{ctx.config.api.listen}"

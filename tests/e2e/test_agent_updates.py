@@ -214,3 +214,17 @@ def test_root_rotation_is_followed_in_order(
         for version in (2, 3, 4):  # leave the shared broker as it was
             registry.publish(TOPICS.root(version), b"", retain=True)
     assert (agent.state_dir / "trust" / "root.json").exists()
+
+
+def test_http_artifact_transport(
+    fleet: Fleet, releases: dict[str, int], agents: list[AgentProcess]
+) -> None:
+    agent = fleet.agent("http-device", "http")
+    config = agent.config.read_text()
+    assert f'http_url = "{fleet.registry.url}"' in config, "the bundle names the running API"
+    agent.config.write_text(config.replace('transport = "mqtt"', 'transport = "http"'))
+    agents.append(agent)
+    agent.start()
+    fleet.deploy("clf", releases["v2"], "http")
+    agent.wait_for_version("clf", releases["v2"])
+    assert agent.get("/v1/status")["downloads"]["chunks_written"] == 0, "nothing came over MQTT"
