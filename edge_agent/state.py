@@ -8,12 +8,11 @@ either the old or the new state, each of which names only verified, fully writte
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from edge_agent.durable import write_atomic
 from edge_agent.errors import ConfigError
 
 STATE_FILE = "state.json"
@@ -185,22 +184,3 @@ class StateStore:
     def save_release(self, model: str, sha256: str, envelope: bytes) -> None:
         """Keep the signed release next to the model file it describes."""
         write_atomic(self.release_path(model, sha256), envelope)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so a crash leaves the old or the new content."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

@@ -17,12 +17,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from edge_agent.durable import TEMP_SUFFIX, fsync_directory, write_atomic
 from edge_agent.errors import DiskFullError, DownloadIncompleteError, InvalidDigestError
 from edge_protocol import Artifact, ArtifactVerifier, RejectedError
 from edge_protocol.fields import SHA256_PATTERN
@@ -32,7 +32,6 @@ DOWNLOADS_DIR = "downloads"
 MODEL_SUFFIX = ".onnx"
 PART_SUFFIX = ".part"
 BITMAP_SUFFIX = ".bitmap"
-TEMP_SUFFIX = ".tmp"
 BITMAP_FORMAT = 1
 FREE_SPACE_FACTOR = 2  # free space needed, as a multiple of the artifact size
 HASH_BLOCK_BYTES = 1024 * 1024  # finalize hashes the file in blocks, never all in memory
@@ -95,7 +94,7 @@ class ModelStore:
                 if path.suffix in suffixes and _is_digest(path.stem) and path.stem not in wanted:
                     path.unlink(missing_ok=True)
                     removed.add(path.stem)
-            _fsync_directory(directory)
+            fsync_directory(directory)
         return sorted(removed)
 
     def remove_debris(self) -> list[Path]:
@@ -106,7 +105,7 @@ class ModelStore:
                 if path.name.endswith(TEMP_SUFFIX) and path.is_file():
                     path.unlink(missing_ok=True)
                     removed.append(path)
-            _fsync_directory(directory)
+            fsync_directory(directory)
         return sorted(removed)
 
 
@@ -178,9 +177,9 @@ class PartialDownload:
                 raise
             target = self._store.model_path(self.artifact.sha256)
             os.replace(self._part, target)
-            _fsync_directory(target.parent)
+            fsync_directory(target.parent)
             self._bitmap.unlink(missing_ok=True)
-            _fsync_directory(self._bitmap.parent)
+            fsync_directory(self._bitmap.parent)
             return target
 
     def discard(self) -> None:
@@ -201,14 +200,14 @@ class PartialDownload:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            _fsync_directory(self._part.parent)
+            fsync_directory(self._part.parent)
             self._save_bitmap(have)
         return have
 
     def _remove_files(self) -> None:
         self._bitmap.unlink(missing_ok=True)
         self._part.unlink(missing_ok=True)
-        _fsync_directory(self._part.parent)
+        fsync_directory(self._part.parent)
 
     def _identity(self) -> dict[str, Any]:
         # The chunk list's digest ties the bitmap to one chunking of one artifact.
@@ -223,7 +222,7 @@ class PartialDownload:
 
     def _save_bitmap(self, bits: bytearray) -> None:
         body = {**self._identity(), "have": bits.hex()}
-        _write_atomic(self._bitmap, json.dumps(body, sort_keys=True).encode())
+        write_atomic(self._bitmap, json.dumps(body, sort_keys=True).encode())
 
     def _load_bitmap(self) -> bytearray | None:
         """Return the persisted bitmap, or None when it is absent, corrupt or for another file."""
@@ -299,27 +298,3 @@ def _disk_full_as_error(path: Path) -> Iterator[None]:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(f"no space left for {path}: {e.strerror}") from e
         raise
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` durably: a crash leaves the old or the new content (blocking)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make renames and deletions in `directory` durable (blocking)."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
