@@ -144,7 +144,7 @@ async def test_full_queue_answers_503_with_retry_after(
     gate.open()
     assert all(r["model_version"] == "1" for r in await asyncio.gather(*held))
     metrics = (await get(http, server.url + "/metrics")).body.decode()
-    assert 'edge_agent_requests_total{model="classifier",version="",status="503"} 1' in metrics
+    assert 'edge_agent_requests_total{model="classifier",version="1",status="503"} 1' in metrics
 
 
 def _expected_by_version(
