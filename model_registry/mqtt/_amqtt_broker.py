@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Iterator
 from typing import Any
 
 from amqtt.broker import Broker
@@ -58,6 +58,10 @@ class EdgeBroker(Broker):  # type: ignore[misc]
         check_amqtt_internals()
         super().__init__(config)
         check_amqtt_internals(self)
+        # amqtt awaits inside loops over its subscription table; a client subscribing meanwhile
+        # ("dictionary changed size during iteration") would drop that broadcast for everyone.
+        table: dict[str, Any] = self._subscriptions
+        self._subscriptions = _SnapshotDict(table)
 
     async def _initialize_client_session(
         self, reader: Any, writer: Any, remote_address: str, remote_port: int
@@ -164,6 +168,16 @@ class EdgeBroker(Broker):  # type: ignore[misc]
 
     async def _publish_session_retained_messages(self, session: Any) -> None:
         """Nothing left to do: `EdgeProtocolHandler.start` already sent the offline backlog."""
+
+
+class _SnapshotDict(dict[str, Any]):
+    """A dict whose iteration walks a copy, so awaiting loops over it survive changes."""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(super().keys()))
+
+    def items(self) -> Any:
+        return list(super().items())
 
 
 async def _hang_up(writer: Any, last_word: Any = None) -> None:

@@ -605,3 +605,15 @@ def test_stop_closes_client_connections() -> None:
         socket.create_connection((LOCALHOST, broker.port), timeout=1),
     ):
         pass
+
+
+def test_subscription_table_iterates_over_a_snapshot() -> None:
+    """amqtt awaits while iterating subscriptions; new subscribers must not break that loop."""
+    from model_registry.mqtt._amqtt_broker import _SnapshotDict
+
+    table = _SnapshotDict({"a/#": []})
+    for key in table:
+        table[f"{key}/more"] = []
+    for key, _value in table.items():
+        table[f"{key}/again"] = []
+    assert len(table) == 4
