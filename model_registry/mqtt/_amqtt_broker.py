@@ -54,14 +54,15 @@ def check_amqtt_internals(broker: Any | None = None) -> None:
 class EdgeBroker(Broker):  # type: ignore[misc]
     """amqtt's Broker with authentication first, ACL-checked retained delivery and keep-alive."""
 
+    _subscriptions: dict[str, Any]  # amqtt's table: topic filter -> [(session, qos)]
+
     def __init__(self, config: dict[str, Any]) -> None:
         check_amqtt_internals()
         super().__init__(config)
         check_amqtt_internals(self)
         # amqtt awaits inside loops over its subscription table; a client subscribing meanwhile
         # ("dictionary changed size during iteration") would drop that broadcast for everyone.
-        table: dict[str, Any] = self._subscriptions
-        self._subscriptions = _SnapshotDict(table)
+        self._subscriptions = _SnapshotDict(self._subscriptions)
 
     async def _initialize_client_session(
         self, reader: Any, writer: Any, remote_address: str, remote_port: int
