@@ -80,7 +80,9 @@ class EmbeddedBroker:
             await broker.start()
         except BrokerError as e:
             raise EmbeddedBrokerError(
-                f"cannot start the embedded MQTT broker on {self.host}:{self._requested_port}: {e}"
+                f"cannot start the embedded MQTT broker on {self.host}:{self._requested_port}: {e} "
+                "(is another broker on that port? pass --embedded-broker HOST:PORT, with port 0 "
+                "for any free one, or set [mqtt] embedded_listen)"
             ) from e
         self._broker = broker
 
