@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from edge_agent.activation import Activator
@@ -22,8 +23,11 @@ from edge_agent.reporting import Reporter
 from edge_agent.runtime import ModelRepository
 from edge_agent.server import InferenceServer
 from edge_agent.server.metrics import AgentMetrics
+from edge_agent.spool import SPOOL_DIR, Spool
 from edge_agent.state import StateStore
 from edge_agent.store import ModelStore
+from edge_agent.systemd import SystemdNotifier
+from edge_agent.telemetry import Telemetry, TelemetryCollector
 from edge_agent.updater import ChunkFetcher, Updater
 from edge_protocol import Topics, TrustedState
 
@@ -49,7 +53,8 @@ class Agent:
         self.repository = ModelRepository()
         self.metrics = AgentMetrics()
         self.subscriptions = Subscriptions()
-        self.reporter = Reporter(config.device_id, self.topics, self.describe)
+        self.spool = Spool(config.state_dir / SPOOL_DIR, config.telemetry.spool_max_bytes)
+        self.reporter = Reporter(config.device_id, self.topics, self.describe, self.spool)
         self.mqtt_fetcher = MqttChunkFetcher(
             self.topics,
             self.subscriptions.subscribe_many,
@@ -78,6 +83,9 @@ class Agent:
         self.server = InferenceServer(
             self.repository, config.server, metrics=self.metrics, status_providers=[self.status]
         )
+        collector = TelemetryCollector(self.metrics, config.state_dir)
+        self.telemetry = Telemetry(collector, self.reporter, config.telemetry)
+        self.server.add_status_provider(self.telemetry.status)
 
     def _fetcher(self) -> ChunkFetcher:
         if self.config.artifacts.transport == "mqtt":
@@ -116,18 +124,24 @@ class Agent:
             "downloads": downloads,
         }
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Serve, follow the broker, and shut down cleanly when `stop` is set."""
+    async def run(self, stop: asyncio.Event, on_serving: Callable[[], None] | None = None) -> None:
+        """Serve, follow the broker, and shut down cleanly when `stop` is set.
+
+        `on_serving` is called once the endpoint accepts requests (systemd's READY=1).
+        """
         await asyncio.to_thread(self.store.remove_debris)
         await asyncio.to_thread(self.states.remove_debris)
         await self.updater.serve_installed()
         await self.server.start()
         log.info("serving on %s; device %s", self.server.url, self.config.device_id)
+        if on_serving is not None:
+            on_serving()
         mqtt = asyncio.create_task(self._follow_broker(), name="mqtt")
+        reporting = asyncio.create_task(self.telemetry.run(), name="reporting")
         try:
             await stop.wait()
         finally:
-            await self._shutdown(mqtt)
+            await self._shutdown(mqtt, reporting)
 
     async def _follow_broker(self) -> None:
         settings = self.config.mqtt
@@ -141,8 +155,11 @@ class Agent:
             on_disconnect=self.dispatcher.disconnected,
         )
 
-    async def _shutdown(self, mqtt: asyncio.Task[None]) -> None:
+    async def _shutdown(self, mqtt: asyncio.Task[None], reporting: asyncio.Task[None]) -> None:
         log.info("stopping: draining requests")
+        reporting.cancel()  # what it has not sent stays in the spool for the next start
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporting
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
                 await self.reporter.publish_offline()
@@ -183,9 +200,22 @@ def run_agent(config: DeviceConfig) -> int:
 
 async def _main(config: DeviceConfig) -> int:
     stop = asyncio.Event()
+    # A no-op unless systemd (Type=notify) started the agent: see edge_agent/systemd.py.
+    notifier = SystemdNotifier.from_environment()
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            notifier.stopping()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     agent = Agent(config)
-    await agent.run(stop)
+    agent.repository.add_listener(notifier.model_changed)
+    try:
+        async with notifier.watchdog_pings():
+            await agent.run(stop, on_serving=notifier.ready)
+    finally:
+        notifier.close()
     return 0

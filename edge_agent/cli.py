@@ -7,7 +7,6 @@ stderr, 2 usage error (argparse).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,9 +15,9 @@ from edge_agent import __version__
 from edge_agent.config import DeviceConfig
 from edge_agent.config_loader import load_config
 from edge_agent.errors import ConfigError
+from edge_agent.systemd import configure_logging
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
+    # One line per event; under systemd without timestamps, with the level as a syslog priority.
+    configure_logging(args.log_level)
     config = load_config(
         args.config, state_dir=args.state_dir, listen=args.listen, socket=args.socket
     )

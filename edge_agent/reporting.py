@@ -1,24 +1,28 @@
-"""What the agent tells the registry: its retained `state` and its lifecycle `events`.
+"""What the agent tells the registry: its retained `state`, lifecycle `events` and `telemetry`.
 
-Reports are produced whether or not the broker is reachable. While it is not, they wait in a
-bounded queue in memory and go out in order on the next connection; the state is always
-republished in full on connect, so only events can be lost, and only beyond the bound.
+The state is sent directly: it is retained, republished in full on every connection and on
+every change, and the broker's will replaces it when the device vanishes. Events and telemetry
+are first written to the on-disk spool (`edge_agent.spool`), which gives each one its
+`msg_seq`; `run` sends them from there in order whenever a connection is up and deletes each
+only after the broker's PUBACK. Nothing is lost to an outage or a restart below the spool's
+cap; docs/telemetry.md says what happens above it and why a message may arrive twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from edge_agent import __version__
-from edge_agent.errors import AgentError
+from edge_agent.errors import AgentError, BrokerError
+from edge_agent.spool import KIND_EVENTS, KIND_TELEMETRY, Spool, SpoolRecord
 from edge_protocol import Topics
-from edge_protocol.topics import event_payload, offline_payload, state_payload
+from edge_protocol.topics import event_payload, offline_payload, state_payload, telemetry_payload
 
 log = logging.getLogger(__name__)
-MAX_PENDING_EVENTS = 1000
+SEND_WINDOW = 16  # spooled messages published before waiting for their PUBACKs
 
 
 class Publisher(Protocol):
@@ -29,38 +33,47 @@ class Publisher(Protocol):
 
 
 class Reporter:
-    """Publishes state and events when connected, queues events when not."""
+    """Publishes the state when connected; spools events and telemetry and sends them on."""
 
     def __init__(
         self,
         device_id: str,
         topics: Topics,
         describe: Callable[[], tuple[dict[str, Any], dict[str, Any]]],
+        spool: Spool,
     ) -> None:
         self._device_id = device_id
         self._topics = topics
         self._describe = describe  # returns (models, trust) for the state message
-        self._client: Publisher | None = None
-        self._pending: deque[bytes] = deque(maxlen=MAX_PENDING_EVENTS)
-        self.dropped_events = 0
+        self._spool = spool
+        self._client: Publisher | None = None  # for the state
+        self._sender: Publisher | None = None  # for the spool, once the state went out
+        self._failed: Publisher | None = None  # a connection a publish failed on
+        self._wake = asyncio.Event()
+        self.sent = 0  # spooled messages acknowledged by the broker since start
 
     @property
     def offline_will(self) -> tuple[str, bytes]:
         """The will the broker publishes if the device vanishes."""
         return self._topics.state(self._device_id), offline_payload(self._device_id)
 
+    @property
+    def spool(self) -> Spool:
+        """Where events and telemetry wait for the broker."""
+        return self._spool
+
     async def connected(self, client: Publisher) -> None:
-        """Use a new connection: publish the full state, then the events that waited."""
+        """Use a new connection: publish the full state, then let the spool drain."""
         self._client = client
         await self.publish_state()
-        while self._pending and self._client is client:
-            payload = self._pending[0]
-            await client.publish(self._topics.events(self._device_id), payload)
-            self._pending.popleft()
+        if self._client is client:
+            self._sender = client
+            self._wake.set()
 
     def disconnected(self) -> None:
         """Stop using the connection that was lost."""
-        self._client = None
+        self._client = self._sender = None
+        self._wake.set()
 
     async def publish_state(self) -> None:
         """Publish the retained state message (or do nothing while offline)."""
@@ -68,35 +81,91 @@ class Reporter:
         payload = state_payload(
             self._device_id, agent_version=__version__, models=models, trust=trust
         )
-        await self._send(self._topics.state(self._device_id), payload, retain=True)
+        await self._send_direct(self._topics.state(self._device_id), payload)
 
     async def publish_offline(self) -> None:
         """Say goodbye before a clean disconnect (the broker sends no will for those)."""
-        await self._send(self.offline_will[0], self.offline_will[1], retain=True)
+        await self._send_direct(*self.offline_will)
 
     async def event(
         self, kind: str, *, model: str | None = None, version: int | None = None, **details: Any
     ) -> None:
-        """Report one update lifecycle event."""
+        """Report one update lifecycle event (spooled, then sent in order)."""
         log.info("event %s model=%s version=%s %s", kind, model, version, details or "")
-        payload = event_payload(self._device_id, kind, model=model, version=version, **details)
-        if self._client is None:
-            self._queue(payload)
-            return
-        await self._send(self._topics.events(self._device_id), payload, retain=False)
+        event_payload(self._device_id, kind)  # an unknown kind fails here, in the caller
 
-    async def _send(self, topic: str, payload: bytes, *, retain: bool) -> None:
+        def encode(seq: int) -> bytes:
+            return event_payload(
+                self._device_id, kind, model=model, version=version,
+                **details, msg_seq=seq, msg_epoch=self._spool.epoch,
+            )  # fmt: skip
+
+        await self._spool_message(KIND_EVENTS, encode)
+
+    async def telemetry(self, body: dict[str, Any]) -> int:
+        """Spool one telemetry report; return its msg_seq."""
+
+        def encode(seq: int) -> bytes:
+            numbered = {**body, "msg_seq": seq, "msg_epoch": self._spool.epoch}
+            return telemetry_payload(self._device_id, numbered)
+
+        return await self._spool_message(KIND_TELEMETRY, encode)
+
+    async def run(self) -> None:
+        """Send spooled messages, oldest first, whenever a connection is up; never returns."""
+        while True:
+            sender = self._sender
+            if sender is None or sender is self._failed or not self._spool.pending():
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            records = await asyncio.to_thread(self._spool.take, SEND_WINDOW)
+            await self._send_spooled(sender, records)
+
+    async def _send_spooled(self, client: Publisher, records: list[SpoolRecord]) -> None:
+        """Publish a window of records in order; delete those the broker acknowledged."""
+        acked: list[int] = []
+        try:
+            results = await asyncio.gather(
+                *(client.publish(self._topic(r.kind), r.payload) for r in records),
+                return_exceptions=True,
+            )
+            for record, result in zip(records, results, strict=True):
+                if result is None:
+                    acked.append(record.seq)
+                elif isinstance(result, BrokerError):
+                    self._failed = client  # wait for the next connection
+                    log.info("could not send message %d: %s", record.seq, result)
+                else:
+                    raise result
+        finally:
+            # Off the loop: the spool's lock may be held by a thread waiting on an fsync.
+            await asyncio.to_thread(self._settle, records, acked)
+            self.sent += len(acked)
+
+    def _settle(self, records: list[SpoolRecord], acked: list[int]) -> None:
+        self._spool.release(r.seq for r in records if r.seq not in acked)
+        self._spool.ack(acked)
+
+    async def _spool_message(self, kind: str, encode: Callable[[int], bytes]) -> int:
+        try:
+            seq = await asyncio.to_thread(self._spool.append, kind, encode)
+        except OSError as e:  # reporting never stops what is being reported on
+            log.error("could not spool a %s message: %s", kind, e)
+            return 0
+        self._wake.set()
+        return seq
+
+    def _topic(self, kind: str) -> str:
+        if kind == KIND_EVENTS:
+            return self._topics.events(self._device_id)
+        return self._topics.telemetry(self._device_id)
+
+    async def _send_direct(self, topic: str, payload: bytes) -> None:
         client = self._client
         if client is None:
             return
         try:
-            await client.publish(topic, payload, retain=retain)
-        except AgentError as e:  # the connection dropped under us: keep events for later
+            await client.publish(topic, payload, retain=True)
+        except AgentError as e:  # the connection dropped under us: the next one republishes
             log.info("could not publish on %s: %s", topic, e)
-            if not retain:
-                self._queue(payload)
-
-    def _queue(self, payload: bytes) -> None:
-        if len(self._pending) == self._pending.maxlen:
-            self.dropped_events += 1
-        self._pending.append(payload)

@@ -91,6 +91,7 @@ class DataPlane:
         with self.repository.lease(name, version) as model:
             inputs, rows = validate_inputs(request.inputs, model, self._limits)
             chosen = select_outputs(request, model.io, name)
+            self.metrics.observe_inputs(name, inputs)
             result = await self._batcher(name).submit(model, inputs, rows)
         outputs = tuple(OutputTensor(n, result.outputs[n], binary) for n, binary in chosen)
         return InferResponse(name, str(result.model.version), outputs, request.id)
@@ -100,6 +101,7 @@ class DataPlane:
         with self.repository.lease(name, version) as model:
             tensors = instances_to_tensors(body, model.io)
             inputs, rows = validate_inputs(tensors, model, self._limits)
+            self.metrics.observe_inputs(name, inputs)
             result = await self._batcher(name).submit(model, inputs, rows)
         return {
             "model_name": name,

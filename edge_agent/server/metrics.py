@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from edge_agent.runtime import LoadedModel, ModelRepository
 from edge_agent.server.prometheus import Counter, Gauge, Histogram, Registry
@@ -22,6 +23,11 @@ class AgentMetrics:
         self._attached: set[int] = set()
         # Called with (model, version, status) for every answered request (probation watches).
         self.request_listeners: list[Callable[[str, str, int], None]] = []
+        # Telemetry (edge_agent/telemetry.py) also hears the latency of each request, the rows
+        # of each session.run and each request's validated input tensors, by model name.
+        self.latency_listeners: list[Callable[[str, str, int, float], None]] = []
+        self.batch_listeners: list[Callable[[str, int], None]] = []
+        self.input_listeners: list[Callable[[str, Mapping[str, Any]], None]] = []
         r = self.registry
         self.requests = r.register(Counter(
             "edge_agent_requests_total",
@@ -75,12 +81,21 @@ class AgentMetrics:
         self.request_duration.observe(seconds, model=model, endpoint=endpoint)
         for listener in self.request_listeners:
             listener(model, version, status)
+        for timed in self.latency_listeners:
+            timed(model, version, status, seconds)
+
+    def observe_inputs(self, model: str, inputs: Mapping[str, Any]) -> None:
+        """Hand one request's validated input tensors to the input listeners."""
+        for listener in self.input_listeners:
+            listener(model, inputs)
 
     def batch_observer(self, model: str) -> Callable[[int], None]:
         """A callback recording the rows of each session.run of `model`."""
 
         def observe(rows: int) -> None:
             self.batch_size.observe(rows, model=model)
+            for listener in self.batch_listeners:
+                listener(model, rows)
 
         return observe
 

@@ -1,0 +1,311 @@
+"""The spool: events and telemetry waiting on disk until the broker acknowledges them.
+
+One file per message, `spool/{msg_seq:020d}.{kind}`, written atomically (temp file, fsync,
+rename, fsync the directory) and framed as `magic | length | crc32 | payload`:
+
+* A kill at any instant leaves either the whole file or only a `.tmp` that the next start
+  deletes. A file torn anyway (a filesystem without ordered writes, a bad sector, a truncation)
+  fails its length or CRC check: that one message is skipped and counted as `corrupt`; the
+  files around it are separate and cannot be harmed by it.
+* Acknowledging a message is deleting its file, after the broker's PUBACK. The delete is not
+  fsynced: a crash may resurrect the file and send it once more, with the same `msg_seq`.
+* Dropping one message is deleting one file, so the cap can drop the oldest telemetry first
+  and events last without rewriting anything.
+
+`msg_seq` is allocated here, strictly increasing per state directory: blocks of numbers are
+reserved in `meta.json` before any number of the block is used, so no number is ever reused,
+even after a crash (numbers a crash skips leave gaps; gaps are not losses). `meta.json` also
+keeps the drop counters, so they survive restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import struct
+import threading
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_agent.durable import TEMP_SUFFIX, write_atomic
+
+log = logging.getLogger(__name__)
+
+SPOOL_DIR = "spool"
+META_FILE = "meta.json"
+KIND_EVENTS = "events"
+KIND_TELEMETRY = "telemetry"
+KINDS = (KIND_EVENTS, KIND_TELEMETRY)
+MAGIC = b"ESP1"
+HEADER = struct.Struct(">4sII")  # magic, payload length, crc32 of the payload
+SEQ_BLOCK = 1024  # msg_seq numbers reserved per write of meta.json
+_RECORD_NAME = re.compile(r"^(\d{20})\.(events|telemetry)$")
+
+
+@dataclass(frozen=True)
+class SpoolRecord:
+    """One message read back from the spool."""
+
+    seq: int
+    kind: str
+    payload: bytes
+
+
+@dataclass
+class SpoolCounters:
+    """What the spool lost, over the life of the state directory."""
+
+    dropped_telemetry: int = 0  # over the cap, or not writable
+    dropped_events: int = 0
+    corrupt: int = 0  # torn or damaged files skipped
+
+
+@dataclass
+class _Meta:
+    epoch: str  # random per spool directory: a wiped state directory starts a new sequence
+    seq_reserved: int  # every msg_seq below this may have been used
+    counters: SpoolCounters
+
+
+class Spool:
+    """A bounded, crash-safe queue of messages on disk, oldest first. Thread-safe."""
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._records: dict[int, tuple[str, int]] = {}  # seq -> (kind, file size), oldest first
+        self._bytes = 0
+        self._in_flight: set[int] = set()  # taken by the sender, not yet acknowledged
+        directory.mkdir(parents=True, exist_ok=True)
+        self._meta = self._load_meta()
+        self._scan()
+        newest = max(self._records, default=0)
+        self._next_seq = max(self._meta.seq_reserved, newest + 1, 1)
+        self._save_meta()
+
+    # --- reading the state -----------------------------------------------------------------
+
+    @property
+    def epoch(self) -> str:
+        """The random id of this spool's `msg_seq` sequence."""
+        return self._meta.epoch
+
+    # These two take no lock, so the event loop never waits behind another thread's fsync;
+    # what they read may be a moment old.
+
+    def pending(self) -> int:
+        """Messages on disk not yet taken by the sender."""
+        return len(self._records) - len(self._in_flight)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for telemetry and `/v1/status`."""
+        return {
+            "pending": len(self._records),
+            "pending_bytes": self._bytes,
+            "max_bytes": self.max_bytes,
+            "next_msg_seq": self._next_seq,
+            **asdict(self._meta.counters),
+        }
+
+    # --- writing -----------------------------------------------------------------------------
+
+    def append(self, kind: str, encode: Callable[[int], bytes]) -> int:
+        """Store `encode(msg_seq)` under a new msg_seq and return it (even if it was dropped)."""
+        if kind not in KINDS:
+            raise ValueError(f"{kind!r} is not a spooled message kind")
+        with self._lock:
+            seq = self._allocate()
+            payload = encode(seq)
+            size = HEADER.size + len(payload)
+            if not self._make_room(kind, size):
+                self._count_drops([kind])
+                log.warning("spool full: dropped %s message %d", kind, seq)
+                return seq
+            try:
+                write_atomic(self._path(seq, kind), encode_record(payload))
+            except OSError as e:
+                log.error("cannot spool %s message %d: %s", kind, seq, e)
+                self._count_drops([kind])
+                return seq
+            self._records[seq] = (kind, size)
+            self._bytes += size
+            return seq
+
+    def take(self, limit: int) -> list[SpoolRecord]:
+        """Read up to `limit` of the oldest messages not yet taken, and mark them taken."""
+        taken: list[SpoolRecord] = []
+        with self._lock:
+            for seq, (kind, _size) in list(self._records.items()):
+                if len(taken) >= limit:
+                    break
+                if seq in self._in_flight:
+                    continue
+                payload = self._read(seq, kind)
+                if payload is not None:
+                    self._in_flight.add(seq)
+                    taken.append(SpoolRecord(seq, kind, payload))
+        return taken
+
+    def ack(self, seqs: Iterable[int]) -> None:
+        """The broker has these: delete them."""
+        with self._lock:
+            for seq in seqs:
+                self._in_flight.discard(seq)
+                self._forget(seq)
+
+    def release(self, seqs: Iterable[int]) -> None:
+        """These were not acknowledged: they stay, to be taken again."""
+        with self._lock:
+            self._in_flight.difference_update(seqs)
+
+    # --- internals (called with the lock held) -----------------------------------------------
+
+    def _allocate(self) -> int:
+        if self._next_seq >= self._meta.seq_reserved:
+            self._meta.seq_reserved = self._next_seq + SEQ_BLOCK
+            self._save_meta()  # before the number is used: a crash never reuses it
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    def _make_room(self, kind: str, size: int) -> bool:
+        """Drop the oldest telemetry, then the oldest events, until `size` fits."""
+        excess = self._bytes + size - self.max_bytes
+        if excess <= 0:
+            return True
+        victims: list[int] = []
+        for victim_kind in (KIND_TELEMETRY, KIND_EVENTS):
+            if victim_kind == KIND_EVENTS and kind == KIND_TELEMETRY:
+                break  # new telemetry never pushes out an event: the new telemetry goes
+            for seq, (record_kind, record_size) in self._records.items():
+                if excess <= 0:
+                    break
+                if record_kind == victim_kind and seq not in self._in_flight:
+                    victims.append(seq)
+                    excess -= record_size
+        if excess > 0:
+            return False
+        self._count_drops(self._records[seq][0] for seq in victims)
+        for seq in victims:
+            self._forget(seq)
+        log.warning("spool full: dropped %d older messages", len(victims))
+        return True
+
+    def _count_drops(self, kinds: Iterable[str]) -> None:
+        counters = self._meta.counters
+        for kind in kinds:
+            if kind == KIND_TELEMETRY:
+                counters.dropped_telemetry += 1
+            else:
+                counters.dropped_events += 1
+        # Counted before the files go: a crash in between over-reports a loss, never hides one.
+        try:
+            self._save_meta()
+        except OSError as e:  # the count stays right in memory; the disk may be full
+            log.error("spool: cannot save the drop counters: %s", e)
+
+    def _forget(self, seq: int) -> None:
+        entry = self._records.pop(seq, None)
+        if entry is None:
+            return
+        self._bytes -= entry[1]
+        self._path(seq, entry[0]).unlink(missing_ok=True)
+
+    def _read(self, seq: int, kind: str) -> bytes | None:
+        path = self._path(seq, kind)
+        try:
+            payload = _parse_record(path.read_bytes())
+        except OSError as e:
+            log.error("cannot read spooled message %s: %s", path.name, e)
+            payload = None
+        if payload is None:
+            self._meta.counters.corrupt += 1
+            self._save_meta()
+            self._forget(seq)
+        return payload
+
+    def _path(self, seq: int, kind: str) -> Path:
+        return self.directory / f"{seq:020d}.{kind}"
+
+    def _scan(self) -> None:
+        """Index the records on disk; delete temp files and records a crash left torn."""
+        found: list[tuple[int, str, int]] = []
+        torn = 0
+        for path in self.directory.iterdir():
+            if path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX):
+                path.unlink(missing_ok=True)  # a write that never reached its rename
+                continue
+            match = _RECORD_NAME.match(path.name)
+            if match is None:
+                continue
+            size = _checked_size(path)
+            if size is None:
+                log.warning("spool: skipping the torn message file %s", path.name)
+                path.unlink(missing_ok=True)
+                torn += 1
+                continue
+            found.append((int(match[1]), match[2], size))
+        for seq, kind, size in sorted(found):
+            self._records[seq] = (kind, size)
+            self._bytes += size
+        self._meta.counters.corrupt += torn
+
+    def _load_meta(self) -> _Meta:
+        path = self.directory / META_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return _Meta(
+                epoch=str(data["epoch"]),
+                seq_reserved=int(data["seq_reserved"]),
+                counters=SpoolCounters(**data["counters"]),
+            )
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("spool: %s is unreadable (%s); starting a new sequence", path, e)
+        return _Meta(epoch=secrets.token_hex(8), seq_reserved=0, counters=SpoolCounters())
+
+    def _save_meta(self) -> None:
+        meta = self._meta
+        data = {"epoch": meta.epoch, "seq_reserved": meta.seq_reserved,
+                "counters": asdict(meta.counters)}  # fmt: skip
+        write_atomic(self.directory / META_FILE, json.dumps(data, sort_keys=True).encode())
+
+
+def encode_record(payload: bytes) -> bytes:
+    """The bytes of one spool file: header, then the payload."""
+    return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def _parse_record(data: bytes) -> bytes | None:
+    """The payload of a spool file, or None when it is torn or damaged."""
+    if len(data) < HEADER.size:
+        return None
+    magic, length, crc = HEADER.unpack_from(data)
+    payload = data[HEADER.size :]
+    if magic != MAGIC or length != len(payload) or zlib.crc32(payload) != crc:
+        return None
+    return payload
+
+
+def _checked_size(path: Path) -> int | None:
+    """The file's size if its header is whole and its length matches, else None."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(HEADER.size)
+            size = os.fstat(handle.fileno()).st_size
+    except OSError:
+        return None
+    if len(header) < HEADER.size:
+        return None
+    magic, length, _crc = HEADER.unpack(header)
+    if magic != MAGIC or size != HEADER.size + length:
+        return None
+    return size

@@ -1,0 +1,376 @@
+"""Periodic telemetry: what the agent served over the last interval, and what it costs.
+
+The collector listens to `AgentMetrics` (requests with their latency, batches, validated input
+tensors) and keeps one interval's worth of numbers; `snapshot` turns them into the body of a
+telemetry message and starts the next interval. `Telemetry.run` is the agent's reporting task:
+it sends the spool to the broker and adds a report every `interval_s`. docs/telemetry.md
+describes every field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent import __version__
+from edge_agent.config import TelemetrySettings
+from edge_agent.reporting import Reporter
+from edge_agent.runtime.model import Array
+from edge_agent.server.metrics import AgentMetrics
+from edge_protocol.topics import MAX_MESSAGE_BYTES
+
+log = logging.getLogger(__name__)
+
+MAX_FEATURES = 64  # columns summarized per input: the first ones of each flattened row
+LATENCY_SAMPLES = 2048  # per model version and interval; beyond, a uniform reservoir sample
+MAX_INPUTS = 16  # inputs summarized per model (the first ones by name)
+STATUS_CLASSES = ("2xx", "4xx", "5xx")
+NO_VERSION = "none"  # requests that named no served model
+
+
+@dataclass
+class RequestStats:
+    """Requests answered by one model version over one interval."""
+
+    statuses: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUS_CLASSES, 0))
+    rejected_503: int = 0
+    count: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+
+    def add(self, status: int, seconds: float, rng: random.Random) -> None:
+        """Count one request."""
+        self.count += 1
+        status_class = f"{min(max(status // 100, 1), 5)}xx"
+        self.statuses[status_class] = self.statuses.get(status_class, 0) + 1
+        if status == 503:
+            self.rejected_503 += 1
+        if len(self.latencies_s) < LATENCY_SAMPLES:
+            self.latencies_s.append(seconds)
+        else:  # reservoir sampling keeps every request equally likely to be in the sample
+            slot = rng.randrange(self.count)
+            if slot < LATENCY_SAMPLES:
+                self.latencies_s[slot] = seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        """The per-version entry of a report."""
+        body: dict[str, Any] = {"requests": self.count, **self.statuses}
+        body["rejected_503"] = self.rejected_503
+        if self.latencies_s:
+            samples = np.asarray(self.latencies_s) * 1000.0
+            p50, p95, p99 = np.percentile(samples, [50, 95, 99])
+            body["latency_ms"] = {
+                "p50": _round(p50), "p95": _round(p95), "p99": _round(p99),
+                "mean": _round(samples.mean()), "max": _round(samples.max()),
+                "samples": len(samples),
+            }  # fmt: skip
+        return body
+
+
+@dataclass
+class BatchStats:
+    """Rows per session.run of one model over one interval."""
+
+    count: int = 0
+    rows: int = 0
+    max: int = 0
+
+    def add(self, rows: int) -> None:
+        """Count one session.run."""
+        self.count += 1
+        self.rows += rows
+        self.max = max(self.max, rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `batches` entry of a model."""
+        return {"count": self.count, "rows": self.rows, "mean": _round(self.rows / self.count),
+                "max": self.max}  # fmt: skip
+
+
+class FeatureSummary:
+    """Per-column statistics of one numeric input over one interval, merged request by request.
+
+    Means and variances merge with Chan et al.'s parallel formula, which stays accurate where
+    sum-of-squares cancels. Non-finite values are counted apart and left out of the rest.
+    """
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.features = 0  # columns per row of the tensor, before the cap
+        # count, mean, m2 (sum of squared deviations), min, max, nan, inf: one array each
+        self._stats: dict[str, Array] = {}
+
+    @staticmethod
+    def accepts(value: Any) -> bool:
+        """Whether `value` is a numeric tensor (integers or floats; not bool, not bytes)."""
+        return isinstance(value, np.ndarray) and value.dtype.kind in "iuf"
+
+    def add(self, value: Array) -> None:
+        """Merge one request's tensor: dimension 0 is rows, the rest is flattened to columns."""
+        rows = value.shape[0] if value.ndim else 1
+        if rows == 0:
+            return
+        matrix = value.reshape(rows, -1)
+        if not self.rows:
+            self.features = matrix.shape[1]
+            self._stats = _batch_stats(matrix[:0, :MAX_FEATURES])
+        width = min(matrix.shape[1], len(self._stats["count"]))  # a dynamic dim may narrow it
+        old = {key: column[:width] for key, column in self._stats.items()}
+        new = _batch_stats(matrix[:, :width])
+        total = old["count"] + new["count"]
+        share = np.divide(new["count"], total, out=np.zeros(width), where=total > 0)
+        delta = new["mean"] - old["mean"]
+        self._stats = {
+            "count": total,
+            "mean": old["mean"] + delta * share,
+            "m2": old["m2"] + new["m2"] + np.square(delta) * old["count"] * share,
+            "min": np.minimum(old["min"], new["min"]),
+            "max": np.maximum(old["max"], new["max"]),
+            "nan": old["nan"] + new["nan"],
+            "inf": old["inf"] + new["inf"],
+        }
+        self.rows += rows
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report entry: one list per statistic, one element per summarized column."""
+        stats = self._stats
+        count = stats["count"]
+        seen = count > 0
+        variance = np.divide(stats["m2"], count, out=np.zeros_like(count), where=seen)
+        return {
+            "rows": self.rows,
+            "features": self.features,
+            "summarized": len(count),
+            "count": count.astype(np.int64).tolist(),
+            "mean": _column(stats["mean"], seen),
+            "std": _column(np.sqrt(variance), seen),
+            "min": _column(stats["min"], seen),
+            "max": _column(stats["max"], seen),
+            "nan_count": stats["nan"].tolist(),
+            "inf_count": stats["inf"].tolist(),
+        }
+
+
+def _batch_stats(matrix: Array) -> dict[str, Array]:
+    """The per-column statistics of one request's rows (vectorized; empty rows give zeros)."""
+    x = matrix.astype(np.float64)
+    finite, nan = np.isfinite(x), np.isnan(x)
+    count = finite.sum(axis=0).astype(np.float64)
+    total = np.where(finite, x, 0.0).sum(axis=0)
+    mean = np.divide(total, count, out=np.zeros_like(count), where=count > 0)
+    return {
+        "count": count,
+        "mean": mean,
+        "m2": np.square(np.where(finite, x - mean, 0.0)).sum(axis=0),
+        "min": np.where(finite, x, np.inf).min(axis=0, initial=np.inf),
+        "max": np.where(finite, x, -np.inf).max(axis=0, initial=-np.inf),
+        "nan": nan.sum(axis=0),
+        "inf": (~finite & ~nan).sum(axis=0),
+    }
+
+
+def _column(values: Array, seen: Array) -> list[float | None]:
+    """Seven significant digits (float32 precision); None where a column had no finite value."""
+    return [
+        float(f"{v:.7g}") if ok else None
+        for v, ok in zip(values.tolist(), seen.tolist(), strict=True)
+    ]
+
+
+@dataclass
+class Interval:
+    """Everything counted since the last report."""
+
+    requests: dict[tuple[str, str], RequestStats] = field(default_factory=dict)
+    batches: dict[str, BatchStats] = field(default_factory=dict)
+    features: dict[str, dict[str, FeatureSummary]] = field(default_factory=dict)
+
+
+class TelemetryCollector:
+    """Listens to the agent's metrics and turns each interval into a report body."""
+
+    def __init__(self, metrics: AgentMetrics, state_dir: Path) -> None:
+        self._state_dir = state_dir
+        self._lock = threading.Lock()
+        self._interval = Interval()
+        self._rng = random.Random()  # noqa: S311 - sampling latencies, not secrets
+        self._started = time.monotonic()
+        self._last_wall = self._started
+        self._last_cpu = _cpu_seconds()
+        metrics.latency_listeners.append(self.on_request)
+        metrics.batch_listeners.append(self.on_batch)
+        metrics.input_listeners.append(self.on_inputs)
+
+    def on_request(self, model: str, version: str, status: int, seconds: float) -> None:
+        """AgentMetrics listener: one answered inference request."""
+        with self._lock:
+            stats = self._interval.requests.setdefault((model, version), RequestStats())
+            stats.add(status, seconds, self._rng)
+
+    def on_batch(self, model: str, rows: int) -> None:
+        """AgentMetrics listener: one session.run."""
+        with self._lock:
+            self._interval.batches.setdefault(model, BatchStats()).add(rows)
+
+    def on_inputs(self, model: str, inputs: Mapping[str, Any]) -> None:
+        """AgentMetrics listener: the validated input tensors of one request."""
+        try:
+            self._summarize(model, inputs)
+        except Exception:  # a summary must never fail the request it summarizes
+            log.exception("could not summarize the inputs of a %s request", model)
+
+    def _summarize(self, model: str, inputs: Mapping[str, Any]) -> None:
+        with self._lock:
+            summaries = self._interval.features.setdefault(model, {})
+            for name in sorted(inputs):
+                summary = summaries.get(name)
+                if summary is None:
+                    if len(summaries) >= MAX_INPUTS or not FeatureSummary.accepts(inputs[name]):
+                        continue
+                    summary = summaries[name] = FeatureSummary()
+                summary.add(inputs[name])
+
+    def snapshot(self, spool: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The body of a report on the interval just ended; the next interval starts now."""
+        with self._lock:
+            interval, self._interval = self._interval, Interval()
+        now, cpu = time.monotonic(), _cpu_seconds()
+        elapsed, cpu_used = now - self._last_wall, cpu - self._last_cpu
+        self._last_wall, self._last_cpu = now, cpu
+        body: dict[str, Any] = {
+            "agent_version": __version__,
+            "interval_s": _round(elapsed),
+            "uptime_s": _round(now - self._started),
+            "requests": _totals(interval.requests.values()),
+            "models": _models(interval),
+            "resources": self._resources(cpu, cpu_used, elapsed),
+        }
+        if spool is not None:
+            body["spool"] = dict(spool)
+        return _fit(body)
+
+    def _resources(self, cpu: float, cpu_used: float, elapsed: float) -> dict[str, Any]:
+        disk = os.statvfs(self._state_dir)
+        return {
+            "rss_bytes": rss_bytes(),
+            "cpu_seconds": _round(cpu_used),
+            "cpu_percent": _round(100.0 * cpu_used / elapsed) if elapsed > 0 else 0.0,
+            "cpu_seconds_total": _round(cpu),
+            "disk_free_bytes": disk.f_bavail * disk.f_frsize,
+            "disk_total_bytes": disk.f_blocks * disk.f_frsize,
+        }
+
+
+class Telemetry:
+    """The agent's reporting task: drains the spool and adds a report every interval."""
+
+    def __init__(
+        self, collector: TelemetryCollector, reporter: Reporter, settings: TelemetrySettings
+    ) -> None:
+        self.collector = collector
+        self._reporter = reporter
+        self._settings = settings
+        self.reports = 0
+        self.last_msg_seq: int | None = None
+
+    async def run(self) -> None:
+        """Send spooled messages whenever connected, and report every interval, until cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._reporter.run(), name="spool-sender")
+            tasks.create_task(self._every_interval(), name="telemetry")
+
+    async def report(self) -> int:
+        """Produce and spool one report now; return its msg_seq."""
+        body = self.collector.snapshot(self._reporter.spool.stats())
+        seq = await self._reporter.telemetry(body)
+        self.reports += 1
+        self.last_msg_seq = seq
+        return seq
+
+    def status(self) -> dict[str, Any]:
+        """The telemetry part of `GET /v1/status`."""
+        return {
+            "telemetry": {
+                "interval_s": self._settings.interval_s,
+                "reports": self.reports,
+                "last_msg_seq": self.last_msg_seq,
+                "sent": self._reporter.sent,
+                "spool": self._reporter.spool.stats(),
+            }
+        }
+
+    async def _every_interval(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self._settings.interval_s
+        due = loop.time() + interval
+        while True:
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            due = max(due + interval, loop.time())  # after a stall, resume without a burst
+            try:
+                await self.report()
+            except Exception:
+                log.exception("could not produce a telemetry report")
+
+
+def _models(interval: Interval) -> dict[str, Any]:
+    models: dict[str, dict[str, Any]] = {}
+    for (model, version), stats in sorted(interval.requests.items()):
+        entry = models.setdefault(model, {"versions": {}})
+        entry["versions"][version or NO_VERSION] = stats.to_dict()
+    for model, batches in sorted(interval.batches.items()):
+        models.setdefault(model, {"versions": {}})["batches"] = batches.to_dict()
+    for model, summaries in sorted(interval.features.items()):
+        features = {name: s.to_dict() for name, s in sorted(summaries.items()) if s.rows}
+        if features:
+            models.setdefault(model, {"versions": {}})["features"] = features
+    return models
+
+
+def _totals(stats: Any) -> dict[str, int]:
+    totals = {"total": 0, **dict.fromkeys(STATUS_CLASSES, 0), "rejected_503": 0}
+    for entry in stats:
+        totals["total"] += entry.count
+        totals["rejected_503"] += entry.rejected_503
+        for status_class, count in entry.statuses.items():
+            totals[status_class] = totals.get(status_class, 0) + count
+    return totals
+
+
+def _fit(body: dict[str, Any]) -> dict[str, Any]:
+    """Leave out the feature summaries when the report would come near the message cap."""
+    if len(json.dumps(body, separators=(",", ":"))) <= MAX_MESSAGE_BYTES - 1024:
+        return body
+    for entry in body["models"].values():
+        entry.pop("features", None)
+    body["features_dropped"] = True
+    log.warning("telemetry report too large for one message: feature summaries left out")
+    return body
+
+
+def rss_bytes() -> int | None:
+    """Resident set size of this process (Linux /proc), or None elsewhere."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            resident_pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def _cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def _round(value: float) -> float:
+    return float(f"{float(value):.6g}")
