@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PACKAGES := edge_protocol model_registry edge_agent
 
-.PHONY: help install test lint typecheck pytest demo mosquitto clean
+.PHONY: help install test lint typecheck pytest demo mosquitto clean arm64-check bench bench-quick
 
 help:
 	@echo "make install    create $(VENV) and install the project with all extras"
@@ -41,5 +41,21 @@ test: lint typecheck pytest
 demo: install
 	$(BIN)/python scripts/demo.py $(if $(DEMO_DIR),--dir $(DEMO_DIR))
 
+# Not part of `make test`: the agent as aarch64 code under qemu-user receives a signed update
+# from a registry on this machine and answers a request (docs/operations.md). Downloads about
+# 70 MB into .cache/arm64 on the first run; needs root once to install qemu-user-static.
+arm64-check: install
+	scripts/arm64-check.sh
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# Benchmarks against peers (benchmarks/README.md): results/*.json and the README tables.
+bench: install
+	@benchmarks/ensure-tools.sh
+	@benchmarks/ensure-mlserver.sh $(PYTHON) "$$($(BIN)/python -c 'import onnxruntime; print(onnxruntime.__version__)')"
+	$(BIN)/python -m benchmarks.run --full
+
+bench-quick: install
+	@benchmarks/ensure-tools.sh
+	$(BIN)/python -m benchmarks.run --quick
