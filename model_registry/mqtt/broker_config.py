@@ -17,7 +17,7 @@ from edge_protocol.topics import Topics
 from model_registry.errors import ConflictError, InvalidInputError
 from model_registry.fsutil import write_file_atomic
 from model_registry.mqtt.acl import is_username, render_mosquitto_acl
-from model_registry.mqtt.tls import issue_server_cert, make_ca
+from model_registry.mqtt.tls import issue_server_cert, load_ca, make_ca
 
 CONFIG_NAME = "mosquitto.conf"
 PASSWORD_NAME = "passwd"  # noqa: S105 (a file name, not a password)
@@ -138,10 +138,15 @@ def _check_listener(host: str, port: int, run_as_user: str | None) -> None:
 
 
 def _tls_material(files: BrokerConfigFiles, hosts: Sequence[str]) -> dict[Path, tuple[bytes, int]]:
-    """A new CA and server key pair as the contents of the four PEM files."""
+    """The CA (the existing one, if any) and a new server key pair as four PEM files."""
     if not (files.ca_cert and files.ca_key and files.server_cert and files.server_key):
         raise AssertionError("TLS paths are planned whenever TLS is on")
-    ca = make_ca(CA_COMMON_NAME)
+    # Devices trust this CA: regenerating the files must not replace it, or every provisioned
+    # device would stop trusting the broker.
+    if files.ca_cert.exists() and files.ca_key.exists():
+        ca = load_ca(files.ca_cert.read_bytes(), files.ca_key.read_bytes())
+    else:
+        ca = make_ca(CA_COMMON_NAME)
     server = issue_server_cert(ca, hosts)
     return {
         files.ca_key: (ca.key_pem(), PRIVATE),
@@ -200,6 +205,12 @@ acl_file {files.acl_file}
 # a retained document only when it changes.
 persistence true
 persistence_location {files.persistence_dir}/
+
+# The registry is one subscriber to every device's state, events and telemetry. When the fleet
+# reports at once (a broker restart, a deploy), messages wait in its queue while it catches up;
+# past mosquitto's default of 1000 they are dropped. The byte cap still bounds any one client.
+max_queued_messages 100000
+max_queued_bytes 268435456
 """
 
 

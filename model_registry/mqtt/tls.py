@@ -45,6 +45,18 @@ class KeyPair:
         )
 
 
+def load_ca(cert_pem: bytes, key_pem: bytes) -> KeyPair:
+    """Load an existing CA written by `KeyPair.cert_pem`/`key_pem`."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except ValueError as e:
+        raise InvalidInputError(f"the existing CA cannot be loaded: {e}") from e
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise InvalidInputError("the existing CA key is not an EC key")
+    return KeyPair(key, cert)
+
+
 def make_ca(common_name: str, *, now: dt.datetime | None = None) -> KeyPair:
     """Create a self-signed CA that may sign leaf certificates only (path length 0)."""
     key = ec.generate_private_key(ec.SECP256R1())

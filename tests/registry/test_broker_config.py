@@ -336,3 +336,17 @@ def test_tls_listener_serves_the_generated_certificate(tmp_path: Path) -> None:
             broker.connect(None)
     finally:
         broker.stop()
+
+
+def test_regenerating_with_tls_keeps_the_ca_devices_trust(tmp_path: Path) -> None:
+    users = provision((DEV,))
+    first = write(tmp_path, users, tls=True)
+    assert first.ca_cert is not None
+    assert first.server_cert is not None
+    ca_before = first.ca_cert.read_bytes()
+    server_before = first.server_cert.read_bytes()
+    again = write(tmp_path, provision((DEV, "dev-2")), tls=True, overwrite=True)
+    assert again.ca_cert is not None
+    assert again.server_cert is not None
+    assert again.ca_cert.read_bytes() == ca_before, "provisioned devices keep trusting the broker"
+    assert again.server_cert.read_bytes() != server_before
