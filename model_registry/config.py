@@ -105,6 +105,17 @@ class DeployConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """What the registry keeps of what devices report."""
+
+    telemetry_retention_days: int = 7  # older telemetry is deleted by the upkeep pass
+
+    def __post_init__(self) -> None:
+        if self.telemetry_retention_days < 1:
+            raise ConfigError("fleet.telemetry_retention_days: must be at least 1")
+
+
+@dataclass(frozen=True)
 class RegistryConfig:
     """The whole registry.toml, plus the home directory it was read from."""
 
@@ -115,6 +126,7 @@ class RegistryConfig:
     signing: SigningConfig = field(default_factory=SigningConfig)
     artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
 
     def path(self, relative: str) -> Path:
         """Resolve a configured path against the home."""
@@ -141,6 +153,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "signing": SigningConfig,
     "artifacts": ArtifactsConfig,
     "deploy": DeployConfig,
+    "fleet": FleetConfig,
 }
 
 

@@ -84,6 +84,11 @@ chunk_size_kib = 256
 # A targeted device that has not reported a terminal state this long after a deployment
 # counts as failed.
 deadline_s = 600
+
+[fleet]
+# Telemetry reports older than this many days are deleted, checked every
+# `resign_check_interval_s`. Events and the last state of each device are kept.
+telemetry_retention_days = 7
 """
 
 

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from edge_protocol import load_private_key
 from model_registry.api.app import create_app
-from model_registry.api.metrics import RegistryMetrics
+from model_registry.api.metrics import CounterSource, GaugeSource, RegistryMetrics
 from model_registry.config import EMBEDDED, RegistryConfig, parse_host_port
 from model_registry.errors import ConfigError, NotFoundError
 from model_registry.fsutil import write_file_atomic
@@ -73,7 +73,7 @@ async def running_registry(
         mqtt_url, ingest = await _start_mqtt(stack, ctx, options)
         metrics = RegistryMetrics()
         if ingest is not None:
-            metrics.extra_counters["model_registry_ingest_dropped_total"] = lambda: ingest.dropped
+            _ingest_metrics(metrics, ingest)
         api_url = await _start_api(
             stack, create_app(ctx, metrics), options.listen or config.api.listen
         )
@@ -141,7 +141,7 @@ async def _start_mqtt(
     for topic_filter in ingest.subscriptions():
         connection.subscribe(topic_filter)
     await sync_broker(ctx)
-    _own_task(stack, _consume(connection, ingest), "device message ingest")
+    _own_task(stack, ingest.run(connection.messages), "device message ingest")
     _own_task(stack, _resync_on_reconnect(connection, ctx), "broker resync")
     _own_task(stack, maintenance_loop(ctx), "maintenance")
     return url, ingest
@@ -193,13 +193,16 @@ def _own_task(stack: AsyncExitStack, coro: Coroutine[Any, Any, None], name: str)
     stack.push_async_callback(cancel)
 
 
-async def _consume(connection: MqttConnection, ingest: DeviceIngest) -> None:
-    while True:
-        message = await connection.messages.get()
-        try:
-            await ingest.handle(message)
-        except Exception:
-            log.exception("could not store the message on %s", message.topic)
+def _ingest_metrics(metrics: RegistryMetrics, ingest: DeviceIngest) -> None:
+    metrics.extra_counters["model_registry_ingest_stored_total"] = CounterSource(
+        "Device messages stored, by kind.", "kind", lambda: ingest.stored
+    )
+    metrics.extra_counters["model_registry_ingest_dropped_total"] = CounterSource(
+        "Device messages dropped, by reason.", "reason", lambda: ingest.dropped
+    )
+    metrics.extra_gauges["model_registry_ingest_backlog"] = GaugeSource(
+        "Device messages received and not yet stored.", lambda: ingest.backlog
+    )
 
 
 async def _resync_on_reconnect(connection: MqttConnection, ctx: RegistryContext) -> None:

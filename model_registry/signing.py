@@ -67,6 +67,11 @@ class ReleaseSigner:
         self._release_lifetime = release_lifetime
         self._assignment_lifetime = assignment_lifetime
 
+    @property
+    def keyid(self) -> str:
+        """The key id of the release key this signer signs with."""
+        return self._key.keyid
+
     def release(
         self,
         *,

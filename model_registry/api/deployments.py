@@ -6,8 +6,9 @@ from aiohttp import web
 
 from model_registry.api.auth import CTX_KEY, PRINCIPAL_KEY, require
 from model_registry.api.params import field, int_param, json_body, positive_field, target_from
-from model_registry.api.views import deployment_view
+from model_registry.api.views import deployment_view, progress_view
 from model_registry.services.deployments import deploy
+from model_registry.services.fleet import deployment_progress
 
 
 @require("publisher")
@@ -33,7 +34,7 @@ async def list_deployments(request: web.Request) -> web.Response:
 
 @require("viewer")
 async def get_deployment(request: web.Request) -> web.Response:
-    """GET /v1/deployments/{id}."""
+    """GET /v1/deployments/{id}: the deployment and where each of its devices stands."""
     deployment_id = int_param(request.match_info["id"], "deployment id")
-    record = await request.app[CTX_KEY].storage.get_deployment(deployment_id)
-    return web.json_response(deployment_view(record))
+    progress = await deployment_progress(request.app[CTX_KEY], deployment_id)
+    return web.json_response(progress_view(progress))

@@ -7,9 +7,13 @@ import base64
 from aiohttp import web
 
 from model_registry.api.auth import CTX_KEY, require
-from model_registry.api.params import field, json_body
-from model_registry.api.views import device_view
+from model_registry.api.params import field, int_param, json_body
+from model_registry.api.views import device_detail_view, device_view
 from model_registry.services.devices import DEFAULT_GROUP, add_device
+from model_registry.services.fleet import device_detail
+
+DEFAULT_EVENTS = 50
+DEFAULT_TELEMETRY = 100
 
 
 @require("viewer")
@@ -35,17 +39,16 @@ async def create_device(request: web.Request) -> web.Response:
 
 @require("viewer")
 async def get_device(request: web.Request) -> web.Response:
-    """GET /v1/devices/{id}: state, recent events and telemetry."""
-    storage = request.app[CTX_KEY].storage
-    device_id = request.match_info["id"]
-    device = await storage.get_device(device_id)
-    events = await storage.events(device_id, limit=50)
-    telemetry = await storage.telemetry(device_id, limit=50)
-    return web.json_response(
-        {
-            **device_view(device),
-            "state": device.state,
-            "events": [e.body for e in events],
-            "telemetry": [t.body for t in telemetry],
-        }
+    """GET /v1/devices/{id}[?events=N&telemetry=N]: state, recent events, telemetry series."""
+    detail = await device_detail(
+        request.app[CTX_KEY],
+        request.match_info["id"],
+        events=_limit(request, "events", DEFAULT_EVENTS),
+        telemetry=_limit(request, "telemetry", DEFAULT_TELEMETRY),
     )
+    return web.json_response(device_detail_view(detail))
+
+
+def _limit(request: web.Request, name: str, default: int) -> int:
+    text = request.query.get(name)
+    return default if text is None else int_param(text, name)

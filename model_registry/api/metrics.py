@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -14,13 +15,31 @@ from model_registry.services.context import RegistryContext
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+@dataclass(frozen=True)
+class CounterSource:
+    """A counter family kept elsewhere (the ingest's), read at scrape time: one label."""
+
+    help: str
+    label: str
+    read: Callable[[], Mapping[str, int]]
+
+
+@dataclass(frozen=True)
+class GaugeSource:
+    """A gauge kept elsewhere, read at scrape time."""
+
+    help: str
+    read: Callable[[], float]
+
+
 class RegistryMetrics:
     """Counters the API updates, and the text exposition of them and of the fleet."""
 
     def __init__(self) -> None:
         self.requests: Counter[tuple[str, str, int]] = Counter()
         self.request_seconds: dict[tuple[str, str], float] = {}
-        self.extra_counters: dict[str, Callable[[], Counter[str]]] = {}
+        self.extra_counters: dict[str, CounterSource] = {}
+        self.extra_gauges: dict[str, GaugeSource] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Record one answered request."""
@@ -38,9 +57,15 @@ class RegistryMetrics:
             labels = f'method="{method}",route="{_escape(route)}",status="{status}"'
             lines.append(f"model_registry_http_requests_total{{{labels}}} {count}")
         lines += await _fleet_lines(ctx)
-        for name, source in sorted(self.extra_counters.items()):
-            lines += [f"# TYPE {name} counter"]
-            lines += [f'{name}{{reason="{_escape(k)}"}} {v}' for k, v in sorted(source().items())]
+        for name, counter in sorted(self.extra_counters.items()):
+            lines += [f"# HELP {name} {counter.help}", f"# TYPE {name} counter"]
+            lines += [
+                f'{name}{{{counter.label}="{_escape(k)}"}} {v}'
+                for k, v in sorted(counter.read().items())
+            ]
+        for name, gauge in sorted(self.extra_gauges.items()):
+            lines += [f"# HELP {name} {gauge.help}", f"# TYPE {name} gauge"]
+            lines.append(f"{name} {gauge.read()}")
         return "\n".join(lines) + "\n"
 
 

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from edge_protocol import Envelope, Release, format_time
-from model_registry.storage import DeploymentRecord, DeviceRecord, ModelSummary, ReleaseRecord
+from model_registry.services.fleet import (
+    DeploymentProgress,
+    DeviceDetail,
+    as_dict,
+    model_reports,
+    update_phase,
+)
+from model_registry.storage import (
+    DeploymentRecord,
+    DeviceMessageRecord,
+    DeviceRecord,
+    ModelSummary,
+    ReleaseRecord,
+)
 
 
 def model_view(summary: ModelSummary) -> dict[str, Any]:
@@ -40,16 +54,15 @@ def release_view(record: ReleaseRecord, *, detail: bool = False) -> dict[str, An
 
 
 def device_view(device: DeviceRecord) -> dict[str, Any]:
-    """A device with assigned versus active versions per model."""
-    state = device.state or {}
-    reported: dict[str, Any] = state.get("models") or {}
+    """A device with assigned versus active versions per model, its update phase and last error."""
+    state = as_dict(device.state)
+    reported = model_reports(device)
     models = {}
     for name in sorted({*device.assigned, *reported}):
-        status = reported.get(name) or {}
-        active = status.get("active") or {}
+        status = as_dict(reported.get(name))
         models[name] = {
             "assigned": (device.assigned.get(name) or {}).get("version"),
-            "active": active.get("version"),
+            "active": as_dict(status.get("active")).get("version"),
             "phase": status.get("phase"),
             "last_error": status.get("last_error"),
         }
@@ -57,13 +70,33 @@ def device_view(device: DeviceRecord) -> dict[str, Any]:
         "device_id": device.device_id,
         "group": device.group,
         "online": device.online,
-        "last_seen": format_time(device.last_seen) if device.last_seen else None,
+        "last_seen": _optional_time(device.last_seen),
         "created": format_time(device.created),
         "assignment_seq": device.assignment_seq,
         "agent_version": state.get("agent_version"),
         "trust": state.get("trust"),
+        "phase": update_phase(device),
+        "last_error": device.last_error,
         "models": models,
     }
+
+
+def device_detail_view(detail: DeviceDetail) -> dict[str, Any]:
+    """A device, its last online state, recent events and telemetry series."""
+    return {
+        **device_view(detail.device),
+        "state": detail.device.state,
+        "events": [_message_view(e) for e in detail.events],
+        "telemetry": [_message_view(t) for t in detail.telemetry],
+    }
+
+
+def _message_view(message: DeviceMessageRecord) -> dict[str, Any]:
+    return {"received": format_time(message.received), "body": message.body}
+
+
+def _optional_time(moment: datetime | None) -> str | None:
+    return format_time(moment) if moment is not None else None
 
 
 def deployment_view(deployment: DeploymentRecord) -> dict[str, Any]:
@@ -78,4 +111,27 @@ def deployment_view(deployment: DeploymentRecord) -> dict[str, Any]:
         "created": format_time(deployment.created),
         "deadline": format_time(deployment.deadline),
         "created_by": deployment.created_by,
+    }
+
+
+def progress_view(progress: DeploymentProgress) -> dict[str, Any]:
+    """A deployment with the status of each targeted device and the counts per status."""
+    return {
+        **deployment_view(progress.deployment),
+        "progress": {
+            "done": progress.done,
+            "succeeded": progress.succeeded,
+            "counts": progress.counts,
+            "devices": [
+                {
+                    "device_id": d.device.device_id,
+                    "status": d.status,
+                    "reason": d.reason,
+                    "detail": d.detail,
+                    "online": d.device.online,
+                    "last_seen": _optional_time(d.device.last_seen),
+                }
+                for d in progress.devices
+            ],
+        },
     }

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from model_registry.cli import local, remote
+from model_registry.cli import keys, local, remote
 from model_registry.cli.parser import build_parser
 from model_registry.errors import RegistryError
 
@@ -31,6 +31,8 @@ COMMANDS: dict[str, Command] = {
     "devices add": remote.devices_add,
     "devices list": remote.devices_list,
     "token create": remote.token_create,
+    "keys rotate-release": keys.rotate_release,
+    "keys rotate-root": keys.rotate_root,
 }
 
 
@@ -43,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.command,
             getattr(args, "devices_command", None),
             getattr(args, "token_command", None),
+            getattr(args, "keys_command", None),
         )
         if part
     )

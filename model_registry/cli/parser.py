@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     _local_commands(commands)
     _model_commands(commands)
     _fleet_commands(commands)
+    _key_commands(commands)
     return parser
 
 
@@ -130,7 +131,17 @@ def _model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     deploy.add_argument("name")
     deploy.add_argument("version", type=int)
     _target(deploy)
-    deploy.add_argument("--wait", action="store_true", help="follow the deployment until it ends")
+    deploy.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the deployment until every device is done or its deadline passed",
+    )
+    deploy.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="wait at most this long (implies --wait; default: until the deadline)",
+    )
     _json(deploy)
 
     rollback = commands.add_parser("rollback", help="deploy the previous release a target ran")
@@ -166,3 +177,45 @@ def _fleet_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     create.add_argument("--role", required=True, choices=["viewer", "publisher", "admin"])
     create.add_argument("--name")
     _json(create)
+
+
+def _key_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = commands.add_parser("keys", help="rotate the release key or the root keys")
+    key_commands = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
+    release = key_commands.add_parser(
+        "rotate-release",
+        help="new release key: sign root N+1 naming it (stop serve first)",
+    )
+    root = key_commands.add_parser(
+        "rotate-root",
+        help="new root keys: sign root N+1 with the old and the new ones (stop serve first)",
+    )
+    for command in (release, root):
+        _home(command)
+        command.add_argument(
+            "--root-key",
+            action="extend",
+            nargs="+",
+            metavar="FILE",
+            required=command is root,
+            help="a current root key file; a threshold of them is needed"
+            + (" (default: the home's keys/root/*.pem)" if command is release else ""),
+        )
+        command.add_argument(
+            "--passphrase-env",
+            metavar="VAR",
+            help="the root keys' passphrase is in $VAR"
+            + (" (the new root keys are encrypted with it)" if command is root else ""),
+        )
+    root.add_argument(
+        "--new-root-keys",
+        type=int,
+        metavar="N",
+        help="number of new root keys (default: as many as now)",
+    )
+    root.add_argument(
+        "--new-threshold",
+        type=int,
+        metavar="K",
+        help="root signatures the new root requires (default: as now, at most N)",
+    )

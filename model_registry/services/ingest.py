@@ -3,60 +3,141 @@
 Device messages are claims of an authenticated MQTT client (docs/protocol.md section 8). A
 message that does not parse, names another device than its topic, or comes from a device the
 registry never provisioned is counted and dropped; nothing a device sends can stop the ingest.
+
+Messages are stored in batches: whatever has arrived while the previous batch was being written
+goes to storage in one transaction, so a fleet reporting at once costs a few commits, not one
+per message, while a lone message is stored at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from edge_protocol import Topics
+from edge_protocol import Topics, format_time
 from edge_protocol.errors import FormatError
 from edge_protocol.topics import KIND_EVENTS, KIND_STATE, KIND_TELEMETRY, parse_device_message
-from model_registry.errors import NotFoundError
 from model_registry.mqtt.client import MqttMessage
 from model_registry.services.context import RegistryContext
+from model_registry.storage import STORED, DeviceReport
 
 log = logging.getLogger(__name__)
 
+MAX_BATCH = 500  # messages per transaction: large enough for bursts, small enough to stay quick
+ERROR_EVENTS = frozenset({"rejected", "failed", "rolled_back"})
+_ERROR_FIELDS = ("event", "model", "version", "reason", "detail")
+
+# Why a message was dropped: the label of model_registry_ingest_dropped_total.
+BAD_TOPIC = "bad_topic"  # not a device message topic of this prefix
+MALFORMED = "malformed"  # not JSON, too big, too deep, or not the schema
+FOREIGN = "foreign"  # names another device than its topic does
+STORAGE_FAILED = "storage_error"  # the database refused it (logged)
+
 
 class DeviceIngest:
-    """Validates device messages and stores them; counts what it drops and why."""
+    """Validates device messages and stores them; counts what it stores and drops, and why."""
 
     def __init__(self, ctx: RegistryContext, topics: Topics) -> None:
         self._ctx = ctx
         self._topics = topics
-        self.dropped: Counter[str] = Counter()
-        self.stored: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()  # by reason, including storage outcomes
+        self.stored: Counter[str] = Counter()  # by kind
+        self.backlog = 0  # messages received but not yet stored
 
     def subscriptions(self) -> list[str]:
         """The topic filters to subscribe to."""
         return [self._topics.device_messages(k) for k in (KIND_STATE, KIND_EVENTS, KIND_TELEMETRY)]
 
+    async def run(self, messages: asyncio.Queue[MqttMessage]) -> None:
+        """Store messages from the queue until cancelled, a batch of what has arrived at a time."""
+        while True:
+            batch = [await messages.get()]
+            while len(batch) < MAX_BATCH and not messages.empty():
+                batch.append(messages.get_nowait())
+            self.backlog = messages.qsize() + len(batch)
+            try:
+                await self.handle_batch(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one bad batch must not end the ingest for good
+                log.exception("could not store %d device messages", len(batch))
+                self.dropped[STORAGE_FAILED] += len(batch)
+            self.backlog = messages.qsize()
+
     async def handle(self, message: MqttMessage) -> None:
         """Store one message, or count it as dropped with the reason."""
+        await self.handle_batch([message])
+
+    async def handle_batch(self, messages: Sequence[MqttMessage]) -> None:
+        """Store the messages that pass the checks, in order, in one transaction."""
+        reports = [r for r in (self._check(m) for m in messages) if r is not None]
+        if not reports:
+            return
+        try:
+            outcomes = await self._ctx.storage.add_device_reports(reports)
+        except Exception:
+            # Find the one report the database refuses instead of losing its whole batch.
+            log.exception("a batch of %d device reports failed; storing one by one", len(reports))
+            outcomes = [await self._store_alone(report) for report in reports]
+        for report, outcome in zip(reports, outcomes, strict=True):
+            if outcome == STORED:
+                self.stored[report.kind] += 1
+            else:
+                self.dropped[outcome] += 1
+
+    async def _store_alone(self, report: DeviceReport) -> str:
+        try:
+            return (await self._ctx.storage.add_device_reports([report]))[0]
+        except Exception:
+            log.exception("could not store a %s message of %s", report.kind, report.device_id)
+            return STORAGE_FAILED
+
+    def _check(self, message: MqttMessage) -> DeviceReport | None:
+        """The report to store, or None after counting why the message is dropped."""
         try:
             ref = self._topics.parse(message.topic)
-            if ref.kind not in (KIND_STATE, KIND_EVENTS, KIND_TELEMETRY):
-                raise FormatError(f"{ref.kind} is not a device message")
-            if not message.payload:
-                return  # a cleared retained state: nothing to store
+        except FormatError:
+            self.dropped[BAD_TOPIC] += 1
+            return None
+        if ref.kind not in (KIND_STATE, KIND_EVENTS, KIND_TELEMETRY):
+            self.dropped[BAD_TOPIC] += 1
+            return None
+        if not message.payload:
+            return None  # a cleared retained state: nothing to store
+        try:
             body = parse_device_message(ref.kind, ref.name, message.payload)
-            await self._store(ref.kind, ref.name, body)
-        except (FormatError, NotFoundError) as e:
-            reason = type(e).__name__
+        except (FormatError, RecursionError) as e:  # json gives up on deep nesting that way
+            reason = _drop_reason(ref.name, message.payload)
             self.dropped[reason] += 1
-            log.debug("dropped a message on %s: %s", message.topic, e)
-            return
-        self.stored[ref.kind] += 1
+            log.debug("dropped a %s message on %s: %s", reason, message.topic, e)
+            return None
+        return _report(ref.kind, ref.name, body, self._ctx.clock())
 
-    async def _store(self, kind: str, device_id: str, body: dict[str, Any]) -> None:
-        storage, now = self._ctx.storage, self._ctx.clock()
-        await storage.get_device(device_id)  # unknown devices raise NotFoundError
-        if kind == KIND_STATE:
-            await storage.record_state(device_id, body, bool(body.get("online")), now)
-        elif kind == KIND_EVENTS:
-            await storage.add_event(device_id, now, body)
-        else:
-            await storage.add_telemetry(device_id, now, body)
+
+def _report(kind: str, device_id: str, body: dict[str, Any], now: datetime) -> DeviceReport:
+    if kind == KIND_STATE:
+        return DeviceReport(device_id, kind, now, body, online=bool(body.get("online")))
+    error = None
+    if kind == KIND_EVENTS and body.get("event") in ERROR_EVENTS:
+        error = {k: body[k] for k in _ERROR_FIELDS if k in body} | {"at": format_time(now)}
+    epoch, seq = body.get("msg_epoch"), body.get("msg_seq")
+    if isinstance(epoch, str) and isinstance(seq, int) and not isinstance(seq, bool):
+        return DeviceReport(device_id, kind, now, body, msg_epoch=epoch, msg_seq=seq, error=error)
+    return DeviceReport(device_id, kind, now, body, error=error)  # unnumbered: always stored
+
+
+def _drop_reason(topic_device_id: str, payload: bytes) -> str:
+    """FOREIGN when the payload is an object naming another device, else MALFORMED."""
+    try:
+        body = json.loads(payload)
+    except (ValueError, RecursionError):
+        return MALFORMED
+    if not isinstance(body, dict):
+        return MALFORMED
+    claimed = body.get("device_id")
+    return FOREIGN if isinstance(claimed, str) and claimed != topic_device_id else MALFORMED

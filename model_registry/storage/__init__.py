@@ -6,10 +6,14 @@ from pathlib import Path
 
 from model_registry.errors import ConfigError
 from model_registry.storage.base import (
+    DUPLICATE,
     ROLES,
+    STORED,
+    UNKNOWN_DEVICE,
     DeploymentRecord,
     DeviceMessageRecord,
     DeviceRecord,
+    DeviceReport,
     ModelSummary,
     ReleaseRecord,
     Storage,
@@ -19,11 +23,15 @@ from model_registry.storage.blobs import BlobStore
 from model_registry.storage.sqlite import SQLiteStorage
 
 __all__ = [
+    "DUPLICATE",
     "ROLES",
+    "STORED",
+    "UNKNOWN_DEVICE",
     "BlobStore",
     "DeploymentRecord",
     "DeviceMessageRecord",
     "DeviceRecord",
+    "DeviceReport",
     "ModelSummary",
     "ReleaseRecord",
     "SQLiteStorage",

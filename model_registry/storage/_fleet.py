@@ -7,6 +7,7 @@ transaction, so an error leaves nothing stored.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -22,15 +23,24 @@ from model_registry.storage._db import (
     to_text,
     transaction,
 )
-from model_registry.storage.base import ROLES, DeviceMessageRecord, DeviceRecord, TokenRecord
+from model_registry.storage.base import (
+    DUPLICATE,
+    ROLES,
+    STORED,
+    UNKNOWN_DEVICE,
+    DeviceMessageRecord,
+    DeviceRecord,
+    DeviceReport,
+    TokenRecord,
+)
 
 _DEVICE_COLUMNS = (
     "device_id, device_group, created, password_hash, assignment_seq, assignment, assigned,"
-    " online, last_seen, state"
+    " online, last_seen, state, last_error"
 )
 # Built from the constant column list above, never from input.
 _SELECT_DEVICES = f"SELECT {_DEVICE_COLUMNS} FROM devices"  # noqa: S608
-_INSERT_DEVICE = f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
+_INSERT_DEVICE = f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
 
 
 def no_device(device_id: str) -> NotFoundError:
@@ -44,10 +54,10 @@ def no_device(device_id: str) -> NotFoundError:
 def add_device(conn: sqlite3.Connection, device: DeviceRecord) -> None:
     """Store a new device; raises ConflictError if the id exists."""
     d = device
-    state = None if d.state is None else dumps(d.state)
     values = (
         *(d.device_id, d.group, to_text(d.created), d.password_hash, d.assignment_seq),
-        *(d.assignment, dumps(d.assigned), d.online, _optional_text(d.last_seen), state),
+        *(d.assignment, dumps(d.assigned), d.online, _optional_text(d.last_seen)),
+        *(_optional_json(d.state), _optional_json(d.last_error)),
     )
     with transaction(conn):
         try:
@@ -115,7 +125,7 @@ def record_state(
 
 def _device(row: sqlite3.Row) -> DeviceRecord:
     assignment = row["assignment"]
-    state = row["state"]
+    state, last_error = row["state"], row["last_error"]
     return DeviceRecord(
         device_id=row["device_id"],
         group=row["device_group"],
@@ -127,6 +137,7 @@ def _device(row: sqlite3.Row) -> DeviceRecord:
         online=bool(row["online"]),
         last_seen=optional_from_text(row["last_seen"]),
         state=None if state is None else loads(state),
+        last_error=None if last_error is None else loads(last_error),
     )
 
 
@@ -134,10 +145,18 @@ def _optional_text(moment: datetime | None) -> str | None:
     return None if moment is None else to_text(moment)
 
 
+def _optional_json(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else dumps(value)
+
+
 # device events and telemetry: the same shape in two tables
 
 MessageTable = Literal["device_events", "telemetry"]
-_INSERT_MESSAGE = "INSERT INTO {table} (device_id, received, body) VALUES (?, ?, ?)"
+# A resent message (same device, msg_epoch and msg_seq) hits a unique index and is skipped.
+_INSERT_MESSAGE = (
+    "INSERT INTO {table} (device_id, received, body, msg_epoch, msg_seq) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT DO NOTHING"
+)
 _SELECT_MESSAGES = (
     "SELECT device_id, received, body FROM {table}"
     " WHERE device_id = ? AND (? IS NULL OR received >= ?)"
@@ -158,7 +177,7 @@ def add_message(
     body: dict[str, Any],
 ) -> None:
     """Store one event or telemetry report; raises NotFoundError for an unknown device."""
-    values = (device_id, to_text(received), dumps(body))
+    values = (device_id, to_text(received), dumps(body), None, None)
     with transaction(conn):
         try:
             conn.execute(_MESSAGE_SQL[table][0], values)
@@ -166,6 +185,49 @@ def add_message(
             if is_foreign_key(e):
                 raise no_device(device_id) from e
             raise constraint_error(e, str(e)) from e
+
+
+_REPORT_TABLES: dict[str, MessageTable] = {"events": "device_events", "telemetry": "telemetry"}
+_IN_CLAUSE_LIMIT = 500  # ids per `IN (...)`, far below SQLite's bound on parameters
+
+
+def add_reports(conn: sqlite3.Connection, reports: Sequence[DeviceReport]) -> list[str]:
+    """Apply device reports in order in one transaction; return each one's outcome."""
+    with transaction(conn):
+        known = _known_devices(conn, sorted({r.device_id for r in reports}))
+        return [_apply_report(conn, r) if r.device_id in known else UNKNOWN_DEVICE for r in reports]
+
+
+def _known_devices(conn: sqlite3.Connection, device_ids: list[str]) -> set[str]:
+    known: set[str] = set()
+    for start in range(0, len(device_ids), _IN_CLAUSE_LIMIT):
+        chunk = device_ids[start : start + _IN_CLAUSE_LIMIT]
+        marks = ",".join("?" * len(chunk))
+        query = f"SELECT device_id FROM devices WHERE device_id IN ({marks})"  # noqa: S608 - only "?"
+        known.update(row[0] for row in conn.execute(query, chunk))
+    return known
+
+
+def _apply_report(conn: sqlite3.Connection, report: DeviceReport) -> str:
+    r, seen = report, to_text(report.received)
+    if r.kind == "state":
+        if not r.online:  # the broker's will: the device said nothing, so keep what it last did
+            conn.execute("UPDATE devices SET online = FALSE WHERE device_id = ?", (r.device_id,))
+            return STORED
+        conn.execute(
+            "UPDATE devices SET state = ?, online = TRUE, last_seen = ? WHERE device_id = ?",
+            (dumps(r.body), seen, r.device_id),
+        )
+        return STORED
+    values = (r.device_id, seen, dumps(r.body), r.msg_epoch, r.msg_seq)
+    if conn.execute(_MESSAGE_SQL[_REPORT_TABLES[r.kind]][0], values).rowcount == 0:
+        return DUPLICATE
+    conn.execute(
+        "UPDATE devices SET last_seen = ?, last_error = COALESCE(?, last_error)"
+        " WHERE device_id = ?",
+        (seen, _optional_json(r.error), r.device_id),
+    )
+    return STORED
 
 
 def messages(
@@ -183,10 +245,28 @@ def messages(
     # Only an empty answer needs the second look: was it no messages, or no such device?
     if not rows and not exists(conn, "SELECT 1 FROM devices WHERE device_id = ?", (device_id,)):
         raise no_device(device_id)
-    return [
-        DeviceMessageRecord(row["device_id"], from_text(row["received"]), loads(row["body"]))
-        for row in rows
-    ]
+    return [_message(row) for row in rows]
+
+
+def deployment_events(conn: sqlite3.Connection, deployment_id: int) -> list[DeviceMessageRecord]:
+    """Return the events of a deployment's targets since its creation, oldest first."""
+    created = conn.execute(
+        "SELECT created FROM deployments WHERE deployment_id = ?", (deployment_id,)
+    ).fetchone()
+    if created is None:
+        raise NotFoundError(f"no deployment {deployment_id}")
+    # Times are fixed-width UTC text, so comparing the text compares the moments.
+    rows = conn.execute(
+        "SELECT e.device_id, e.received, e.body FROM device_events AS e"
+        " JOIN deployment_targets AS t ON t.device_id = e.device_id"
+        " WHERE t.deployment_id = ? AND e.received >= ? ORDER BY e.received, e.event_id",
+        (deployment_id, created[0]),
+    ).fetchall()
+    return [_message(row) for row in rows]
+
+
+def _message(row: sqlite3.Row) -> DeviceMessageRecord:
+    return DeviceMessageRecord(row["device_id"], from_text(row["received"]), loads(row["body"]))
 
 
 def prune_telemetry(conn: sqlite3.Connection, older_than: datetime) -> int:

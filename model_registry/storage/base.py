@@ -10,11 +10,14 @@ timezone-aware (InvalidInputError otherwise) and come back in UTC. Errors are th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 ROLES = ("viewer", "publisher", "admin")
+# What `Storage.add_device_reports` did with each report.
+STORED, DUPLICATE, UNKNOWN_DEVICE = "stored", "duplicate", "unknown_device"
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,8 @@ class DeviceRecord:
     assigned: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> pinned entry
     online: bool = False
     last_seen: datetime | None = None
-    state: dict[str, Any] | None = None  # the device's last `state` message
+    state: dict[str, Any] | None = None  # the device's last online `state` message
+    last_error: dict[str, Any] | None = None  # its last rejected, failed or rolled_back event
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,30 @@ class DeviceMessageRecord:
     device_id: str
     received: datetime
     body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeviceReport:
+    """One checked device message for `Storage.add_device_reports`.
+
+    The ingest decides what a message means; storage only applies it:
+    * kind "state", `online` True: becomes the device's state; the device is online.
+    * kind "state", `online` False (the broker's will): the device is offline; its last online
+      state and `last_seen` stay, since the device itself said nothing.
+    * kind "events" or "telemetry": appended. With `msg_epoch` and `msg_seq`, the report is
+      stored once per (`device_id`, `msg_epoch`, `msg_seq`): a resend is a DUPLICATE.
+    * every stored report but the will sets `last_seen` to `received`; `error` (events only)
+      becomes the device's `last_error`.
+    """
+
+    device_id: str
+    kind: str  # "state", "events" or "telemetry"
+    received: datetime
+    body: dict[str, Any]
+    online: bool = True
+    msg_epoch: str | None = None  # names the device's sequence (docs/telemetry.md section 2)
+    msg_seq: int | None = None
+    error: dict[str, Any] | None = None
 
 
 class Storage(Protocol):
@@ -173,6 +201,12 @@ class Storage(Protocol):
     ) -> list[DeviceMessageRecord]:
         """Return a device's events received at or after `since`, newest first."""
 
+    async def deployment_events(self, deployment_id: int) -> list[DeviceMessageRecord]:
+        """Return the events of a deployment's targets received at or after its creation.
+
+        Oldest first; raises NotFoundError for an unknown deployment.
+        """
+
     async def add_telemetry(self, device_id: str, received: datetime, body: dict[str, Any]) -> None:
         """Store one telemetry report; raises NotFoundError for an unknown device."""
 
@@ -181,6 +215,12 @@ class Storage(Protocol):
 
     async def prune_telemetry(self, older_than: datetime) -> int:
         """Delete telemetry received before `older_than`; return how many rows went."""
+
+    async def add_device_reports(self, reports: Sequence[DeviceReport]) -> list[str]:
+        """Apply reports in order, in one transaction; return each one's outcome.
+
+        Outcomes are STORED, DUPLICATE or UNKNOWN_DEVICE (never provisioned: nothing stored).
+        """
 
     # tokens
     async def add_token(self, name: str, role: str, token_hash: str, created: datetime) -> int:

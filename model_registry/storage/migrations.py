@@ -123,8 +123,22 @@ _INITIAL = (
     )""",
 )
 
+# The fleet view: a device's last error, and the keys that store a resent message only once
+# (docs/telemetry.md section 2). NULLs are distinct in unique indexes (both dialects), so
+# messages without the numbering never clash.
+_FLEET_VIEW = (
+    "ALTER TABLE devices ADD COLUMN last_error TEXT",
+    "ALTER TABLE device_events ADD COLUMN msg_epoch TEXT",
+    "ALTER TABLE device_events ADD COLUMN msg_seq BIGINT",
+    "CREATE UNIQUE INDEX device_events_once ON device_events (device_id, msg_epoch, msg_seq)",
+    "ALTER TABLE telemetry ADD COLUMN msg_epoch TEXT",
+    "ALTER TABLE telemetry ADD COLUMN msg_seq BIGINT",
+    "CREATE UNIQUE INDEX telemetry_once ON telemetry (device_id, msg_epoch, msg_seq)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "roots, models, releases, devices, deployments, messages, tokens", _INITIAL),
+    Migration(2, "device last error; message de-duplication by msg_epoch and msg_seq", _FLEET_VIEW),
 )
 
 

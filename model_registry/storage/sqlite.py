@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +24,7 @@ from model_registry.storage.base import (
     DeploymentRecord,
     DeviceMessageRecord,
     DeviceRecord,
+    DeviceReport,
     ModelSummary,
     ReleaseRecord,
     TokenRecord,
@@ -204,6 +205,10 @@ class SQLiteStorage:
         """Return a device's events received at or after `since`, newest first."""
         return await self._call(_fleet.messages, "device_events", device_id, limit, since)
 
+    async def deployment_events(self, deployment_id: int) -> list[DeviceMessageRecord]:
+        """Return the events of a deployment's targets since its creation, oldest first."""
+        return await self._call(_fleet.deployment_events, deployment_id)
+
     async def add_telemetry(self, device_id: str, received: datetime, body: dict[str, Any]) -> None:
         """Store one telemetry report; raises NotFoundError for an unknown device."""
         await self._call(_fleet.add_message, "telemetry", device_id, received, body)
@@ -215,6 +220,10 @@ class SQLiteStorage:
     async def prune_telemetry(self, older_than: datetime) -> int:
         """Delete telemetry received before `older_than`; return how many rows went."""
         return await self._call(_fleet.prune_telemetry, older_than)
+
+    async def add_device_reports(self, reports: Sequence[DeviceReport]) -> list[str]:
+        """Apply reports in order, in one transaction; return each one's outcome."""
+        return await self._call(_fleet.add_reports, reports)
 
     # tokens
 
