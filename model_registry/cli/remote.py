@@ -72,8 +72,13 @@ def push(args: argparse.Namespace) -> int:
         "accuracy_int8",
         "r2_fp32",
         "r2_int8",
+        "mae_fp32",
+        "mae_int8",
         "agreement",
+        "fp32_size",
+        "artifact_size",
         "size_ratio",
+        "accuracy_gate",
     ):
         if key in build:
             print(f"  {key}: {build[key]}")
