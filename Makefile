@@ -26,8 +26,8 @@ mosquitto:
 	@scripts/ensure-mosquitto.sh
 
 lint: install
-	$(BIN)/ruff check $(PACKAGES) tests
-	$(BIN)/ruff format --check $(PACKAGES) tests
+	$(BIN)/ruff check $(PACKAGES) tests scripts
+	$(BIN)/ruff format --check $(PACKAGES) tests scripts
 
 typecheck: install
 	$(BIN)/mypy $(PACKAGES)
