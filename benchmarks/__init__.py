@@ -1,0 +1,1 @@
+"""Benchmarks of the edge agent against its peers (see benchmarks/README.md)."""

@@ -1,0 +1,516 @@
+"""Section 1: the agent's OIP v2 endpoint against the servers users would pick instead.
+
+Every server gets the same model file, onnxruntime with 1 intra-op and 1 inter-op thread, the
+same request bodies and the same load generator (wrk, one thread, a Lua body script). Servers
+run on CPU 0, wrk on CPU 1. Each round starts every server once per model and runs every load
+against it; rounds rotate the order of the servers, and ratios are taken within a round.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from benchmarks.common import (
+    BENCH,
+    LOAD_CPUS,
+    PYTHON,
+    REPO,
+    SERVER_CPUS,
+    WORK,
+    free_port,
+    log,
+    median,
+    pinned,
+    start,
+    stop,
+    wait_ready,
+)
+from benchmarks.models import Model, model, with_batch_dim_names
+
+MLSERVER_VENV = BENCH / ".venv-mlserver"
+MLSERVER_FAILED = BENCH / ".venv-mlserver.failed"
+LUA = BENCH / "wrk" / "oip.lua"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How long and how often."""
+
+    models: tuple[str, ...]
+    peers: tuple[str, ...]
+    concurrencies: tuple[int, ...]
+    duration_s: int
+    warmup_requests: int
+    rounds: int
+    heavy_peers: tuple[str, ...] | None = None  # peers run on the heavy models (None: all)
+    heavy_concurrencies: tuple[int, ...] | None = None
+    diagnostics: tuple[str, ...] = ()  # agent variants that measure what each cause costs
+
+
+QUICK = Settings(
+    models=("small", "heavy-fp32"),
+    peers=("agent", "naive", "fastapi", "mlserver", "constant"),
+    concurrencies=(1, 32),
+    duration_s=1,
+    warmup_requests=20,
+    rounds=1,
+    heavy_peers=("agent", "naive"),
+    heavy_concurrencies=(128,),
+)
+FULL = Settings(
+    models=("small", "heavy-fp32", "heavy-int8"),
+    peers=("agent", "naive", "fastapi", "mlserver", "constant"),
+    concurrencies=(1, 32, 128),
+    duration_s=2,
+    warmup_requests=50,
+    rounds=3,
+    diagnostics=("agent-inline", "agent-batchdims", "agent-batchdims-inline"),
+)
+
+
+@dataclass(frozen=True)
+class Served:
+    """A model as the servers see it."""
+
+    key: str  # small, heavy-fp32, heavy-int8
+    name: str  # the model name in the URL
+    path: Path
+    row: list[float]
+    input_name: str
+
+
+def served_models(keys: tuple[str, ...]) -> list[Served]:
+    """The model files and one request row each."""
+    out = []
+    for key in keys:
+        base = key.split("-")[0]
+        built: Model = model(base)
+        path = built.fp32_path if key.endswith("fp32") else built.path
+        import onnxruntime as ort  # noqa: PLC0415
+
+        input_name = ort.InferenceSession(str(path)).get_inputs()[0].name
+        row = [round(float(v), 6) for v in built.X_eval[0]]
+        out.append(Served(key, base, path, row, input_name))
+    return out
+
+
+@dataclass
+class Bodies:
+    """Request bodies written to files for wrk."""
+
+    json_file: Path
+    binary_file: Path
+    binary_header_length: int
+
+
+def write_bodies(served: Served, directory: Path) -> Bodies:
+    """The OIP v2 JSON body, and the binary-extension body with binary outputs."""
+    directory.mkdir(parents=True, exist_ok=True)
+    n = len(served.row)
+    json_body = {"inputs": [{"name": served.input_name, "datatype": "FP32", "shape": [1, n],
+                             "data": served.row}]}  # fmt: skip
+    json_file = directory / f"{served.key}.json"
+    json_file.write_text(json.dumps(json_body))
+    header = json.dumps({
+        "inputs": [{"name": served.input_name, "datatype": "FP32", "shape": [1, n],
+                    "parameters": {"binary_data_size": 4 * n}}],
+        "parameters": {"binary_data_output": True},
+    }).encode()  # fmt: skip
+    binary_file = directory / f"{served.key}.bin"
+    binary_file.write_bytes(header + np.asarray(served.row, dtype="<f4").tobytes())
+    return Bodies(json_file, binary_file, len(header))
+
+
+@dataclass
+class Peer:
+    """How to start one server and which bodies it takes."""
+
+    key: str
+    label: str
+    bodies: tuple[str, ...]
+    launch: Callable[[Served, int, Path], tuple[list[str], dict[str, str]]]
+    available: Callable[[], str | None] = lambda: None  # the reason it cannot run, or None
+    infer_path: Callable[[Served], str] = field(default=lambda s: f"/v2/models/{s.name}/infer")
+    only: dict[str, tuple[int, ...]] | None = None  # model -> loads, for diagnostics
+
+
+def _agent(served: Served, port: int, work: Path) -> tuple[list[str], dict[str, str]]:
+    argv = [PYTHON, "-m", "benchmarks.peers.agent_server", str(served.path), served.name, str(port)]
+    return argv, {}
+
+
+def _agent_variant(
+    *, batchdims: bool, inline: bool
+) -> Callable[..., tuple[list[str], dict[str, str]]]:
+    def launch(served: Served, port: int, work: Path) -> tuple[list[str], dict[str, str]]:
+        path = with_batch_dim_names(served.path) if batchdims else served.path
+        argv = [PYTHON, "-m", "benchmarks.peers.agent_server", str(path), served.name, str(port)]
+        return argv + (["--inline"] if inline else []), {}
+
+    return launch
+
+
+def _naive(served: Served, port: int, work: Path) -> tuple[list[str], dict[str, str]]:
+    return [PYTHON, "-m", "benchmarks.peers.naive_aiohttp", str(served.path), str(port)], {}
+
+
+def _fastapi(served: Served, port: int, work: Path) -> tuple[list[str], dict[str, str]]:
+    return [PYTHON, "-m", "benchmarks.peers.fastapi_app", str(port)], {
+        "BENCH_MODEL": str(served.path)
+    }
+
+
+def _constant(served: Served, port: int, work: Path) -> tuple[list[str], dict[str, str]]:
+    return [PYTHON, "-m", "benchmarks.peers.constant", str(port)], {}
+
+
+def _mlserver(served: Served, port: int, work: Path) -> tuple[list[str], dict[str, str]]:
+    folder = work / f"mlserver-{served.key}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    shutil.copy(BENCH / "peers" / "mlserver_runtime.py", folder / "mlserver_runtime.py")
+    settings = {
+        "debug": False,  # its default (True) logs every request
+        "parallel_workers": 0,  # inference in the server process, like every other peer
+        "host": "127.0.0.1",
+        "http_port": port,
+        "grpc_port": free_port(),
+        "metrics_port": free_port(),
+        "load_models_at_startup": True,
+    }
+    (folder / "settings.json").write_text(json.dumps(settings))
+    model_settings = {
+        "name": served.name,
+        "implementation": "mlserver_runtime.OnnxRuntimeModel",
+        "parameters": {"uri": str(served.path)},
+    }
+    (folder / "model-settings.json").write_text(json.dumps(model_settings))
+    return [str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(folder)], {}
+
+
+def _mlserver_missing() -> str | None:
+    if (MLSERVER_VENV / "bin" / "mlserver").exists():
+        return None
+    if MLSERVER_FAILED.exists():
+        return MLSERVER_FAILED.read_text().strip()
+    return "MLServer is not installed (benchmarks/ensure-mlserver.sh was not run)"
+
+
+PEERS = {
+    "agent": Peer("agent", "edge agent", ("json", "binary"), _agent),
+    "naive": Peer("naive", "naive aiohttp", ("json",), _naive),
+    "fastapi": Peer("fastapi", "FastAPI + uvicorn", ("json",), _fastapi),
+    "mlserver": Peer("mlserver", "MLServer", ("json",), _mlserver, _mlserver_missing),
+    "constant": Peer("constant", "aiohttp constant (ceiling)", ("json",), _constant),
+}
+# Diagnostics, not peers: the same agent with one cause removed at a time (benchmark-side only).
+DIAGNOSTIC_LOADS = {"small": (1, 32), "heavy-int8": (128,)}
+PEERS.update({
+    "agent-inline": Peer("agent-inline", "agent, inference on the loop thread", ("json",),
+                         _agent_variant(batchdims=False, inline=True), only=DIAGNOSTIC_LOADS),
+    "agent-batchdims": Peer("agent-batchdims", "agent, int8 file with one batch-dim name",
+                            ("json",), _agent_variant(batchdims=True, inline=False),
+                            only=DIAGNOSTIC_LOADS),
+    "agent-batchdims-inline": Peer("agent-batchdims-inline", "agent, both",
+                                   ("json",), _agent_variant(batchdims=True, inline=True),
+                                   only=DIAGNOSTIC_LOADS),
+})  # fmt: skip
+
+
+def wrk(
+    url: str, body: Path, header_length: int | None, *, concurrency: int, seconds: int, out: Path
+) -> dict[str, Any]:
+    """One wrk run on the load CPU; the Lua script writes its JSON summary to `out`."""
+    out.unlink(missing_ok=True)
+    env = {
+        "BENCH_BODY": str(body),
+        "BENCH_OUT": str(out),
+        "BENCH_CONTENT_TYPE": "application/octet-stream" if header_length else "application/json",
+        "BENCH_HEADER_LENGTH": str(header_length or ""),
+    }
+    # wrk takes whole seconds only.
+    argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s"]
+    argv += ["-s", str(LUA), url]
+    import os  # noqa: PLC0415
+
+    result = subprocess.run(
+        pinned(argv, LOAD_CPUS), env={**os.environ, **env}, capture_output=True, text=True,
+        timeout=seconds + 60, check=False,
+    )  # fmt: skip
+    if result.returncode != 0 or not out.exists():
+        raise RuntimeError(f"wrk failed ({result.returncode}): {result.stderr}{result.stdout}")
+    data: dict[str, Any] = json.loads(out.read_text())
+    return data
+
+
+def _batch_rows(port: int) -> tuple[float, float]:
+    """(sum, count) of the agent's edge_agent_batch_size histogram."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith("edge_agent_batch_size_sum"):
+            total += float(line.split()[-1])
+        elif line.startswith("edge_agent_batch_size_count"):
+            count += float(line.split()[-1])
+    return total, count
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the server and its children (noise from others excluded)."""
+    process = psutil.Process(pid)
+    total = sum(process.cpu_times()[:2])
+    for child in process.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            continue
+    return float(total)
+
+
+def _check_answer(url: str, body: Path, header_length: int | None) -> str:
+    """One request before the load: the server must answer 200 with outputs."""
+    headers = {"Content-Type": "application/json"}
+    if header_length:
+        headers = {"Content-Type": "application/octet-stream",
+                   "Inference-Header-Content-Length": str(header_length)}  # fmt: skip
+    request = urllib.request.Request(url, data=body.read_bytes(), headers=headers)  # noqa: S310
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{url} answered {response.status}")
+    if header_length:
+        return f"{len(data)} bytes (binary outputs)"
+    return json.dumps(json.loads(data)["outputs"][0]["data"][:3])
+
+
+def run(mode: str) -> dict[str, Any]:
+    """Run the serving matrix; return the results document."""
+    settings = QUICK if mode == "quick" else FULL
+    work = WORK / "serving"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    models = served_models(settings.models)
+    bodies = {m.key: write_bodies(m, work / "bodies") for m in models}
+    skipped = {k: reason for k in settings.peers if (reason := PEERS[k].available())}
+    runs: list[dict[str, Any]] = []
+    answers: dict[str, str] = {}
+    startup: dict[str, list[float]] = {}
+    for round_index in range(settings.rounds):
+        order = [k for k in settings.peers if k not in skipped]
+        order = order[round_index % len(order) :] + order[: round_index % len(order)]
+        order += list(settings.diagnostics)
+        for served in models:
+            for key in order:
+                peer = PEERS[key]
+                concurrencies = _loads(peer, served, settings)
+                if not concurrencies:
+                    continue
+                runs += _serve_and_load(
+                    peer, served, bodies[served.key], concurrencies, settings, work,
+                    round_index, answers, startup,
+                )  # fmt: skip
+    return {
+        "section": "serving",
+        "mode": mode,
+        "settings": {
+            "duration_s": settings.duration_s,
+            "warmup_requests": settings.warmup_requests,
+            "rounds": settings.rounds,
+            "concurrencies": list(settings.concurrencies),
+            "server_cpus": SERVER_CPUS,
+            "load_cpus": LOAD_CPUS,
+            "onnxruntime_threads": {"intra_op": 1, "inter_op": 1},
+            "wrk": "wrk -t1 -cC -dDs --timeout 10s -s benchmarks/wrk/oip.lua",
+        },
+        "skipped": skipped,
+        "answers": answers,
+        "startup_s": {k: round(median(v), 2) for k, v in startup.items()},
+        "runs": runs,
+        "summary": summarize(runs),
+        "ratios": ratios(runs),
+    }
+
+
+def _loads(peer: Peer, served: Served, settings: Settings) -> tuple[int, ...]:
+    """The concurrencies `peer` runs on `served` (none: it skips that model)."""
+    if peer.only is not None:
+        return peer.only.get(served.key, ())
+    if served.key == "small":
+        return settings.concurrencies
+    if peer.key == "constant":
+        return ()  # the ceiling does no inference: one model is enough
+    if settings.heavy_peers is not None and peer.key not in settings.heavy_peers:
+        return ()
+    return settings.heavy_concurrencies or settings.concurrencies
+
+
+def _serve_and_load(  # noqa: PLR0917 - one call site, read together with it
+    peer: Peer,
+    served: Served,
+    bodies: Bodies,
+    concurrencies: tuple[int, ...],
+    settings: Settings,
+    work: Path,
+    round_index: int,
+    answers: dict[str, str],
+    startup: dict[str, list[float]],
+) -> list[dict[str, Any]]:
+    port = free_port()
+    argv, env = peer.launch(served, port, work)
+    log_file = work / "logs" / f"{peer.key}-{served.key}.log"
+    began = time.monotonic()
+    process = start(argv, log_file, cpus=SERVER_CPUS, env=env, cwd=REPO)
+    runs = []
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", process, log_file, timeout=120)
+        startup.setdefault(peer.key, []).append(time.monotonic() - began)
+        url = f"http://127.0.0.1:{port}{peer.infer_path(served)}"
+        for body in peer.bodies:
+            body_file = bodies.json_file if body == "json" else bodies.binary_file
+            header_length = bodies.binary_header_length if body == "binary" else None
+            answers[f"{peer.key}/{served.key}/{body}"] = _check_answer(
+                url, body_file, header_length
+            )
+            for _ in range(settings.warmup_requests):
+                _check_answer(url, body_file, header_length)
+            for concurrency in concurrencies:
+                out = work / "wrk.json"
+                before = _batch_rows(port) if peer.key == "agent" else None
+                cpu_before = _cpu_seconds(process.pid)
+                result = wrk(
+                    url, body_file, header_length, concurrency=concurrency,
+                    seconds=settings.duration_s, out=out,
+                )  # fmt: skip
+                cpu = _cpu_seconds(process.pid) - cpu_before
+                after = _batch_rows(port) if peer.key == "agent" else None
+                entry = _entry(
+                    result, round_index, served.key, peer=peer.key, body=body, c=concurrency
+                )
+                entry["cpu_us_per_request"] = round(cpu / max(1, result["requests"]) * 1e6, 1)
+                if before is not None and after is not None and after[1] > before[1]:
+                    entry["batch_rows_mean"] = round(
+                        (after[0] - before[0]) / (after[1] - before[1]), 2
+                    )
+                log(
+                    f"serving r{round_index} {served.key:10} {peer.key:8} {body:6}"
+                    f" c={concurrency:<3}"
+                    f" {entry['rps']:8.0f} req/s p50 {entry['p50_ms']:7.2f} ms"
+                    f" p99 {entry['p99_ms']:7.2f} ms errors {entry['errors']}"
+                )
+                runs.append(entry)
+    finally:
+        stop(process)
+    return runs
+
+
+def _entry(
+    result: dict[str, Any], round_index: int, model_key: str, *, peer: str, body: str, c: int
+) -> dict[str, Any]:
+    seconds = result["duration_us"] / 1e6
+    errors = result["errors"]
+    return {
+        "round": round_index,
+        "model": model_key,
+        "peer": peer,
+        "body": body,
+        "concurrency": c,
+        "requests": result["requests"],
+        "rps": round(result["requests"] / seconds, 1),
+        "p50_ms": round(result["latency_us"]["p50"] / 1000, 3),
+        "p99_ms": round(result["latency_us"]["p99"] / 1000, 3),
+        "errors": sum(errors.values()),
+        "error_detail": errors,
+    }
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Medians over rounds for every (model, peer, body, concurrency)."""
+    groups: dict[tuple[str, str, str, int], list[dict[str, Any]]] = {}
+    for entry in runs:
+        key = (entry["model"], entry["peer"], entry["body"], entry["concurrency"])
+        groups.setdefault(key, []).append(entry)
+    out = []
+    for (model_key, peer, body, c), entries in groups.items():
+        item = {
+            "model": model_key, "peer": peer, "body": body, "concurrency": c,
+            "rounds": len(entries),
+            "rps": round(median([e["rps"] for e in entries]), 1),
+            "p50_ms": round(median([e["p50_ms"] for e in entries]), 3),
+            "p99_ms": round(median([e["p99_ms"] for e in entries]), 3),
+            "errors": sum(e["errors"] for e in entries),
+            "requests": sum(e["requests"] for e in entries),
+            "cpu_us_per_request": round(median([e["cpu_us_per_request"] for e in entries]), 1),
+        }  # fmt: skip
+        rows = [e["batch_rows_mean"] for e in entries if "batch_rows_mean" in e]
+        if rows:
+            item["batch_rows_mean"] = round(median(rows), 2)
+        out.append(item)
+    return out
+
+
+NUMERATORS = ("agent", "agent-inline", "agent-batchdims", "agent-batchdims-inline")
+
+
+def _pick(runs: list[dict[str, Any]], r: int, model_key: str, peer: str, c: int) -> Any:
+    for entry in runs:
+        if (entry["round"], entry["model"], entry["peer"], entry["body"], entry["concurrency"]) == (
+            r,
+            model_key,
+            peer,
+            "json",
+            c,
+        ):
+            return entry
+    return None
+
+
+def ratios(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Agent (JSON body) over each peer, per model and concurrency: medians of per-round ratios."""
+    out: dict[str, Any] = {}
+    rounds = sorted({e["round"] for e in runs})
+    keys = sorted({(e["model"], e["concurrency"]) for e in runs})
+    for model_key, c in keys:
+        for numerator, peer in [
+            (n, p) for n in NUMERATORS for p in ("naive", "fastapi", "mlserver", "constant")
+        ]:
+            if numerator != "agent" and peer != "naive":
+                continue
+            rps, p50, p99, cpu = [], [], [], []
+            for r in rounds:
+                agent = _pick(runs, r, model_key, numerator, c)
+                other = _pick(runs, r, model_key, peer, c)
+                if agent is None or other is None or other["rps"] == 0:
+                    continue
+                rps.append(agent["rps"] / other["rps"])
+                p50.append(agent["p50_ms"] / other["p50_ms"])
+                p99.append(agent["p99_ms"] / other["p99_ms"])
+                cpu.append(agent["cpu_us_per_request"] / max(0.1, other["cpu_us_per_request"]))
+            if rps:
+                out[f"{model_key}/c{c}/{numerator}_over_{peer}"] = {
+                    "rps": round(median(rps), 3),
+                    "p50": round(median(p50), 3),
+                    "p99": round(median(p99), 3),
+                    "cpu_per_request": round(median(cpu), 3),
+                    "per_round_rps": [round(x, 3) for x in rps],
+                }
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(json.dumps(run(sys.argv[1] if len(sys.argv) > 1 else "quick"), indent=2))
+    _ = tempfile  # keep the import for ad-hoc use
