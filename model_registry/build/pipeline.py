@@ -6,12 +6,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from numpy.typing import NDArray
 
 from edge_protocol import ModelIO, SelfTest
+from model_registry.build.batching import share_batch_dimension
 from model_registry.build.convert import ConversionReport
 from model_registry.build.datasets import EvalSet, check_features, load_eval_set, parse_eval_set
 from model_registry.build.evaluate import (
@@ -62,6 +63,8 @@ def build(
     quantization = _quantize(model_bytes, quantize, calibration)
     quantized = quantization.method != "none"
     artifact = _load_artifact(quantization, reference) if quantized else reference
+    artifact, batch_dimension = share_batch_dimension(artifact)
+    quantization = replace(quantization, size_after=len(artifact.model_bytes))
     resolved = _task(reference, eval_set, task)
     evaluation = _evaluate(reference, artifact if quantized else None, eval_set, resolved)
     if evaluation is not None:
@@ -81,7 +84,8 @@ def build(
         selftest_skipped=tuple(s.name for s in artifact.io.outputs if s.datatype == "BYTES"),
         conversion=conversion,
     )
-    return BuildResult(quantization.model_bytes, artifact.io, selftest, report)
+    report["batch_dimension"] = batch_dimension
+    return BuildResult(artifact.model_bytes, artifact.io, selftest, report)
 
 
 def _check_options(

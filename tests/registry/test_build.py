@@ -200,7 +200,9 @@ def test_ml_domain_models_pass_through_unchanged(estimator: Any, operator: str) 
 
     result = build(model_bytes, quantize="int8", eval_set=trained.eval_set)
 
-    assert result.artifact == model_bytes
+    # Unchanged but for the name of dimension 0 (so devices may batch requests).
+    assert _nodes(result.artifact) == _nodes(model_bytes)
+    assert "shared" in result.report["batch_dimension"]
     assert result.report["quantization"] == "none"
     reason = result.report["quantization_reason"]
     assert "pass through unchanged" in reason
@@ -208,7 +210,8 @@ def test_ml_domain_models_pass_through_unchanged(estimator: Any, operator: str) 
     assert "accuracy_fp32" in result.report
     assert "accuracy_int8" not in result.report
     assert "agreement" not in result.report
-    assert result.report["artifact_size"] == result.report["fp32_size"] == len(model_bytes)
+    assert result.report["artifact_size"] == len(result.artifact)
+    assert result.report["fp32_size"] == len(model_bytes)
     assert result.report["accuracy_gate"].startswith("not applied")
 
 
@@ -606,3 +609,20 @@ def _run(model_bytes: bytes, rows: np.ndarray) -> dict[str, np.ndarray]:
     dtype = np.float64 if session.get_inputs()[0].type == "tensor(double)" else np.float32
     names = [output.name for output in session.get_outputs()]
     return dict(zip(names, session.run(names, {"input": rows.astype(dtype)}), strict=True))
+
+
+def _nodes(model_bytes: bytes) -> list[bytes]:
+    """The graph's operators, serialized: what a model computes, without its tensor names."""
+    return [node.SerializeToString() for node in onnx.load_from_string(model_bytes).graph.node]
+
+
+def test_registry_models_are_batchable_on_devices(mlp_int8: BuildResult) -> None:
+    """Dimension 0 is named alike everywhere, so an agent may merge concurrent requests."""
+    from edge_agent.runtime import load_model as load_on_device
+
+    proto = onnx.load_from_string(mlp_int8.artifact)
+    dims = {
+        v.type.tensor_type.shape.dim[0].dim_param for v in (*proto.graph.input, *proto.graph.output)
+    }
+    assert dims == {"batch"}
+    assert load_on_device(mlp_int8.artifact, name="mlp", version=1).batchable
