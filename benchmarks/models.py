@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import warnings
@@ -115,12 +116,24 @@ RECIPES = {
 }
 
 
+def _recipe_key() -> str:
+    """The recipe version and a hash of the registry's build pipeline: a change to either
+    (a new quantizer step, say) rebuilds the cached models."""
+    import model_registry.build  # noqa: PLC0415
+
+    digest = hashlib.sha256(RECIPE_VERSION.encode())
+    for source in sorted(Path(model_registry.build.__file__).parent.glob("*.py")):
+        digest.update(source.name.encode() + source.read_bytes())
+    return digest.hexdigest()
+
+
 def model(name: str) -> Model:
     """The cached model `name` (small, heavy or tree), built on first use."""
     directory = MODELS / name
     stamp = directory / "recipe.json"
     fp32, int8, data_file = directory / "fp32.onnx", directory / "int8.onnx", directory / "eval.npz"
-    if not (stamp.exists() and json.loads(stamp.read_text()).get("version") == RECIPE_VERSION):
+    key = _recipe_key()
+    if not (stamp.exists() and json.loads(stamp.read_text()).get("version") == key):
         log(f"building the {name} model (cached in {directory})")
         directory.mkdir(parents=True, exist_ok=True)
         make_data, make_estimator = RECIPES[name]()
@@ -131,7 +144,7 @@ def model(name: str) -> Model:
         fp32.write_bytes(fp32_bytes)
         int8.write_bytes(int8_bytes)
         np.savez(data_file, X=x_eval, y=y_eval)
-        stamp.write_text(json.dumps({"version": RECIPE_VERSION}))
+        stamp.write_text(json.dumps({"version": key}))
     arrays = np.load(data_file)
     return Model(name, int8, fp32, arrays["X"], arrays["y"])
 
