@@ -15,8 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import pytest
 
@@ -32,6 +31,7 @@ from edge_protocol.topics import Topics
 from tests.agent.conftest import eventually
 from tests.support.broker import LOCALHOST, Broker, BrokerFactory, RetainedMessages, free_port
 from tests.support.certs import issue_client_cert
+from tests.support.relay import TcpRelay
 
 TOPICS = Topics()
 DEADLINE_S = 10.0  # happy paths take milliseconds
@@ -81,71 +81,6 @@ async def connect_once(settings: MqttSettings, **options: Any) -> None:
     """Open and close one connection (for the failure cases)."""
     async with AgentMqtt(settings, client_id=unique("dev"), **options):
         pass
-
-
-class TcpProxy:
-    """A TCP relay in front of a broker: a network that the test can cut or make one-way."""
-
-    def __init__(self, broker: Broker) -> None:
-        self._target = (broker.host, broker.port)
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-        self.forward_to_client = True  # False swallows what the broker sends (PUBACKs...)
-        self.reading_from_client = asyncio.Event()  # cleared: the client's sends back up
-        self.reading_from_client.set()
-        self.bytes_to_broker = 0
-        self.broker_closed = asyncio.Event()  # the broker is done with a relayed connection
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
-
-    def cut(self) -> None:
-        """Drop every relayed connection at once, as a dead network link would."""
-        for writer in self._writers:
-            writer.transport.abort()
-
-    async def __aenter__(self) -> Self:
-        self._server = await asyncio.start_server(self._relay, LOCALHOST, 0)
-        return self
-
-    async def __aexit__(
-        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
-    ) -> None:
-        assert self._server is not None
-        self._server.close()
-        self.cut()
-        await self._server.wait_closed()
-
-    async def _relay(
-        self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
-    ) -> None:
-        broker_in, broker_out = await asyncio.open_connection(*self._target)
-        self._writers += [client_out, broker_out]
-        async with asyncio.TaskGroup() as relays:
-            relays.create_task(self._pump(client_in, broker_out, to_broker=True))
-            relays.create_task(self._pump(broker_in, client_out, to_broker=False))
-        self.broker_closed.set()
-
-    async def _pump(
-        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, to_broker: bool
-    ) -> None:
-        with contextlib.suppress(ConnectionError):
-            while True:
-                if to_broker:
-                    await self.reading_from_client.wait()
-                data = await source.read(65536)
-                if not data:
-                    break
-                if to_broker:
-                    self.bytes_to_broker += len(data)
-                if to_broker or self.forward_to_client:
-                    sink.write(data)
-                    await sink.drain()
-            # Half-close: a client's DISCONNECT then EOF reach the broker in that order.
-            if sink.can_write_eof():
-                sink.write_eof()
 
 
 @pytest.fixture(autouse=True)
@@ -299,7 +234,7 @@ async def test_the_will_is_published_when_the_link_dies(
     async with AgentMqtt(observer_settings, client_id=unique("observer")) as observer:
         await observer.subscribe(state)
         assert (await next_message(observer)).payload == b"initial"
-        async with TcpProxy(broker) as proxy:
+        async with TcpRelay(broker) as proxy:
             device_settings = replace(
                 settings_for(broker, "dev-a"), url=f"mqtt://{LOCALHOST}:{proxy.port}"
             )
@@ -323,7 +258,7 @@ async def test_a_clean_exit_does_not_publish_the_will(
     async with AgentMqtt(observer_settings, client_id=unique("observer")) as observer:
         await observer.subscribe(state, events)
         assert (await next_message(observer)).payload == b"initial"
-        async with TcpProxy(broker) as proxy:
+        async with TcpRelay(broker) as proxy:
             device_settings = replace(
                 settings_for(broker, "dev-a"), url=f"mqtt://{LOCALHOST}:{proxy.port}"
             )
@@ -412,7 +347,7 @@ async def test_messages_end_with_an_error_when_the_broker_dies(
 async def test_a_publish_waiting_for_its_ack_fails_when_the_link_drops(
     mosquitto_auth: Broker,
 ) -> None:
-    async with TcpProxy(mosquitto_auth) as proxy:
+    async with TcpRelay(mosquitto_auth) as proxy:
         settings = replace(
             settings_for(mosquitto_auth, "dev-a"), url=f"mqtt://{LOCALHOST}:{proxy.port}"
         )
@@ -430,7 +365,7 @@ async def test_a_link_too_clogged_for_a_clean_disconnect_is_cut(
     mosquitto_auth: Broker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(connection, "CLOSE_GRACE_S", 0.2)  # instead of waiting 5 s
-    async with TcpProxy(mosquitto_auth) as proxy:
+    async with TcpRelay(mosquitto_auth) as proxy:
         settings = replace(
             settings_for(mosquitto_auth, "dev-a"), url=f"mqtt://{LOCALHOST}:{proxy.port}"
         )

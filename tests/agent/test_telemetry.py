@@ -13,8 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,8 +27,9 @@ from edge_agent.spool import Spool
 from edge_agent.telemetry import MAX_FEATURES, FeatureSummary, Telemetry, TelemetryCollector
 from edge_protocol.topics import Topics, parse_device_message, telemetry_payload
 from tests.agent.conftest import Gate, ServerFactory, eventually, infer_body, post
-from tests.support.broker import LOCALHOST, Broker, BrokerFactory
+from tests.support.broker import Broker, BrokerFactory
 from tests.support.models import ModelSet
+from tests.support.relay import TcpRelay
 
 TOPICS = Topics()
 DEVICE = "dev-tele"
@@ -190,61 +190,6 @@ async def test_a_report_counts_the_requests_and_summarizes_their_inputs(
 # --- the spool across a broker outage ----------------------------------------------------------
 
 
-class Relay:
-    """A TCP relay to the broker: `down()` cuts every connection and refuses new ones."""
-
-    def __init__(self, broker: Broker) -> None:
-        self._target = (broker.host, broker.port)
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-        self.up = True
-
-    @property
-    def url(self) -> str:
-        """The relay's mqtt:// URL."""
-        assert self._server is not None
-        return f"mqtt://{LOCALHOST}:{self._server.sockets[0].getsockname()[1]}"
-
-    def down(self) -> None:
-        """The network is gone: every connection drops, new ones are refused."""
-        self.up = False
-        for writer in self._writers:
-            writer.transport.abort()
-        self._writers.clear()
-
-    async def __aenter__(self) -> Self:
-        self._server = await asyncio.start_server(self._relay, LOCALHOST, 0)
-        return self
-
-    async def __aexit__(
-        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
-    ) -> None:
-        assert self._server is not None
-        self._server.close()
-        self.down()
-        await self._server.wait_closed()
-
-    async def _relay(
-        self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
-    ) -> None:
-        if not self.up:
-            client_out.transport.abort()
-            return
-        broker_in, broker_out = await asyncio.open_connection(*self._target)
-        self._writers += [client_out, broker_out]
-        async with asyncio.TaskGroup() as pumps:
-            pumps.create_task(_pump(client_in, broker_out))
-            pumps.create_task(_pump(broker_in, client_out))
-
-
-async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError):
-        while data := await source.read(65536):
-            sink.write(data)
-            await sink.drain()
-    sink.transport.abort()
-
-
 @dataclass
 class Watcher:
     """Everything the broker delivers on the device's events and telemetry topics."""
@@ -329,7 +274,7 @@ async def until(predicate: Callable[[], bool], what: str) -> None:
     await eventually(predicate, what, timeout_s=30)
 
 
-async def go_down_with_nothing_in_flight(relay: Relay, uplink: Uplink) -> int:
+async def go_down_with_nothing_in_flight(relay: TcpRelay, uplink: Uplink) -> int:
     """Cut the network when every message so far is acknowledged; return the next msg_seq.
 
     Nothing is in flight at that instant, so no message can reach the broker twice: a
@@ -347,7 +292,7 @@ async def test_an_outage_spools_everything_and_the_flush_keeps_order_without_dup
     broker = broker_factory.plain()
     settings = TelemetrySettings(interval_s=0.2)
     async with (
-        Relay(broker) as relay,
+        TcpRelay(broker) as relay,
         watching(broker) as watcher,
         running_uplink(relay.url, tmp_path, settings) as uplink,
     ):
@@ -382,7 +327,7 @@ async def test_over_the_cap_the_oldest_telemetry_goes_and_the_count_is_exact(
     broker = broker_factory.plain()
     settings = TelemetrySettings(interval_s=0.2, spool_max_bytes=3000)  # a handful of reports
     async with (
-        Relay(broker) as relay,
+        TcpRelay(broker) as relay,
         watching(broker) as watcher,
         running_uplink(relay.url, tmp_path, settings) as uplink,
     ):
