@@ -123,9 +123,20 @@ async def _assign(ctx: RegistryContext, device: DeviceRecord, release: ReleaseRe
 async def _publish_assignment(
     ctx: RegistryContext, device: DeviceRecord, assigned: dict[str, dict[str, object]]
 ) -> None:
-    seq = device.assignment_seq + 1
+    seq = max(device.assignment_seq, _reported_seq(device)) + 1
     models = {name: AssignedModel.from_dict(entry, name) for name, entry in assigned.items()}
     _assignment, envelope = ctx.signer.assignment(device.device_id, seq, models, ctx.clock())
     await ctx.storage.set_assignment(device.device_id, seq, envelope, assigned)
     if ctx.publisher is not None:
         await ctx.publisher.publish_assignment(device.device_id, envelope)
+
+
+def _reported_seq(device: DeviceRecord) -> int:
+    """The assignment seq the device says it accepted (0 when unknown).
+
+    Normally never above ours; it is after a registry restored from an older backup, and a seq
+    at or below the device's would be refused as a replay.
+    """
+    trust = (device.state or {}).get("trust")
+    seq = trust.get("assignment_seq") if isinstance(trust, dict) else None
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) and seq > 0 else 0

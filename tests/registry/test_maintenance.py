@@ -49,3 +49,21 @@ async def test_in_use_documents_are_renewed_before_expiry(api: Api, onnx_models:
     assert device.assignment_seq == 2, "a renewed assignment needs a new seq (docs/protocol.md 4.3)"
     assert device.assignment is not None
     assert _expires(device.assignment, Assignment) > later + timedelta(days=29)  # type: ignore[operator]
+
+
+async def test_a_device_ahead_of_a_restored_registry_gets_a_seq_it_accepts(
+    api: Api, onnx_models: ModelSet
+) -> None:
+    """After a restore from an older backup, the device's own seq (from its state) wins."""
+    ctx = api.ctx
+    model = onnx_models.classifier.onnx_path.read_bytes()
+    release = await push_model(ctx, PushRequest(name="clf", model=model))
+    await add_device(ctx, "dev-1", group="lab")
+    state = {"online": True, "trust": {"root_version": 1, "assignment_seq": 41, "stale": False}}
+    await ctx.storage.record_state("dev-1", state, True, utc_now())
+    await deploy(ctx, "clf", release.version, Target(group="lab"), created_by="test")
+    device = await ctx.storage.get_device("dev-1")
+    assert device.assignment_seq == 42
+    assert device.assignment is not None
+    signed = Assignment.from_dict(Envelope.from_bytes(device.assignment).signed)
+    assert signed.seq == 42
