@@ -21,7 +21,7 @@ from edge_agent.runtime.iospec import OIP_TO_NUMPY
 from edge_agent.server.metrics import AgentMetrics
 from edge_agent.state import Installed, StateStore
 from edge_agent.store import ModelStore
-from edge_protocol import Release, SelfTest, TensorData, check_selftest_outputs
+from edge_protocol import ProtocolError, Release, SelfTest, TensorData, check_selftest_outputs
 
 log = logging.getLogger(__name__)
 NUMPY_TO_OIP = {dtype: name for name, dtype in OIP_TO_NUMPY.items() if name != "BYTES"}
@@ -87,7 +87,7 @@ class Activator:
         """At start-up: serve an installed model if its file is intact; say whether it is."""
         try:
             await self.restore(name, installed)
-        except (AgentError, OSError, ValueError, RuntimeError) as e:
+        except (AgentError, ProtocolError, OSError, ValueError, RuntimeError) as e:
             log.error("cannot serve %s v%d from the store: %s", name, installed.version, e)
             return False
         return True

@@ -27,6 +27,7 @@ from edge_protocol.metadata import (
     TensorData,
     TensorSpec,
 )
+from edge_protocol.onnx_scan import check_self_contained, find_external_reference
 from edge_protocol.selftest import check_selftest_outputs
 from edge_protocol.topics import DEFAULT_PREFIX, TopicRef, Topics
 from edge_protocol.trust import ArtifactVerifier, TrustedState, utc_now
@@ -60,7 +61,9 @@ __all__ = [
     "Topics",
     "TrustedState",
     "canonical_bytes",
+    "check_self_contained",
     "check_selftest_outputs",
+    "find_external_reference",
     "format_time",
     "load_private_key",
     "parse_json",

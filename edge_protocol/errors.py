@@ -42,6 +42,10 @@ class KeyFormatError(FormatError):
     """A key that cannot be loaded: bad PEM, wrong type, wrong passphrase."""
 
 
+class ModelFormatError(FormatError):
+    """Model bytes that are not a well-formed ONNX protobuf (truncated, too deeply nested, ...)."""
+
+
 # --- trust rejections ------------------------------------------------------------------
 
 
@@ -141,6 +145,12 @@ class SelfTestMismatchError(RejectedError):
     reason = "selftest_mismatch"
 
 
+class ExternalDataError(RejectedError):
+    """A model that refers to data outside its own bytes (ONNX external data), never loaded."""
+
+    reason = "external_data"
+
+
 REJECTION_REASONS: tuple[str, ...] = tuple(
     cls.reason
     for cls in (
@@ -159,5 +169,6 @@ REJECTION_REASONS: tuple[str, ...] = tuple(
         SizeExceededError,
         ArtifactHashError,
         SelfTestMismatchError,
+        ExternalDataError,
     )
 )

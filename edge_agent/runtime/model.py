@@ -28,7 +28,8 @@ from edge_agent.errors import (
 )
 from edge_agent.runtime.iospec import OIP_TO_NUMPY, VARIABLE, derive_io, shares_batch_axis
 from edge_agent.runtime.options import CPU_PROVIDER, RuntimeOptions
-from edge_protocol import ModelIO, TensorSpec
+from edge_protocol import ModelIO, TensorSpec, check_self_contained
+from edge_protocol.errors import ExternalDataError, ModelFormatError
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,12 @@ def _read(source: Path | bytes) -> bytes:
 
 
 def create_session(data: bytes, options: RuntimeOptions, *, label: str) -> Any:
-    """Return an InferenceSession on the requested providers, falling back to CPU alone."""
+    """Return an InferenceSession on the requested providers, falling back to CPU alone.
+
+    Raises ExternalDataError, before any session exists, for a model that refers to data
+    outside its bytes, and ModelLoadError for one that is not a readable ONNX protobuf.
+    """
+    refuse_external_data(data, label)
     available = set(ort.get_available_providers())
     wanted = [p for p in options.providers if p in available]
     skipped = [p for p in options.providers if p not in available]
@@ -195,6 +201,18 @@ def create_session(data: bytes, options: RuntimeOptions, *, label: str) -> Any:
         return _session(data, options, [CPU_PROVIDER])
     except Exception as e:
         raise ModelLoadError(f"model {label}: onnxruntime cannot load it: {e}") from e
+
+
+def refuse_external_data(data: bytes, label: str) -> None:
+    """Raise unless every tensor of the model is stored inside `data`."""
+    # onnxruntime reads a tensor's "external data" from a file of this device, resolving a
+    # relative location against the working directory: the credentials, the state, /etc.
+    try:
+        check_self_contained(data)
+    except ExternalDataError as e:
+        raise ExternalDataError(f"model {label}: {e}") from e
+    except ModelFormatError as e:
+        raise ModelLoadError(f"model {label} is not a well-formed ONNX model: {e}") from e
 
 
 def _session(data: bytes, options: RuntimeOptions, providers: list[str]) -> Any:

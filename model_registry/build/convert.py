@@ -35,7 +35,7 @@ from sklearn.tree import BaseDecisionTree
 from sklearn.utils.validation import check_is_fitted
 
 from model_registry.build.datasets import check_features
-from model_registry.build.inspect import ORT_ERRORS, open_session
+from model_registry.build.inspect import ORT_ERRORS, open_session, ort_failure
 from model_registry.build.opsets import normalise_opset_imports
 from model_registry.errors import BuildError, InvalidInputError
 
@@ -224,7 +224,7 @@ def count_mismatches(estimator: Any, model: onnx.ModelProto, rows: NDArray[Any])
     try:
         onnx_pred = np.asarray(session.run(None, {INPUT_NAME: rows.astype(dtype)})[0])
     except ORT_ERRORS as e:
-        raise BuildError(f"the converted model does not run: {e}") from e
+        raise BuildError(f"the converted model does not run: {ort_failure(e)}") from e
     expected = np.asarray(estimator.predict(rows))
     if is_classifier(final_step(estimator)):
         return int(np.count_nonzero(onnx_pred.ravel() != expected.ravel()))

@@ -2,18 +2,25 @@
 
 The release's `io` field is read from a real onnxruntime session rather than from the graph
 proto, so a model that onnxruntime cannot load is refused here, before anything is signed.
+
+Every session of the build is made here, and only from bytes that passed
+`edge_protocol.check_self_contained`: a tensor stored as "external data" would make onnxruntime
+read a file of this host (the release key, the tokens) into the model and so into the signed
+self-test. onnxruntime's own error text is never passed on either, since it can quote paths,
+sizes and bytes of files; clients get our words for it and the registry log keeps the original.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from edge_protocol import ModelIO, TensorSpec
-from edge_protocol.errors import MetadataFormatError
+from edge_protocol import ModelIO, TensorSpec, check_self_contained
+from edge_protocol.errors import ExternalDataError, MetadataFormatError, ModelFormatError
 from model_registry.errors import InvalidModelError
 
 # onnxruntime's tensor element types and their Open Inference Protocol v2 datatypes.
@@ -36,17 +43,55 @@ ORT_ERRORS: tuple[type[BaseException], ...] = (
     RuntimeError,
     ValueError,
 )
+# What each onnxruntime exception means, in words that quote nothing of the model or the host.
+_ORT_FAILURES: dict[str, str] = {
+    "InvalidProtobuf": "it is not an ONNX protobuf onnxruntime can parse",
+    "InvalidGraph": (
+        "its graph does not pass onnxruntime's checks (an undefined input, a type or shape "
+        "an operator does not take, a missing attribute)"
+    ),
+    "NotImplemented": (
+        "it uses an operator, operator-set version or type this onnxruntime does not implement"
+    ),
+    "InvalidArgument": (
+        "onnxruntime found an invalid argument (a node input, an attribute, a type or a shape)"
+    ),
+    "NoSuchFile": "onnxruntime was asked to open a file",
+}
+LOG_DETAIL_CHARS = 2000
 _TENSOR_TYPE = re.compile(r"^tensor\((\w+)\)$")
+log = logging.getLogger(__name__)
 
 
 def open_session(model_bytes: bytes) -> Any:
     """Load `model_bytes` into an onnxruntime CPU session, or raise InvalidModelError."""
     if not model_bytes:
         raise InvalidModelError("the model file is empty")
+    check_model_bytes(model_bytes)
     try:
         return ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     except ORT_ERRORS as e:
-        raise InvalidModelError(f"onnxruntime {ort.__version__} cannot load the model: {e}") from e
+        raise InvalidModelError(
+            f"onnxruntime {ort.__version__} cannot load the model: {ort_failure(e)}"
+        ) from e
+
+
+def check_model_bytes(model_bytes: bytes) -> None:
+    """Refuse (InvalidModelError) a model that refers to external data or cannot be scanned."""
+    try:
+        check_self_contained(model_bytes)
+    except ExternalDataError as e:
+        raise InvalidModelError(str(e)) from e
+    except ModelFormatError as e:
+        raise InvalidModelError(f"the model is not a well-formed ONNX protobuf: {e}") from e
+
+
+def ort_failure(error: BaseException) -> str:
+    """Our own words for an onnxruntime (or quantizer) failure; the original goes to the log."""
+    kind = type(error).__name__
+    log.warning("onnxruntime failed (%s): %.*s", kind, LOG_DETAIL_CHARS, error)
+    meaning = _ORT_FAILURES.get(kind, f"onnxruntime failed ({kind})")
+    return f"{meaning}; the registry log has onnxruntime's own message"
 
 
 def describe_session(session: Any) -> ModelIO:

@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped,u
 from numpy.typing import NDArray
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
+from model_registry.build.inspect import check_model_bytes, ort_failure
 from model_registry.build.opsets import normalise_opset_imports
 from model_registry.errors import BuildError, InvalidModelError
 
@@ -101,6 +102,8 @@ def constant_weight_nodes(model: onnx.ModelProto, op_types: tuple[str, ...]) -> 
 
 
 def _parse(model_bytes: bytes) -> onnx.ModelProto:
+    # The quantizer's onnx.load of its own output follows external data: check here as well.
+    check_model_bytes(model_bytes)
     try:
         return onnx.load_from_string(model_bytes)
     except DecodeError as e:
@@ -129,8 +132,8 @@ def _run_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
         try:
             quantize_dynamic(model, out, op_types_to_quantize=list(DYNAMIC_OPS), **_COMMON_OPTIONS)
         except Exception as e:
-            # The quantizer fails with whatever its graph passes raise; keep the cause.
-            raise BuildError(f"dynamic int8 quantization failed: {e}") from e
+            # The quantizer fails with whatever its graph passes (and onnxruntime) raise.
+            raise BuildError(f"dynamic int8 quantization failed: {ort_failure(e)}") from e
         return onnx.load(out)
 
 
@@ -148,7 +151,7 @@ def _run_static(model: onnx.ModelProto, calibration: NDArray[Any]) -> onnx.Model
                 **_COMMON_OPTIONS,
             )  # fmt: skip
         except Exception as e:
-            raise BuildError(f"static int8 (QDQ) quantization failed: {e}") from e
+            raise BuildError(f"static int8 (QDQ) quantization failed: {ort_failure(e)}") from e
         return onnx.load(out)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_protocol import ModelIO, TensorSpec
-from model_registry.build.inspect import ORT_ERRORS, describe_session, open_session
+from model_registry.build.inspect import ORT_ERRORS, describe_session, open_session, ort_failure
 from model_registry.errors import BuildError, InvalidInputError
 
 # Bounds the activations held at once when an evaluation set has many rows.
@@ -78,7 +78,7 @@ def run(model: LoadedModel, feeds: dict[str, NDArray[Any]]) -> dict[str, NDArray
     try:
         values = model.session.run(names, feeds)
     except ORT_ERRORS as e:
-        raise BuildError(f"onnxruntime failed to run the model: {e}") from e
+        raise BuildError(f"onnxruntime failed to run the model: {ort_failure(e)}") from e
     return {name: np.asarray(value) for name, value in zip(names, values, strict=True)}
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from model_registry.config import load_config
 from model_registry.errors import InvalidInputError
 from model_registry.home import init_home, resolve_home
+from model_registry.workdir import empty_workdir
 
 
 def init(args: argparse.Namespace) -> int:
@@ -52,11 +53,13 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Every path is made absolute first: the home is resolved here, the config's paths against it.
     config = load_config(resolve_home(args.home))
     options = ServeOptions(
         listen=args.listen, mqtt_url=args.mqtt_url, embedded_broker=args.embedded_broker
     )
-    asyncio.run(run_server(config, options))
+    with empty_workdir():
+        asyncio.run(run_server(config, options))
     return 0
 
 

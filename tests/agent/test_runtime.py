@@ -28,7 +28,9 @@ from edge_agent.runtime import (
     shares_batch_axis,
 )
 from edge_agent.runtime.iospec import Dim
+from edge_protocol.errors import ExternalDataError
 from tests.agent.conftest import load, ort_outputs
+from tests.support import external_data
 from tests.support.models import BuiltModel, ModelSet
 
 
@@ -133,6 +135,29 @@ def test_load_from_bytes_with_matching_hash(onnx_models: ModelSet) -> None:
 def test_unloadable_models_raise_model_load_error(source: bytes | Path) -> None:
     with pytest.raises(ModelLoadError):
         load_model(source, name="bad", version=1)
+
+
+@pytest.mark.parametrize("variant", sorted(external_data.LOADED_BY_ONNXRUNTIME))
+def test_models_with_external_data_are_refused_before_any_session(
+    variant: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # onnxruntime resolves a relative location against the working directory.
+    secret = b"mqtt-password-of-the-device\n"
+    (tmp_path / "mqtt-password").write_bytes(secret)
+    monkeypatch.chdir(tmp_path)
+    model = external_data.LOADED_BY_ONNXRUNTIME[variant]("mqtt-password", len(secret))
+
+    with pytest.raises(ExternalDataError) as caught:
+        load_model(model.SerializeToString(), name="leak", version=1)
+
+    assert caught.value.reason == "external_data"
+    assert external_data.WHERE[variant] in str(caught.value)
+
+
+def test_a_model_cut_short_is_a_load_error_naming_the_cause(onnx_models: ModelSet) -> None:
+    data = onnx_models.classifier.onnx_path.read_bytes()
+    with pytest.raises(ModelLoadError, match="not a well-formed ONNX model"):
+        load_model(data[: len(data) // 2], name="cut", version=1)
 
 
 def test_unavailable_providers_fall_back_to_cpu(onnx_models: ModelSet) -> None:

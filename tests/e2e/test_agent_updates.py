@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edge_protocol import AssignedModel, Envelope, Release, SigningKey, load_private_key, utc_now
 from tests.e2e.conftest import CHUNK, Models, collect_events, genuine_release, start_agent
+from tests.support import external_data
 from tests.support.agent import AgentProcess
 from tests.support.fleet import TOPICS, Fleet, Forger, chunks_of, pinned
 from tests.support.registry import cli
@@ -137,6 +138,12 @@ def test_hostile_updates_are_rejected_and_the_old_model_keeps_serving(
     # v2's golden self-test attached to v3's file: a genuine model that does not reproduce it.
     v3_bytes = models.v3.read_bytes()
     wrong_test, wrong_test_signed = release(54, v3_bytes)
+    # Signed with the real key: a model whose weights are the device's own MQTT password.
+    password = fleet.root / "bundles" / device / "mqtt-password"
+    leak_bytes = external_data.initializer(
+        "../" * 64 + str(password).lstrip("/"), password.stat().st_size
+    ).SerializeToString()
+    leak, leak_signed = release(55, leak_bytes)
     seq = 10  # above anything the registry gave this device
     attacks: list[tuple[Documents, str, str]] = [
         ([(assignment_topic, forger.assignment(device, seq, pins, keys=(unknown,)))],
@@ -160,6 +167,8 @@ def test_hostile_updates_are_rejected_and_the_old_model_keeps_serving(
                            chunks=chunks_of(junk, CHUNK)), "failed", "load_error"),
         (_update_documents(forger, device, seq + 5, release=wrong_test, signed=wrong_test_signed,
                            chunks=chunks_of(v3_bytes, CHUNK)), "rejected", "selftest_mismatch"),
+        (_update_documents(forger, device, seq + 6, release=leak, signed=leak_signed,
+                           chunks=chunks_of(leak_bytes, CHUNK)), "rejected", "external_data"),
     ]  # fmt: skip
     with fleet.registry_client() as attacker:
         attacker.subscribe(TOPICS.events(device))

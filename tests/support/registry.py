@@ -46,6 +46,7 @@ class RegistryProcess:
     home: Path
     broker_args: tuple[str, ...]
     port: int = field(default_factory=free_port)
+    cwd: Path | None = None  # the directory `serve` is started from (default: the tests')
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,7 +64,9 @@ class RegistryProcess:
         argv = [str(BIN / "model-registry"), "serve", "--home", str(self.home)]
         argv += ["--listen", f"{LOCALHOST}:{self.port}", *self.broker_args]
         with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd
+            )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
