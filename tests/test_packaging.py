@@ -201,6 +201,8 @@ def test_the_runtime_stage_runs_the_agent_as_non_root() -> None:
     assert entrypoint[:2] == ["edge-agent", "run"]
     assert entrypoint[entrypoint.index("--state-dir") + 1] == STATE_DIR
     assert entrypoint[entrypoint.index("--config") + 1] == "/etc/edge-agent/device.toml"
+    # Not /, from where a relative file name in a model would reach /etc/edge-agent.
+    assert _last(final, "WORKDIR") == "/var/empty/edge-agent"
 
 
 def _healthcheck() -> tuple[str, list[str]]:

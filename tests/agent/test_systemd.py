@@ -324,6 +324,14 @@ def test_the_unit_has_the_directives_the_agent_relies_on() -> None:
     assert _section("Install")["WantedBy"] == "multi-user.target"
 
 
+def test_the_agent_starts_in_an_empty_directory_of_its_own() -> None:
+    service = _section("Service")
+
+    # Not / (systemd's default): relative file names would reach the credentials and /etc.
+    assert service["WorkingDirectory"] == "/run/edge-agent-cwd"
+    assert "edge-agent-cwd" in service["RuntimeDirectory"].split()
+
+
 def test_the_stop_timeout_covers_the_drain() -> None:
     service = _section("Service")
 

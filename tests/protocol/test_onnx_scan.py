@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import random
+import tracemalloc
 
 import pytest
 
-from edge_protocol import check_self_contained, find_external_reference
+from edge_protocol import check_self_contained, find_external_reference, onnx_scan
 from edge_protocol.errors import ExternalDataError, ModelFormatError
 from edge_protocol.onnx_scan import MAX_DEPTH
 from tests.support import external_data
@@ -85,6 +86,8 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
     "graph as a varint": (_varint(7 << 3 | 0) + b"\x01", "graph"),
     "data_location as bytes": (_tensor_model(_field(14, b"\x01")), "data_location"),
     "onnxruntime format": (b"\x10\x00\x00\x00ORTM" + bytes(64), "ORT format"),
+    "training_info as a varint": (b"\xa0\x01\x01", "training_info"),  # field 20, two-byte tag
+    "field number past 2**29": (b"\xf8\xff\xff\xff\x1f\x01", "field number"),
 }
 
 
@@ -129,3 +132,39 @@ def test_random_bytes_never_crash_the_scanner() -> None:
 def test_many_small_fields_are_read_to_the_end() -> None:
     data = b"\x08\x01" * 500_000 + _tensor_model(_field(8, b"W") + b"\x70\x01")
     assert find_external_reference(data) == "graph.initializer[0] 'W'"
+
+
+def test_memory_stays_bounded_by_the_depth_not_the_size() -> None:
+    # 50 000 empty nodes: a scan that listed the children first would hold all of them at once.
+    nodes = _field(1, b"") * 50_000
+    data = _field(7, nodes + _field(5, _field(8, b"W") + b"\x70\x01"))
+    tracemalloc.start()
+    try:
+        assert find_external_reference(data) == "graph.initializer[0] 'W'"
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024
+
+
+def test_an_overlong_tag_does_not_hide_data_location() -> None:
+    # Field 14 as a varint is tag 0x70; 0xf0 0x00 is the same tag in two bytes.
+    tensor = _field(8, b"W") + b"\xf0\x00\x01"
+    assert find_external_reference(_tensor_model(tensor)) == "graph.initializer[0] 'W'"
+
+
+def test_runs_of_numbers_with_long_tags_are_skipped_and_checked() -> None:
+    # AttributeProto.type (field 20) has a two-byte tag; a cut inside the run is still found.
+    attribute = _field(1, b"a") + b"\xa0\x01\x07" * 10_000
+    model = _field(7, _field(1, _field(5, attribute)))
+    assert find_external_reference(model) is None
+    cut = _field(7, _field(1, _field(5, attribute + b"\xa0\x01\xff")))
+    with pytest.raises(ModelFormatError, match="truncated inside a varint"):
+        find_external_reference(cut)
+
+
+def test_work_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onnx_scan, "MAX_FIELDS", 1000)
+    assert find_external_reference(_field(7, _field(1, b"") * 999)) is None
+    with pytest.raises(ModelFormatError, match="more than 1000 fields"):
+        find_external_reference(_field(7, _field(1, b"") * 1000))

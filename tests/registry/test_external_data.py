@@ -9,7 +9,10 @@ quotes neither the file nor its size, and stores nothing.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ from tests.support.broker import LOCALHOST, free_port
 from tests.support.registry import RegistryProcess, cli, cli_json
 
 UP_TO_ROOT = "../" * 64  # more levels than any path has: from anywhere, this is /
+UNIT = Path(__file__).parents[2] / "deploy" / "systemd" / "model-registry.service"
 
 
 @dataclass
@@ -137,3 +141,41 @@ def test_serve_runs_from_an_empty_private_directory(served: Served) -> None:
     assert stat.S_IMODE(info.st_mode) == 0o700
     assert info.st_uid == os.getuid()
     assert list(cwd.iterdir()) == []
+
+
+def _service_section() -> dict[str, str]:
+    values: dict[str, str] = {}
+    section = ""
+    for raw in UNIT.read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+        elif line and not line.startswith("#") and section == "Service":
+            key, _, value = line.partition("=")
+            values[key] = value
+    return values
+
+
+def test_the_unit_starts_serve_in_an_empty_private_directory() -> None:
+    service = _service_section()
+    assert service["WorkingDirectory"] == f"/run/{service['RuntimeDirectory']}"
+    assert service["RuntimeDirectoryMode"] == "0700"
+    assert service["UMask"] == "0077"
+    assert service["ExecStart"].split()[1:] == ["serve", "--home", "/srv/registry-home"]
+    assert service["ReadWritePaths"] == "/srv/registry-home"
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_systemd_analyze_accepts_the_registry_unit(tmp_path: Path) -> None:
+    # verify checks that ExecStart's binary exists: point it at this virtualenv's.
+    binary = Path(sys.executable).parent / "model-registry"
+    unit = tmp_path / UNIT.name
+    unit.write_text(UNIT.read_text().replace("/opt/model-registry/bin/model-registry", str(binary)))
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
