@@ -240,7 +240,7 @@ async def test_an_assignment_that_cannot_be_recorded_waits_and_applies_once_spac
     await rig.assign(2)
     assert (await _ended(rig, "failed", 2))["reason"] == "disk_full"
     assert rig.serving() == 1
-    assert rig.phase() == "failed"
+    await eventually(lambda: rig.phase() == "failed", "phase failed")
     assert rig.on_disk()["assignment_seq"] == 1, "not recorded, so not acted on"
     await rig.assign(3)  # the next one replaces the one waiting
     assert (await _ended(rig, "failed", 3))["reason"] == "disk_full"
@@ -289,7 +289,7 @@ async def test_a_probation_that_cannot_be_recorded_rolls_back(rig: Rig) -> None:
     rolled_back = await _ended(rig, "rolled_back", 2)
     assert (rolled_back["reason"], rolled_back["to_version"]) == ("disk_full", 1)
     assert rig.serving() == 1
-    assert rig.phase() == "idle"
+    await eventually(lambda: rig.phase() == "idle", "phase idle")
     rig.free()
     await eventually(lambda: rig.updater.pending_writes == [], "the rollback recorded")
     persisted = _persisted(rig)
@@ -306,7 +306,7 @@ async def test_a_commit_that_cannot_be_written_is_reported_and_retried(rig: Rig)
     failed = await _ended(rig, "failed", 2)
     assert failed["reason"] == "disk_full"
     assert rig.serving() == 2, "it passed probation: it keeps serving"
-    assert rig.phase() == "failed"
+    await eventually(lambda: rig.phase() == "failed", "phase failed")
     assert _persisted(rig)["in_probation"] is True, "a restart now would probate it again"
     rig.free()
     await eventually(lambda: rig.phase() == "idle", "the commit landed")
@@ -326,7 +326,7 @@ async def test_a_rollback_that_cannot_be_written_still_serves_the_previous_model
     rolled_back = await _ended(rig, "rolled_back", 2)
     assert rolled_back["reason"] == "probation_failed"
     assert rig.serving() == 1
-    assert rig.phase() == "idle"
+    await eventually(lambda: rig.phase() == "idle", "phase idle")
     rig.free()
     await eventually(lambda: rig.updater.pending_writes == [], "the rollback recorded")
     persisted = _persisted(rig)
