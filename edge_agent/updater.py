@@ -17,30 +17,24 @@ import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 from edge_agent.acquire import Acquisition
 from edge_agent.activation import Activator
 from edge_agent.config import DeviceConfig
 from edge_agent.errors import AgentError, ProbationFailedError, StoreError, UpdateError
+from edge_agent.fetch import ChunkFetcher
 from edge_agent.reporting import Reporter
 from edge_agent.state import AgentState, Installed, ModelState, StateStore
-from edge_agent.store import ModelStore, PartialDownload
+from edge_agent.store import ModelStore
 from edge_agent.writes import PendingWrites, Write, store_error
 from edge_protocol import AssignedModel, Assignment, RejectedError, Release, TrustedState
+
+__all__ = ["INTERNAL_ERROR", "STATE_KEY", "ChunkFetcher", "Job", "Updater"]  # agent.py's names
 
 log = logging.getLogger(__name__)
 STATE_KEY = "state.json"  # the key of state.json's writes in PendingWrites
 INTERNAL_ERROR = "internal_error"  # the reason of an update ended by a bug of the agent
-
-
-class ChunkFetcher(Protocol):
-    """Fills a partial download from some transport."""
-
-    async def fetch(
-        self, download: PartialDownload, progress: Callable[[int, int], None] | None = None
-    ) -> int:
-        """Fetch every missing chunk; return how many were written."""
 
 
 @dataclass(frozen=True)
@@ -334,13 +328,18 @@ class Updater:
         await self._retain(finished=name)
 
     async def _report_waiting(self, assignment: Assignment, refused: StoreError) -> None:
-        detail = (
-            f"assignment {assignment.seq} cannot be recorded ({refused}); it is applied once it is"
-        )
+        detail = f"assignment {assignment.seq} cannot be recorded ({refused}); applied once it is"
         for name, pinned in sorted(assignment.models.items()):
-            if self._changes(name, pinned):
-                await self._end(name, pinned.version, kind="failed", reason=refused.reason,
-                                detail=detail, seq=assignment.seq)  # fmt: skip
+            if not self._changes(name, pinned):
+                continue
+            log.warning("%s v%d waits: %s", name, pinned.version, detail)
+            self.last_errors[name] = detail
+            await self._reporter.event(
+                "failed", model=name, version=pinned.version, reason=refused.reason,
+                detail=detail, seq=assignment.seq,
+            )  # fmt: skip
+            if name not in self._jobs:  # an update under way keeps its own phase
+                await self._set_phase(name, "failed")
 
     # --- helpers ----------------------------------------------------------------------------
 

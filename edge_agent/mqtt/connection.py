@@ -33,7 +33,7 @@ from edge_agent.errors import (
     MqttDisconnectedError,
     MqttSubscribeError,
 )
-from edge_agent.mqtt.address import BrokerAddress, tls_context
+from edge_agent.mqtt.address import BrokerAddress, survive_callback_errors, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +103,7 @@ class AgentMqtt:
             reconnect_on_failure=False,  # the caller's loop reconnects (run_with_reconnect)
         )
         client.connect_timeout = self._connect_timeout_s  # bounds the blocking TCP/TLS phase
-        # A callback that raises would otherwise end paho's network thread and leave a
-        # connection that neither pings nor reports its end; paho reports it and carries on.
-        client.suppress_exceptions = True
-        client.on_log = _on_paho_log
+        survive_callback_errors(client)  # else one raising callback ends paho's thread
         if settings.username:
             client.username_pw_set(settings.username, settings.password)
         self._configure_tls(client, settings)
@@ -400,9 +397,3 @@ class AgentMqtt:
             self._hand_over(log.warning, "MQTT: dropped a message whose topic is not UTF-8")
             return
         self._hand_over(self._queue.put_nowait, converted)
-
-
-def _on_paho_log(_client: paho.Client, _userdata: Any, level: int, text: str) -> None:
-    """Paho's thread: pass on the callback failures it suppressed, not its routine chatter."""
-    if level == paho.MQTT_LOG_ERR and text.startswith("Caught exception"):
-        log.error("MQTT: %s", text)
