@@ -64,8 +64,13 @@ class Activator:
         except Exception:
             self.metrics.record_load_failure(name)
             raise
-        sha256 = release.artifact.sha256
-        await asyncio.to_thread(self._states.save_release, name, sha256, envelope)
+        try:  # before the swap: a model whose release is not kept must not serve
+            await asyncio.to_thread(
+                self._states.save_release, name, release.artifact.sha256, envelope
+            )
+        except BaseException:
+            loaded.close()  # never swapped in, so nothing else holds its session
+            raise
         self.repository.swap(name, loaded)
         log.info("%s v%d is serving", name, release.version)
 

@@ -54,7 +54,10 @@ class Agent:
         self.metrics = AgentMetrics()
         self.subscriptions = Subscriptions()
         self.spool = Spool(config.state_dir / SPOOL_DIR, config.telemetry.spool_max_bytes)
-        self.reporter = Reporter(config.device_id, self.topics, self.describe, self.spool)
+        self.reporter = Reporter(
+            config.device_id, self.topics, self.describe, self.spool,
+            telemetry_interval_s=config.telemetry.interval_s,
+        )  # fmt: skip
         self.mqtt_fetcher = MqttChunkFetcher(
             self.topics,
             self.subscriptions.subscribe_many,
@@ -153,6 +156,7 @@ class Agent:
             on_message=self.dispatcher.handle,
             backoff=Backoff(settings.reconnect_min_s, settings.reconnect_max_s),
             on_disconnect=self.dispatcher.disconnected,
+            on_handler_error=self.dispatcher.handler_failed,
         )
 
     async def _shutdown(self, mqtt: asyncio.Task[None], reporting: asyncio.Task[None]) -> None:

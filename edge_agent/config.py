@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from edge_agent.errors import ConfigError
 from edge_agent.server.settings import ServerConfig
 from edge_protocol import DEFAULT_PREFIX
 
@@ -52,6 +53,17 @@ class UpdateSettings:
     probation_s: float = 30.0  # ...or this long, whichever comes first
     probation_max_error_rate: float = 0.05  # failed fraction of probation requests that rolls back
     max_probation_restarts: int = 2  # agent restarts during probation before rolling back
+    # A state write refused by the disk (full, read-only) is retried, doubling between these.
+    write_retry_min_s: float = 1.0
+    write_retry_max_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.write_retry_min_s <= self.write_retry_max_s:
+            raise ConfigError(
+                "updates.write_retry_min_s must be above 0 and not above "
+                f"updates.write_retry_max_s, got {self.write_retry_min_s} and "
+                f"{self.write_retry_max_s}"
+            )
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,8 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "updates.probation_s": (0, 86_400),
     "updates.probation_max_error_rate": (0, 1),
     "updates.max_probation_restarts": (0, 100),
+    "updates.write_retry_min_s": (0.01, 3600),
+    "updates.write_retry_max_s": (0.01, 86_400),
     "telemetry.interval_s": (1, 86_400),
     "telemetry.spool_max_mb": (1, 65_536),
 }

@@ -2,18 +2,20 @@
 
 Every document is verified by `edge_protocol.TrustedState` before anything acts on it, and the
 trust high-water marks are persisted before the updater starts work. Rejections become
-`rejected` events; nothing a broker sends can stop the agent from serving.
+`rejected` events; nothing a broker sends can stop the agent from serving, and a message whose
+handling fails (a full disk, a bug) is reported and never ends the connection.
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from edge_agent.errors import AgentError
 from edge_agent.mqtt import AgentMqtt, Message
+from edge_agent.updater import INTERNAL_ERROR
 from edge_protocol import RejectedError
 from edge_protocol.errors import TopicError
 from edge_protocol.topics import KIND_ARTIFACT, KIND_ASSIGNMENT, KIND_RELEASE, KIND_ROOT
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from edge_agent.agent import Agent
 
 log = logging.getLogger(__name__)
+ROOT_KEY = "trust/root.json"  # the key of the root's writes in the updater's PendingWrites
 
 
 class Subscriptions:
@@ -60,6 +63,7 @@ class Dispatcher:
     def __init__(self, agent: Agent) -> None:
         self._agent = agent
         self._pending_roots: dict[int, bytes] = {}
+        self.handler_errors = 0  # messages whose handling raised, since start
 
     async def connected(self, client: AgentMqtt) -> None:
         """On each connection: follow the trust and assignment topics, report, resume."""
@@ -73,6 +77,12 @@ class Dispatcher:
         """Forget the lost connection."""
         self._agent.subscriptions.client = None
         self._agent.reporter.disconnected()
+
+    async def handler_failed(self, message: Message, error: Exception) -> None:
+        """A bug met while handling a message (logged by the MQTT loop): report it upstream."""
+        self.handler_errors += 1
+        detail = f"handling a message on {message.topic} failed: {error!r}"
+        await self._agent.reporter.event("failed", reason=INTERNAL_ERROR, detail=detail)
 
     async def handle(self, message: Message) -> None:
         """Route one message by its topic."""
@@ -105,9 +115,17 @@ class Dispatcher:
                     "rejected", reason=e.reason, detail=f"root v{nxt}: {e}"
                 )
                 return
-            await asyncio.to_thread(self._agent.states.save_root, data)
             log.info("trusting root version %d", nxt)
+            await self._save_root(nxt, data)
             await self._agent.reporter.publish_state()
+
+    async def _save_root(self, version: int, data: bytes) -> None:
+        """Keep the newest trusted root on disk; a refused write is retried until it lands."""
+        save = functools.partial(self._agent.states.save_root, data)
+        refused = await self._agent.updater.writes.write(ROOT_KEY, save)
+        if refused is not None:
+            detail = f"root v{version} is trusted but not yet saved ({refused}); retrying"
+            await self._agent.reporter.event("failed", reason=refused.reason, detail=detail)
 
     async def _on_assignment(self, payload: bytes) -> None:
         if not payload:
@@ -119,14 +137,7 @@ class Dispatcher:
             log.warning("rejected an assignment: %s", e)
             await agent.reporter.event("rejected", reason=e.reason, detail=f"assignment: {e}")
             return
-        updater = agent.updater
-        if (assignment.seq, agent.trust.assignment_digest) != (
-            updater.state.assignment_seq,
-            updater.state.assignment_digest,
-        ):
-            updater.accept_assignment_marks(assignment.seq, agent.trust.assignment_digest)
-            await updater.save()
         try:
-            updater.apply(assignment)
+            await agent.updater.accept(assignment, agent.trust.assignment_digest)
         except AgentError as e:
             log.error("cannot apply assignment %d: %s", assignment.seq, e)

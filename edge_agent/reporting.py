@@ -5,7 +5,9 @@ every change, and the broker's will replaces it when the device vanishes. Events
 are first written to the on-disk spool (`edge_agent.spool`), which gives each one its
 `msg_seq`; `run` sends them from there in order whenever a connection is up and deletes each
 only after the broker's PUBACK. Nothing is lost to an outage or a restart below the spool's
-cap; docs/telemetry.md says what happens above it and why a message may arrive twice.
+cap; docs/telemetry.md says what happens above it and why a message may arrive twice. A message
+the spool cannot keep because its disk is full waits in memory (`edge_agent.outbox`) instead and
+goes out with the spooled ones, in order.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Protocol
 
 from edge_agent import __version__
 from edge_agent.errors import AgentError, BrokerError
+from edge_agent.outbox import Outbox
 from edge_agent.spool import KIND_EVENTS, KIND_TELEMETRY, Spool, SpoolRecord
 from edge_protocol import Topics
 from edge_protocol.topics import event_payload, offline_payload, state_payload, telemetry_payload
@@ -41,11 +44,15 @@ class Reporter:
         topics: Topics,
         describe: Callable[[], tuple[dict[str, Any], dict[str, Any]]],
         spool: Spool,
+        *,
+        telemetry_interval_s: float | None = None,
     ) -> None:
         self._device_id = device_id
         self._topics = topics
         self._describe = describe  # returns (models, trust) for the state message
         self._spool = spool
+        self._interval_s = telemetry_interval_s  # in the state: the registry's liveness clock
+        self._outbox = Outbox()  # what the spool's disk refused
         self._client: Publisher | None = None  # for the state
         self._sender: Publisher | None = None  # for the spool, once the state went out
         self._failed: Publisher | None = None  # a connection a publish failed on
@@ -79,8 +86,9 @@ class Reporter:
         """Publish the retained state message (or do nothing while offline)."""
         models, trust = self._describe()
         payload = state_payload(
-            self._device_id, agent_version=__version__, models=models, trust=trust
-        )
+            self._device_id, agent_version=__version__, models=models, trust=trust,
+            telemetry_interval_s=self._interval_s,
+        )  # fmt: skip
         await self._send_direct(self._topics.state(self._device_id), payload)
 
     async def publish_offline(self) -> None:
@@ -94,7 +102,7 @@ class Reporter:
         log.info("event %s model=%s version=%s %s", kind, model, version, details or "")
         event_payload(self._device_id, kind)  # an unknown kind fails here, in the caller
 
-        def encode(seq: int) -> bytes:
+        def encode(seq: int | None) -> bytes:  # None: unnumbered (no msg_seq)
             return event_payload(
                 self._device_id, kind, model=model, version=version,
                 **details, msg_seq=seq, msg_epoch=self._spool.epoch,
@@ -105,8 +113,10 @@ class Reporter:
     async def telemetry(self, body: dict[str, Any]) -> int:
         """Spool one telemetry report; return its msg_seq."""
 
-        def encode(seq: int) -> bytes:
+        def encode(seq: int | None) -> bytes:  # None: unnumbered (no msg_seq)
             numbered = {**body, "msg_seq": seq, "msg_epoch": self._spool.epoch}
+            if seq is None:
+                del numbered["msg_seq"]
             return telemetry_payload(self._device_id, numbered)
 
         return await self._spool_message(KIND_TELEMETRY, encode)
@@ -115,44 +125,65 @@ class Reporter:
         """Send spooled messages, oldest first, whenever a connection is up; never returns."""
         while True:
             sender = self._sender
-            if sender is None or sender is self._failed or not self._spool.pending():
+            waiting = self._spool.pending() or len(self._outbox)
+            if sender is None or sender is self._failed or not waiting:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             records = await asyncio.to_thread(self._spool.take, SEND_WINDOW)
-            await self._send_spooled(sender, records)
+            await self._send_spooled(sender, records, self._unspooled_before(records))
 
-    async def _send_spooled(self, client: Publisher, records: list[SpoolRecord]) -> None:
-        """Publish a window of records in order; delete those the broker acknowledged."""
-        acked: list[int] = []
+    def _unspooled_before(self, records: list[SpoolRecord]) -> list[SpoolRecord]:
+        """The outbox's records that come before any spooled one not yet taken (msg_seq order)."""
+        if not self._spool.pending():
+            return self._outbox.take()
+        return self._outbox.take(below=records[-1].seq if records else 0)
+
+    async def _send_spooled(
+        self, client: Publisher, records: list[SpoolRecord], unspooled: list[SpoolRecord]
+    ) -> None:
+        """Publish a window of records in order; delete (or forget) what the broker acknowledged."""
+        batch = sorted([*records, *unspooled], key=lambda r: r.seq)
+        acked: set[int] = set()  # ids of the acknowledged records
         try:
             results = await asyncio.gather(
-                *(client.publish(self._topic(r.kind), r.payload) for r in records),
+                *(client.publish(self._topic(r.kind), r.payload) for r in batch),
                 return_exceptions=True,
             )
-            for record, result in zip(records, results, strict=True):
+            for record, result in zip(batch, results, strict=True):
                 if result is None:
-                    acked.append(record.seq)
+                    acked.add(id(record))
                 elif isinstance(result, BrokerError):
                     self._failed = client  # wait for the next connection
                     log.info("could not send message %d: %s", record.seq, result)
                 else:
                     raise result
         finally:
+            self._outbox.put_back(r for r in unspooled if id(r) not in acked)
+            spooled = [r.seq for r in records if id(r) in acked]
             # Off the loop: the spool's lock may be held by a thread waiting on an fsync.
-            await asyncio.to_thread(self._settle, records, acked)
+            await asyncio.to_thread(self._settle, records, spooled)
             self.sent += len(acked)
 
     def _settle(self, records: list[SpoolRecord], acked: list[int]) -> None:
         self._spool.release(r.seq for r in records if r.seq not in acked)
         self._spool.ack(acked)
 
-    async def _spool_message(self, kind: str, encode: Callable[[int], bytes]) -> int:
+    async def _spool_message(self, kind: str, encode: Callable[[int | None], bytes]) -> int:
+        encoded: list[bytes] = []
+
+        def append() -> tuple[int, bool]:
+            seq = self._spool.append(kind, lambda n: _kept(encoded, encode(n)))
+            return seq, self._spool.holds(seq)
+
         try:
-            seq = await asyncio.to_thread(self._spool.append, kind, encode)
+            seq, kept = await asyncio.to_thread(append)
         except OSError as e:  # reporting never stops what is being reported on
             log.error("could not spool a %s message: %s", kind, e)
-            return 0
+            seq, kept = 0, False
+        if not kept:  # over the cap, or the disk refused it: send it from memory
+            payload = encoded[0] if encoded else encode(None)
+            self._outbox.add(SpoolRecord(seq if encoded else 0, kind, payload))
         self._wake.set()
         return seq
 
@@ -169,3 +200,8 @@ class Reporter:
             await client.publish(topic, payload, retain=True)
         except AgentError as e:  # the connection dropped under us: the next one republishes
             log.info("could not publish on %s: %s", topic, e)
+
+
+def _kept(into: list[bytes], payload: bytes) -> bytes:
+    into.append(payload)
+    return payload

@@ -114,6 +114,10 @@ class Spool:
             **asdict(self._meta.counters),
         }
 
+    def holds(self, seq: int) -> bool:
+        """Whether message `seq` is on disk, waiting for (or in) its send."""
+        return seq in self._records
+
     # --- writing -----------------------------------------------------------------------------
 
     def append(self, kind: str, encode: Callable[[int], bytes]) -> int:

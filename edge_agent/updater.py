@@ -4,6 +4,10 @@ assignment -> release fetched and verified -> chunks downloaded and verified (re
 artifact verified -> load and warm up -> self-test -> atomic swap -> probation -> committed, or
 rolled back to the previous model. Every step has a deadline; every ending is an event. The
 model that was serving keeps serving through all of it, whatever goes wrong.
+
+The state in memory is the truth and `state.json` its durable copy: a write the disk refuses
+(`edge_agent.writes`) ends the step with its reason (`disk_full`) and is retried until it lands.
+What each step does then is the table in docs/agent.md, "When the disk refuses a write".
 """
 
 from __future__ import annotations
@@ -13,26 +17,24 @@ import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
+from edge_agent.acquire import Acquisition
 from edge_agent.activation import Activator
 from edge_agent.config import DeviceConfig
-from edge_agent.errors import AgentError, ProbationFailedError, StepTimeoutError, UpdateError
+from edge_agent.errors import AgentError, ProbationFailedError, StoreError, UpdateError
+from edge_agent.fetch import ChunkFetcher
 from edge_agent.reporting import Reporter
-from edge_agent.state import Installed, ModelState, StateStore
-from edge_agent.store import ModelStore, PartialDownload
-from edge_protocol import AssignedModel, Assignment, RejectedError, Release, Topics, TrustedState
+from edge_agent.state import AgentState, Installed, ModelState, StateStore
+from edge_agent.store import ModelStore
+from edge_agent.writes import PendingWrites, Write, store_error
+from edge_protocol import AssignedModel, Assignment, RejectedError, Release, TrustedState
+
+__all__ = ["INTERNAL_ERROR", "STATE_KEY", "ChunkFetcher", "Job", "Updater"]  # agent.py's names
 
 log = logging.getLogger(__name__)
-
-
-class ChunkFetcher(Protocol):
-    """Fills a partial download from some transport."""
-
-    async def fetch(
-        self, download: PartialDownload, progress: Callable[[int, int], None] | None = None
-    ) -> int:
-        """Fetch every missing chunk; return how many were written."""
+STATE_KEY = "state.json"  # the key of state.json's writes in PendingWrites
+INTERNAL_ERROR = "internal_error"  # the reason of an update ended by a bug of the agent
 
 
 @dataclass(frozen=True)
@@ -61,19 +63,31 @@ class Updater:
         subscribe: Callable[[str], Coroutine[Any, Any, None]],
     ) -> None:
         self._config = config
-        self._topics = Topics(config.mqtt.topic_prefix)
-        self._trust = trust
         self._states = states
         self.state = states.load()
+        self._persisted = self.state  # what state.json holds: retention keeps its models too
         self._store = store
         self._activator = activator
         self._reporter = reporter
-        self._fetcher = fetcher
-        self._subscribe = subscribe
+        self._acquire = Acquisition(
+            config, trust, store=store, reporter=reporter, fetcher=fetcher, subscribe=subscribe,
+            set_phase=self._set_phase,
+        )  # fmt: skip
         self._jobs: dict[str, Job] = {}
-        self._releases: dict[tuple[str, int], asyncio.Future[bytes]] = {}
+        settings = config.updates
+        self.writes = PendingWrites(
+            min_s=settings.write_retry_min_s, max_s=settings.write_retry_max_s,
+            on_landed=self._landed,
+        )  # fmt: skip
+        self._waiting: Assignment | None = None  # accepted, but its seq is not on disk yet
+        self._uncommitted: set[str] = set()  # passed probation; the commit waits for the disk
         self.phases: dict[str, str] = {}
         self.last_errors: dict[str, str | None] = {}
+
+    @property
+    def pending_writes(self) -> list[str]:
+        """The state files the disk refused and that are being retried."""
+        return self.writes.keys
 
     # --- start-up ---------------------------------------------------------------------------
 
@@ -99,11 +113,17 @@ class Updater:
             error = ProbationFailedError(f"the agent restarted {restarts} times during probation")
             await self._roll_back(name, active, error)
             return
-        await self._save(name, replace(model_state, probation_restarts=restarts))
+        refused = await self._save(name, replace(model_state, probation_restarts=restarts))
+        if refused is not None:  # an uncounted restart could loop forever: do not risk it
+            await self._roll_back(name, active, refused)
+            return
         if not await self._activator.serve_installed(name, active):
             await self._fall_back(name, model_state)
             return
-        task = asyncio.create_task(self._probate(name, active), name=f"probation {name}")
+        work = self._probate(name, active)
+        task = asyncio.create_task(
+            self._guarded(name, active.version, work), name=f"probation {name}"
+        )
         self._track(Job(name, active, self.state.assignment_seq, task))
 
     async def _fall_back(self, name: str, model_state: ModelState) -> None:
@@ -115,6 +135,25 @@ class Updater:
 
     # --- inputs ---------------------------------------------------------------------------
 
+    async def accept(self, assignment: Assignment, digest: str | None) -> None:
+        """Record a verified assignment's seq and digest, then act on it (protocol.md 5.3).
+
+        Nothing is acted on before its seq is on disk. When the disk refuses it, every model
+        the assignment changes reports `failed` with the reason, and the assignment waits: it
+        is applied when the write lands (a newer assignment takes its place).
+        """
+        state = self.state
+        unsaved = (assignment.seq, digest) != (state.assignment_seq, state.assignment_digest)
+        if unsaved or STATE_KEY in self.writes.keys:
+            self.state = replace(state, assignment_seq=assignment.seq, assignment_digest=digest)
+            self._waiting = None  # replaced, whatever happens next
+            refused = await self._write_state()
+            if refused is not None:
+                self._waiting = assignment
+                await self._report_waiting(assignment, refused)
+                return
+        self.apply(assignment)
+
     def apply(self, assignment: Assignment) -> None:
         """Start (or keep) an update task for every followed model the assignment changes."""
         for name, pinned in assignment.models.items():
@@ -123,28 +162,32 @@ class Updater:
 
     def on_release(self, model: str, version: int, payload: bytes) -> None:
         """Hand a release document from the broker to the task waiting for it."""
-        waiter = self._releases.get((model, version))
-        if waiter is not None and not waiter.done() and payload:
-            waiter.set_result(payload)
+        self._acquire.on_release(model, version, payload)
 
     async def close(self) -> None:
-        """Cancel every update task and wait for them to unwind."""
+        """Cancel every update task and the write retries, and wait for them to unwind."""
         jobs = list(self._jobs.values())
         for job in jobs:
             job.task.cancel()
         for job in jobs:
             with contextlib.suppress(asyncio.CancelledError):
                 await job.task
+        await self.writes.close()
+
+    def _changes(self, name: str, pinned: AssignedModel) -> bool:
+        """Whether an assignment pinning `pinned` would start an update of `name`."""
+        target = Installed(pinned.version, pinned.sha256)
+        running = self._jobs.get(name)
+        if running is not None:
+            return running.target != target
+        return self._config.follows(name) and self.state.model(name).active != target
 
     def _consider(self, name: str, pinned: AssignedModel, seq: int) -> None:
         target = Installed(pinned.version, pinned.sha256)
-        model_state = self.state.model(name)
         running = self._jobs.get(name)
-        if running is not None and running.target == target:
+        if not self._changes(name, pinned):
             return
-        if model_state.active == target and running is None:
-            return
-        failed_seq = model_state.failed_at(target)
+        failed_seq = self.state.model(name).failed_at(target)
         if failed_seq is not None and failed_seq >= seq:
             log.info(
                 "%s v%d failed here before; waiting for a newer assignment", name, target.version
@@ -152,7 +195,8 @@ class Updater:
             return
         if running is not None:
             running.task.cancel()
-        task = asyncio.create_task(self._run(name, pinned, seq), name=f"update {name}")
+        work = self._run(name, pinned, seq)
+        task = asyncio.create_task(self._guarded(name, pinned.version, work), name=f"update {name}")
         self._track(Job(name, target, seq, task))
 
     def _track(self, job: Job) -> None:
@@ -166,63 +210,47 @@ class Updater:
 
     # --- the state machine ------------------------------------------------------------------
 
+    async def _guarded(self, name: str, version: int, work: Coroutine[Any, Any, None]) -> None:
+        """Run one update task; a bug in it ends the update reported, never the task silently."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.exception("the update of %s v%d failed unexpectedly", name, version)
+            await self._end(name, version, kind="failed", reason=INTERNAL_ERROR, detail=repr(e))
+
     async def _run(self, name: str, pinned: AssignedModel, seq: int) -> None:
         version = pinned.version
         try:
             await self._reporter.event("received", model=name, version=version, seq=seq)
-            release, envelope = await self._fetch_release(name, pinned)
+            release, envelope = await self._acquire.release(name, pinned)
             await self._reporter.event("verified", model=name, version=version, seq=seq)
-            path = await self._download(name, release)
+            path = await self._acquire.model_file(name, release)
             await self._set_phase(name, "loading")
             deadline_s = self._config.updates.activation_timeout_s
             await self._activator.activate(name, release, envelope, path, deadline_s)
-            await self._commit_or_roll_back(name, release)
         except asyncio.CancelledError:
             raise
         except RejectedError as e:
             await self._fail(name, pinned, seq, kind="rejected", reason=e.reason, detail=str(e))
-        except UpdateError as e:
-            await self._fail(name, pinned, seq, kind="failed", reason=e.reason, detail=str(e))
+            return
         except (AgentError, OSError) as e:
-            await self._fail(name, pinned, seq, kind="failed", reason=_reason(e), detail=str(e))
+            error = store_error(e) if isinstance(e, OSError) else e
+            await self._fail(name, pinned, seq, kind="failed", reason=_reason(error),
+                             detail=str(error))  # fmt: skip
+            return
+        await self._start_probation(name, release)
 
-    async def _fetch_release(self, name: str, pinned: AssignedModel) -> tuple[Release, bytes]:
-        await self._set_phase(name, "verifying")
-        key = (name, pinned.version)
-        waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._releases[key] = waiter
-        try:
-            await self._subscribe(self._topics.release(name, pinned.version))
-            async with asyncio.timeout(self._config.updates.release_timeout_s):
-                envelope = await waiter
-        except TimeoutError as e:
-            raise StepTimeoutError(
-                f"release {name} v{pinned.version} did not arrive in time"
-            ) from e
-        finally:
-            self._releases.pop(key, None)
-        return self._trust.verify_release(envelope, name, pinned), envelope
-
-    async def _download(self, name: str, release: Release) -> Any:
-        sha256 = release.artifact.sha256
-        if await asyncio.to_thread(self._store.has_model, sha256):
-            return self._store.model_path(sha256)
-        await self._set_phase(name, "downloading")
-        await asyncio.to_thread(self._store.check_free_space, release.artifact.size)
-        download = await asyncio.to_thread(self._store.open_download, release.artifact)
-        total = len(release.artifact.chunks)
-        await self._reporter.event(
-            "downloading", model=name, version=release.version,
-            progress={"chunks_done": total - len(download.missing()), "chunks_total": total},
-        )  # fmt: skip
-        await self._fetcher.fetch(download)
-        return await asyncio.to_thread(download.finalize)
-
-    async def _commit_or_roll_back(self, name: str, release: Release) -> None:
-        previous = self.state.model(name).active
+    async def _start_probation(self, name: str, release: Release) -> None:
+        model_state = self.state.model(name)
         target = Installed(release.version, release.artifact.sha256)
-        await self._save(name, ModelState(active=target, previous=previous, in_probation=True,
-                                          failed=self.state.model(name).failed))  # fmt: skip
+        probation = ModelState(active=target, previous=model_state.active, in_probation=True,
+                               failed=model_state.failed)  # fmt: skip
+        refused = await self._save(name, probation)
+        if refused is not None:  # a probation state.json does not know of: do not run it
+            await self._roll_back(name, target, refused)
+            return
         await self._reporter.event("activated", model=name, version=release.version)
         await self._probate(name, target)
 
@@ -234,14 +262,37 @@ class Updater:
             await self._roll_back(name, target, e)
             return
         committed = replace(self.state.model(name), in_probation=False, probation_restarts=0)
-        await self._save(name, committed)
+        self._uncommitted.add(name)  # before the write: its retry may land at any await
+        refused = await self._save(name, committed)
+        if refused is not None:
+            await self._commit_waits(name, target, refused)
+            return
+        self._uncommitted.discard(name)
         await self._set_phase(name, "idle")
         await self._retain(finished=name)
 
-    async def _roll_back(self, name: str, failed: Installed, error: UpdateError) -> None:
+    async def _commit_waits(self, name: str, target: Installed, refused: StoreError) -> None:
+        """Passed probation, serving, not yet committed on disk: report it; the retry commits."""
+        detail = (
+            f"v{target.version} passed probation and keeps serving, but its commit could not "
+            f"be written ({refused}); retrying until it lands"
+        )
+        self.last_errors[name] = detail
+        await self._reporter.event(
+            "failed", model=name, version=target.version, reason=refused.reason, detail=detail
+        )
+        await self._set_phase(name, "failed")
+        if name not in self._uncommitted:  # the commit landed while this was reported
+            await self._set_phase(name, "idle")
+        await self._retain(finished=name)
+
+    async def _roll_back(self, name: str, failed: Installed, error: AgentError) -> None:
         model_state = self.state.model(name)
         previous = model_state.previous
-        await self._activator.restore(name, previous)
+        if previous is not None and not await self._activator.serve_installed(name, previous):
+            previous = None  # its file is damaged too: serve nothing rather than what failed
+        if previous is None:
+            await self._activator.restore(name, None)
         failures = {
             **model_state.failed,
             (failed.version, failed.sha256): self.state.assignment_seq,
@@ -250,7 +301,7 @@ class Updater:
         self.last_errors[name] = str(error)
         back_to = {"to_version": previous.version} if previous else {}
         await self._reporter.event(
-            "rolled_back", model=name, version=failed.version, reason=error.reason,
+            "rolled_back", model=name, version=failed.version, reason=_reason(error),
             detail=str(error), **back_to,
         )  # fmt: skip
         await self._set_phase(name, "idle")
@@ -259,31 +310,69 @@ class Updater:
     async def _fail(
         self, name: str, pinned: AssignedModel, seq: int, *, kind: str, reason: str, detail: str
     ) -> None:
-        log.warning("%s v%d %s: %s", name, pinned.version, kind, detail)
         model_state = self.state.model(name)
         failures = {**model_state.failed, (pinned.version, pinned.sha256): seq}
         await self._save(name, replace(model_state, failed=failures))
+        await self._end(name, pinned.version, kind=kind, reason=reason, detail=detail, seq=seq)
+
+    async def _end(
+        self, name: str, version: int, *, kind: str, reason: str, detail: str, **extra: Any
+    ) -> None:
+        """Report an update that ended without a model to probate."""
+        log.warning("%s v%d %s: %s", name, version, kind, detail)
         self.last_errors[name] = detail
         await self._reporter.event(
-            kind, model=name, version=pinned.version, reason=reason, detail=detail, seq=seq
+            kind, model=name, version=version, reason=reason, detail=detail, **extra
         )
         await self._set_phase(name, "failed")
         await self._retain(finished=name)
 
+    async def _report_waiting(self, assignment: Assignment, refused: StoreError) -> None:
+        detail = f"assignment {assignment.seq} cannot be recorded ({refused}); applied once it is"
+        for name, pinned in sorted(assignment.models.items()):
+            if not self._changes(name, pinned):
+                continue
+            log.warning("%s v%d waits: %s", name, pinned.version, detail)
+            self.last_errors[name] = detail
+            await self._reporter.event(
+                "failed", model=name, version=pinned.version, reason=refused.reason,
+                detail=detail, seq=assignment.seq,
+            )  # fmt: skip
+            if name not in self._jobs:  # an update under way keeps its own phase
+                await self._set_phase(name, "failed")
+
     # --- helpers ----------------------------------------------------------------------------
 
-    async def _save(self, name: str, model_state: ModelState) -> None:
+    async def _save(self, name: str, model_state: ModelState) -> StoreError | None:
+        """Change one model's state and write it; None, or why the disk refused (retried)."""
         self.state = self.state.with_model(name, model_state)
-        await asyncio.to_thread(self._states.save, self.state)
+        refused = await self._write_state()
         await self._reporter.publish_state()
+        return refused
 
-    def accept_assignment_marks(self, seq: int, digest: str | None) -> None:
-        """Record the trust high-water mark (persisted with the next save)."""
-        self.state = replace(self.state, assignment_seq=seq, assignment_digest=digest)
+    async def _write_state(self) -> StoreError | None:
+        return await self.writes.write(STATE_KEY, self._state_write(self.state))
 
-    async def save(self) -> None:
-        """Persist the current state."""
-        await asyncio.to_thread(self._states.save, self.state)
+    def _state_write(self, state: AgentState) -> Write:
+        def write() -> None:
+            self._states.save(state)
+            self._persisted = state
+
+        return write
+
+    async def _landed(self, key: str) -> None:
+        """A refused write of state.json landed: finish the commits and apply what waited."""
+        if key != STATE_KEY:
+            return
+        for name in sorted(self._uncommitted):
+            if self.phases.get(name) == "failed" and not self.state.model(name).in_probation:
+                log.info("%s: the commit is on disk", name)
+                await self._set_phase(name, "idle")
+        self._uncommitted.clear()
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            log.info("assignment %d is on disk: applying it", waiting.seq)
+            self.apply(waiting)
 
     async def _set_phase(self, name: str, phase: str) -> None:
         self.phases[name] = phase
@@ -291,10 +380,14 @@ class Updater:
         await self._reporter.publish_state()
 
     async def _retain(self, finished: str | None = None) -> None:
-        # Keep what the state refers to and what other updates are fetching; the update that
-        # just ended (`finished`) keeps nothing it did not install.
+        # Keep what the state (in memory and on disk) refers to and what other updates are
+        # fetching; the update that just ended (`finished`) keeps nothing it did not install.
         others = {job.target.sha256 for job in self._jobs.values() if job.model != finished}
-        await asyncio.to_thread(self._store.retain, self.state.installed_shas() | others)
+        keep = self.state.installed_shas() | self._persisted.installed_shas() | others
+        try:
+            await asyncio.to_thread(self._store.retain, keep)
+        except OSError as e:  # what is not deleted now is deleted after the next update
+            log.error("cannot remove unused model files: %s", e)
 
 
 def _reason(error: Exception) -> str:

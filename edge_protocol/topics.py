@@ -161,19 +161,21 @@ def state_payload(
     models: dict[str, dict[str, Any]],
     trust: dict[str, Any],
     now: datetime | None = None,
+    telemetry_interval_s: float | None = None,
 ) -> bytes:
     """Encode an online `state` message (retained); see docs/protocol.md for the fields."""
-    return _encode(
-        {
-            "schema": MESSAGE_SCHEMA,
-            "device_id": device_id,
-            "online": True,
-            "timestamp": format_time(now or utc_now()),
-            "agent_version": agent_version,
-            "models": models,
-            "trust": trust,
-        }
-    )
+    body: dict[str, Any] = {
+        "schema": MESSAGE_SCHEMA,
+        "device_id": device_id,
+        "online": True,
+        "timestamp": format_time(now or utc_now()),
+        "agent_version": agent_version,
+        "models": models,
+        "trust": trust,
+    }
+    if telemetry_interval_s is not None:  # how often it reports: when to call it stale
+        body["telemetry_interval_s"] = telemetry_interval_s
+    return _encode(body)
 
 
 def offline_payload(device_id: str) -> bytes:

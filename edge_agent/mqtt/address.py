@@ -1,13 +1,20 @@
-"""Where the broker is and how to trust it: the `[mqtt]` URL and the TLS context."""
+"""Where the broker is and how to talk to it: the `[mqtt]` URL, the TLS context, and a paho
+client that outlives a callback that raises."""
 
 from __future__ import annotations
 
+import logging
 import ssl
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
 
 from edge_agent.config import MqttSettings
 from edge_agent.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,3 +71,19 @@ def tls_context(settings: MqttSettings) -> ssl.SSLContext:
         raise ConfigError(f"cannot load the TLS files of [mqtt]: {e}") from e
     context.sslsocket_class = _ClosingSSLSocket  # the documented hook for wrap_socket's type
     return context
+
+
+def survive_callback_errors(client: paho.Client) -> None:
+    """Have paho log a callback that raises and carry on.
+
+    By default the exception ends paho's network thread, leaving a connection that neither
+    pings nor reports its end: the agent would wait on it forever.
+    """
+    client.suppress_exceptions = True
+    client.on_log = _log_suppressed
+
+
+def _log_suppressed(_client: paho.Client, _userdata: Any, level: int, text: str) -> None:
+    """Paho's thread: pass on the callback failures it suppressed, not its routine chatter."""
+    if level == paho.MQTT_LOG_ERR and text.startswith("Caught exception"):
+        log.error("MQTT: %s", text)

@@ -33,7 +33,7 @@ from edge_agent.errors import (
     MqttDisconnectedError,
     MqttSubscribeError,
 )
-from edge_agent.mqtt.address import BrokerAddress, tls_context
+from edge_agent.mqtt.address import BrokerAddress, survive_callback_errors, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ class AgentMqtt:
             reconnect_on_failure=False,  # the caller's loop reconnects (run_with_reconnect)
         )
         client.connect_timeout = self._connect_timeout_s  # bounds the blocking TCP/TLS phase
+        survive_callback_errors(client)  # else one raising callback ends paho's thread
         if settings.username:
             client.username_pw_set(settings.username, settings.password)
         self._configure_tls(client, settings)

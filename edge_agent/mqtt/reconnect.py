@@ -11,6 +11,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import NoReturn
 
 from edge_agent.config import MqttSettings
@@ -19,6 +20,7 @@ from edge_agent.mqtt.address import BrokerAddress
 from edge_agent.mqtt.connection import AgentMqtt, Message
 
 log = logging.getLogger(__name__)
+HandlerError = Callable[[Message, Exception], Awaitable[None]]  # told of a handler's failure
 
 
 class Backoff:
@@ -54,23 +56,23 @@ async def run_with_reconnect(
     on_message: Callable[[Message], Awaitable[None]],
     backoff: Backoff,
     on_disconnect: Callable[[Exception], None] | None = None,
+    on_handler_error: HandlerError | None = None,
 ) -> NoReturn:
     """Stay connected until cancelled: connect, on_connect, dispatch messages, back off, repeat.
 
     `on_connect` runs on every connection (publish state, subscribe: a restarted broker has
     forgotten the session). Messages go to `on_message` one at a time, in order. A BrokerError
-    from either ends the connection like a drop does; other exceptions propagate.
+    from either ends the connection like a drop does. Any other exception from `on_message` is
+    logged with its traceback, handed to `on_handler_error` and the next message handled: the
+    connection stays up (leaving it would send a clean DISCONNECT, which discards the will).
+    Any other exception from `on_connect` ends that connection and the loop reconnects.
     `on_disconnect` hears why each attempt or connection ended.
     """
     address = BrokerAddress.parse(settings.url)
+    handlers = _Handlers(on_connect, on_message, on_handler_error)
     while True:
         error = await _one_connection(
-            settings,
-            client_id=client_id,
-            will=will,
-            on_connect=on_connect,
-            on_message=on_message,
-            backoff=backoff,
+            settings, client_id=client_id, will=will, handlers=handlers, backoff=backoff
         )
         delay = backoff.next_delay()
         log.warning("MQTT: %s; reconnecting to %s in %.1f s", error, address, delay)
@@ -79,13 +81,49 @@ async def run_with_reconnect(
         await asyncio.sleep(delay)
 
 
+@dataclass(frozen=True)
+class _Handlers:
+    """The caller's callbacks, with the guard that keeps their bugs off the connection."""
+
+    on_connect: Callable[[AgentMqtt], Awaitable[None]]
+    on_message: Callable[[Message], Awaitable[None]]
+    on_error: HandlerError | None
+
+    async def connected(self, client: AgentMqtt) -> None:
+        try:
+            await self.on_connect(client)
+        except (BrokerError, asyncio.CancelledError):
+            raise
+        except Exception as e:
+            log.exception("MQTT: setting up the connection failed")
+            raise BrokerError(f"setting up the connection failed: {e!r}") from e
+
+    async def dispatch(self, message: Message) -> None:
+        try:
+            await self.on_message(message)
+        except (BrokerError, asyncio.CancelledError):
+            raise
+        except Exception as e:
+            log.exception("MQTT: handling a message on %s failed", message.topic)
+            await self._report(message, e)
+
+    async def _report(self, message: Message, error: Exception) -> None:
+        if self.on_error is None:
+            return
+        try:
+            await self.on_error(message, error)
+        except (BrokerError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("MQTT: reporting a failed message handler failed too")
+
+
 async def _one_connection(
     settings: MqttSettings,
     *,
     client_id: str,
     will: tuple[str, bytes] | None,
-    on_connect: Callable[[AgentMqtt], Awaitable[None]],
-    on_message: Callable[[Message], Awaitable[None]],
+    handlers: _Handlers,
     backoff: Backoff,
 ) -> BrokerError:
     """Run one connection until it ends; return why it ended."""
@@ -98,11 +136,11 @@ async def _one_connection(
                 settings.username or "anonymous",
                 client.session_present,
             )
-            await on_connect(client)
+            await handlers.connected(client)
             # Reset only now: a broker that accepts and then fails on_connect still backs off.
             backoff.reset()
             async for message in client.messages():
-                await on_message(message)
+                await handlers.dispatch(message)
     except BrokerError as e:
         return e
     return MqttDisconnectedError("the message stream ended")  # messages() ends by raising

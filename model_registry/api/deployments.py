@@ -37,4 +37,4 @@ async def get_deployment(request: web.Request) -> web.Response:
     """GET /v1/deployments/{id}: the deployment and where each of its devices stands."""
     deployment_id = int_param(request.match_info["id"], "deployment id")
     progress = await deployment_progress(request.app[CTX_KEY], deployment_id)
-    return web.json_response(progress_view(progress))
+    return web.json_response(progress_view(progress, request.app[CTX_KEY].clock()))

@@ -19,8 +19,10 @@ DEFAULT_TELEMETRY = 100
 @require("viewer")
 async def list_devices(request: web.Request) -> web.Response:
     """GET /v1/devices[?group=G]."""
-    devices = await request.app[CTX_KEY].storage.devices(request.query.get("group"))
-    return web.json_response({"devices": [device_view(d) for d in devices]})
+    ctx = request.app[CTX_KEY]
+    devices = await ctx.storage.devices(request.query.get("group"))
+    now = ctx.clock()
+    return web.json_response({"devices": [device_view(d, now) for d in devices]})
 
 
 @require("admin")
@@ -34,7 +36,8 @@ async def create_device(request: web.Request) -> web.Response:
         mqtt_url=field(body, "mqtt_url", str, required=False),
     )
     files = {name: base64.b64encode(data).decode() for name, data in bundle.files.items()}
-    return web.json_response({**device_view(bundle.device), "bundle": files}, status=201)
+    view = device_view(bundle.device, request.app[CTX_KEY].clock())
+    return web.json_response({**view, "bundle": files}, status=201)
 
 
 @require("viewer")
@@ -46,7 +49,7 @@ async def get_device(request: web.Request) -> web.Response:
         events=_limit(request, "events", DEFAULT_EVENTS),
         telemetry=_limit(request, "telemetry", DEFAULT_TELEMETRY),
     )
-    return web.json_response(device_detail_view(detail))
+    return web.json_response(device_detail_view(detail, request.app[CTX_KEY].clock()))
 
 
 def _limit(request: web.Request, name: str, default: int) -> int:

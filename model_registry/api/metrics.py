@@ -11,6 +11,7 @@ from aiohttp import web
 
 from model_registry.api.errors import Handler
 from model_registry.services.context import RegistryContext
+from model_registry.services.fleet import OFFLINE, ONLINE, STALE, connection
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -72,12 +73,12 @@ class RegistryMetrics:
 async def _fleet_lines(ctx: RegistryContext) -> list[str]:
     devices = await ctx.storage.devices()
     models = await ctx.storage.models()
-    online = sum(1 for d in devices if d.online)
+    now = ctx.clock()
+    heard = Counter(connection(d, now) for d in devices)
     return [
         "# HELP model_registry_devices Provisioned devices by connection state.",
         "# TYPE model_registry_devices gauge",
-        f'model_registry_devices{{state="online"}} {online}',
-        f'model_registry_devices{{state="offline"}} {len(devices) - online}',
+        *(f'model_registry_devices{{state="{c}"}} {heard[c]}' for c in (ONLINE, STALE, OFFLINE)),
         "# HELP model_registry_models Models with at least one release.",
         "# TYPE model_registry_models gauge",
         f"model_registry_models {len(models)}",

@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from edge_protocol import Envelope, Release, format_time
+from edge_protocol import Envelope, Release, format_time, utc_now
 from model_registry.services.fleet import (
+    ONLINE,
     DeploymentProgress,
     DeviceDetail,
     as_dict,
+    connection,
     model_reports,
     update_phase,
 )
@@ -53,8 +55,13 @@ def release_view(record: ReleaseRecord, *, detail: bool = False) -> dict[str, An
     return view
 
 
-def device_view(device: DeviceRecord) -> dict[str, Any]:
-    """A device with assigned versus active versions per model, its update phase and last error."""
+def device_view(device: DeviceRecord, now: datetime | None = None) -> dict[str, Any]:
+    """A device with assigned versus active versions per model, its update phase and last error.
+
+    `online` is true only while the registry hears from it: `connection` says which of online,
+    stale (silent for too long although its last state says online) or offline it is.
+    """
+    heard = connection(device, now or utc_now())
     state = as_dict(device.state)
     reported = model_reports(device)
     models = {}
@@ -69,7 +76,8 @@ def device_view(device: DeviceRecord) -> dict[str, Any]:
     return {
         "device_id": device.device_id,
         "group": device.group,
-        "online": device.online,
+        "online": heard == ONLINE,
+        "connection": heard,
         "last_seen": _optional_time(device.last_seen),
         "created": format_time(device.created),
         "assignment_seq": device.assignment_seq,
@@ -81,10 +89,10 @@ def device_view(device: DeviceRecord) -> dict[str, Any]:
     }
 
 
-def device_detail_view(detail: DeviceDetail) -> dict[str, Any]:
+def device_detail_view(detail: DeviceDetail, now: datetime) -> dict[str, Any]:
     """A device, its last online state, recent events and telemetry series."""
     return {
-        **device_view(detail.device),
+        **device_view(detail.device, now),
         "state": detail.device.state,
         "events": [_message_view(e) for e in detail.events],
         "telemetry": [_message_view(t) for t in detail.telemetry],
@@ -114,7 +122,7 @@ def deployment_view(deployment: DeploymentRecord) -> dict[str, Any]:
     }
 
 
-def progress_view(progress: DeploymentProgress) -> dict[str, Any]:
+def progress_view(progress: DeploymentProgress, now: datetime) -> dict[str, Any]:
     """A deployment with the status of each targeted device and the counts per status."""
     return {
         **deployment_view(progress.deployment),
@@ -128,7 +136,8 @@ def progress_view(progress: DeploymentProgress) -> dict[str, Any]:
                     "status": d.status,
                     "reason": d.reason,
                     "detail": d.detail,
-                    "online": d.device.online,
+                    "online": connection(d.device, now) == ONLINE,
+                    "connection": connection(d.device, now),
                     "last_seen": _optional_time(d.device.last_seen),
                 }
                 for d in progress.devices

@@ -246,7 +246,7 @@ def devices_list(args: argparse.Namespace) -> int:
                 [
                     device["device_id"],
                     device["group"],
-                    "online" if device["online"] else "offline",
+                    device.get("connection") or ("online" if device["online"] else "offline"),
                     name,
                     status.get("assigned"),
                     status.get("active"),

@@ -17,6 +17,10 @@ never stored, from what the device reported (docs/registry.md, "Following a depl
 
 The final statuses are activated, rolled_back, failed, silent and superseded. A deployment is
 done when every device's status is final, and succeeded when every device is activated.
+
+A device's connection (docs/telemetry.md, "Liveness") is `offline` once the broker's will
+arrived (or before it ever reported), `stale` while its state says online but nothing came
+from it for STALE_AFTER_INTERVALS telemetry intervals plus STALE_GRACE_S, else `online`.
 """
 
 from __future__ import annotations
@@ -50,6 +54,11 @@ _EVENT_STATUS = {
     "failed": FAILED,
 }
 SETTLED_PHASES = frozenset({"idle", "failed"})  # no update of the model under way
+ONLINE, STALE, OFFLINE = "online", "stale", "offline"
+STALE_AFTER_INTERVALS = 3  # telemetry reports a device may miss before it is shown stale
+STALE_GRACE_S = 10.0  # on top: the broker's and the ingest's own delays
+DEFAULT_TELEMETRY_INTERVAL_S = 30.0  # the agent's default, for states that do not say
+MAX_TELEMETRY_INTERVAL_S = 86_400.0  # the agent's own bound; beyond it, a state is not believed
 MAX_SERIES = 1000  # events or telemetry reports in one device view
 
 
@@ -168,6 +177,25 @@ def _assigned(device: DeviceRecord, model: str) -> Any:
 def as_dict(value: Any) -> dict[str, Any]:
     """`value` if it is a JSON object, else an empty one: device reports are not trusted."""
     return value if isinstance(value, dict) else {}
+
+
+def connection(device: DeviceRecord, now: datetime) -> str:
+    """`online`, `stale` or `offline`: whether the registry still hears from the device."""
+    if not device.online:
+        return OFFLINE
+    if device.last_seen is None:
+        return STALE
+    silent_s = (now - device.last_seen).total_seconds()
+    allowed_s = STALE_AFTER_INTERVALS * telemetry_interval_s(device) + STALE_GRACE_S
+    return ONLINE if silent_s <= allowed_s else STALE
+
+
+def telemetry_interval_s(device: DeviceRecord) -> float:
+    """How often the device says it reports (its state's `telemetry_interval_s`), or the default."""
+    value = as_dict(device.state).get("telemetry_interval_s")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return DEFAULT_TELEMETRY_INTERVAL_S
+    return float(value) if 1 <= value <= MAX_TELEMETRY_INTERVAL_S else DEFAULT_TELEMETRY_INTERVAL_S
 
 
 def model_reports(device: DeviceRecord) -> dict[str, Any]:
