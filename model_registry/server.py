@@ -36,6 +36,7 @@ from model_registry.services.context import RegistryContext
 from model_registry.services.ingest import DROP_REASONS, DeviceIngest
 from model_registry.services.ingest_limits import TOP_DEVICES
 from model_registry.services.maintenance import maintenance_loop, sync_broker
+from model_registry.services.retention import retention_loop
 from model_registry.signing import ReleaseSigner
 from model_registry.storage import BlobStore, Storage, open_storage
 
@@ -146,6 +147,7 @@ async def _start_mqtt(
     _own_task(stack, ingest.run(connection.messages), "device message ingest")
     _own_task(stack, _resync_on_reconnect(connection, ctx), "broker resync")
     _own_task(stack, maintenance_loop(ctx), "maintenance")
+    _own_task(stack, retention_loop(ctx), "retention")
     return url, ingest
 
 

@@ -39,7 +39,7 @@ async def metrics(request: web.Request) -> web.Response:
 @require("admin")
 async def create_token(request: web.Request) -> web.Response:
     """POST /v1/tokens {"role", "name"?}: the token is in this response only."""
-    body = await json_body(request)
+    body = await json_body(request, ("role", "name"))
     role = check_role(field(body, "role", str))
     name = field(body, "name", str, required=False) or role
     token = generate_token()
