@@ -23,8 +23,8 @@ from model_registry.mqtt.client import MqttMessage
 from model_registry.services.devices import add_device
 from model_registry.services.fleet import device_progress
 from model_registry.services.ingest import DeviceIngest
-from model_registry.services.retention import prune_device_messages
 from model_registry.services.releases import PushRequest, push_model
+from model_registry.services.retention import prune_device_messages
 from model_registry.storage import DeploymentRecord, DeviceMessageRecord, DeviceRecord
 from tests.registry.conftest import Api
 from tests.support.models import ModelSet
