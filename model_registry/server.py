@@ -33,7 +33,7 @@ from model_registry.mqtt.credentials import hash_password
 from model_registry.mqtt.embedded import EmbeddedBroker
 from model_registry.mqtt.publisher import Publisher
 from model_registry.services.context import RegistryContext
-from model_registry.services.ingest import DROP_REASONS, DeviceIngest
+from model_registry.services.ingest import DeviceIngest
 from model_registry.services.ingest_limits import TOP_DEVICES
 from model_registry.services.maintenance import maintenance_loop, sync_broker
 from model_registry.services.retention import retention_loop
@@ -202,9 +202,7 @@ def _ingest_metrics(metrics: RegistryMetrics, ingest: DeviceIngest) -> None:
         "Device messages stored, by kind.", "kind", lambda: ingest.stored
     )
     metrics.extra_counters["model_registry_ingest_dropped_total"] = CounterSource(
-        "Device messages dropped, by reason.",
-        "reason",
-        lambda: dict.fromkeys(DROP_REASONS, 0) | ingest.dropped,
+        "Device messages dropped, by reason.", "reason", lambda: ingest.dropped
     )
     metrics.extra_counters["model_registry_ingest_dropped_top_devices"] = CounterSource(
         f"Device messages dropped since start, for the {TOP_DEVICES} devices with the most.",

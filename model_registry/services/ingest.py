@@ -29,7 +29,7 @@ from model_registry.mqtt.client import MqttMessage
 from model_registry.services.context import RegistryContext
 from model_registry.services.device_messages import MessageLimits, clean_message
 from model_registry.services.ingest_limits import DeviceRateLimiter, DropLog, IngestQueue
-from model_registry.storage import DUPLICATE, STORED, UNKNOWN_DEVICE, DeviceReport
+from model_registry.storage import DUPLICATE, STORED, DeviceReport
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,6 @@ FOREIGN = "foreign"  # names another device than its topic does
 STORAGE_FAILED = "storage_error"  # the database refused it (logged)
 RATE_LIMITED = "rate_limited"  # over its device's token buckets ([ingest] in registry.toml)
 OVERLOADED = "overloaded"  # the queue to the database holds [ingest] backlog_mib already
-DROP_REASONS = (
-    *(BAD_TOPIC, MALFORMED, FOREIGN, UNKNOWN_DEVICE, DUPLICATE),
-    *(STORAGE_FAILED, RATE_LIMITED, OVERLOADED),
-)
 WILL_BYTES = 512  # a state this small may be the broker's offline will, which always passes
 
 

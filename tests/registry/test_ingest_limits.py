@@ -21,7 +21,7 @@ import pytest
 
 from edge_protocol import Topics, utc_now
 from edge_protocol.topics import event_payload, offline_payload, state_payload, telemetry_payload
-from model_registry.config import load_config
+from model_registry.config import FleetConfig, IngestConfig, load_config
 from model_registry.home import InitResult
 from model_registry.mqtt.client import MqttMessage
 from model_registry.server import RunningRegistry, ServeOptions, running_registry
@@ -282,3 +282,22 @@ async def test_the_queue_to_the_database_is_bounded_in_bytes(registry_home: Init
         assert ingest.queue.bytes == (ingest.queue.qsize()) * len(payload)
     finally:
         await storage.close()
+
+
+def test_every_limit_is_in_the_template_and_the_docs(registry_home: InitResult) -> None:
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    configuration = (docs / "configuration.md").read_text()
+    limits = (docs / "operations.md").read_text().split("## Limits", 1)[1]
+    template = (registry_home.home / "registry.toml").read_text()
+    keys = [
+        (f.name, f.default) for cls in (IngestConfig, FleetConfig) for f in dataclasses.fields(cls)
+    ]
+    keys += [("max_upload_mb", 256), ("max_dataset_mb", 64)]
+    for name, default in keys:
+        assert f"\n{name} = {default}\n" in template, name
+        assert f"| `{name}` | integer | `{default}` |" in configuration, name
+        assert f"`{name}`" in limits or f"] {name}`" in limits, name
+    config = load_config(registry_home.home)
+    assert (config.ingest, config.fleet) == (IngestConfig(), FleetConfig()), (
+        "the template is the defaults"
+    )
