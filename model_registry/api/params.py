@@ -22,6 +22,9 @@ INT_MAX = 2**63 - 1
 MAX_TEXT = 1024  # characters of a string field or query parameter
 MAX_ITEMS = 10_000  # entries of a list field (the devices of a deployment)
 _DECIMAL = re.compile(r"[0-9]{1,19}")  # ASCII digits only: int() also takes '٣' and ' 7_0'
+# Control characters (C0, DEL, C1) and the bidi marks, overrides and isolates: none belongs in
+# a name or label that terminals and dashboards show.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 def show(value: object, limit: int = 60) -> str:
@@ -95,6 +98,15 @@ def field(body: dict[str, Any], name: str, kind: type, *, required: bool = True)
 
 
 _KIND_NAMES = {str: "a string", int: "an integer", list: "a list", bool: "true or false"}
+
+
+def printable_text(value: str, name: str, max_length: int) -> str:
+    """Return `value` if it is at most `max_length` characters of printable text."""
+    if len(value) > max_length:
+        raise InvalidInputError(f"{name} must be at most {max_length} characters")
+    if _UNPRINTABLE.search(value):
+        raise InvalidInputError(f"{name} must be printable text: no control or bidi characters")
+    return value
 
 
 def positive_field(body: dict[str, Any], name: str) -> int:

@@ -19,7 +19,7 @@ from aiohttp.helpers import parse_mimetype
 from aiohttp.http_exceptions import HttpProcessingError
 from numpy.typing import NDArray
 
-from model_registry.api.params import clip, show
+from model_registry.api.params import clip, printable_text, show
 from model_registry.build import EvalSet, parse_eval_set
 from model_registry.build.npz import read_npz_bytes
 from model_registry.errors import InvalidInputError, TooLargeError, UnsupportedMediaError
@@ -28,11 +28,9 @@ READ_BLOCK = 64 * 1024
 FILE_FIELDS = ("model", "eval", "calibration")
 TEXT_FIELDS = ("quantize", "label", "accuracy_limit")
 TEXT_FIELD_LIMIT = 1024
+MAX_LABEL = 256  # what a release may carry (services.releases)
 # RFC 2046: 1 to 70 characters from this set, not ending in a space.
 _BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")
-# Control characters (C0, DEL, C1) and the bidirectional overrides and isolates: none belongs
-# in a label that terminals and dashboards show.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 # What aiohttp raises on multipart framing it cannot follow.
 _FRAMING_ERRORS = (ValueError, AssertionError, HttpProcessingError, LookupError)
 
@@ -138,9 +136,7 @@ def _upload(fields: dict[str, bytes], dataset_limit: int) -> Upload:
     if not model:
         raise InvalidInputError("the upload has no 'model' file")
     quantize = _text(fields, "quantize") or None
-    label = _text(fields, "label")
-    if _UNPRINTABLE.search(label):
-        raise InvalidInputError("label must be printable text: no control or bidi characters")
+    label = printable_text(_text(fields, "label"), "label", MAX_LABEL)
     eval_set = None
     if fields.get("eval"):
         what = "the uploaded evaluation set"
