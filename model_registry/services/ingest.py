@@ -148,14 +148,16 @@ class DeviceIngest:
         """Whether a message just received fits its device's rate; counts it if not.
 
         Called as the message is queued, so a flood is dropped before it takes memory or
-        parsing. The broker's offline will always passes: the registry must not go on showing
-        a vanished device online because it was noisy before it went.
+        parsing. The broker's offline will passes even then (once per WILL_INTERVAL_S): the
+        registry must not go on showing a vanished device online because it was noisy.
         """
         try:
             ref = self._topics.parse(message.topic)
         except FormatError:
             return True  # counted as bad_topic when it is handled
-        if self.limiter.allow(ref.name, len(message.payload)) or _is_will(ref.kind, message):
+        if self.limiter.allow(ref.name, len(message.payload)):
+            return True
+        if _is_will(ref.kind, message) and self.limiter.allow_will(ref.name):
             return True
         self._drop(RATE_LIMITED, ref.name)
         return False

@@ -25,6 +25,7 @@ Clock = Callable[[], float]
 MAX_TRACKED_DEVICES = 100_000  # buckets and totals kept at once; far above a fleet's size
 LOGGED_DEVICES = 5  # devices named in one log line
 TOP_DEVICES = 10  # devices shown in model_registry_ingest_dropped_top_devices
+WILL_INTERVAL_S = 10.0  # an offline will past empty buckets: at most one per device this often
 
 
 @dataclass
@@ -42,6 +43,7 @@ class DeviceRateLimiter:
         self._burst = (float(config.burst_messages), float(config.burst_kib * 1024))
         self._rates = (config.messages_per_minute / 60, config.kib_per_minute * 1024 / 60)
         self._buckets: dict[str, _Bucket] = {}
+        self._wills: dict[str, float] = {}  # when each device's last will passed empty buckets
 
     def allow(self, device_id: str, size: int) -> bool:
         """Take one message of `size` bytes from the device's buckets, if they hold enough."""
@@ -57,6 +59,17 @@ class DeviceRateLimiter:
             return False
         bucket.messages -= 1
         bucket.payload -= size
+        return True
+
+    def allow_will(self, device_id: str) -> bool:
+        """Whether an offline will may pass empty buckets: once per WILL_INTERVAL_S a device."""
+        now = self._clock()
+        last = self._wills.get(device_id)
+        if last is not None and now - last < WILL_INTERVAL_S:
+            return False
+        if len(self._wills) >= MAX_TRACKED_DEVICES:
+            self._wills.clear()
+        self._wills[device_id] = now
         return True
 
     def _refill(self, bucket: _Bucket, now: float) -> None:

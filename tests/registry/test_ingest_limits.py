@@ -36,12 +36,13 @@ SHA = "b" * 64
 BIG_DETAIL = "x" * (200 * 1024)  # an event of about 200 KB, under the protocol's 256 KiB
 WAIT_S = 60.0  # generous: only ever reached when something is broken
 
-# Small buckets, so a test-sized flood is a flood; a long log interval, so one line is all.
+# Small buckets that barely refill, so a test-sized flood is a flood whatever the test's pace;
+# a long log interval, so one line is all.
 LIMITS = """
 [ingest]
-messages_per_minute = 60
+messages_per_minute = 1
 burst_messages = 60
-kib_per_minute = 600
+kib_per_minute = 1
 burst_kib = 2048
 drop_log_interval_s = 3600
 """
@@ -192,6 +193,14 @@ async def test_the_offline_will_passes_an_empty_bucket(
         _publish_all, broker, [*flood, (TOPICS.state(NOISY), offline_payload(NOISY))]
     )
     await _until(lambda: _offline_after_flood(limited), "the will marks the device offline anyway")
+    ingest = limited.ingest
+    assert ingest is not None
+    before = ingest.dropped["rate_limited"]
+    calm = state_payload(CALM, agent_version="0.1.0", models={}, trust={})
+    wills = [(TOPICS.state(NOISY), offline_payload(NOISY))] * 50 + [(TOPICS.state(CALM), calm)]
+    await asyncio.to_thread(_publish_all, broker, wills)
+    await _until(lambda: _online(limited, CALM), "the calm device's state is stored")
+    assert ingest.dropped["rate_limited"] - before >= 48, "a flood of wills is a flood too"
 
 
 async def _offline_after_flood(registry: RunningRegistry) -> bool:
