@@ -244,6 +244,12 @@ def _cases(model: bytes) -> dict[str, Case]:
             .encode("latin-1") + model + b"\r\n" + END, 400, "unknown upload field"),
         "multipart-duplicate-parts": _push(_part("model", model) * 2 + END, 400, "twice"),
         "multipart-part-without-name": _push(_part(None, model) + END, 400, "no name"),
+        "multipart-part-header-without-colon": _push(
+            f"--{BOUNDARY}\r\ngarbage-header-line\r\n\r\n".encode() + model + b"\r\n" + END,
+            400, "multipart"),
+        "multipart-nul-in-part-header": _push(
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="mo\x00del"\r\n\r\n'
+            .encode() + model + b"\r\n" + END, 400, "multipart"),
         "multipart-nested": _push(
             _part("model", b"--QQ\r\n\r\nx\r\n--QQ--",
                   "Content-Type: multipart/mixed; boundary=QQ\r\n") + END, 400, "nested"),
