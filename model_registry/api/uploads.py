@@ -73,13 +73,17 @@ def _query_fields(request: web.Request) -> dict[str, bytes]:
     return fields
 
 
-async def _read_multipart(request: web.Request, limit: int) -> dict[str, bytes]:
+def _check_boundary(request: web.Request) -> None:
     boundary = parse_mimetype(request.headers.get("Content-Type", "")).parameters.get("boundary")
     if boundary is None or not _BOUNDARY.fullmatch(boundary):
         raise InvalidInputError(
             "multipart/form-data needs a boundary parameter of 1 to 70 characters, "
             f"not {show(boundary)}"
         )
+
+
+async def _read_multipart(request: web.Request, limit: int) -> dict[str, bytes]:
+    _check_boundary(request)
     fields: dict[str, bytes] = {}
     total = 0
     try:
