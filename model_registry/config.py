@@ -16,10 +16,12 @@ from typing import Any
 
 from edge_protocol import Topics
 from edge_protocol.errors import TopicError
+from edge_protocol.topics import MAX_MESSAGE_BYTES
 from model_registry.errors import ConfigError
 
 CONFIG_NAME = "registry.toml"
 EMBEDDED = "embedded"
+MESSAGE_CAP_KIB = MAX_MESSAGE_BYTES // 1024  # docs/protocol.md section 8
 
 
 @dataclass(frozen=True)
@@ -29,11 +31,14 @@ class ApiConfig:
     listen: str = "127.0.0.1:8700"
     public_url: str = ""  # how devices reach the API for HTTP artifacts; derived from listen
     max_upload_mb: int = 256
+    max_dataset_mb: int = 64  # an uploaded .npz (eval, calibration) once decompressed
 
     def __post_init__(self) -> None:
         parse_host_port(self.listen, "api.listen")
         if self.max_upload_mb < 1:
             raise ConfigError("api.max_upload_mb: must be at least 1")
+        if not 1 <= self.max_dataset_mb <= 64 * 1024:
+            raise ConfigError("api.max_dataset_mb: must be between 1 and 65536")
 
 
 @dataclass(frozen=True)
@@ -108,11 +113,59 @@ class DeployConfig:
 class FleetConfig:
     """What the registry keeps of what devices report."""
 
-    telemetry_retention_days: int = 7  # older telemetry is deleted by the upkeep pass
+    telemetry_retention_days: int = 7  # older telemetry is deleted by the retention pass
+    telemetry_max_per_device: int = (
+        25_000  # newest reports kept per device (7 days at 30 s: 20,160)
+    )
+    events_retention_days: int = 90
+    events_max_per_device: int = 1_000
+    prune_interval_s: int = 600  # how often the retention pass runs
 
     def __post_init__(self) -> None:
-        if self.telemetry_retention_days < 1:
-            raise ConfigError("fleet.telemetry_retention_days: must be at least 1")
+        for name in ("telemetry_retention_days", "events_retention_days", "prune_interval_s"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"fleet.{name}: must be at least 1")
+        for name in ("telemetry_max_per_device", "events_max_per_device"):
+            if not 1 <= getattr(self, name) <= 10_000_000:
+                raise ConfigError(f"fleet.{name}: must be between 1 and 10000000")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """How much the registry takes from each device, and how big what it stores may be.
+
+    Each device has a token bucket of messages and one of payload bytes: a message passes
+    when both have room, and is dropped (counted as `rate_limited`) otherwise. The bursts let a
+    device replay a full offline spool (the agent's default is 16 MiB) at once.
+    """
+
+    messages_per_minute: int = 300  # sustained, per device; an agent sends about 2
+    burst_messages: int = 10_000
+    kib_per_minute: int = 4096  # sustained payload, per device
+    burst_kib: int = 16 * 1024
+    max_text_chars: int = 1024  # human text (event detail, a model's last_error) is cut to this
+    max_event_bytes: int = 16 * 1024  # a stored event larger than this is dropped as malformed
+    max_state_bytes: int = 64 * 1024  # likewise for a state message
+    max_telemetry_bytes: int = 64 * 1024  # over it, feature summaries go; still over, dropped
+    drop_log_interval_s: int = 60  # at most one log line of dropped messages per interval
+    backlog_mib: int = 256  # received messages waiting for the database, all devices together
+
+    def __post_init__(self) -> None:
+        bounds = {
+            "messages_per_minute": (1, 10**9),
+            "burst_messages": (1, 10**9),
+            "kib_per_minute": (1, 10**9),
+            "burst_kib": (MESSAGE_CAP_KIB, 10**9),  # one message of the protocol's cap must fit
+            "max_text_chars": (64, 65_536),
+            "max_event_bytes": (1024, MESSAGE_CAP_KIB * 1024),
+            "max_state_bytes": (1024, MESSAGE_CAP_KIB * 1024),
+            "max_telemetry_bytes": (1024, MESSAGE_CAP_KIB * 1024),
+            "drop_log_interval_s": (1, 86_400),
+            "backlog_mib": (1, 64 * 1024),
+        }
+        for name, (low, high) in bounds.items():
+            if not low <= getattr(self, name) <= high:
+                raise ConfigError(f"ingest.{name}: must be between {low} and {high}")
 
 
 @dataclass(frozen=True)
@@ -127,6 +180,7 @@ class RegistryConfig:
     artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
 
     def path(self, relative: str) -> Path:
         """Resolve a configured path against the home."""
@@ -154,6 +208,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "artifacts": ArtifactsConfig,
     "deploy": DeployConfig,
     "fleet": FleetConfig,
+    "ingest": IngestConfig,
 }
 
 

@@ -46,6 +46,8 @@ listen = "127.0.0.1:8700"
 public_url = ""
 # Largest model upload accepted, in MiB.
 max_upload_mb = 256
+# Largest uploaded .npz (evaluation set, calibration rows) once decompressed, in MiB.
+max_dataset_mb = 64
 
 [storage]
 # SQLite file, or a postgresql:// DSN for several registry replicas.
@@ -86,9 +88,34 @@ chunk_size_kib = 256
 deadline_s = 600
 
 [fleet]
-# Telemetry reports older than this many days are deleted, checked every
-# `resign_check_interval_s`. Events and the last state of each device are kept.
+# Telemetry and events older than these many days are deleted, and only the newest
+# `*_max_per_device` of each device are kept, by a pass every `prune_interval_s`.
+# The last state of each device is always kept.
 telemetry_retention_days = 7
+telemetry_max_per_device = 25000
+events_retention_days = 90
+events_max_per_device = 1000
+prune_interval_s = 600
+
+[ingest]
+# What each device may send: a token bucket of messages and one of payload bytes (KiB).
+# Excess messages are dropped and counted as rate_limited.
+messages_per_minute = 300
+burst_messages = 10000
+kib_per_minute = 4096
+burst_kib = 16384
+# Event details and a model's last_error are cut to `max_text_chars`; a stored event or
+# state larger than its cap is dropped as malformed; telemetry over its cap loses its
+# per-input feature summaries first.
+max_text_chars = 1024
+max_event_bytes = 16384
+max_state_bytes = 65536
+max_telemetry_bytes = 65536
+# At most one log line about dropped device messages per this many seconds.
+drop_log_interval_s = 60
+# Received messages waiting to be stored, all devices together, in MiB; beyond it new
+# messages are dropped and counted as overloaded.
+backlog_mib = 256
 """
 
 

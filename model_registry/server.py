@@ -34,7 +34,9 @@ from model_registry.mqtt.embedded import EmbeddedBroker
 from model_registry.mqtt.publisher import Publisher
 from model_registry.services.context import RegistryContext
 from model_registry.services.ingest import DeviceIngest
+from model_registry.services.ingest_limits import TOP_DEVICES
 from model_registry.services.maintenance import maintenance_loop, sync_broker
+from model_registry.services.retention import retention_loop
 from model_registry.signing import ReleaseSigner
 from model_registry.storage import BlobStore, Storage, open_storage
 
@@ -125,6 +127,7 @@ async def _start_mqtt(
     url = options.mqtt_url or config.mqtt.url
     if options.embedded_broker or url == EMBEDDED:
         url = await _start_embedded(stack, ctx, options.embedded_broker, password)
+    ingest = DeviceIngest(ctx, config.topics)
     connection = MqttConnection(
         url,
         client_id=f"model-registry-{config.mqtt.username}",
@@ -132,18 +135,19 @@ async def _start_mqtt(
         password=password,
         ca_file=str(config.path(config.mqtt.ca_file)) if config.mqtt.ca_file else None,
         keepalive_s=config.mqtt.keepalive_s,
+        messages=ingest.queue,
     )
     await connection.connect()
     stack.push_async_callback(connection.close)
     ctx.broker_url = url
     ctx.publisher = Publisher(connection, config.topics, ctx.blobs)
-    ingest = DeviceIngest(ctx, config.topics)
     for topic_filter in ingest.subscriptions():
         connection.subscribe(topic_filter)
     await sync_broker(ctx)
     _own_task(stack, ingest.run(connection.messages), "device message ingest")
     _own_task(stack, _resync_on_reconnect(connection, ctx), "broker resync")
     _own_task(stack, maintenance_loop(ctx), "maintenance")
+    _own_task(stack, retention_loop(ctx), "retention")
     return url, ingest
 
 
@@ -199,6 +203,12 @@ def _ingest_metrics(metrics: RegistryMetrics, ingest: DeviceIngest) -> None:
     )
     metrics.extra_counters["model_registry_ingest_dropped_total"] = CounterSource(
         "Device messages dropped, by reason.", "reason", lambda: ingest.dropped
+    )
+    metrics.extra_counters["model_registry_ingest_dropped_top_devices"] = CounterSource(
+        f"Device messages dropped since start, for the {TOP_DEVICES} devices with the most.",
+        "device_id",
+        ingest.drop_log.top,
+        type="gauge",
     )
     metrics.extra_gauges["model_registry_ingest_backlog"] = GaugeSource(
         "Device messages received and not yet stored.", lambda: ingest.backlog

@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import base64
+import re
 
 from aiohttp import web
 
 from model_registry.api.auth import CTX_KEY, require
-from model_registry.api.params import field, int_param, json_body
+from model_registry.api.params import field, int_param, json_body, query_text, show
 from model_registry.api.views import device_detail_view, device_view
+from model_registry.errors import InvalidInputError
 from model_registry.services.devices import DEFAULT_GROUP, add_device
 from model_registry.services.fleet import device_detail
 
 DEFAULT_EVENTS = 50
 DEFAULT_TELEMETRY = 100
+MAX_MESSAGES = 1000  # events or telemetry reports in one answer
+# What goes into the bundle's device.toml: a broker URL and nothing that could end the string.
+_MQTT_URL = re.compile(r"^mqtts?://([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):[0-9]{1,5}$")
 
 
 @require("viewer")
 async def list_devices(request: web.Request) -> web.Response:
     """GET /v1/devices[?group=G]."""
     ctx = request.app[CTX_KEY]
-    devices = await ctx.storage.devices(request.query.get("group"))
+    devices = await ctx.storage.devices(query_text(request, "group"))
     now = ctx.clock()
     return web.json_response({"devices": [device_view(d, now) for d in devices]})
 
@@ -28,12 +33,12 @@ async def list_devices(request: web.Request) -> web.Response:
 @require("admin")
 async def create_device(request: web.Request) -> web.Response:
     """POST /v1/devices {"device_id", "group"?, "mqtt_url"?}: returns the bundle once."""
-    body = await json_body(request)
+    body = await json_body(request, ("device_id", "group", "mqtt_url"))
     bundle = await add_device(
         request.app[CTX_KEY],
         field(body, "device_id", str),
         group=field(body, "group", str, required=False) or DEFAULT_GROUP,
-        mqtt_url=field(body, "mqtt_url", str, required=False),
+        mqtt_url=_mqtt_url(field(body, "mqtt_url", str, required=False)),
     )
     files = {name: base64.b64encode(data).decode() for name, data in bundle.files.items()}
     view = device_view(bundle.device, request.app[CTX_KEY].clock())
@@ -53,5 +58,14 @@ async def get_device(request: web.Request) -> web.Response:
 
 
 def _limit(request: web.Request, name: str, default: int) -> int:
-    text = request.query.get(name)
-    return default if text is None else int_param(text, name)
+    text = query_text(request, name)
+    return default if text is None else int_param(text, name, maximum=MAX_MESSAGES)
+
+
+def _mqtt_url(url: str | None) -> str | None:
+    match = None if url is None else _MQTT_URL.fullmatch(url)
+    if url is not None and (match is None or not 1 <= int(url.rsplit(":", 1)[1]) <= 65535):
+        raise InvalidInputError(
+            f"mqtt_url must be mqtt://HOST:PORT or mqtts://HOST:PORT, not {show(url)}"
+        )
+    return url

@@ -23,6 +23,7 @@ class CounterSource:
     help: str
     label: str
     read: Callable[[], Mapping[str, int]]
+    type: str = "counter"  # or "gauge", for a family whose members come and go (a top-N)
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class RegistryMetrics:
             lines.append(f"model_registry_http_requests_total{{{labels}}} {count}")
         lines += await _fleet_lines(ctx)
         for name, counter in sorted(self.extra_counters.items()):
-            lines += [f"# HELP {name} {counter.help}", f"# TYPE {name} counter"]
+            lines += [f"# HELP {name} {counter.help}", f"# TYPE {name} {counter.type}"]
             lines += [
                 f'{name}{{{counter.label}="{_escape(k)}"}} {v}'
                 for k, v in sorted(counter.read().items())

@@ -31,7 +31,10 @@ async def list_versions(request: web.Request) -> web.Response:
 async def push_version(request: web.Request) -> web.Response:
     """POST /v1/models/{name}/versions: upload an ONNX model, build and sign the next version."""
     ctx = request.app[CTX_KEY]
-    upload = await read_upload(request, ctx.config.api.max_upload_mb * 1024 * 1024)
+    api = ctx.config.api
+    upload = await read_upload(
+        request, api.max_upload_mb * 1024 * 1024, api.max_dataset_mb * 1024 * 1024
+    )
     push = PushRequest(
         name=request.match_info["name"],
         model=upload.model,
@@ -56,7 +59,7 @@ async def get_version(request: web.Request) -> web.Response:
 @require("publisher")
 async def rollback_model(request: web.Request) -> web.Response:
     """POST /v1/models/{name}/rollback with {"group": G} or {"devices": [...]}."""
-    body = await json_body(request)
+    body = await json_body(request, ("group", "devices"))
     deployment = await rollback(
         request.app[CTX_KEY],
         request.match_info["name"],

@@ -10,11 +10,12 @@ from aiohttp import web
 
 from model_registry.api.auth import CTX_KEY, require
 from model_registry.api.metrics import METRICS_KEY, PROMETHEUS_CONTENT_TYPE
-from model_registry.api.params import field, json_body
+from model_registry.api.params import field, json_body, printable_text
 from model_registry.errors import InvalidInputError, NotFoundError
 from model_registry.tokens import check_role, generate_token, hash_token
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MAX_NAME = 128  # of a token
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -39,9 +40,9 @@ async def metrics(request: web.Request) -> web.Response:
 @require("admin")
 async def create_token(request: web.Request) -> web.Response:
     """POST /v1/tokens {"role", "name"?}: the token is in this response only."""
-    body = await json_body(request)
+    body = await json_body(request, ("role", "name"))
     role = check_role(field(body, "role", str))
-    name = field(body, "name", str, required=False) or role
+    name = printable_text(field(body, "name", str, required=False) or role, "name", MAX_NAME)
     token = generate_token()
     ctx = request.app[CTX_KEY]
     token_id = await ctx.storage.add_token(name, role, hash_token(token), ctx.clock())

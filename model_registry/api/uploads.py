@@ -1,22 +1,38 @@
-"""Reading model uploads (multipart forms or raw bodies), enforcing the size cap while reading."""
+"""Reading model uploads (multipart forms or raw bodies), enforcing the size caps while reading.
+
+A form carries each known field at most once; a part without a name, an unknown or repeated
+field, a nested multipart body, or framing that does not parse is a 400 naming what is wrong.
+The `.npz` files (evaluation set, calibration rows) are read by `build.npz`, bounded by
+`[api] max_dataset_mb` once decompressed, off the event loop.
+"""
 
 from __future__ import annotations
 
-import io
+import asyncio
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from aiohttp import BodyPartReader, StreamReader, web
+from aiohttp.helpers import parse_mimetype
+from aiohttp.http_exceptions import HttpProcessingError
 from numpy.typing import NDArray
 
+from model_registry.api.params import clip, printable_text, show
 from model_registry.build import EvalSet, parse_eval_set
+from model_registry.build.npz import read_npz_bytes
 from model_registry.errors import InvalidInputError, TooLargeError, UnsupportedMediaError
 
 READ_BLOCK = 64 * 1024
 FILE_FIELDS = ("model", "eval", "calibration")
 TEXT_FIELDS = ("quantize", "label", "accuracy_limit")
 TEXT_FIELD_LIMIT = 1024
+MAX_LABEL = 256  # what a release may carry (services.releases)
+# RFC 2046: 1 to 70 characters from this set, not ending in a space.
+_BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")
+# What aiohttp raises on multipart framing it cannot follow.
+_FRAMING_ERRORS = (ValueError, AssertionError, HttpProcessingError, LookupError)
 
 
 @dataclass(frozen=True)
@@ -31,32 +47,71 @@ class Upload:
     calibration: NDArray[Any] | None = None
 
 
-async def read_upload(request: web.Request, limit: int) -> Upload:
+async def read_upload(request: web.Request, limit: int, dataset_limit: int) -> Upload:
     """Parse a multipart form (model, eval, quantize, label, accuracy_limit) or a raw body."""
     if request.content_length is not None and request.content_length > limit:
         raise TooLargeError(f"the upload is {request.content_length} bytes; the limit is {limit}")
     if request.content_type == "multipart/form-data":
-        return await _read_multipart(request, limit)
-    if request.content_type in ("application/octet-stream", "application/onnx"):
-        model = await _read_body(request.content, limit, "model")
-        return _upload({"model": model, **{k: v.encode() for k, v in request.query.items()}})
-    raise UnsupportedMediaError(
-        f"content type {request.content_type!r} is not accepted: send multipart/form-data "
-        "with a 'model' file, or application/octet-stream with the ONNX bytes"
-    )
+        fields = await _read_multipart(request, limit)
+    elif request.content_type in ("application/octet-stream", "application/onnx"):
+        fields = _query_fields(request)
+        fields["model"] = await _read_body(request.content, limit, "model")
+    else:
+        raise UnsupportedMediaError(
+            f"content type {request.content_type!r} is not accepted: send multipart/form-data "
+            "with a 'model' file, or application/octet-stream with the ONNX bytes"
+        )
+    # Decompressing and checking the .npz files is CPU work: keep it off the event loop.
+    return await asyncio.to_thread(_upload, fields, dataset_limit)
 
 
-async def _read_multipart(request: web.Request, limit: int) -> Upload:
+def _query_fields(request: web.Request) -> dict[str, bytes]:
     fields: dict[str, bytes] = {}
-    reader = await request.multipart()
+    for name, value in request.query.items():
+        _check_field_name(name, fields, TEXT_FIELDS)
+        fields[name] = value.encode()
+    return fields
+
+
+def _check_boundary(request: web.Request) -> None:
+    boundary = parse_mimetype(request.headers.get("Content-Type", "")).parameters.get("boundary")
+    if boundary is None or not _BOUNDARY.fullmatch(boundary):
+        raise InvalidInputError(
+            "multipart/form-data needs a boundary parameter of 1 to 70 characters, "
+            f"not {show(boundary)}"
+        )
+
+
+async def _read_multipart(request: web.Request, limit: int) -> dict[str, bytes]:
+    _check_boundary(request)
+    fields: dict[str, bytes] = {}
     total = 0
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader) or not part.name:
-            raise InvalidInputError("nested multipart bodies are not accepted")
-        cap = limit - total if part.name in FILE_FIELDS else TEXT_FIELD_LIMIT
-        fields[part.name] = await _read_part(part, cap, part.name)
-        total += len(fields[part.name])
-    return _upload(fields)
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise InvalidInputError("nested multipart bodies are not accepted")
+            name = part.name
+            if not name:
+                raise InvalidInputError(
+                    "a part of the form has no name: send Content-Disposition: form-data; name=..."
+                )
+            _check_field_name(name, fields, (*FILE_FIELDS, *TEXT_FIELDS))
+            cap = limit - total if name in FILE_FIELDS else TEXT_FIELD_LIMIT
+            fields[name] = await _read_part(part, cap, name)
+            total += len(fields[name])
+    except _FRAMING_ERRORS as e:
+        if isinstance(e, InvalidInputError):
+            raise
+        raise InvalidInputError(f"malformed multipart/form-data body: {clip(str(e))}") from e
+    return fields
+
+
+def _check_field_name(name: str, seen: dict[str, bytes], known: tuple[str, ...]) -> None:
+    if name not in known:
+        raise InvalidInputError(f"unknown upload field {show(name)}: known are {', '.join(known)}")
+    if name in seen:
+        raise InvalidInputError(f"the upload has the field {name!r} twice")
 
 
 async def _read_part(part: BodyPartReader, cap: int, name: str) -> bytes:
@@ -80,28 +135,34 @@ def _append(buffer: bytearray, chunk: bytes, cap: int, name: str) -> None:
         raise TooLargeError(f"'{name}' is larger than the limit of {cap} bytes")
 
 
-def _upload(fields: dict[str, bytes]) -> Upload:
-    unknown = set(fields) - {*FILE_FIELDS, *TEXT_FIELDS}
-    if unknown:
-        raise InvalidInputError(f"unknown upload field {sorted(unknown)[0]!r}")
+def _upload(fields: dict[str, bytes], dataset_limit: int) -> Upload:
     model = fields.get("model")
     if not model:
         raise InvalidInputError("the upload has no 'model' file")
     quantize = _text(fields, "quantize") or None
-    limit_text = _text(fields, "accuracy_limit") or "1.0"
-    try:
-        accuracy_limit = float(limit_text)
-    except ValueError as e:
-        raise InvalidInputError(f"accuracy_limit {limit_text!r} is not a number") from e
-    eval_set = (
-        _eval_set(fields["eval"], "the uploaded evaluation set") if fields.get("eval") else None
-    )
+    label = printable_text(_text(fields, "label"), "label", MAX_LABEL)
+    eval_set = None
+    if fields.get("eval"):
+        what = "the uploaded evaluation set"
+        eval_set = parse_eval_set(read_npz_bytes(fields["eval"], what, dataset_limit), what)
     calibration = None
     if fields.get("calibration"):
-        calibration = _npz(fields["calibration"], "the uploaded calibration rows").get("X")
+        what = "the uploaded calibration rows"
+        calibration = read_npz_bytes(fields["calibration"], what, dataset_limit).get("X")
         if calibration is None:
             raise InvalidInputError("the calibration .npz has no array named X")
-    return Upload(model, quantize, _text(fields, "label"), eval_set, accuracy_limit, calibration)
+    return Upload(model, quantize, label, eval_set, _accuracy_limit(fields), calibration)
+
+
+def _accuracy_limit(fields: dict[str, bytes]) -> float:
+    text = _text(fields, "accuracy_limit") or "1.0"
+    try:
+        value = float(text)
+    except ValueError as e:
+        raise InvalidInputError(f"accuracy_limit {show(text)} is not a number") from e
+    if not math.isfinite(value) or not 0 <= value <= 100:
+        raise InvalidInputError(f"accuracy_limit must be from 0 to 100 points, not {show(text)}")
+    return value
 
 
 def _text(fields: dict[str, bytes], name: str) -> str:
@@ -109,15 +170,3 @@ def _text(fields: dict[str, bytes], name: str) -> str:
         return fields.get(name, b"").decode("utf-8").strip()
     except UnicodeDecodeError as e:
         raise InvalidInputError(f"field {name!r} is not UTF-8 text") from e
-
-
-def _eval_set(data: bytes, what: str) -> EvalSet:
-    return parse_eval_set(_npz(data, what), what)
-
-
-def _npz(data: bytes, what: str) -> dict[str, NDArray[Any]]:
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise InvalidInputError(f"{what} is not a valid .npz file: {e}") from e

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from model_registry.build.npz import read_npz_file
 from model_registry.errors import InvalidInputError
+
+# Local files (`build-sklearn`, `load_eval_set`) are the operator's own, but read as carefully
+# as uploads: only the bound is more generous.
+LOCAL_MAX_BYTES = 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -62,19 +66,9 @@ def check_targets(y: Any, rows: int, what: str) -> NDArray[Any]:
     return array
 
 
-def read_npz(path: Path) -> dict[str, NDArray[Any]]:
-    """Read every array of an `.npz` file (no pickles), or raise InvalidInputError naming it."""
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise InvalidInputError(f"{path}: is a single .npy array, not an .npz archive")
-        with loaded as archive:
-            return {name: archive[name] for name in archive.files}
-    except FileNotFoundError as e:
-        raise InvalidInputError(f"{path}: no such file") from e
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        # allow_pickle=False makes numpy refuse object arrays instead of unpickling them.
-        raise InvalidInputError(f"{path}: not a readable .npz archive of arrays ({e})") from e
+def read_npz(path: Path, max_bytes: int = LOCAL_MAX_BYTES) -> dict[str, NDArray[Any]]:
+    """Read every array of an `.npz` file (numbers only, no pickles, at most `max_bytes`)."""
+    return read_npz_file(path, max_bytes)
 
 
 def parse_eval_set(arrays: Mapping[str, Any], source: str) -> EvalSet:

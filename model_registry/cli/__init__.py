@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from model_registry.cli import keys, local, remote
+from model_registry.cli.display import printable
 from model_registry.cli.parser import build_parser
 from model_registry.errors import RegistryError
 
@@ -54,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_FAILED
     except (RegistryError, OSError) as e:
-        print(f"model-registry {name}: {_sentence(e)}", file=sys.stderr)
+        # The sentence may quote the registry, and through it what a device reported.
+        print(f"model-registry {name}: {printable(_sentence(e))}", file=sys.stderr)
         return EXIT_FAILED
 
 

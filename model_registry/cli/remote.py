@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from edge_protocol import parse_time
 from model_registry.cli.client import ApiClient
+from model_registry.cli.display import printable
 from model_registry.errors import ConflictError, InvalidInputError, RegistryError
 from model_registry.home import resolve_home
 
@@ -38,7 +39,8 @@ def _print(args: argparse.Namespace, data: Any, rows: list[list[Any]], headers: 
     if args.json:
         print(json.dumps(data, indent=2))
         return
-    text_rows = [[("-" if cell is None else str(cell)) for cell in row] for row in rows]
+    # Cells hold what devices and publishers sent: never let it reach the terminal raw.
+    text_rows = [[("-" if cell is None else printable(cell)) for cell in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in text_rows)) for i, h in enumerate(headers)]
     for row in [headers, *text_rows]:
         print(
@@ -62,8 +64,10 @@ def push(args: argparse.Namespace) -> int:
         return 0
     build = release.get("build", {})
     print(
-        f"Pushed {release['model']} version {release['version']} "
-        f"({release['size']} bytes, sha256 {release['sha256'][:12]})"
+        printable(
+            f"Pushed {release['model']} version {release['version']} "
+            f"({release['size']} bytes, sha256 {release['sha256'][:12]})"
+        )
     )
     for key in (
         "quantization",
@@ -81,7 +85,7 @@ def push(args: argparse.Namespace) -> int:
         "accuracy_gate",
     ):
         if key in build:
-            print(f"  {key}: {build[key]}")
+            print(printable(f"  {key}: {build[key]}"))
     return 0
 
 
@@ -136,7 +140,8 @@ def deploy(args: argparse.Namespace) -> int:
         print(json.dumps(followed, indent=2))
     _check_outcome(followed, timeout_s)
     if not args.json:
-        print(f"Deployment {followed['id']}: every device runs version {followed['version']}")
+        done = f"Deployment {followed['id']}: every device runs version {followed['version']}"
+        print(printable(done))
     return 0
 
 
@@ -155,7 +160,7 @@ def _follow(
         current: dict[str, Any] = client.get(f"/v1/deployments/{deployment['id']}")
         line = _progress_line(current)
         if show and line != shown:
-            print(line, flush=True)
+            print(printable(line), flush=True)
             shown = line
         left = give_up - time.monotonic()
         if current["progress"]["done"] or left <= 0:
@@ -206,8 +211,10 @@ def _print_deployment(args: argparse.Namespace, deployment: dict[str, Any]) -> N
         return
     devices = deployment["devices"]
     print(
-        f"Deployment {deployment['id']}: {deployment['kind']} {deployment['model']} "
-        f"version {deployment['version']} to {len(devices)} device(s): {', '.join(devices)}"
+        printable(
+            f"Deployment {deployment['id']}: {deployment['kind']} {deployment['model']} "
+            f"version {deployment['version']} to {len(devices)} device(s): {', '.join(devices)}"
+        )
     )
 
 
@@ -228,7 +235,7 @@ def devices_add(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**device, "bundle_dir": str(out.absolute())}, indent=2))
         return 0
-    print(f"Registered device {device['device_id']} in group {device['group']}")
+    print(printable(f"Registered device {device['device_id']} in group {device['group']}"))
     print(f"Bundle written to {out.absolute()}: start it with")
     print(f"  edge-agent run --config {out.absolute() / 'device.toml'}")
     return 0
@@ -275,6 +282,6 @@ def token_create(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(token, indent=2))
     else:
-        print(f"Created {token['role']} token {token['name']!r} (shown once):")
+        print(printable(f"Created {token['role']} token {token['name']!r} (shown once):"))
         print(token["token"])
     return 0

@@ -70,6 +70,7 @@ class MqttConnection:
         ca_file: str | None = None,
         keepalive_s: int = 30,
         connect_timeout_s: float = 30.0,
+        messages: asyncio.Queue[MqttMessage] | None = None,
     ) -> None:
         self.address = BrokerAddress.parse(url)
         self._connect_timeout_s = connect_timeout_s
@@ -81,7 +82,10 @@ class MqttConnection:
         self._subscriptions: list[str] = []
         self._connections = 0
         self.reconnected: asyncio.Queue[int] = asyncio.Queue()  # one item per reconnection
-        self.messages: asyncio.Queue[MqttMessage] = asyncio.Queue()
+        # Where received messages go; the registry passes its ingest's bounded, gated queue.
+        self.messages: asyncio.Queue[MqttMessage] = (
+            asyncio.Queue() if messages is None else messages
+        )
         self._client = self._make_client(client_id, username, password, ca_file)
 
     def _make_client(

@@ -1,8 +1,10 @@
 """Storing what devices report: state, events and telemetry from the broker.
 
 Device messages are claims of an authenticated MQTT client (docs/protocol.md section 8). A
-message that does not parse, names another device than its topic, or comes from a device the
-registry never provisioned is counted and dropped; nothing a device sends can stop the ingest.
+message that does not parse, breaks the field rules of `device_messages`, names another device
+than its topic, or comes from a device the registry never provisioned is counted and dropped;
+so is one over its device's rate (`ingest_limits`). Nothing a device sends can stop the ingest,
+fill the disk at its own pace, or flood the log.
 
 Messages are stored in batches: whatever has arrived while the previous batch was being written
 goes to storage in one transaction, so a fleet reporting at once costs a few commits, not one
@@ -12,6 +14,7 @@ per message, while a lone message is stored at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import Counter
@@ -24,7 +27,9 @@ from edge_protocol.errors import FormatError
 from edge_protocol.topics import KIND_EVENTS, KIND_STATE, KIND_TELEMETRY, parse_device_message
 from model_registry.mqtt.client import MqttMessage
 from model_registry.services.context import RegistryContext
-from model_registry.storage import STORED, DeviceReport
+from model_registry.services.device_messages import MessageLimits, clean_message
+from model_registry.services.ingest_limits import DeviceRateLimiter, DropLog, IngestQueue
+from model_registry.storage import DUPLICATE, STORED, DeviceReport
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,9 @@ BAD_TOPIC = "bad_topic"  # not a device message topic of this prefix
 MALFORMED = "malformed"  # not JSON, too big, too deep, or not the schema
 FOREIGN = "foreign"  # names another device than its topic does
 STORAGE_FAILED = "storage_error"  # the database refused it (logged)
+RATE_LIMITED = "rate_limited"  # over its device's token buckets ([ingest] in registry.toml)
+OVERLOADED = "overloaded"  # the queue to the database holds [ingest] backlog_mib already
+WILL_BYTES = 512  # a state this small may be the broker's offline will, which always passes
 
 
 class DeviceIngest:
@@ -48,6 +56,12 @@ class DeviceIngest:
         self.dropped: Counter[str] = Counter()  # by reason, including storage outcomes
         self.stored: Counter[str] = Counter()  # by kind
         self.backlog = 0  # messages received but not yet stored
+        limits = ctx.config.ingest
+        self.limits = MessageLimits.from_config(limits)
+        self.limiter = DeviceRateLimiter(limits)
+        self.drop_log = DropLog(limits.drop_log_interval_s)
+        # What the MQTT connection delivers into: through `admit`, and bounded in bytes.
+        self.queue = IngestQueue(self.admit, limits.backlog_mib * 1024 * 1024, self.overloaded)
 
     def subscriptions(self) -> list[str]:
         """The topic filters to subscribe to."""
@@ -56,7 +70,13 @@ class DeviceIngest:
     async def run(self, messages: asyncio.Queue[MqttMessage]) -> None:
         """Store messages from the queue until cancelled, a batch of what has arrived at a time."""
         while True:
-            batch = [await messages.get()]
+            try:
+                async with asyncio.timeout(self.drop_log.interval_s):
+                    first = await messages.get()
+            except TimeoutError:  # quiet: say what the last interval dropped, if anything
+                self.drop_log.flush()
+                continue
+            batch = [first]
             while len(batch) < MAX_BATCH and not messages.empty():
                 batch.append(messages.get_nowait())
             self.backlog = messages.qsize() + len(batch)
@@ -68,6 +88,7 @@ class DeviceIngest:
                 log.exception("could not store %d device messages", len(batch))
                 self.dropped[STORAGE_FAILED] += len(batch)
             self.backlog = messages.qsize()
+            self.drop_log.flush()
 
     async def handle(self, message: MqttMessage) -> None:
         """Store one message, or count it as dropped with the reason."""
@@ -87,8 +108,10 @@ class DeviceIngest:
         for report, outcome in zip(reports, outcomes, strict=True):
             if outcome == STORED:
                 self.stored[report.kind] += 1
-            else:
+            elif outcome == DUPLICATE:  # a QoS 1 resend: normal, nobody to blame
                 self.dropped[outcome] += 1
+            else:
+                self._drop(outcome, report.device_id)
 
     async def _store_alone(self, report: DeviceReport) -> str:
         try:
@@ -107,16 +130,47 @@ class DeviceIngest:
         if ref.kind not in (KIND_STATE, KIND_EVENTS, KIND_TELEMETRY):
             self.dropped[BAD_TOPIC] += 1
             return None
-        if not message.payload:
+        payload = message.payload
+        if not payload:
             return None  # a cleared retained state: nothing to store
         try:
-            body = parse_device_message(ref.kind, ref.name, message.payload)
-        except (FormatError, RecursionError) as e:  # json gives up on deep nesting that way
-            reason = _drop_reason(ref.name, message.payload)
-            self.dropped[reason] += 1
+            body = clean_message(
+                ref.kind, parse_device_message(ref.kind, ref.name, payload), self.limits
+            )
+        except (ValueError, RecursionError) as e:  # json gives up on deep nesting that way
+            reason = _drop_reason(ref.name, payload)
+            self._drop(reason, ref.name)
             log.debug("dropped a %s message on %s: %s", reason, message.topic, e)
             return None
         return _report(ref.kind, ref.name, body, self._ctx.clock())
+
+    def admit(self, message: MqttMessage) -> bool:
+        """Whether a message just received fits its device's rate; counts it if not.
+
+        Called as the message is queued, so a flood is dropped before it takes memory or
+        parsing. The broker's offline will passes even then (once per WILL_INTERVAL_S): the
+        registry must not go on showing a vanished device online because it was noisy.
+        """
+        try:
+            ref = self._topics.parse(message.topic)
+        except FormatError:
+            return True  # counted as bad_topic when it is handled
+        if self.limiter.allow(ref.name, len(message.payload)):
+            return True
+        if _is_will(ref.kind, message) and self.limiter.allow_will(ref.name):
+            return True
+        self._drop(RATE_LIMITED, ref.name)
+        return False
+
+    def overloaded(self, message: MqttMessage) -> None:
+        """Count a message refused because the queue to the database is full."""
+        self.dropped[OVERLOADED] += 1
+        with contextlib.suppress(FormatError):
+            self.drop_log.note(self._topics.parse(message.topic).name, OVERLOADED)
+
+    def _drop(self, reason: str, device_id: str) -> None:
+        self.dropped[reason] += 1
+        self.drop_log.note(device_id, reason)
 
 
 def _report(kind: str, device_id: str, body: dict[str, Any], now: datetime) -> DeviceReport:
@@ -131,11 +185,21 @@ def _report(kind: str, device_id: str, body: dict[str, Any], now: datetime) -> D
     return DeviceReport(device_id, kind, now, body, error=error)  # unnumbered: always stored
 
 
+def _is_will(kind: str, message: MqttMessage) -> bool:
+    if kind != KIND_STATE or len(message.payload) > WILL_BYTES:
+        return False
+    try:
+        body = json.loads(message.payload)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(body, dict) and body.get("online") is False
+
+
 def _drop_reason(topic_device_id: str, payload: bytes) -> str:
     """FOREIGN when the payload is an object naming another device, else MALFORMED."""
     try:
         body = json.loads(payload)
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError: also an integer of over 4300 digits
         return MALFORMED
     if not isinstance(body, dict):
         return MALFORMED

@@ -1,4 +1,4 @@
-"""Periodic upkeep: re-sign what is in use before it expires, clear chunks, prune telemetry.
+"""Periodic upkeep: re-sign what is in use before it expires, clear unused chunks.
 
 Expiry defends devices against a frozen broker (docs/protocol.md section 9), so a healthy
 registry must keep renewing the documents devices depend on: every release some device is
@@ -34,11 +34,13 @@ class MaintenanceReport:
     releases_renewed: list[str] = field(default_factory=list)
     assignments_renewed: list[str] = field(default_factory=list)
     artifacts_cleared: list[str] = field(default_factory=list)
-    telemetry_pruned: int = 0  # reports deleted for being older than the retention
 
 
 async def run_maintenance(ctx: RegistryContext) -> MaintenanceReport:
-    """One pass: renew what is close to expiry, clear unassigned chunks, prune old telemetry."""
+    """One pass: renew what is close to expiry, clear unassigned chunks.
+
+    Events and telemetry are kept within their retention by `services.retention`.
+    """
     report = MaintenanceReport()
     devices = await ctx.storage.devices()
     in_use = _assigned_releases(devices)
@@ -57,8 +59,6 @@ async def run_maintenance(ctx: RegistryContext) -> MaintenanceReport:
     async with ctx.state_lock:
         in_use = _assigned_releases(await ctx.storage.devices())
         report.artifacts_cleared = await _clear_unused_artifacts(ctx, in_use)
-    retention = timedelta(days=ctx.config.fleet.telemetry_retention_days)
-    report.telemetry_pruned = await ctx.storage.prune_telemetry(ctx.clock() - retention)
     return report
 
 

@@ -276,6 +276,49 @@ def prune_telemetry(conn: sqlite3.Connection, older_than: datetime) -> int:
         return cursor.rowcount
 
 
+_PRUNE_KEYS: dict[MessageTable, str] = {"device_events": "event_id", "telemetry": "report_id"}
+
+
+def device_ids(conn: sqlite3.Connection) -> list[str]:
+    """Return every device id, in order."""
+    return [row[0] for row in conn.execute("SELECT device_id FROM devices ORDER BY device_id")]
+
+
+def prune_messages(
+    conn: sqlite3.Connection,
+    table: MessageTable,
+    devices: Sequence[str],
+    older_than: datetime,
+    keep: int,
+) -> int:
+    """Delete the devices' messages received before `older_than` and all but the newest `keep`.
+
+    One transaction for the devices given; each delete walks the (device_id, received) index.
+    """
+    if keep < 1:
+        raise InvalidInputError(f"keep must be at least 1, not {keep}")
+    key = _PRUNE_KEYS[table]
+    # Built from the constant table and key names above, never from input.
+    by_age = f"DELETE FROM {table} WHERE device_id = ? AND received < ?"  # noqa: S608
+    oldest_kept = (
+        f"SELECT received, {key} FROM {table} WHERE device_id = ?"  # noqa: S608
+        f" ORDER BY received DESC, {key} DESC LIMIT 1 OFFSET ?"
+    )
+    by_count = (
+        f"DELETE FROM {table} WHERE device_id = ?"  # noqa: S608
+        f" AND (received < ? OR (received = ? AND {key} < ?))"
+    )
+    deleted = 0
+    with transaction(conn):
+        for device_id in devices:
+            deleted += conn.execute(by_age, (device_id, to_text(older_than))).rowcount
+            row = conn.execute(oldest_kept, (device_id, keep - 1)).fetchone()
+            if row is not None:
+                values = (device_id, row[0], row[0], row[1])
+                deleted += conn.execute(by_count, values).rowcount
+    return deleted
+
+
 # tokens
 
 

@@ -216,6 +216,10 @@ class Storage(Protocol):
     async def prune_telemetry(self, older_than: datetime) -> int:
         """Delete telemetry received before `older_than`; return how many rows went."""
 
+    async def prune_messages(self, kind: str, older_than: datetime, keep_per_device: int) -> int:
+        """Delete `kind` ("events", "telemetry") before `older_than`, and all but each device's
+        newest `keep_per_device`; return how many rows went."""
+
     async def add_device_reports(self, reports: Sequence[DeviceReport]) -> list[str]:
         """Apply reports in order, in one transaction; return each one's outcome.
 

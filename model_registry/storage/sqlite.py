@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
-from model_registry.errors import ConfigError
+from model_registry.errors import ConfigError, InvalidInputError
 from model_registry.storage import _catalog, _fleet
 from model_registry.storage.base import (
     DeploymentRecord,
@@ -32,6 +32,11 @@ from model_registry.storage.base import (
 from model_registry.storage.migrations import migrate
 
 BUSY_TIMEOUT_MS = 5000  # how long a write waits for another process's write lock
+PRUNE_DEVICES_PER_TRANSACTION = 100
+_MESSAGE_TABLES: dict[str, _fleet.MessageTable] = {
+    "events": "device_events",
+    "telemetry": "telemetry",
+}
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -220,6 +225,21 @@ class SQLiteStorage:
     async def prune_telemetry(self, older_than: datetime) -> int:
         """Delete telemetry received before `older_than`; return how many rows went."""
         return await self._call(_fleet.prune_telemetry, older_than)
+
+    async def prune_messages(self, kind: str, older_than: datetime, keep_per_device: int) -> int:
+        """Delete old events or telemetry, and all but each device's newest; return the count."""
+        table = _MESSAGE_TABLES.get(kind)
+        if table is None:
+            raise InvalidInputError(f"kind must be 'events' or 'telemetry', not {kind!r}")
+        devices = await self._call(_fleet.device_ids)
+        deleted = 0
+        # A transaction per slice of devices, so the ingest's writes get their turn in between.
+        for start in range(0, len(devices), PRUNE_DEVICES_PER_TRANSACTION):
+            chunk = devices[start : start + PRUNE_DEVICES_PER_TRANSACTION]
+            deleted += await self._call(
+                _fleet.prune_messages, table, chunk, older_than, keep_per_device
+            )
+        return deleted
 
     async def add_device_reports(self, reports: Sequence[DeviceReport]) -> list[str]:
         """Apply reports in order, in one transaction; return each one's outcome."""

@@ -23,8 +23,8 @@ from model_registry.mqtt.client import MqttMessage
 from model_registry.services.devices import add_device
 from model_registry.services.fleet import device_progress
 from model_registry.services.ingest import DeviceIngest
-from model_registry.services.maintenance import run_maintenance
 from model_registry.services.releases import PushRequest, push_model
+from model_registry.services.retention import prune_device_messages
 from model_registry.storage import DeploymentRecord, DeviceMessageRecord, DeviceRecord
 from tests.registry.conftest import Api
 from tests.support.models import ModelSet
@@ -345,13 +345,13 @@ async def test_a_device_shows_recent_events_and_a_telemetry_series(lab: Lab) -> 
 # --- retention -----------------------------------------------------------------------------
 
 
-async def test_upkeep_deletes_telemetry_past_its_retention(lab: Lab) -> None:
+async def test_the_retention_pass_deletes_telemetry_past_its_retention(lab: Lab) -> None:
     retention = timedelta(days=lab.api.ctx.config.fleet.telemetry_retention_days)
     await lab.report("dev-1", "telemetry", telemetry_payload("dev-1", {"n": "old"}))
     lab.clock.now += retention - timedelta(hours=1)
     await lab.report("dev-1", "telemetry", telemetry_payload("dev-1", {"n": "new"}))
     lab.clock.now += timedelta(hours=2)
-    report = await run_maintenance(lab.api.ctx)
+    report = await prune_device_messages(lab.api.ctx)
     assert report.telemetry_pruned == 1
     assert [t.body["n"] for t in await lab.api.ctx.storage.telemetry("dev-1")] == ["new"]
 

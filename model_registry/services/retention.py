@@ -1,0 +1,57 @@
+"""Keeping what devices report within `[fleet]` retention: by age and by count per device.
+
+Events and telemetry only grow otherwise. The pass runs every `[fleet] prune_interval_s` in a
+task `serve` owns; a device's last state is one row it replaces, so it is never pruned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from model_registry.services.context import RegistryContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetentionReport:
+    """What one pass deleted."""
+
+    events_pruned: int = 0
+    telemetry_pruned: int = 0
+
+
+async def prune_device_messages(ctx: RegistryContext) -> RetentionReport:
+    """Delete events and telemetry past their age, and beyond their count per device."""
+    fleet = ctx.config.fleet
+    now = ctx.clock()
+    events = await ctx.storage.prune_messages(
+        "events", now - timedelta(days=fleet.events_retention_days), fleet.events_max_per_device
+    )
+    telemetry = await ctx.storage.prune_messages(
+        "telemetry",
+        now - timedelta(days=fleet.telemetry_retention_days),
+        fleet.telemetry_max_per_device,
+    )
+    return RetentionReport(events, telemetry)
+
+
+async def retention_loop(ctx: RegistryContext) -> None:
+    """Run `prune_device_messages` every `[fleet] prune_interval_s` until cancelled."""
+    while True:
+        try:
+            report = await prune_device_messages(ctx)
+            if report != RetentionReport():
+                log.info(
+                    "retention: deleted %d events and %d telemetry reports",
+                    report.events_pruned,
+                    report.telemetry_pruned,
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # one failed pass must not end retention for good
+            log.exception("retention pass failed; retrying at the next interval")
+        await asyncio.sleep(ctx.config.fleet.prune_interval_s)
