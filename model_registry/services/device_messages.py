@@ -83,6 +83,8 @@ def _state(body: dict[str, Any], limits: MessageLimits) -> dict[str, Any]:
         return out  # the will: nothing else is read from it
     if (version := body.get("agent_version")) is not None:
         out["agent_version"] = _match(version, _AGENT_VERSION, "state.agent_version")
+    if (interval := body.get("telemetry_interval_s")) is not None:
+        out["telemetry_interval_s"] = _interval_s(interval)
     out["trust"] = _trust(body["trust"])
     models = body["models"]
     for name in models:
@@ -90,6 +92,13 @@ def _state(body: dict[str, Any], limits: MessageLimits) -> dict[str, Any]:
             raise MessageFormatError(f"state.models: {_show(name)} is not a model name")
     out["models"] = {name: _model(name, entry, limits) for name, entry in models.items()}
     return out
+
+
+def _interval_s(value: Any) -> float:
+    """How often the device reports (docs/protocol.md: a number of seconds, 1 to 86400)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 1 <= value <= 86400:
+        raise MessageFormatError("state.telemetry_interval_s: expected seconds from 1 to 86400")
+    return float(value)
 
 
 def _trust(trust: dict[str, Any]) -> dict[str, Any]:

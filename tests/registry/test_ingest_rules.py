@@ -77,6 +77,9 @@ MALFORMED: list[tuple[str, Callable[[], MqttMessage]]] = [
     ("stale-not-boolean", lambda: _state(trust={"stale": "no"})),
     ("agent-version-with-escape-codes", lambda: _state(agent_version=f"0.1{ESC}")),
     ("agent-version-overlong", lambda: _state(agent_version="1" * 65)),
+    ("telemetry-interval-zero", lambda: _state(telemetry_interval_s=0)),
+    ("telemetry-interval-text", lambda: _state(telemetry_interval_s="5")),
+    ("telemetry-interval-boolean", lambda: _state(telemetry_interval_s=True)),
     ("state-over-its-cap", lambda: _state({f"m{n}": _model(last_error="e" * 1000)
                                            for n in range(100)})),
     ("reason-with-escape-codes", lambda: _event(reason=f"chunk_hash{ESC}")),
