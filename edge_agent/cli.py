@@ -1,12 +1,14 @@
 """The `edge-agent` command line: `run` the agent, or `check-config` a device.toml.
 
 Exit codes: 0 success, 1 the config (or the agent) failed with the reason in one sentence on
-stderr, 2 usage error (argparse).
+stderr, or a background task of the running agent died (its traceback is in the log), 2 usage
+error (argparse).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +17,8 @@ from edge_agent import __version__
 from edge_agent.config import DeviceConfig
 from edge_agent.config_loader import load_config
 from edge_agent.errors import ConfigError
+from edge_agent.lock import StateDirLock, holder_pid
+from edge_agent.preflight import Labels, check_files, check_listen
 from edge_agent.systemd import configure_logging
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -38,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate a device.toml and print what it configures",
         description="Validate a device.toml (secrets and files included) and print a summary.",
     )
-    check.add_argument("config", type=Path, metavar="device.toml")
+    which = check.add_mutually_exclusive_group(required=True)
+    which.add_argument("config", type=Path, nargs="?", metavar="device.toml")
+    which.add_argument("--config", type=Path, dest="config_option", metavar="device.toml")
     check.set_defaults(handler=_check_config)
     return parser
 
@@ -86,14 +92,47 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(
         args.config, state_dir=args.state_dir, listen=args.listen, socket=args.socket
     )
-    # Imported here so that check-config and --help do not load MQTT and onnxruntime.
-    from edge_agent.agent import run_agent  # noqa: PLC0415
+    labels = Labels(
+        str(args.config),
+        state_dir="--state-dir" if args.state_dir else "state_dir",
+        listen="--listen" if args.listen else "server.listen",
+        socket="--socket" if args.socket else "server.socket",
+    )
+    for note in check_files(config, labels):
+        logging.getLogger("edge_agent").warning("%s", note)
+    lock = StateDirLock(config.state_dir)
+    try:
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as e:
+        raise labels.setting(labels.state_dir).error(
+            f"cannot lock {config.state_dir} ({e.strerror or e})"
+        ) from e
+    try:
+        if config.server.unix_socket is None:  # the lock first: it names a second agent's pid
+            check_listen(config.server.host, config.server.port, labels.setting(labels.listen))
+        # Imported here so that check-config and --help do not load MQTT and onnxruntime.
+        from edge_agent.agent import run_agent  # noqa: PLC0415
 
-    return run_agent(config)
+        return run_agent(config, labels)
+    finally:
+        lock.release()
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    print(summary(load_config(args.config)))
+    path: Path = args.config_option or args.config
+    config = load_config(path)
+    labels = Labels(str(path))
+    notes = check_files(config, labels)
+    holder = holder_pid(config.state_dir)
+    if holder is not None:
+        pid = f" (pid {holder})" if holder else ""
+        notes.append(f"an agent{pid} is running on {config.state_dir}; not probing its address")
+    elif config.server.unix_socket is None:
+        check_listen(config.server.host, config.server.port, labels.setting("server.listen"))
+    print(summary(config))
+    for note in notes:
+        print(f"edge-agent: note: {note}", file=sys.stderr)
     return 0
 
 

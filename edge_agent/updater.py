@@ -21,9 +21,11 @@ from edge_agent.errors import AgentError, ProbationFailedError, StepTimeoutError
 from edge_agent.reporting import Reporter
 from edge_agent.state import Installed, ModelState, StateStore
 from edge_agent.store import ModelStore, PartialDownload
+from edge_agent.supervise import watch
 from edge_protocol import AssignedModel, Assignment, RejectedError, Release, Topics, TrustedState
 
 log = logging.getLogger(__name__)
+INTERNAL_ERROR = "internal_error"  # the reason of a failure that is a defect of the agent
 
 
 class ChunkFetcher(Protocol):
@@ -157,6 +159,7 @@ class Updater:
 
     def _track(self, job: Job) -> None:
         self._jobs[job.model] = job
+        watch(job.task)  # a job that cannot even record its own failure ends the agent
 
         def forget(task: asyncio.Task[None]) -> None:
             if self._jobs.get(job.model) is job:
@@ -185,6 +188,10 @@ class Updater:
             await self._fail(name, pinned, seq, kind="failed", reason=e.reason, detail=str(e))
         except (AgentError, OSError) as e:
             await self._fail(name, pinned, seq, kind="failed", reason=_reason(e), detail=str(e))
+        except Exception as e:  # a defect: fail this release here rather than retry it forever
+            log.exception("%s v%d: unexpected error", name, version)
+            detail = f"{type(e).__name__}: {e}"
+            await self._fail(name, pinned, seq, kind="failed", reason=INTERNAL_ERROR, detail=detail)
 
     async def _fetch_release(self, name: str, pinned: AssignedModel) -> tuple[Release, bytes]:
         await self._set_phase(name, "verifying")
