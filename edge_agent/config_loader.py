@@ -292,6 +292,8 @@ def _follow(src: _Source, names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _existing_file(src: _Source, key: str, path: Path) -> Path:
+    if path.is_dir():
+        raise src.error(f"{key}: {path} is a directory, not a file")
     if not path.is_file():
         raise src.error(f"{key}: there is no file at {path}")
     return path

@@ -186,6 +186,8 @@ def check_state_dir(state_dir: Path, fail: Setting) -> None:
         path = state_dir / sub
         if path.exists() and not path.is_dir():
             raise fail.error(f"{path} is not a directory; move it away")
+        if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+            raise fail.error(f"{path} is not writable by uid {os.geteuid()}")
     for name in (STATE_FILE, ROOT_FILE):
         if (state_dir / name).is_dir():
             raise fail.error(f"{state_dir / name} is a directory, not a file; move it away")
