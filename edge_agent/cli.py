@@ -37,16 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_run(commands)
-    check = commands.add_parser(
-        "check-config",
-        help="validate a device.toml and print what it configures",
-        description="Validate a device.toml (secrets and files included) and print a summary.",
-    )
-    which = check.add_mutually_exclusive_group(required=True)
-    which.add_argument("config", type=Path, nargs="?", metavar="device.toml")
-    which.add_argument("--config", type=Path, dest="config_option", metavar="device.toml")
-    check.set_defaults(handler=_check_config)
+    _add_check_config(commands)
     return parser
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--listen", metavar="HOST:PORT", help="serve on TCP (overrides [server])")
+    where.add_argument(
+        "--socket", type=Path, metavar="PATH", help="serve on a unix socket (overrides [server])"
+    )
+    parser.add_argument("--state-dir", type=Path, metavar="DIR", help="overrides state_dir")
 
 
 def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -58,12 +59,7 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run.add_argument(
         "--config", type=Path, required=True, metavar="device.toml", help="the configuration"
     )
-    where = run.add_mutually_exclusive_group()
-    where.add_argument("--listen", metavar="HOST:PORT", help="serve on TCP (overrides [server])")
-    where.add_argument(
-        "--socket", type=Path, metavar="PATH", help="serve on a unix socket (overrides [server])"
-    )
-    run.add_argument("--state-dir", type=Path, metavar="DIR", help="overrides state_dir")
+    _add_overrides(run)
     run.add_argument(
         "--log-level",
         type=str.upper,
@@ -73,6 +69,22 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="DEBUG, INFO (the default), WARNING or ERROR",
     )
     run.set_defaults(handler=_run)
+
+
+def _add_check_config(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    check = commands.add_parser(
+        "check-config",
+        help="validate a device.toml and print what it configures",
+        description=(
+            "Validate a device.toml and every file it names (root, TLS files, secrets, state "
+            "directory, listen address) as `run` would, and print a summary."
+        ),
+    )
+    which = check.add_mutually_exclusive_group(required=True)
+    which.add_argument("config", type=Path, nargs="?", metavar="device.toml")
+    which.add_argument("--config", type=Path, dest="config_option", metavar="device.toml")
+    _add_overrides(check)
+    check.set_defaults(handler=_check_config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,18 +98,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _run(args: argparse.Namespace) -> int:
-    # One line per event; under systemd without timestamps, with the level as a syslog priority.
-    configure_logging(args.log_level)
-    config = load_config(
-        args.config, state_dir=args.state_dir, listen=args.listen, socket=args.socket
-    )
+def _load(args: argparse.Namespace, path: Path) -> tuple[DeviceConfig, Labels]:
+    """The config with the command line's overrides, and how errors name each setting."""
+    config = load_config(path, state_dir=args.state_dir, listen=args.listen, socket=args.socket)
     labels = Labels(
-        str(args.config),
+        str(path),
         state_dir="--state-dir" if args.state_dir else "state_dir",
         listen="--listen" if args.listen else "server.listen",
         socket="--socket" if args.socket else "server.socket",
     )
+    return config, labels
+
+
+def _run(args: argparse.Namespace) -> int:
+    # One line per event; under systemd without timestamps, with the level as a syslog priority.
+    configure_logging(args.log_level)
+    config, labels = _load(args, args.config)
     for note in check_files(config, labels):
         logging.getLogger("edge_agent").warning("%s", note)
     lock = StateDirLock(config.state_dir)
@@ -120,16 +136,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    path: Path = args.config_option or args.config
-    config = load_config(path)
-    labels = Labels(str(path))
+    config, labels = _load(args, args.config_option or args.config)
     notes = check_files(config, labels)
     holder = holder_pid(config.state_dir)
     if holder is not None:
         pid = f" (pid {holder})" if holder else ""
-        notes.append(f"an agent{pid} is running on {config.state_dir}; not probing its address")
+        notes.append(f"an agent{pid} is running on {config.state_dir}; its address is in use")
     elif config.server.unix_socket is None:
-        check_listen(config.server.host, config.server.port, labels.setting("server.listen"))
+        check_listen(config.server.host, config.server.port, labels.setting(labels.listen))
     print(summary(config))
     for note in notes:
         print(f"edge-agent: note: {note}", file=sys.stderr)
