@@ -8,6 +8,7 @@ both must exit 1 with one sentence naming the file and the key, and no traceback
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from tests.support.certs import issue_client_cert, make_ca, write_key
 from tests.support.provisioning import make_root, write_root, write_tls
 
 EDGE_AGENT = Path(sys.executable).parent / "edge-agent"
+ROOT_DIR = Path(__file__).resolve().parents[2]
 Setup = Callable[[Path], dict[str, Any]]
 
 
@@ -359,3 +361,24 @@ def test_a_permission_problem_is_named(
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"edge-agent: device.toml: {key}: "), lines[0]
     assert expected in lines[0]
+
+
+@pytest.mark.parametrize(
+    "template", sorted((ROOT_DIR / "device_configs").glob("*.toml")), ids=lambda t: t.stem
+)
+def test_every_template_passes_check_config_with_genuine_files(
+    template: Path, tmp_path: Path
+) -> None:
+    write_root(tmp_path / "root.json")
+    write_tls(tmp_path / "tls")
+    (tmp_path / "tls" / "ca.crt").rename(tmp_path / "ca.crt")
+    (tmp_path / "mqtt-password").write_text(PASSWORD + "\n")
+    (tmp_path / "api-token").write_text(TOKEN + "\n")
+    shutil.copyfile(template, tmp_path / "device.toml")
+    # The machine-specific parts, as the unit sets them: this host's free port, a state dir.
+    overrides = ["--listen", f"{LOCALHOST}:{free_port()}", "--state-dir", str(tmp_path / "s")]
+
+    result = edge_agent(tmp_path, "check-config", "device.toml", *overrides)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
