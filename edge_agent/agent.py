@@ -144,16 +144,7 @@ class Agent:
         `on_serving` is called once the endpoint accepts requests (systemd's READY=1). If a
         background task dies first, `on_failure` hears it before the drain, and it is returned.
         """
-        self.supervisor.install()
-        await asyncio.to_thread(self.store.remove_debris)
-        await asyncio.to_thread(self.states.remove_debris)
-        await self.updater.serve_installed()
-        try:
-            await self._start_server()
-        except BaseException:
-            await self.updater.close()
-            self.repository.close()
-            raise
+        await self._start()
         log.info("serving on %s; device %s", self.server.url, self.config.device_id)
         if on_serving is not None:
             on_serving()
@@ -170,6 +161,18 @@ class Agent:
         finally:
             await self._shutdown(mqtt, reporting)
         return failure
+
+    async def _start(self) -> None:
+        self.supervisor.install()
+        await asyncio.to_thread(self.store.remove_debris)
+        await asyncio.to_thread(self.states.remove_debris)
+        await self.updater.serve_installed()
+        try:
+            await self._start_server()
+        except BaseException:
+            await self.updater.close()
+            self.repository.close()
+            raise
 
     async def _start_server(self) -> None:
         try:

@@ -77,7 +77,10 @@ class Supervisor:
         self.failed.set()
 
     async def cancel(self, task: asyncio.Task[Any]) -> None:
-        """Cancel one of the tasks and wait for it; its end is not a failure."""
+        """Stopping, in the caller's order: cancel one task and wait for it.
+
+        From the first call on, the supervisor is stopping: no ending counts as a failure.
+        """
         self._stopping = True
         task.cancel()
         # An exception other than the cancellation was already reported by _ended.
