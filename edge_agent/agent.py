@@ -32,12 +32,11 @@ from edge_agent.store import ModelStore
 from edge_agent.supervise import Supervisor, TaskFailure
 from edge_agent.systemd import SystemdNotifier
 from edge_agent.telemetry import Telemetry, TelemetryCollector
-from edge_agent.updater import ChunkFetcher, Updater
+from edge_agent.updater import INTERNAL_ERROR, ChunkFetcher, Updater
 from edge_protocol import Topics, TrustedState
 
 log = logging.getLogger(__name__)
 EXIT_TASK_FAILED = 1
-FAILURE_REASON = "internal_error"  # the reason of the `failed` event a task death sends
 REPORT_TIMEOUT_S = 5.0  # how long a dying agent tries to get its report and goodbye out
 
 
@@ -187,7 +186,7 @@ class Agent:
 
     async def _report_failure(self, failure: TaskFailure, *, sending: bool) -> None:
         # Spooled: sent now if the broker link and the sender still work, else at the next start.
-        await self.reporter.event("failed", reason=FAILURE_REASON, detail=failure.describe())
+        await self.reporter.event("failed", reason=INTERNAL_ERROR, detail=failure.describe())
         if sending:
             await self.reporter.flush(REPORT_TIMEOUT_S)
 
