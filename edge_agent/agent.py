@@ -2,7 +2,9 @@
 
 Order matters: the committed models are loaded and the local endpoint is serving before the
 agent touches the network, so an offline device serves immediately. On SIGTERM the agent says
-it is going offline, stops its updates, drains in-flight requests and exits.
+it is going offline, stops its updates, drains in-flight requests and exits. If a background
+task dies instead (see edge_agent/supervise.py), the agent reports it, stops feeding the
+systemd watchdog, drains the same way and exits 1, so that systemd restarts it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from edge_agent.activation import Activator
@@ -19,6 +21,7 @@ from edge_agent.config import DeviceConfig
 from edge_agent.dispatch import Dispatcher, Subscriptions
 from edge_agent.fetch import HttpChunkFetcher, MqttChunkFetcher
 from edge_agent.mqtt import Backoff, run_with_reconnect
+from edge_agent.preflight import Labels, listen_error
 from edge_agent.reporting import Reporter
 from edge_agent.runtime import ModelRepository
 from edge_agent.server import InferenceServer
@@ -26,19 +29,23 @@ from edge_agent.server.metrics import AgentMetrics
 from edge_agent.spool import SPOOL_DIR, Spool
 from edge_agent.state import StateStore
 from edge_agent.store import ModelStore
+from edge_agent.supervise import Supervisor, TaskFailure
 from edge_agent.systemd import SystemdNotifier
 from edge_agent.telemetry import Telemetry, TelemetryCollector
-from edge_agent.updater import ChunkFetcher, Updater
+from edge_agent.updater import INTERNAL_ERROR, ChunkFetcher, Updater
 from edge_protocol import Topics, TrustedState
 
 log = logging.getLogger(__name__)
+EXIT_TASK_FAILED = 1
+REPORT_TIMEOUT_S = 5.0  # how long a dying agent tries to get its report and goodbye out
 
 
 class Agent:
     """Every long-lived part of the agent, wired together."""
 
-    def __init__(self, config: DeviceConfig) -> None:
+    def __init__(self, config: DeviceConfig, labels: Labels | None = None) -> None:
         self.config = config
+        self.labels = labels or Labels(str(config.source))
         self.topics = Topics(config.mqtt.topic_prefix)
         self.states = StateStore(config.state_dir)
         self.store = ModelStore(config.state_dir)
@@ -89,6 +96,7 @@ class Agent:
         collector = TelemetryCollector(self.metrics, config.state_dir)
         self.telemetry = Telemetry(collector, self.reporter, config.telemetry)
         self.server.add_status_provider(self.telemetry.status)
+        self.supervisor = Supervisor()
 
     def _fetcher(self) -> ChunkFetcher:
         if self.config.artifacts.transport == "mqtt":
@@ -127,24 +135,63 @@ class Agent:
             "downloads": downloads,
         }
 
-    async def run(self, stop: asyncio.Event, on_serving: Callable[[], None] | None = None) -> None:
+    async def run(
+        self,
+        stop: asyncio.Event,
+        on_serving: Callable[[], None] | None = None,
+        on_failure: Callable[[TaskFailure], None] | None = None,
+    ) -> TaskFailure | None:
         """Serve, follow the broker, and shut down cleanly when `stop` is set.
 
-        `on_serving` is called once the endpoint accepts requests (systemd's READY=1).
+        `on_serving` is called once the endpoint accepts requests (systemd's READY=1). If a
+        background task dies first, `on_failure` hears it before the drain, and it is returned.
         """
-        await asyncio.to_thread(self.store.remove_debris)
-        await asyncio.to_thread(self.states.remove_debris)
-        await self.updater.serve_installed()
-        await self.server.start()
+        await self._start()
         log.info("serving on %s; device %s", self.server.url, self.config.device_id)
         if on_serving is not None:
             on_serving()
-        mqtt = asyncio.create_task(self._follow_broker(), name="mqtt")
-        reporting = asyncio.create_task(self.telemetry.run(), name="reporting")
+        mqtt = self.supervisor.spawn(self._follow_broker(), "mqtt")
+        reporting = self.supervisor.spawn(self.telemetry.run(), "reporting")
+        failure = None
         try:
-            await stop.wait()
+            await _first(stop.wait(), self.supervisor.failed.wait())
+            failure = self.supervisor.failure
+            if failure is not None:
+                if on_failure is not None:
+                    on_failure(failure)
+                await self._report_failure(failure, sending=not reporting.done())
         finally:
             await self._shutdown(mqtt, reporting)
+        return failure
+
+    async def _start(self) -> None:
+        self.supervisor.install()
+        await asyncio.to_thread(self.store.remove_debris)
+        await asyncio.to_thread(self.states.remove_debris)
+        await self.updater.serve_installed()
+        try:
+            await self._start_server()
+        except BaseException:
+            await self.updater.close()
+            self.repository.close()
+            raise
+
+    async def _start_server(self) -> None:
+        try:
+            await self.server.start()
+        except OSError as e:  # the address is taken, or not this user's to take
+            server, labels = self.config.server, self.labels
+            if server.unix_socket is not None:
+                message = f"cannot listen on {server.unix_socket} ({e.strerror or e})"
+                raise labels.setting(labels.socket).error(message) from e
+            message = listen_error(server.host, server.port, e)
+            raise labels.setting(labels.listen).error(message) from e
+
+    async def _report_failure(self, failure: TaskFailure, *, sending: bool) -> None:
+        # Spooled: sent now if the broker link and the sender still work, else at the next start.
+        await self.reporter.event("failed", reason=INTERNAL_ERROR, detail=failure.describe())
+        if sending:
+            await self.reporter.flush(REPORT_TIMEOUT_S)
 
     async def _follow_broker(self) -> None:
         settings = self.config.mqtt
@@ -161,17 +208,15 @@ class Agent:
 
     async def _shutdown(self, mqtt: asyncio.Task[None], reporting: asyncio.Task[None]) -> None:
         log.info("stopping: draining requests")
-        reporting.cancel()  # what it has not sent stays in the spool for the next start
-        with contextlib.suppress(asyncio.CancelledError):
-            await reporting
+        # What reporting has not sent stays in the spool for the next start.
+        await self.supervisor.cancel(reporting)
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(REPORT_TIMEOUT_S):
                 await self.reporter.publish_offline()
-        mqtt.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await mqtt
+        await self.supervisor.cancel(mqtt)
         await self.updater.close()
         await self.server.drain_and_stop()
+        await self.supervisor.stop()
         self.repository.close()
 
 
@@ -197,12 +242,12 @@ class LazyHttpFetcher:
             return await fetcher.fetch(download, progress)
 
 
-def run_agent(config: DeviceConfig) -> int:
+def run_agent(config: DeviceConfig, labels: Labels | None = None) -> int:
     """Run the agent until SIGTERM or SIGINT; return the process exit code."""
-    return asyncio.run(_main(config))
+    return asyncio.run(_main(config, labels or Labels(str(config.source))))
 
 
-async def _main(config: DeviceConfig) -> int:
+async def _main(config: DeviceConfig, labels: Labels) -> int:
     stop = asyncio.Event()
     # A no-op unless systemd (Type=notify) started the agent: see edge_agent/systemd.py.
     notifier = SystemdNotifier.from_environment()
@@ -215,11 +260,34 @@ async def _main(config: DeviceConfig) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
-    agent = Agent(config)
+    agent = _assemble(config, labels)
     agent.repository.add_listener(notifier.model_changed)
     try:
         async with notifier.watchdog_pings():
-            await agent.run(stop, on_serving=notifier.ready)
+            failure = await agent.run(
+                stop, on_serving=notifier.ready, on_failure=lambda f: notifier.failed(f.describe())
+            )
     finally:
         notifier.close()
-    return 0
+    return 0 if failure is None else EXIT_TASK_FAILED
+
+
+def _assemble(config: DeviceConfig, labels: Labels) -> Agent:
+    try:
+        return Agent(config, labels)
+    except OSError as e:  # the checks passed a moment ago: the directory changed under us
+        where = e.filename or config.state_dir
+        raise labels.setting(labels.state_dir).error(
+            f"cannot use {where} ({e.strerror or e})"
+        ) from e
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Wait until the first of `waits` finishes; cancel the others."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,12 +1,14 @@
 """The `edge-agent` command line: `run` the agent, or `check-config` a device.toml.
 
 Exit codes: 0 success, 1 the config (or the agent) failed with the reason in one sentence on
-stderr, 2 usage error (argparse).
+stderr, or a background task of the running agent died (its traceback is in the log), 2 usage
+error (argparse).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +17,8 @@ from edge_agent import __version__
 from edge_agent.config import DeviceConfig
 from edge_agent.config_loader import load_config
 from edge_agent.errors import ConfigError
+from edge_agent.lock import StateDirLock, holder_pid
+from edge_agent.preflight import Labels, check_files, check_listen
 from edge_agent.systemd import configure_logging
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -33,14 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_run(commands)
-    check = commands.add_parser(
-        "check-config",
-        help="validate a device.toml and print what it configures",
-        description="Validate a device.toml (secrets and files included) and print a summary.",
-    )
-    check.add_argument("config", type=Path, metavar="device.toml")
-    check.set_defaults(handler=_check_config)
+    _add_check_config(commands)
     return parser
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--listen", metavar="HOST:PORT", help="serve on TCP (overrides [server])")
+    where.add_argument(
+        "--socket", type=Path, metavar="PATH", help="serve on a unix socket (overrides [server])"
+    )
+    parser.add_argument("--state-dir", type=Path, metavar="DIR", help="overrides state_dir")
 
 
 def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,12 +59,7 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run.add_argument(
         "--config", type=Path, required=True, metavar="device.toml", help="the configuration"
     )
-    where = run.add_mutually_exclusive_group()
-    where.add_argument("--listen", metavar="HOST:PORT", help="serve on TCP (overrides [server])")
-    where.add_argument(
-        "--socket", type=Path, metavar="PATH", help="serve on a unix socket (overrides [server])"
-    )
-    run.add_argument("--state-dir", type=Path, metavar="DIR", help="overrides state_dir")
+    _add_overrides(run)
     run.add_argument(
         "--log-level",
         type=str.upper,
@@ -67,6 +69,22 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="DEBUG, INFO (the default), WARNING or ERROR",
     )
     run.set_defaults(handler=_run)
+
+
+def _add_check_config(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    check = commands.add_parser(
+        "check-config",
+        help="validate a device.toml and print what it configures",
+        description=(
+            "Validate a device.toml and every file it names (root, TLS files, secrets, state "
+            "directory, listen address) as `run` would, and print a summary."
+        ),
+    )
+    which = check.add_mutually_exclusive_group(required=True)
+    which.add_argument("config", type=Path, nargs="?", metavar="device.toml")
+    which.add_argument("--config", type=Path, dest="config_option", metavar="device.toml")
+    _add_overrides(check)
+    check.set_defaults(handler=_check_config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,20 +98,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _load(args: argparse.Namespace, path: Path) -> tuple[DeviceConfig, Labels]:
+    """The config with the command line's overrides, and how errors name each setting."""
+    config = load_config(path, state_dir=args.state_dir, listen=args.listen, socket=args.socket)
+    labels = Labels(
+        str(path),
+        state_dir="--state-dir" if args.state_dir else "state_dir",
+        listen="--listen" if args.listen else "server.listen",
+        socket="--socket" if args.socket else "server.socket",
+    )
+    return config, labels
+
+
 def _run(args: argparse.Namespace) -> int:
     # One line per event; under systemd without timestamps, with the level as a syslog priority.
     configure_logging(args.log_level)
-    config = load_config(
-        args.config, state_dir=args.state_dir, listen=args.listen, socket=args.socket
-    )
-    # Imported here so that check-config and --help do not load MQTT and onnxruntime.
-    from edge_agent.agent import run_agent  # noqa: PLC0415
+    config, labels = _load(args, args.config)
+    for note in check_files(config, labels):
+        logging.getLogger("edge_agent").warning("%s", note)
+    lock = StateDirLock(config.state_dir)
+    try:
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as e:
+        raise labels.setting(labels.state_dir).error(
+            f"cannot lock {config.state_dir} ({e.strerror or e})"
+        ) from e
+    try:
+        if config.server.unix_socket is None:  # the lock first: it names a second agent's pid
+            check_listen(config.server.host, config.server.port, labels.setting(labels.listen))
+        # Imported here so that check-config and --help do not load MQTT and onnxruntime.
+        from edge_agent.agent import run_agent  # noqa: PLC0415
 
-    return run_agent(config)
+        return run_agent(config, labels)
+    finally:
+        lock.release()
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    print(summary(load_config(args.config)))
+    config, labels = _load(args, args.config_option or args.config)
+    notes = check_files(config, labels)
+    holder = holder_pid(config.state_dir)
+    if holder is not None:
+        pid = f" (pid {holder})" if holder else ""
+        notes.append(f"an agent{pid} is running on {config.state_dir}; its address is in use")
+    elif config.server.unix_socket is None:
+        check_listen(config.server.host, config.server.port, labels.setting(labels.listen))
+    print(summary(config))
+    for note in notes:
+        print(f"edge-agent: note: {note}", file=sys.stderr)
     return 0
 
 

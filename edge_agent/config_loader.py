@@ -37,6 +37,8 @@ from edge_protocol.fields import is_valid_name
 NOT_HOST_PORT = "is not HOST:PORT (write IPv6 addresses as [::1]:8080)"
 NAME_RULE = "letters, digits, '.', '_' or '-', starting with a letter or digit, at most 128"
 T = TypeVar("T")
+MAX_FILE_BYTES = 1024 * 1024  # device.toml
+MAX_SECRET_BYTES = 64 * 1024  # a password or token file
 
 
 @dataclass(frozen=True)
@@ -214,13 +216,23 @@ def _state_dir(top: Mapping[str, Any], override: Path | None) -> Path:
 
 def _parse(src: _Source) -> dict[str, Any]:
     try:
-        return tomllib.loads(src.path.read_text(encoding="utf-8"))
+        return tomllib.loads(_read_bounded(src, src.path, MAX_FILE_BYTES).decode("utf-8"))
     except FileNotFoundError as e:
         raise src.error("no such file") from e
     except OSError as e:
         raise src.error(f"cannot read it ({e.strerror or e})") from e
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise src.error(f"not valid TOML ({e})") from e
+
+
+def _read_bounded(src: _Source, path: Path, limit: int, key: str = "") -> bytes:
+    """At most `limit` bytes of `path`: a config or a secret is small, /dev/zero is not."""
+    with path.open("rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        what = f"{key}: {path} is" if key else "it is"
+        raise src.error(f"{what} larger than {limit} bytes")
+    return data
 
 
 def _section(src: _Source, data: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -282,6 +294,8 @@ def _follow(src: _Source, names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _existing_file(src: _Source, key: str, path: Path) -> Path:
+    if path.is_dir():
+        raise src.error(f"{key}: {path} is a directory, not a file")
     if not path.is_file():
         raise src.error(f"{key}: there is no file at {path}")
     return path
@@ -290,7 +304,7 @@ def _existing_file(src: _Source, key: str, path: Path) -> Path:
 def _read_secret(src: _Source, key: str, path: Path) -> str:
     """The content of a one-line secret file, without its trailing newline."""
     try:
-        secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+        secret = _read_bounded(src, path, MAX_SECRET_BYTES, key).decode("utf-8").rstrip("\r\n")
     except OSError as e:
         raise src.error(f"{key}: cannot read {path} ({e.strerror or e})") from e
     except UnicodeDecodeError as e:

@@ -13,6 +13,7 @@ goes out with the spooled ones, in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -57,6 +58,7 @@ class Reporter:
         self._sender: Publisher | None = None  # for the spool, once the state went out
         self._failed: Publisher | None = None  # a connection a publish failed on
         self._wake = asyncio.Event()
+        self._progress = asyncio.Event()  # a window was sent, or the connection went away
         self.sent = 0  # spooled messages acknowledged by the broker since start
 
     @property
@@ -81,6 +83,7 @@ class Reporter:
         """Stop using the connection that was lost."""
         self._client = self._sender = None
         self._wake.set()
+        self._progress.set()
 
     async def publish_state(self) -> None:
         """Publish the retained state message (or do nothing while offline)."""
@@ -121,6 +124,14 @@ class Reporter:
 
         return await self._spool_message(KIND_TELEMETRY, encode)
 
+    async def flush(self, timeout_s: float) -> None:
+        """Wait, at most `timeout_s`, until every spooled message is acknowledged (if online)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self._sender not in (None, self._failed) and self._spool.stats()["pending"]:
+                    self._progress.clear()
+                    await self._progress.wait()
+
     async def run(self) -> None:
         """Send spooled messages, oldest first, whenever a connection is up; never returns."""
         while True:
@@ -131,7 +142,10 @@ class Reporter:
                 await self._wake.wait()
                 continue
             records = await asyncio.to_thread(self._spool.take, SEND_WINDOW)
-            await self._send_spooled(sender, records, self._unspooled_before(records))
+            try:
+                await self._send_spooled(sender, records, self._unspooled_before(records))
+            finally:
+                self._progress.set()
 
     def _unspooled_before(self, records: list[SpoolRecord]) -> list[SpoolRecord]:
         """The outbox's records that come before any spooled one not yet taken (msg_seq order)."""

@@ -149,17 +149,7 @@ class StateStore:
 
     def load(self) -> AgentState:
         """Return the saved state, or a fresh one on first start."""
-        path = self.state_dir / STATE_FILE
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return AgentState()
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{path} is unreadable ({e}); move it away to start afresh") from e
-        try:
-            return AgentState.from_dict(data)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ConfigError(f"{path} does not hold an agent state: {e}") from e
+        return load_state(self.state_dir)
 
     def save(self, state: AgentState) -> None:
         """Replace state.json durably."""
@@ -184,3 +174,18 @@ class StateStore:
     def save_release(self, model: str, sha256: str, envelope: bytes) -> None:
         """Keep the signed release next to the model file it describes."""
         write_atomic(self.release_path(model, sha256), envelope)
+
+
+def load_state(state_dir: Path) -> AgentState:
+    """Read `state_dir/state.json` (a fresh state if there is none), creating nothing."""
+    path = state_dir / STATE_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return AgentState()
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path} is unreadable ({e}); move it away to start afresh") from e
+    try:
+        return AgentState.from_dict(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ConfigError(f"{path} does not hold an agent state: {e}") from e

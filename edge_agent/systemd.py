@@ -4,8 +4,10 @@ The agent speaks sd_notify itself: one datagram per message to the socket named 
 $NOTIFY_SOCKET (a path, or an abstract socket spelled with a leading '@'), so a device needs no
 libsystemd binding. `READY=1` once the endpoint serves, `WATCHDOG=1` from the event loop at half
 of $WATCHDOG_USEC (a hung loop stops the pings and systemd restarts the service), `STATUS=` with
-the versions being served, `STOPPING=1` when SIGTERM starts the drain. Without $NOTIFY_SOCKET
-(not under systemd, or not `Type=notify`) every call is a no-op.
+the versions being served, `STOPPING=1` when SIGTERM starts the drain. When a background task
+dies, the pings stop at once and `STATUS=` says which task, so that even a drain that hangs ends
+in a restart. Without $NOTIFY_SOCKET (not under systemd, or not `Type=notify`) every call is a
+no-op.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class SystemdNotifier:
         self._versions: dict[str, int] = {}
         self._failed = False
         self._stopping = False
+        self._broken = False  # a task died: no more watchdog pings
 
     @classmethod
     def from_environment(
@@ -91,9 +94,15 @@ class SystemdNotifier:
         self._stopping = True
         self.send("STOPPING=1", "STATUS=stopping: draining requests")
 
+    def failed(self, reason: str) -> None:
+        """A background task died: stop the watchdog pings, say why; the drain begins."""
+        self._broken = self._stopping = True
+        self.send("STOPPING=1", "STATUS=failed: " + " ".join(reason.split()))  # one line
+
     def watchdog(self) -> None:
-        """One keep-alive ping."""
-        self.send("WATCHDOG=1")
+        """One keep-alive ping (none once a task has died)."""
+        if not self._broken:
+            self.send("WATCHDOG=1")
 
     def status_text(self) -> str:
         """What `systemctl status` shows: the version of every model being served."""

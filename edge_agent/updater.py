@@ -27,6 +27,7 @@ from edge_agent.fetch import ChunkFetcher
 from edge_agent.reporting import Reporter
 from edge_agent.state import AgentState, Installed, ModelState, StateStore
 from edge_agent.store import ModelStore
+from edge_agent.supervise import watch
 from edge_agent.writes import PendingWrites, Write, store_error
 from edge_protocol import AssignedModel, Assignment, RejectedError, Release, TrustedState
 
@@ -201,6 +202,7 @@ class Updater:
 
     def _track(self, job: Job) -> None:
         self._jobs[job.model] = job
+        watch(job.task)  # a job that cannot even record its own failure ends the agent
 
         def forget(task: asyncio.Task[None]) -> None:
             if self._jobs.get(job.model) is job:
@@ -239,6 +241,11 @@ class Updater:
             error = store_error(e) if isinstance(e, OSError) else e
             await self._fail(name, pinned, seq, kind="failed", reason=_reason(error),
                              detail=str(error))  # fmt: skip
+            return
+        except Exception as e:  # a defect: fail this release here rather than retry it forever
+            log.exception("%s v%d: unexpected error", name, version)
+            detail = f"{type(e).__name__}: {e}"
+            await self._fail(name, pinned, seq, kind="failed", reason=INTERNAL_ERROR, detail=detail)
             return
         await self._start_probation(name, release)
 

@@ -266,3 +266,26 @@ def parse_host_port(text: str, key: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{key}: {text!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Command-line overrides of registry.toml."""
+
+    listen: str | None = None
+    mqtt_url: str | None = None
+    embedded_broker: str | None = None  # HOST:PORT
+
+    def api_listen(self, config: RegistryConfig) -> tuple[str, str]:
+        """Where the API listens, and the setting that says so (for errors)."""
+        if self.listen:
+            return self.listen, "--listen"
+        return config.api.listen, "api.listen"
+
+    def embedded_listen(self, config: RegistryConfig) -> tuple[str, str] | None:
+        """Where the embedded broker listens and the setting saying so; None for an external one."""
+        if self.embedded_broker:
+            return self.embedded_broker, "--embedded-broker"
+        if (self.mqtt_url or config.mqtt.url) == EMBEDDED:
+            return config.mqtt.embedded_listen, "mqtt.embedded_listen"
+        return None

@@ -2,7 +2,8 @@
 
 Everything started here is owned by one AsyncExitStack and torn down in reverse order on
 SIGINT/SIGTERM: API first (no new work), then tasks, then the MQTT connection, the embedded
-broker and storage.
+broker and storage. The background tasks belong to a `Supervisor`: if one dies, `serve` tears
+everything down the same way and returns 1.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from typing import Any
 
 from aiohttp import web
 
-from edge_protocol import load_private_key
 from model_registry.api.app import create_app
 from model_registry.api.metrics import CounterSource, GaugeSource, RegistryMetrics
-from model_registry.config import EMBEDDED, RegistryConfig, parse_host_port
+from model_registry.config import RegistryConfig, ServeOptions, parse_host_port
 from model_registry.errors import ConfigError, NotFoundError
 from model_registry.fsutil import write_file_atomic
 from model_registry.home import SERVE_FILE
@@ -32,6 +32,13 @@ from model_registry.mqtt.client import MqttConnection
 from model_registry.mqtt.credentials import hash_password
 from model_registry.mqtt.embedded import EmbeddedBroker
 from model_registry.mqtt.publisher import Publisher
+from model_registry.preflight import (
+    Setting,
+    listen_error,
+    load_release_key,
+    read_mqtt_password,
+    setting,
+)
 from model_registry.services.context import RegistryContext
 from model_registry.services.ingest import DeviceIngest
 from model_registry.services.ingest_limits import TOP_DEVICES
@@ -39,17 +46,10 @@ from model_registry.services.maintenance import maintenance_loop, sync_broker
 from model_registry.services.retention import retention_loop
 from model_registry.signing import ReleaseSigner
 from model_registry.storage import BlobStore, Storage, open_storage
+from model_registry.supervise import Supervisor
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    """Command-line overrides of registry.toml."""
-
-    listen: str | None = None
-    mqtt_url: str | None = None
-    embedded_broker: str | None = None  # HOST:PORT
+EXIT_TASK_FAILED = 1
 
 
 @dataclass
@@ -60,32 +60,38 @@ class RunningRegistry:
     api_url: str
     mqtt_url: str | None
     ingest: DeviceIngest | None
+    supervisor: Supervisor
 
 
 @asynccontextmanager
 async def running_registry(
-    config: RegistryConfig, options: ServeOptions = ServeOptions()
+    config: RegistryConfig, options: ServeOptions | None = None
 ) -> AsyncIterator[RunningRegistry]:
     """Start every part of the registry; stop them all when the block exits."""
+    options = options or ServeOptions()
     async with AsyncExitStack() as stack:
         storage = open_storage(config.database_location)
-        await storage.open()
+        try:
+            await storage.open()
+        except ConfigError as e:
+            raise setting(config, "storage.database").error(str(e)) from e
         stack.push_async_callback(storage.close)
         ctx = make_context(config, storage)
-        mqtt_url, ingest = await _start_mqtt(stack, ctx, options)
+        await asyncio.to_thread(ctx.blobs.root.mkdir, parents=True, exist_ok=True)
+        supervisor = Supervisor()
+        mqtt_url, ingest = await _start_mqtt(stack, ctx, options, supervisor)
         metrics = RegistryMetrics()
         if ingest is not None:
             _ingest_metrics(metrics, ingest)
-        api_url = await _start_api(
-            stack, create_app(ctx, metrics), options.listen or config.api.listen
-        )
+        listen, key = options.api_listen(config)
+        api_url = await _start_api(stack, create_app(ctx, metrics), listen, setting(config, key))
         ctx.api_url = api_url
         log.info("registry API on %s, MQTT %s", api_url, mqtt_url or "off")
-        yield RunningRegistry(ctx, api_url, mqtt_url, ingest)
+        yield RunningRegistry(ctx, api_url, mqtt_url, ingest, supervisor)
 
 
-async def serve(config: RegistryConfig, options: ServeOptions) -> None:
-    """Run the registry until SIGINT or SIGTERM."""
+async def serve(config: RegistryConfig, options: ServeOptions) -> int:
+    """Run the registry until SIGINT or SIGTERM (0), or until a background task dies (1)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -98,21 +104,29 @@ async def serve(config: RegistryConfig, options: ServeOptions) -> None:
         endpoint = {"api_url": registry.api_url, "mqtt_url": registry.mqtt_url, "pid": os.getpid()}
         write_file_atomic(config.home / SERVE_FILE, json.dumps(endpoint).encode())
         try:
-            await stop.wait()
+            await _first(stop.wait(), registry.supervisor.failed.wait())
         finally:
             (config.home / SERVE_FILE).unlink(missing_ok=True)
-    print("model registry stopped", flush=True)
+    failure = registry.supervisor.failure
+    print("model registry stopped" + (f": {failure.describe()}" if failure else ""), flush=True)
+    return 0 if failure is None else EXIT_TASK_FAILED
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Wait until the first of `waits` finishes; cancel the others."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def make_context(config: RegistryConfig, storage: Storage) -> RegistryContext:
     """Assemble the context: blobs, and the signer with the release key from the home."""
-    key_path = config.path(config.signing.release_key)
-    try:
-        release_key = load_private_key(key_path)
-    except FileNotFoundError as e:
-        raise ConfigError(f"release key {key_path} not found") from e
     signer = ReleaseSigner(
-        release_key,
+        load_release_key(config),
         release_lifetime=timedelta(days=config.signing.release_expiry_days),
         assignment_lifetime=timedelta(days=config.signing.assignment_expiry_days),
     )
@@ -120,13 +134,14 @@ def make_context(config: RegistryConfig, storage: Storage) -> RegistryContext:
 
 
 async def _start_mqtt(
-    stack: AsyncExitStack, ctx: RegistryContext, options: ServeOptions
+    stack: AsyncExitStack, ctx: RegistryContext, options: ServeOptions, supervisor: Supervisor
 ) -> tuple[str, DeviceIngest]:
     config = ctx.config
-    password = _read_secret(config, config.mqtt.password_file)
+    password = await asyncio.to_thread(read_mqtt_password, config)
     url = options.mqtt_url or config.mqtt.url
-    if options.embedded_broker or url == EMBEDDED:
-        url = await _start_embedded(stack, ctx, options.embedded_broker, password)
+    embedded = options.embedded_listen(config)
+    if embedded is not None:
+        url = await _start_embedded(stack, ctx, embedded[0], password)
     ingest = DeviceIngest(ctx, config.topics)
     connection = MqttConnection(
         url,
@@ -144,18 +159,19 @@ async def _start_mqtt(
     for topic_filter in ingest.subscriptions():
         connection.subscribe(topic_filter)
     await sync_broker(ctx)
-    _own_task(stack, ingest.run(connection.messages), "device message ingest")
-    _own_task(stack, _resync_on_reconnect(connection, ctx), "broker resync")
-    _own_task(stack, maintenance_loop(ctx), "maintenance")
-    _own_task(stack, retention_loop(ctx), "retention")
+    stack.push_async_callback(supervisor.stop)  # before the connection closes
+    supervisor.spawn(ingest.run(connection.messages), "device message ingest")
+    supervisor.spawn(_resync_on_reconnect(connection, ctx), "broker resync")
+    supervisor.spawn(maintenance_loop(ctx), "maintenance")
+    supervisor.spawn(retention_loop(ctx), "retention")
     return url, ingest
 
 
 async def _start_embedded(
-    stack: AsyncExitStack, ctx: RegistryContext, listen: str | None, registry_password: str
+    stack: AsyncExitStack, ctx: RegistryContext, listen: str, registry_password: str
 ) -> str:
     config = ctx.config
-    host, port = parse_host_port(listen or config.mqtt.embedded_listen, "embedded broker address")
+    host, port = parse_host_port(listen, "embedded broker address")
     registry_hash = hash_password(registry_password)
     devices = {d.device_id: d.password_hash for d in await ctx.storage.devices()}
 
@@ -175,26 +191,20 @@ async def _start_embedded(
     return f"mqtt://{host}:{broker.port}"
 
 
-async def _start_api(stack: AsyncExitStack, app: web.Application, listen: str) -> str:
+async def _start_api(
+    stack: AsyncExitStack, app: web.Application, listen: str, where: Setting
+) -> str:
     host, port = parse_host_port(listen, "API listen address")
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as e:  # the address is taken, or not this user's to take
+        raise where.error(listen_error(host, port, e)) from e
     bound_port = runner.addresses[0][1] if runner.addresses else port
     return f"http://{host}:{bound_port}"
-
-
-def _own_task(stack: AsyncExitStack, coro: Coroutine[Any, Any, None], name: str) -> None:
-    task = asyncio.create_task(coro, name=name)
-
-    async def cancel() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    stack.push_async_callback(cancel)
 
 
 def _ingest_metrics(metrics: RegistryMetrics, ingest: DeviceIngest) -> None:
@@ -222,11 +232,3 @@ async def _resync_on_reconnect(connection: MqttConnection, ctx: RegistryContext)
         await connection.reconnected.get()
         log.info("reconnected to the broker; publishing retained state again")
         await sync_broker(ctx)
-
-
-def _read_secret(config: RegistryConfig, relative: str) -> str:
-    path = config.path(relative)
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror}") from e

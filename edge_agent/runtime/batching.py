@@ -27,6 +27,7 @@ import numpy as np
 
 from edge_agent.errors import InferenceError, OverloadedError, ShuttingDownError
 from edge_agent.runtime.model import Array, LoadedModel
+from edge_agent.supervise import watch
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class Batcher:
         """Start the dispatcher task (owned by this batcher, stopped by `close`)."""
         if self._dispatcher is None:
             self._dispatcher = asyncio.create_task(self._dispatch(), name=f"batcher-{self.name}")
+            watch(self._dispatcher, long_lived=True)  # requests would wait forever without it
 
     async def close(self) -> None:
         """Stop dispatching, let running batches finish, refuse whatever is still queued."""

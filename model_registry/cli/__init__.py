@@ -22,6 +22,7 @@ Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Command] = {
     "init": local.init,
     "serve": local.serve,
+    "check-config": local.check_config,
     "build-sklearn": local.build_sklearn,
     "broker-config": local.broker_config,
     "push": remote.push,

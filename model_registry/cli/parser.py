@@ -60,16 +60,13 @@ def _local_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     )
 
     serve = commands.add_parser("serve", help="run the API and the MQTT side")
-    _home(serve)
-    serve.add_argument(
-        "--listen", metavar="HOST:PORT", help="API address (default from registry.toml)"
-    )
-    broker = serve.add_mutually_exclusive_group()
-    broker.add_argument("--mqtt-url", metavar="URL", help="external broker, mqtt:// or mqtts://")
-    broker.add_argument(
-        "--embedded-broker", metavar="HOST:PORT", help="start the embedded broker here"
-    )
+    _serve_options(serve)
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    check = commands.add_parser(
+        "check-config",
+        help="check registry.toml and every file it names, as serve would, and summarize",
+    )
+    _serve_options(check)
 
     build = commands.add_parser(
         "build-sklearn", help="convert a fitted scikit-learn estimator to ONNX"
@@ -96,6 +93,18 @@ def _local_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     broker_config.add_argument("--force", action="store_true", help="overwrite existing files")
     broker_config.add_argument(
         "--user", help="account mosquitto drops root privileges to (default: the current user)"
+    )
+
+
+def _serve_options(parser: argparse.ArgumentParser) -> None:
+    _home(parser)
+    parser.add_argument(
+        "--listen", metavar="HOST:PORT", help="API address (default from registry.toml)"
+    )
+    broker = parser.add_mutually_exclusive_group()
+    broker.add_argument("--mqtt-url", metavar="URL", help="external broker, mqtt:// or mqtts://")
+    broker.add_argument(
+        "--embedded-broker", metavar="HOST:PORT", help="start the embedded broker here"
     )
 
 

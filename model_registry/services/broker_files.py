@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from model_registry.config import load_config
-from model_registry.errors import ConfigError
 from model_registry.mqtt.broker_config import BrokerConfigFiles, write_broker_config
 from model_registry.mqtt.credentials import hash_password
+from model_registry.preflight import read_mqtt_password
 from model_registry.storage import open_storage
 
 
@@ -26,11 +26,7 @@ async def write_for_home(
 ) -> list[Path]:
     """Write mosquitto.conf, passwd, acl (and TLS material) for every provisioned device."""
     config = load_config(home)
-    password_path = config.path(config.mqtt.password_file)
-    try:
-        registry_password = password_path.read_text(encoding="utf-8").strip()
-    except OSError as e:
-        raise ConfigError(f"cannot read the registry's MQTT password {password_path}") from e
+    registry_password = read_mqtt_password(config)
     storage = open_storage(config.database_location)
     await storage.open()
     try:

@@ -22,6 +22,8 @@ from edge_agent.config_loader import load_config
 from edge_agent.errors import ConfigError
 from edge_agent.runtime import RuntimeOptions
 from edge_agent.server import ServerConfig
+from tests.support.broker import free_port
+from tests.support.provisioning import write_root, write_tls
 
 EDGE_AGENT = Path(sys.executable).parent / "edge-agent"
 PASSWORD = "s3cret-mqtt-password"  # noqa: S105 - a test value
@@ -118,14 +120,11 @@ def minimal_config() -> dict[str, Any]:
 def config_dir(tmp_path: Path) -> Path:
     """A directory with the files a config refers to (as a device bundle would have them)."""
     directory = (tmp_path / "etc").resolve()
-    (directory / "tls").mkdir(parents=True)
+    write_tls(directory / "tls")  # tls/ca.crt, tls/client.crt, tls/client.key
+    write_root(directory / "root.json")
     files = {
-        "root.json": "{}",
         "mqtt-password": PASSWORD + "\n",
         "api-token": TOKEN + "\n",
-        "tls/ca.crt": "CA",
-        "tls/client.crt": "CERT",
-        "tls/client.key": "KEY",
         "empty": "",
         "short-token": "short\n",
     }
@@ -397,7 +396,10 @@ def check_config(path: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_check_config_prints_a_summary(config_dir: Path) -> None:
-    result = check_config(write(config_dir, full_config()))
+    port = free_port()  # check-config makes sure nothing else listens there
+    result = check_config(
+        write(config_dir, changed(full_config(), {"server.listen": f"0.0.0.0:{port}"}))
+    )
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == f"{config_dir / 'device.toml'}: OK"
@@ -405,7 +407,7 @@ def test_check_config_prints_a_summary(config_dir: Path) -> None:
         "pi-kitchen",
         "mqtts://broker.example.com:8883 as kitchen",
         str(config_dir / "state"),
-        "http://0.0.0.0:9000",
+        f"http://0.0.0.0:{port}",
         "fraud, churn.v2",
     ):
         assert expected in result.stdout

@@ -24,6 +24,7 @@ from model_registry.home import init_home
 from model_registry.server import make_context
 from model_registry.services.devices import BUNDLE_CONFIG, BUNDLE_PASSWORD, add_device
 from model_registry.storage import open_storage
+from tests.support.provisioning import write_tls
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = sorted((ROOT / "device_configs").glob("*.toml"))
@@ -158,7 +159,8 @@ async def _registry_bundle(home: Path, device_id: str, *, tls: bool) -> dict[str
     await init_home(home)
     config = load_registry_config(home)
     if tls:
-        (home / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+        write_tls(home / "tls")
+        (home / "tls" / "ca.crt").rename(home / "ca.crt")  # check-config opens it: a real CA
         mqtt = dataclasses.replace(
             config.mqtt, ca_file="ca.crt", device_url="mqtts://broker.example.com:8883"
         )
