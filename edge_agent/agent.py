@@ -17,7 +17,9 @@ from typing import Any
 from edge_agent.activation import Activator
 from edge_agent.config import DeviceConfig
 from edge_agent.dispatch import Dispatcher, Subscriptions
-from edge_agent.fetch import HttpChunkFetcher, MqttChunkFetcher
+from edge_agent.fetch import MqttChunkFetcher
+from edge_agent.http_fetch import HttpChunkFetcher
+from edge_agent.link import LinkState
 from edge_agent.mqtt import Backoff, run_with_reconnect
 from edge_agent.reporting import Reporter
 from edge_agent.runtime import ModelRepository
@@ -55,11 +57,13 @@ class Agent:
         self.subscriptions = Subscriptions()
         self.spool = Spool(config.state_dir / SPOOL_DIR, config.telemetry.spool_max_bytes)
         self.reporter = Reporter(config.device_id, self.topics, self.describe, self.spool)
+        self.link = LinkState(up=False)  # the dispatcher reports every connection and drop
         self.mqtt_fetcher = MqttChunkFetcher(
             self.topics,
-            self.subscriptions.subscribe_many,
-            self.subscriptions.unsubscribe_many,
+            self.subscriptions.subscribe_live,
+            self.subscriptions.unsubscribe_live,
             stall_timeout_s=config.updates.download_timeout_s,
+            link=self.link,
         )
         activator = Activator(
             self.repository,
@@ -78,6 +82,8 @@ class Agent:
             reporter=self.reporter,
             fetcher=self._fetcher(),
             subscribe=self.subscriptions.subscribe,
+            link=self.link,
+            unsubscribe=self.subscriptions.unsubscribe,
         )
         self.dispatcher = Dispatcher(self)
         self.server = InferenceServer(
@@ -115,6 +121,7 @@ class Agent:
         models, trust = self.describe()
         downloads = {
             "chunks_received": self.mqtt_fetcher.chunks_received,
+            "chunk_bytes_received": self.mqtt_fetcher.chunk_bytes_received,
             "chunks_written": self.mqtt_fetcher.chunks_written,
         }
         return {

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from edge_agent.errors import AgentError
+from edge_agent.errors import AgentError, MqttDisconnectedError
 from edge_agent.mqtt import AgentMqtt, Message
 from edge_protocol import RejectedError
 from edge_protocol.errors import TopicError
@@ -25,7 +25,12 @@ log = logging.getLogger(__name__)
 
 
 class Subscriptions:
-    """Subscribes through whichever connection is current, and remembers what to renew."""
+    """Subscribes through whichever connection is current, and remembers what to renew.
+
+    `subscribe_many` topics are wanted for good: renewed on every connection, so a drop in the
+    middle of subscribing loses nothing. `subscribe_live` acts on the current connection only
+    and leaves renewing to the caller (the chunk fetcher, which knows what the session holds).
+    """
 
     def __init__(self) -> None:
         self.client: AgentMqtt | None = None
@@ -38,20 +43,45 @@ class Subscriptions:
     async def subscribe_many(self, topic_filters: Sequence[str]) -> None:
         """Subscribe to several filters (kept across reconnections)."""
         self.wanted.update(topic_filters)
-        if self.client is not None:
+        if self.client is None:
+            return
+        try:
             await self.client.subscribe(*topic_filters)
+        except MqttDisconnectedError as e:  # still wanted: the next connection subscribes
+            log.info("subscribing when the connection is back: %s", e)
+
+    async def unsubscribe(self, topic_filter: str) -> None:
+        """Stop following a filter, now if connected and on every later connection."""
+        await self.unsubscribe_many([topic_filter])
 
     async def unsubscribe_many(self, topic_filters: Sequence[str]) -> None:
         """Stop following several filters."""
         self.wanted.difference_update(topic_filters)
-        if self.client is not None:
+        if self.client is None:
+            return
+        try:
             await self.client.unsubscribe(*topic_filters)
+        except MqttDisconnectedError as e:
+            log.info("could not unsubscribe (%s); the next connection does not renew them", e)
+
+    async def subscribe_live(self, topic_filters: Sequence[str]) -> None:
+        """Subscribe on the current connection only; MqttDisconnectedError without one."""
+        await self._live().subscribe(*topic_filters)
+
+    async def unsubscribe_live(self, topic_filters: Sequence[str]) -> None:
+        """Unsubscribe on the current connection only; MqttDisconnectedError without one."""
+        await self._live().unsubscribe(*topic_filters)
 
     async def renew(self, client: AgentMqtt) -> None:
         """Use a new connection and subscribe it to everything still wanted."""
         self.client = client
         if self.wanted:
             await client.subscribe(*sorted(self.wanted))
+
+    def _live(self) -> AgentMqtt:
+        if self.client is None:
+            raise MqttDisconnectedError("not connected to the broker")
+        return self.client
 
 
 class Dispatcher:
@@ -67,11 +97,13 @@ class Dispatcher:
         topics, device = agent.topics, agent.config.device_id
         await agent.subscriptions.subscribe_many([topics.all_roots(), topics.assignment(device)])
         await agent.subscriptions.renew(client)
+        agent.link.connected(session_present=client.session_present)
         await agent.reporter.connected(client)
 
     def disconnected(self, error: Exception) -> None:
         """Forget the lost connection."""
         self._agent.subscriptions.client = None
+        self._agent.link.disconnected()
         self._agent.reporter.disconnected()
 
     async def handle(self, message: Message) -> None:

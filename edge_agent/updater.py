@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from edge_agent.activation import Activator
 from edge_agent.config import DeviceConfig
 from edge_agent.errors import AgentError, ProbationFailedError, StepTimeoutError, UpdateError
+from edge_agent.link import LinkState
 from edge_agent.reporting import Reporter
 from edge_agent.state import Installed, ModelState, StateStore
 from edge_agent.store import ModelStore, PartialDownload
@@ -59,6 +60,8 @@ class Updater:
         reporter: Reporter,
         fetcher: ChunkFetcher,
         subscribe: Callable[[str], Coroutine[Any, Any, None]],
+        link: LinkState | None = None,
+        unsubscribe: Callable[[str], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self._config = config
         self._topics = Topics(config.mqtt.topic_prefix)
@@ -70,6 +73,8 @@ class Updater:
         self._reporter = reporter
         self._fetcher = fetcher
         self._subscribe = subscribe
+        self._link = link if link is not None else LinkState()  # deadlines count connected time
+        self._unsubscribe = unsubscribe
         self._jobs: dict[str, Job] = {}
         self._releases: dict[tuple[str, int], asyncio.Future[bytes]] = {}
         self.phases: dict[str, str] = {}
@@ -193,14 +198,15 @@ class Updater:
         self._releases[key] = waiter
         try:
             await self._subscribe(self._topics.release(name, pinned.version))
-            async with asyncio.timeout(self._config.updates.release_timeout_s):
-                envelope = await waiter
+            envelope = await self._link.wait_for(waiter, self._config.updates.release_timeout_s)
         except TimeoutError as e:
             raise StepTimeoutError(
                 f"release {name} v{pinned.version} did not arrive in time"
             ) from e
         finally:
             self._releases.pop(key, None)
+            if self._unsubscribe is not None:  # or every reconnect brings the release again
+                await self._unsubscribe(self._topics.release(name, pinned.version))
         return self._trust.verify_release(envelope, name, pinned), envelope
 
     async def _download(self, name: str, release: Release) -> Any:
