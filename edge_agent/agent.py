@@ -139,6 +139,9 @@ class Agent:
         await asyncio.to_thread(self.store.remove_debris)
         await asyncio.to_thread(self.states.remove_debris)
         await self.updater.serve_installed()
+        # Releases of models that are gone: a crash between the two deletions leaves them.
+        installed = self.updater.state.installed_releases()
+        await asyncio.to_thread(self.states.retain_releases, installed)
         await self.server.start()
         log.info("serving on %s; device %s", self.server.url, self.config.device_id)
         if on_serving is not None:

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 from edge_agent.errors import AgentError, MqttDisconnectedError
 from edge_agent.mqtt import AgentMqtt, Message
-from edge_protocol import RejectedError
-from edge_protocol.errors import TopicError
+from edge_protocol import Assignment, Envelope, RejectedError
+from edge_protocol.errors import ExpiredError, FormatError, TopicError
 from edge_protocol.topics import KIND_ARTIFACT, KIND_ASSIGNMENT, KIND_RELEASE, KIND_ROOT
 
 if TYPE_CHECKING:
@@ -141,6 +141,24 @@ class Dispatcher:
             log.info("trusting root version %d", nxt)
             await self._agent.reporter.publish_state()
 
+    async def _assignment_rejected(self, payload: bytes, error: RejectedError) -> None:
+        """Report the refusal, per followed model it names when the registry signed it."""
+        log.warning("rejected an assignment: %s", error)
+        agent = self._agent
+        named = _signed_models(payload, error, agent.config.device_id)
+        followed = [
+            (model, version, seq) for model, version, seq in named if agent.config.follows(model)
+        ]
+        if not followed:
+            await agent.reporter.event(
+                "rejected", reason=error.reason, detail=f"assignment: {error}"
+            )
+        for model, version, seq in followed:
+            await agent.reporter.event(
+                "rejected", model=model, version=version, reason=error.reason,
+                detail=f"assignment {seq}: {error}", seq=seq,
+            )  # fmt: skip
+
     async def _on_assignment(self, payload: bytes) -> None:
         if not payload:
             return
@@ -148,8 +166,7 @@ class Dispatcher:
         try:
             assignment = agent.trust.verify_assignment(payload)
         except RejectedError as e:
-            log.warning("rejected an assignment: %s", e)
-            await agent.reporter.event("rejected", reason=e.reason, detail=f"assignment: {e}")
+            await self._assignment_rejected(payload, e)
             return
         updater = agent.updater
         if (assignment.seq, agent.trust.assignment_digest) != (
@@ -162,3 +179,23 @@ class Dispatcher:
             updater.apply(assignment)
         except AgentError as e:
             log.error("cannot apply assignment %d: %s", assignment.seq, e)
+
+
+def _signed_models(
+    payload: bytes, error: RejectedError, device_id: str
+) -> list[tuple[str, int, int]]:
+    """(model, version, seq) of an assignment refused only for its age, else nothing.
+
+    An expired assignment passed the signature check before its expiry was looked at, so what
+    it names comes from the registry; any other refusal may be a forgery, whose claims the
+    device must not repeat upstream.
+    """
+    if not isinstance(error, ExpiredError):
+        return []
+    try:
+        assignment = Assignment.from_dict(Envelope.from_bytes(payload).signed)
+    except (FormatError, RejectedError):
+        return []
+    if assignment.device_id != device_id:
+        return []
+    return [(name, m.version, assignment.seq) for name, m in sorted(assignment.models.items())]

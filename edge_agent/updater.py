@@ -299,8 +299,14 @@ class Updater:
     async def _retain(self, finished: str | None = None) -> None:
         # Keep what the state refers to and what other updates are fetching; the update that
         # just ended (`finished`) keeps nothing it did not install.
-        others = {job.target.sha256 for job in self._jobs.values() if job.model != finished}
+        running = {(job.model, job.target.sha256) for job in self._jobs.values()
+                   if job.model != finished}  # fmt: skip
+        others = {sha256 for _model, sha256 in running}
         await asyncio.to_thread(self._store.retain, self.state.installed_shas() | others)
+        # A removed model's signed release goes with it (its job may be saving one right now).
+        await asyncio.to_thread(
+            self._states.retain_releases, self.state.installed_releases() | running
+        )
 
 
 def _reason(error: Exception) -> str:
