@@ -3,7 +3,9 @@
 For each chunk size and transport, a new ~4 MiB release is deployed to the group, and the time
 from the deploy command returning until each agent serves the new version (its
 `/v2/models/{m}` metadata) is recorded. Every run ships a new artifact, so every agent
-downloads, verifies, loads, warms up, self-tests and swaps.
+downloads, verifies, loads, warms up, self-tests and swaps. Each agent reaches the broker and
+the registry through relays of its own (`benchmarks.wire`), which count the bytes sent to it:
+the cost of one update on a metered link, against the model's own size.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import aiohttp
 from benchmarks.common import WORK, log, median, percentile
 from benchmarks.harness import Agent, Deployment, set_transport
 from benchmarks.models import update_model_file
+from benchmarks.wire import WireMeter
 
 MODEL = "upd"
 GROUP = "fleet"
@@ -97,10 +100,13 @@ def run(mode: str, deployment: Deployment | None = None) -> dict[str, Any]:
     agents: list[Agent] = []
     seed = 100
     results: list[dict[str, Any]] = []
+    meter = WireMeter(deployment.mqtt_port, deployment.api_port)
     try:
         ids = [f"agent-{i:02d}" for i in range(settings.agents)]
         bundles = deployment.provision(ids, GROUP)
         agents = [Agent(device_id, bundles[device_id]) for device_id in ids]
+        for agent in agents:
+            meter.attach(agent.device_id, agent.bundle / "device.toml")
         transport = settings.configs[0][0]
         _start_agents(agents, transport)
         # A first version, so that every measured run is an update from one model to another.
@@ -121,11 +127,13 @@ def run(mode: str, deployment: Deployment | None = None) -> dict[str, Any]:
                 seed += 1
                 version = deployment.push(update_model_file(seed), MODEL)
                 time.sleep(0.5)  # let the registry's publication of the release settle
+                before = meter.received()
                 started, returned = deployment.deploy(MODEL, version, GROUP)
                 # Times count from the deploy command's start: with many devices the
                 # registry publishes assignments while the command is still running.
                 seen = wait_all(agents, version, started, settings.timeout_s)
                 times = sorted(seen.values())
+                wire = _wire(before, meter.received(), update_model_file(seed).stat().st_size)
                 entry = {
                     "transport": transport,
                     "chunk_kib": chunk,
@@ -143,16 +151,20 @@ def run(mode: str, deployment: Deployment | None = None) -> dict[str, Any]:
                     "p50_s": round(percentile(times, 50), 3),
                     "first_s": round(min(times), 3) if times else None,
                     "per_agent_s": {k: round(v, 3) for k, v in sorted(seen.items())},
+                    **wire,
                 }
                 results.append(entry)
                 log(
                     f"propagation {transport:4} {chunk:5} KiB run {run_index}: "
                     f"{len(seen)}/{len(agents)} agents, all in {entry['all_s']} s "
-                    f"(first {entry['first_s']} s, median {entry['p50_s']} s)"
+                    f"(first {entry['first_s']} s, median {entry['p50_s']} s); "
+                    f"{entry['wire_bytes_per_agent_median']} bytes to each agent "
+                    f"({entry['wire_vs_model']}x the model)"
                 )
     finally:
         for agent in agents:
             agent.stop()
+        meter.close()
         if own:
             deployment.stop()
     return {
@@ -166,6 +178,17 @@ def run(mode: str, deployment: Deployment | None = None) -> dict[str, Any]:
         },
         "runs": results,
         "summary": summarize(results),
+    }
+
+
+def _wire(before: dict[str, int], after: dict[str, int], model_bytes: int) -> dict[str, Any]:
+    """Bytes sent to each agent during one update: median, max, and the median per model byte."""
+    sent = sorted(after[device] - before.get(device, 0) for device in after)
+    middle = median([float(b) for b in sent]) if sent else 0.0
+    return {
+        "wire_bytes_per_agent_median": round(middle),
+        "wire_bytes_per_agent_max": max(sent) if sent else None,
+        "wire_vs_model": round(middle / model_bytes, 3) if model_bytes else None,
     }
 
 
@@ -200,6 +223,10 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "per_agent_p50_s": round(percentile(pooled, 50), 3),
             "per_agent_p90_s": round(percentile(pooled, 90), 3),
             "per_agent_max_s": round(max(pooled), 3) if pooled else None,
+            "wire_bytes_per_agent_median": round(
+                median([float(e["wire_bytes_per_agent_median"]) for e in entries])
+            ),
+            "wire_vs_model_median": round(median([e["wire_vs_model"] for e in entries]), 3),
         })  # fmt: skip
     return out
 

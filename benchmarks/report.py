@@ -188,6 +188,14 @@ def _diagnostics(serving: dict[str, Any]) -> list[str]:
             "(see \"Why targets are missed\").", "", *_table(header, rows)]  # fmt: skip
 
 
+def _wire(summary: dict[str, Any]) -> str:
+    """Bytes on the wire per agent and update, and their ratio to the model (older runs: -)."""
+    sent = summary.get("wire_bytes_per_agent_median")
+    if sent is None:
+        return "-"
+    return f"{sent / 1024 / 1024:.2f} MiB ({summary['wire_vs_model_median']:.3f}x)"
+
+
 def propagation_tables(mode: str) -> list[str]:
     """Update propagation: real agents and simulated devices."""
     lines: list[str] = []
@@ -201,11 +209,12 @@ def propagation_tables(mode: str) -> list[str]:
                  " ".join(_fmt(x) for x in s["all_s_runs"]),
                  _fmt(s["all_after_return_s_median"]), _fmt(s["deploy_command_s_median"]),
                  _fmt(s["per_agent_p10_s"]), _fmt(s["per_agent_p50_s"]),
-                 _fmt(s["per_agent_p90_s"]), _fmt(s["per_agent_max_s"])]
+                 _fmt(s["per_agent_p90_s"]), _fmt(s["per_agent_max_s"]),
+                 _wire(s)]
                 for s in propagation["summary"]]  # fmt: skip
         lines += _table(["transport", "chunk KiB", f"all {n} serving, s", "runs, s",
                          "after deploy returned, s", "deploy command, s", "per agent p10",
-                         "p50", "p90", "max"], rows)  # fmt: skip
+                         "p50", "p90", "max", "bytes to each agent"], rows)  # fmt: skip
     sim = read_result(mode, "fleet_sim")
     if sim is not None:
         s = sim["summary"]

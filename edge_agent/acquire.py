@@ -15,6 +15,7 @@ from typing import Any
 from edge_agent.config import DeviceConfig
 from edge_agent.errors import StepTimeoutError
 from edge_agent.fetch import ChunkFetcher
+from edge_agent.link import LinkState
 from edge_agent.reporting import Reporter
 from edge_agent.store import ModelStore
 from edge_protocol import AssignedModel, Release, Topics, TrustedState
@@ -33,6 +34,8 @@ class Acquisition:
         fetcher: ChunkFetcher,
         subscribe: Callable[[str], Coroutine[Any, Any, None]],
         set_phase: Callable[[str, str], Awaitable[None]],
+        link: LinkState | None = None,
+        unsubscribe: Callable[[str], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self._topics = Topics(config.mqtt.topic_prefix)
         self._timeout_s = config.updates.release_timeout_s
@@ -42,6 +45,8 @@ class Acquisition:
         self._fetcher = fetcher
         self._subscribe = subscribe
         self._set_phase = set_phase
+        self._link = link if link is not None else LinkState()  # deadlines count connected time
+        self._unsubscribe = unsubscribe
         self._releases: dict[tuple[str, int], asyncio.Future[bytes]] = {}
 
     def on_release(self, model: str, version: int, payload: bytes) -> None:
@@ -58,14 +63,15 @@ class Acquisition:
         self._releases[key] = waiter
         try:
             await self._subscribe(self._topics.release(name, pinned.version))
-            async with asyncio.timeout(self._timeout_s):
-                envelope = await waiter
+            envelope = await self._link.wait_for(waiter, self._timeout_s)
         except TimeoutError as e:
             raise StepTimeoutError(
                 f"release {name} v{pinned.version} did not arrive in time"
             ) from e
         finally:
             self._releases.pop(key, None)
+            if self._unsubscribe is not None:  # or every reconnect brings the release again
+                await self._unsubscribe(self._topics.release(name, pinned.version))
         return self._trust.verify_release(envelope, name, pinned), envelope
 
     async def model_file(self, name: str, release: Release) -> Path:

@@ -19,7 +19,9 @@ from typing import Any
 from edge_agent.activation import Activator
 from edge_agent.config import DeviceConfig
 from edge_agent.dispatch import Dispatcher, Subscriptions
-from edge_agent.fetch import HttpChunkFetcher, MqttChunkFetcher
+from edge_agent.fetch import MqttChunkFetcher
+from edge_agent.http_fetch import HttpChunkFetcher
+from edge_agent.link import LinkState
 from edge_agent.mqtt import Backoff, run_with_reconnect
 from edge_agent.preflight import Labels, listen_error
 from edge_agent.reporting import Reporter
@@ -65,11 +67,13 @@ class Agent:
             config.device_id, self.topics, self.describe, self.spool,
             telemetry_interval_s=config.telemetry.interval_s,
         )  # fmt: skip
+        self.link = LinkState(up=False)  # the dispatcher reports every connection and drop
         self.mqtt_fetcher = MqttChunkFetcher(
             self.topics,
-            self.subscriptions.subscribe_many,
-            self.subscriptions.unsubscribe_many,
+            self.subscriptions.subscribe_live,
+            self.subscriptions.unsubscribe_live,
             stall_timeout_s=config.updates.download_timeout_s,
+            link=self.link,
         )
         activator = Activator(
             self.repository,
@@ -88,6 +92,8 @@ class Agent:
             reporter=self.reporter,
             fetcher=self._fetcher(),
             subscribe=self.subscriptions.subscribe,
+            link=self.link,
+            unsubscribe=self.subscriptions.unsubscribe,
         )
         self.dispatcher = Dispatcher(self)
         self.server = InferenceServer(
@@ -126,6 +132,7 @@ class Agent:
         models, trust = self.describe()
         downloads = {
             "chunks_received": self.mqtt_fetcher.chunks_received,
+            "chunk_bytes_received": self.mqtt_fetcher.chunk_bytes_received,
             "chunks_written": self.mqtt_fetcher.chunks_written,
         }
         return {
@@ -169,6 +176,9 @@ class Agent:
         await asyncio.to_thread(self.store.remove_debris)
         await asyncio.to_thread(self.states.remove_debris)
         await self.updater.serve_installed()
+        # Releases of models that are gone: a crash between the two deletions leaves them.
+        installed = self.updater.state.installed_releases()
+        await asyncio.to_thread(self.states.retain_releases, installed)
         try:
             await self._start_server()
         except BaseException:

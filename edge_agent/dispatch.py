@@ -13,11 +13,11 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from edge_agent.errors import AgentError
+from edge_agent.errors import AgentError, MqttDisconnectedError
 from edge_agent.mqtt import AgentMqtt, Message
 from edge_agent.updater import INTERNAL_ERROR
-from edge_protocol import RejectedError
-from edge_protocol.errors import TopicError
+from edge_protocol import Assignment, Envelope, RejectedError
+from edge_protocol.errors import ExpiredError, FormatError, TopicError
 from edge_protocol.topics import KIND_ARTIFACT, KIND_ASSIGNMENT, KIND_RELEASE, KIND_ROOT
 
 if TYPE_CHECKING:
@@ -28,7 +28,12 @@ ROOT_KEY = "trust/root.json"  # the key of the root's writes in the updater's Pe
 
 
 class Subscriptions:
-    """Subscribes through whichever connection is current, and remembers what to renew."""
+    """Subscribes through whichever connection is current, and remembers what to renew.
+
+    `subscribe_many` topics are wanted for good: renewed on every connection, so a drop in the
+    middle of subscribing loses nothing. `subscribe_live` acts on the current connection only
+    and leaves renewing to the caller (the chunk fetcher, which knows what the session holds).
+    """
 
     def __init__(self) -> None:
         self.client: AgentMqtt | None = None
@@ -41,20 +46,45 @@ class Subscriptions:
     async def subscribe_many(self, topic_filters: Sequence[str]) -> None:
         """Subscribe to several filters (kept across reconnections)."""
         self.wanted.update(topic_filters)
-        if self.client is not None:
+        if self.client is None:
+            return
+        try:
             await self.client.subscribe(*topic_filters)
+        except MqttDisconnectedError as e:  # still wanted: the next connection subscribes
+            log.info("subscribing when the connection is back: %s", e)
+
+    async def unsubscribe(self, topic_filter: str) -> None:
+        """Stop following a filter, now if connected and on every later connection."""
+        await self.unsubscribe_many([topic_filter])
 
     async def unsubscribe_many(self, topic_filters: Sequence[str]) -> None:
         """Stop following several filters."""
         self.wanted.difference_update(topic_filters)
-        if self.client is not None:
+        if self.client is None:
+            return
+        try:
             await self.client.unsubscribe(*topic_filters)
+        except MqttDisconnectedError as e:
+            log.info("could not unsubscribe (%s); the next connection does not renew them", e)
+
+    async def subscribe_live(self, topic_filters: Sequence[str]) -> None:
+        """Subscribe on the current connection only; MqttDisconnectedError without one."""
+        await self._live().subscribe(*topic_filters)
+
+    async def unsubscribe_live(self, topic_filters: Sequence[str]) -> None:
+        """Unsubscribe on the current connection only; MqttDisconnectedError without one."""
+        await self._live().unsubscribe(*topic_filters)
 
     async def renew(self, client: AgentMqtt) -> None:
         """Use a new connection and subscribe it to everything still wanted."""
         self.client = client
         if self.wanted:
             await client.subscribe(*sorted(self.wanted))
+
+    def _live(self) -> AgentMqtt:
+        if self.client is None:
+            raise MqttDisconnectedError("not connected to the broker")
+        return self.client
 
 
 class Dispatcher:
@@ -71,11 +101,13 @@ class Dispatcher:
         topics, device = agent.topics, agent.config.device_id
         await agent.subscriptions.subscribe_many([topics.all_roots(), topics.assignment(device)])
         await agent.subscriptions.renew(client)
+        agent.link.connected(session_present=client.session_present)
         await agent.reporter.connected(client)
 
     def disconnected(self, error: Exception) -> None:
         """Forget the lost connection."""
         self._agent.subscriptions.client = None
+        self._agent.link.disconnected()
         self._agent.reporter.disconnected()
 
     async def handler_failed(self, message: Message, error: Exception) -> None:
@@ -127,6 +159,24 @@ class Dispatcher:
             detail = f"root v{version} is trusted but not yet saved ({refused}); retrying"
             await self._agent.reporter.event("failed", reason=refused.reason, detail=detail)
 
+    async def _assignment_rejected(self, payload: bytes, error: RejectedError) -> None:
+        """Report the refusal, per followed model it names when the registry signed it."""
+        log.warning("rejected an assignment: %s", error)
+        agent = self._agent
+        named = _signed_models(payload, error, agent.config.device_id)
+        followed = [
+            (model, version, seq) for model, version, seq in named if agent.config.follows(model)
+        ]
+        if not followed:
+            await agent.reporter.event(
+                "rejected", reason=error.reason, detail=f"assignment: {error}"
+            )
+        for model, version, seq in followed:
+            await agent.reporter.event(
+                "rejected", model=model, version=version, reason=error.reason,
+                detail=f"assignment {seq}: {error}", seq=seq,
+            )  # fmt: skip
+
     async def _on_assignment(self, payload: bytes) -> None:
         if not payload:
             return
@@ -134,10 +184,29 @@ class Dispatcher:
         try:
             assignment = agent.trust.verify_assignment(payload)
         except RejectedError as e:
-            log.warning("rejected an assignment: %s", e)
-            await agent.reporter.event("rejected", reason=e.reason, detail=f"assignment: {e}")
+            await self._assignment_rejected(payload, e)
             return
         try:
             await agent.updater.accept(assignment, agent.trust.assignment_digest)
         except AgentError as e:
             log.error("cannot apply assignment %d: %s", assignment.seq, e)
+
+
+def _signed_models(
+    payload: bytes, error: RejectedError, device_id: str
+) -> list[tuple[str, int, int]]:
+    """(model, version, seq) of an assignment refused only for its age, else nothing.
+
+    An expired assignment passed the signature check before its expiry was looked at, so what
+    it names comes from the registry; any other refusal may be a forgery, whose claims the
+    device must not repeat upstream.
+    """
+    if not isinstance(error, ExpiredError):
+        return []
+    try:
+        assignment = Assignment.from_dict(Envelope.from_bytes(payload).signed)
+    except (FormatError, RejectedError):
+        return []
+    if assignment.device_id != device_id:
+        return []
+    return [(name, m.version, assignment.seq) for name, m in sorted(assignment.models.items())]

@@ -1,34 +1,47 @@
-"""Getting an artifact's chunks into a `PartialDownload`, over MQTT or HTTP.
+"""Getting an artifact's chunks from their retained MQTT topics into a `PartialDownload`.
 
-`MqttChunkFetcher` subscribes only to the retained chunk topics a download still lacks, a batch
-at a time, so a resumed download fetches only what is missing. `HttpChunkFetcher` asks the
-registry for one chunk per Range request. Both hand every chunk to `PartialDownload.write_chunk`
-(in a worker thread), which verifies it before it touches the disk; a chunk that fails
-verification ends the fetch with its `RejectedError`, because the release is then rejected.
+A sliding window: the fetcher subscribes to at most `window` chunk topics the download still
+lacks, tops the window up once half of it has arrived, and unsubscribes the topics of chunks it
+has. A resumed download asks only for what is missing; a lost link costs at most the window.
+
+A lost link pauses a download and never fails it. On the next connection the fetcher sends
+again only the subscriptions the broker cannot still hold: when the broker kept the persistent
+session, the chunks asked for come from it (what it had sent unacknowledged and what it queued),
+so only subscriptions it never acknowledged are renewed; when the session is gone, the window
+is subscribed again and its retained chunks come back once. A subscription is never repeated
+on the connection that made it: that would bring every retained chunk of it again.
+
+Every chunk goes to `PartialDownload.write_chunk` (in a worker thread), which verifies it
+before it touches the disk; a chunk that fails verification ends the fetch with its
+`RejectedError`. The stall deadline counts connected time without a new verified chunk.
+`edge_agent.http_fetch` is the HTTP transport.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import ssl
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import aiohttp
-
-from edge_agent.errors import DownloadFailedError, DownloadStalledError
+from edge_agent.errors import (
+    BrokerError,
+    DownloadFailedError,
+    DownloadStalledError,
+    MqttSubscribeError,
+)
+from edge_agent.link import LinkState
 from edge_agent.store import PartialDownload
-from edge_protocol import Artifact, FormatError, Topics
+from edge_protocol import FormatError, Topics
 from edge_protocol.topics import KIND_ARTIFACT
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (chunks on disk, chunks in the artifact)
 TopicsCall = Callable[[Sequence[str]], Awaitable[None]]
+WINDOW = 16  # chunk topics subscribed at once per download
+RESUBSCRIBE_AFTER_S = 30.0  # a resumed session that brings no chunk this long is not trusted
 
 
 class ChunkFetcher(Protocol):
@@ -44,16 +57,25 @@ class _Active:
     """The state of one artifact being fetched over MQTT."""
 
     download: PartialDownload
-    queue: asyncio.Queue[tuple[int, bytes]] = field(default_factory=asyncio.Queue)
-    pending: set[int] = field(default_factory=set)  # subscribed to, not yet received
-    batch: list[str] = field(default_factory=list)  # topics of the current subscription batch
+    progress_mark: float  # connected time at the last new chunk (or the start)
+    epoch: int  # the connection `subscribed` was last brought up to date for
+    queue: asyncio.Queue[tuple[int, bytes] | None] = field(default_factory=asyncio.Queue)
+    window: set[int] = field(default_factory=set)  # asked for, not yet received
+    queued: set[int] = field(default_factory=set)  # received, not yet written
+    subscribed: set[int] = field(default_factory=set)  # acknowledged by the broker, still held
+    spent: set[int] = field(default_factory=set)  # received, topic still subscribed
+    cursor: int = 0  # every chunk below it is on disk, queued or in the window
+    doubt_session_at: float | None = None  # connected time to renew what a session should bring
+    stuck_epoch: int = -1  # subscribing failed on this connection: wait for the next one
     written: int = 0
-    last_progress: float = field(default_factory=time.monotonic)
-    last_activity: float = field(default_factory=time.monotonic)
 
 
 class MqttChunkFetcher:
-    """Fetches chunks from their retained MQTT topics through the agent's subscribe callables."""
+    """Fetches chunks from their retained MQTT topics through the agent's subscribe callables.
+
+    `subscribe` and `unsubscribe` act on the current connection only; `link` tells the fetcher
+    when connections come and go (without one it assumes a single connection that stays up).
+    """
 
     def __init__(
         self,
@@ -62,19 +84,23 @@ class MqttChunkFetcher:
         unsubscribe: TopicsCall,
         *,
         stall_timeout_s: float,
-        resubscribe_after_s: float = 10.0,
-        batch: int = 64,
+        link: LinkState | None = None,
+        window: int = WINDOW,
+        resubscribe_after_s: float = RESUBSCRIBE_AFTER_S,
     ) -> None:
-        if batch < 1:
-            raise ValueError(f"batch must be at least 1, got {batch}")
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
         self._topics = topics
         self._subscribe = subscribe
         self._unsubscribe = unsubscribe
         self._stall_timeout_s = stall_timeout_s
+        self._link = link if link is not None else LinkState()
+        self._link.add_listener(self._wake)
+        self._window = window
         self._resubscribe_after_s = resubscribe_after_s
-        self._batch = batch
         self._active: dict[str, _Active] = {}
-        self.chunks_received = 0
+        self.chunks_received = 0  # chunk messages for a download in progress, duplicates too
+        self.chunk_bytes_received = 0
         self.chunks_written = 0
 
     def feed(self, topic: str, payload: bytes) -> None:
@@ -88,22 +114,28 @@ class MqttChunkFetcher:
         if active is None or not payload or ref.number is None:
             return
         self.chunks_received += 1
-        # Only chunks asked for and not yet queued: duplicates cannot pile up in memory.
-        if ref.number in active.pending:
-            active.pending.discard(ref.number)
-            active.queue.put_nowait((ref.number, payload))
+        self.chunk_bytes_received += len(payload)
+        index = ref.number
+        if index in active.window:
+            active.window.discard(index)
+            active.doubt_session_at = None  # the session delivers
+        elif not self._unasked_but_useful(active, index):
+            return  # a duplicate: memory holds each chunk at most once
+        active.queued.add(index)
+        if index in active.subscribed:
+            active.spent.add(index)
+        active.queue.put_nowait((index, payload))
 
     async def fetch(self, download: PartialDownload, progress: Progress | None = None) -> int:
         """Fetch every missing chunk of `download`; return how many this call wrote."""
         sha256 = download.artifact.sha256
         if sha256 in self._active:
             raise RuntimeError(f"artifact {sha256} is already being fetched")
-        active = _Active(download)
+        active = _Active(download, self._link.connected_time(), self._link.epoch)
         self._active[sha256] = active
         try:
             while not download.complete:
-                if not active.pending and active.queue.empty():
-                    await self._next_batch(active)
+                await self._keep_subscribed(active)
                 item = await self._next_chunk(active)
                 if item is not None:
                     await self._write(active, *item, progress)
@@ -112,190 +144,145 @@ class MqttChunkFetcher:
             del self._active[sha256]
             await self._release(active)
 
-    async def resubscribe(self) -> None:
-        """Subscribe again to every chunk still awaited (after a reconnect to the broker)."""
-        for active in list(self._active.values()):
-            await self._subscribe_pending(active)
+    # --- subscriptions -------------------------------------------------------------------
 
-    async def _next_batch(self, active: _Active) -> None:
-        await self._drop_batch(active)
-        artifact = active.download.artifact
-        indices = active.download.missing()[: self._batch]
-        active.batch = [self._topics.artifact_chunk(artifact.sha256, i) for i in indices]
+    async def _keep_subscribed(self, active: _Active) -> None:
+        """Bring the broker's subscriptions up to date for the current connection."""
+        link = self._link
+        if not link.up or active.stuck_epoch == link.epoch:
+            return
+        if active.epoch != link.epoch:
+            self._on_new_connection(active)
+        try:
+            await self._top_up(active)
+            await self._drop_spent(active)
+        except MqttSubscribeError as e:
+            raise DownloadFailedError(
+                f"{e}: the broker's ACL must let this device read the artifact topics"
+            ) from e
+        except BrokerError as e:
+            active.stuck_epoch = link.epoch  # the link is going; the next connection resumes
+            log.info("chunk subscriptions wait for the next connection: %s", e)
+
+    def _on_new_connection(self, active: _Active) -> None:
+        link = self._link
+        active.epoch = link.epoch
+        if not link.session_present:  # the broker forgot every subscription we had
+            active.subscribed.clear()
+            active.spent.clear()
+            active.doubt_session_at = None
+        elif active.window & active.subscribed:
+            active.doubt_session_at = link.connected_time() + self._resubscribe_after_s
+
+    async def _top_up(self, active: _Active) -> None:
+        unconfirmed = sorted(active.window - active.subscribed)
+        fresh: list[int] = []
+        if len(active.window) <= self._window // 2:
+            fresh = self._next_missing(active, self._window - len(active.window))
+        indices = unconfirmed + fresh
+        if not indices:
+            return
         # Registered before subscribing: retained chunks may arrive before the SUBACK.
-        active.pending = set(indices)
-        active.last_activity = time.monotonic()
-        await self._subscribe(active.batch)
+        active.window.update(fresh)
+        await self._subscribe(self._chunk_topics(active, indices))
+        active.subscribed.update(indices)
+        active.spent.update(i for i in indices if i not in active.window)
 
-    async def _drop_batch(self, active: _Active) -> None:
-        topics, active.batch = active.batch, []
-        if topics:
-            await self._unsubscribe(topics)
+    async def _drop_spent(self, active: _Active) -> None:
+        # In batches: one UNSUBSCRIBE per half window, not one per chunk.
+        if len(active.spent) < max(1, self._window // 2) and active.window:
+            return
+        spent = sorted(active.spent)
+        if spent:
+            await self._unsubscribe(self._chunk_topics(active, spent))
+            active.spent.difference_update(spent)
+            active.subscribed.difference_update(spent)
+
+    def _next_missing(self, active: _Active, count: int) -> list[int]:
+        download, total = active.download, len(active.download.artifact.chunks)
+        found: list[int] = []
+        while active.cursor < total and len(found) < count:
+            index = active.cursor
+            if not download.has(index) and index not in active.window | active.queued:
+                found.append(index)
+            active.cursor += 1
+        return found
+
+    def _unasked_but_useful(self, active: _Active, index: int) -> bool:
+        """A missing chunk nobody asked for (a session of an earlier run brought it)."""
+        if index in active.queued or not 0 <= index < len(active.download.artifact.chunks):
+            return False
+        return not active.download.has(index) and active.queue.qsize() < self._window
 
     async def _release(self, active: _Active) -> None:
-        """Unsubscribe the last batch without masking the error that may be ending the fetch."""
+        """Unsubscribe what is left without masking the error that may be ending the fetch."""
+        held = sorted(active.subscribed)
+        if not held or not self._link.up:
+            return  # a session that outlives us costs at most a window of retained chunks
         try:
-            await self._drop_batch(active)
-        except Exception:
-            # A lingering subscription costs a few retained messages; a lost error costs more.
-            log.warning(
-                "could not unsubscribe chunk topics of %s",
-                active.download.artifact.sha256,
-                exc_info=True,
-            )
+            await self._unsubscribe(self._chunk_topics(active, held))
+        except Exception as e:  # noqa: BLE001 - logged; the fetch's own outcome matters more
+            log.info("could not unsubscribe the chunk topics of %s: %s", _sha(active), e)
 
-    async def _subscribe_pending(self, active: _Active) -> None:
-        sha256 = active.download.artifact.sha256
-        topics = [self._topics.artifact_chunk(sha256, i) for i in sorted(active.pending)]
-        active.last_activity = time.monotonic()
-        if topics:
-            await self._subscribe(topics)
+    def _chunk_topics(self, active: _Active, indices: Sequence[int]) -> list[str]:
+        return [self._topics.artifact_chunk(_sha(active), i) for i in indices]
+
+    # --- waiting and writing ---------------------------------------------------------------
 
     async def _next_chunk(self, active: _Active) -> tuple[int, bytes] | None:
-        """Wait for a chunk; on silence resubscribe (None), on a stall raise."""
-        deadline = min(
-            active.last_activity + self._resubscribe_after_s,
-            active.last_progress + self._stall_timeout_s,
-        )
+        """The next chunk; None when the link changed or a resumed session looks empty."""
+        link = self._link
+        timeout = None  # while disconnected, only a new connection moves things on
+        if link.up:
+            remaining = self._stall_timeout_s - (link.connected_time() - active.progress_mark)
+            if remaining <= 0:
+                raise DownloadStalledError(_stalled(active.download, self._stall_timeout_s))
+            timeout = remaining
+            if active.doubt_session_at is not None:
+                timeout = min(timeout, max(0.0, active.doubt_session_at - link.connected_time()))
         try:
-            item = await asyncio.wait_for(active.queue.get(), max(0.0, deadline - time.monotonic()))
+            return await asyncio.wait_for(active.queue.get(), timeout)
         except TimeoutError:
-            if time.monotonic() - active.last_progress >= self._stall_timeout_s:
-                raise DownloadStalledError(
-                    _stalled(active.download, self._stall_timeout_s)
-                ) from None
-            # A broker that restarted has lost our subscriptions; retained chunks come back.
-            log.info(
-                "no chunk of %s for a while: subscribing again", active.download.artifact.sha256
-            )
-            await self._subscribe_pending(active)
+            self._doubt_session(active)
             return None
-        active.last_activity = time.monotonic()
-        return item
+
+    def _doubt_session(self, active: _Active) -> None:
+        due = active.doubt_session_at
+        if due is None or self._link.connected_time() < due:
+            return
+        # The broker said it kept our session, yet nothing came: subscribe again, once.
+        log.info("the resumed session brought no chunk of %s: subscribing again", _sha(active))
+        active.doubt_session_at = None
+        active.subscribed.difference_update(active.window)
 
     async def _write(
         self, active: _Active, index: int, data: bytes, progress: Progress | None
     ) -> None:
         download = active.download
-        if await asyncio.to_thread(download.write_chunk, index, data):
+        try:
+            written = await asyncio.to_thread(download.write_chunk, index, data)
+        finally:
+            active.queued.discard(index)
+        if written:
             active.written += 1
             self.chunks_written += 1
-            active.last_progress = time.monotonic()
+            active.progress_mark = self._link.connected_time()
             if progress is not None:
                 progress(download.have_count, len(download.artifact.chunks))
 
-
-class _TransientError(Exception):
-    """An HTTP answer worth retrying (5xx, 408, 429)."""
-
-
-_RETRY_STATUSES = frozenset({408, 429})
+    def _wake(self) -> None:
+        """The link changed: every fetch looks at its subscriptions again."""
+        for active in self._active.values():
+            active.queue.put_nowait(None)
 
 
-class HttpChunkFetcher:
-    """Fetches chunks from the registry's `GET /v1/artifacts/{sha256}` with one Range each."""
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        username: str,
-        password: str,
-        session: aiohttp.ClientSession,
-        stall_timeout_s: float,
-        ssl_context: ssl.SSLContext | None = None,
-        retry_delay_s: float = 0.5,
-        max_retry_delay_s: float = 10.0,
-    ) -> None:
-        self._base_url = base_url.rstrip("/")
-        # Built by hand: aiohttp deprecates BasicAuth, and its replacement needs aiohttp >= 3.14.
-        token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
-        self._authorization = f"Basic {token}"
-        self._session = session
-        self._stall_timeout_s = stall_timeout_s
-        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
-        self._retry_delay_s = retry_delay_s
-        self._max_retry_delay_s = max_retry_delay_s
-        self.chunks_written = 0
-
-    async def fetch(self, download: PartialDownload, progress: Progress | None = None) -> int:
-        """Fetch every missing chunk of `download`; return how many this call wrote."""
-        written = 0
-        total = len(download.artifact.chunks)
-        for index in download.missing():
-            data = await self._get_with_retries(download.artifact, index)
-            if await asyncio.to_thread(download.write_chunk, index, data):
-                written += 1
-                self.chunks_written += 1
-                if progress is not None:
-                    progress(download.have_count, total)
-        return written
-
-    async def _get_with_retries(self, artifact: Artifact, index: int) -> bytes:
-        """Get one chunk, retrying transient failures while a retry fits in the stall timeout."""
-        deadline = time.monotonic() + self._stall_timeout_s
-        delay = self._retry_delay_s
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                async with asyncio.timeout(max(0.0, remaining)):
-                    return await self._get(artifact, index)
-            except (aiohttp.ClientError, TimeoutError, _TransientError) as e:
-                if time.monotonic() + delay >= deadline:
-                    cause = str(e) or type(e).__name__
-                    raise DownloadStalledError(
-                        f"chunk {index} of {artifact.sha256} not fetched from {self._base_url} "
-                        f"within {self._stall_timeout_s:g}s; last error: {cause}"
-                    ) from e
-                log.info("chunk %d of %s: %s; retrying in %.1fs", index, artifact.sha256, e, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._max_retry_delay_s)
-
-    async def _get(self, artifact: Artifact, index: int) -> bytes:
-        """One Range request; reads at most the chunk's length plus one byte."""
-        start = index * artifact.chunk_size
-        length = artifact.chunk_length(index)
-        url = f"{self._base_url}/v1/artifacts/{artifact.sha256}"
-        headers = {
-            "Range": f"bytes={start}-{start + length - 1}",
-            "Authorization": self._authorization,
-        }
-        async with self._session.get(url, headers=headers, ssl=self._ssl) as r:
-            _check_status(r.status, url, single_chunk=len(artifact.chunks) == 1)
-            # One byte past the exact length is enough to prove "too long" (size_exceeded);
-            # leaving the block unread closes the connection instead of draining it.
-            return await _read_at_most(r.content, length + 1)
-
-
-def _check_status(status: int, url: str, *, single_chunk: bool) -> None:
-    if status == 206 or (status == 200 and single_chunk):
-        return
-    if status >= 500 or status in _RETRY_STATUSES:
-        raise _TransientError(f"HTTP {status} from {url}")
-    if status in (401, 403):
-        raise DownloadFailedError(
-            f"the registry refused this device's credentials (HTTP {status}) for {url}; "
-            "check the device id and MQTT password it was provisioned with"
-        )
-    if status == 404:
-        raise DownloadFailedError(f"the registry has no artifact at {url} (HTTP 404)")
-    raise DownloadFailedError(f"unexpected HTTP {status} for a Range request to {url}")
-
-
-async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
-    """Read until EOF or `limit` bytes, whichever comes first; never buffers more."""
-    buffer = bytearray()
-    while len(buffer) < limit:
-        piece = await stream.read(limit - len(buffer))
-        if not piece:
-            break
-        buffer += piece
-    return bytes(buffer)
+def _sha(active: _Active) -> str:
+    return active.download.artifact.sha256
 
 
 def _stalled(download: PartialDownload, timeout_s: float) -> str:
     artifact = download.artifact
     return (
-        f"no chunk of {artifact.sha256} arrived in {timeout_s:g}s; "
+        f"no new chunk of {artifact.sha256} in {timeout_s:g} s connected to the broker; "
         f"{download.have_count} of {len(artifact.chunks)} chunks are on disk"
     )

@@ -8,11 +8,12 @@ either the old or the new state, each of which names only verified, fully writte
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edge_agent.durable import write_atomic
+from edge_agent.durable import fsync_directory, write_atomic
 from edge_agent.errors import ConfigError
 
 STATE_FILE = "state.json"
@@ -109,6 +110,15 @@ class AgentState:
             if release is not None
         }
 
+    def installed_releases(self) -> set[tuple[str, str]]:
+        """(model, sha256) of every release the state refers to (whose signed files are kept)."""
+        return {
+            (name, release.sha256)
+            for name, model in self.models.items()
+            for release in (model.active, model.previous)
+            if release is not None
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return {
@@ -174,6 +184,21 @@ class StateStore:
     def save_release(self, model: str, sha256: str, envelope: bytes) -> None:
         """Keep the signed release next to the model file it describes."""
         write_atomic(self.release_path(model, sha256), envelope)
+
+    def retain_releases(self, keep: Collection[tuple[str, str]]) -> list[Path]:
+        """Delete the signed releases of every (model, sha256) not in `keep` (blocking)."""
+        wanted = {self.release_path(model, sha256).name for model, sha256 in keep}
+        directory = self.state_dir / RELEASES_DIR
+        removed = [
+            path
+            for path in directory.glob("*.json")
+            if path.name not in wanted and not path.name.startswith(".")
+        ]
+        for path in removed:
+            path.unlink(missing_ok=True)
+        if removed:
+            fsync_directory(directory)
+        return removed
 
 
 def load_state(state_dir: Path) -> AgentState:

@@ -136,6 +136,10 @@ class PartialDownload:
         """Whether every chunk is on disk."""
         return self._count == len(self.artifact.chunks)
 
+    def has(self, index: int) -> bool:
+        """Whether chunk `index` is on disk (False for an index out of range)."""
+        return 0 <= index < len(self.artifact.chunks) and self._has(index)
+
     def missing(self) -> list[int]:
         """Return the indices of the chunks not yet on disk, in order."""
         return [i for i in range(len(self.artifact.chunks)) if not self._has(i)]

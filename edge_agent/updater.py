@@ -24,6 +24,7 @@ from edge_agent.activation import Activator
 from edge_agent.config import DeviceConfig
 from edge_agent.errors import AgentError, ProbationFailedError, StoreError, UpdateError
 from edge_agent.fetch import ChunkFetcher
+from edge_agent.link import LinkState
 from edge_agent.reporting import Reporter
 from edge_agent.state import AgentState, Installed, ModelState, StateStore
 from edge_agent.store import ModelStore
@@ -62,6 +63,8 @@ class Updater:
         reporter: Reporter,
         fetcher: ChunkFetcher,
         subscribe: Callable[[str], Coroutine[Any, Any, None]],
+        link: LinkState | None = None,
+        unsubscribe: Callable[[str], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self._config = config
         self._states = states
@@ -72,7 +75,7 @@ class Updater:
         self._reporter = reporter
         self._acquire = Acquisition(
             config, trust, store=store, reporter=reporter, fetcher=fetcher, subscribe=subscribe,
-            set_phase=self._set_phase,
+            set_phase=self._set_phase, link=link, unsubscribe=unsubscribe,
         )  # fmt: skip
         self._jobs: dict[str, Job] = {}
         settings = config.updates
@@ -389,10 +392,15 @@ class Updater:
     async def _retain(self, finished: str | None = None) -> None:
         # Keep what the state (in memory and on disk) refers to and what other updates are
         # fetching; the update that just ended (`finished`) keeps nothing it did not install.
-        others = {job.target.sha256 for job in self._jobs.values() if job.model != finished}
+        running = {(job.model, job.target.sha256) for job in self._jobs.values()
+                   if job.model != finished}  # fmt: skip
+        others = {sha256 for _model, sha256 in running}
         keep = self.state.installed_shas() | self._persisted.installed_shas() | others
+        releases = self.state.installed_releases() | self._persisted.installed_releases() | running
         try:
             await asyncio.to_thread(self._store.retain, keep)
+            # A removed model's signed release goes with it (its job may be saving one now).
+            await asyncio.to_thread(self._states.retain_releases, releases)
         except OSError as e:  # what is not deleted now is deleted after the next update
             log.error("cannot remove unused model files: %s", e)
 

@@ -31,6 +31,19 @@ def write_file_atomic(
     fsync_directory(path.parent)
 
 
+def remove_temp_files(directory: Path) -> list[Path]:
+    """Delete the temp files `write_file_atomic` left in `directory` when a crash cut it short.
+
+    Call only while nothing writes there (at start): a live writer's temp file looks the same.
+    """
+    removed = [p for p in directory.glob(".*.tmp") if p.is_file()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    if removed:
+        fsync_directory(directory)
+    return removed
+
+
 def fsync_directory(directory: Path) -> None:
     """Make a rename or a new file in `directory` survive power loss."""
     fd = os.open(directory, os.O_RDONLY)

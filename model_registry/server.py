@@ -26,7 +26,7 @@ from model_registry.api.app import create_app
 from model_registry.api.metrics import CounterSource, GaugeSource, RegistryMetrics
 from model_registry.config import RegistryConfig, ServeOptions, parse_host_port
 from model_registry.errors import ConfigError, NotFoundError
-from model_registry.fsutil import write_file_atomic
+from model_registry.fsutil import remove_temp_files, write_file_atomic
 from model_registry.home import SERVE_FILE
 from model_registry.mqtt.client import MqttConnection
 from model_registry.mqtt.credentials import hash_password
@@ -78,6 +78,7 @@ async def running_registry(
         stack.push_async_callback(storage.close)
         ctx = make_context(config, storage)
         await asyncio.to_thread(ctx.blobs.root.mkdir, parents=True, exist_ok=True)
+        await _remove_debris(ctx)
         supervisor = Supervisor()
         mqtt_url, ingest = await _start_mqtt(stack, ctx, options, supervisor)
         metrics = RegistryMetrics()
@@ -121,6 +122,17 @@ async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _remove_debris(ctx: RegistryContext) -> None:
+    """Delete what a crash left mid-write: no writer can be running before we serve."""
+    removed = await asyncio.to_thread(ctx.blobs.remove_temp_files)
+    home = ctx.config.home
+    for directory in (home, home / "metadata" / "root", home / "keys", home / "secrets"):
+        if directory.is_dir():
+            removed += len(await asyncio.to_thread(remove_temp_files, directory))
+    if removed:
+        log.info("removed %d unfinished writes left by an earlier crash", removed)
 
 
 def make_context(config: RegistryConfig, storage: Storage) -> RegistryContext:

@@ -14,22 +14,43 @@ from model_registry.api.params import (
     target_from,
 )
 from model_registry.api.views import deployment_view, progress_view
-from model_registry.services.deployments import deploy
+from model_registry.services.deployments import RequestKey, Target, deploy_once
 from model_registry.services.fleet import deployment_progress
+from model_registry.storage import DeploymentRecord
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 @require("publisher")
 async def create_deployment(request: web.Request) -> web.Response:
-    """POST /v1/deployments {"model", "version", "group" | "devices"}."""
+    """POST /v1/deployments {"model", "version", "group" | "devices"} [Idempotency-Key]."""
     body = await json_body(request, ("model", "version", "group", "devices"))
-    deployment = await deploy(
-        request.app[CTX_KEY],
+    model, version, target = (
         field(body, "model", str),
         positive_field(body, "version"),
         target_from(body),
-        created_by=request[PRINCIPAL_KEY],
     )
-    return web.json_response(deployment_view(deployment), status=201)
+    key = request_key(request, kind="deploy", model=model, version=version, target=target)
+    deployment, replayed = await deploy_once(
+        request.app[CTX_KEY], model, version, target, created_by=request[PRINCIPAL_KEY], key=key
+    )
+    return deployment_response(deployment, replayed=replayed)
+
+
+def request_key(request: web.Request, *, target: Target, **fields: object) -> RequestKey | None:
+    """The request's Idempotency-Key with the digest of what it asks for, or None without one."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    return RequestKey.of(key, **fields, target={target.kind: target.label})
+
+
+def deployment_response(deployment: DeploymentRecord, *, replayed: bool) -> web.Response:
+    """201 with a new deployment; 200 and `Idempotent-Replayed: true` with an earlier one."""
+    response = web.json_response(deployment_view(deployment), status=200 if replayed else 201)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
 
 
 @require("viewer")

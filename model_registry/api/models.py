@@ -5,9 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from model_registry.api.auth import CTX_KEY, PRINCIPAL_KEY, require
+from model_registry.api.deployments import deployment_response, request_key
 from model_registry.api.params import int_param, json_body, target_from
 from model_registry.api.uploads import read_upload
-from model_registry.api.views import deployment_view, model_view, release_view
+from model_registry.api.views import model_view, release_view
 from model_registry.services.deployments import rollback
 from model_registry.services.releases import PushRequest, push_model
 
@@ -60,10 +61,9 @@ async def get_version(request: web.Request) -> web.Response:
 async def rollback_model(request: web.Request) -> web.Response:
     """POST /v1/models/{name}/rollback with {"group": G} or {"devices": [...]}."""
     body = await json_body(request, ("group", "devices"))
-    deployment = await rollback(
-        request.app[CTX_KEY],
-        request.match_info["name"],
-        target_from(body),
-        created_by=request[PRINCIPAL_KEY],
+    model, target = request.match_info["name"], target_from(body)
+    key = request_key(request, kind="rollback", model=model, target=target)
+    deployment, replayed = await rollback(
+        request.app[CTX_KEY], model, target, created_by=request[PRINCIPAL_KEY], key=key
     )
-    return web.json_response(deployment_view(deployment), status=201)
+    return deployment_response(deployment, replayed=replayed)

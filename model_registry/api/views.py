@@ -119,6 +119,7 @@ def deployment_view(deployment: DeploymentRecord) -> dict[str, Any]:
         "created": format_time(deployment.created),
         "deadline": format_time(deployment.deadline),
         "created_by": deployment.created_by,
+        "idempotency_key": deployment.idempotency_key,
     }
 
 

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from model_registry.cli import keys, local, remote
+from model_registry.cli import deployments, keys, local, remote
 from model_registry.cli.display import printable
 from model_registry.cli.parser import build_parser
 from model_registry.errors import RegistryError
@@ -28,8 +28,10 @@ COMMANDS: dict[str, Command] = {
     "push": remote.push,
     "models": remote.models,
     "versions": remote.versions,
-    "deploy": remote.deploy,
-    "rollback": remote.rollback,
+    "deploy": deployments.deploy,
+    "rollback": deployments.rollback,
+    "deployments list": deployments.deployments_list,
+    "deployments show": deployments.deployments_show,
     "devices add": remote.devices_add,
     "devices list": remote.devices_list,
     "token create": remote.token_create,
@@ -46,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for part in (
             args.command,
             getattr(args, "devices_command", None),
+            getattr(args, "deployments_command", None),
             getattr(args, "token_command", None),
             getattr(args, "keys_command", None),
         )

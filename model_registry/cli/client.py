@@ -6,6 +6,7 @@ encoder for uploads. API errors come back as `ApiError` carrying the server's ow
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import secrets
@@ -25,11 +26,15 @@ TIMEOUT_S = 600  # a push quantizes and evaluates on the server before answering
 
 
 class ApiError(RegistryError):
-    """The API answered with an error, or could not be reached."""
+    """The API answered with an error (`status`), or could not be reached (no status)."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ConnectionLostError(ApiError):
+    """The request went out but no answer came back: it may or may not have taken effect."""
 
 
 @dataclass(frozen=True)
@@ -63,10 +68,15 @@ class ApiClient:
         """GET a JSON document."""
         return self._send("GET", path, None, {})
 
-    def post_json(self, path: str, body: dict[str, Any]) -> Any:
-        """POST a JSON object."""
+    def post_json(
+        self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> Any:
+        """POST a JSON object (with extra `headers`)."""
         return self._send(
-            "POST", path, json.dumps(body).encode(), {"Content-Type": "application/json"}
+            "POST",
+            path,
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json", **(headers or {})},
         )
 
     def post_files(self, path: str, fields: dict[str, bytes]) -> Any:
@@ -91,9 +101,13 @@ class ApiClient:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as e:
             raise ApiError(_error_text(e), e.code) from e
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise ApiError(f"cannot reach the registry at {self.url}: {reason}") from e
+        except urllib.error.URLError as e:  # urllib wraps what fails before the request is out
+            raise ApiError(f"cannot reach the registry at {self.url}: {e.reason}") from e
+        except (http.client.HTTPException, OSError) as e:  # sent, then the answer was lost
+            raise ConnectionLostError(
+                f"the connection to the registry at {self.url} dropped before it answered "
+                f"({e or type(e).__name__})"
+            ) from e
 
 
 def _served_url(home: Path) -> str | None:

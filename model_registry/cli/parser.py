@@ -151,13 +151,36 @@ def _model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
         metavar="SECONDS",
         help="wait at most this long (implies --wait; default: until the deadline)",
     )
+    _idempotency_key(deploy)
     _json(deploy)
 
     rollback = commands.add_parser("rollback", help="deploy the previous release a target ran")
     _api(rollback)
     rollback.add_argument("name")
     _target(rollback)
+    _idempotency_key(rollback)
     _json(rollback)
+
+    listing = commands.add_parser("deployments", help="list deployments and follow one")
+    deployment_commands = listing.add_subparsers(
+        dest="deployments_command", metavar="COMMAND", required=True
+    )
+    many = deployment_commands.add_parser("list", help="deployments, newest first")
+    _api(many)
+    many.add_argument("--model", help="only this model's")
+    _json(many)
+    one = deployment_commands.add_parser("show", help="where each device of a deployment stands")
+    _api(one)
+    one.add_argument("id", type=int, metavar="ID")
+    _json(one)
+
+
+def _idempotency_key(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="send this Idempotency-Key (default: a new UUID); the same key never deploys twice",
+    )
 
 
 def _fleet_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,4 +1,4 @@
-"""Commands that call the API: push, models, versions, deploy, rollback, devices, token."""
+"""Commands that call the API: push, models, versions, devices, token (deploys: deployments.py)."""
 
 from __future__ import annotations
 
@@ -6,29 +6,14 @@ import argparse
 import base64
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from edge_protocol import parse_time
 from model_registry.cli.client import ApiClient
 from model_registry.cli.display import printable
-from model_registry.errors import ConflictError, InvalidInputError, RegistryError
+from model_registry.errors import ConflictError
 from model_registry.home import resolve_home
-
-POLL_INTERVAL_S = 1.0
-DEADLINE_GRACE_S = 30.0  # past the deadline, for the registry to declare silent devices
-# Shown in this order when following a deployment; see model_registry/services/fleet.py.
-STATUS_ORDER = (
-    "activated", "probation", "downloading", "pending",
-    "failed", "rolled_back", "silent", "superseded",
-)  # fmt: skip
-_MOVING = frozenset({"pending", "downloading", "probation"})
-
-
-class DeploymentFailedError(RegistryError):
-    """A followed deployment ended with devices that do not run its release, or timed out."""
 
 
 def _client(args: argparse.Namespace) -> ApiClient:
@@ -113,109 +98,6 @@ def versions(args: argparse.Namespace) -> int:
     ]
     _print(args, data, rows, ["VERSION", "LABEL", "SIZE", "SHA256", "QUANTIZATION", "CREATED"])
     return 0
-
-
-def _target(args: argparse.Namespace) -> dict[str, Any]:
-    return {"group": args.group} if args.group else {"devices": args.device}
-
-
-def deploy(args: argparse.Namespace) -> int:
-    """model-registry deploy NAME VERSION [--wait [--timeout SECONDS]]."""
-    wait = args.wait or args.timeout is not None
-    if args.timeout is not None and args.timeout <= 0:
-        raise InvalidInputError(
-            f"--timeout must be a positive number of seconds, not {args.timeout}"
-        )
-    client = _client(args)
-    body = {"model": args.name, "version": args.version, **_target(args)}
-    deployment = client.post_json("/v1/deployments", body)
-    if not wait:
-        _print_deployment(args, deployment)
-        return 0
-    if not args.json:
-        _print_deployment(args, deployment)
-    timeout_s = args.timeout or _until_deadline(deployment)
-    followed = _follow(client, deployment, timeout_s, show=not args.json)
-    if args.json:
-        print(json.dumps(followed, indent=2))
-    _check_outcome(followed, timeout_s)
-    if not args.json:
-        done = f"Deployment {followed['id']}: every device runs version {followed['version']}"
-        print(printable(done))
-    return 0
-
-
-def _until_deadline(deployment: dict[str, Any]) -> float:
-    lifetime = parse_time(deployment["deadline"]) - parse_time(deployment["created"])
-    return lifetime.total_seconds() + DEADLINE_GRACE_S
-
-
-def _follow(
-    client: ApiClient, deployment: dict[str, Any], timeout_s: float, *, show: bool
-) -> dict[str, Any]:
-    """Poll the deployment, printing its progress when it changes, until done or out of time."""
-    give_up = time.monotonic() + timeout_s
-    shown = None
-    while True:
-        current: dict[str, Any] = client.get(f"/v1/deployments/{deployment['id']}")
-        line = _progress_line(current)
-        if show and line != shown:
-            print(printable(line), flush=True)
-            shown = line
-        left = give_up - time.monotonic()
-        if current["progress"]["done"] or left <= 0:
-            return current
-        time.sleep(min(POLL_INTERVAL_S, left))
-
-
-def _progress_line(deployment: dict[str, Any]) -> str:
-    counts = deployment["progress"]["counts"]
-    parts = [f"{counts[s]} {s.replace('_', ' ')}" for s in STATUS_ORDER if counts.get(s)]
-    total = len(deployment["devices"])
-    return f"  {counts.get('activated', 0)}/{total} activated: {', '.join(parts)}"
-
-
-def _check_outcome(deployment: dict[str, Any], timeout_s: float) -> None:
-    """Raise DeploymentFailedError naming the devices that do not run the release, and why."""
-    progress = deployment["progress"]
-    if progress["succeeded"]:
-        return
-    devices = progress["devices"]
-    failed = [_failure(d) for d in devices if d["status"] not in _MOVING | {"activated"}]
-    if progress["done"]:
-        raise DeploymentFailedError(f"deployment {deployment['id']} failed on {', '.join(failed)}")
-    waiting = [f"{d['device_id']} ({d['status']})" for d in devices if d["status"] in _MOVING]
-    failures = f"; it failed on {', '.join(failed)}" if failed else ""
-    raise DeploymentFailedError(
-        f"deployment {deployment['id']} did not finish within {timeout_s:g} s: "
-        f"{', '.join(waiting)} still under way{failures}"
-    )
-
-
-def _failure(device: dict[str, Any]) -> str:
-    why = device["reason"] if device["status"] in ("failed", "rolled_back") else device["detail"]
-    status = device["status"].replace("_", " ")
-    return f"{device['device_id']} ({status}: {why or 'no reason given'})"
-
-
-def rollback(args: argparse.Namespace) -> int:
-    """model-registry rollback NAME."""
-    deployment = _client(args).post_json(f"/v1/models/{quote(args.name)}/rollback", _target(args))
-    _print_deployment(args, deployment)
-    return 0
-
-
-def _print_deployment(args: argparse.Namespace, deployment: dict[str, Any]) -> None:
-    if args.json:
-        print(json.dumps(deployment, indent=2))
-        return
-    devices = deployment["devices"]
-    print(
-        printable(
-            f"Deployment {deployment['id']}: {deployment['kind']} {deployment['model']} "
-            f"version {deployment['version']} to {len(devices)} device(s): {', '.join(devices)}"
-        )
-    )
 
 
 def devices_add(args: argparse.Namespace) -> int:

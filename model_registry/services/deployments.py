@@ -7,12 +7,15 @@ whatever else the device is assigned. A rollback is a deployment of an earlier r
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
 from edge_protocol import AssignedModel
-from model_registry.errors import InvalidInputError, NotFoundError
+from model_registry.errors import ConflictError, InvalidInputError, NotFoundError
 from model_registry.services.context import RegistryContext
 from model_registry.storage import DeploymentRecord, DeviceRecord, ReleaseRecord
 
@@ -41,6 +44,28 @@ class Target:
         return self.group if self.group is not None else ",".join(self.devices)
 
 
+_KEY = re.compile(r"[\x21-\x7e]{1,200}")  # visible ASCII: no spaces, controls or Unicode
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    """A client's Idempotency-Key and the digest of what that request asked for."""
+
+    key: str
+    digest: str
+
+    @classmethod
+    def of(cls, key: str, **request: object) -> RequestKey:
+        """Check the key's form; digest the request's fields."""
+        if _KEY.fullmatch(key) is None:
+            raise InvalidInputError(
+                "the Idempotency-Key header must be 1 to 200 visible ASCII characters "
+                "(no spaces), such as a UUID"
+            )
+        canonical = json.dumps(request, sort_keys=True, separators=(",", ":"))
+        return cls(key, hashlib.sha256(canonical.encode()).hexdigest())
+
+
 async def deploy(
     ctx: RegistryContext,
     model: str,
@@ -51,8 +76,31 @@ async def deploy(
     kind: str = "deploy",
 ) -> DeploymentRecord:
     """Assign release `model` `version` to every targeted device and publish the assignments."""
+    record, _replayed = await deploy_once(
+        ctx, model, version, target, created_by=created_by, kind=kind
+    )
+    return record
+
+
+async def deploy_once(
+    ctx: RegistryContext,
+    model: str,
+    version: int,
+    target: Target,
+    *,
+    created_by: str,
+    kind: str = "deploy",
+    key: RequestKey | None = None,
+) -> tuple[DeploymentRecord, bool]:
+    """`deploy`, or with `key` the deployment an earlier request with that key made.
+
+    Returns the deployment and whether it is such a replay. ConflictError when the key was
+    used for a different request.
+    """
     release = await ctx.storage.get_release(model, version)
     async with ctx.state_lock:
+        if key is not None and (earlier := await replayed(ctx, key)) is not None:
+            return earlier, True
         devices = await _resolve(ctx, target)
         now = ctx.clock()
         record = DeploymentRecord(
@@ -66,26 +114,50 @@ async def deploy(
             deadline=now.replace(microsecond=0) + timedelta(seconds=ctx.config.deploy.deadline_s),
             created_by=created_by,
             kind=kind,
+            idempotency_key=key.key if key is not None else None,
+            request_digest=key.digest if key is not None else None,
         )
         deployment_id = await ctx.storage.add_deployment(record)
         await _announce_release(ctx, release)
         for device in devices:
             await _assign(ctx, device, release)
     log.info("%s %s v%d to %s (%d devices)", kind, model, version, target.label, len(devices))
-    return await ctx.storage.get_deployment(deployment_id)
+    return await ctx.storage.get_deployment(deployment_id), False
+
+
+async def replayed(ctx: RegistryContext, key: RequestKey) -> DeploymentRecord | None:
+    """The deployment made with `key`, or None; ConflictError if it was for another request."""
+    earlier = await ctx.storage.deployment_by_key(key.key)
+    if earlier is None:
+        return None
+    if earlier.request_digest != key.digest:
+        raise ConflictError(
+            f"the Idempotency-Key {key.key!r} was already used for deployment "
+            f"{earlier.deployment_id} ({earlier.kind} {earlier.model} v{earlier.version} to "
+            f"{earlier.target}); send a new key for a different request"
+        )
+    return earlier
 
 
 async def rollback(
-    ctx: RegistryContext, model: str, target: Target, *, created_by: str
-) -> DeploymentRecord:
-    """Deploy the release the target ran before its current one."""
+    ctx: RegistryContext,
+    model: str,
+    target: Target,
+    *,
+    created_by: str,
+    key: RequestKey | None = None,
+) -> tuple[DeploymentRecord, bool]:
+    """Deploy the release the target ran before its current one (or replay `key`'s rollback)."""
+    # Before resolving: once rolled back, "the release before the current one" is another.
+    if key is not None and (earlier := await replayed(ctx, key)) is not None:
+        return earlier, True
     devices = await _resolve(ctx, target)
     current = {d.assigned.get(model, {}).get("version") for d in devices}
     targeted = {d.device_id for d in devices}
     for past in await ctx.storage.deployments(model):
         if past.version not in current and targeted & set(past.device_ids):
-            return await deploy(
-                ctx, model, past.version, target, created_by=created_by, kind="rollback"
+            return await deploy_once(
+                ctx, model, past.version, target, created_by=created_by, kind="rollback", key=key
             )
     raise NotFoundError(f"no earlier release of {model!r} was deployed to {target.label}")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime
 
-from model_registry.errors import InvalidInputError, NotFoundError, RegistryError
+from model_registry.errors import ConflictError, InvalidInputError, NotFoundError, RegistryError
 from model_registry.storage._db import (
     constraint_error,
     dumps,
@@ -24,7 +24,8 @@ from model_registry.storage.base import DeploymentRecord, ModelSummary, ReleaseR
 
 _RELEASE_COLUMNS = "model, version, label, sha256, size, created, expires, envelope, build"
 _DEPLOYMENT_COLUMNS = (
-    "deployment_id, model, version, kind, target_kind, target, created, deadline, created_by"
+    "deployment_id, model, version, kind, target_kind, target, created, deadline, created_by,"
+    " idempotency_key, request_digest"
 )
 # Built from the constant column lists above, never from input.
 _INSERT_RELEASE = f"INSERT INTO releases ({_RELEASE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"  # noqa: S608
@@ -156,12 +157,14 @@ def add_deployment(conn: sqlite3.Connection, deployment: DeploymentRecord) -> in
     values = (
         *(d.model, d.version, d.kind, d.target_kind, d.target),
         *(to_text(d.created), to_text(d.deadline), d.created_by),
+        *(d.idempotency_key, d.request_digest),
     )
     with transaction(conn):
         try:
             row = conn.execute(
                 "INSERT INTO deployments (model, version, kind, target_kind, target, created,"
-                " deadline, created_by) VALUES (?,?,?,?,?,?,?,?) RETURNING deployment_id",
+                " deadline, created_by, idempotency_key, request_digest)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?) RETURNING deployment_id",
                 values,
             ).fetchone()
             deployment_id = int(row[0])
@@ -179,6 +182,8 @@ def _deployment_error(
     conn: sqlite3.Connection, error: sqlite3.IntegrityError, d: DeploymentRecord
 ) -> RegistryError:
     """Name what the failed deployment referred to that does not exist."""
+    if "idempotency_key" in str(error):
+        return ConflictError(f"Idempotency-Key {d.idempotency_key!r} was used by another request")
     if not is_foreign_key(error):
         return constraint_error(error, f"deployment lists a device twice: {d.target}")
     release = (d.model, d.version)
@@ -204,6 +209,14 @@ def get_deployment(conn: sqlite3.Connection, deployment_id: int) -> DeploymentRe
             (deployment_id,),
         ).fetchall()
     return _deployment(row, tuple(t["device_id"] for t in targets))
+
+
+def deployment_by_key(conn: sqlite3.Connection, idempotency_key: str) -> DeploymentRecord | None:
+    """Return the deployment stored with this Idempotency-Key, or None."""
+    row = conn.execute(
+        "SELECT deployment_id FROM deployments WHERE idempotency_key = ?", (idempotency_key,)
+    ).fetchone()
+    return None if row is None else get_deployment(conn, int(row[0]))
 
 
 def deployments(conn: sqlite3.Connection, model: str | None) -> list[DeploymentRecord]:
@@ -237,4 +250,6 @@ def _deployment(row: sqlite3.Row, device_ids: tuple[str, ...]) -> DeploymentReco
         deadline=from_text(row["deadline"]),
         created_by=row["created_by"],
         kind=row["kind"],
+        idempotency_key=row["idempotency_key"],
+        request_digest=row["request_digest"],
     )

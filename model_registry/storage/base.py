@@ -76,6 +76,8 @@ class DeploymentRecord:
     deadline: datetime
     created_by: str
     kind: str = "deploy"  # or "rollback"
+    idempotency_key: str | None = None  # the client's Idempotency-Key, unique when set
+    request_digest: str | None = None  # what that request asked for (a replay must match)
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,9 @@ class Storage(Protocol):
 
     async def deployments(self, model: str | None = None) -> list[DeploymentRecord]:
         """Return deployments, newest first, all or of one model."""
+
+    async def deployment_by_key(self, idempotency_key: str) -> DeploymentRecord | None:
+        """Return the deployment made with this Idempotency-Key, or None."""
 
     # device messages
     async def add_event(self, device_id: str, received: datetime, body: dict[str, Any]) -> None:

@@ -105,11 +105,17 @@ class BlobStore:
         return True
 
     def remove_temp_files(self) -> int:
-        """Delete temp files a crash left behind in the fan-out dirs; return how many."""
+        """Delete temp files a crash left behind in the fan-out dirs; return how many.
+
+        Call only while nothing writes blobs (`serve` does at start): a put in progress has
+        a temp file of the same form.
+        """
         removed = 0
         for temp in self.root.glob(f"??/{_TEMP_PREFIX}*"):
-            temp.unlink(missing_ok=True)
-            removed += 1
+            if temp.is_file():
+                temp.unlink(missing_ok=True)
+                fsync_directory(temp.parent)
+                removed += 1
         return removed
 
     def _make_fanout_dir(self, directory: Path) -> None:

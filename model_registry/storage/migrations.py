@@ -136,9 +136,18 @@ _FLEET_VIEW = (
     "CREATE UNIQUE INDEX telemetry_once ON telemetry (device_id, msg_epoch, msg_seq)",
 )
 
+# Idempotent deploys: the client's Idempotency-Key and a digest of what it asked for, so a
+# retried request finds the deployment it made (docs/registry.md). NULLs never clash.
+_IDEMPOTENCY = (
+    "ALTER TABLE deployments ADD COLUMN idempotency_key TEXT",
+    "ALTER TABLE deployments ADD COLUMN request_digest TEXT",
+    "CREATE UNIQUE INDEX deployments_by_idempotency_key ON deployments (idempotency_key)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "roots, models, releases, devices, deployments, messages, tokens", _INITIAL),
     Migration(2, "device last error; message de-duplication by msg_epoch and msg_seq", _FLEET_VIEW),
+    Migration(3, "idempotency keys of deployments", _IDEMPOTENCY),
 )
 
 

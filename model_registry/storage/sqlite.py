@@ -198,6 +198,10 @@ class SQLiteStorage:
         """Return deployments, newest first, all or of one model."""
         return await self._call(_catalog.deployments, model)
 
+    async def deployment_by_key(self, idempotency_key: str) -> DeploymentRecord | None:
+        """Return the deployment made with this Idempotency-Key, or None."""
+        return await self._call(_catalog.deployment_by_key, idempotency_key)
+
     # device messages
 
     async def add_event(self, device_id: str, received: datetime, body: dict[str, Any]) -> None:

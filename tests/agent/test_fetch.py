@@ -16,11 +16,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from paho.mqtt.enums import MQTTErrorCode
 
-from edge_agent.errors import DownloadFailedError, DownloadStalledError
-from edge_agent.fetch import HttpChunkFetcher, MqttChunkFetcher
+from edge_agent.errors import DownloadFailedError, DownloadStalledError, MqttDisconnectedError
+from edge_agent.fetch import MqttChunkFetcher
+from edge_agent.http_fetch import HttpChunkFetcher
+from edge_agent.link import LinkState
 from edge_agent.store import ModelStore, PartialDownload
 from edge_protocol import Artifact, Topics
 from edge_protocol.errors import ChunkHashError, SizeExceededError
+from tests.agent.conftest import eventually
 from tests.support.broker import Broker, RetainedMessages
 
 CHUNK = 1024
@@ -151,9 +154,21 @@ async def mqtt_rig(broker: Broker, **options: Any) -> MqttRig:
     return MqttRig(subscriber, fetcher)
 
 
+def received_topics(rig: MqttRig) -> set[str]:
+    return {topic for topic, payload in rig.subscriber.received if payload}
+
+
+@dataclass
+class FakeClock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
 async def rig(mosquitto_plain: Broker) -> AsyncIterator[MqttRig]:
-    made = await mqtt_rig(mosquitto_plain, batch=4)
+    made = await mqtt_rig(mosquitto_plain, window=4)
     yield made
     made.subscriber.close()
 
@@ -166,7 +181,11 @@ def publish_chunks(
         retained.publish(broker, blob.topic(index), blob.chunk(index))
 
 
-async def test_mqtt_downloads_every_chunk_in_batches(
+def flat(calls: list[list[str]]) -> list[str]:
+    return [topic for call in calls for topic in call]
+
+
+async def test_mqtt_downloads_every_chunk_through_a_sliding_window(
     tmp_path: Path, mosquitto_plain: Broker, retained: RetainedMessages, rig: MqttRig, blob: Blob
 ) -> None:
     publish_chunks(retained, mosquitto_plain, blob, range(N_CHUNKS))
@@ -175,11 +194,27 @@ async def test_mqtt_downloads_every_chunk_in_batches(
 
     written = await rig.fetcher.fetch(download, progress=lambda have, n: seen.append((have, n)))
 
-    assert written == N_CHUNKS == rig.fetcher.chunks_written
+    assert written == N_CHUNKS == rig.fetcher.chunks_written == rig.fetcher.chunks_received
     assert seen == [(have, N_CHUNKS) for have in range(1, N_CHUNKS + 1)]
-    assert [len(call) for call in rig.subscriber.subscribed] == [4, 4, 4]
-    assert rig.subscriber.unsubscribed == rig.subscriber.subscribed
+    subscribed = flat(rig.subscriber.subscribed)
+    assert sorted(subscribed) == sorted(blob.topic(i) for i in range(N_CHUNKS)), "each once"
+    assert max(len(call) for call in rig.subscriber.subscribed) <= 4
+    assert sorted(flat(rig.subscriber.unsubscribed)) == sorted(subscribed)
     assert sha256_of(download.finalize()) == blob.artifact.sha256
+
+
+async def test_mqtt_never_asks_for_more_than_the_window(
+    tmp_path: Path, mosquitto_plain: Broker, retained: RetainedMessages, rig: MqttRig, blob: Blob
+) -> None:
+    download = ModelStore(tmp_path).open_download(blob.artifact)
+    task = asyncio.create_task(rig.fetcher.fetch(download))
+    for index in range(N_CHUNKS):  # one chunk at a time, as a slow link brings them
+        topic = blob.topic(index)
+        await eventually(lambda t=topic: t in flat(rig.subscriber.subscribed), topic)
+        outstanding = set(flat(rig.subscriber.subscribed)) - set(flat(rig.subscriber.unsubscribed))
+        assert len(outstanding - received_topics(rig)) <= 4
+        publish_chunks(retained, mosquitto_plain, blob, [index])
+    assert await asyncio.wait_for(task, 10) == N_CHUNKS
 
 
 async def test_mqtt_resumes_after_a_restart_fetching_only_the_missing_chunks(
@@ -198,14 +233,14 @@ async def test_mqtt_resumes_after_a_restart_fetching_only_the_missing_chunks(
     task.cancel()  # the agent stops mid-download, waiting for chunk 6
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert rig.subscriber.unsubscribed == rig.subscriber.subscribed
+    assert sorted(flat(rig.subscriber.unsubscribed)) == sorted(flat(rig.subscriber.subscribed))
     publish_chunks(retained, mosquitto_plain, blob, range(6, N_CHUNKS))
 
     # A restarted agent: new store, new download object, new MQTT client and fetcher.
     resumed = ModelStore(tmp_path).open_download(blob.artifact)
     missing = resumed.missing()
     assert missing == list(range(6, N_CHUNKS))
-    second = await mqtt_rig(mosquitto_plain, batch=4)
+    second = await mqtt_rig(mosquitto_plain, window=4)
     try:
         written = await second.fetcher.fetch(resumed)
     finally:
@@ -245,7 +280,7 @@ async def test_mqtt_a_bad_chunk_rejects_the_download_and_is_never_written(
     assert ModelStore(tmp_path).open_download(blob.artifact).missing()[0] == 0
     part = store.downloads_dir / f"{blob.artifact.sha256}.part"
     assert part.read_bytes()[:CHUNK] == bytes(CHUNK)
-    assert rig.subscriber.unsubscribed == rig.subscriber.subscribed
+    assert sorted(flat(rig.subscriber.unsubscribed)) == sorted(flat(rig.subscriber.subscribed))
 
 
 async def test_mqtt_ignores_empty_payloads_and_other_artifacts(
@@ -274,10 +309,10 @@ async def test_mqtt_ignores_empty_payloads_and_other_artifacts(
     assert rig.fetcher.chunks_received == N_CHUNKS
 
 
-async def test_mqtt_resubscribes_when_silent_and_stalls_without_progress(
+async def test_mqtt_a_silent_broker_is_not_asked_again_and_the_download_stalls(
     tmp_path: Path, mosquitto_plain: Broker, blob: Blob
 ) -> None:
-    rig = await mqtt_rig(mosquitto_plain, batch=4, stall_timeout_s=0.8, resubscribe_after_s=0.25)
+    rig = await mqtt_rig(mosquitto_plain, window=4, stall_timeout_s=0.5)
     download = ModelStore(tmp_path).open_download(blob.artifact)
     try:
         with pytest.raises(DownloadStalledError, match="0 of 12 chunks"):
@@ -286,25 +321,107 @@ async def test_mqtt_resubscribes_when_silent_and_stalls_without_progress(
         rig.subscriber.close()
 
     first = [blob.topic(i) for i in range(4)]
-    assert len(rig.subscriber.subscribed) >= 3  # the batch, then again after each silence
-    assert all(call == first for call in rig.subscriber.subscribed)
+    # A second SUBSCRIBE on the same connection would only bring retained copies again.
+    assert rig.subscriber.subscribed == [first]
     assert rig.subscriber.unsubscribed == [first]
 
 
-async def test_mqtt_resubscribe_after_a_reconnect_names_only_awaited_chunks(
-    tmp_path: Path, mosquitto_plain: Broker, retained: RetainedMessages, rig: MqttRig, blob: Blob
+async def test_mqtt_time_without_a_connection_does_not_count_toward_the_stall(
+    tmp_path: Path, mosquitto_plain: Broker, retained: RetainedMessages, blob: Blob
 ) -> None:
+    clock = FakeClock()
+    link = LinkState(clock=clock)
+    rig = await mqtt_rig(mosquitto_plain, window=4, stall_timeout_s=60, link=link)
+    download = ModelStore(tmp_path).open_download(blob.artifact)
+    task = asyncio.create_task(rig.fetcher.fetch(download))
+    try:
+        await eventually(lambda: len(rig.subscriber.subscribed) == 1, "the fetcher")
+        clock.now += 59
+        link.disconnected()
+        clock.now += 3600  # an hour offline
+        link.connected(session_present=True)
+        publish_chunks(retained, mosquitto_plain, blob, range(N_CHUNKS))
+        assert await asyncio.wait_for(task, 10) == N_CHUNKS
+    finally:
+        rig.subscriber.close()
+
+
+async def test_mqtt_a_new_connection_without_the_session_subscribes_the_window_again(
+    tmp_path: Path, mosquitto_plain: Broker, retained: RetainedMessages, blob: Blob
+) -> None:
+    link = LinkState()
+    rig = await mqtt_rig(mosquitto_plain, window=4, link=link)
     publish_chunks(retained, mosquitto_plain, blob, [0, 1])
     two = asyncio.Event()
     download = ModelStore(tmp_path).open_download(blob.artifact)
     task = asyncio.create_task(rig.fetcher.fetch(download, lambda h, _n: h == 2 and two.set()))
-    await asyncio.wait_for(two.wait(), 10)
+    try:
+        await asyncio.wait_for(two.wait(), 10)
+        # Half the window is in: the fetcher tops it up with chunks 4 and 5.
+        await eventually(lambda: len(rig.subscriber.subscribed) == 2, "a top-up")
+        calls = len(rig.subscriber.subscribed)
+        awaited = set(flat(rig.subscriber.subscribed)) - received_topics(rig)
+        link.disconnected()
+        link.connected(session_present=True)  # the broker kept it: nothing to send again
+        await asyncio.sleep(0)
+        link.disconnected()
+        link.connected(session_present=False)  # a broker that forgot us
+        await eventually(lambda: len(rig.subscriber.subscribed) > calls, "the fetcher")
+        assert set(rig.subscriber.subscribed[calls]) == awaited  # never chunks 0 and 1
+        assert {blob.topic(2), blob.topic(3)} <= awaited
+        publish_chunks(retained, mosquitto_plain, blob, range(2, N_CHUNKS))
+        assert await asyncio.wait_for(task, 10) == N_CHUNKS
+    finally:
+        rig.subscriber.close()
 
-    await rig.fetcher.resubscribe()  # what the agent's on-connect hook does
 
-    assert rig.subscriber.subscribed[-1] == [blob.topic(2), blob.topic(3)]
-    publish_chunks(retained, mosquitto_plain, blob, range(2, N_CHUNKS))
-    assert await asyncio.wait_for(task, 10) == N_CHUNKS
+async def test_mqtt_a_resumed_session_that_brings_nothing_is_asked_once_more(
+    tmp_path: Path, mosquitto_plain: Broker, retained: RetainedMessages, blob: Blob
+) -> None:
+    link = LinkState()
+    rig = await mqtt_rig(mosquitto_plain, window=4, link=link, resubscribe_after_s=0.2)
+    download = ModelStore(tmp_path).open_download(blob.artifact)
+    task = asyncio.create_task(rig.fetcher.fetch(download))
+    try:
+        await eventually(lambda: len(rig.subscriber.subscribed) == 1, "the fetcher")
+        link.disconnected()
+        link.connected(session_present=True)
+        await eventually(lambda: len(rig.subscriber.subscribed) == 2, "the fetcher")
+        assert rig.subscriber.subscribed[1] == rig.subscriber.subscribed[0]
+        publish_chunks(retained, mosquitto_plain, blob, range(N_CHUNKS))
+        assert await asyncio.wait_for(task, 10) == N_CHUNKS
+        assert len(rig.subscriber.subscribed) == 4  # once more, and never again after that
+    finally:
+        rig.subscriber.close()
+
+
+async def test_mqtt_a_subscribe_cut_short_by_the_link_waits_for_the_next_connection(
+    tmp_path: Path, mosquitto_plain: Broker, retained: RetainedMessages, blob: Blob
+) -> None:
+    link = LinkState()
+    subscriber = LoopSubscriber(mosquitto_plain)
+    await subscriber.connect()
+    failures = [MqttDisconnectedError("lost the connection to the broker: Keep alive timeout")]
+
+    async def subscribe(topics: Sequence[str]) -> None:
+        if failures:
+            raise failures.pop()
+        await subscriber.subscribe(topics)
+
+    fetcher = MqttChunkFetcher(
+        TOPICS, subscribe, subscriber.unsubscribe, stall_timeout_s=10, link=link, window=4
+    )
+    subscriber.fetcher = fetcher
+    publish_chunks(retained, mosquitto_plain, blob, range(N_CHUNKS))
+    download = ModelStore(tmp_path).open_download(blob.artifact)
+    task = asyncio.create_task(fetcher.fetch(download))
+    try:
+        await eventually(lambda: not failures, "the fetcher")
+        link.disconnected()
+        link.connected(session_present=True)  # the SUBSCRIBE never got through: sent again
+        assert await asyncio.wait_for(task, 10) == N_CHUNKS
+    finally:
+        subscriber.close()
 
 
 # --- HTTP ----------------------------------------------------------------------------------
