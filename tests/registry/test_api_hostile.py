@@ -363,10 +363,41 @@ def _properties(document: dict[str, Any], schema: dict[str, Any]) -> list[str]:
     return names
 
 
-def _fuzz_requests() -> list[tuple[str, str, str, Any]]:
-    """(method, route, path, JSON body or None) for every slot of every route."""
+# Header values a client can send (aiohttp refuses control characters in its own requests).
+HEADER_VALUES = ["", " ", "a" * 300, "a" * 3000, "%00", "two words", "\u00e9t\u00e9", "1" * 40]
+FuzzRequest = tuple[str, str, str, Any, dict[str, str]]
+
+
+def _parameter(document: dict[str, Any], parameter: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in parameter:
+        found: dict[str, Any] = document["components"]["parameters"][
+            parameter["$ref"].rsplit("/", 1)[1]
+        ]
+        return found
+    return parameter
+
+
+def _parameter_requests(
+    document: dict[str, Any], method: str, route: str, plain: str, operation: dict[str, Any]
+) -> list[FuzzRequest]:
+    """Hostile values in each query parameter and request header the operation declares."""
+    requests: list[FuzzRequest] = []
+    for parameter in (_parameter(document, p) for p in operation.get("parameters", [])):
+        name = parameter["name"]
+        if parameter["in"] == "query":
+            for value in SEGMENTS:
+                requests.append((method.upper(), route, f"{plain}?{name}={value}", None, {}))
+        if parameter["in"] == "header":
+            body = BASE_BODIES.get(route)
+            for value in HEADER_VALUES:
+                requests.append((method.upper(), route, plain, body, {name: value}))
+    return requests
+
+
+def _fuzz_requests() -> list[FuzzRequest]:
+    """(method, route, path, JSON body or None, headers) for every slot of every route."""
     document = json.loads(OPENAPI.read_text())
-    requests: list[tuple[str, str, str, Any]] = []
+    requests: list[FuzzRequest] = []
     for route, operations in document["paths"].items():
         for method, operation in operations.items():
             if method == "parameters":
@@ -387,20 +418,16 @@ def _fuzz_requests() -> list[tuple[str, str, str, Any]]:
                             .replace("{id}", "1")
                             .replace("{sha256}", "a" * 64),
                             None,
+                            {},
                         )
                     )
-            for parameter in operation.get("parameters", []):
-                if parameter["in"] == "query":
-                    for value in SEGMENTS:
-                        requests.append(
-                            (method.upper(), route, f"{plain}?{parameter['name']}={value}", None)
-                        )
+            requests += _parameter_requests(document, method, route, plain, operation)
             body = operation.get("requestBody", {}).get("content", {}).get("application/json")
             if body is not None:
                 for name in _properties(document, body["schema"]):
                     for value in VALUES:
                         hostile = {**BASE_BODIES[route], name: value}
-                        requests.append((method.upper(), route, plain, hostile))
+                        requests.append((method.upper(), route, plain, hostile, {}))
     return requests
 
 
@@ -409,8 +436,8 @@ async def test_no_route_answers_hostile_values_with_a_5xx_or_an_undocumented_sta
 ) -> None:
     requests = _fuzz_requests()
     assert len(requests) > 300, "every route, every slot"
-    for method, route, path, body in requests:
-        kwargs: dict[str, Any] = {"headers": bounded_api.auth()}
+    for method, route, path, body, headers in requests:
+        kwargs: dict[str, Any] = {"headers": {**bounded_api.auth(), **headers}}
         if body is not None:
             kwargs["json"] = body
         response = await bounded_api.client.request(method, path, **kwargs)
