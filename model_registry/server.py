@@ -28,6 +28,7 @@ from model_registry.config import EMBEDDED, RegistryConfig, parse_host_port
 from model_registry.errors import ConfigError, NotFoundError
 from model_registry.fsutil import write_file_atomic
 from model_registry.home import SERVE_FILE
+from model_registry.mqtt.broker_admin import DynsecAdmin, EmbeddedAccess
 from model_registry.mqtt.client import MqttConnection
 from model_registry.mqtt.credentials import hash_password
 from model_registry.mqtt.embedded import EmbeddedBroker
@@ -123,7 +124,8 @@ async def _start_mqtt(
     config = ctx.config
     password = _read_secret(config, config.mqtt.password_file)
     url = options.mqtt_url or config.mqtt.url
-    if options.embedded_broker or url == EMBEDDED:
+    embedded = bool(options.embedded_broker) or url == EMBEDDED
+    if embedded:
         url = await _start_embedded(stack, ctx, options.embedded_broker, password)
     connection = MqttConnection(
         url,
@@ -137,6 +139,8 @@ async def _start_mqtt(
     stack.push_async_callback(connection.close)
     ctx.broker_url = url
     ctx.publisher = Publisher(connection, config.topics, ctx.blobs)
+    # Before the ingest subscribes, so the answers topic is routed before anything arrives.
+    ctx.broker_access = EmbeddedAccess() if embedded else DynsecAdmin(connection, config.topics)
     ingest = DeviceIngest(ctx, config.topics)
     for topic_filter in ingest.subscriptions():
         connection.subscribe(topic_filter)

@@ -25,7 +25,7 @@ async def list_devices(request: web.Request) -> web.Response:
 
 @require("admin")
 async def create_device(request: web.Request) -> web.Response:
-    """POST /v1/devices {"device_id", "group"?, "mqtt_url"?}: returns the bundle once."""
+    """POST /v1/devices {"device_id", "group"?, "mqtt_url"?}: the bundle (once) and broker login."""
     body = await json_body(request)
     bundle = await add_device(
         request.app[CTX_KEY],
@@ -34,7 +34,9 @@ async def create_device(request: web.Request) -> web.Response:
         mqtt_url=field(body, "mqtt_url", str, required=False),
     )
     files = {name: base64.b64encode(data).decode() for name, data in bundle.files.items()}
-    return web.json_response({**device_view(bundle.device), "bundle": files}, status=201)
+    broker = {"status": bundle.broker.status, "detail": bundle.broker.detail}
+    body = {**device_view(bundle.device), "bundle": files, "broker": broker}
+    return web.json_response(body, status=201)
 
 
 @require("viewer")

@@ -6,6 +6,7 @@ import argparse
 import base64
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ STATUS_ORDER = (
     "failed", "rolled_back", "silent", "superseded",
 )  # fmt: skip
 _MOVING = frozenset({"pending", "downloading", "probation"})
+BROKER_DONE = frozenset({"added"})  # what POST /v1/devices says when the device can log in
 
 
 class DeploymentFailedError(RegistryError):
@@ -231,6 +233,12 @@ def devices_add(args: argparse.Namespace) -> int:
     print(f"Registered device {device['device_id']} in group {device['group']}")
     print(f"Bundle written to {out.absolute()}: start it with")
     print(f"  edge-agent run --config {out.absolute() / 'device.toml'}")
+    broker = device.get("broker") or {}
+    if broker.get("status") in BROKER_DONE:
+        print(f"Broker: {broker.get('detail')}")
+    else:
+        # The device is registered either way; say plainly that it cannot log in yet.
+        print(f"model-registry devices add: warning: {broker.get('detail')}", file=sys.stderr)
     return 0
 
 
