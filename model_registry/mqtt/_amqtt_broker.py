@@ -32,7 +32,7 @@ SUBSCRIBE_FAILURE = 0x80
 TAKEOVER_TIMEOUT_S = 5.0  # the old connection's teardown takes milliseconds
 _AUTHENTICATED = "model_registry.authenticated"  # Session.attributes key set once per CONNECT
 _BROKER_INTERNALS = (
-    "_initialize_client_session", "_handle_client_session", "_authenticate",
+    "_client_connected", "_initialize_client_session", "_handle_client_session", "_authenticate",
     "_handle_subscription", "_publish_retained_messages_for_subscription",
     "_publish_session_retained_messages", "_topic_filtering", "_matches", "_get_handler",
     "_delete_session", "_stop_handler", "add_subscription", "retain_message",
@@ -71,13 +71,17 @@ class EdgeBroker(Broker):  # type: ignore[misc]
         # ("dictionary changed size during iteration") would drop that broadcast for everyone.
         self._subscriptions = _SnapshotDict(self._subscriptions)
 
+    async def _client_connected(self, listener_name: str, reader: Any, writer: Any) -> None:
+        """Serve one connection, every packet of it (CONNECT included) under the size limit."""
+        host, port = writer.get_peer_info() or ("?", 0)
+        limited = PacketSizeLimit(reader, self._max_packet_bytes, f"{host}:{port}")
+        await super()._client_connected(listener_name, limited, writer)
+
     async def _initialize_client_session(
         self, reader: Any, writer: Any, remote_address: str, remote_port: int
     ) -> tuple[Any, Any]:
         """Read CONNECT and authenticate it before any existing session is touched."""
         peer = f"{remote_address}:{remote_port}"
-        # Every packet of the connection, CONNECT included, goes through the size limit.
-        reader = PacketSizeLimit(reader, self._max_packet_bytes, peer)
         try:
             handler, incoming = await EdgeProtocolHandler.init_from_connect(
                 reader, writer, self.plugins_manager

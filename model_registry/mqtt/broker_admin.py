@@ -84,7 +84,6 @@ class DynsecAdmin:
         self._topics = topics
         self._timeout_s = timeout_s
         self._waiting: dict[str, asyncio.Future[list[dict[str, Any]]]] = {}
-        self._silent_generation: int | None = None  # the connection on which the broker was mute
         connection.route(dynsec.RESPONSE_TOPIC, self._on_response)
         connection.subscribe(dynsec.RESPONSE_TOPIC)
 
@@ -105,12 +104,10 @@ class DynsecAdmin:
         if not connection.connected:
             # Not queued for later: paho would hold the password in memory until a reconnect.
             return BrokerOutcome("not_connected", f"the broker is not reachable now: {REGENERATE}")
-        if self._silent_generation == connection.generation:
-            return self._no_answer()
         try:
             answers = await self._send(commands)
         except TimeoutError:
-            self._silent_generation = connection.generation
+            # Asked again next time: a busy connection is no proof the plugin is missing.
             log.warning("the broker did not answer on %s", dynsec.RESPONSE_TOPIC)
             return self._no_answer()
         errors = [
@@ -145,9 +142,10 @@ class DynsecAdmin:
     def _no_answer(self) -> BrokerOutcome:
         return BrokerOutcome(
             "no_answer",
-            f"the broker did not answer on {dynsec.CONTROL_TOPIC} within {self._timeout_s:g} s "
-            f"(it was not configured by `model-registry broker-config`?): {REGENERATE}, or give "
-            "the device its credentials on that broker yourself",
+            f"the broker did not confirm the login on {dynsec.CONTROL_TOPIC} within "
+            f"{self._timeout_s:g} s (is it configured by `model-registry broker-config`?); if "
+            f"the device cannot log in, {REGENERATE}, or give it its credentials on that broker "
+            "yourself",
         )
 
 

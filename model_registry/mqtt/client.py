@@ -161,11 +161,6 @@ class MqttConnection:
         """Whether the connection is up right now."""
         return self._connected is not None and self._connected.is_set()
 
-    @property
-    def generation(self) -> int:
-        """How many times the connection came up: it changes with every reconnection."""
-        return self._connections
-
     async def wait_connected(self) -> None:
         """Return once the connection is up."""
         if self._connected is None:

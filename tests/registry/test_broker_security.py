@@ -25,6 +25,7 @@ from model_registry.mqtt.broker_admin import DynsecAdmin
 from model_registry.mqtt.client import MqttConnection
 from model_registry.mqtt.credentials import generate_password
 from model_registry.mqtt.limits import MAX_PACKET_BYTES, MAX_PAYLOAD_BYTES
+from tests.registry.conftest import Api
 from tests.registry.test_broker_config import provision, start, write
 from tests.support.broker import Broker, ConnectRefusedError, MqttTestClient, free_port
 
@@ -200,6 +201,14 @@ async def test_an_unreachable_broker_is_reported(tmp_path: Path) -> None:
         await connection.close()
     assert outcome.status == "not_connected"
     assert "restart mosquitto" in outcome.detail
+
+
+async def test_provisioning_without_a_broker_says_what_to_do(api: Api) -> None:
+    response = await api.client.post("/v1/devices", json={"device_id": "dev-z"}, headers=api.auth())
+    body = await response.json()
+    assert response.status == 201
+    assert body["broker"]["status"] == "not_connected"
+    assert "broker-config --force" in body["broker"]["detail"]
 
 
 # --- message and packet size limits ---------------------------------------------------------
