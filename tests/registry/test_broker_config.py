@@ -187,6 +187,23 @@ def test_tls_files_are_a_ca_and_a_server_certificate_for_the_hosts(tmp_path: Pat
     assert "offline" in files.config.read_text()  # the CA key's advice
 
 
+def test_as_root_the_account_mosquitto_runs_as_gets_what_it_reads_and_writes(
+    tmp_path: Path,
+) -> None:
+    account = pwd.getpwnam("nobody")
+    files = write(tmp_path, provision((DEV,)), tls=True, run_as_user="nobody")
+    assert files.ca_key is not None
+    assert files.server_key is not None
+
+    owners = {path: path.stat().st_uid for path in (files.persistence_dir, files.dynsec_file,
+              files.server_key, files.ca_key)}  # fmt: skip
+    # Only root can give files away; anyone else keeps them (and runs mosquitto as itself).
+    expected = account.pw_uid if os.geteuid() == 0 else os.geteuid()
+    assert owners[files.persistence_dir] == owners[files.dynsec_file] == expected
+    assert owners[files.server_key] == expected
+    assert owners[files.ca_key] == os.geteuid()  # the CA key is not mosquitto's business
+
+
 def test_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
     users = provision((DEV,))
     first = write(tmp_path, users)

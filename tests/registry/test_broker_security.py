@@ -20,11 +20,17 @@ import pytest
 from paho.mqtt.enums import MQTTProtocolVersion
 
 from edge_protocol.topics import Topics
+from model_registry.config import load_config
+from model_registry.errors import ConflictError, NotFoundError
+from model_registry.home import InitResult
 from model_registry.mqtt import dynsec
 from model_registry.mqtt.broker_admin import DynsecAdmin
 from model_registry.mqtt.client import MqttConnection
 from model_registry.mqtt.credentials import generate_password
 from model_registry.mqtt.limits import MAX_PACKET_BYTES, MAX_PAYLOAD_BYTES
+from model_registry.server import make_context
+from model_registry.services.devices import BUNDLE_PASSWORD, add_device, revoke_device
+from model_registry.storage import open_storage
 from tests.registry.conftest import Api
 from tests.registry.test_broker_config import provision, start, write
 from tests.support.broker import Broker, ConnectRefusedError, MqttTestClient, free_port
@@ -143,6 +149,39 @@ async def test_a_device_added_to_the_running_broker_logs_in_at_once(mosquitto: B
     assert [c.is_failure for c in codes + refused] == [False, True]
     assert (sent.is_failure, forged.is_failure) == (False, True)
     assert removed.status == "removed"
+    assert cut_off
+
+
+async def test_provisioning_and_revoking_through_the_service(
+    mosquitto: Broker, registry_home: InitResult
+) -> None:
+    """`add_device` (what POST /v1/devices runs) and `revoke_device` on the running broker."""
+    config = load_config(registry_home.home)
+    storage = open_storage(config.database_location)
+    await storage.open()
+    connection = await _registry(mosquitto)
+    device = f"dev-{uuid.uuid4().hex[:8]}"
+    try:
+        ctx = make_context(config, storage)
+        ctx.broker_access = DynsecAdmin(connection, TOPICS)
+        bundle = await add_device(ctx, device)
+        with pytest.raises(ConflictError):  # the device's login on the broker stays as it is
+            await add_device(ctx, device)
+        password = bundle.files[BUNDLE_PASSWORD].decode()
+        client = await asyncio.to_thread(mosquitto.connect, device, password, client_id=device)
+        with client:
+            revoked = await revoke_device(ctx, device)
+            await asyncio.to_thread(client.connection_lost.wait, 10)
+            cut_off = client.connection_lost.is_set()
+        with pytest.raises(ConnectRefusedError):
+            await asyncio.to_thread(mosquitto.connect, device, password, client_id=device)
+        with pytest.raises(NotFoundError):
+            await revoke_device(ctx, "never-provisioned")
+    finally:
+        await connection.close()
+        await storage.close()
+    assert bundle.broker.status == "added"
+    assert revoked.status == "removed"
     assert cut_off
 
 

@@ -195,3 +195,28 @@ def test_the_registry_clears_what_it_retained(
         reg.publish(topic, b"signed", retain=True)
         reg.publish(topic, b"", retain=True)
     assert _nothing_retained(embedded, registry, topic)
+
+
+def test_messages_acknowledged_before_a_disconnect_are_all_delivered(
+    embedded: BrokerThread, registry: tuple[str, str]
+) -> None:
+    sha = uuid.uuid4().hex * 2
+    chunks = {TOPICS.artifact_chunk(sha, i): os.urandom(1024) for i in range(300)}
+    watchers = [embedded.connect(registry) for _ in range(10)]  # slow down every broadcast
+    try:
+        for watcher in watchers:
+            assert codes(watcher.subscribe(f"{P}/artifacts/{sha}/+")) == [1]
+        with embedded.connect(registry) as reg:
+            for topic, data in chunks.items():
+                reg.publish(topic, data, retain=True)
+        # The publisher left at once; every message it got a PUBACK for is the broker's now.
+        with embedded.connect(registry) as reader:
+            assert codes(reader.subscribe(f"{P}/artifacts/{sha}/+")) == [1]
+            received: dict[str, bytes] = {}
+            while len(received) < len(chunks):  # some may come live as well as retained
+                message = reader.next_message(DEADLINE)
+                received[message.topic] = bytes(message.payload)
+    finally:
+        for watcher in watchers:
+            watcher.close()
+    assert received == chunks
