@@ -134,7 +134,9 @@ def _refuse_existing(contents: dict[Path, tuple[bytes, int]], overwrite: bool) -
 def _check_plugin(plugin: Path) -> None:
     text = str(plugin)
     if not plugin.is_absolute() or any(char.isspace() or char == "#" for char in text):
-        raise InvalidInputError(f"dynamic-security plugin path {text!r} must be absolute")
+        raise InvalidInputError(
+            f"dynamic-security plugin path {text!r} must be an absolute path without spaces or '#'"
+        )
 
 
 def _hand_over(files: BrokerConfigFiles, run_as_user: str | None) -> None:

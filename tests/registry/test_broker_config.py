@@ -230,8 +230,11 @@ def test_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
         ({"devices": [(DEV, "$7$101$c2FsdA==$ZGlnZXN0")]}, "wrong salt or digest length"),
         ({"registry_user": "reg/istry"}, "must be a valid name"),
         ({"devices": [("dev\n", hash_password("x"))]}, "must be a valid name"),
-        ({"dynsec_plugin": Path("relative/plugin.so")}, "must be absolute"),
-        ({"dynsec_plugin": Path("/usr/lib/x.so\nallow_anonymous true")}, "must be absolute"),
+        ({"dynsec_plugin": Path("relative/plugin.so")}, "must be an absolute path"),
+        (
+            {"dynsec_plugin": Path("/usr/lib/x.so\nallow_anonymous true")},
+            "must be an absolute path",
+        ),
         ({"port": 0}, "port"),
         ({"listen_host": "0.0.0.0\nallow_anonymous true"}, "listen host"),
         ({"run_as_user": "root\nallow_anonymous true"}, "user"),
