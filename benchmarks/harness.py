@@ -8,7 +8,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import time
 import urllib.request
@@ -106,7 +105,7 @@ class Deployment:
         self.root.mkdir(parents=True)
         cli("init", "--home", str(self.home))
         self._set_chunk(self.chunk_kib)
-        self._broker_files(force=False)
+        self._broker_files()
         self.broker = start(
             [mosquitto_binary(), "-c", str(self.root / "broker" / "mosquitto.conf")],
             self.root / "mosquitto.log",
@@ -142,10 +141,10 @@ class Deployment:
         config.write_text("\n".join(lines) + "\n")
         self.chunk_kib = chunk_kib
 
-    def _broker_files(self, *, force: bool) -> None:
+    def _broker_files(self) -> None:
         args = ["broker-config", "--home", str(self.home), "--out", str(self.root / "broker")]
         args += ["--port", str(self.mqtt_port), "--listen-host", LOCALHOST]
-        cli(*args, *(["--force"] if force else []))
+        cli(*args)
 
     @staticmethod
     def _wait_port(port: int, timeout: float = 20) -> None:
@@ -172,11 +171,13 @@ class Deployment:
         return int(release["version"])
 
     def provision(self, device_ids: list[str], group: str) -> dict[str, Path]:
-        """Register devices through the API, write their bundles, reload mosquitto's passwords."""
+        """Register devices through the API (the running broker admits them), write bundles."""
         api = self.client()
         bundles = {}
         for device_id in device_ids:
             device = api.post_json("/v1/devices", {"device_id": device_id, "group": group})
+            if device["broker"]["status"] != "added":
+                raise RuntimeError(f"{device_id}: {device['broker']['detail']}")
             bundle = self.root / "bundles" / device_id
             bundle.mkdir(parents=True, exist_ok=True)
             for name, encoded in device["bundle"].items():
@@ -184,10 +185,6 @@ class Deployment:
                 path.write_bytes(base64.b64decode(encoded))
                 os.chmod(path, 0o600 if name == "mqtt-password" else 0o644)
             bundles[device_id] = bundle
-        self._broker_files(force=True)
-        if self.broker is not None:
-            self.broker.send_signal(signal.SIGHUP)
-            time.sleep(0.3)  # mosquitto re-reads the password file asynchronously
         return bundles
 
     def deploy(self, name: str, version: int, group: str) -> tuple[float, float]:

@@ -28,6 +28,7 @@ from model_registry.config import RegistryConfig, ServeOptions, parse_host_port
 from model_registry.errors import ConfigError, NotFoundError
 from model_registry.fsutil import remove_temp_files, write_file_atomic
 from model_registry.home import SERVE_FILE
+from model_registry.mqtt.broker_admin import DynsecAdmin, EmbeddedAccess
 from model_registry.mqtt.client import MqttConnection
 from model_registry.mqtt.credentials import hash_password
 from model_registry.mqtt.embedded import EmbeddedBroker
@@ -151,9 +152,10 @@ async def _start_mqtt(
     config = ctx.config
     password = await asyncio.to_thread(read_mqtt_password, config)
     url = options.mqtt_url or config.mqtt.url
-    embedded = options.embedded_listen(config)
-    if embedded is not None:
-        url = await _start_embedded(stack, ctx, embedded[0], password)
+    embedded_listen = options.embedded_listen(config)
+    embedded = embedded_listen is not None
+    if embedded_listen is not None:
+        url = await _start_embedded(stack, ctx, embedded_listen[0], password)
     ingest = DeviceIngest(ctx, config.topics)
     connection = MqttConnection(
         url,
@@ -168,6 +170,8 @@ async def _start_mqtt(
     stack.push_async_callback(connection.close)
     ctx.broker_url = url
     ctx.publisher = Publisher(connection, config.topics, ctx.blobs)
+    # Before the ingest subscribes, so the answers topic is routed before anything arrives.
+    ctx.broker_access = EmbeddedAccess() if embedded else DynsecAdmin(connection, config.topics)
     for topic_filter in ingest.subscriptions():
         connection.subscribe(topic_filter)
     await sync_broker(ctx)

@@ -32,7 +32,7 @@ async def list_devices(request: web.Request) -> web.Response:
 
 @require("admin")
 async def create_device(request: web.Request) -> web.Response:
-    """POST /v1/devices {"device_id", "group"?, "mqtt_url"?}: returns the bundle once."""
+    """POST /v1/devices {"device_id", "group"?, "mqtt_url"?}: the bundle (once) and broker login."""
     body = await json_body(request, ("device_id", "group", "mqtt_url"))
     bundle = await add_device(
         request.app[CTX_KEY],
@@ -41,8 +41,9 @@ async def create_device(request: web.Request) -> web.Response:
         mqtt_url=_mqtt_url(field(body, "mqtt_url", str, required=False)),
     )
     files = {name: base64.b64encode(data).decode() for name, data in bundle.files.items()}
+    broker = {"status": bundle.broker.status, "detail": bundle.broker.detail}
     view = device_view(bundle.device, request.app[CTX_KEY].clock())
-    return web.json_response({**view, "bundle": files}, status=201)
+    return web.json_response({**view, "bundle": files, "broker": broker}, status=201)
 
 
 @require("viewer")

@@ -148,10 +148,15 @@ def broker_config(args: argparse.Namespace) -> int:
             tls_hosts=tuple(args.tls_host or ("localhost", "127.0.0.1")),
             overwrite=args.force,
             run_as_user=args.user,
+            dynsec_plugin=Path(args.dynsec_plugin) if args.dynsec_plugin else None,
         )
     )
     print(f"Wrote mosquitto configuration to {Path(args.out).absolute()}:")
     for path in files:
         print(f"  {path}")
     print(f"Run it with: mosquitto -c {Path(args.out).absolute() / 'mosquitto.conf'}")
+    print(
+        "Devices added later (`devices add`) are admitted by the running broker at once; "
+        "mosquitto reads these files only when it starts, so restart it after --force."
+    )
     return 0

@@ -76,7 +76,7 @@ def _local_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     build.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
 
     broker_config = commands.add_parser(
-        "broker-config", help="write mosquitto config, passwords and ACL"
+        "broker-config", help="write mosquitto config, credentials and access rules"
     )
     _home(broker_config)
     broker_config.add_argument("--out", required=True, metavar="DIR")
@@ -93,6 +93,11 @@ def _local_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     broker_config.add_argument("--force", action="store_true", help="overwrite existing files")
     broker_config.add_argument(
         "--user", help="account mosquitto drops root privileges to (default: the current user)"
+    )
+    broker_config.add_argument(
+        "--dynsec-plugin",
+        metavar="PATH",
+        help="mosquitto_dynamic_security.so on the broker host (default: the one installed here)",
     )
 
 

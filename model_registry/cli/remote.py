@@ -6,6 +6,7 @@ import argparse
 import base64
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -14,6 +15,8 @@ from model_registry.cli.client import ApiClient
 from model_registry.cli.display import printable
 from model_registry.errors import ConflictError
 from model_registry.home import resolve_home
+
+BROKER_DONE = frozenset({"added"})  # what POST /v1/devices says when the device can log in
 
 
 def _client(args: argparse.Namespace) -> ApiClient:
@@ -120,6 +123,12 @@ def devices_add(args: argparse.Namespace) -> int:
     print(printable(f"Registered device {device['device_id']} in group {device['group']}"))
     print(f"Bundle written to {out.absolute()}: start it with")
     print(f"  edge-agent run --config {out.absolute() / 'device.toml'}")
+    broker = device.get("broker") or {}
+    if broker.get("status") in BROKER_DONE:
+        print(f"Broker: {broker.get('detail')}")
+    else:
+        # The device is registered either way; say plainly that it cannot log in yet.
+        print(f"model-registry devices add: warning: {broker.get('detail')}", file=sys.stderr)
     return 0
 
 

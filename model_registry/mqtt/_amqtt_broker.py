@@ -21,6 +21,9 @@ from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
 from amqtt.utils import gen_client_id
 
 from model_registry.mqtt._amqtt_handler import EdgeProtocolHandler, missing_handler_internals
+from model_registry.mqtt._amqtt_limits import PacketSizeLimit
+from model_registry.mqtt._amqtt_plugins import BrokerPolicy
+from model_registry.mqtt.limits import MAX_PACKET_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +32,10 @@ SUBSCRIBE_FAILURE = 0x80
 TAKEOVER_TIMEOUT_S = 5.0  # the old connection's teardown takes milliseconds
 _AUTHENTICATED = "model_registry.authenticated"  # Session.attributes key set once per CONNECT
 _BROKER_INTERNALS = (
-    "_initialize_client_session", "_handle_client_session", "_authenticate",
+    "_client_connected", "_initialize_client_session", "_handle_client_session", "_authenticate",
     "_handle_subscription", "_publish_retained_messages_for_subscription",
     "_publish_session_retained_messages", "_topic_filtering", "_matches", "_get_handler",
-    "_delete_session", "_stop_handler", "add_subscription",
+    "_delete_session", "_stop_handler", "add_subscription", "retain_message",
 )  # fmt: skip
 
 
@@ -56,18 +59,29 @@ class EdgeBroker(Broker):  # type: ignore[misc]
 
     _subscriptions: dict[str, Any]  # amqtt's table: topic filter -> [(session, qos)]
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(
+        self, config: dict[str, Any], policy: BrokerPolicy, max_packet_bytes: int = MAX_PACKET_BYTES
+    ) -> None:
         check_amqtt_internals()
         super().__init__(config)
+        self._policy = policy
+        self._max_packet_bytes = max_packet_bytes
         check_amqtt_internals(self)
         # amqtt awaits inside loops over its subscription table; a client subscribing meanwhile
         # ("dictionary changed size during iteration") would drop that broadcast for everyone.
         self._subscriptions = _SnapshotDict(self._subscriptions)
 
+    async def _client_connected(self, listener_name: str, reader: Any, writer: Any) -> None:
+        """Serve one connection, every packet of it (CONNECT included) under the size limit."""
+        host, port = writer.get_peer_info() or ("?", 0)
+        limited = PacketSizeLimit(reader, self._max_packet_bytes, f"{host}:{port}")
+        await super()._client_connected(listener_name, limited, writer)
+
     async def _initialize_client_session(
         self, reader: Any, writer: Any, remote_address: str, remote_port: int
     ) -> tuple[Any, Any]:
         """Read CONNECT and authenticate it before any existing session is touched."""
+        peer = f"{remote_address}:{remote_port}"
         try:
             handler, incoming = await EdgeProtocolHandler.init_from_connect(
                 reader, writer, self.plugins_manager
@@ -79,7 +93,11 @@ class EdgeBroker(Broker):  # type: ignore[misc]
         # checks the password: anyone could wipe a device's session or disconnect it.
         if not await super()._authenticate(incoming, None):
             await _hang_up(writer, ConnackPacket.build(0, NOT_AUTHORIZED))
-            raise MQTTError(f"{remote_address}:{remote_port} refused: bad credentials")
+            raise MQTTError(f"{peer} refused: bad credentials")
+        # A device that may log in must still not take over a session that is not its own.
+        if not self._policy.may_use_client_id(incoming.username, incoming.client_id):
+            await _hang_up(writer, ConnackPacket.build(0, NOT_AUTHORIZED))
+            raise MQTTError(f"{peer} refused: {incoming.username!r} may not use that client id")
         session = await self._create_or_resume(incoming)
         session.attributes[_AUTHENTICATED] = True
         if session.keep_alive > 0:
@@ -166,6 +184,19 @@ class EdgeBroker(Broker):  # type: ignore[misc]
         and crashed on a subscription added meanwhile. Retained messages go out on SUBSCRIBE
         only (`_send_retained`), as in mosquitto and MQTT 3.1.1 section 3.3.1.3.
         """
+
+    async def retain_message(
+        self, source_session: Any, topic_name: str | None, data: Any, qos: int | None = None
+    ) -> None:
+        """Keep a retained message only where the protocol retains one (`acl.may_retain`)."""
+        # amqtt 0.12 retains whatever a client may publish: a device could park a message on
+        # its events and telemetry topics, which the protocol never retains.
+        username = None if source_session is None else source_session.username
+        kept = source_session is None or topic_name is None
+        if not kept and not self._policy.may_retain(username, topic_name or ""):
+            logger.info("not retaining %r from %r: not a retained topic", topic_name, username)
+            return
+        await super().retain_message(source_session, topic_name, data, qos)
 
     async def _publish_session_retained_messages(self, session: Any) -> None:
         """Nothing left to do: `EdgeProtocolHandler.start` already sent the offline backlog."""

@@ -1,4 +1,4 @@
-"""amqtt 0.12's per-connection protocol handler, fixed for keep-alive, QoS 1 and redelivery.
+"""amqtt 0.12's per-connection protocol handler, fixed for keep-alive, QoS 1, redelivery, leaving.
 
 Written against amqtt 0.12.1, like `_amqtt_broker`; each override names the bug it fixes.
 """
@@ -15,9 +15,12 @@ from amqtt.session import OUTGOING
 logger = logging.getLogger(__name__)
 
 PUBACK_TIMEOUT_S = 5.0  # amqtt's own value; a client that never acks is not waited for longer
+DRAIN_TIMEOUT_S = 10.0  # the broker routes a queued message in microseconds
+_DRAIN_POLL_S = 0.005
 _INTERNALS = (
-    "handle_read_timeout", "handle_connection_closed", "start", "mqtt_publish",
-    "_retry_deliveries", "_handle_qos1_message_flow", "_handle_message_flow", "_send_packet",
+    "handle_read_timeout", "handle_connection_closed", "handle_disconnect", "start",
+    "mqtt_publish", "_retry_deliveries", "_handle_qos1_message_flow", "_handle_message_flow",
+    "_send_packet",
 )  # fmt: skip
 
 
@@ -38,6 +41,15 @@ class EdgeProtocolHandler(BrokerProtocolHandler):  # type: ignore[misc]
         # without closing TCP stayed connected for ever and its will never went out.
         if self._keepalive_expiry is None:
             self._keepalive_expiry = asyncio.ensure_future(self.handle_connection_closed())
+
+    async def handle_disconnect(self, disconnect: Any) -> None:
+        """Tell the broker the client left only once it has routed what the client sent."""
+        # amqtt 0.12 acknowledges a QoS 1 PUBLISH when it queues it for the broker, and the
+        # broker stops taking from that queue when the client disconnects: a client that
+        # published and left at once lost messages it had been told were delivered.
+        if self.session is not None:
+            await _drained(self.session)
+        await super().handle_disconnect(disconnect)
 
     async def start(self) -> None:
         """Start reading, after scheduling what the session owes: in-flight, then queued."""
@@ -85,6 +97,17 @@ class EdgeProtocolHandler(BrokerProtocolHandler):  # type: ignore[misc]
             inflight.pop(packet_id, None)
         finally:
             self._puback_waiters.pop(packet_id, None)
+
+
+async def _drained(session: Any) -> None:
+    """Wait until the broker took every message of `session` from its queue (or time is up)."""
+    queue = session.delivered_message_queue
+    deadline = asyncio.get_running_loop().time() + DRAIN_TIMEOUT_S
+    # Polled: amqtt's queue signals nothing, and it is empty at almost every disconnect.
+    while not queue.empty() and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(_DRAIN_POLL_S)
+    if not queue.empty():
+        logger.warning("%d messages of %s were not routed", queue.qsize(), session.client_id)
 
 
 def _in_flight(session: Any) -> list[Any]:

@@ -16,7 +16,7 @@ from typing import Any
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 
 from edge_protocol.topics import Topics
-from model_registry.mqtt.acl import Action, is_allowed
+from model_registry.mqtt.acl import Action, client_id_allowed, is_allowed, may_retain
 from model_registry.mqtt.credentials import verify_password
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,14 @@ class BrokerPolicy:
     def may(self, username: str | None, topic: str, action: Action) -> bool:
         """Whether `username` may `action` on `topic` (see acl.is_allowed)."""
         return is_allowed(self.topics, self.registry_user, username, topic, action)
+
+    def may_use_client_id(self, username: str | None, client_id: str) -> bool:
+        """Whether an authenticated `username` may use `client_id` (acl.client_id_allowed)."""
+        return client_id_allowed(self.registry_user, username, client_id)
+
+    def may_retain(self, username: str | None, topic: str) -> bool:
+        """Whether a retained publish of `username` on `topic` is stored (acl.may_retain)."""
+        return may_retain(self.topics, self.registry_user, username, topic)
 
     def _is_registry_password(self, username: str, password: str) -> bool:
         if username != self.registry_user or self.registry_password is None:

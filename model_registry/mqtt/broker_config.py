@@ -1,14 +1,18 @@
-"""Files for running mosquitto 2.x as the fleet's broker: config, passwords, ACL and TLS material.
+"""Files for running mosquitto 2.x as the fleet's broker: config, dynamic security and TLS.
 
 `model-registry broker-config --out DIR [--tls]` calls `write_broker_config` with the registry's
 device list. Everything is generated from the same sources as the embedded broker (the password
 hashes the registry stores and the rules in `acl.py`), so both brokers admit the same clients to
-the same topics.
+the same topics. Credentials and access rules live in mosquitto's dynamic-security plugin, so the
+registry adds a device to the running broker itself (`broker_admin`) and nothing is reloaded.
 """
 
 from __future__ import annotations
 
-import re
+import glob
+import json
+import os
+import pwd
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,19 +20,27 @@ from pathlib import Path
 from edge_protocol.topics import Topics
 from model_registry.errors import ConflictError, InvalidInputError
 from model_registry.fsutil import write_file_atomic
-from model_registry.mqtt.acl import is_username, render_mosquitto_acl
+from model_registry.mqtt import dynsec
+from model_registry.mqtt.limits import MAX_PACKET_BYTES, MAX_PAYLOAD_BYTES
 from model_registry.mqtt.tls import issue_server_cert, load_ca, make_ca
 
 CONFIG_NAME = "mosquitto.conf"
-PASSWORD_NAME = "passwd"  # noqa: S105 (a file name, not a password)
-ACL_NAME = "acl"
 PERSISTENCE_DIR = "data"
+DYNSEC_NAME = "dynamic-security.json"  # in the data directory: mosquitto rewrites it
 CA_CERT_NAME, CA_KEY_NAME = "ca.crt", "ca.key"
 SERVER_CERT_NAME, SERVER_KEY_NAME = "server.crt", "server.key"
 CA_COMMON_NAME = "edge-model-runtime broker CA"
 PRIVATE, PUBLIC = 0o600, 0o644
-# What mosquitto_passwd writes: `$7$` PBKDF2-SHA512 (or the legacy `$6$`), base64 fields.
-_HASH_PATTERN = re.compile(r"\$(7\$[0-9]+|6)\$[A-Za-z0-9+/]+={0,2}\$[A-Za-z0-9+/]+={0,2}")
+PLUGIN_FILE = "mosquitto_dynamic_security.so"
+# Where mosquitto 2.x packages install the plugin: Debian and Ubuntu (multiarch), Fedora,
+# Alpine, Arch and the eclipse-mosquitto image, a source build.
+PLUGIN_GLOBS = (
+    f"/usr/lib/*-linux-gnu*/{PLUGIN_FILE}",
+    f"/usr/lib64/{PLUGIN_FILE}",
+    f"/usr/lib/{PLUGIN_FILE}",
+    f"/usr/local/lib/{PLUGIN_FILE}",
+    f"/usr/local/lib64/{PLUGIN_FILE}",
+)
 
 
 @dataclass(frozen=True)
@@ -36,13 +48,21 @@ class BrokerConfigFiles:
     """Absolute paths of everything `write_broker_config` wrote; TLS paths are None without TLS."""
 
     config: Path
-    password_file: Path
-    acl_file: Path
+    dynsec_file: Path
     persistence_dir: Path
     ca_cert: Path | None = None
     ca_key: Path | None = None
     server_cert: Path | None = None
     server_key: Path | None = None
+
+
+def find_dynsec_plugin() -> Path | None:
+    """The dynamic-security plugin of the mosquitto installed here, if any."""
+    for pattern in PLUGIN_GLOBS:
+        for found in sorted(glob.glob(pattern)):
+            if Path(found).is_file():
+                return Path(found)
+    return None
 
 
 def write_broker_config(
@@ -55,33 +75,34 @@ def write_broker_config(
     registry_password_hash: str,
     devices: Iterable[tuple[str, str]],
     tls: bool,
+    dynsec_plugin: Path,
     tls_hosts: Sequence[str] = ("localhost", "127.0.0.1"),
     overwrite: bool = False,
     run_as_user: str | None = None,
 ) -> BrokerConfigFiles:
-    """Write mosquitto.conf, passwd, acl and (with `tls`) a CA and server key pair into `out_dir`.
+    """Write mosquitto.conf, data/dynamic-security.json and (with `tls`) a CA and server keys.
 
-    `devices` are (device id, password hash) pairs. Existing files are a ConflictError unless
-    `overwrite`; `run_as_user` adds mosquitto's `user` option (which account it drops root to).
+    `devices` are (device id, `$7$` password hash) pairs. Existing files are a ConflictError
+    unless `overwrite`; `run_as_user` adds mosquitto's `user` option (which account it drops
+    root to), and when this runs as root the files mosquitto must read or write go to it.
     """
     out_dir = out_dir.resolve()
     _check_listener(listen_host, port, run_as_user)
+    _check_plugin(dynsec_plugin)
     files = _plan(out_dir, tls)
     # Everything is generated before anything is written: bad input leaves no half directory.
-    passwd = _password_file(registry_user, registry_password_hash, devices)
-    contents = {
-        files.password_file: (passwd.encode(), PRIVATE),
-        files.acl_file: (render_mosquitto_acl(topics, registry_user).encode(), PUBLIC),
-    }
+    security = dynsec.config_file(topics, registry_user, registry_password_hash, devices)
+    contents = {files.dynsec_file: (json.dumps(security, indent=2).encode() + b"\n", PRIVATE)}
     if tls:
         contents.update(_tls_material(files, tls_hosts))
-    config = _mosquitto_conf(files, listen_host, port, run_as_user)
+    config = _mosquitto_conf(files, listen_host, port, run_as_user, dynsec_plugin)
     contents[files.config] = (config.encode(), PUBLIC)
     _refuse_existing(contents, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     files.persistence_dir.mkdir(mode=0o700, exist_ok=True)
     for path, (data, mode) in contents.items():
         _write(path, data, mode, overwrite)
+    _hand_over(files, run_as_user)
     return files
 
 
@@ -97,8 +118,7 @@ def _plan(out_dir: Path, tls: bool) -> BrokerConfigFiles:
         }
     return BrokerConfigFiles(
         config=out_dir / CONFIG_NAME,
-        password_file=out_dir / PASSWORD_NAME,
-        acl_file=out_dir / ACL_NAME,
+        dynsec_file=out_dir / PERSISTENCE_DIR / DYNSEC_NAME,
         persistence_dir=out_dir / PERSISTENCE_DIR,
         **tls_files,
     )
@@ -111,21 +131,25 @@ def _refuse_existing(contents: dict[Path, tuple[bytes, int]], overwrite: bool) -
         raise ConflictError(f"refusing to overwrite {', '.join(existing)} (pass overwrite)")
 
 
-def _password_file(
-    registry_user: str, registry_hash: str, devices: Iterable[tuple[str, str]]
-) -> str:
-    """`username:hash` lines; every name and hash is checked so none can inject a line."""
-    entries = [(registry_user, registry_hash), *devices]
-    seen: set[str] = set()
-    for username, hashed in entries:
-        if not is_username(username):
-            raise InvalidInputError(f"{username!r} cannot be an MQTT username")
-        if username in seen:
-            raise InvalidInputError(f"MQTT username {username!r} appears twice")
-        if not _HASH_PATTERN.fullmatch(hashed):  # fullmatch: `$` would allow a newline
-            raise InvalidInputError(f"the password hash of {username!r} is not a mosquitto hash")
-        seen.add(username)
-    return "".join(f"{username}:{hashed}\n" for username, hashed in entries)
+def _check_plugin(plugin: Path) -> None:
+    text = str(plugin)
+    if not plugin.is_absolute() or any(char.isspace() or char == "#" for char in text):
+        raise InvalidInputError(
+            f"dynamic-security plugin path {text!r} must be an absolute path without spaces or '#'"
+        )
+
+
+def _hand_over(files: BrokerConfigFiles, run_as_user: str | None) -> None:
+    """As root, give the account mosquitto runs as what it reads (keys) and writes (data)."""
+    if os.geteuid() != 0 or not run_as_user or run_as_user == "root":
+        return
+    try:
+        account = pwd.getpwnam(run_as_user)
+    except KeyError:
+        return  # not an account here: the broker runs elsewhere, its operator sets owners there
+    for path in (files.persistence_dir, files.dynsec_file, files.server_key):
+        if path is not None:
+            os.chown(path, account.pw_uid, account.pw_gid)
 
 
 def _check_listener(host: str, port: int, run_as_user: str | None) -> None:
@@ -164,10 +188,20 @@ def _write(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
 
 
 def _mosquitto_conf(
-    files: BrokerConfigFiles, listen_host: str, port: int, run_as_user: str | None
+    files: BrokerConfigFiles,
+    listen_host: str,
+    port: int,
+    run_as_user: str | None,
+    plugin: Path,
 ) -> str:
     """The text of mosquitto.conf, each setting with the reason it is there."""
-    sections = [_HEADER, _general(files, run_as_user), _listener(listen_host, port)]
+    sections = [
+        _HEADER,
+        _general(files, run_as_user),
+        _security(files, plugin),
+        _limits(),
+        _listener(listen_host, port),
+    ]
     if files.ca_cert:
         sections.append(_tls(files))
     return "\n".join(sections)
@@ -176,30 +210,24 @@ def _mosquitto_conf(
 _HEADER = """\
 # mosquitto 2.x configuration generated by `model-registry broker-config`.
 # Start it with `mosquitto -c <this file>`. Every path is absolute, so the working directory
-# does not matter. Regenerate after provisioning devices, then reload passwords and ACL with
-# `kill -HUP <mosquitto pid>`.
+# does not matter. Devices provisioned later need nothing here: the registry adds them to the
+# running broker through the dynamic-security plugin.
 """
 
 
 def _general(files: BrokerConfigFiles, run_as_user: str | None) -> str:
     user = (
-        f"# mosquitto started as root switches to this account, which must read the files here.\n"
+        f"# mosquitto started as root switches to this account, which must read the files here\n"
+        f"# and write the data directory.\n"
         f"user {run_as_user}\n"
         if run_as_user
         else "# Started as root, mosquitto switches to the `mosquitto` account: give it read\n"
-        "# access to passwd, acl and the TLS files, and write access to the data directory.\n"
+        "# access to the TLS files, and write access to the data directory.\n"
     )
     return f"""\
 # One set of security settings for every listener (there is one): simpler to audit.
 per_listener_settings false
 {user}
-# Every client has credentials: devices use their device id and provisioned password.
-allow_anonymous false
-# username:hash lines in mosquitto_passwd's $7$ (PBKDF2-SHA512) format; kept private (0600).
-password_file {files.password_file}
-# Who reads and writes which topics (docs/protocol.md section 7), generated by the registry.
-acl_file {files.acl_file}
-
 # Retained roots, releases, assignments and artifact chunks, and devices' persistent sessions
 # with their queued QoS 1 messages, must survive a broker restart: the registry republishes
 # a retained document only when it changes.
@@ -211,6 +239,29 @@ persistence_location {files.persistence_dir}/
 # past mosquitto's default of 1000 they are dropped. The byte cap still bounds any one client.
 max_queued_messages 100000
 max_queued_bytes 268435456
+"""
+
+
+def _security(files: BrokerConfigFiles, plugin: Path) -> str:
+    return f"""\
+# Every client has credentials: devices use their device id and provisioned password.
+allow_anonymous false
+# Clients, passwords (PBKDF2-SHA512 hashes) and access rules (docs/protocol.md section 7) live
+# in the dynamic-security plugin. Each device is bound to its device id as client id, so no
+# client can take over another's session. The registry administers the plugin: it adds a device
+# while the broker runs, and the plugin saves every change to its file.
+plugin {plugin}
+plugin_opt_config_file {files.dynsec_file}
+"""
+
+
+def _limits() -> str:
+    return f"""\
+# The largest payload of the protocol is a full artifact chunk ({MAX_PAYLOAD_BYTES} bytes, the
+# 16 MiB cap of `artifacts.chunk_size_kib`). A bigger PUBLISH is dropped and not retained; a
+# packet bigger than that plus room for its topic disconnects the client before it is read.
+message_size_limit {MAX_PAYLOAD_BYTES}
+max_packet_size {MAX_PACKET_BYTES}
 """
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -80,6 +81,7 @@ class MqttConnection:
         self._first_connect: asyncio.Future[None] | None = None
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._subscriptions: list[str] = []
+        self._routes: dict[str, Callable[[MqttMessage], None]] = {}
         self._connections = 0
         self.reconnected: asyncio.Queue[int] = asyncio.Queue()  # one item per reconnection
         # Where received messages go; the registry passes its ingest's bounded, gated queue.
@@ -154,6 +156,15 @@ class MqttConnection:
         self._subscriptions.append(topic_filter)
         self._client.subscribe(topic_filter, qos=1)
 
+    def route(self, topic: str, handler: Callable[[MqttMessage], None]) -> None:
+        """Hand messages on exactly `topic` to `handler` (on the loop) instead of `messages`."""
+        self._routes[topic] = handler
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up right now."""
+        return self._connected is not None and self._connected.is_set()
+
     async def wait_connected(self) -> None:
         """Return once the connection is up."""
         if self._connected is None:
@@ -173,7 +184,7 @@ class MqttConnection:
 
     def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
         converted = MqttMessage(message.topic, bytes(message.payload), bool(message.retain))
-        self._call(self.messages.put_nowait, converted)
+        self._call(self._dispatch, converted)
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
@@ -201,6 +212,13 @@ class MqttConnection:
             self.reconnected.put_nowait(self._connections)
         if not self._first_connect.done():
             self._first_connect.set_result(None)
+
+    def _dispatch(self, message: MqttMessage) -> None:
+        handler = self._routes.get(message.topic)
+        if handler is None:
+            self.messages.put_nowait(message)
+        else:
+            handler(message)
 
     def _mark_disconnected(self) -> None:
         if self._connected is not None:

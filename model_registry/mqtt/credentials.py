@@ -66,6 +66,24 @@ def verify_password(password: str, hashed: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
+def pbkdf2_fields(hashed: str) -> tuple[int, bytes, bytes]:
+    """(iterations, salt, digest) of a `$7$` hash; InvalidInputError for anything else."""
+    match hashed.split("$"):
+        case ["", "7", count, salt_b64, digest_b64] if count.isdigit():
+            try:
+                salt, digest = _unb64(salt_b64), _unb64(digest_b64)
+            except (binascii.Error, ValueError) as e:
+                raise InvalidInputError("the password hash has bad base64") from e
+            iterations = int(count)
+            if len(salt) != SALT_BYTES or len(digest) != _DIGEST_BYTES:
+                raise InvalidInputError("the password hash has a wrong salt or digest length")
+            if not 1 <= iterations <= MAX_ITERATIONS:
+                raise InvalidInputError(f"the password hash has {iterations} iterations")
+            return iterations, salt, digest
+        case _:
+            raise InvalidInputError("the password hash is not a $7$ (PBKDF2-SHA512) hash")
+
+
 def _pbkdf2(password: str, salt: bytes, iterations: int) -> bytes:
     return hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, iterations, _DIGEST_BYTES)
 

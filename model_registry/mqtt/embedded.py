@@ -3,7 +3,8 @@
 It admits the clients mosquitto would (passwords from the registry, `$7$` hashes checked with
 `verify_password`) and enforces the same rules (`acl.is_allowed`). amqtt speaks MQTT 3.1.1 only,
 so clients must connect with protocol MQTTv311. `_amqtt_broker` fixes the amqtt 0.12 bugs that
-broke retained delivery, takeovers, keep-alive and authentication order; fleets use mosquitto.
+broke retained delivery, takeovers, keep-alive and authentication order, binds devices to their
+own client id and refuses packets over `limits.MAX_PACKET_BYTES`; fleets use mosquitto.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class EmbeddedBroker:
         if self._broker is not None:
             raise EmbeddedBrokerError("the embedded broker is already running")
         _quiet_noisy_loggers()
-        broker = EdgeBroker(self._config())
+        broker = EdgeBroker(self._config(), self._policy)
         try:
             await broker.start()
         except BrokerError as e:

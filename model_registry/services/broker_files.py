@@ -7,7 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from model_registry.config import load_config
-from model_registry.mqtt.broker_config import BrokerConfigFiles, write_broker_config
+from model_registry.errors import ConfigError
+from model_registry.mqtt.broker_config import (
+    PLUGIN_FILE,
+    BrokerConfigFiles,
+    find_dynsec_plugin,
+    write_broker_config,
+)
 from model_registry.mqtt.credentials import hash_password
 from model_registry.preflight import read_mqtt_password
 from model_registry.storage import open_storage
@@ -23,8 +29,16 @@ async def write_for_home(
     tls_hosts: Sequence[str],
     overwrite: bool,
     run_as_user: str | None = None,
+    dynsec_plugin: Path | None = None,
 ) -> list[Path]:
-    """Write mosquitto.conf, passwd, acl (and TLS material) for every provisioned device."""
+    """Write mosquitto.conf, dynamic-security.json (and TLS material) for every device."""
+    plugin = dynsec_plugin or find_dynsec_plugin()
+    if plugin is None:
+        raise ConfigError(
+            f"mosquitto's dynamic-security plugin ({PLUGIN_FILE}) is not installed here; "
+            "pass --dynsec-plugin with its path on the broker host "
+            "(on Debian and Ubuntu: dpkg -L mosquitto | grep dynamic)"
+        )
     config = load_config(home)
     registry_password = read_mqtt_password(config)
     storage = open_storage(config.database_location)
@@ -42,6 +56,7 @@ async def write_for_home(
         registry_password_hash=hash_password(registry_password),
         devices=devices,
         tls=tls,
+        dynsec_plugin=plugin,
         tls_hosts=tls_hosts,
         overwrite=overwrite,
         # mosquitto drops root to this account before reading the password and ACL files,
@@ -52,6 +67,6 @@ async def write_for_home(
 
 
 def _written(files: BrokerConfigFiles) -> list[Path]:
-    paths = [files.config, files.password_file, files.acl_file]
+    paths = [files.config, files.dynsec_file]
     optional = (files.ca_cert, files.ca_key, files.server_cert, files.server_key)
     return paths + [p for p in optional if p is not None]

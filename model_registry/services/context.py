@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from edge_protocol import utc_now
 from edge_protocol.trust import Clock
 from model_registry.config import RegistryConfig
+from model_registry.mqtt.broker_admin import BrokerAccess
 from model_registry.mqtt.publisher import Publisher
 from model_registry.signing import ReleaseSigner
 from model_registry.storage import BlobStore, Storage
@@ -22,6 +23,7 @@ class RegistryContext:
     blobs: BlobStore
     signer: ReleaseSigner
     publisher: Publisher | None = None
+    broker_access: BrokerAccess | None = None  # adds and removes device logins on the broker
     broker_url: str | None = None  # the broker `serve` actually uses (flags may override config)
     api_url: str | None = None  # where `serve` actually listens
     clock: Clock = field(default=utc_now)

@@ -2,7 +2,8 @@
 
 The bundle is everything `edge-agent run --config device.toml` needs: the config, the trust
 anchor (`root.json`), the MQTT password and, with TLS, the broker's CA. The password exists only
-in the bundle; the registry keeps its PBKDF2 hash for the broker.
+in the bundle; the registry keeps its PBKDF2 hash for the broker, and hands the running broker
+the new login at once (`broker_admin`), saying how that went.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from edge_protocol.fields import is_valid_name
 from model_registry.config import EMBEDDED
 from model_registry.errors import InvalidInputError, NotFoundError
+from model_registry.mqtt.broker_admin import BrokerOutcome, not_connected
 from model_registry.mqtt.credentials import generate_password, hash_password
 from model_registry.services.context import RegistryContext
 from model_registry.storage import DeviceRecord
@@ -60,10 +62,11 @@ listen = "127.0.0.1:8080"
 
 @dataclass(frozen=True)
 class DeviceBundle:
-    """A provisioned device and the files of its bundle (name -> content)."""
+    """A provisioned device, the files of its bundle (name -> content), and its broker login."""
 
     device: DeviceRecord
     files: dict[str, bytes]
+    broker: BrokerOutcome
 
 
 async def add_device(
@@ -85,8 +88,20 @@ async def add_device(
         created=ctx.clock().replace(microsecond=0),
         password_hash=hash_password(password),
     )
+    files = await _bundle_files(ctx, device_id, password, mqtt_url)
     await ctx.storage.add_device(record)
-    return DeviceBundle(record, await _bundle_files(ctx, device_id, password, mqtt_url))
+    access = ctx.broker_access
+    broker = not_connected() if access is None else await access.admit(device_id, password)
+    return DeviceBundle(record, files, broker)
+
+
+async def revoke_device(ctx: RegistryContext, device_id: str) -> BrokerOutcome:
+    """Take a device's login off the running broker, which disconnects it."""
+    if not is_valid_name(device_id):
+        raise InvalidInputError(f"device id {device_id!r} is not a valid name")
+    await ctx.storage.get_device(device_id)  # NotFoundError for a device never provisioned
+    access = ctx.broker_access
+    return not_connected() if access is None else await access.revoke(device_id)
 
 
 async def _bundle_files(

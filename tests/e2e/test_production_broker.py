@@ -39,12 +39,12 @@ from tests.support.broker import (
     MqttTestClient,
     free_port,
 )
-from tests.support.registry import cli
+from tests.support.registry import RegistryProcess, cli
 
 V311 = MQTTProtocolVersion.MQTTv311
 TOPICS = Topics()
 REGISTRY = "registry"
-DEVICE, OTHER = "dev-a", "dev-b"
+DEVICE, OTHER, NEW = "dev-a", "dev-b", "dev-new"
 BIN = Path(sys.executable).parent
 SHA = "ab" * 32
 
@@ -58,9 +58,18 @@ class Production:
     bundles: dict[str, Path]
     broker_dir: Path
 
-    def connect(self, username: str | None, host: str = LOCALHOST) -> MqttTestClient:
-        """An MQTT 3.1.1 client over TLS, trusting the generated CA, with its own password."""
-        client = self.broker.paho_client(username, protocol=V311, reconnect_on_failure=False)
+    def connect(
+        self, username: str | None, host: str = LOCALHOST, client_id: str | None = None
+    ) -> MqttTestClient:
+        """An MQTT 3.1.1 client over TLS, trusting the generated CA, with its own password.
+
+        A device uses its device id as client id, as the agent does, unless told otherwise.
+        """
+        if client_id is None:
+            client_id = "" if username in (None, REGISTRY) else username
+        client = self.broker.paho_client(
+            username, client_id=client_id, protocol=V311, reconnect_on_failure=False
+        )
         return MqttTestClient.connect(client, host, self.broker.port)
 
 
@@ -141,10 +150,35 @@ def test_anonymous_clients_are_refused(production: Production) -> None:
 
 def test_a_device_cannot_log_in_as_another(production: Production) -> None:
     borrowed = production.broker.password(DEVICE)
-    client = production.broker.paho_client(OTHER, borrowed, protocol=V311)
+    client = production.broker.paho_client(OTHER, borrowed, client_id=OTHER, protocol=V311)
 
     with pytest.raises(ConnectRefusedError):
         MqttTestClient.connect(client, LOCALHOST, production.broker.port)
+
+
+def test_a_device_cannot_take_over_the_registrys_or_another_devices_session(
+    production: Production,
+) -> None:
+    registry_id = f"model-registry-{REGISTRY}"  # what `serve` connects as
+    with (
+        production.connect(REGISTRY, client_id=registry_id) as registry,
+        production.connect(OTHER) as other,
+    ):
+        registry.subscribe(TOPICS.events(OTHER))
+        other.subscribe(TOPICS.assignment(OTHER))
+        for victim in (registry_id, OTHER):
+            with pytest.raises(ConnectRefusedError):
+                production.connect(DEVICE, client_id=victim)
+        # Both are still there: the device's next event reaches the registry, and the
+        # registry's next document reaches the device.
+        other.publish(TOPICS.events(OTHER), b"meanwhile")
+        event = registry.next_message()
+        registry.publish(TOPICS.assignment(OTHER), b"still yours")
+        document = other.next_message()
+        lost = registry.connection_lost.is_set() or other.connection_lost.is_set()
+    assert (event.topic, event.payload) == (TOPICS.events(OTHER), b"meanwhile")
+    assert (document.topic, document.payload) == (TOPICS.assignment(OTHER), b"still yours")
+    assert not lost
 
 
 def test_the_broker_refuses_clients_that_do_not_trust_its_ca(production: Production) -> None:
@@ -155,7 +189,11 @@ def test_the_broker_refuses_clients_that_do_not_trust_its_ca(production: Product
 def test_the_generated_files_keep_secrets_private(production: Production) -> None:
     modes = {p.name: p.stat().st_mode & 0o777 for p in production.broker_dir.iterdir()}
 
-    assert {modes["passwd"], modes["ca.key"], modes["server.key"]} == {0o600}
+    assert {modes["ca.key"], modes["server.key"]} == {0o600}
+    # The password hashes: mosquitto rewrites the file with its own umask, inside a directory
+    # nobody else may enter.
+    assert (production.broker_dir / "data" / "dynamic-security.json").is_file()
+    assert modes["data"] == 0o700
     conf = (production.broker_dir / "mosquitto.conf").read_text()
     assert "allow_anonymous false" in conf
     assert f"listener {production.broker.port} {LOCALHOST}" in conf
@@ -269,6 +307,43 @@ def test_a_device_cannot_publish_outside_its_own_reports(
     assert received == [(own_events, b"genuine")]
     assert still_connected
     assert retained == [(barrier, b"barrier")]
+
+
+# --- provisioning while the broker runs ----------------------------------------------------
+
+
+def test_devices_add_lets_the_device_log_in_on_the_running_broker(
+    production: Production, tmp_path: Path
+) -> None:
+    config = production.home / "registry.toml"
+    original = config.read_text()
+    url = f"mqtts://localhost:{production.broker.port}"
+    ca = production.broker_dir / "ca.crt"
+    config.write_text(
+        original.replace('url = "embedded"', f'url = "{url}"', 1).replace(
+            'ca_file = ""', f'ca_file = "{ca}"', 1
+        )
+    )
+    registry = RegistryProcess(production.home, ())
+    registry.start()
+    try:
+        added = cli("devices", "add", NEW, "--group", "prod", "--out", str(tmp_path / "b"),
+                    "--home", str(production.home))  # fmt: skip
+        password = (tmp_path / "b" / BUNDLE_PASSWORD).read_text().strip()
+        # At once: no broker-config, no reload, no restart.
+        client = production.broker.paho_client(
+            NEW, password, client_id=NEW, protocol=V311, reconnect_on_failure=False
+        )
+        with MqttTestClient.connect(client, LOCALHOST, production.broker.port) as device:
+            codes = device.subscribe(TOPICS.assignment(NEW))
+    finally:
+        registry.stop()
+        config.write_text(original)
+    assert "Broker: broker credentials added on the running broker" in added.stdout
+    assert [code.is_failure for code in codes] == [False]
+    # The plugin saved the login: the broker keeps it across its own restarts.
+    saved = json.loads((production.broker_dir / "data" / "dynamic-security.json").read_text())
+    assert NEW in {client["username"] for client in saved["clients"]}
 
 
 # --- a real agent on the production broker ------------------------------------------------

@@ -57,7 +57,8 @@ def test_listings_and_errors_against_a_running_registry(
     assert versions[0]["version"] == 1
     assert "VERSION" in cli("versions", "reg", *home).stdout
 
-    cli("devices", "add", "cli-dev", "--group", "g", "--out", str(tmp_path / "b"), *home)
+    added = cli("devices", "add", "cli-dev", "--group", "g", "--out", str(tmp_path / "b"), *home)
+    assert "Broker: the embedded broker admits the device at once" in added.stdout
     assert (tmp_path / "b" / "mqtt-password").stat().st_mode & 0o777 == 0o600
     listed = cli_json("devices", "list", *home)["devices"]
     assert [d["device_id"] for d in listed] == ["cli-dev"]

@@ -78,7 +78,7 @@ class BrokerThread:
         self,
         user: tuple[str, str] | None,
         *,
-        client_id: str = "",
+        client_id: str | None = None,
         clean_session: bool = True,
         will: tuple[str, bytes] | None = None,
     ) -> MqttTestClient:
@@ -90,11 +90,17 @@ class BrokerThread:
         self,
         user: tuple[str, str] | None,
         *,
-        client_id: str = "",
+        client_id: str | None = None,
         clean_session: bool = True,
         will: tuple[str, bytes] | None = None,
     ) -> mqtt.Client:
-        """An unconnected paho client with credentials and a retained QoS 1 will."""
+        """An unconnected paho client with credentials and a retained QoS 1 will.
+
+        `client_id` defaults to a device's own id, as the agent uses, and to a broker-assigned
+        one for the registry and anonymous clients.
+        """
+        if client_id is None:
+            client_id = user[0] if user is not None and user[0] != REGISTRY else ""
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,

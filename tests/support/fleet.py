@@ -52,7 +52,7 @@ class Fleet:
             "chunk_size_kib = 256", f"chunk_size_kib = {chunk_size_kib}"
         )
         config.write_text(text)
-        self._write_broker_files(force=False)
+        self._write_broker_files()
         self.broker = self.broker_factory.from_config(
             self.root / "broker" / "mosquitto.conf", port=self.port
         )
@@ -65,10 +65,10 @@ class Fleet:
         """Stop the registry (the broker factory stops the broker)."""
         self.registry.stop()
 
-    def _write_broker_files(self, *, force: bool) -> None:
+    def _write_broker_files(self) -> None:
         args = ["broker-config", "--home", str(self.home), "--out", str(self.root / "broker")]
         args += ["--port", str(self.port), "--listen-host", LOCALHOST]
-        cli(*args, *(["--force"] if force else []))
+        cli(*args)
 
     def api(self) -> tuple[str, ...]:
         """The CLI arguments that reach this registry."""
@@ -84,11 +84,13 @@ class Fleet:
         cli("deploy", name, str(version), "--group", group, *self.api())
 
     def provision(self, device_id: str, group: str) -> Path:
-        """`devices add`, then give mosquitto the new password; return the bundle's config."""
+        """`devices add` (the running mosquitto gets the login at once); return its config."""
         bundle = self.root / "bundles" / device_id
-        cli("devices", "add", device_id, "--group", group, "--out", str(bundle), *self.api())
-        self._write_broker_files(force=True)
-        self.broker.reload()
+        added = cli(
+            "devices", "add", device_id, "--group", group, "--out", str(bundle), *self.api()
+        )
+        if "broker credentials added on the running broker" not in added.stdout:
+            raise AssertionError(f"the broker did not get {device_id}'s login: {added.stderr}")
         return bundle / "device.toml"
 
     def agent(self, device_id: str, group: str, extra_toml: str = "") -> AgentProcess:
