@@ -16,6 +16,7 @@ from aiohttp import web
 
 from edge_agent.runtime import ModelRepository
 from edge_agent.server.app import create_app
+from edge_agent.server.connections import GuardedSite, handler_factory
 from edge_agent.server.dataplane import DataPlane, StatusProvider
 from edge_agent.server.handlers import DATAPLANE
 from edge_agent.server.metrics import AgentMetrics
@@ -92,11 +93,12 @@ class InferenceServer:
 
     async def _bind(self, runner: web.AppRunner) -> None:
         path = self.config.unix_socket
+        factory = handler_factory(runner, self.config)  # connection cap and deadlines
         if path is not None:
-            await web.UnixSite(runner, str(path)).start()
+            await GuardedSite(runner, factory, path=str(path)).start()
             os.chmod(path, self.config.unix_socket_mode)
             return
-        await web.TCPSite(runner, self.config.host, self.config.port).start()
+        await GuardedSite(runner, factory, host=self.config.host, port=self.config.port).start()
         self._port = int(runner.addresses[0][1])
 
     async def drain_and_stop(self) -> None:
