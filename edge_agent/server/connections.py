@@ -252,16 +252,14 @@ def _cancel(timer: asyncio.TimerHandle | None) -> None:
         timer.cancel()
 
 
-def handler_factory(runner: web.AppRunner, config: ServerConfig) -> Callable[[], GuardedHandler]:
+def handler_factory(runner: web.AppRunner, count: ConnectionCount) -> Callable[[], GuardedHandler]:
     """The protocol factory of a listener: one GuardedHandler per connection."""
     manager, loop = runner.server, asyncio.get_running_loop()
     if manager is None:
         raise RuntimeError("set the runner up before making handlers")
-    limits = ConnectionLimits.of(config)
-    count = ConnectionCount(limits)
     options: dict[str, Any] = {
         "loop": loop,
-        "keepalive_timeout": limits.idle_timeout_s,
+        "keepalive_timeout": count.limits.idle_timeout_s,
         "lingering_time": LINGER_S,
         "max_headers": MAX_HEADERS,
         "auto_decompress": False,  # encoding.py decodes bodies, with errors of its own
