@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 
 LINGER_S = 2.0  # after answering early, read and drop the rest of a body this long, then close
 MAX_HEADERS = 32  # header lines in a request head (aiohttp's default is 128, of 8190 bytes each)
+# A whole request head, as Node.js bounds it: aiohttp bounds only each line, which lets a
+# connection hold 32 x 8 KiB while its head is incomplete.
+MAX_HEAD_BYTES = 32 * 1024
+HEAD_END = b"\r\n\r\n"
 WARN_EVERY_S = 60.0  # at most one warning a minute about the connection cap
 
 
@@ -81,6 +85,8 @@ class ConnectionCount:
         self._warned_at = -math.inf
         message = f"the request head did not arrive within {limits.header_timeout_s:g} s"
         self.head_timeout_reply = _raw_reply(HTTPStatus.REQUEST_TIMEOUT, message)
+        message = f"the request head is larger than {MAX_HEAD_BYTES // 1024} KiB"
+        self.head_too_large_reply = _raw_reply(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, message)
 
     def admit(self) -> Admission:
         """Count a new connection in and say what becomes of it."""
@@ -120,19 +126,29 @@ class _Phase(enum.Enum):
     HEAD = "head"  # waiting for a request head: the head timer runs
     BUSY = "busy"  # a request is being handled
     IDLE = "idle"  # between requests: aiohttp's keep-alive timer runs
+    DISCARD = "discard"  # refused: what still arrives is dropped until the connection closes
 
 
 class GuardedHandler(web.RequestHandler):
     """aiohttp's connection handler, with the connection cap and the deadlines above."""
 
-    __slots__ = ("_admission", "_count", "_head_started", "_head_timer", "_phase", "_send_timer")
+    __slots__ = (
+        "_admission",
+        "_count",
+        "_head_bytes",
+        "_head_tail",
+        "_head_timer",
+        "_phase",
+        "_send_timer",
+    )
 
     def __init__(self, manager: web.Server, count: ConnectionCount, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._count = count
         self._admission = Admission.DROP
         self._phase = _Phase.HEAD
-        self._head_started = False
+        self._head_bytes = 0  # of the head being received; -1 once it is complete
+        self._head_tail: bytes | None = None  # its last bytes, where a split head end begins
         self._head_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
 
@@ -162,12 +178,39 @@ class GuardedHandler(web.RequestHandler):
         self._await_head()
 
     def data_received(self, data: bytes) -> None:
-        """Start the head timer when the first byte of a new request arrives."""
+        """Start the head timer at a new request's first byte; bound the size of its head."""
         if data and self._phase is _Phase.IDLE:
             self._await_head()
-        if data and self._phase is _Phase.HEAD:
-            self._head_started = True
-        super().data_received(data)
+        if data and self._phase is _Phase.HEAD and self._head_bytes >= 0:
+            self._measure_head(data)
+        if self._phase is not _Phase.DISCARD:
+            super().data_received(data)  # which does nothing once the connection is closed
+
+    def _measure_head(self, data: bytes) -> None:
+        # The head ends at the first empty line; empty lines before the request line are
+        # allowed (RFC 9112, section 2.2): until its first byte, `_head_tail` is None.
+        window = data if self._head_tail is None else self._head_tail + data
+        if self._head_tail is None:
+            window = window.lstrip(b"\r\n")
+        end = window.find(HEAD_END)
+        after_head = len(window) - end - len(HEAD_END) if end >= 0 else 0
+        size = self._head_bytes + len(data) - after_head
+        if size > MAX_HEAD_BYTES and self.transport is not None:
+            self._refuse_head(self.transport)
+            return
+        self._head_bytes = -1 if end >= 0 else size
+        if window:
+            self._head_tail = window[-len(HEAD_END) + 1 :]
+
+    def _refuse_head(self, transport: asyncio.Transport) -> None:
+        # Closing with the rest of the head unread would reset the connection and could take
+        # the answer with it: end our side, drop what still comes, and close after LINGER_S.
+        transport.write(self._count.head_too_large_reply)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._phase = _Phase.DISCARD
+        _cancel(self._head_timer)
+        self._head_timer = self._loop.call_later(LINGER_S, self.force_close)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """Stop the timers and count the connection out."""
@@ -226,7 +269,7 @@ class GuardedHandler(web.RequestHandler):
 
     def _await_head(self) -> None:
         self._phase = _Phase.HEAD
-        self._head_started = False
+        self._head_bytes, self._head_tail = 0, None
         _cancel(self._head_timer)
         self._head_timer = None
         timeout = self._count.limits.header_timeout_s
@@ -234,9 +277,9 @@ class GuardedHandler(web.RequestHandler):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self._phase is not _Phase.HEAD or self.transport is None:
-            return
-        if self._head_started:  # a client that sent nothing has asked nothing: just close
+        if self._phase is not _Phase.HEAD or self._head_bytes < 0 or self.transport is None:
+            return  # the head is in: its request is about to start
+        if self._head_bytes != 0:  # a client that sent nothing has asked nothing: just close
             self.transport.write(self._count.head_timeout_reply)
         self.force_close()
 

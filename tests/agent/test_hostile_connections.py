@@ -4,6 +4,7 @@ connections past the cap, responses nobody reads, bodies past the memory budget.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import zlib
@@ -331,3 +332,38 @@ async def test_a_broken_stream_arriving_in_parts_gets_a_json_400(
         await connection.send(part)
 
     assert_json_error(await connection.response(), 400, message)
+
+
+HUGE_HEADS = [
+    pytest.param([PARTIAL_HEAD + b"a" * 40_000 + b"\r\n\r\n"], id="at-once"),
+    pytest.param(  # lines each within aiohttp's own limits, too many bytes in all
+        [PARTIAL_HEAD + b"v\r\n", *(b"X-%d: %s\r\n" % (n, b"a" * 2000) for n in range(20))],
+        id="line-by-line",
+    ),
+    pytest.param([b"\r\n" * 20_000], id="empty-lines"),
+]
+
+
+@pytest.mark.parametrize("parts", HUGE_HEADS)
+async def test_a_head_past_32_kib_gets_431(start_server: ServerFactory, parts: list[bytes]) -> None:
+    server = await start_server()
+    assert server.port is not None
+    connection = await RawConnection.open(server.port)
+    with contextlib.suppress(ConnectionError):  # the server stops reading once it has answered
+        for part in parts:
+            await connection.send(part)
+
+    assert_json_error(await connection.response(), 431, "request head is larger than 32 KiB")
+    assert await connection.closed() == b""
+
+
+async def test_heads_under_32_kib_and_leading_empty_lines_are_served(
+    start_server: ServerFactory,
+) -> None:
+    server = await start_server()
+    assert server.port is not None
+    connection = await RawConnection.open(server.port)
+    big = "".join(f"X-{n}: {'a' * 1000}\r\n" for n in range(28)).encode()
+
+    for data in (HEALTH.replace(b"\r\n\r\n", b"\r\n" + big + b"\r\n"), b"\r\n\r\n" + HEALTH):
+        assert (await answer(connection, data)).status == 200
