@@ -16,12 +16,12 @@ from edge_agent.errors import (
     RequestTimeoutError,
     UnsupportedMediaTypeError,
 )
-from edge_agent.server.encoding import Decoder, content_coding
+from edge_agent.server.encoding import PIECE_BYTES, Decoder, content_coding
 from edge_agent.server.heap import give_back_memory
 from edge_agent.server.settings import MiB, ServerConfig
 
 ACCEPTED_TYPES = frozenset({"application/json", "application/octet-stream"})
-CHUNK_BYTES = 64 * 1024
+CHUNK_BYTES = PIECE_BYTES  # raw bytes read at a time; decoded ones come in pieces this big
 TRIM_AFTER_BYTES = 4 * MiB  # bodies freed before the heap is trimmed (heap.py)
 
 

@@ -51,8 +51,7 @@ class Decoder:
         """The decoded bytes of the next raw `chunk`, in pieces of at most PIECE_BYTES."""
         self._raw_bytes += len(chunk)
         if self.coding == "identity":
-            for start in range(0, len(chunk), PIECE_BYTES):
-                yield chunk[start : start + PIECE_BYTES]
+            yield chunk  # the reader asks for chunks of at most PIECE_BYTES itself
             return
         while chunk:
             inflater = self._inflater

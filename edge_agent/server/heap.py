@@ -9,10 +9,7 @@ them. Where the C library has no malloc_trim (musl), this does nothing.
 from __future__ import annotations
 
 import ctypes
-import logging
 from collections.abc import Callable
-
-log = logging.getLogger(__name__)
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:
