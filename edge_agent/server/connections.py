@@ -126,6 +126,7 @@ class _Phase(enum.Enum):
     HEAD = "head"  # waiting for a request head: the head timer runs
     BUSY = "busy"  # a request is being handled
     IDLE = "idle"  # between requests: aiohttp's keep-alive timer runs
+    CLOSING = "closing"  # answered, no request follows: aiohttp drops what comes, then closes
     DISCARD = "discard"  # refused: what still arrives is dropped until the connection closes
 
 
@@ -242,9 +243,10 @@ class GuardedHandler(web.RequestHandler):
         _cancel(self._head_timer)
         self._head_timer = None
 
-    def request_finished(self) -> None:
-        """The handler has answered; the next byte starts the next request's head timer."""
-        self._phase = _Phase.IDLE
+    def request_finished(self, closing: bool) -> None:
+        """The handler has answered; unless the connection is closing, the next byte starts
+        the next request's head timer (what still comes of an unread body is not a head)."""
+        self._phase = _Phase.CLOSING if closing else _Phase.IDLE
 
     def handle_error(
         self,
@@ -318,13 +320,15 @@ async def connection_middleware(request: web.Request, handler: Handler) -> web.S
     if not isinstance(protocol, GuardedHandler):  # an app served some other way (tests)
         return await handler(request)
     protocol.request_started()
+    closing = True
     try:
         response = protocol.refusal() if protocol.refused else await handler(request)
         if not request.content.is_eof():
             response.force_close()  # the rest of the body is dropped (LINGER_S), then we close
+        closing = response.keep_alive is False
         return response
     finally:
-        protocol.request_finished()
+        protocol.request_finished(closing)
 
 
 class GuardedSite(web.BaseSite):

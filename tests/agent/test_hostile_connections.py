@@ -27,6 +27,7 @@ HEALTH = request("GET", "/v2/health/live")
 PARTIAL_HEAD = b"GET /v2/health/live HTTP/1.1\r\nHost: agent\r\nX-Slow: "
 INFER = "/v2/models/classifier/infer"
 JSON = {"Content-Type": "application/json"}
+TOKEN = "hostile-test-token-0123456789"  # noqa: S105 - a test token
 
 
 def infer_body(rows: np.ndarray[Any, Any], padding: int = 0) -> bytes:
@@ -367,3 +368,19 @@ async def test_heads_under_32_kib_and_leading_empty_lines_are_served(
 
     for data in (HEALTH.replace(b"\r\n\r\n", b"\r\n" + big + b"\r\n"), b"\r\n\r\n" + HEALTH):
         assert (await answer(connection, data)).status == 200
+
+
+async def test_the_rest_of_an_unread_body_is_not_taken_for_a_head(
+    start_server: ServerFactory,
+) -> None:
+    server = await start_server(token=TOKEN, header_timeout_s=1)
+    assert server.port is not None
+    connection = await RawConnection.open(server.port)
+    await connection.send(request("POST", INFER, b" " * 65536, JSON, content_length=MiB))
+    refused = await connection.response()  # no token: answered before the body is read
+    assert_json_error(refused, 401, "Authorization")
+
+    await connection.send(b" " * (100 * 1024))  # more than a head may hold
+    await asyncio.sleep(1.5)  # longer than a head may take
+
+    assert await connection.closed() == b""  # nothing after the one answer: no 431, no 408
