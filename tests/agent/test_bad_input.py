@@ -420,3 +420,34 @@ async def test_bad_binary_elements(
 
         assert reply.status == 400, (blob, reply.json())
         assert message in reply.json()["error"]
+
+
+MIXED_KINDS = [
+    ({"text": "a", "flag": 1, "half": [1, 2]}, "input 'flag': BOOL data must be JSON true/false"),
+    (
+        {"text": "a", "flag": True, "half": [1, True]},
+        "input 'half': FP16 data must be JSON numbers, not true/false",
+    ),
+    ({"text": True, "flag": True, "half": [1, 2]}, "input 'text': BYTES data must be JSON strings"),
+]
+
+
+@pytest.mark.parametrize(("instance", "message"), MIXED_KINDS)
+async def test_the_simple_form_keeps_booleans_and_numbers_apart(
+    start_server: ServerFactory,
+    raw_http: ClientSession,
+    kinds_model: Path,
+    instance: dict[str, Any],
+    message: str,
+) -> None:
+    repo = ModelRepository()
+    repo.swap("kinds", load_model(kinds_model, name="kinds", version=1))
+    server = await start_server(repo)
+    good = {"text": "b", "flag": False, "half": [3, 4]}
+
+    reply = await post(
+        raw_http, server.url + "/v1/models/kinds:predict", json={"instances": [good, instance]}
+    )
+
+    assert reply.status == 400, reply.json()
+    assert reply.json() == {"error": message}
