@@ -116,7 +116,7 @@ async def test_partial_heads_past_the_cap_leave_served_connections_answering(
 
 
 async def test_a_head_that_stops_is_answered_408_and_closed(start_server: ServerFactory) -> None:
-    server = await start_server(header_timeout_s=1)
+    server = await start_server(header_timeout_s=2)
     assert server.port is not None
     partial = await opened(server.port, PARTIAL_HEAD, 10)
     silent = await RawConnection.open(server.port)  # connects and asks nothing
@@ -130,7 +130,7 @@ async def test_a_head_that_stops_is_answered_408_and_closed(start_server: Server
 
 
 async def test_a_kept_alive_connection_left_idle_is_closed(start_server: ServerFactory) -> None:
-    server = await start_server(idle_timeout_s=1)
+    server = await start_server(idle_timeout_s=3)
     assert server.port is not None
     connection = await RawConnection.open(server.port)
 
