@@ -384,3 +384,20 @@ async def test_the_rest_of_an_unread_body_is_not_taken_for_a_head(
     await asyncio.sleep(1.5)  # longer than a head may take
 
     assert await connection.closed() == b""  # nothing after the one answer: no 431, no 408
+
+
+async def test_the_unix_socket_has_the_same_guards(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    path = tmp_path / "agent.sock"
+    await start_server(unix_socket=path, header_timeout_s=1, max_connections=1)
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    writer.write(PARTIAL_HEAD)
+    second, second_writer = await asyncio.open_unix_connection(str(path))
+    second_writer.write(HEALTH)
+
+    slow = RawConnection(reader, writer)
+    past_the_cap = RawConnection(second, second_writer)
+
+    assert_json_error(await past_the_cap.response(), 503, "server.max_connections")
+    assert_json_error(await slow.response(), 408, "request head did not arrive")
