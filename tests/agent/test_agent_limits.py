@@ -15,14 +15,20 @@ import pytest
 
 from tests.support.agent import AgentProcess
 from tests.support.broker import Broker
-from tests.support.rawhttp import RawConnection, RawResponse, chunk, request
+from tests.support.rawhttp import (
+    HEALTH,
+    PARTIAL_HEAD,
+    RawConnection,
+    RawResponse,
+    answer,
+    chunk,
+    request,
+)
 from tests.support.registry import cli
 
 MiB = 1024 * 1024
 TOKEN = "limits-test-token-0123456789"  # noqa: S105 - a test token
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-HEALTH = request("GET", "/v2/health/live")
-PARTIAL_HEAD = b"GET /v2/health/live HTTP/1.1\r\nHost: agent\r\nX-Slow: "
 INFER = "/v2/models/classifier/infer"
 
 AgentFactory = Callable[[str], AgentProcess]
@@ -89,14 +95,6 @@ async def peak_rss(pid: int) -> AsyncIterator[list[float]]:
         with contextlib.suppress(asyncio.CancelledError):
             await sampler
         peak[0] = max(peak[0], rss_mib(pid))
-
-
-async def answer(connection: RawConnection, data: bytes) -> RawResponse:
-    """Send a whole request and read its response."""
-    await connection.send(data)
-    reply = await connection.response()
-    assert reply is not None, "the agent closed without answering"
-    return reply
 
 
 async def until(probe: RawConnection, **expected: int) -> None:

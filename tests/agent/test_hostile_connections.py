@@ -4,10 +4,7 @@ connections past the cap, responses nobody reads, bodies past the memory budget.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gzip
 import json
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +15,19 @@ from onnx import TensorProto, helper
 from edge_agent.runtime import ModelRepository, load_model
 from tests.agent.conftest import OPSET, ServerFactory, ort_outputs
 from tests.support.models import ModelSet
-from tests.support.rawhttp import RawConnection, RawResponse, chunk, request
+from tests.support.rawhttp import (
+    HEALTH,
+    PARTIAL_HEAD,
+    RawConnection,
+    answer,
+    assert_json_error,
+    chunk,
+    request,
+)
 
 CAP = 20
 OVERFLOW = 8  # max(8, CAP // 8): connections past the cap that still get their 503
 MiB = 1024 * 1024
-HEALTH = request("GET", "/v2/health/live")
-PARTIAL_HEAD = b"GET /v2/health/live HTTP/1.1\r\nHost: agent\r\nX-Slow: "
 INFER = "/v2/models/classifier/infer"
 JSON = {"Content-Type": "application/json"}
 TOKEN = "hostile-test-token-0123456789"  # noqa: S105 - a test token
@@ -34,14 +37,6 @@ def infer_body(rows: np.ndarray[Any, Any], padding: int = 0) -> bytes:
     """A JSON inference request for the classifier, padded with spaces to a size."""
     tensor = {"name": "X", "datatype": "FP32", "shape": list(rows.shape), "data": rows.tolist()}
     return json.dumps({"inputs": [tensor]}).encode() + b" " * padding
-
-
-async def answer(connection: RawConnection, data: bytes) -> RawResponse:
-    """Send a whole request and read its response."""
-    await connection.send(data)
-    reply = await connection.response()
-    assert reply is not None, "the server closed without answering"
-    return reply
 
 
 async def server_state(connection: RawConnection) -> dict[str, Any]:
@@ -65,15 +60,6 @@ async def opened(port: int, data: bytes, count: int) -> list[RawConnection]:
         await connection.send(data)
         connections.append(connection)
     return connections
-
-
-def assert_json_error(reply: RawResponse | None, status: int, fragment: str) -> None:
-    """A JSON `{"error": ...}` answer with `status` whose message holds `fragment`."""
-    assert reply is not None, "the server closed without answering"
-    assert reply.status == status, reply
-    assert reply.headers["content-type"].startswith("application/json")
-    assert set(reply.json()) == {"error"}
-    assert fragment in reply.json()["error"]
 
 
 async def test_partial_heads_past_the_cap_leave_served_connections_answering(
@@ -269,105 +255,6 @@ async def test_a_chunked_body_is_refused_when_it_grows_past_the_budget(
     assert_json_error(refused, 503, "server.max_buffered_body_mb")
     holder.close()
     await until(probe, "buffered_body_bytes", 0)
-
-
-MALFORMED_HEADS = [
-    pytest.param(b"GET / HTTP/1.1\r\nHost agent\r\n\r\n", id="header-without-colon"),
-    pytest.param(b"FO(O / HTTP/1.1\r\n\r\n", id="bad-method"),
-    pytest.param(
-        b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(40)) + b"\r\n",
-        id="too-many-headers",
-    ),
-    pytest.param(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", id="request-line-too-long"),
-    pytest.param(b"GET / HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n", id="header-too-long"),
-    pytest.param(
-        b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
-        id="length-and-chunked",
-    ),
-    pytest.param(
-        request("POST", INFER, b"zz\r\nabc\r\n0\r\n\r\n", {"Transfer-Encoding": "chunked"}),
-        id="bad-chunk-size",
-    ),
-    pytest.param(request("POST", INFER, b"", {"Content-Length": "abc"}), id="bad-length"),
-    pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", id="tls-client-hello"),
-]
-
-
-@pytest.mark.parametrize("data", MALFORMED_HEADS)
-async def test_a_malformed_head_gets_a_json_400(start_server: ServerFactory, data: bytes) -> None:
-    server = await start_server()
-    assert server.port is not None
-    connection = await RawConnection.open(server.port)
-    await connection.send(data)
-
-    assert_json_error(await connection.response(), 400, "malformed HTTP request")
-    assert await connection.closed() == b""
-
-
-GZIPPED = gzip.compress(b'{"inputs": []}' * 200)
-DEFLATED = zlib.compress(b'{"inputs": []}' * 200)
-# (coding, parts sent one by one, bytes declared but never sent, the error)
-BROKEN_IN_PARTS = [
-    pytest.param("gzip", [GZIPPED[:20], GZIPPED[20:-3]], 0, "truncated", id="gzip-truncated"),
-    pytest.param("deflate", [DEFLATED[:9], DEFLATED[9:-3]], 0, "truncated", id="deflate-truncated"),
-    # The error is in the data: answered before the declared length is complete.
-    pytest.param("gzip", [GZIPPED[:10], b"\xff" * 8], 100, "not valid gzip", id="gzip-corrupt"),
-    pytest.param("gzip", [GZIPPED, b"garbage"], 100, "after the end", id="gzip-trailing"),
-    pytest.param("deflate", [DEFLATED, b"\0"], 100, "after the end", id="deflate-trailing"),
-]
-
-
-@pytest.mark.parametrize(("coding", "parts", "missing", "message"), BROKEN_IN_PARTS)
-async def test_a_broken_stream_arriving_in_parts_gets_a_json_400(
-    start_server: ServerFactory, coding: str, parts: list[bytes], missing: int, message: str
-) -> None:
-    # Waiting for the body deadline would take longer than RawConnection waits for an answer.
-    server = await start_server(body_timeout_s=3600)
-    assert server.port is not None
-    connection = await RawConnection.open(server.port)
-    length = sum(map(len, parts)) + missing
-    headers = {"Content-Encoding": coding, **JSON}
-    await connection.send(request("POST", INFER, b"", headers, content_length=length))
-    for part in parts:
-        await asyncio.sleep(0.05)  # separate reads on the server, as over a slow link
-        await connection.send(part)
-
-    assert_json_error(await connection.response(), 400, message)
-
-
-HUGE_HEADS = [
-    pytest.param([PARTIAL_HEAD + b"a" * 40_000 + b"\r\n\r\n"], id="at-once"),
-    pytest.param(  # lines each within aiohttp's own limits, too many bytes in all
-        [PARTIAL_HEAD + b"v\r\n", *(b"X-%d: %s\r\n" % (n, b"a" * 2000) for n in range(20))],
-        id="line-by-line",
-    ),
-    pytest.param([b"\r\n" * 20_000], id="empty-lines"),
-]
-
-
-@pytest.mark.parametrize("parts", HUGE_HEADS)
-async def test_a_head_past_32_kib_gets_431(start_server: ServerFactory, parts: list[bytes]) -> None:
-    server = await start_server()
-    assert server.port is not None
-    connection = await RawConnection.open(server.port)
-    with contextlib.suppress(ConnectionError):  # the server stops reading once it has answered
-        for part in parts:
-            await connection.send(part)
-
-    assert_json_error(await connection.response(), 431, "request head is larger than 32 KiB")
-    assert await connection.closed() == b""
-
-
-async def test_heads_under_32_kib_and_leading_empty_lines_are_served(
-    start_server: ServerFactory,
-) -> None:
-    server = await start_server()
-    assert server.port is not None
-    connection = await RawConnection.open(server.port)
-    big = "".join(f"X-{n}: {'a' * 1000}\r\n" for n in range(28)).encode()
-
-    for data in (HEALTH.replace(b"\r\n\r\n", b"\r\n" + big + b"\r\n"), b"\r\n\r\n" + HEALTH):
-        assert (await answer(connection, data)).status == 200
 
 
 async def test_the_rest_of_an_unread_body_is_not_taken_for_a_head(

@@ -103,6 +103,27 @@ def request(
     return head.encode() + b"\r\n" + body
 
 
+HEALTH = request("GET", "/v2/health/live")
+PARTIAL_HEAD = b"GET /v2/health/live HTTP/1.1\r\nHost: agent\r\nX-Slow: "  # and then nothing
+
+
 def chunk(data: bytes) -> bytes:
     """One chunk of a `Transfer-Encoding: chunked` body."""
     return b"%x\r\n" % len(data) + data + b"\r\n"
+
+
+async def answer(connection: RawConnection, data: bytes) -> RawResponse:
+    """Send a whole request and read its response."""
+    await connection.send(data)
+    reply = await connection.response()
+    assert reply is not None, "the server closed without answering"
+    return reply
+
+
+def assert_json_error(reply: RawResponse | None, status: int, fragment: str) -> None:
+    """A JSON `{"error": ...}` answer with `status` whose message holds `fragment`."""
+    assert reply is not None, "the server closed without answering"
+    assert reply.status == status, reply
+    assert reply.headers["content-type"].startswith("application/json")
+    assert set(reply.json()) == {"error"}
+    assert fragment in reply.json()["error"]
