@@ -103,13 +103,15 @@ def _keys_of(cls: type[Any], *, skip: Collection[str] = ()) -> dict[str, _Kind]:
 
 # ServerConfig fields that are not TOML keys of the same name: `_SERVER_KEYS` set them, and
 # `runtime` comes from its own [runtime] section.
-_SERVER_DERIVED = ("host", "port", "unix_socket", "unix_socket_mode", "token", "max_body_bytes")
+_SERVER_DERIVED: tuple[str, ...] = ("host", "port", "unix_socket", "unix_socket_mode", "token")
+_SERVER_DERIVED += ("max_body_bytes", "max_buffered_body_bytes")
 _SERVER_KEYS = {
     "listen": STRING,  # -> host, port
     "socket": OPTIONAL_PATH,  # -> unix_socket
     "socket_mode": INT,  # -> unix_socket_mode
     "token_file": OPTIONAL_PATH,  # -> token, read from the file
     "max_body_mb": INT,  # -> max_body_bytes
+    "max_buffered_body_mb": INT,  # -> max_buffered_body_bytes
 }
 _SERVER_RENAMED = {"socket": "unix_socket", "socket_mode": "unix_socket_mode"}
 # ServerConfig names its fields in its errors; the operator needs the TOML key instead.
@@ -119,12 +121,15 @@ _SERVER_KEY_OF_FIELD = {
     "server.unix_socket": "server.socket",
     "server.unix_socket_mode": "server.socket_mode",
     "server.token": "server.token_file",
+    "server.max_buffered_body_bytes": "server.max_buffered_body_mb",
 }
 
 # Field names someone may write instead of the TOML key (docs or code in hand).
 _HINTS = {
     **_SERVER_KEY_OF_FIELD,
     "server.max_body_bytes": "server.max_body_mb",
+    "server.keepalive_timeout_s": "server.idle_timeout_s",  # aiohttp's and nginx's name for it
+    "server.keepalive_timeout": "server.idle_timeout_s",
     "mqtt.password": "mqtt.password_file",
     "telemetry.spool_max_bytes": "telemetry.spool_max_mb",
     "root_file": "trust.root_file",
@@ -149,6 +154,7 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "mqtt.reconnect_min_s": (0.1, 3600),
     "mqtt.reconnect_max_s": (0.1, 86_400),
     "server.max_body_mb": (1, 1024),  # ServerConfig's own bounds on max_body_bytes, in MiB
+    "server.max_buffered_body_mb": (1, 65_536),  # ServerConfig's bounds, in MiB
     "updates.release_timeout_s": (1, 86_400),
     "updates.download_timeout_s": (1, 86_400),
     "updates.activation_timeout_s": (1, 86_400),
@@ -408,6 +414,8 @@ def _server_fields(src: _Source, values: dict[str, Any]) -> dict[str, Any]:
         fields["host"], fields["port"] = address
     if "max_body_mb" in fields:
         fields["max_body_bytes"] = fields.pop("max_body_mb") * MiB
+    if "max_buffered_body_mb" in fields:
+        fields["max_buffered_body_bytes"] = fields.pop("max_buffered_body_mb") * MiB
     token_file = fields.pop("token_file", None)
     if token_file is not None:
         fields["token"] = _read_secret(src, "server.token_file", token_file)

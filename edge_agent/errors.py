@@ -43,6 +43,10 @@ class UnauthorizedError(RequestError):
     """A missing or wrong bearer token."""
 
 
+class RequestTimeoutError(RequestError):
+    """A request body that did not arrive in full within the configured time."""
+
+
 # --- what is being served: the request was fine, the server cannot take it now ---------
 
 

@@ -10,6 +10,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from edge_agent.runtime import ModelRepository
+from edge_agent.server.body import BODY_BUDGET, BodyBudget
+from edge_agent.server.connections import connection_middleware
 from edge_agent.server.dataplane import DataPlane, StatusProvider
 from edge_agent.server.handlers import CONFIG, DATAPLANE, METRICS, routes
 from edge_agent.server.metrics import AgentMetrics
@@ -41,12 +43,18 @@ def create_app(
     )
     dataplane = DataPlane(repository, config, metrics, pool)
     dataplane.status_providers.extend(status_providers)
-    # Outermost first: metrics see the final status, errors become responses, then the token.
-    middlewares: list[Middleware] = [metrics_middleware(metrics, repository), error_middleware]
+    # Outermost first: the connection guard, metrics see the final status, errors become
+    # responses, then the token.
+    middlewares: list[Middleware] = [
+        connection_middleware,
+        metrics_middleware(metrics, repository),
+        error_middleware,
+    ]
     if config.token is not None:
         middlewares.append(auth_middleware(config.token))
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[DATAPLANE], app[CONFIG], app[METRICS] = dataplane, config, metrics
+    app[BODY_BUDGET] = BodyBudget(config.max_buffered_body_bytes, config.retry_after_s)
     app.add_routes(routes())
     app.on_shutdown.append(_begin_drain)
     # cleanup_ctx tears down in reverse: batchers stop first, then the pool they run on.

@@ -76,12 +76,12 @@ async def model_ready(request: web.Request) -> web.Response:
 async def infer(request: web.Request) -> web.StreamResponse:
     """OIP inference, JSON or with the binary tensor data extension."""
     config, dataplane = request.app[CONFIG], request.app[DATAPLANE]
-    body = await read_body(request, config.max_body_bytes)
-    header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
-    parsed = await _off_loop(len(body), decode_infer_request, body, header_length)
-    result = await dataplane.infer(request.match_info["model"], _version(request), parsed)
-    request[MODEL_VERSION] = result.model_version
-    payload, json_length = encode_infer_response(result)
+    async with read_body(request, config) as body:  # counts against the body budget till done
+        header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
+        parsed = await _off_loop(len(body), decode_infer_request, body, header_length)
+        result = await dataplane.infer(request.match_info["model"], _version(request), parsed)
+        request[MODEL_VERSION] = result.model_version
+        payload, json_length = encode_infer_response(result)
     if json_length is None:
         response = web.Response(body=payload, content_type="application/json")
     else:
@@ -100,9 +100,9 @@ def _maybe_compress(request: web.Request, response: web.Response, size: int) -> 
 async def predict(request: web.Request) -> web.Response:
     """The simple form: `{"instances": [...]}` -> `{"predictions": [...]}`."""
     config, dataplane = request.app[CONFIG], request.app[DATAPLANE]
-    body = await read_body(request, config.max_body_bytes)
-    parsed = await _off_loop(len(body), parse_json, body, "the request body")
-    result = await dataplane.predict(request.match_info["model"], None, parsed)
+    async with read_body(request, config) as body:  # counts against the body budget till done
+        parsed = await _off_loop(len(body), parse_json, body, "the request body")
+        result = await dataplane.predict(request.match_info["model"], None, parsed)
     request[MODEL_VERSION] = result["model_version"]
     return web.json_response(result)
 

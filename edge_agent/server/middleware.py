@@ -22,6 +22,7 @@ from edge_agent.errors import (
     OverloadedError,
     PayloadTooLargeError,
     RequestError,
+    RequestTimeoutError,
     ServingError,
     ShuttingDownError,
     UnauthorizedError,
@@ -44,6 +45,7 @@ except ImportError:  # pragma: no cover
 STATUS_BY_ERROR: dict[type[AgentError], int] = {
     InvalidRequestError: 400,
     UnauthorizedError: 401,
+    RequestTimeoutError: 408,
     ModelNotFoundError: 404,
     PayloadTooLargeError: 413,
     UnsupportedMediaTypeError: 415,

@@ -10,12 +10,19 @@ import signal
 from collections.abc import Iterable
 from concurrent.futures import Executor
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from aiohttp import web
 
 from edge_agent.runtime import ModelRepository
 from edge_agent.server.app import create_app
+from edge_agent.server.body import BODY_BUDGET
+from edge_agent.server.connections import (
+    ConnectionCount,
+    ConnectionLimits,
+    GuardedSite,
+    handler_factory,
+)
 from edge_agent.server.dataplane import DataPlane, StatusProvider
 from edge_agent.server.handlers import DATAPLANE
 from edge_agent.server.metrics import AgentMetrics
@@ -47,6 +54,8 @@ class InferenceServer:
         )
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
+        self._connections = ConnectionCount(ConnectionLimits.of(config))
+        self.add_status_provider(self._client_limits)
 
     @property
     def dataplane(self) -> DataPlane:
@@ -56,6 +65,17 @@ class InferenceServer:
     def add_status_provider(self, provider: StatusProvider) -> None:
         """Merge what `provider` returns into GET /v1/status."""
         self.dataplane.status_providers.append(provider)
+
+    def _client_limits(self) -> dict[str, Any]:
+        budget = self.app[BODY_BUDGET]
+        return {
+            "server": {
+                "connections": self._connections.served + self._connections.refused,
+                "max_connections": self.config.max_connections,
+                "buffered_body_bytes": budget.held_bytes,
+                "max_buffered_body_bytes": budget.limit_bytes,
+            }
+        }
 
     @property
     def port(self) -> int | None:
@@ -92,11 +112,12 @@ class InferenceServer:
 
     async def _bind(self, runner: web.AppRunner) -> None:
         path = self.config.unix_socket
+        factory = handler_factory(runner, self._connections)  # connection cap and deadlines
         if path is not None:
-            await web.UnixSite(runner, str(path)).start()
+            await GuardedSite(runner, factory, path=str(path)).start()
             os.chmod(path, self.config.unix_socket_mode)
             return
-        await web.TCPSite(runner, self.config.host, self.config.port).start()
+        await GuardedSite(runner, factory, host=self.config.host, port=self.config.port).start()
         self._port = int(runner.addresses[0][1])
 
     async def drain_and_stop(self) -> None:

@@ -12,6 +12,7 @@ from edge_agent.runtime import BatchPolicy, RuntimeOptions
 
 NonFinitePolicy = Literal["reject", "allow"]
 MiB = 1024 * 1024
+GiB = 1024 * MiB
 MAX_UNIX_PATH = 107  # sun_path holds 108 bytes including the terminating NUL
 
 
@@ -32,6 +33,13 @@ class ServerConfig:
     non_finite: NonFinitePolicy = "reject"  # NaN/Inf in floating inputs: refuse or pass on
     retry_after_s: int = 1  # Retry-After sent with 503 when a queue is full
     shutdown_timeout_s: float = 30.0  # longest wait for in-flight requests when draining
+    # Slow and greedy clients (docs/operations.md, "Limits"): connections and body memory.
+    max_connections: int = 256  # open connections served; beyond it 503 + Retry-After
+    max_buffered_body_bytes: int = 32 * MiB  # request bodies held at once, all requests together
+    header_timeout_s: float = 5.0  # a request head must arrive in full within this
+    body_timeout_s: float = 30.0  # a request body must arrive in full within this
+    idle_timeout_s: float = 30.0  # a kept-alive connection waits this long for its next request
+    send_timeout_s: float = 30.0  # a client that reads none of its response for this long is cut
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
 
     def __post_init__(self) -> None:
@@ -45,6 +53,7 @@ class ServerConfig:
         _check_int("server.retry_after_s", self.retry_after_s, 1, 3600)
         _check_float("server.max_queue_delay_ms", self.max_queue_delay_ms, 0.0, 1000.0)
         _check_float("server.shutdown_timeout_s", self.shutdown_timeout_s, 0.0, 3600.0)
+        self._check_client_limits()
         if self.non_finite not in ("reject", "allow"):
             raise ConfigError(
                 f"server.non_finite: expected 'reject' or 'allow', got {self.non_finite!r}"
@@ -69,6 +78,18 @@ class ServerConfig:
             raise ConfigError(
                 f"server.unix_socket: {self.unix_socket} is longer than {MAX_UNIX_PATH} bytes"
             )
+
+    def _check_client_limits(self) -> None:
+        _check_int("server.max_connections", self.max_connections, 1, 65_536)
+        _check_int("server.max_buffered_body_bytes", self.max_buffered_body_bytes, 1024, 64 * GiB)
+        if self.max_buffered_body_bytes < self.max_body_bytes:
+            raise ConfigError(
+                f"server.max_buffered_body_bytes: {self.max_buffered_body_bytes / MiB:g} MiB "
+                f"cannot hold one body of the largest size accepted (the max_body limit, "
+                f"{self.max_body_bytes / MiB:g} MiB)"
+            )
+        for key in ("header_timeout_s", "body_timeout_s", "idle_timeout_s", "send_timeout_s"):
+            _check_float(f"server.{key}", getattr(self, key), 0.1, 86_400.0)
 
     @property
     def allow_non_finite(self) -> bool:

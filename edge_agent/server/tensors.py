@@ -8,8 +8,10 @@ from a declared shape before the data has been checked against it.
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -41,7 +43,18 @@ def json_to_array(data: Any, datatype: str, shape: tuple[int, ...], where: str) 
     _check_layout(raw.shape, shape, where)
     if raw.size == 0:
         return np.zeros(shape, dtype=OIP_TO_NUMPY[datatype])
+    if datatype != "BOOL" and raw.dtype.kind in "iuf" and _holds_bool(data, raw.ndim):
+        # numpy reads true/false among numbers as 1/0, so the JSON values themselves are checked.
+        raise InvalidRequestError(f"{where}: {datatype} data must be JSON numbers, not true/false")
     return _coerce(raw, datatype, where).reshape(shape)
+
+
+def _holds_bool(data: list[Any], depth: int) -> bool:
+    """Whether a rectangular nest of `depth` JSON arrays holds a boolean."""
+    values: Iterable[Any] = data
+    for _ in range(depth - 1):
+        values = itertools.chain.from_iterable(values)
+    return bool in set(map(type, values))
 
 
 def _object_array(data: list[Any], where: str) -> Array:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import struct
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,48 @@ def _binary_case(
     return Case(id, data, 400, message, headers=headers)
 
 
+GZIPPED = gzip.compress(body())
+DEFLATED = zlib.compress(body())
+
+
+def gzip_bomb(expanded: int) -> bytes:
+    """A small gzip stream of `expanded` zero bytes, made without holding them."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = bytes(MAX_BODY)
+    parts = [compressor.compress(zeros) for _ in range(expanded // MAX_BODY)]
+    return b"".join(parts) + compressor.flush()
+
+
+def _encoded(id: str, data: bytes, encoding: str, status: int, message: str) -> Case:
+    return Case(id, data, status, message, headers={"Content-Encoding": encoding})
+
+
+ENCODING_CASES = [
+    _encoded(
+        "gzip-corrupt", GZIPPED[:12] + b"\xff" * 8 + GZIPPED[20:], "gzip", 400, "not valid gzip"
+    ),
+    _encoded("gzip-bad-crc", GZIPPED[:-8] + b"\0\0\0\0" + GZIPPED[-4:], "gzip", 400, "gzip"),
+    _encoded("gzip-truncated", GZIPPED[:-3], "gzip", 400, "gzip body is truncated"),
+    _encoded("gzip-only-a-header", GZIPPED[:10], "gzip", 400, "gzip body is truncated"),
+    _encoded("gzip-trailing-garbage", GZIPPED + b"garbage", "gzip", 400, "after the end"),
+    _encoded("gzip-empty", b"", "gzip", 400, "empty, which is not gzip"),
+    _encoded("gzip-not-gzip", body(), "gzip", 400, "not valid gzip"),
+    _encoded("gzip-bomb", gzip_bomb(64 * MAX_BODY), "gzip", 413, "exceeds"),
+    _encoded("x-gzip-bomb", gzip_bomb(64 * MAX_BODY), "x-gzip", 413, "exceeds"),
+    _encoded(
+        "deflate-corrupt", DEFLATED[:2] + b"\xff" * 10 + DEFLATED[12:], "deflate", 400, "deflate"
+    ),
+    _encoded("deflate-truncated", DEFLATED[:-3], "deflate", 400, "deflate body is truncated"),
+    _encoded("deflate-trailing-garbage", DEFLATED + b"zz", "deflate", 400, "after the end"),
+    _encoded("deflate-empty", b"", "deflate", 400, "empty, which is not deflate"),
+    _encoded("deflate-bomb", zlib.compress(bytes(64 * MAX_BODY)), "deflate", 413, "exceeds"),
+    _encoded("zstd", body(), "zstd", 415, "Content-Encoding 'zstd'"),
+    _encoded("compress", body(), "compress", 415, "Content-Encoding 'compress'"),
+    _encoded("stacked", gzip.compress(GZIPPED), "gzip, gzip", 415, "one encoding at most"),
+    _encoded("unknown-after-identity", body(), "identity, lz4", 415, "'lz4'"),
+]
+
+
 CASES = [
     Case("malformed-json", b'{"inputs": [', 400, "not valid JSON"),
     Case("not-utf8", b"\xff\xfe\x00{", 400, "not valid JSON"),
@@ -107,6 +150,18 @@ CASES = [
     Case("strings-as-numbers", body(tensor([["1.0"] * FEATURES])), 400, "must be JSON numbers"),
     Case("booleans-as-numbers", body(tensor([[True] * FEATURES])), 400, "must be JSON numbers"),
     Case("nulls", body(tensor([[None] * FEATURES])), 400, "must be JSON numbers"),
+    Case(
+        "a-boolean-among-numbers",
+        body(tensor([[*ROW[:-1], True]])),
+        400,
+        "input 'X': FP32 data must be JSON numbers, not true/false",
+    ),
+    Case(
+        "a-boolean-among-flat-numbers",
+        body(tensor([*ROW[:-1], False])),
+        400,
+        "input 'X': FP32 data must be JSON numbers, not true/false",
+    ),
     Case("data-not-array", body(tensor("abc")), 400, "'data' must be a JSON array"),
     Case(
         "no-data",
@@ -250,6 +305,14 @@ CASES = [
         path="/v1/models/classifier:predict",
     ),
     Case("predict-malformed", b"{", 400, "not valid JSON", path="/v1/models/classifier:predict"),
+    Case(
+        "predict-a-boolean-among-numbers",
+        json.dumps({"instances": [ROW, [True, *ROW[1:]]]}).encode(),
+        400,
+        "input 'X': FP32 data must be JSON numbers, not true/false",
+        path="/v1/models/classifier:predict",
+    ),
+    *ENCODING_CASES,
 ]
 
 
@@ -357,3 +420,34 @@ async def test_bad_binary_elements(
 
         assert reply.status == 400, (blob, reply.json())
         assert message in reply.json()["error"]
+
+
+MIXED_KINDS = [
+    ({"text": "a", "flag": 1, "half": [1, 2]}, "input 'flag': BOOL data must be JSON true/false"),
+    (
+        {"text": "a", "flag": True, "half": [1, True]},
+        "input 'half': FP16 data must be JSON numbers, not true/false",
+    ),
+    ({"text": True, "flag": True, "half": [1, 2]}, "input 'text': BYTES data must be JSON strings"),
+]
+
+
+@pytest.mark.parametrize(("instance", "message"), MIXED_KINDS)
+async def test_the_simple_form_keeps_booleans_and_numbers_apart(
+    start_server: ServerFactory,
+    raw_http: ClientSession,
+    kinds_model: Path,
+    instance: dict[str, Any],
+    message: str,
+) -> None:
+    repo = ModelRepository()
+    repo.swap("kinds", load_model(kinds_model, name="kinds", version=1))
+    server = await start_server(repo)
+    good = {"text": "b", "flag": False, "half": [3, 4]}
+
+    reply = await post(
+        raw_http, server.url + "/v1/models/kinds:predict", json={"instances": [good, instance]}
+    )
+
+    assert reply.status == 400, reply.json()
+    assert reply.json() == {"error": message}

@@ -9,6 +9,7 @@ from typing import Any
 
 from edge_agent.runtime import ModelRepository
 from edge_agent.server import ServerConfig, create_app
+from edge_agent.server.middleware import STATUS_BY_ERROR
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "openapi-agent.json"
 METHODS = {"get", "post", "put", "delete", "patch"}
@@ -51,3 +52,32 @@ def test_path_parameters_are_declared_and_refs_resolve() -> None:
         node: Any = doc
         for part in ref.split("/"):
             node = node[part]
+
+
+# What any request can get before it reaches a route: a malformed or oversized head, a head that
+# does not arrive in time, a connection past the cap.
+ANY_REQUEST = {"400", "408", "431", "503"}
+WITH_A_BODY = {"400", "401", "404", "408", "413", "415", "431", "500", "503"}
+
+
+def test_every_status_the_server_can_answer_is_documented() -> None:
+    doc = _document()
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            documented = set(operation["responses"])
+            assert documented >= ANY_REQUEST, (method, path)
+            if method == "post":
+                assert documented >= WITH_A_BODY, (method, path)
+    every = {
+        status for ops in doc["paths"].values() for op in ops.values() for status in op["responses"]
+    }
+    assert {str(status) for status in STATUS_BY_ERROR.values()} <= every
+    for name in (
+        "MalformedRequest",
+        "RequestTimeout",
+        "HeadTooLarge",
+        "Unavailable",
+        "InternalError",
+    ):
+        schema = doc["components"]["responses"][name]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/Error"}

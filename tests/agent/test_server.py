@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import os
 import signal
 import stat
 import sys
 import textwrap
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -58,6 +62,45 @@ async def test_model_ready_and_versioned_routes(
     assert versioned.json()["outputs"] == [
         {"name": "variable", "datatype": "FP32", "shape": [-1, 1]}
     ]
+
+
+def _gzip_members(data: bytes) -> bytes:
+    half = len(data) // 2
+    return gzip.compress(data[:half]) + gzip.compress(data[half:])
+
+
+ENCODINGS = [
+    pytest.param("gzip", gzip.compress, id="gzip"),
+    pytest.param("x-gzip", gzip.compress, id="x-gzip"),
+    pytest.param("gzip", _gzip_members, id="gzip-two-members"),
+    pytest.param("deflate", zlib.compress, id="deflate-zlib"),
+    pytest.param("deflate", lambda data: zlib.compress(data)[2:-4], id="deflate-raw"),
+    pytest.param("GZIP, identity", gzip.compress, id="gzip-and-identity"),
+    pytest.param("identity", lambda data: data, id="identity"),
+]
+
+
+@pytest.mark.parametrize(("coding", "encode"), ENCODINGS)
+async def test_encoded_bodies_are_decoded(
+    server: InferenceServer,
+    onnx_models: ModelSet,
+    coding: str,
+    encode: Callable[[bytes], bytes],
+) -> None:
+    model = onnx_models.classifier
+    rows = model.X_eval[:8]
+    body = json.dumps(infer_body(model, rows)).encode()
+    headers = {"Content-Encoding": coding, "Content-Type": "application/json"}
+
+    async with aiohttp.ClientSession(auto_decompress=False) as raw:
+        reply = await post(
+            raw, server.url + "/v2/models/classifier/infer", data=encode(body), headers=headers
+        )
+
+    assert reply.status == 200, reply.body
+    (probabilities,) = [o for o in reply.json()["outputs"] if o["name"] == "probabilities"]
+    expected = ort_outputs(model.onnx_path, {model.input_name: rows})["probabilities"]
+    np.testing.assert_allclose(probabilities["data"], expected.reshape(-1), rtol=1e-5)
 
 
 async def test_json_infer_echoes_id_and_returns_requested_outputs(

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from edge_agent.config_loader import load_config
 from edge_agent.errors import ConfigError
 from edge_agent.runtime import RuntimeOptions
 from edge_agent.server import ServerConfig
@@ -45,6 +46,13 @@ def test_defaults_are_valid_and_local() -> None:
         ({"retry_after_s": 0}, "server.retry_after_s"),
         ({"shutdown_timeout_s": -1}, "server.shutdown_timeout_s"),
         ({"runtime": {"intra_op_threads": 1}}, "server.runtime"),
+        ({"max_connections": 0}, "server.max_connections"),
+        ({"max_connections": 1.5}, "server.max_connections"),
+        ({"max_buffered_body_bytes": 1 << 20}, "server.max_buffered_body_bytes: 1 MiB cannot"),
+        ({"header_timeout_s": 0}, "server.header_timeout_s"),
+        ({"body_timeout_s": float("inf")}, "server.body_timeout_s"),
+        ({"idle_timeout_s": -1}, "server.idle_timeout_s"),
+        ({"send_timeout_s": True}, "server.send_timeout_s"),
     ],
 )
 def test_server_config_names_the_bad_key(settings: dict[str, Any], key: str) -> None:
@@ -65,3 +73,49 @@ def test_server_config_names_the_bad_key(settings: dict[str, Any], key: str) -> 
 def test_runtime_options_name_the_bad_key(settings: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         RuntimeOptions(**settings)
+
+
+def _device_toml(tmp_path: Path, server: str) -> Path:
+    (tmp_path / "root.json").write_text("{}")
+    path = tmp_path / "device.toml"
+    path.write_text(
+        'device_id = "d1"\n[trust]\nroot_file = "root.json"\n'
+        f'[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n[server]\n{server}\n'
+    )
+    return path
+
+
+def test_client_limits_load_from_device_toml(tmp_path: Path) -> None:
+    server = (
+        "max_connections = 64\nmax_buffered_body_mb = 24\nheader_timeout_s = 2\n"
+        "body_timeout_s = 12.5\nidle_timeout_s = 40\nsend_timeout_s = 9"
+    )
+
+    config = load_config(_device_toml(tmp_path, server)).server
+
+    assert config.max_connections == 64
+    assert config.max_buffered_body_bytes == 24 * 1024 * 1024
+    assert (config.header_timeout_s, config.body_timeout_s) == (2.0, 12.5)
+    assert (config.idle_timeout_s, config.send_timeout_s) == (40.0, 9.0)
+
+
+@pytest.mark.parametrize(
+    ("server", "message"),
+    [
+        ("max_buffered_body_mb = 0", "server.max_buffered_body_mb must be between 1 and 65536"),
+        ("max_body_mb = 64", "server.max_buffered_body_mb: 32 MiB cannot hold one body"),
+        ("max_buffered_body_bytes = 1", "did you mean server.max_buffered_body_mb?"),
+        ("keepalive_timeout_s = 5", "did you mean server.idle_timeout_s?"),
+        ("header_timeout = 5", "did you mean server.header_timeout_s?"),
+        ("max_connection = 5", "did you mean server.max_connections?"),
+        ("body_timeout_s = 0", "server.body_timeout_s: must be between 0.1 and 86400"),
+        ("send_timeout_s = '30'", "server.send_timeout_s must be a number"),
+    ],
+)
+def test_bad_client_limits_name_the_key(tmp_path: Path, server: str, message: str) -> None:
+    path = _device_toml(tmp_path, server)
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+
+    assert message in str(info.value)

@@ -98,6 +98,13 @@ def test_fp32_json_values_are_exact() -> None:
         ([[1, 2, 3, 4]], "FP32", (2, 2), "nested as [1, 4]"),
         ([1, 2, 3], "FP32", (2, 2), "has 3 elements"),
         ([{"a": 1}], "FP32", (1,), "numbers"),
+        # Booleans among numbers, which numpy would read as 1 and 0, in every numeric type.
+        *(([1, True], t, (2,), "not true/false") for t in ("FP16", "FP32", "FP64")),
+        *(([[0, 1], [2, False]], t, (2, 2), "not true/false") for t in ("INT8", "UINT64")),
+        ([[[1.5]], [[True]]], "FP32", (2, 1, 1), "not true/false"),
+        ([False, 2], "INT32", (2,), "not true/false"),
+        ([True, 1], "BOOL", (2,), "true/false"),
+        ([[True], [0.0]], "BOOL", (2, 1), "true/false"),
     ],
 )
 def test_json_decoding_is_strict(
