@@ -434,6 +434,7 @@ def train(data: Data, epochs: int, path: Path, start: Any = None) -> tuple[Any, 
     Returns the model and its holdout accuracy.
     """
     import copy  # noqa: PLC0415
+
     import joblib  # noqa: PLC0415
     from sklearn.exceptions import ConvergenceWarning  # noqa: PLC0415
     from sklearn.neural_network import MLPClassifier  # noqa: PLC0415

@@ -37,7 +37,9 @@ def push_summary(release: dict[str, Any]) -> list[str]:
         source = build.get("selftest_inputs", "")
         rows.append(("self-test", f"{build['selftest_rows']} rows, {source}".rstrip(", ")))
     width = max(len(name) for name, _value in rows)
-    headline = f"Pushed {release['model']} version {release['version']}, signed with the release key"
+    headline = (
+        f"Pushed {release['model']} version {release['version']}, signed with the release key"
+    )
     return [headline, *(f"  {name.ljust(width)}  {value}" for name, value in rows)]
 
 
