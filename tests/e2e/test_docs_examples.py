@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import joblib
 import numpy as np
 import pytest
 from sklearn.datasets import make_classification
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from tests.e2e.conftest import start_agent
@@ -54,18 +56,19 @@ def served(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     fleet.push(classifier.onnx_path, "classifier")
     fleet.push(regressor.onnx_path, "regressor")
     agents: list[AgentProcess] = []
-    agent = start_agent(fleet, agents, "docs-tcp", GROUP, QUIET_TELEMETRY)
-    fleet.deploy("classifier", 1, GROUP)
-    fleet.deploy("regressor", 1, GROUP)
-    wait_until_served(agent, ("classifier", "regressor"))
-    sockets = tmp_path_factory.mktemp("sock")
-    socket_agent = fleet.agent("docs-socket", "docs-socket")
-    process = start_on_socket(socket_agent, sockets / "inference.sock")
+    processes: list[subprocess.Popen[bytes]] = []
     try:
-        yield Served(agent, sockets / "inference.sock")
+        agent = start_agent(fleet, agents, "docs-tcp", GROUP, QUIET_TELEMETRY)
+        fleet.deploy("classifier", 1, GROUP)
+        fleet.deploy("regressor", 1, GROUP)
+        wait_until_served(agent, ("classifier", "regressor"))
+        path = tmp_path_factory.mktemp("sock") / "inference.sock"
+        processes.append(start_on_socket(fleet.agent("docs-socket", "docs-socket"), path))
+        yield Served(agent, path)
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=60)
         for each in agents:
             each.stop()
 
@@ -137,7 +140,9 @@ def quick_start_files(tmp_path: Path) -> Path:
     )
     features = features.astype(np.float32)
     model = MLPClassifier(hidden_layer_sizes=(32,), max_iter=300, random_state=5)
-    model.fit(features[:600], labels[:600])
+    with warnings.catch_warnings():  # "did not converge" is expected noise for a fixture
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(features[:600], labels[:600])
     joblib.dump(model, tmp_path / "model.joblib")
     np.savez(tmp_path / "data.npz", X=features[:100])
     np.savez(tmp_path / "holdout.npz", X=features[600:], y=labels[600:])
