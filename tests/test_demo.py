@@ -70,7 +70,10 @@ def test_demo_runs_the_whole_story_and_cleans_up(tmp_path: Path) -> None:
     for device in ("cam-1", "cam-2"):
         assert f"{device} serves classifier v1 on http://127.0.0.1:" in output
         assert f"{device} serves classifier v2" in output
-    assert "accuracy gate (limit 1.0 point): passed" in output
+    # push's own output, as the command prints it
+    assert re.search(r"^\s+Pushed classifier version 2, signed with the release key$", output, re.M)
+    assert re.search(r"^\s+size\s+\d+\.\d KiB int8, from \d+\.\d KiB float32 ", output, re.M)
+    assert re.search(r"^\s+accuracy gate\s+passed \(limit 1\.0 point\)$", output, re.M), output
     assert re.search(r"^\s+HTTP/1\.1 200 OK$", output, re.MULTILINE), output
     assert re.search(r"^\s+model_version 1$", output, re.MULTILINE), "tritonclient's answer"
     swap = re.search(r"(\d+) requests during the swap, 0 failed; answered by v1: \d+, v2", output)

@@ -24,27 +24,35 @@ HandlerError = Callable[[Message, Exception], Awaitable[None]]  # told of a hand
 
 
 class Backoff:
-    """Jittered exponential delays for a reconnect loop ("full jitter", capped at max_s)."""
+    """Jittered exponential delays for a reconnect loop, each between min_s and max_s.
+
+    The n-th wait in a row is uniform in [min_s, min(min_s * 2**n, max_s)]: never shorter than
+    min_s (the documented `reconnect_min_s`), never longer than max_s, and spread out, so
+    devices that lost the same broker do not come back in lockstep.
+    """
 
     def __init__(self, min_s: float, max_s: float, *, rng: random.Random | None = None) -> None:
         if not 0 < min_s <= max_s:
             raise ValueError(f"backoff needs 0 < min_s <= max_s, got {min_s} and {max_s}")
-        self.min_s = min_s  # the first ceiling
+        self.min_s = min_s  # the floor of every delay
         self.max_s = max_s  # the ceiling never grows past this
         # Jitter only spreads a fleet's reconnects out; it protects no secret.
         self._rng = rng if rng is not None else random.Random()  # noqa: S311
-        self._ceiling = min_s
+        self._ceiling = self._first_ceiling()
+
+    def _first_ceiling(self) -> float:
+        return min(self.min_s * 2, self.max_s)
 
     def next_delay(self) -> float:
-        """Return a delay uniform in [0, ceiling]; the ceiling doubles up to max_s."""
-        # Full jitter: devices that lost the same broker do not come back in lockstep.
-        delay = self._rng.uniform(0.0, self._ceiling)
+        """Return a delay uniform in [min_s, ceiling]; the ceiling doubles up to max_s."""
+        # uniform() may round a hair past its bounds; the documented bounds are hard.
+        delay = min(max(self._rng.uniform(self.min_s, self._ceiling), self.min_s), self.max_s)
         self._ceiling = min(self._ceiling * 2, self.max_s)
         return delay
 
     def reset(self) -> None:
-        """Start again from min_s, after a connection that worked."""
-        self._ceiling = self.min_s
+        """Start again from the first ceiling, after a connection that worked."""
+        self._ceiling = self._first_ceiling()
 
 
 async def run_with_reconnect(
@@ -75,7 +83,7 @@ async def run_with_reconnect(
             settings, client_id=client_id, will=will, handlers=handlers, backoff=backoff
         )
         delay = backoff.next_delay()
-        log.warning("MQTT: %s; reconnecting to %s in %.1f s", error, address, delay)
+        log.warning("MQTT: %s; reconnecting to %s in %.2f s", error, address, delay)
         if on_disconnect is not None:
             on_disconnect(error)
         await asyncio.sleep(delay)

@@ -21,7 +21,7 @@ class ServerConfig:
     """Where the server listens, who may call it, and the limits it enforces."""
 
     host: str = "127.0.0.1"
-    port: int = 8000  # 0 picks a free port (tests)
+    port: int = 8080  # the port device bundles write too; 0 picks a free port (tests)
     unix_socket: Path | None = None  # listen on this path only, not host:port (str accepted)
     unix_socket_mode: int = 0o660  # file mode of the socket: owner and group may connect
     token: str | None = None  # bearer token required on every route but /v2/health/*

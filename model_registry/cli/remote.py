@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from model_registry.cli.client import ApiClient
 from model_registry.cli.display import printable
+from model_registry.cli.summary import push_summary
 from model_registry.errors import ConflictError
 from model_registry.home import resolve_home
 
@@ -50,30 +51,8 @@ def push(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(release, indent=2))
         return 0
-    build = release.get("build", {})
-    print(
-        printable(
-            f"Pushed {release['model']} version {release['version']} "
-            f"({release['size']} bytes, sha256 {release['sha256'][:12]})"
-        )
-    )
-    for key in (
-        "quantization",
-        "quantization_reason",
-        "accuracy_fp32",
-        "accuracy_int8",
-        "r2_fp32",
-        "r2_int8",
-        "mae_fp32",
-        "mae_int8",
-        "agreement",
-        "fp32_size",
-        "artifact_size",
-        "size_ratio",
-        "accuracy_gate",
-    ):
-        if key in build:
-            print(printable(f"  {key}: {build[key]}"))
+    for line in push_summary(release):
+        print(printable(line))
     return 0
 
 

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -435,25 +436,93 @@ async def test_run_with_reconnect_survives_a_broker_outage(
 # --- backoff -----------------------------------------------------------------------------------
 
 
-def test_backoff_ceilings_double_up_to_the_cap() -> None:
+class Extremes(random.Random):
+    """A generator that only ever draws the ends of its range: 0.0, then just below 1.0."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.draws = 0
+
+    def random(self) -> float:
+        self.draws += 1
+        return 0.0 if self.draws % 2 else 1.0 - 2**-53
+
+
+def test_backoff_ceilings_double_up_to_the_cap_above_the_floor() -> None:
     rng = random.Random(1)
-    ceilings = [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    ceilings = [1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0]  # min_s 0.5: the first ceiling is 2 * min_s
     runs = []
     for _ in range(300):
         backoff = Backoff(0.5, 8.0, rng=rng)
         runs.append([backoff.next_delay() for _ in ceilings])
     for attempt, ceiling in enumerate(ceilings):
         delays = [run[attempt] for run in runs]
-        assert all(0.0 <= d <= ceiling for d in delays)
-        assert max(delays) > 0.9 * ceiling  # full jitter uses the whole, growing range
+        assert all(0.5 <= d <= ceiling for d in delays)
+        # The jitter uses the whole, growing range above the floor.
+        assert max(delays) > 0.5 + 0.9 * (ceiling - 0.5)
+        assert min(delays) < 0.5 + 0.1 * (ceiling - 0.5)
+
+
+@pytest.mark.parametrize(("min_s", "max_s"), [(0.1, 60.0), (1.0, 60.0), (5.0, 7.0), (3.0, 3.0)])
+def test_backoff_never_waits_less_than_min_s_nor_more_than_max_s(
+    min_s: float, max_s: float
+) -> None:
+    for rng in (Extremes(), random.Random(5)):
+        backoff = Backoff(min_s, max_s, rng=rng)
+        delays = [backoff.next_delay() for _ in range(40)]
+        backoff.reset()
+        delays += [backoff.next_delay() for _ in range(40)]
+        assert all(min_s <= d <= max_s for d in delays), (min_s, max_s, delays)
+    assert Backoff(min_s, max_s, rng=Extremes()).next_delay() == min_s  # the floor is reachable
+
+
+def test_backoff_with_equal_bounds_waits_exactly_that_long() -> None:
+    backoff = Backoff(2.5, 2.5, rng=random.Random(9))
+    assert {backoff.next_delay() for _ in range(20)} == {2.5}
 
 
 def test_backoff_reset_starts_over() -> None:
     backoff = Backoff(0.5, 60.0, rng=random.Random(3))
     for _ in range(10):
         backoff.next_delay()
+    assert backoff.next_delay() > 1.0  # the ceiling has grown to 60 s by now
     backoff.reset()
-    assert backoff.next_delay() <= 0.5
+    assert 0.5 <= backoff.next_delay() <= 1.0
+
+
+async def test_run_with_reconnect_waits_at_least_reconnect_min_s_between_attempts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="edge_agent.mqtt")
+    settings = MqttSettings(url=f"mqtt://{LOCALHOST}:{free_port()}", username="dev-a")  # nobody
+    endings: list[Exception] = []
+
+    async def never_called(_client: AgentMqtt | Message) -> None:
+        raise AssertionError("no broker listens, so nothing connects")
+
+    running = asyncio.create_task(
+        run_with_reconnect(
+            settings,
+            client_id=unique("dev-a"),
+            will=None,
+            on_connect=never_called,
+            on_message=never_called,
+            backoff=Backoff(0.2, 0.5, rng=Extremes()),
+            on_disconnect=endings.append,
+        )
+    )
+    try:
+        await eventually(lambda: len(endings) >= 4, "four failed connection attempts")
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert all(isinstance(e, MqttConnectError) for e in endings)
+    waits = [float(w) for w in re.findall(r"reconnecting to \S+ in (\d+\.\d+) s", caplog.text)]
+    assert len(waits) >= 4, caplog.text
+    # Extremes draws the lowest delay first: the old full jitter waited 0.00 s here.
+    assert waits[0] == 0.2
+    assert all(0.2 <= w <= 0.5 for w in waits), waits
 
 
 def test_backoff_is_deterministic_with_a_seeded_rng() -> None:

@@ -17,6 +17,7 @@ def test_defaults_are_valid_and_local() -> None:
     config = ServerConfig()
 
     assert config.host == "127.0.0.1"
+    assert config.port == 8080  # what device bundles write and the docs say
     assert config.token is None
     assert config.non_finite == "reject"
     assert config.max_body_bytes == 8 * 1024 * 1024
