@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,14 +32,14 @@ QUICK_PROBATION = "[updates]\nprobation_s = 1\n"
 
 
 @pytest.fixture(scope="module")
-def serving_agent(fleet: Fleet, models: Models) -> AgentProcess:
+def serving_agent(fleet: Fleet, models: Models) -> Iterator[AgentProcess]:
     """An agent that serves version 1 of `clf`, delivered by the registry."""
     started: list[AgentProcess] = []
     agent = start_agent(fleet, started, "fuzz-0", "fuzz", QUICK_PROBATION)
     version = fleet.push(models.v1, "clf")["version"]
     cli("deploy", "clf", str(version), "--group", "fuzz", "--wait", *fleet.api())
     agent.wait_for_version("clf", version)
-    yield agent  # type: ignore[misc]
+    yield agent
     agent.kill()
 
 
