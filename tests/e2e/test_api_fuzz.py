@@ -51,8 +51,8 @@ def _fuzz(schema: str, base_url: str, report: Path, *headers: str) -> None:
     argv += ["--request-timeout", "30", "--report", "junit", "--report-dir", str(report)]
     for header in headers:
         argv += ["--header", header]
-    result = subprocess.run(
-        argv, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
+    result = subprocess.run(  # in the report's directory: schemathesis keeps a cache in its cwd
+        argv, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False, cwd=report.parent
     )
     assert result.returncode == 0, f"schemathesis found failures:\n{result.stdout[-20000:]}"
 
