@@ -296,7 +296,7 @@ async def test_the_queue_to_the_database_is_bounded_in_bytes(registry_home: Init
 def test_every_limit_is_in_the_template_and_the_docs(registry_home: InitResult) -> None:
     docs = Path(__file__).resolve().parents[2] / "docs"
     configuration = (docs / "configuration.md").read_text()
-    limits = (docs / "operations.md").read_text().split("## Limits", 1)[1]
+    limits = (docs / "operations.md").read_text().split("## 9. Limits", 1)[1]
     template = (registry_home.home / "registry.toml").read_text()
     keys = [
         (f.name, f.default) for cls in (IngestConfig, FleetConfig) for f in dataclasses.fields(cls)
