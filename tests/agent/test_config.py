@@ -443,6 +443,15 @@ def test_check_config_prints_a_summary(config_dir: Path) -> None:
     ):
         assert expected in result.stdout
     assert PASSWORD not in result.stdout
+    assert "grpc" not in result.stdout  # off unless configured
+
+
+def test_check_config_names_the_grpc_listener(config_dir: Path) -> None:
+    data = changed(full_config(), {"server.listen": f"127.0.0.1:{free_port()}"})
+    result = check_config(write(config_dir, changed(data, {"grpc.listen": "127.0.0.1:8081"})))
+
+    assert result.returncode == 0, result.stderr
+    assert "  grpc       127.0.0.1:8081" in result.stdout.splitlines()
     assert TOKEN not in result.stdout
 
 
