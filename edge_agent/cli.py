@@ -165,5 +165,12 @@ def summary(config: DeviceConfig) -> str:
         "listen": listen,
         "follows": ", ".join(config.follow) or "every model its assignment names",
     }
+    grpc = server.grpc
+    if grpc.unix_socket is not None:
+        rows["grpc"] = f"unix socket {grpc.unix_socket}"
+    elif grpc.port is not None:
+        rows["grpc"] = (
+            f"[{grpc.host}]:{grpc.port}" if ":" in grpc.host else f"{grpc.host}:{grpc.port}"
+        )
     lines = [f"{config.source}: OK"] + [f"  {name:<10} {value}" for name, value in rows.items()]
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import tomllib
 import typing
@@ -29,7 +30,7 @@ from edge_agent.config import (
 )
 from edge_agent.errors import ConfigError
 from edge_agent.runtime import RuntimeOptions
-from edge_agent.server.settings import MiB, ServerConfig
+from edge_agent.server.settings import GrpcConfig, MiB, ServerConfig
 from edge_protocol import Topics
 from edge_protocol.errors import TopicError
 from edge_protocol.fields import is_valid_name
@@ -122,7 +123,18 @@ _SERVER_KEY_OF_FIELD = {
     "server.unix_socket_mode": "server.socket_mode",
     "server.token": "server.token_file",
     "server.max_buffered_body_bytes": "server.max_buffered_body_mb",
+    "grpc.host": "grpc.listen",
+    "grpc.port": "grpc.listen",
+    "grpc.unix_socket": "grpc.socket",
+    "grpc.unix_socket_mode": "grpc.socket_mode",
 }
+_GRPC_KEYS = {
+    "listen": STRING,  # -> host, port
+    "socket": OPTIONAL_PATH,  # -> unix_socket
+    "socket_mode": INT,  # -> unix_socket_mode
+    "max_concurrent_rpcs": INT,
+}
+GRPC_EXTRA = "pip install 'edge-model-runtime[grpc]'"
 
 # Field names someone may write instead of the TOML key (docs or code in hand).
 _HINTS = {
@@ -143,7 +155,8 @@ _SECTIONS: dict[str, dict[str, _Kind]] = {
     "models": {"follow": STRINGS},
     "artifacts": _keys_of(ArtifactSettings),
     "runtime": _keys_of(RuntimeOptions),
-    "server": _keys_of(ServerConfig, skip={*_SERVER_DERIVED, "runtime"}) | _SERVER_KEYS,
+    "server": _keys_of(ServerConfig, skip={*_SERVER_DERIVED, "runtime", "grpc"}) | _SERVER_KEYS,
+    "grpc": _GRPC_KEYS,
     "updates": _keys_of(UpdateSettings),
     "telemetry": _keys_of(TelemetrySettings, skip={"spool_max_bytes"}) | {"spool_max_mb": INT},
 }
@@ -207,7 +220,7 @@ def load_config(
         mqtt=_mqtt(src, sections["mqtt"], device_id),
         follow=_follow(src, sections["models"].get("follow", ())),
         artifacts=_artifacts(src, sections["artifacts"]),
-        server=_server(src, sections["server"], sections["runtime"], listen, socket),
+        server=_server(src, sections, listen, socket),
         updates=_construct(src, UpdateSettings, sections["updates"]),
         telemetry=_telemetry(src, sections["telemetry"]),
     )
@@ -382,12 +395,11 @@ def _telemetry(src: _Source, values: dict[str, Any]) -> TelemetrySettings:
 
 def _server(
     src: _Source,
-    values: dict[str, Any],
-    runtime: Mapping[str, Any],
+    sections: Mapping[str, dict[str, Any]],
     listen: str | None,
     socket: Path | None,
 ) -> ServerConfig:
-    fields = _server_fields(src, values)
+    fields = _server_fields(src, sections["server"])
     if listen is not None:  # --listen: serve on TCP even if the file names a socket
         address = _host_port(listen)
         if address is None:
@@ -396,7 +408,8 @@ def _server(
         fields["unix_socket"] = None
     if socket is not None:
         fields["unix_socket"] = socket.absolute()
-    fields["runtime"] = _construct(src, RuntimeOptions, runtime)
+    fields["runtime"] = _construct(src, RuntimeOptions, sections["runtime"])
+    fields["grpc"] = _grpc(src, sections["grpc"])
     try:
         return ServerConfig(**fields)
     except ConfigError as e:
@@ -420,6 +433,26 @@ def _server_fields(src: _Source, values: dict[str, Any]) -> dict[str, Any]:
     if token_file is not None:
         fields["token"] = _read_secret(src, "server.token_file", token_file)
     return fields
+
+
+def _grpc(src: _Source, values: Mapping[str, Any]) -> GrpcConfig:
+    """The [grpc] section: off unless `listen` or `socket` is set (the socket wins)."""
+    fields = {_SERVER_RENAMED.get(key, key): value for key, value in values.items()}
+    if "listen" in fields:
+        address = _host_port(fields.pop("listen"))
+        if address is None:
+            raise src.error(f"grpc.listen: {values['listen']!r} {NOT_HOST_PORT}")
+        fields["host"], fields["port"] = address
+    if fields.get("unix_socket") is not None:
+        fields.pop("port", None)  # as in [server]: a socket replaces the TCP listener
+    try:
+        config = GrpcConfig(**fields)
+    except ConfigError as e:
+        key, sep, rest = str(e).partition(":")
+        raise src.error(f"{_SERVER_KEY_OF_FIELD.get(key, key)}{sep}{rest}") from e
+    if config.enabled and importlib.util.find_spec("grpc") is None:
+        raise src.error(f"[grpc] is set, but grpcio is not installed ({GRPC_EXTRA})")
+    return config
 
 
 def _host_port(text: str) -> tuple[str, int] | None:

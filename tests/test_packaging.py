@@ -134,6 +134,29 @@ def test_every_agent_dependency_has_an_aarch64_wheel(tmp_path: Path, pin: bool) 
         assert any(w.startswith(f"onnxruntime-{OLDEST_ONNXRUNTIME}-") for w in wheels)
 
 
+def grpc_requirements() -> list[str]:
+    """What a device serving gRPC adds: the `grpc` extra, without its own `[agent]` reference."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    return [r for r in extras["grpc"] if _normalise(r) != "edge-model-runtime"]
+
+
+@pytest.mark.timeout(PIP_TIMEOUT_S + 120)
+def test_the_grpc_extra_has_aarch64_wheels(tmp_path: Path) -> None:
+    requirements = grpc_requirements()
+    assert {_normalise(r) for r in requirements} >= {"grpcio", "protobuf"}
+    assert not {_normalise(r) for r in agent_requirements()} & {"grpcio", "protobuf"}  # optional
+
+    _pip_download(requirements, tmp_path)
+
+    wheels = sorted(path.name for path in tmp_path.iterdir())
+    compiled = {w: _platform_tag(w) for w in wheels if _platform_tag(w) != "any"}
+    assert compiled, wheels
+    assert all(tag.endswith("aarch64") for t in compiled.values() for tag in t.split(".")), compiled
+    assert {_normalise(r) for r in requirements} <= {_normalise(w.split("-")[0]) for w in wheels}
+
+
 # --- Dockerfile.arm64 ---------------------------------------------------------------------
 
 

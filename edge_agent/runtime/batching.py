@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
@@ -50,6 +51,7 @@ class BatchResult:
     model: LoadedModel
     outputs: dict[str, Array]
     batch_size: int  # rows in the session.run that produced these outputs
+    run_ns: int = 0  # how long that session.run took (the statistics extension reports it)
 
 
 @dataclass(eq=False)
@@ -76,11 +78,13 @@ class Batcher:
         policy: BatchPolicy,
         executor: Executor,
         on_batch: Callable[[int], None] | None = None,
+        on_run: Callable[[LoadedModel, int, int], None] | None = None,
     ) -> None:
         self.name = name
         self._policy = policy
         self._executor = executor
         self._on_batch = on_batch
+        self._on_run = on_run  # (model, rows, nanoseconds) after each successful session.run
         self._queue: deque[_Item] = deque()
         self._arrived = asyncio.Event()
         self._slots = asyncio.Semaphore(policy.max_concurrent_batches)
@@ -239,10 +243,15 @@ class Batcher:
         model.acquire()
         try:
             loop = asyncio.get_running_loop()
+            started = time.perf_counter_ns()
             outputs = await loop.run_in_executor(self._executor, model.run, merged)
+            run_ns = time.perf_counter_ns() - started
         finally:
             model.release()
-        return [BatchResult(model, part, sum(rows)) for part in split_outputs(outputs, rows, model)]
+        if self._on_run is not None:
+            self._on_run(model, sum(rows), run_ns)
+        parts = split_outputs(outputs, rows, model)
+        return [BatchResult(model, part, sum(rows), run_ns) for part in parts]
 
 
 def _settle_error(item: _Item, error: Exception) -> None:

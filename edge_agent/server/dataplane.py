@@ -8,17 +8,23 @@ model name; `close` stops them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import Executor
+from contextlib import asynccontextmanager
 from typing import Any
 
 from edge_agent import __version__
-from edge_agent.errors import ModelNotFoundError, ShuttingDownError
+from edge_agent.errors import AgentError, ModelNotFoundError, ShuttingDownError
 from edge_agent.runtime import Batcher, LoadedModel, ModelRepository
+from edge_agent.runtime.batching import BatchResult
+from edge_agent.runtime.model import Array
 from edge_agent.server.metrics import AgentMetrics
+from edge_agent.server.model_config import model_config
 from edge_agent.server.oip import InferRequest, InferResponse, OutputTensor
 from edge_agent.server.settings import ServerConfig
 from edge_agent.server.simple import instances_to_tensors, predictions
+from edge_agent.server.stats import InferenceStats, RequestTiming
 from edge_agent.server.validation import InputLimits, select_outputs, validate_inputs
 
 log = logging.getLogger(__name__)
@@ -51,6 +57,7 @@ class DataPlane:
         self._executor = executor
         self._batchers: dict[str, Batcher] = {}
         self._closed = False
+        self.stats = InferenceStats(repository)
         metrics.registry.add_collect_hook(self._refresh_gauges)
 
     def server_metadata(self) -> dict[str, Any]:
@@ -86,28 +93,66 @@ class DataPlane:
         """Whether the model (version) can take requests now."""
         return not self.draining and not self.model(name, version).released
 
+    def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """Triton's model configuration of the served model (version)."""
+        return model_config(self.model(name, version), self._config)
+
+    def statistics(self, name: str | None, version: str | None = None) -> dict[str, Any]:
+        """Triton's `{"model_stats": [...]}`: of one model (version), or of every model served."""
+        if name is None:
+            return self.stats.report(self.repository.snapshot())
+        return self.stats.report([self.model(name, version)])
+
     async def infer(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
         """Run one OIP inference request through the model's batcher."""
-        with self.repository.lease(name, version) as model:
-            inputs, rows = validate_inputs(request.inputs, model, self._limits)
-            chosen = select_outputs(request, model.io, name)
-            self.metrics.observe_inputs(name, inputs)
-            result = await self._batcher(name).submit(model, inputs, rows)
+        started = time.perf_counter_ns()
+        async with self._counting_failures(name, started):
+            with self.repository.lease(name, version) as model:
+                inputs, rows = validate_inputs(request.inputs, model, self._limits)
+                chosen = select_outputs(request, model.io, name)
+                result = await self._submit(model, inputs, rows, started)
         outputs = tuple(OutputTensor(n, result.outputs[n], binary) for n, binary in chosen)
         return InferResponse(name, str(result.model.version), outputs, request.id)
 
     async def predict(self, name: str, version: str | None, body: Any) -> dict[str, Any]:
         """Run a `{"instances": [...]}` request and return `{"predictions": [...]}`."""
-        with self.repository.lease(name, version) as model:
-            tensors = instances_to_tensors(body, model.io)
-            inputs, rows = validate_inputs(tensors, model, self._limits)
-            self.metrics.observe_inputs(name, inputs)
-            result = await self._batcher(name).submit(model, inputs, rows)
+        started = time.perf_counter_ns()
+        async with self._counting_failures(name, started):
+            with self.repository.lease(name, version) as model:
+                tensors = instances_to_tensors(body, model.io)
+                inputs, rows = validate_inputs(tensors, model, self._limits)
+                result = await self._submit(model, inputs, rows, started)
         return {
             "model_name": name,
             "model_version": str(result.model.version),
             "predictions": predictions(result.outputs, result.model.io),
         }
+
+    @asynccontextmanager
+    async def _counting_failures(self, name: str, started: int) -> AsyncIterator[None]:
+        """Count a request that fails with a domain error as a failure of model `name`."""
+        try:
+            yield
+        except AgentError:
+            self.stats.record_failure(name, time.perf_counter_ns() - started)
+            raise
+
+    async def _submit(
+        self, model: LoadedModel, inputs: dict[str, Array], rows: int, started: int
+    ) -> BatchResult:
+        """Queue validated inputs on the model's batcher; count the request in the stats."""
+        self.metrics.observe_inputs(model.name, inputs)
+        queued = time.perf_counter_ns()  # since `started`: the lease and validation
+        result = await self._batcher(model.name).submit(model, inputs, rows)
+        done = time.perf_counter_ns()
+        timing = RequestTiming(
+            total_ns=done - started,
+            input_ns=queued - started,
+            queue_ns=done - queued - result.run_ns,
+            infer_ns=result.run_ns,
+        )
+        self.stats.record_success(result.model, rows, timing)
+        return result
 
     def status(self) -> dict[str, Any]:
         """GET /v1/status: the agent, its models, and what the status providers add."""
@@ -146,7 +191,13 @@ class DataPlane:
         batcher = self._batchers.get(name)
         if batcher is None:
             observe = self.metrics.batch_observer(name)
-            batcher = Batcher(name, self._policy, self._executor, on_batch=observe)
+            batcher = Batcher(
+                name,
+                self._policy,
+                self._executor,
+                on_batch=observe,
+                on_run=self.stats.record_execution,
+            )
             batcher.start()
             self._batchers[name] = batcher
         return batcher

@@ -73,6 +73,19 @@ async def model_ready(request: web.Request) -> web.Response:
     return web.Response(status=200 if ready else 400)
 
 
+async def model_config(request: web.Request) -> web.Response:
+    """Triton's model configuration extension: the served model as a model config."""
+    dataplane = request.app[DATAPLANE]
+    return web.json_response(dataplane.model_config(request.match_info["model"], _version(request)))
+
+
+async def model_stats(request: web.Request) -> web.Response:
+    """Triton's statistics extension: of one model (version), or of every model served."""
+    dataplane = request.app[DATAPLANE]
+    name = request.match_info.get("model")
+    return web.json_response(dataplane.statistics(name, _version(request)))
+
+
 async def infer(request: web.Request) -> web.StreamResponse:
     """OIP inference, JSON or with the binary tensor data extension."""
     config, dataplane = request.app[CONFIG], request.app[DATAPLANE]
@@ -128,10 +141,15 @@ def routes() -> list[web.RouteDef]:
         web.get("/v2", server_metadata, name="server_metadata"),
         web.get("/v2/health/live", server_live, name="server_live"),
         web.get("/v2/health/ready", server_ready, name="server_ready"),
+        web.get("/v2/models/stats", model_stats, name="stats"),  # before {model} matches it
         web.get(MODEL, model_metadata, name="model_metadata"),
         web.get(VERSION, model_metadata, name="model_version_metadata"),
         web.get(f"{MODEL}/ready", model_ready, name="model_ready"),
         web.get(f"{VERSION}/ready", model_ready, name="model_version_ready"),
+        web.get(f"{MODEL}/config", model_config, name="model_config"),
+        web.get(f"{VERSION}/config", model_config, name="model_version_config"),
+        web.get(f"{MODEL}/stats", model_stats, name="model_stats"),
+        web.get(f"{VERSION}/stats", model_stats, name="model_version_stats"),
         web.post(f"{MODEL}/infer", infer, name="infer"),
         web.post(f"{VERSION}/infer", infer, name="infer_version"),
         web.post("/v1/models/{model}:predict", predict, name="predict"),

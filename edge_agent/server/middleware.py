@@ -125,17 +125,21 @@ def auth_middleware(token: str) -> Middleware:
     @web.middleware
     async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in OPEN_PATHS:
-            header = request.headers.get(hdrs.AUTHORIZATION)
-            if header is None:
-                raise UnauthorizedError("this endpoint needs 'Authorization: Bearer <token>'")
-            scheme, _, value = header.partition(" ")
-            given = value.strip().encode("utf-8", "surrogateescape")
-            # compare_digest takes the same time wherever the first difference is.
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):
-                raise UnauthorizedError("the bearer token is not valid")
+            check_bearer(request.headers.get(hdrs.AUTHORIZATION), expected)
         return await handler(request)
 
     return check_token
+
+
+def check_bearer(header: str | None, expected: bytes) -> None:
+    """Raise UnauthorizedError unless `header` is `Bearer <expected>` (HTTP and gRPC alike)."""
+    if header is None:
+        raise UnauthorizedError("this endpoint needs 'Authorization: Bearer <token>'")
+    scheme, _, value = header.partition(" ")
+    given = value.strip().encode("utf-8", "surrogateescape")
+    # compare_digest takes the same time wherever the first difference is.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):
+        raise UnauthorizedError("the bearer token is not valid")
 
 
 def _answering_version(request: web.Request, repository: ModelRepository, name: str) -> str:

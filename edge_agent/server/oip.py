@@ -112,16 +112,16 @@ def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest
         raise InvalidRequestError("'id' must be a string")
     return InferRequest(
         inputs=_decode_inputs(raw_inputs, memoryview(body)[split:]),
-        outputs=_requested_outputs(obj.get("outputs")),
+        outputs=requested_outputs(obj.get("outputs")),
         id=request_id,
-        binary_output=_flag(parameters, "binary_data_output", "request"),
+        binary_output=flag(parameters, "binary_data_output", "request"),
     )
 
 
 def _decode_inputs(raw_inputs: list[Any], binary: memoryview) -> tuple[InputTensor, ...]:
     offset, tensors, seen = 0, [], set()
     for index, raw in enumerate(raw_inputs):
-        name, datatype, shape, params = _input_header(raw, index)
+        name, datatype, shape, params = input_header(raw, index)
         if name in seen:
             raise InvalidRequestError(f"input {name!r} is given twice")
         seen.add(name)
@@ -157,7 +157,8 @@ def _binary_chunk(binary: memoryview, offset: int, size: Any, where: str) -> byt
     return bytes(binary[offset : offset + size])
 
 
-def _input_header(raw: Any, index: int) -> tuple[str, str, tuple[int, ...], dict[str, Any]]:
+def input_header(raw: Any, index: int) -> tuple[str, str, tuple[int, ...], dict[str, Any]]:
+    """Check one input's name, datatype, shape and parameters (both transports)."""
     if not isinstance(raw, dict):
         raise InvalidRequestError(f"inputs[{index}] must be a JSON object")
     name = raw.get("name")
@@ -181,7 +182,8 @@ def _input_header(raw: Any, index: int) -> tuple[str, str, tuple[int, ...], dict
     return name, datatype, tuple(shape), _parameters(raw.get("parameters"), where)
 
 
-def _requested_outputs(raw: Any) -> tuple[RequestedOutput, ...] | None:
+def requested_outputs(raw: Any) -> tuple[RequestedOutput, ...] | None:
+    """Check the `outputs` array of a request (both transports)."""
     if raw is None:
         return None
     if not isinstance(raw, list) or len(raw) > MAX_TENSORS:
@@ -194,7 +196,7 @@ def _requested_outputs(raw: Any) -> tuple[RequestedOutput, ...] | None:
         params = _parameters(item.get("parameters"), where)
         if params.get("classification"):
             raise InvalidRequestError(f"{where}: the classification extension is not supported")
-        binary = _flag(params, "binary_data", where) if "binary_data" in params else None
+        binary = flag(params, "binary_data", where) if "binary_data" in params else None
         outputs.append(RequestedOutput(item["name"], binary))
     return tuple(outputs)
 
@@ -207,7 +209,8 @@ def _parameters(raw: Any, where: str) -> dict[str, Any]:
     return raw
 
 
-def _flag(parameters: dict[str, Any], key: str, where: str) -> bool:
+def flag(parameters: dict[str, Any], key: str, where: str) -> bool:
+    """A boolean parameter, False when absent."""
     value = parameters.get(key, False)
     if not isinstance(value, bool):
         raise InvalidRequestError(f"{where}: parameters.{key} must be true or false")

@@ -10,7 +10,7 @@ import signal
 from collections.abc import Iterable
 from concurrent.futures import Executor
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from aiohttp import web
 
@@ -27,6 +27,9 @@ from edge_agent.server.dataplane import DataPlane, StatusProvider
 from edge_agent.server.handlers import DATAPLANE
 from edge_agent.server.metrics import AgentMetrics
 from edge_agent.server.settings import ServerConfig
+
+if TYPE_CHECKING:
+    from edge_agent.server.grpc.server import GrpcServer
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,18 @@ class InferenceServer:
         self._port: int | None = None
         self._connections = ConnectionCount(ConnectionLimits.of(config))
         self.add_status_provider(self._client_limits)
+        self.grpc: GrpcServer | None = None
+        if config.grpc.enabled:
+            # grpcio is an optional extra: imported only when [grpc] asks for it.
+            from edge_agent.server.grpc.server import GrpcServer  # noqa: PLC0415
+
+            self.grpc = GrpcServer(self.dataplane, config)
+            # on_shutdown runs before the dataplane closes: RPCs in flight finish first.
+            self.app.on_shutdown.append(self._drain_grpc)
+
+    async def _drain_grpc(self, app: web.Application) -> None:
+        if self.grpc is not None:
+            await self.grpc.drain()
 
     @property
     def dataplane(self) -> DataPlane:
@@ -104,6 +119,8 @@ class InferenceServer:
         await runner.setup()
         try:
             await self._bind(runner)
+            if self.grpc is not None:
+                await self.grpc.start()
         except BaseException:
             await runner.cleanup()
             raise

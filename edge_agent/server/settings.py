@@ -17,6 +17,34 @@ MAX_UNIX_PATH = 107  # sun_path holds 108 bytes including the terminating NUL
 
 
 @dataclass(frozen=True)
+class GrpcConfig:
+    """The optional gRPC listener (TOML `[grpc]`): off unless a port or a socket is set."""
+
+    host: str = "127.0.0.1"
+    port: int | None = None  # None: no TCP listener; 0 picks a free port (tests)
+    unix_socket: Path | None = None  # listen on this path only, not host:port (str accepted)
+    unix_socket_mode: int = 0o660
+    max_concurrent_rpcs: int = 64  # RPCs handled at once; beyond it RESOURCE_EXHAUSTED
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError(f"grpc.host: expected a host name or address, got {self.host!r}")
+        if self.port is not None:
+            _check_int("grpc.port", self.port, 0, 65_535)
+        _check_int("grpc.unix_socket_mode", self.unix_socket_mode, 0, 0o777)
+        _check_int("grpc.max_concurrent_rpcs", self.max_concurrent_rpcs, 1, 65_536)
+        if isinstance(self.unix_socket, str):  # as read from TOML
+            object.__setattr__(self, "unix_socket", Path(self.unix_socket))
+        if self.unix_socket is not None:
+            _check_socket_path("grpc.unix_socket", self.unix_socket)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the agent serves gRPC at all."""
+        return self.port is not None or self.unix_socket is not None
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Where the server listens, who may call it, and the limits it enforces."""
 
@@ -41,6 +69,7 @@ class ServerConfig:
     idle_timeout_s: float = 30.0  # a kept-alive connection waits this long for its next request
     send_timeout_s: float = 30.0  # a client that reads none of its response for this long is cut
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    grpc: GrpcConfig = field(default_factory=GrpcConfig)  # the same service over gRPC
 
     def __post_init__(self) -> None:
         self._check_listener()
@@ -60,6 +89,17 @@ class ServerConfig:
             )
         if not isinstance(self.runtime, RuntimeOptions):
             raise ConfigError("server.runtime: expected RuntimeOptions")
+        self._check_grpc()
+
+    def _check_grpc(self) -> None:
+        if not isinstance(self.grpc, GrpcConfig):
+            raise ConfigError("server.grpc: expected GrpcConfig")
+        grpc = self.grpc
+        if grpc.unix_socket is not None and grpc.unix_socket == self.unix_socket:
+            raise ConfigError(f"grpc.unix_socket: {grpc.unix_socket} is the HTTP socket too")
+        tcp = self.unix_socket is None and grpc.unix_socket is None
+        if tcp and grpc.port not in (None, 0) and grpc.port == self.port:
+            raise ConfigError(f"grpc.port: {grpc.port} is the HTTP port too")
 
     def _check_listener(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -70,14 +110,7 @@ class ServerConfig:
             return
         if isinstance(self.unix_socket, str):  # as read from TOML
             object.__setattr__(self, "unix_socket", Path(self.unix_socket))
-        if not isinstance(self.unix_socket, Path) or not self.unix_socket.is_absolute():
-            raise ConfigError(
-                f"server.unix_socket: expected an absolute path, got {self.unix_socket!r}"
-            )
-        if len(str(self.unix_socket).encode()) > MAX_UNIX_PATH:
-            raise ConfigError(
-                f"server.unix_socket: {self.unix_socket} is longer than {MAX_UNIX_PATH} bytes"
-            )
+        _check_socket_path("server.unix_socket", self.unix_socket)
 
     def _check_client_limits(self) -> None:
         _check_int("server.max_connections", self.max_connections, 1, 65_536)
@@ -105,6 +138,13 @@ class ServerConfig:
             max_concurrent_batches=self.runtime.inference_workers,
             retry_after_s=float(self.retry_after_s),
         )
+
+
+def _check_socket_path(key: str, path: object) -> None:
+    if not isinstance(path, Path) or not path.is_absolute():
+        raise ConfigError(f"{key}: expected an absolute path, got {path!r}")
+    if len(str(path).encode()) > MAX_UNIX_PATH:
+        raise ConfigError(f"{key}: {path} is longer than {MAX_UNIX_PATH} bytes")
 
 
 def _check_token(token: object) -> None:

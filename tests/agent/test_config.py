@@ -244,6 +244,26 @@ def test_ipv6_listen_address(config_dir: Path) -> None:
     assert (server.host, server.port) == ("::1", 8080)
 
 
+def test_grpc_is_off_by_default_and_on_when_given_an_address(config_dir: Path) -> None:
+    assert not load_config(write(config_dir, minimal_config())).server.grpc.enabled
+
+    data = changed(minimal_config(), {"grpc.listen": "[::1]:8081", "grpc.max_concurrent_rpcs": 8})
+    grpc = load_config(write(config_dir, data)).server.grpc
+
+    assert (grpc.enabled, grpc.host, grpc.port, grpc.max_concurrent_rpcs) == (True, "::1", 8081, 8)
+
+
+def test_a_grpc_socket_replaces_its_tcp_listener(config_dir: Path) -> None:
+    data = changed(minimal_config(), {"grpc.listen": "127.0.0.1:8081", "grpc.socket": "g.sock"})
+    grpc = load_config(write(config_dir, data)).server.grpc
+
+    assert (grpc.port, grpc.unix_socket, grpc.unix_socket_mode) == (
+        None,
+        config_dir / "g.sock",
+        0o660,
+    )
+
+
 def test_command_line_overrides_win(
     config_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -348,6 +368,17 @@ BAD_CONFIGS = [
     pytest.param({"updates.probation_max_error_rate": 2}, "updates.probation_max", id="rate"),
     pytest.param({"updates.download_timeout_s": 0}, "updates.download_timeout_s", id="timeout"),
     pytest.param({"telemetry.spool_max_mb": 0}, "telemetry.spool_max_mb", id="spool"),
+    pytest.param({"grpc.listen": "nowhere"}, "grpc.listen: 'nowhere' is not", id="grpc-listen"),
+    pytest.param({"grpc.listen": 8081}, "grpc.listen must be a string", id="grpc-listen-int"),
+    pytest.param({"grpc.socket": "s" * 120}, "grpc.socket:", id="grpc-socket-too-long"),
+    pytest.param({"grpc.socket_mode": -1}, "grpc.socket_mode", id="grpc-socket-mode"),
+    pytest.param({"grpc.max_concurrent_rpcs": 0}, "grpc.max_concurrent_rpcs", id="grpc-rpcs"),
+    pytest.param({"grpc.port": 8081}, "unknown key grpc.port; did you mean grpc.listen?", id="gp"),
+    pytest.param(
+        {"server.listen": "127.0.0.1:8080", "grpc.listen": "127.0.0.1:8080"},
+        "grpc.listen: 8080 is the HTTP port too",
+        id="grpc-same-port",
+    ),
 ]
 
 
@@ -412,6 +443,15 @@ def test_check_config_prints_a_summary(config_dir: Path) -> None:
     ):
         assert expected in result.stdout
     assert PASSWORD not in result.stdout
+    assert "grpc" not in result.stdout  # off unless configured
+
+
+def test_check_config_names_the_grpc_listener(config_dir: Path) -> None:
+    data = changed(full_config(), {"server.listen": f"127.0.0.1:{free_port()}"})
+    result = check_config(write(config_dir, changed(data, {"grpc.listen": "127.0.0.1:8081"})))
+
+    assert result.returncode == 0, result.stderr
+    assert "  grpc       127.0.0.1:8081" in result.stdout.splitlines()
     assert TOKEN not in result.stdout
 
 

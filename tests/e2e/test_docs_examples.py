@@ -33,6 +33,7 @@ from tests.support.models import build_classifier, build_regressor
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 AGENT_ADDRESS = "127.0.0.1:8080"  # the agent's default, which the docs use
+GRPC_ADDRESS = "127.0.0.1:8081"  # the [grpc] listen address the docs use
 SOCKET_PATH = "/run/edge-agent/inference.sock"  # operations.md's socket, which the docs use
 GROUP = "docs"
 QUIET_TELEMETRY = "[telemetry]\ninterval_s = 86400\n"  # /v1/status shows no report yet
@@ -45,6 +46,7 @@ class Served:
 
     agent: AgentProcess
     socket: Path
+    grpc_port: int
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +60,15 @@ def served(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     agents: list[AgentProcess] = []
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        agent = start_agent(fleet, agents, "docs-tcp", GROUP, QUIET_TELEMETRY)
+        grpc_port = free_port()
+        grpc = f'[grpc]\nlisten = "{LOCALHOST}:{grpc_port}"\n'
+        agent = start_agent(fleet, agents, "docs-tcp", GROUP, QUIET_TELEMETRY + grpc)
         fleet.deploy("classifier", 1, GROUP)
         fleet.deploy("regressor", 1, GROUP)
         wait_until_served(agent, ("classifier", "regressor"))
         path = tmp_path_factory.mktemp("sock") / "inference.sock"
         processes.append(start_on_socket(fleet.agent("docs-socket", "docs-socket"), path))
-        yield Served(agent, path)
+        yield Served(agent, path, grpc_port)
     finally:
         for process in processes:
             process.terminate()
@@ -119,6 +123,7 @@ def test_every_example_of_the_inference_api_runs_against_a_live_agent(
     placeholders = {
         AGENT_ADDRESS: f"{LOCALHOST}:{served.agent.port}",
         SOCKET_PATH: str(served.socket),
+        GRPC_ADDRESS: f"{LOCALHOST}:{served.grpc_port}",
     }
     outcomes, failures = run_document(doc, Runner(tmp_path, placeholders))
     assert failures == [], "\n\n".join(failures)
@@ -128,8 +133,10 @@ def test_every_example_of_the_inference_api_runs_against_a_live_agent(
     assert [b.where for b in code if not (b.runnable or b.is_output)] == []
     assert len(outcomes) >= 7
     assert all(o.example.output is not None for o in outcomes if "curl" in o.example.block.text)
-    triton = ran(outcomes, "tritonclient")
+    triton = ran(outcomes, "tritonclient.http")
     assert triton.stdout.strip().endswith("1"), triton.stdout  # the model_version it printed
+    over_grpc = ran(outcomes, "tritonclient.grpc")
+    assert over_grpc.stdout.strip().endswith("1"), over_grpc.stdout  # the model_version again
 
 
 @pytest.fixture
