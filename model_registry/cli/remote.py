@@ -14,7 +14,8 @@ from urllib.parse import quote
 from model_registry.cli.client import ApiClient
 from model_registry.cli.display import printable
 from model_registry.cli.summary import push_summary
-from model_registry.errors import ConflictError
+from model_registry.errors import ConflictError, InvalidModelError
+from model_registry.file_kinds import describe
 from model_registry.home import resolve_home
 
 BROKER_DONE = frozenset({"added"})  # what POST /v1/devices says when the device can log in
@@ -39,7 +40,12 @@ def _print(args: argparse.Namespace, data: Any, rows: list[list[Any]], headers: 
 
 def push(args: argparse.Namespace) -> int:
     """model-registry push."""
-    fields = {"model": Path(args.file).read_bytes(), "label": args.label.encode()}
+    model = Path(args.file).read_bytes()
+    # Said here, where the file's name is known, before the upload; the registry checks again.
+    not_onnx = describe(args.file, model)
+    if not_onnx is not None:
+        raise InvalidModelError(not_onnx)
+    fields = {"model": model, "label": args.label.encode()}
     fields["accuracy_limit"] = str(args.accuracy_limit).encode()
     if args.quantize:
         fields["quantize"] = args.quantize.encode()
