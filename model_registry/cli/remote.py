@@ -140,7 +140,23 @@ def devices_list(args: argparse.Namespace) -> int:
             )
     headers = ["DEVICE", "GROUP", "STATE", "MODEL", "ASSIGNED", "ACTIVE", "PHASE", "LAST SEEN"]
     _print(args, data, rows, [*headers, "LAST ERROR"])
+    _warn_if_registry_unconnected(data.get("registry"))
     return 0
+
+
+def _warn_if_registry_unconnected(registry: Any) -> None:
+    """Say so when the registry itself cannot hear the broker, so no one blames the devices."""
+    if not isinstance(registry, dict) or registry.get("broker_connected") is not False:
+        return
+    since = f" since {registry['since']}" if registry.get("since") else ""
+    print(
+        printable(
+            f"model-registry devices list: warning: the registry is not connected to its "
+            f"MQTT broker{since}; it cannot hear any device, so their states are as last "
+            "received (check the broker and the registry log)"
+        ),
+        file=sys.stderr,
+    )
 
 
 def _error_text(error: dict[str, Any] | None) -> str | None:
