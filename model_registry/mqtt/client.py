@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from model_registry.errors import ConfigError, RegistryError
+from model_registry.mqtt import tls_hints
 
 MAX_INFLIGHT = 200  # chunks of one artifact go out together; paho's default of 20 serializes them
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class MqttConnection:
             clean_session=False,
             protocol=paho.MQTTv311,
         )
+        self._ca_file = ca_file or None
         if username:
             client.username_pw_set(username, password)
         if self.address.tls:
@@ -125,7 +127,9 @@ class MqttConnection:
         self._loop = asyncio.get_running_loop()
         self._connected = asyncio.Event()
         self._first_connect = self._loop.create_future()
-        self._client.connect_async(self.address.host, self.address.port, self._keepalive)
+        # The first TCP connect and TLS handshake block in a thread, so their errors reach us;
+        # paho's own thread only says that a connection failed, not why.
+        await self._open_socket()
         self._client.loop_start()
         try:
             await asyncio.wait_for(asyncio.shield(self._first_connect), self._connect_timeout_s)
@@ -138,6 +142,21 @@ class MqttConnection:
         except MqttError:
             await self.close()
             raise
+
+    async def _open_socket(self) -> None:
+        host, port = self.address.host, self.address.port
+        try:
+            await asyncio.to_thread(self._client.connect, host, port, self._keepalive)
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            names = None
+            if tls_hints.is_name_mismatch(e):
+                names = await asyncio.to_thread(
+                    tls_hints.certificate_names, host, port, self._probe_context()
+                )
+            raise MqttError(tls_hints.unreachable_text(self._where(), host, e, names)) from e
+
+    def _probe_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self._ca_file)
 
     async def close(self) -> None:
         """Disconnect cleanly and stop the network thread."""
@@ -231,6 +250,14 @@ class MqttConnection:
             handler(message)
 
     def _mark_disconnected(self, reason: str) -> None:
+        if self._first_connect is not None and not self._first_connect.done():
+            hint = "" if self.address.tls else tls_hints.PLAIN_TO_TLS_HINT
+            self._first_connect.set_exception(
+                MqttError(
+                    f"the broker at {self._where()} closed the connection before accepting it{hint}"
+                )
+            )
+            return
         if self._connected is None or not self._connected.is_set():
             return  # said once per lost connection, not once per failed attempt to reconnect
         self._connected.clear()
