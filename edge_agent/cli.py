@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 from edge_agent import __version__
 from edge_agent.config import DeviceConfig
@@ -20,13 +21,14 @@ from edge_agent.errors import ConfigError
 from edge_agent.lock import StateDirLock, holder_pid
 from edge_agent.preflight import Labels, check_files, check_listen
 from edge_agent.systemd import configure_logging
+from edge_agent.usage import CommandParser
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of `edge-agent`."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="edge-agent",
         description=(
             "Run verified ONNX models on this device: follow signed assignments over MQTT, "
@@ -35,7 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="docs/configuration.md describes every key of device.toml.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Every subcommand is a CommandParser too: argparse makes them of the parent's class.
+    commands = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", metavar="COMMAND", required=True),
+    )
     _add_run(commands)
     _add_check_config(commands)
     return parser

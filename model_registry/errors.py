@@ -39,6 +39,19 @@ class NotFoundError(RegistryError, LookupError):
     """A model, version, device, deployment or artifact that does not exist."""
 
 
+class UnknownNameError(NotFoundError):
+    """A model, device or group named by the caller that does not exist.
+
+    It keeps what kind of name it was and the name, so the API can add the close names that do
+    exist ("did you mean ...?") where the caller may see them.
+    """
+
+    def __init__(self, kind: str, name: str, message: str | None = None) -> None:
+        super().__init__(message or f"no {kind} '{name}'")
+        self.kind = kind
+        self.name = name
+
+
 class ConflictError(RegistryError):
     """A request that contradicts stored state: a duplicate device, an existing home."""
 

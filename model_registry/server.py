@@ -169,6 +169,7 @@ async def _start_mqtt(
     await connection.connect()
     stack.push_async_callback(connection.close)
     ctx.broker_url = url
+    ctx.broker_link = connection
     ctx.publisher = Publisher(connection, config.topics, ctx.blobs)
     # Before the ingest subscribes, so the answers topic is routed before anything arrives.
     ctx.broker_access = EmbeddedAccess() if embedded else DynsecAdmin(connection, config.topics)

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import ssl
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from edge_agent.errors import (
     MqttDisconnectedError,
     MqttSubscribeError,
 )
+from edge_agent.mqtt import tls_hints
 from edge_agent.mqtt.address import BrokerAddress, survive_callback_errors, tls_context
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,7 @@ class AgentMqtt:
         return client
 
     def _configure_tls(self, client: paho.Client, settings: MqttSettings) -> None:
+        self._tls_settings = settings
         if self._address.tls:
             client.tls_set_context(tls_context(settings))
         elif settings.ca_file is not None or settings.client_cert is not None:
@@ -230,8 +231,8 @@ class AgentMqtt:
         self._client.loop_start()
         self._network_started = True
 
-    def _socket_failed(self, error: Exception) -> None:
-        self._fail_opening(self._unreachable_text(error), cause=error)
+    def _socket_failed(self, error: Exception, names: list[str] | None = None) -> None:
+        self._fail_opening(self._unreachable_text(error, names), cause=error)
 
     def _connack_arrived(self, reason: ReasonCode, session_present: bool) -> None:
         if reason.is_failure:
@@ -298,19 +299,11 @@ class AgentMqtt:
             return f"the broker refused the credentials of {who} (at {self._address}: {reason})"
         return f"the broker at {self._address} refused the connection: {reason}"
 
-    def _unreachable_text(self, error: Exception) -> str:
-        if isinstance(error, ssl.SSLCertVerificationError):
-            return (
-                f"the TLS certificate of the broker at {self._address} is not trusted: "
-                f"{error.verify_message} (is mqtt.ca_file the CA that signed it?)"
-            )
-        if isinstance(error, ssl.SSLError):
-            return f"the TLS handshake with the broker at {self._address} failed: {error}"
-        detail = error.strerror if isinstance(error, OSError) and error.strerror else error
-        return f"cannot reach the broker at {self._address}: {detail}"
+    def _unreachable_text(self, error: Exception, names: list[str] | None = None) -> str:
+        return tls_hints.unreachable_text(str(self._address), self._address.host, error, names)
 
     def _dropped_text(self) -> str:
-        hint = ""
+        hint = "" if self._address.tls else tls_hints.PLAIN_TO_TLS_HINT
         if self._address.tls and not self._has_client_cert:
             hint = " (does it require a TLS client certificate? none is configured)"
         return f"the broker at {self._address} closed the connection before accepting it{hint}"
@@ -328,7 +321,11 @@ class AgentMqtt:
         try:
             rc = self._client.connect(host, port, self._keepalive_s)
         except Exception as e:  # noqa: BLE001 - handed to the task waiting in __aenter__
-            self._hand_over(self._socket_failed, e)
+            # Still on the worker thread: the names a mismatched certificate lists, for the error.
+            names = None
+            if tls_hints.is_name_mismatch(e):
+                names = tls_hints.certificate_names(host, port, tls_context(self._tls_settings))
+            self._hand_over(self._socket_failed, e, names)
         else:
             self._hand_over(self._socket_ready, rc)
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import base64
 import re
+from typing import Any
 
 from aiohttp import web
 
+from edge_protocol import format_time
 from model_registry.api.auth import CTX_KEY, require
 from model_registry.api.params import field, int_param, json_body, query_text, show
 from model_registry.api.views import device_detail_view, device_view
 from model_registry.errors import InvalidInputError
+from model_registry.services.context import RegistryContext
 from model_registry.services.devices import DEFAULT_GROUP, add_device
 from model_registry.services.fleet import device_detail
 
@@ -27,7 +30,19 @@ async def list_devices(request: web.Request) -> web.Response:
     ctx = request.app[CTX_KEY]
     devices = await ctx.storage.devices(query_text(request, "group"))
     now = ctx.clock()
-    return web.json_response({"devices": [device_view(d, now) for d in devices]})
+    return web.json_response(
+        {"registry": registry_view(ctx), "devices": [device_view(d, now) for d in devices]}
+    )
+
+
+def registry_view(ctx: RegistryContext) -> dict[str, Any]:
+    """Whether the registry itself hears the broker: without it every device looks silent."""
+    link = ctx.broker_link
+    since = None if link is None or link.since is None else link.since.replace(microsecond=0)
+    return {
+        "broker_connected": link is not None and link.connected,
+        "since": None if since is None else format_time(since),
+    }
 
 
 @require("admin")

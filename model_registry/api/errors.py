@@ -18,8 +18,10 @@ from model_registry.errors import (
     PermissionDeniedError,
     RegistryError,
     TooLargeError,
+    UnknownNameError,
     UnsupportedMediaError,
 )
+from model_registry.services.names import explain
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         status = next(code for cls, code in STATUS_BY_ERROR if isinstance(e, cls))
         if status >= 500:
             log.exception("request %s %s failed", request.method, request.path)
+        if isinstance(e, UnknownNameError):
+            return error_response(status, await _with_close_names(request, e))
         return error_response(status, str(e))
     except Exception:
         log.exception("request %s %s failed unexpectedly", request.method, request.path)
         return error_response(500, "internal error; see the registry log")
+
+
+async def _with_close_names(request: web.Request, error: UnknownNameError) -> str:
+    """The sentence of a 404 for a name, with the close names the registry does have."""
+    # auth imports this module for Handler; the context's key is looked up only here.
+    from model_registry.api.auth import CTX_KEY  # noqa: PLC0415
+
+    if CTX_KEY not in request.app:
+        return str(error)
+    return await explain(request.app[CTX_KEY].storage, error)

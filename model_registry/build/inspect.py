@@ -22,6 +22,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from edge_protocol import ModelIO, TensorSpec, check_self_contained
 from edge_protocol.errors import ExternalDataError, MetadataFormatError, ModelFormatError
 from model_registry.errors import InvalidModelError
+from model_registry.file_kinds import describe
 
 # onnxruntime's tensor element types and their Open Inference Protocol v2 datatypes.
 ORT_TO_OIP: dict[str, str] = {
@@ -78,6 +79,10 @@ def open_session(model_bytes: bytes) -> Any:
 
 def check_model_bytes(model_bytes: bytes) -> None:
     """Refuse (InvalidModelError) a model that refers to external data or cannot be scanned."""
+    # A joblib file or a text file: say what it is rather than how protobuf parsing failed.
+    not_onnx = describe("the model", model_bytes)
+    if not_onnx is not None:
+        raise InvalidModelError(not_onnx)
     try:
         check_self_contained(model_bytes)
     except ExternalDataError as e:

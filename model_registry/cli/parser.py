@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import argparse
+from typing import cast
 
 from model_registry import __version__
+from model_registry.cli.usage import CommandParser
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser with every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="model-registry",
         description="Version, quantize, sign and deploy ONNX models to edge devices over MQTT.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Every subcommand is a CommandParser too: argparse makes them of the parent's class.
+    commands = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", metavar="COMMAND", required=True),
+    )
     _local_commands(commands)
     _model_commands(commands)
     _fleet_commands(commands)

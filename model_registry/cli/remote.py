@@ -14,7 +14,8 @@ from urllib.parse import quote
 from model_registry.cli.client import ApiClient
 from model_registry.cli.display import printable
 from model_registry.cli.summary import push_summary
-from model_registry.errors import ConflictError
+from model_registry.errors import ConflictError, InvalidModelError
+from model_registry.file_kinds import describe
 from model_registry.home import resolve_home
 
 BROKER_DONE = frozenset({"added"})  # what POST /v1/devices says when the device can log in
@@ -39,7 +40,12 @@ def _print(args: argparse.Namespace, data: Any, rows: list[list[Any]], headers: 
 
 def push(args: argparse.Namespace) -> int:
     """model-registry push."""
-    fields = {"model": Path(args.file).read_bytes(), "label": args.label.encode()}
+    model = Path(args.file).read_bytes()
+    # Said here, where the file's name is known, before the upload; the registry checks again.
+    not_onnx = describe(args.file, model)
+    if not_onnx is not None:
+        raise InvalidModelError(not_onnx)
+    fields = {"model": model, "label": args.label.encode()}
     fields["accuracy_limit"] = str(args.accuracy_limit).encode()
     if args.quantize:
         fields["quantize"] = args.quantize.encode()
@@ -134,7 +140,23 @@ def devices_list(args: argparse.Namespace) -> int:
             )
     headers = ["DEVICE", "GROUP", "STATE", "MODEL", "ASSIGNED", "ACTIVE", "PHASE", "LAST SEEN"]
     _print(args, data, rows, [*headers, "LAST ERROR"])
+    _warn_if_registry_unconnected(data.get("registry"))
     return 0
+
+
+def _warn_if_registry_unconnected(registry: Any) -> None:
+    """Say so when the registry itself cannot hear the broker, so no one blames the devices."""
+    if not isinstance(registry, dict) or registry.get("broker_connected") is not False:
+        return
+    since = f" since {registry['since']}" if registry.get("since") else ""
+    print(
+        printable(
+            f"model-registry devices list: warning: the registry is not connected to its "
+            f"MQTT broker{since}; it cannot hear any device, so their states are as last "
+            "received (check the broker and the registry log)"
+        ),
+        file=sys.stderr,
+    )
 
 
 def _error_text(error: dict[str, Any] | None) -> str | None:

@@ -8,9 +8,11 @@ the event loop with `call_soon_threadsafe`, never block and never take locks of 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,8 +21,11 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from model_registry.errors import ConfigError, RegistryError
+from model_registry.mqtt import tls_hints
 
 MAX_INFLIGHT = 200  # chunks of one artifact go out together; paho's default of 20 serializes them
+log = logging.getLogger(__name__)
+_CONNECTION_LOST, _KEEPALIVE_TIMEOUT = 128, 141  # paho's reason codes for a link that dropped
 
 
 class MqttError(RegistryError):
@@ -83,6 +88,8 @@ class MqttConnection:
         self._subscriptions: list[str] = []
         self._routes: dict[str, Callable[[MqttMessage], None]] = {}
         self._connections = 0
+        self.since: datetime | None = None  # when the connection last came up or went down
+        self._closing = False
         self.reconnected: asyncio.Queue[int] = asyncio.Queue()  # one item per reconnection
         # Where received messages go; the registry passes its ingest's bounded, gated queue.
         self.messages: asyncio.Queue[MqttMessage] = (
@@ -101,6 +108,7 @@ class MqttConnection:
             clean_session=False,
             protocol=paho.MQTTv311,
         )
+        self._ca_file = ca_file or None
         if username:
             client.username_pw_set(username, password)
         if self.address.tls:
@@ -119,7 +127,9 @@ class MqttConnection:
         self._loop = asyncio.get_running_loop()
         self._connected = asyncio.Event()
         self._first_connect = self._loop.create_future()
-        self._client.connect_async(self.address.host, self.address.port, self._keepalive)
+        # The first TCP connect and TLS handshake block in a thread, so their errors reach us;
+        # paho's own thread only says that a connection failed, not why.
+        await self._open_socket()
         self._client.loop_start()
         try:
             await asyncio.wait_for(asyncio.shield(self._first_connect), self._connect_timeout_s)
@@ -133,8 +143,24 @@ class MqttConnection:
             await self.close()
             raise
 
+    async def _open_socket(self) -> None:
+        host, port = self.address.host, self.address.port
+        try:
+            await asyncio.to_thread(self._client.connect, host, port, self._keepalive)
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            names = None
+            if tls_hints.is_name_mismatch(e):
+                names = await asyncio.to_thread(
+                    tls_hints.certificate_names, host, port, self._probe_context()
+                )
+            raise MqttError(tls_hints.unreachable_text(self._where(), host, e, names)) from e
+
+    def _probe_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self._ca_file)
+
     async def close(self) -> None:
         """Disconnect cleanly and stop the network thread."""
+        self._closing = True
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
         for future in self._pending.values():
@@ -176,8 +202,8 @@ class MqttConnection:
     def _on_connect(self, _c: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         self._call(self._connect_result, rc.is_failure, str(rc))
 
-    def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, _rc: Any, _p: Any) -> None:
-        self._call(self._mark_disconnected)
+    def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        self._call(self._mark_disconnected, _disconnect_reason(rc))
 
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
         self._call(self._acknowledge, mid)
@@ -209,7 +235,10 @@ class MqttConnection:
         self._connected.set()
         self._connections += 1
         if self._connections > 1:
+            down = (_now() - self.since).total_seconds() if self.since is not None else 0.0
+            log.info("connected to the broker at %s again after %.0f s", self._where(), down)
             self.reconnected.put_nowait(self._connections)
+        self.since = _now()
         if not self._first_connect.done():
             self._first_connect.set_result(None)
 
@@ -220,11 +249,46 @@ class MqttConnection:
         else:
             handler(message)
 
-    def _mark_disconnected(self) -> None:
-        if self._connected is not None:
-            self._connected.clear()
+    def _mark_disconnected(self, reason: str) -> None:
+        if self._first_connect is not None and not self._first_connect.done():
+            hint = "" if self.address.tls else tls_hints.PLAIN_TO_TLS_HINT
+            self._first_connect.set_exception(
+                MqttError(
+                    f"the broker at {self._where()} closed the connection before accepting it{hint}"
+                )
+            )
+            return
+        if self._connected is None or not self._connected.is_set():
+            return  # said once per lost connection, not once per failed attempt to reconnect
+        self._connected.clear()
+        self.since = _now()
+        if not self._closing:
+            log.warning(
+                "lost the connection to the broker at %s (%s); reconnecting. Until it is back, "
+                "devices cannot report and their states are as last received",
+                self._where(),
+                reason,
+            )
+
+    def _where(self) -> str:
+        host = f"[{self.address.host}]" if ":" in self.address.host else self.address.host
+        return f"{host}:{self.address.port}"
 
     def _acknowledge(self, mid: int) -> None:
         future = self._pending.pop(mid, None)
         if future is not None and not future.done():
             future.set_result(None)
+
+
+def _disconnect_reason(rc: Any) -> str:
+    """Paho's reason code in words; it says "Unspecified error" for a connection that dropped."""
+    value = getattr(rc, "value", None)
+    if value == _CONNECTION_LOST:
+        return "the broker closed the connection or the network dropped it"
+    if value == _KEEPALIVE_TIMEOUT:
+        return "the broker stopped answering within the keep-alive"
+    return str(rc)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -10,6 +10,8 @@ own client id and refuses packets over `limits.MAX_PACKET_BYTES`; fleets use mos
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Self
 
@@ -29,6 +31,9 @@ from model_registry.mqtt.acl import check_username
 # amqtt logs every connection and packet at INFO/DEBUG, and `transitions` every state change.
 _NOISY_LOGGERS = ("amqtt", "transitions")
 _LISTENER = "default"  # amqtt requires a listener of this name
+# amqtt logs a failed start with its traceback here, before raising what we report in one line.
+_STARTUP_LOGGER = "amqtt.broker"
+log = logging.getLogger(__name__)
 
 
 class EmbeddedBrokerError(RegistryError):
@@ -78,8 +83,10 @@ class EmbeddedBroker:
         _quiet_noisy_loggers()
         broker = EdgeBroker(self._config(), self._policy)
         try:
-            await broker.start()
+            with _quiet_failed_start():
+                await broker.start()
         except BrokerError as e:
+            log.debug("amqtt failed to start", exc_info=True)
             raise EmbeddedBrokerError(
                 f"cannot start the embedded MQTT broker on {self.host}:{self._requested_port}: {e} "
                 "(is another broker on that port? pass --embedded-broker HOST:PORT, with port 0 "
@@ -123,6 +130,26 @@ class EmbeddedBroker:
 
 def _dotted(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@contextmanager
+def _quiet_failed_start() -> Iterator[None]:
+    """Drop amqtt's own report of a failed start: the BrokerError it raises says the same."""
+    startup = logging.getLogger(_STARTUP_LOGGER)
+    drop = _DropFailedStart()
+    startup.addFilter(drop)
+    try:
+        yield
+    finally:
+        startup.removeFilter(drop)
+
+
+class _DropFailedStart(logging.Filter):
+    """Refuses ERROR records with a traceback: amqtt's "Broker startup failed"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for the failed-start report, True for everything else."""
+        return not (record.levelno >= logging.ERROR and record.exc_info)
 
 
 def _quiet_noisy_loggers() -> None:

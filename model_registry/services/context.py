@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
 
 from edge_protocol import utc_now
 from edge_protocol.trust import Clock
@@ -12,6 +14,16 @@ from model_registry.mqtt.broker_admin import BrokerAccess
 from model_registry.mqtt.publisher import Publisher
 from model_registry.signing import ReleaseSigner
 from model_registry.storage import BlobStore, Storage
+
+
+class BrokerLink(Protocol):
+    """The registry's own connection to its broker, as the API reports it."""
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up right now."""
+
+    since: datetime | None  # when it last came up or went down; None before the first connect
 
 
 @dataclass
@@ -25,6 +37,7 @@ class RegistryContext:
     publisher: Publisher | None = None
     broker_access: BrokerAccess | None = None  # adds and removes device logins on the broker
     broker_url: str | None = None  # the broker `serve` actually uses (flags may override config)
+    broker_link: BrokerLink | None = None  # the registry's MQTT connection, None when MQTT is off
     api_url: str | None = None  # where `serve` actually listens
     clock: Clock = field(default=utc_now)
     # Serializes everything that reads and rewrites device assignments or the broker's

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from edge_protocol import AssignedModel
-from model_registry.errors import ConflictError, InvalidInputError, NotFoundError
+from model_registry.errors import ConflictError, InvalidInputError, NotFoundError, UnknownNameError
 from model_registry.services.context import RegistryContext
 from model_registry.storage import DeploymentRecord, DeviceRecord, ReleaseRecord
 
@@ -151,6 +151,7 @@ async def rollback(
     # Before resolving: once rolled back, "the release before the current one" is another.
     if key is not None and (earlier := await replayed(ctx, key)) is not None:
         return earlier, True
+    await ctx.storage.releases(model)  # UnknownNameError for a model that was never pushed
     devices = await _resolve(ctx, target)
     current = {d.assigned.get(model, {}).get("version") for d in devices}
     targeted = {d.device_id for d in devices}
@@ -173,7 +174,7 @@ async def _resolve(ctx: RegistryContext, target: Target) -> list[DeviceRecord]:
     if target.group is not None:
         devices = await ctx.storage.devices(target.group)
         if not devices:
-            raise NotFoundError(f"group {target.group!r} has no devices")
+            raise UnknownNameError("group", target.group, f"group {target.group!r} has no devices")
         return devices
     return [await ctx.storage.get_device(device_id) for device_id in dict.fromkeys(target.devices)]
 

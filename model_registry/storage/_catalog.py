@@ -9,7 +9,13 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime
 
-from model_registry.errors import ConflictError, InvalidInputError, NotFoundError, RegistryError
+from model_registry.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    RegistryError,
+    UnknownNameError,
+)
 from model_registry.storage._db import (
     constraint_error,
     dumps,
@@ -33,9 +39,12 @@ _SELECT_RELEASES = f"SELECT {_RELEASE_COLUMNS} FROM releases"  # noqa: S608
 _SELECT_DEPLOYMENTS = f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployments"  # noqa: S608
 
 
-def no_release(model: str, version: int) -> NotFoundError:
-    """Return the error for a release that does not exist."""
-    return NotFoundError(f"model '{model}' has no version {version}")
+def missing_release(conn: sqlite3.Connection, model: str, version: int) -> NotFoundError:
+    """The error for a missing release: no such model at all, or no such version of it."""
+    latest = latest_version(conn, model)
+    if latest == 0:
+        return UnknownNameError("model", model)
+    return NotFoundError(f"model '{model}' has no version {version} (its latest is {latest})")
 
 
 # roots
@@ -88,7 +97,7 @@ def replace_release_envelope(
             (envelope, to_text(expires), model, version),
         )
         if cursor.rowcount == 0:
-            raise no_release(model, version)
+            raise missing_release(conn, model, version)
 
 
 def get_release(conn: sqlite3.Connection, model: str, version: int) -> ReleaseRecord:
@@ -98,7 +107,7 @@ def get_release(conn: sqlite3.Connection, model: str, version: int) -> ReleaseRe
         (model, version),
     ).fetchone()
     if row is None:
-        raise no_release(model, version)
+        raise missing_release(conn, model, version)
     return _release(row)
 
 
@@ -109,7 +118,7 @@ def releases(conn: sqlite3.Connection, model: str) -> list[ReleaseRecord]:
         (model,),
     ).fetchall()
     if not rows:  # a model row exists only with its first release
-        raise NotFoundError(f"no model '{model}'")
+        raise UnknownNameError("model", model)
     return [_release(row) for row in rows]
 
 
@@ -188,10 +197,10 @@ def _deployment_error(
         return constraint_error(error, f"deployment lists a device twice: {d.target}")
     release = (d.model, d.version)
     if not exists(conn, "SELECT 1 FROM releases WHERE model = ? AND version = ?", release):
-        return no_release(d.model, d.version)
+        return missing_release(conn, d.model, d.version)
     for device in d.device_ids:
         if not exists(conn, "SELECT 1 FROM devices WHERE device_id = ?", (device,)):
-            return NotFoundError(f"no device '{device}'")
+            return UnknownNameError("device", device)
     return InvalidInputError(f"rejected by the database: {error}")
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-from model_registry.errors import ConflictError, InvalidInputError, NotFoundError
+from model_registry.errors import ConflictError, InvalidInputError, NotFoundError, UnknownNameError
 from model_registry.storage._db import (
     constraint_error,
     dumps,
@@ -45,7 +45,7 @@ _INSERT_DEVICE = f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?,?,?,?,?,?,?
 
 def no_device(device_id: str) -> NotFoundError:
     """Return the error for a device that does not exist."""
-    return NotFoundError(f"no device '{device_id}'")
+    return UnknownNameError("device", device_id)
 
 
 # devices

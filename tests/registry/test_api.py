@@ -230,12 +230,12 @@ BAD_INPUTS: list[tuple[str, Call, int, str]] = [
     ("unknown model", _unknown_model, 404, "nope"),
     ("missing token", _missing_token, 401, "bearer"),
     ("bad token", _bad_token, 401, "token"),
-    ("deploy of a missing version", _deploy_missing_version, 404, "version 9"),
+    ("deploy of a missing model", _deploy_missing_version, 404, "no model 'm'"),
     ("deploy with two targets", _deploy_both_targets, 400, "either a group"),
     ("malformed json", _malformed_json, 400, "JSON"),
     ("duplicate device", _duplicate_device, 409, "dup"),
     ("bad device id", _bad_device_id, 400, "device id"),
-    ("rollback without history", _rollback_without_history, 404, "no earlier release"),
+    ("rollback of a model never pushed", _rollback_without_history, 404, "no model 'm'"),
     ("artifact path traversal", _bad_artifact_name, 400, "sha256"),
 ]
 

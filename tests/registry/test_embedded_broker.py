@@ -7,6 +7,7 @@ event loop in a background thread. Waits have deadlines; nothing asserts on timi
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import threading
@@ -297,7 +298,10 @@ def test_anonymous_clients_when_allowed_read_only_shared_documents() -> None:
         broker.stop()
 
 
-def test_a_taken_port_is_a_clear_error(embedded: BrokerThread) -> None:
+def test_a_taken_port_is_a_clear_error(
+    embedded: BrokerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     clash = EmbeddedBroker(
         LOCALHOST,
         embedded.port,
@@ -305,8 +309,12 @@ def test_a_taken_port_is_a_clear_error(embedded: BrokerThread) -> None:
         registry_user=REGISTRY,
         password_lookup=lambda _name: None,
     )
-    with pytest.raises(EmbeddedBrokerError, match="cannot start"):
+    with pytest.raises(EmbeddedBrokerError, match="cannot start") as raised:
         asyncio.run(clash.start())
+    assert "already in use" in str(raised.value)
+    # The one-line error is the whole report: amqtt's own traceback of the failure is dropped.
+    tracebacks = [r for r in caplog.records if r.exc_info and r.levelno >= logging.INFO]
+    assert tracebacks == [], [r.getMessage() for r in tracebacks]
 
 
 # --- the access rules, enforced ---------------------------------------------------------------
