@@ -44,6 +44,7 @@ async def push_version(request: web.Request) -> web.Response:
         label=upload.label,
         accuracy_limit_points=upload.accuracy_limit_points,
         calibration=upload.calibration,
+        allow_duplicate=upload.allow_duplicate,
     )
     record = await push_model(ctx, push)
     return web.json_response(release_view(record, detail=True), status=201)
