@@ -154,6 +154,11 @@ class Lab:
         await self.report(device, "state", state_payload(device, agent_version="t", models=models,
                                                           trust={}))  # fmt: skip
 
+    async def connects(self, device: str) -> None:
+        """Report an online state that runs nothing yet."""
+        await self.report(device, "state", state_payload(device, agent_version="t", models={},
+                                                          trust={}))  # fmt: skip
+
     async def get(self, path: str, status: int = 200) -> Any:
         """GET an API path as admin."""
         response = await self.api.client.get(path, headers=self.api.auth())
@@ -247,7 +252,7 @@ async def test_deploy_wait_exits_1_naming_the_devices_that_failed_and_why(
     await lab.event("dev-3", "rejected", reason="chunk_hash")
     assert await waiting == 1
     captured = capsys.readouterr()
-    assert captured.err.strip() == (
+    assert captured.err.strip().splitlines()[-1] == (
         "model-registry deploy: deployment 1 failed on dev-2 (rolled back: probation_failed), "
         "dev-3 (failed: chunk_hash)"
     )
@@ -270,15 +275,62 @@ async def test_deploy_wait_counts_a_device_that_never_reports_as_failed_at_the_d
 async def test_deploy_timeout_gives_up_naming_the_devices_under_way(
     lab: Lab, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    for device in ("dev-1", "dev-3"):
+        await lab.connects(device)
     waiting = asyncio.create_task(lab.cli("deploy", "clf", str(lab.version), "--device", "dev-1",
-                                          "dev-2", "--timeout", "1.5"))  # fmt: skip
+                                          "dev-2", "dev-3", "--timeout", "1.5"))  # fmt: skip
     await _until_deployed(lab)
     await lab.event("dev-1", "received")
     assert await waiting == 1
-    assert capsys.readouterr().err.strip() == (
+    # A device the registry never heard from is named offline, not "still under way".
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "model-registry deploy: deployment 1 did not finish within 1.5 s: "
-        "dev-1 (downloading), dev-2 (pending) still under way"
+        "dev-2 is offline (still pending, last seen never); "
+        "dev-1 (downloading), dev-3 (pending) still under way"
     )
+
+
+async def test_deploy_warns_naming_the_devices_it_does_not_hear_from(
+    lab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await lab.connects("dev-1")
+    assert await lab.cli("deploy", "clf", str(lab.version), "--group", "lab") == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("Deployment 1: deploy clf")  # made all the same
+    assert captured.err.strip() == (
+        "model-registry deploy: warning: 2 of 3 device(s) are not connected: "
+        "dev-2 (offline, last seen never), dev-3 (offline, last seen never); "
+        "each gets its assignment from the broker when it reconnects"
+    )
+    await lab.connects("dev-2")
+    await lab.connects("dev-3")
+    assert await lab.cli("deploy", "clf", str(lab.version), "--group", "lab") == 0
+    assert capsys.readouterr().err == ""  # every device connected: nothing to warn about
+
+
+async def test_deploy_wait_shows_what_each_device_is_doing(
+    lab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for device in ("dev-1", "dev-2"):
+        await lab.connects(device)
+    waiting = asyncio.create_task(lab.cli("deploy", "clf", str(lab.version), "--device", "dev-1",
+                                          "dev-2", "--wait"))  # fmt: skip
+    await _until_deployed(lab)
+    await lab.event("dev-1", "received")
+    await lab.event("dev-1", "downloading", progress={"chunks_done": 2, "chunks_total": 8})
+    out = await _until_printed(capsys, "dev-1  downloading 2/8 chunks (25%)")
+    await lab.event("dev-2", "activated")
+    await lab.runs("dev-2", lab.version, phase="probation")
+    out += await _until_printed(capsys, "dev-2  probation, ")
+    assert " s in" in out.split("dev-2  probation, ", 1)[1].splitlines()[0]
+    await lab.runs("dev-1", lab.version)
+    await lab.runs("dev-2", lab.version)
+    assert await waiting == 0
+    out += capsys.readouterr().out
+    # Into a pipe, each device's line is printed when it changes, never redrawn.
+    assert "\x1b" not in out
+    assert out.count("dev-1  downloading 2/8 chunks") == 1
+    assert "dev-2  activated" in out
 
 
 async def test_a_timeout_must_be_positive(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
