@@ -191,6 +191,7 @@ async def _start_embedded(
     config = ctx.config
     host, port = parse_host_port(listen, "embedded broker address")
     registry_hash = hash_password(registry_password)
+
     async def lookup(username: str) -> str | None:
         if username == config.mqtt.username:
             return registry_hash
