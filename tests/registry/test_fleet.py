@@ -7,6 +7,7 @@ device messages fed through the real ingest, and time moved by the context's inj
 from __future__ import annotations
 
 import asyncio
+import io
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from edge_protocol import Topics
 from edge_protocol.topics import event_payload, state_payload, telemetry_payload
 from model_registry.cli import main
+from model_registry.cli.follow import ProgressView
 from model_registry.config import load_config
 from model_registry.errors import ConfigError
 from model_registry.home import InitResult
@@ -417,3 +419,24 @@ def test_the_retention_is_configured_and_checked(registry_home: InitResult) -> N
     config.write_text(config.read_text().replace("retention_days = 30", "retention_days = 0"))
     with pytest.raises(ConfigError, match=r"registry\.toml: fleet\.telemetry_retention_days"):
         load_config(home)
+
+
+class _Terminal(io.StringIO):
+    """Text written to what says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_on_a_terminal_the_devices_are_redrawn_in_place(lab: Lab) -> None:
+    deployment_id = await _deploy(lab)
+    await lab.event("dev-1", "downloading", progress={"chunks_done": 1, "chunks_total": 4})
+    terminal = _Terminal()
+    view = ProgressView(terminal, clock=lambda: lab.clock.now)
+    view.update(await lab.get(f"/v1/deployments/{deployment_id}"))
+    lab.clock.now += timedelta(seconds=5)
+    view.update(await lab.get(f"/v1/deployments/{deployment_id}"))
+    first, second = terminal.getvalue().split("\x1b[4F\x1b[J")  # up 4 lines, erase to the end
+    assert "dev-1  downloading 1/4 chunks (25%), 0 s in" in first
+    assert "dev-1  downloading 1/4 chunks (25%), 5 s in" in second
+    assert second.count("\n") == 4  # the summary and three devices, once each
