@@ -67,4 +67,4 @@ async def rollback_model(request: web.Request) -> web.Response:
     deployment, replayed = await rollback(
         request.app[CTX_KEY], model, target, created_by=request[PRINCIPAL_KEY], key=key
     )
-    return deployment_response(deployment, replayed=replayed)
+    return await deployment_response(request.app[CTX_KEY], deployment, replayed=replayed)

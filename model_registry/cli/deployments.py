@@ -103,7 +103,7 @@ def _after_posting(
     """Print the deployment, warn about unreachable devices, and follow it if asked."""
     if not _waits(args) or not args.json:
         _print_deployment(args, deployment)
-    _warn_unreachable(client, deployment, command)
+    _warn_unreachable(deployment, command)
     return _wait(args, client, deployment) if _waits(args) else 0
 
 
@@ -111,19 +111,14 @@ def _waits(args: argparse.Namespace) -> bool:
     return bool(args.wait or args.timeout is not None)
 
 
-def _warn_unreachable(client: ApiClient, deployment: dict[str, Any], command: str) -> None:
+def _warn_unreachable(deployment: dict[str, Any], command: str) -> None:
     """Name, on stderr, the targeted devices the registry does not hear from now."""
-    try:
-        current = client.get(f"/v1/deployments/{deployment['id']}")
-    except ApiError:
-        return  # only a warning: the deployment is made either way
     unreachable = [
         f"{d['device_id']} ({d['connection']}, last seen {d['last_seen'] or 'never'})"
-        for d in current["progress"]["devices"]
-        if d["connection"] != "online" and d["status"] in MOVING
+        for d in deployment.get("unreachable") or []
     ]
     if unreachable:
-        total = len(current["devices"])
+        total = len(deployment["devices"])
         print(
             printable(
                 f"model-registry {command}: warning: {len(unreachable)} of {total} device(s) "
