@@ -9,7 +9,6 @@ everything down the same way and returns 1.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -153,9 +152,10 @@ async def _start_mqtt(
     password = await asyncio.to_thread(read_mqtt_password, config)
     url = options.mqtt_url or config.mqtt.url
     embedded_listen = options.embedded_listen(config)
-    embedded = embedded_listen is not None
+    embedded = None
     if embedded_listen is not None:
-        url = await _start_embedded(stack, ctx, embedded_listen[0], password)
+        embedded = await _start_embedded(stack, ctx, embedded_listen[0], password)
+        url = embedded.url
     ingest = DeviceIngest(ctx, config.topics)
     connection = MqttConnection(
         url,
@@ -172,7 +172,9 @@ async def _start_mqtt(
     ctx.broker_link = connection
     ctx.publisher = Publisher(connection, config.topics, ctx.blobs)
     # Before the ingest subscribes, so the answers topic is routed before anything arrives.
-    ctx.broker_access = EmbeddedAccess() if embedded else DynsecAdmin(connection, config.topics)
+    ctx.broker_access = (
+        EmbeddedAccess(embedded) if embedded else DynsecAdmin(connection, config.topics)
+    )
     for topic_filter in ingest.subscriptions():
         connection.subscribe(topic_filter)
     await sync_broker(ctx)
@@ -186,26 +188,26 @@ async def _start_mqtt(
 
 async def _start_embedded(
     stack: AsyncExitStack, ctx: RegistryContext, listen: str, registry_password: str
-) -> str:
+) -> EmbeddedBroker:
     config = ctx.config
     host, port = parse_host_port(listen, "embedded broker address")
     registry_hash = hash_password(registry_password)
-    devices = {d.device_id: d.password_hash for d in await ctx.storage.devices()}
 
     async def lookup(username: str) -> str | None:
         if username == config.mqtt.username:
             return registry_hash
-        if username not in devices:  # provisioned after start-up
-            with contextlib.suppress(NotFoundError):
-                devices[username] = (await ctx.storage.get_device(username)).password_hash
-        return devices.get(username)
+        # Asked at every CONNECT: a device added since start-up logs in, a removed one no more.
+        try:
+            return (await ctx.storage.get_device(username)).password_hash
+        except NotFoundError:
+            return None
 
     broker = EmbeddedBroker(
         host, port, topics=config.topics, registry_user=config.mqtt.username, password_lookup=lookup
     )
     await broker.start()
     stack.push_async_callback(broker.stop)
-    return f"mqtt://{host}:{broker.port}"
+    return broker
 
 
 async def _start_api(

@@ -40,6 +40,10 @@ def create_app(ctx: RegistryContext, metrics: RegistryMetrics | None = None) -> 
             web.get("/v1/devices", devices.list_devices),
             web.post("/v1/devices", devices.create_device),
             web.get("/v1/devices/{id}", devices.get_device),
+            web.delete("/v1/devices/{id}", devices.delete_device),
+            web.patch("/v1/devices/{id}", devices.patch_device),
+            web.get("/v1/tokens", system.list_tokens),
+            web.delete("/v1/tokens/{id}", system.delete_token),
         ]
     )
     return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
+from datetime import timedelta
 
 from aiohttp import web
 
@@ -19,6 +20,7 @@ from model_registry.mqtt.credentials import verify_password
 from model_registry.services.context import RegistryContext
 from model_registry.tokens import hash_token, role_allows
 
+TOKEN_USE_RESOLUTION = timedelta(seconds=60)  # how exactly a token's `last_used` is kept
 CTX_KEY = web.AppKey("registry_context", RegistryContext)
 PRINCIPAL_KEY = web.RequestKey("principal", str)  # who made the request, for audit fields
 REQUIRED_ROLE: dict[Handler, str] = {}
@@ -63,6 +65,10 @@ async def _token_role(ctx: RegistryContext, header: str) -> tuple[str, str]:
     record = await ctx.storage.find_token(hash_token(token.strip()))
     if record is None:
         raise AuthenticationError("invalid or revoked token")
+    now = ctx.clock()
+    # A write per TOKEN_USE_RESOLUTION_S per token at most, not one per request.
+    if record.last_used is None or now - record.last_used >= TOKEN_USE_RESOLUTION:
+        await ctx.storage.touch_token(record.token_id, now)
     return record.role, f"token:{record.name}"
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
+from edge_protocol import format_time
 from model_registry.api.auth import CTX_KEY, PRINCIPAL_KEY, require
 from model_registry.api.params import (
     field,
@@ -14,8 +17,9 @@ from model_registry.api.params import (
     target_from,
 )
 from model_registry.api.views import deployment_view, progress_view
+from model_registry.services.context import RegistryContext
 from model_registry.services.deployments import RequestKey, Target, deploy_once
-from model_registry.services.fleet import deployment_progress
+from model_registry.services.fleet import ONLINE, connection, deployment_progress
 from model_registry.storage import DeploymentRecord
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -34,7 +38,7 @@ async def create_deployment(request: web.Request) -> web.Response:
     deployment, replayed = await deploy_once(
         request.app[CTX_KEY], model, version, target, created_by=request[PRINCIPAL_KEY], key=key
     )
-    return deployment_response(deployment, replayed=replayed)
+    return await deployment_response(request.app[CTX_KEY], deployment, replayed=replayed)
 
 
 def request_key(request: web.Request, *, target: Target, **fields: object) -> RequestKey | None:
@@ -45,12 +49,32 @@ def request_key(request: web.Request, *, target: Target, **fields: object) -> Re
     return RequestKey.of(key, **fields, target={target.kind: target.label})
 
 
-def deployment_response(deployment: DeploymentRecord, *, replayed: bool) -> web.Response:
-    """201 with a new deployment; 200 and `Idempotent-Replayed: true` with an earlier one."""
-    response = web.json_response(deployment_view(deployment), status=200 if replayed else 201)
+async def deployment_response(
+    ctx: RegistryContext, deployment: DeploymentRecord, *, replayed: bool
+) -> web.Response:
+    """201 with a new deployment; 200 and `Idempotent-Replayed: true` with an earlier one.
+
+    Either names, in `unreachable`, the targeted devices the registry does not hear from now:
+    they get their assignment only when they reconnect.
+    """
+    view = {**deployment_view(deployment), "unreachable": await _unreachable(ctx, deployment)}
+    response = web.json_response(view, status=200 if replayed else 201)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
+
+
+async def _unreachable(ctx: RegistryContext, deployment: DeploymentRecord) -> list[dict[str, Any]]:
+    targeted = set(deployment.device_ids)
+    devices = {d.device_id: d for d in await ctx.storage.devices() if d.device_id in targeted}
+    now = ctx.clock()
+    found = []
+    for device in (devices[i] for i in deployment.device_ids if i in devices):
+        heard = connection(device, now)
+        if heard != ONLINE:
+            seen = None if device.last_seen is None else format_time(device.last_seen)
+            found.append({"device_id": device.device_id, "connection": heard, "last_seen": seen})
+    return found
 
 
 @require("viewer")

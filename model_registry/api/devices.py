@@ -14,7 +14,7 @@ from model_registry.api.params import field, int_param, json_body, query_text, s
 from model_registry.api.views import device_detail_view, device_view
 from model_registry.errors import InvalidInputError
 from model_registry.services.context import RegistryContext
-from model_registry.services.devices import DEFAULT_GROUP, add_device
+from model_registry.services.devices import DEFAULT_GROUP, add_device, move_device, remove_device
 from model_registry.services.fleet import device_detail
 
 DEFAULT_EVENTS = 50
@@ -71,6 +71,24 @@ async def get_device(request: web.Request) -> web.Response:
         telemetry=_limit(request, "telemetry", DEFAULT_TELEMETRY),
     )
     return web.json_response(device_detail_view(detail, request.app[CTX_KEY].clock()))
+
+
+@require("admin")
+async def delete_device(request: web.Request) -> web.Response:
+    """DELETE /v1/devices/{id}: revoke its broker login, clear its assignment, forget it."""
+    ctx = request.app[CTX_KEY]
+    removed = await remove_device(ctx, request.match_info["id"])
+    broker = {"status": removed.broker.status, "detail": removed.broker.detail}
+    return web.json_response({**device_view(removed.device, ctx.clock()), "broker": broker})
+
+
+@require("admin")
+async def patch_device(request: web.Request) -> web.Response:
+    """PATCH /v1/devices/{id} {"group"}: move the device; its assignment does not change."""
+    body = await json_body(request, ("group",))
+    ctx = request.app[CTX_KEY]
+    device = await move_device(ctx, request.match_info["id"], field(body, "group", str))
+    return web.json_response(device_view(device, ctx.clock()))
 
 
 def _limit(request: web.Request, name: str, default: int) -> int:

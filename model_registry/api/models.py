@@ -44,6 +44,7 @@ async def push_version(request: web.Request) -> web.Response:
         label=upload.label,
         accuracy_limit_points=upload.accuracy_limit_points,
         calibration=upload.calibration,
+        allow_duplicate=upload.allow_duplicate,
     )
     record = await push_model(ctx, push)
     return web.json_response(release_view(record, detail=True), status=201)
@@ -66,4 +67,4 @@ async def rollback_model(request: web.Request) -> web.Response:
     deployment, replayed = await rollback(
         request.app[CTX_KEY], model, target, created_by=request[PRINCIPAL_KEY], key=key
     )
-    return deployment_response(deployment, replayed=replayed)
+    return await deployment_response(request.app[CTX_KEY], deployment, replayed=replayed)

@@ -10,7 +10,8 @@ from aiohttp import web
 
 from model_registry.api.auth import CTX_KEY, require
 from model_registry.api.metrics import METRICS_KEY, PROMETHEUS_CONTENT_TYPE
-from model_registry.api.params import field, json_body, printable_text
+from model_registry.api.params import field, int_param, json_body, printable_text
+from model_registry.api.views import token_view
 from model_registry.errors import InvalidInputError, NotFoundError
 from model_registry.tokens import check_role, generate_token, hash_token
 
@@ -49,6 +50,21 @@ async def create_token(request: web.Request) -> web.Response:
     return web.json_response(
         {"id": token_id, "name": name, "role": role, "token": token}, status=201
     )
+
+
+@require("admin")
+async def list_tokens(request: web.Request) -> web.Response:
+    """GET /v1/tokens: every token's id, name, role and use; never the secret."""
+    tokens = await request.app[CTX_KEY].storage.tokens()
+    return web.json_response({"tokens": [token_view(t) for t in tokens]})
+
+
+@require("admin")
+async def delete_token(request: web.Request) -> web.Response:
+    """DELETE /v1/tokens/{id}: the token is refused from now on (409 for the last admin one)."""
+    token_id = int_param(request.match_info["id"], "token id")
+    removed = await request.app[CTX_KEY].storage.remove_token(token_id)
+    return web.json_response(token_view(removed))
 
 
 @require("viewer", devices=True)

@@ -26,7 +26,8 @@ from model_registry.errors import InvalidInputError, TooLargeError, UnsupportedM
 
 READ_BLOCK = 64 * 1024
 FILE_FIELDS = ("model", "eval", "calibration")
-TEXT_FIELDS = ("quantize", "label", "accuracy_limit")
+TEXT_FIELDS = ("quantize", "label", "accuracy_limit", "allow_duplicate")
+_BOOLEANS = {"": False, "false": False, "0": False, "true": True, "1": True}
 TEXT_FIELD_LIMIT = 1024
 MAX_LABEL = 256  # what a release may carry (services.releases)
 # RFC 2046: 1 to 70 characters from this set, not ending in a space.
@@ -45,6 +46,7 @@ class Upload:
     eval_set: EvalSet | None
     accuracy_limit_points: float
     calibration: NDArray[Any] | None = None
+    allow_duplicate: bool = False  # push a file identical to an earlier version's anyway
 
 
 async def read_upload(request: web.Request, limit: int, dataset_limit: int) -> Upload:
@@ -151,7 +153,15 @@ def _upload(fields: dict[str, bytes], dataset_limit: int) -> Upload:
         calibration = read_npz_bytes(fields["calibration"], what, dataset_limit).get("X")
         if calibration is None:
             raise InvalidInputError("the calibration .npz has no array named X")
-    return Upload(model, quantize, label, eval_set, _accuracy_limit(fields), calibration)
+    limit = _accuracy_limit(fields)
+    return Upload(model, quantize, label, eval_set, limit, calibration, _allow_duplicate(fields))
+
+
+def _allow_duplicate(fields: dict[str, bytes]) -> bool:
+    text = _text(fields, "allow_duplicate").lower()
+    if text not in _BOOLEANS:
+        raise InvalidInputError(f"allow_duplicate must be true or false, not {show(text)}")
+    return _BOOLEANS[text]
 
 
 def _accuracy_limit(fields: dict[str, bytes]) -> float:

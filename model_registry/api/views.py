@@ -10,6 +10,7 @@ from model_registry.services.fleet import (
     ONLINE,
     DeploymentProgress,
     DeviceDetail,
+    DeviceProgress,
     as_dict,
     connection,
     model_reports,
@@ -21,6 +22,7 @@ from model_registry.storage import (
     DeviceRecord,
     ModelSummary,
     ReleaseRecord,
+    TokenRecord,
 )
 
 
@@ -131,17 +133,34 @@ def progress_view(progress: DeploymentProgress, now: datetime) -> dict[str, Any]
             "done": progress.done,
             "succeeded": progress.succeeded,
             "counts": progress.counts,
-            "devices": [
-                {
-                    "device_id": d.device.device_id,
-                    "status": d.status,
-                    "reason": d.reason,
-                    "detail": d.detail,
-                    "online": connection(d.device, now) == ONLINE,
-                    "connection": connection(d.device, now),
-                    "last_seen": _optional_time(d.device.last_seen),
-                }
-                for d in progress.devices
-            ],
+            "devices": [_device_progress_view(d, now) for d in progress.devices],
         },
+    }
+
+
+def _device_progress_view(device: DeviceProgress, now: datetime) -> dict[str, Any]:
+    heard = connection(device.device, now)
+    chunks = device.chunks
+    return {
+        "device_id": device.device.device_id,
+        "status": device.status,
+        "reason": device.reason,
+        "detail": device.detail,
+        "phase": device.phase,
+        "since": _optional_time(device.since),
+        "chunks": None if chunks is None else {"done": chunks[0], "total": chunks[1]},
+        "online": heard == ONLINE,
+        "connection": heard,
+        "last_seen": _optional_time(device.device.last_seen),
+    }
+
+
+def token_view(token: TokenRecord) -> dict[str, Any]:
+    """An API token without its secret (which the registry does not have)."""
+    return {
+        "id": token.token_id,
+        "name": token.name,
+        "role": token.role,
+        "created": format_time(token.created),
+        "last_used": _optional_time(token.last_used),
     }

@@ -1,7 +1,7 @@
 """The `model-registry` command line: parse, dispatch, and map failures to exit codes.
 
-Exit codes: 0 success, 1 the operation failed, 2 usage error. Errors go to stderr as one plain
-sentence; `--json` prints machine-readable output on stdout.
+Exit codes: 0 success, 1 the operation failed, 2 usage error, 130 interrupted (Ctrl-C).
+Errors go to stderr as one plain sentence; `--json` prints machine-readable output on stdout.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from model_registry.cli import deployments, keys, local, remote
+from model_registry.cli import deployments, fleet, keys, local, remote
 from model_registry.cli.display import printable
+from model_registry.cli.follow import EXIT_INTERRUPTED, FollowInterruptedError
 from model_registry.cli.parser import build_parser
 from model_registry.errors import RegistryError
 
@@ -34,7 +35,12 @@ COMMANDS: dict[str, Command] = {
     "deployments show": deployments.deployments_show,
     "devices add": remote.devices_add,
     "devices list": remote.devices_list,
+    "devices show": fleet.devices_show,
+    "devices move": fleet.devices_move,
+    "devices remove": fleet.devices_remove,
     "token create": remote.token_create,
+    "token list": fleet.token_list,
+    "token revoke": fleet.token_revoke,
     "keys rotate-release": keys.rotate_release,
     "keys rotate-root": keys.rotate_root,
 }
@@ -56,8 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return COMMANDS[name](args)
+    except FollowInterruptedError as e:  # Ctrl-C on --wait: say what goes on without us
+        print(f"model-registry {name}: {printable(e)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        return EXIT_FAILED
+        print(f"model-registry {name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (RegistryError, OSError) as e:
         # The sentence may quote the registry, and through it what a device reported.
         print(f"model-registry {name}: {printable(_sentence(e))}", file=sys.stderr)

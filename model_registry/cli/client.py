@@ -79,6 +79,16 @@ class ApiClient:
             {"Content-Type": "application/json", **(headers or {})},
         )
 
+    def patch_json(self, path: str, body: dict[str, Any]) -> Any:
+        """PATCH with a JSON object."""
+        return self._send(
+            "PATCH", path, json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+
+    def delete(self, path: str) -> Any:
+        """DELETE, returning what the API answers."""
+        return self._send("DELETE", path, None, {})
+
     def post_files(self, path: str, fields: dict[str, bytes]) -> Any:
         """POST a multipart form whose fields are all sent as files."""
         boundary = "----model-registry-" + secrets.token_hex(12)

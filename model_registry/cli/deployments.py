@@ -1,5 +1,9 @@
 """Commands about deployments: deploy, rollback, and `deployments list` / `deployments show`.
 
+`--wait` follows a deployment (model_registry/cli/follow.py) until every device is done; a
+deploy or rollback also warns on stderr about the targeted devices the registry does not hear
+from, since they get the release only when they reconnect.
+
 `deploy` and `rollback` send an Idempotency-Key (a fresh UUID, or `--idempotency-key`) and, when
 the connection drops before the registry answers, send the same request once more: the registry
 then either makes the deployment (the first request never arrived) or returns the one the first
@@ -11,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
 import uuid
 from typing import Any
 from urllib.parse import quote
@@ -19,17 +23,11 @@ from urllib.parse import quote
 from edge_protocol import parse_time
 from model_registry.cli.client import ApiClient, ApiError, ConnectionLostError
 from model_registry.cli.display import printable
+from model_registry.cli.follow import MOVING, follow, summary_line
 from model_registry.cli.remote import _client, _print
 from model_registry.errors import InvalidInputError, RegistryError
 
-POLL_INTERVAL_S = 1.0
 DEADLINE_GRACE_S = 30.0  # past the deadline, for the registry to declare silent devices
-# Shown in this order when following a deployment; see model_registry/services/fleet.py.
-STATUS_ORDER = (
-    "activated", "probation", "downloading", "pending",
-    "failed", "rolled_back", "silent", "superseded",
-)  # fmt: skip
-_MOVING = frozenset({"pending", "downloading", "probation"})
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
@@ -74,22 +72,67 @@ def _target(args: argparse.Namespace) -> dict[str, Any]:
 
 def deploy(args: argparse.Namespace) -> int:
     """model-registry deploy NAME VERSION [--wait [--timeout SECONDS]]."""
-    wait = args.wait or args.timeout is not None
-    if args.timeout is not None and args.timeout <= 0:
-        raise InvalidInputError(
-            f"--timeout must be a positive number of seconds, not {args.timeout}"
-        )
+    _check_timeout(args)
     client = _client(args)
     body = {"model": args.name, "version": args.version, **_target(args)}
     check = f"model-registry deployments list --model {args.name}"
     deployment = post_once(client, "/v1/deployments", body, _key(args), check)
-    if not wait:
+    return _after_posting(args, client, deployment, "deploy")
+
+
+def rollback(args: argparse.Namespace) -> int:
+    """model-registry rollback NAME [--wait [--timeout SECONDS]]."""
+    _check_timeout(args)
+    client = _client(args)
+    check = f"model-registry deployments list --model {args.name}"
+    path = f"/v1/models/{quote(args.name)}/rollback"
+    deployment = post_once(client, path, _target(args), _key(args), check)
+    return _after_posting(args, client, deployment, "rollback")
+
+
+def _check_timeout(args: argparse.Namespace) -> None:
+    if args.timeout is not None and args.timeout <= 0:
+        raise InvalidInputError(
+            f"--timeout must be a positive number of seconds, not {args.timeout}"
+        )
+
+
+def _after_posting(
+    args: argparse.Namespace, client: ApiClient, deployment: dict[str, Any], command: str
+) -> int:
+    """Print the deployment, warn about unreachable devices, and follow it if asked."""
+    if not _waits(args) or not args.json:
         _print_deployment(args, deployment)
-        return 0
-    if not args.json:
-        _print_deployment(args, deployment)
+    _warn_unreachable(deployment, command)
+    return _wait(args, client, deployment) if _waits(args) else 0
+
+
+def _waits(args: argparse.Namespace) -> bool:
+    return bool(args.wait or args.timeout is not None)
+
+
+def _warn_unreachable(deployment: dict[str, Any], command: str) -> None:
+    """Name, on stderr, the targeted devices the registry does not hear from now."""
+    unreachable = [
+        f"{d['device_id']} ({d['connection']}, last seen {d['last_seen'] or 'never'})"
+        for d in deployment.get("unreachable") or []
+    ]
+    if unreachable:
+        total = len(deployment["devices"])
+        print(
+            printable(
+                f"model-registry {command}: warning: {len(unreachable)} of {total} device(s) "
+                f"are not connected: {', '.join(unreachable)}; each gets its assignment from "
+                "the broker when it reconnects"
+            ),
+            file=sys.stderr,
+        )
+
+
+def _wait(args: argparse.Namespace, client: ApiClient, deployment: dict[str, Any]) -> int:
+    """Follow the deployment; 0 when every device runs its release, else DeploymentFailedError."""
     timeout_s = args.timeout or _until_deadline(deployment)
-    followed = _follow(client, deployment, timeout_s, show=not args.json)
+    followed = follow(client, deployment["id"], timeout_s, show=not args.json)
     if args.json:
         print(json.dumps(followed, indent=2))
     _check_outcome(followed, timeout_s)
@@ -104,45 +147,29 @@ def _until_deadline(deployment: dict[str, Any]) -> float:
     return lifetime.total_seconds() + DEADLINE_GRACE_S
 
 
-def _follow(
-    client: ApiClient, deployment: dict[str, Any], timeout_s: float, *, show: bool
-) -> dict[str, Any]:
-    """Poll the deployment, printing its progress when it changes, until done or out of time."""
-    give_up = time.monotonic() + timeout_s
-    shown = None
-    while True:
-        current: dict[str, Any] = client.get(f"/v1/deployments/{deployment['id']}")
-        line = _progress_line(current)
-        if show and line != shown:
-            print(printable(line), flush=True)
-            shown = line
-        left = give_up - time.monotonic()
-        if current["progress"]["done"] or left <= 0:
-            return current
-        time.sleep(min(POLL_INTERVAL_S, left))
-
-
-def _progress_line(deployment: dict[str, Any]) -> str:
-    counts = deployment["progress"]["counts"]
-    parts = [f"{counts[s]} {s.replace('_', ' ')}" for s in STATUS_ORDER if counts.get(s)]
-    total = len(deployment["devices"])
-    return f"  {counts.get('activated', 0)}/{total} activated: {', '.join(parts)}"
-
-
 def _check_outcome(deployment: dict[str, Any], timeout_s: float) -> None:
     """Raise DeploymentFailedError naming the devices that do not run the release, and why."""
     progress = deployment["progress"]
     if progress["succeeded"]:
         return
     devices = progress["devices"]
-    failed = [_failure(d) for d in devices if d["status"] not in _MOVING | {"activated"}]
+    failed = [_failure(d) for d in devices if d["status"] not in MOVING | {"activated"}]
     if progress["done"]:
         raise DeploymentFailedError(f"deployment {deployment['id']} failed on {', '.join(failed)}")
-    waiting = [f"{d['device_id']} ({d['status']})" for d in devices if d["status"] in _MOVING]
+    moving = [d for d in devices if d["status"] in MOVING]
+    waiting = [f"{d['device_id']} ({d['status']})" for d in moving if d["connection"] == "online"]
+    # A device the registry does not hear from is not "under way": say it is offline.
+    unreachable = [
+        f"{d['device_id']} is {d['connection']} (still {d['status']}, last seen "
+        f"{d['last_seen'] or 'never'})"
+        for d in moving
+        if d["connection"] != "online"
+    ]
+    parts = [*unreachable, *([f"{', '.join(waiting)} still under way"] if waiting else [])]
     failures = f"; it failed on {', '.join(failed)}" if failed else ""
     raise DeploymentFailedError(
         f"deployment {deployment['id']} did not finish within {timeout_s:g} s: "
-        f"{', '.join(waiting)} still under way{failures}"
+        f"{'; '.join(parts)}{failures}"
     )
 
 
@@ -150,15 +177,6 @@ def _failure(device: dict[str, Any]) -> str:
     why = device["reason"] if device["status"] in ("failed", "rolled_back") else device["detail"]
     status = device["status"].replace("_", " ")
     return f"{device['device_id']} ({status}: {why or 'no reason given'})"
-
-
-def rollback(args: argparse.Namespace) -> int:
-    """model-registry rollback NAME."""
-    check = f"model-registry deployments list --model {args.name}"
-    path = f"/v1/models/{quote(args.name)}/rollback"
-    deployment = post_once(_client(args), path, _target(args), _key(args), check)
-    _print_deployment(args, deployment)
-    return 0
 
 
 def _print_deployment(args: argparse.Namespace, deployment: dict[str, Any]) -> None:
@@ -189,16 +207,35 @@ def deployments_list(args: argparse.Namespace) -> int:
 
 
 def deployments_show(args: argparse.Namespace) -> int:
-    """model-registry deployments show ID."""
-    data = _client(args).get(f"/v1/deployments/{args.id}")
+    """model-registry deployments show ID [--wait [--timeout SECONDS]]."""
+    _check_timeout(args)
+    client = _client(args)
+    data = client.get(f"/v1/deployments/{args.id}")
+    if _waits(args):
+        if not args.json:
+            _print_deployment(args, data)
+        return _wait(args, client, data)
     if not args.json:
         _print_deployment(args, data)
-        print(printable(_progress_line(data)))
-    rows = [
-        [d["device_id"], d["status"], d["reason"], d["detail"]] for d in data["progress"]["devices"]
-    ]
-    _print(args, data, rows, ["DEVICE", "STATUS", "REASON", "DETAIL"])
+        print(printable(summary_line(data)))
+    rows = [_device_row(d) for d in data["progress"]["devices"]]
+    headers = ["DEVICE", "STATUS", "PHASE", "SINCE", "CHUNKS", "CONNECTION", "REASON", "DETAIL"]
+    _print(args, data, rows, headers)
     return 0
+
+
+def _device_row(device: dict[str, Any]) -> list[Any]:
+    chunks = device.get("chunks")
+    return [
+        device["device_id"],
+        device["status"],
+        device.get("phase"),
+        device.get("since"),
+        f"{chunks['done']}/{chunks['total']}" if chunks else None,
+        device.get("connection"),
+        device["reason"],
+        device["detail"],
+    ]
 
 
 def _target_text(deployment: dict[str, Any]) -> str:

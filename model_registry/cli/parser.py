@@ -135,6 +135,11 @@ def _model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     push.add_argument(
         "--accuracy-limit", type=float, default=1.0, help="largest allowed drop, in points"
     )
+    push.add_argument(
+        "--allow-duplicate",
+        action="store_true",
+        help="make a new version even if an earlier one was built from the same file",
+    )
     _json(push)
 
     models = commands.add_parser("models", help="list models")
@@ -151,17 +156,7 @@ def _model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     deploy.add_argument("name")
     deploy.add_argument("version", type=int)
     _target(deploy)
-    deploy.add_argument(
-        "--wait",
-        action="store_true",
-        help="follow the deployment until every device is done or its deadline passed",
-    )
-    deploy.add_argument(
-        "--timeout",
-        type=float,
-        metavar="SECONDS",
-        help="wait at most this long (implies --wait; default: until the deadline)",
-    )
+    _wait(deploy)
     _idempotency_key(deploy)
     _json(deploy)
 
@@ -169,6 +164,7 @@ def _model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     _api(rollback)
     rollback.add_argument("name")
     _target(rollback)
+    _wait(rollback)
     _idempotency_key(rollback)
     _json(rollback)
 
@@ -183,7 +179,22 @@ def _model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     one = deployment_commands.add_parser("show", help="where each device of a deployment stands")
     _api(one)
     one.add_argument("id", type=int, metavar="ID")
+    _wait(one)
     _json(one)
+
+
+def _wait(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the deployment until every device is done or its deadline passed",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="wait at most this long (implies --wait; default: until the deadline)",
+    )
 
 
 def _idempotency_key(parser: argparse.ArgumentParser) -> None:
@@ -212,6 +223,7 @@ def _fleet_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     _api(listing)
     listing.add_argument("--group")
     _json(listing)
+    _device_commands(device_commands)
 
     token = commands.add_parser("token", help="manage API tokens")
     token_commands = token.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
@@ -220,6 +232,37 @@ def _fleet_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     create.add_argument("--role", required=True, choices=["viewer", "publisher", "admin"])
     create.add_argument("--name")
     _json(create)
+    tokens = token_commands.add_parser("list", help="list tokens (never their secrets)")
+    _api(tokens)
+    _json(tokens)
+    revoke = token_commands.add_parser("revoke", help="revoke a token: it is refused from now on")
+    _api(revoke)
+    revoke.add_argument("id", type=int, metavar="ID", help="the token's id (see token list)")
+    _json(revoke)
+
+
+def _device_commands(device_commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    show = device_commands.add_parser(
+        "show", help="one device: its models, recent events and telemetry"
+    )
+    _api(show)
+    show.add_argument("device_id", metavar="ID")
+    show.add_argument("--events", type=int, default=10, metavar="N", help="recent events (10)")
+    show.add_argument("--telemetry", type=int, default=5, metavar="N", help="telemetry reports (5)")
+    _json(show)
+    move = device_commands.add_parser(
+        "move", help="put a device in another group (its assignment stays until a deploy)"
+    )
+    _api(move)
+    move.add_argument("device_id", metavar="ID")
+    move.add_argument("--group", required=True, help="the new group")
+    _json(move)
+    remove = device_commands.add_parser(
+        "remove", help="revoke a device's broker login and delete it from the registry"
+    )
+    _api(remove)
+    remove.add_argument("device_id", metavar="ID")
+    _json(remove)
 
 
 def _key_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

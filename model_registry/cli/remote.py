@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from model_registry.cli.client import ApiClient
 from model_registry.cli.display import printable
-from model_registry.cli.summary import push_summary
+from model_registry.cli.summary import push_summary, size_text
 from model_registry.errors import ConflictError, InvalidModelError
 from model_registry.file_kinds import describe
 from model_registry.home import resolve_home
@@ -49,6 +49,8 @@ def push(args: argparse.Namespace) -> int:
     fields["accuracy_limit"] = str(args.accuracy_limit).encode()
     if args.quantize:
         fields["quantize"] = args.quantize.encode()
+    if args.allow_duplicate:
+        fields["allow_duplicate"] = b"true"
     if args.eval:
         fields["eval"] = Path(args.eval).read_bytes()
     if args.calibration:
@@ -71,21 +73,37 @@ def models(args: argparse.Namespace) -> int:
 
 
 def versions(args: argparse.Namespace) -> int:
-    """model-registry versions NAME."""
+    """model-registry versions NAME: quality, sizes and the gate's verdict of each version."""
     data = _client(args).get(f"/v1/models/{quote(args.name)}/versions")
-    rows = [
-        [
-            v["version"],
-            v["label"],
-            v["size"],
-            v["sha256"][:12],
-            v["build"].get("quantization"),
-            v["created"],
-        ]
-        for v in data["versions"]
-    ]
-    _print(args, data, rows, ["VERSION", "LABEL", "SIZE", "SHA256", "QUANTIZATION", "CREATED"])
+    rows = [_version_row(v) for v in data["versions"]]
+    headers = ["VERSION", "LABEL", "METRIC", "FP32", "INT8", "FP32 SIZE", "SIZE", "QUANTIZATION"]
+    _print(args, data, rows, [*headers, "GATE", "SHA256", "CREATED"])
     return 0
+
+
+def _version_row(version: dict[str, Any]) -> list[Any]:
+    build = version["build"] if isinstance(version.get("build"), dict) else {}
+    # Classifiers report accuracy, regressors R2; a push without --eval has neither.
+    metric = next((m for m in ("accuracy", "r2") if build.get(f"{m}_fp32") is not None), None)
+    fp32_size = build.get("fp32_size")
+    return [
+        version["version"],
+        version["label"] or None,
+        {"accuracy": "accuracy", "r2": "R2"}.get(metric or ""),
+        build.get(f"{metric}_fp32") if metric else None,
+        build.get(f"{metric}_int8") if metric else None,
+        size_text(fp32_size) if isinstance(fp32_size, int) else None,
+        size_text(int(version["size"])),
+        build.get("quantization"),
+        _gate(build.get("accuracy_gate")),
+        version["sha256"][:12],
+        version["created"],
+    ]
+
+
+def _gate(verdict: Any) -> str | None:
+    """`passed`, or `not applied` without the reason (push prints that in full)."""
+    return verdict.split(":", 1)[0] if isinstance(verdict, str) else None
 
 
 def devices_add(args: argparse.Namespace) -> int:

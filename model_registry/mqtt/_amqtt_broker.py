@@ -131,6 +131,18 @@ class EdgeBroker(Broker):  # type: ignore[misc]
         incoming.parent = 0
         return incoming
 
+    async def disconnect_user(self, username: str) -> int:
+        """Close every connection of `username` and forget its sessions; return how many closed."""
+        closed = 0
+        for client_id, (session, handler) in list(self._sessions.items()):
+            if session.username != username:
+                continue
+            if handler is not None and session.transitions.is_connected():
+                await self._take_over(session, handler)
+                closed += 1
+            await self._delete_session(client_id)
+        return closed
+
     async def _take_over(self, session: Any, handler: Any) -> None:
         """Close the connection still using `session` and wait until amqtt has let go of it."""
         # MQTT-3.1.4-2. amqtt 0.12 does this after picking the session, and the old connection's

@@ -62,16 +62,29 @@ def not_connected() -> BrokerOutcome:
     return BrokerOutcome("not_connected", detail)
 
 
+class Disconnects(Protocol):
+    """What EmbeddedAccess needs of the embedded broker."""
+
+    async def disconnect(self, username: str) -> int:
+        """Close the connections of `username`; return how many there were."""
+
+
 class EmbeddedAccess:
     """The embedded broker: it looks every login up in the registry's storage."""
+
+    def __init__(self, broker: Disconnects | None = None) -> None:
+        self._broker = broker
 
     async def admit(self, device_id: str, password: str) -> BrokerOutcome:
         """Nothing to send: the device's stored hash is what the broker checks."""
         return BrokerOutcome("added", "the embedded broker admits the device at once")
 
     async def revoke(self, device_id: str) -> BrokerOutcome:
-        """Nothing to send: a device no longer in storage cannot log in."""
-        return BrokerOutcome("removed", "the embedded broker refuses devices it does not know")
+        """A device no longer in storage cannot log in; close the connection it still has."""
+        closed = 0 if self._broker is None else await self._broker.disconnect(device_id)
+        cut = ", and closed its connection" if closed else ""
+        detail = f"the embedded broker refuses devices it does not know{cut}"
+        return BrokerOutcome("removed", detail)
 
 
 class DynsecAdmin:

@@ -94,6 +94,10 @@ class EmbeddedBroker:
             ) from e
         self._broker = broker
 
+    async def disconnect(self, username: str) -> int:
+        """Close the connections of `username` (a removed device); return how many there were."""
+        return 0 if self._broker is None else await self._broker.disconnect_user(username)
+
     async def stop(self) -> None:
         """Disconnect every client and stop listening; retained messages and sessions are lost."""
         broker, self._broker = self._broker, None

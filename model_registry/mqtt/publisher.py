@@ -77,6 +77,10 @@ class Publisher:
         """Publish a device's signed assignment."""
         await self._transport.publish(self._topics.assignment(device_id), envelope)
 
+    async def clear_assignment(self, device_id: str) -> None:
+        """Remove a device's retained assignment (a removed device gets nothing more)."""
+        await self._transport.publish(self._topics.assignment(device_id), b"")
+
     def is_published(self, sha256: str) -> bool:
         """Return whether this process has published the artifact's chunks."""
         return sha256 in self._published_artifacts

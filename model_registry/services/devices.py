@@ -74,11 +74,7 @@ async def add_device(
 ) -> DeviceBundle:
     """Register a device, create its MQTT credentials and return its bundle."""
     for label, value in (("device id", device_id), ("group", group)):
-        if not is_valid_name(value):
-            raise InvalidInputError(
-                f"{label} {value!r} must be letters, digits, '.', '_' or '-' "
-                "(starting with a letter or digit, at most 128)"
-            )
+        _check_name(label, value)
     if device_id == ctx.config.mqtt.username:
         raise InvalidInputError(f"device id {device_id!r} is the registry's own MQTT user name")
     password = generate_password()
@@ -93,6 +89,45 @@ async def add_device(
     access = ctx.broker_access
     broker = not_connected() if access is None else await access.admit(device_id, password)
     return DeviceBundle(record, files, broker)
+
+
+@dataclass(frozen=True)
+class RemovedDevice:
+    """A device just removed, and what became of its login on the broker."""
+
+    device: DeviceRecord
+    broker: BrokerOutcome
+
+
+async def remove_device(ctx: RegistryContext, device_id: str) -> RemovedDevice:
+    """Revoke a device's broker login, clear its retained assignment and delete its records.
+
+    The records go even when the broker cannot be told: the outcome says so, and the broker
+    files `broker-config --force` writes from storage no longer name the device.
+    """
+    _check_name("device id", device_id)
+    async with ctx.state_lock:  # no deploy may assign the device while it goes
+        device = await ctx.storage.get_device(device_id)
+        broker = await revoke_device(ctx, device_id)
+        if ctx.publisher is not None:
+            await ctx.publisher.clear_assignment(device_id)
+        await ctx.storage.remove_device(device_id)
+    return RemovedDevice(device, broker)
+
+
+async def move_device(ctx: RegistryContext, device_id: str, group: str) -> DeviceRecord:
+    """Put a device in another group; its assignment stays as it is until the next deploy."""
+    _check_name("group", group)
+    async with ctx.state_lock:
+        return await ctx.storage.set_device_group(device_id, group)
+
+
+def _check_name(label: str, value: str) -> None:
+    if not is_valid_name(value):
+        raise InvalidInputError(
+            f"{label} {value!r} must be letters, digits, '.', '_' or '-' "
+            "(starting with a letter or digit, at most 128)"
+        )
 
 
 async def revoke_device(ctx: RegistryContext, device_id: str) -> BrokerOutcome:

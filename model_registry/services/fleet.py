@@ -26,7 +26,7 @@ from it for STALE_AFTER_INTERVALS telemetry intervals plus STALE_GRACE_S, else `
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -70,6 +70,9 @@ class DeviceProgress:
     status: str
     reason: str | None = None
     detail: str | None = None
+    phase: str | None = None  # what the device's state says it is doing with the model
+    since: datetime | None = None  # when the current step began: the registry received its event
+    chunks: tuple[int, int] | None = None  # (done, total) of a download, from its last report
 
     @property
     def final(self) -> bool:
@@ -138,7 +141,7 @@ def device_progress(
     now: datetime,
 ) -> DeviceProgress:
     """Apply the rules of this module to one device; `events` are oldest first."""
-    progress = _reported(deployment, device, events)
+    progress = _with_activity(deployment, _reported(deployment, device, events), events)
     if progress.final:
         return progress
     assigned = _assigned(device, deployment.model)
@@ -168,6 +171,37 @@ def _reported(
             if status is not None:
                 return DeviceProgress(device, status, body.get("reason"), body.get("detail"))
     return DeviceProgress(device, PENDING)
+
+
+# The event that starts each moving status: probation begins with the swap (`activated`).
+_STEP_STARTS = {PROBATION: ("activated",), DOWNLOADING: ("received", "verified", "downloading")}
+
+
+def _with_activity(
+    deployment: DeploymentRecord, progress: DeviceProgress, events: list[DeviceMessageRecord]
+) -> DeviceProgress:
+    """Add the reported phase, when the current step began, and a download's chunk counts."""
+    model, version = deployment.model, deployment.version
+    phase = as_dict(model_reports(progress.device).get(model)).get("phase")
+    mine = [e for e in events if e.body.get("model") == model and e.body.get("version") == version]
+    starts = _STEP_STARTS.get(progress.status, ())
+    since = next((e.received for e in mine if e.body.get("event") in starts), None)
+    chunks = None
+    if progress.status == DOWNLOADING:
+        chunks = next((c for e in reversed(mine) if (c := _chunks(e.body)) is not None), None)
+    return replace(
+        progress, phase=phase if isinstance(phase, str) else None, since=since, chunks=chunks
+    )
+
+
+def _chunks(body: dict[str, Any]) -> tuple[int, int] | None:
+    """A `downloading` event's `progress` as (done, total), if it is two sane whole numbers."""
+    progress = as_dict(body.get("progress")) if body.get("event") == "downloading" else {}
+    done, total = progress.get("chunks_done"), progress.get("chunks_total")
+    numbers = [n for n in (done, total) if isinstance(n, int) and not isinstance(n, bool)]
+    if len(numbers) == 2 and 0 <= numbers[0] <= numbers[1]:
+        return numbers[0], numbers[1]
+    return None
 
 
 def _assigned(device: DeviceRecord, model: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,7 @@ from numpy.typing import NDArray
 from edge_protocol import Artifact
 from edge_protocol.fields import is_valid_name
 from model_registry.build import BuildResult, EvalSet, build
-from model_registry.errors import ConflictError, InvalidInputError
+from model_registry.errors import ConflictError, InvalidInputError, NotFoundError
 from model_registry.services.context import RegistryContext
 from model_registry.storage import ReleaseRecord
 
@@ -32,6 +33,7 @@ class PushRequest:
     accuracy_limit_points: float = 1.0
     source: str = "onnx"
     calibration: NDArray[Any] | None = None  # rows for static QDQ quantization
+    allow_duplicate: bool = False  # build a new version even of bytes an earlier one has
 
 
 async def push_model(ctx: RegistryContext, request: PushRequest) -> ReleaseRecord:
@@ -45,6 +47,9 @@ async def push_model(ctx: RegistryContext, request: PushRequest) -> ReleaseRecor
         raise InvalidInputError(f"quantize must be 'int8', not {request.quantize!r}")
     if len(request.label) > 256:
         raise InvalidInputError("label must be at most 256 characters")
+    source_sha256 = hashlib.sha256(request.model).hexdigest()
+    if not request.allow_duplicate:
+        await _refuse_duplicate(ctx, request.name, source_sha256)
     result = await asyncio.to_thread(
         build,
         request.model,
@@ -54,12 +59,32 @@ async def push_model(ctx: RegistryContext, request: PushRequest) -> ReleaseRecor
         accuracy_limit_points=request.accuracy_limit_points,
         source=request.source,
     )
+    # The uploaded bytes' digest: the artifact's differs once the build rewrote the model.
+    result.report["source_sha256"] = source_sha256
     await asyncio.to_thread(ctx.blobs.put, result.artifact)
     record = await _store_next_version(ctx, request, result)
     log.info("pushed %s v%d (%d bytes)", record.model, record.version, record.size)
     if ctx.publisher is not None:
         await ctx.publisher.publish_release(record)
     return record
+
+
+async def _refuse_duplicate(ctx: RegistryContext, name: str, source_sha256: str) -> None:
+    """ConflictError naming the version built from these same bytes, if there is one."""
+    try:
+        releases = await ctx.storage.releases(name)
+    except NotFoundError:
+        return  # a new model
+    for release in releases:
+        # Releases from before `source_sha256` was recorded match on an unchanged artifact.
+        if source_sha256 in (release.build.get("source_sha256"), release.sha256):
+            quantization = release.build.get("quantization", "none")
+            raise ConflictError(
+                f"{name} version {release.version} was built from this same file "
+                f"(sha256 {source_sha256[:12]}..., quantization {quantization}); send "
+                "allow_duplicate=true (model-registry push --allow-duplicate) to make a new "
+                "version of it anyway"
+            )
 
 
 async def _store_next_version(

@@ -1,4 +1,4 @@
-"""Synchronous SQLite operations on devices, device events, telemetry and tokens.
+"""Synchronous SQLite operations on devices, device events and telemetry (tokens: _tokens).
 
 Each function takes the connection and runs on the storage's worker thread; every write is one
 transaction, so an error leaves nothing stored.
@@ -25,13 +25,11 @@ from model_registry.storage._db import (
 )
 from model_registry.storage.base import (
     DUPLICATE,
-    ROLES,
     STORED,
     UNKNOWN_DEVICE,
     DeviceMessageRecord,
     DeviceRecord,
     DeviceReport,
-    TokenRecord,
 )
 
 _DEVICE_COLUMNS = (
@@ -121,6 +119,31 @@ def record_state(
         )
         if cursor.rowcount == 0:
             raise no_device(device_id)
+
+
+def set_device_group(conn: sqlite3.Connection, device_id: str, group: str) -> DeviceRecord:
+    """Move a device to `group` and return it; raises NotFoundError."""
+    with transaction(conn):
+        cursor = conn.execute(
+            "UPDATE devices SET device_group = ? WHERE device_id = ?", (group, device_id)
+        )
+        if cursor.rowcount == 0:
+            raise no_device(device_id)
+        return get_device(conn, device_id)
+
+
+# Everything that refers to a device, children first (the foreign keys need that order).
+_DEVICE_ROWS = ("device_events", "telemetry", "deployment_targets", "devices")
+
+
+def remove_device(conn: sqlite3.Connection, device_id: str) -> None:
+    """Delete a device with its events, telemetry and deployment targets; NotFoundError."""
+    with transaction(conn):
+        if not exists(conn, "SELECT 1 FROM devices WHERE device_id = ?", (device_id,)):
+            raise no_device(device_id)
+        for table in _DEVICE_ROWS:
+            # The table names are the constants above, never input.
+            conn.execute(f"DELETE FROM {table} WHERE device_id = ?", (device_id,))  # noqa: S608
 
 
 def _device(row: sqlite3.Row) -> DeviceRecord:
@@ -317,36 +340,3 @@ def prune_messages(
                 values = (device_id, row[0], row[0], row[1])
                 deleted += conn.execute(by_count, values).rowcount
     return deleted
-
-
-# tokens
-
-
-def add_token(
-    conn: sqlite3.Connection, name: str, role: str, token_hash: str, created: datetime
-) -> int:
-    """Store a token hash and return its id; ConflictError if the hash is stored already."""
-    if role not in ROLES:
-        raise InvalidInputError(f"role {role!r} is not one of {', '.join(ROLES)}")
-    values = (name, role, token_hash, to_text(created))
-    with transaction(conn):
-        try:
-            row = conn.execute(
-                "INSERT INTO tokens (name, role, token_hash, created) VALUES (?, ?, ?, ?)"
-                " RETURNING token_id",
-                values,
-            ).fetchone()
-        except sqlite3.IntegrityError as e:
-            # Never echo the hash: it is as good as the token for finding it in logs.
-            raise constraint_error(e, "a token with this hash is already stored") from e
-    return int(row[0])
-
-
-def find_token(conn: sqlite3.Connection, token_hash: str) -> TokenRecord | None:
-    """Return the token with this hash, or None."""
-    row = conn.execute(
-        "SELECT token_id, name, role, created FROM tokens WHERE token_hash = ?", (token_hash,)
-    ).fetchone()
-    if row is None:
-        return None
-    return TokenRecord(row["token_id"], row["name"], row["role"], from_text(row["created"]))

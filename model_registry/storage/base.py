@@ -88,6 +88,7 @@ class TokenRecord:
     name: str
     role: str
     created: datetime
+    last_used: datetime | None = None  # kept to the minute (model_registry/api/auth.py)
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,12 @@ class Storage(Protocol):
     ) -> None:
         """Store a device's latest state message; raises NotFoundError."""
 
+    async def set_device_group(self, device_id: str, group: str) -> DeviceRecord:
+        """Move a device to `group` and return it; raises NotFoundError."""
+
+    async def remove_device(self, device_id: str) -> None:
+        """Delete a device with its events, telemetry and deployment targets; NotFoundError."""
+
     # deployments
     async def add_deployment(self, deployment: DeploymentRecord) -> int:
         """Store a deployment and its targets atomically; return its id (the record's is ignored).
@@ -237,3 +244,12 @@ class Storage(Protocol):
 
     async def find_token(self, token_hash: str) -> TokenRecord | None:
         """Return the token with this hash, or None."""
+
+    async def tokens(self) -> list[TokenRecord]:
+        """Return every token, by id."""
+
+    async def touch_token(self, token_id: int, used: datetime) -> None:
+        """Record that the token was used at `used` (nothing happens for an unknown id)."""
+
+    async def remove_token(self, token_id: int) -> TokenRecord:
+        """Delete a token and return it; NotFoundError, or ConflictError for the last admin."""

@@ -144,10 +144,14 @@ _IDEMPOTENCY = (
     "CREATE UNIQUE INDEX deployments_by_idempotency_key ON deployments (idempotency_key)",
 )
 
+# When each API token was last used (docs/registry.md, "API tokens and roles"); NULL: never yet.
+_TOKEN_USE = ("ALTER TABLE tokens ADD COLUMN last_used TEXT",)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "roots, models, releases, devices, deployments, messages, tokens", _INITIAL),
     Migration(2, "device last error; message de-duplication by msg_epoch and msg_seq", _FLEET_VIEW),
     Migration(3, "idempotency keys of deployments", _IDEMPOTENCY),
+    Migration(4, "when each API token was last used", _TOKEN_USE),
 )
 
 

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from model_registry.errors import ConfigError, InvalidInputError
-from model_registry.storage import _catalog, _fleet
+from model_registry.storage import _catalog, _fleet, _tokens
 from model_registry.storage.base import (
     DeploymentRecord,
     DeviceMessageRecord,
@@ -184,6 +184,14 @@ class SQLiteStorage:
         """Store a device's latest state message; raises NotFoundError."""
         await self._call(_fleet.record_state, device_id, state, online, seen)
 
+    async def set_device_group(self, device_id: str, group: str) -> DeviceRecord:
+        """Move a device to `group` and return it; raises NotFoundError."""
+        return await self._call(_fleet.set_device_group, device_id, group)
+
+    async def remove_device(self, device_id: str) -> None:
+        """Delete a device with its events, telemetry and deployment targets; NotFoundError."""
+        await self._call(_fleet.remove_device, device_id)
+
     # deployments
 
     async def add_deployment(self, deployment: DeploymentRecord) -> int:
@@ -253,8 +261,20 @@ class SQLiteStorage:
 
     async def add_token(self, name: str, role: str, token_hash: str, created: datetime) -> int:
         """Store a token hash and return its id; raises ConflictError for a stored hash."""
-        return await self._call(_fleet.add_token, name, role, token_hash, created)
+        return await self._call(_tokens.add_token, name, role, token_hash, created)
 
     async def find_token(self, token_hash: str) -> TokenRecord | None:
         """Return the token with this hash, or None."""
-        return await self._call(_fleet.find_token, token_hash)
+        return await self._call(_tokens.find_token, token_hash)
+
+    async def tokens(self) -> list[TokenRecord]:
+        """Return every token, by id."""
+        return await self._call(_tokens.tokens)
+
+    async def touch_token(self, token_id: int, used: datetime) -> None:
+        """Record that the token was used at `used`."""
+        await self._call(_tokens.touch_token, token_id, used)
+
+    async def remove_token(self, token_id: int) -> TokenRecord:
+        """Delete a token and return it; NotFoundError, or ConflictError for the last admin."""
+        return await self._call(_tokens.remove_token, token_id)

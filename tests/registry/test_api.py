@@ -38,6 +38,8 @@ def _npz(**arrays: np.ndarray) -> bytes:
 
 
 async def _push(api: Api, models: ModelSet, name: str = "clf", **fields: Any) -> dict[str, Any]:
+    """Push the classifier; the same file again makes another version (allow_duplicate)."""
+    fields.setdefault("allow_duplicate", "true")
     response = await api.client.post(
         f"/v1/models/{name}/versions",
         data=_form(models.classifier.onnx_path.read_bytes(), **fields),

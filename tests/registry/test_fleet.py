@@ -7,6 +7,7 @@ device messages fed through the real ingest, and time moved by the context's inj
 from __future__ import annotations
 
 import asyncio
+import io
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from edge_protocol import Topics
 from edge_protocol.topics import event_payload, state_payload, telemetry_payload
 from model_registry.cli import main
+from model_registry.cli.follow import ProgressView
 from model_registry.config import load_config
 from model_registry.errors import ConfigError
 from model_registry.home import InitResult
@@ -154,6 +156,11 @@ class Lab:
         await self.report(device, "state", state_payload(device, agent_version="t", models=models,
                                                           trust={}))  # fmt: skip
 
+    async def connects(self, device: str) -> None:
+        """Report an online state that runs nothing yet."""
+        await self.report(device, "state", state_payload(device, agent_version="t", models={},
+                                                          trust={}))  # fmt: skip
+
     async def get(self, path: str, status: int = 200) -> Any:
         """GET an API path as admin."""
         response = await self.api.client.get(path, headers=self.api.auth())
@@ -247,7 +254,7 @@ async def test_deploy_wait_exits_1_naming_the_devices_that_failed_and_why(
     await lab.event("dev-3", "rejected", reason="chunk_hash")
     assert await waiting == 1
     captured = capsys.readouterr()
-    assert captured.err.strip() == (
+    assert captured.err.strip().splitlines()[-1] == (
         "model-registry deploy: deployment 1 failed on dev-2 (rolled back: probation_failed), "
         "dev-3 (failed: chunk_hash)"
     )
@@ -270,15 +277,62 @@ async def test_deploy_wait_counts_a_device_that_never_reports_as_failed_at_the_d
 async def test_deploy_timeout_gives_up_naming_the_devices_under_way(
     lab: Lab, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    for device in ("dev-1", "dev-3"):
+        await lab.connects(device)
     waiting = asyncio.create_task(lab.cli("deploy", "clf", str(lab.version), "--device", "dev-1",
-                                          "dev-2", "--timeout", "1.5"))  # fmt: skip
+                                          "dev-2", "dev-3", "--timeout", "1.5"))  # fmt: skip
     await _until_deployed(lab)
     await lab.event("dev-1", "received")
     assert await waiting == 1
-    assert capsys.readouterr().err.strip() == (
+    # A device the registry never heard from is named offline, not "still under way".
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "model-registry deploy: deployment 1 did not finish within 1.5 s: "
-        "dev-1 (downloading), dev-2 (pending) still under way"
+        "dev-2 is offline (still pending, last seen never); "
+        "dev-1 (downloading), dev-3 (pending) still under way"
     )
+
+
+async def test_deploy_warns_naming_the_devices_it_does_not_hear_from(
+    lab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await lab.connects("dev-1")
+    assert await lab.cli("deploy", "clf", str(lab.version), "--group", "lab") == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("Deployment 1: deploy clf")  # made all the same
+    assert captured.err.strip() == (
+        "model-registry deploy: warning: 2 of 3 device(s) are not connected: "
+        "dev-2 (offline, last seen never), dev-3 (offline, last seen never); "
+        "each gets its assignment from the broker when it reconnects"
+    )
+    await lab.connects("dev-2")
+    await lab.connects("dev-3")
+    assert await lab.cli("deploy", "clf", str(lab.version), "--group", "lab") == 0
+    assert capsys.readouterr().err == ""  # every device connected: nothing to warn about
+
+
+async def test_deploy_wait_shows_what_each_device_is_doing(
+    lab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for device in ("dev-1", "dev-2"):
+        await lab.connects(device)
+    waiting = asyncio.create_task(lab.cli("deploy", "clf", str(lab.version), "--device", "dev-1",
+                                          "dev-2", "--wait"))  # fmt: skip
+    await _until_deployed(lab)
+    await lab.event("dev-1", "received")
+    await lab.event("dev-1", "downloading", progress={"chunks_done": 2, "chunks_total": 8})
+    out = await _until_printed(capsys, "dev-1  downloading 2/8 chunks (25%)")
+    await lab.event("dev-2", "activated")
+    await lab.runs("dev-2", lab.version, phase="probation")
+    out += await _until_printed(capsys, "dev-2  probation, ")
+    assert " s in" in out.split("dev-2  probation, ", 1)[1].splitlines()[0]
+    await lab.runs("dev-1", lab.version)
+    await lab.runs("dev-2", lab.version)
+    assert await waiting == 0
+    out += capsys.readouterr().out
+    # Into a pipe, each device's line is printed when it changes, never redrawn.
+    assert "\x1b" not in out
+    assert out.count("dev-1  downloading 2/8 chunks") == 1
+    assert "dev-2  activated" in out
 
 
 async def test_a_timeout_must_be_positive(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
@@ -365,3 +419,24 @@ def test_the_retention_is_configured_and_checked(registry_home: InitResult) -> N
     config.write_text(config.read_text().replace("retention_days = 30", "retention_days = 0"))
     with pytest.raises(ConfigError, match=r"registry\.toml: fleet\.telemetry_retention_days"):
         load_config(home)
+
+
+class _Terminal(io.StringIO):
+    """Text written to what says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_on_a_terminal_the_devices_are_redrawn_in_place(lab: Lab) -> None:
+    deployment_id = await _deploy(lab)
+    await lab.event("dev-1", "downloading", progress={"chunks_done": 1, "chunks_total": 4})
+    terminal = _Terminal()
+    view = ProgressView(terminal, clock=lambda: lab.clock.now)
+    view.update(await lab.get(f"/v1/deployments/{deployment_id}"))
+    lab.clock.now += timedelta(seconds=5)
+    view.update(await lab.get(f"/v1/deployments/{deployment_id}"))
+    first, second = terminal.getvalue().split("\x1b[4F\x1b[J")  # up 4 lines, erase to the end
+    assert "dev-1  downloading 1/4 chunks (25%), 0 s in" in first
+    assert "dev-1  downloading 1/4 chunks (25%), 5 s in" in second
+    assert second.count("\n") == 4  # the summary and three devices, once each

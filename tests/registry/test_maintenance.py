@@ -22,7 +22,7 @@ async def test_in_use_documents_are_renewed_before_expiry(api: Api, onnx_models:
     ctx = api.ctx
     model = onnx_models.classifier.onnx_path.read_bytes()
     used = await push_model(ctx, PushRequest(name="clf", model=model))
-    unused = await push_model(ctx, PushRequest(name="clf", model=model))
+    unused = await push_model(ctx, PushRequest(name="clf", model=model, allow_duplicate=True))
     await add_device(ctx, "dev-1", group="lab")
     await deploy(ctx, "clf", used.version, Target(group="lab"), created_by="test")
 

@@ -283,7 +283,7 @@ async def used_home(tmp_path: Path, onnx_models: ModelSet) -> Path:
     model = onnx_models.classifier.onnx_path.read_bytes()
     async with _context(home) as ctx:
         used = await push_model(ctx, PushRequest(name="clf", model=model))
-        await push_model(ctx, PushRequest(name="clf", model=model))
+        await push_model(ctx, PushRequest(name="clf", model=model, allow_duplicate=True))
         await add_device(ctx, DEVICE, group="lab")
         await deploy(ctx, "clf", used.version, Target(group="lab"), created_by="test")
     return home
