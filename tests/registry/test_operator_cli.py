@@ -97,7 +97,7 @@ def test_devices_show_move_and_remove(
         _login(served, "op-2", tmp_path / "b2")
     gone = cli("devices", "show", "op-2", *served.args, check=False)
     assert (gone.returncode, gone.stderr.strip()) == (
-        1, "model-registry devices show: no device 'op-2'"
+        1, "model-registry devices show: no device 'op-2'; did you mean 'op-1'?"
     )  # fmt: skip
     assert [d["device_id"] for d in cli_json("devices", "list", *served.args)["devices"]] == [
         "op-1"
