@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import BodyPartReader, StreamReader, web
@@ -19,14 +19,17 @@ from aiohttp.helpers import parse_mimetype
 from aiohttp.http_exceptions import HttpProcessingError
 from numpy.typing import NDArray
 
-from model_registry.api.params import clip, printable_text, show
+from model_registry.api.params import clip, int_param, printable_text, show
 from model_registry.build import EvalSet, parse_eval_set
+from model_registry.build.champion import DEFAULT_MAX_REGRESSION, GatePolicy
 from model_registry.build.npz import read_npz_bytes
 from model_registry.errors import InvalidInputError, TooLargeError, UnsupportedMediaError
 
 READ_BLOCK = 64 * 1024
 FILE_FIELDS = ("model", "eval", "calibration")
-TEXT_FIELDS = ("quantize", "label", "accuracy_limit")
+TEXT_FIELDS = (
+    "quantize", "label", "accuracy_limit", "max_regression", "min_accuracy", "baseline", "force",
+)  # fmt: skip
 TEXT_FIELD_LIMIT = 1024
 MAX_LABEL = 256  # what a release may carry (services.releases)
 # RFC 2046: 1 to 70 characters from this set, not ending in a space.
@@ -45,6 +48,7 @@ class Upload:
     eval_set: EvalSet | None
     accuracy_limit_points: float
     calibration: NDArray[Any] | None = None
+    gate: GatePolicy = field(default_factory=GatePolicy)
 
 
 async def read_upload(request: web.Request, limit: int, dataset_limit: int) -> Upload:
@@ -151,18 +155,42 @@ def _upload(fields: dict[str, bytes], dataset_limit: int) -> Upload:
         calibration = read_npz_bytes(fields["calibration"], what, dataset_limit).get("X")
         if calibration is None:
             raise InvalidInputError("the calibration .npz has no array named X")
-    return Upload(model, quantize, label, eval_set, _accuracy_limit(fields), calibration)
+    limit = _points(fields, "accuracy_limit", 0)
+    limit = 1.0 if limit is None else limit
+    return Upload(model, quantize, label, eval_set, limit, calibration, _gate(fields))
 
 
-def _accuracy_limit(fields: dict[str, bytes]) -> float:
-    text = _text(fields, "accuracy_limit") or "1.0"
+def _gate(fields: dict[str, bytes]) -> GatePolicy:
+    """The champion gate's fields: max_regression, min_accuracy, baseline, force."""
+    baseline = _text(fields, "baseline")
+    regression = _points(fields, "max_regression", 0)
+    return GatePolicy(
+        max_regression=DEFAULT_MAX_REGRESSION if regression is None else regression,
+        min_accuracy=_points(fields, "min_accuracy", -100),
+        baseline=int_param(baseline, "baseline") if baseline else None,
+        force=_flag(fields, "force"),
+    )
+
+
+def _points(fields: dict[str, bytes], name: str, lowest: float) -> float | None:
+    """A number of points from `lowest` to 100, or None when the field is absent or empty."""
+    text = _text(fields, name)
+    if not text:
+        return None
     try:
         value = float(text)
     except ValueError as e:
-        raise InvalidInputError(f"accuracy_limit {show(text)} is not a number") from e
-    if not math.isfinite(value) or not 0 <= value <= 100:
-        raise InvalidInputError(f"accuracy_limit must be from 0 to 100 points, not {show(text)}")
+        raise InvalidInputError(f"{name} {show(text)} is not a number") from e
+    if not math.isfinite(value) or not lowest <= value <= 100:
+        raise InvalidInputError(f"{name} must be from {lowest} to 100 points, not {show(text)}")
     return value
+
+
+def _flag(fields: dict[str, bytes], name: str) -> bool:
+    text = _text(fields, name).lower()
+    if text not in ("", "true", "false", "1", "0"):
+        raise InvalidInputError(f"{name} must be true or false, not {show(text)}")
+    return text in ("true", "1")
 
 
 def _text(fields: dict[str, bytes], name: str) -> str:

@@ -47,6 +47,13 @@ def push(args: argparse.Namespace) -> int:
         fields["eval"] = Path(args.eval).read_bytes()
     if args.calibration:
         fields["calibration"] = Path(args.calibration).read_bytes()
+    fields["max_regression"] = str(args.max_regression).encode()
+    if args.min_accuracy is not None:
+        fields["min_accuracy"] = str(args.min_accuracy).encode()
+    if args.baseline is not None:
+        fields["baseline"] = str(args.baseline).encode()
+    if args.force:
+        fields["force"] = b"true"
     release = _client(args).post_files(f"/v1/models/{quote(args.name)}/versions", fields)
     if args.json:
         print(json.dumps(release, indent=2))
@@ -74,12 +81,30 @@ def versions(args: argparse.Namespace) -> int:
             v["size"],
             v["sha256"][:12],
             v["build"].get("quantization"),
+            *_scores(v["build"]),
+            _verdict(v["build"].get("champion_gate")),
             v["created"],
         ]
         for v in data["versions"]
     ]
-    _print(args, data, rows, ["VERSION", "LABEL", "SIZE", "SHA256", "QUANTIZATION", "CREATED"])
+    headers = ["VERSION", "LABEL", "SIZE", "SHA256", "QUANTIZATION", "FP32", "INT8"]
+    _print(args, data, rows, [*headers, "CHAMPION GATE", "CREATED"])
     return 0
+
+
+def _scores(build: dict[str, Any]) -> list[str | None]:
+    """Accuracy (or R^2) of the fp32 model and of the int8 one, as the build measured them."""
+    metric = "accuracy" if "accuracy_fp32" in build else "r2"
+    prefix = "" if metric == "accuracy" else "R^2 "
+    return [(prefix + build[key]) if key in build else None
+            for key in (f"{metric}_fp32", f"{metric}_int8")]  # fmt: skip
+
+
+def _verdict(verdict: Any) -> str | None:
+    """The champion gate's verdict in a cell: its first word (`passed`, `forced`, `skipped`)."""
+    if not isinstance(verdict, str):
+        return None
+    return verdict.split(":", 1)[0]
 
 
 def devices_add(args: argparse.Namespace) -> int:

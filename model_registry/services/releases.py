@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from numpy.typing import NDArray
@@ -12,7 +12,9 @@ from numpy.typing import NDArray
 from edge_protocol import Artifact
 from edge_protocol.fields import is_valid_name
 from model_registry.build import BuildResult, EvalSet, build
+from model_registry.build.champion import GatePolicy
 from model_registry.errors import ConflictError, InvalidInputError
+from model_registry.services.champion import champion_verdict, check_policy
 from model_registry.services.context import RegistryContext
 from model_registry.storage import ReleaseRecord
 
@@ -32,6 +34,7 @@ class PushRequest:
     accuracy_limit_points: float = 1.0
     source: str = "onnx"
     calibration: NDArray[Any] | None = None  # rows for static QDQ quantization
+    gate: GatePolicy = field(default_factory=GatePolicy)  # the champion gate (build/champion.py)
 
 
 async def push_model(ctx: RegistryContext, request: PushRequest) -> ReleaseRecord:
@@ -45,6 +48,7 @@ async def push_model(ctx: RegistryContext, request: PushRequest) -> ReleaseRecor
         raise InvalidInputError(f"quantize must be 'int8', not {request.quantize!r}")
     if len(request.label) > 256:
         raise InvalidInputError("label must be at most 256 characters")
+    check_policy(request.gate, request.eval_set)
     result = await asyncio.to_thread(
         build,
         request.model,
@@ -54,6 +58,8 @@ async def push_model(ctx: RegistryContext, request: PushRequest) -> ReleaseRecor
         accuracy_limit_points=request.accuracy_limit_points,
         source=request.source,
     )
+    verdict = await champion_verdict(ctx, request.name, request.gate, result, request.eval_set)
+    result = replace(result, report={**result.report, **verdict})
     await asyncio.to_thread(ctx.blobs.put, result.artifact)
     record = await _store_next_version(ctx, request, result)
     log.info("pushed %s v%d (%d bytes)", record.model, record.version, record.size)
