@@ -50,14 +50,14 @@ def holdout(model: BuiltModel, path: Path) -> Path:
 def shuffled_classifier(model: BuiltModel, path: Path) -> Path:
     """The same network trained on shuffled labels: same io, guesses on the holdout."""
     rng = np.random.default_rng(3)
-    X = model.X_eval
+    rows = model.X_eval
     labels = rng.permutation(model.y_eval)
     estimator = MLPClassifier(hidden_layer_sizes=(64, 64), max_iter=200, random_state=7)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        estimator.fit(rng.normal(size=X.shape).astype(np.float32), labels)
+        estimator.fit(rng.normal(size=rows.shape).astype(np.float32), labels)
     options = {id(estimator): {"zipmap": False}}
-    onnx_model = to_onnx(estimator, X[:1], options=options, target_opset=TARGET_OPSET)
+    onnx_model = to_onnx(estimator, rows[:1], options=options, target_opset=TARGET_OPSET)
     path.write_bytes(onnx_model.SerializeToString())
     return path
 
