@@ -93,6 +93,7 @@ class DataPlane:
             chosen = select_outputs(request, model.io, name)
             self.metrics.observe_inputs(name, inputs)
             result = await self._batcher(name).submit(model, inputs, rows)
+        self.metrics.observe_outputs(name, result.model.version, result.outputs, result.model.io)
         outputs = tuple(OutputTensor(n, result.outputs[n], binary) for n, binary in chosen)
         return InferResponse(name, str(result.model.version), outputs, request.id)
 
@@ -103,6 +104,7 @@ class DataPlane:
             inputs, rows = validate_inputs(tensors, model, self._limits)
             self.metrics.observe_inputs(name, inputs)
             result = await self._batcher(name).submit(model, inputs, rows)
+        self.metrics.observe_outputs(name, result.model.version, result.outputs, result.model.io)
         return {
             "model_name": name,
             "model_version": str(result.model.version),
