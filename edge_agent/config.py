@@ -55,7 +55,15 @@ class UpdateSettings:
     max_probation_restarts: int = 2  # agent restarts during probation before rolling back
     # The latency and output rules compare with the previous version's recent answers here,
     # each once both versions answered at least `probation_min_requests` requests.
-    probation_min_requests: int = 10
+    probation_min_requests: int = 10  # capped at probation_requests, which ends probation
+
+    @property
+    def probation_enough(self) -> int:
+        """Answers of each version the latency and output rules need."""
+        if self.probation_requests > 0:
+            return min(self.probation_min_requests, self.probation_requests)
+        return self.probation_min_requests
+
     probation_max_latency_ratio: float = 3.0  # probation p99 / previous p99; 0 turns it off
     probation_latency_floor_ms: float = 5.0  # a previous p99 below this counts as this
     probation_max_class_share: float = 0.95  # most common predicted class; 1 turns it off
@@ -64,12 +72,6 @@ class UpdateSettings:
     write_retry_max_s: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.probation_requests and self.probation_min_requests > self.probation_requests:
-            raise ConfigError(
-                f"updates.probation_min_requests ({self.probation_min_requests}) is above "
-                f"updates.probation_requests ({self.probation_requests}): the latency and "
-                "output rules of probation would never be applied"
-            )
         if not 0 < self.write_retry_min_s <= self.write_retry_max_s:
             raise ConfigError(
                 "updates.write_retry_min_s must be above 0 and not above "

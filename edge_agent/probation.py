@@ -153,7 +153,7 @@ def judge(
 def _judge_collapse(
     count: ProbationCount, previous: VersionRecord, settings: UpdateSettings
 ) -> None:
-    limit, enough = settings.probation_max_class_share, settings.probation_min_requests
+    limit, enough = settings.probation_max_class_share, settings.probation_enough
     if limit >= 1 or count.labelled < enough or previous.labelled_requests < enough:
         return
     share, before = top_share(count.labels), previous.top_share()
@@ -169,7 +169,7 @@ def _judge_collapse(
 def _judge_latency(
     count: ProbationCount, previous: VersionRecord, settings: UpdateSettings
 ) -> None:
-    ratio, enough = settings.probation_max_latency_ratio, settings.probation_min_requests
+    ratio, enough = settings.probation_max_latency_ratio, settings.probation_enough
     if ratio <= 0 or len(count.latencies) < enough or len(previous.latencies) < enough:
         return
     p99, before = quantile(count.latencies, 0.99), previous.p99()
