@@ -117,7 +117,8 @@ def test_recent_answers_stay_bounded_per_model() -> None:
     kept = [v for v in range(1, 20) if recent.get("m", v) is not None]
     assert kept == list(range(20 - VERSIONS_PER_MODEL, 20))
     record = recent.get("m", 19)
-    assert record is not None and len(record.latencies) <= 512
+    assert record is not None
+    assert len(record.latencies) <= 512
 
 
 def test_quantile_and_share() -> None:
@@ -128,8 +129,12 @@ def test_quantile_and_share() -> None:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("probation_min_requests", 0), ("probation_max_latency_ratio", -1),
-     ("probation_max_class_share", 1.5), ("probation_latency_floor_ms", -1)],  # fmt: skip
+    [
+        ("probation_min_requests", 0),
+        ("probation_max_latency_ratio", -1),
+        ("probation_max_class_share", 1.5),
+        ("probation_latency_floor_ms", -1),
+    ],
 )
 def test_probation_settings_are_checked(tmp_path: Path, key: str, value: float) -> None:
     from edge_agent.config_loader import load_config

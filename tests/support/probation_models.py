@@ -52,15 +52,21 @@ def _slow(steps: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """The good model's answer after a Loop of `steps` big MatMuls that add nothing to it."""
     q = numpy_helper.from_array(_weights(2, SLOW_WIDTH, SLOW_WIDTH) * 0.05, "Q")
     body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-         helper.make_node("MatMul", ["h_in", "Q"], ["mixed"]),
-         helper.make_node("Tanh", ["mixed"], ["h_out"])],  # fmt: skip
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("MatMul", ["h_in", "Q"], ["mixed"]),
+            helper.make_node("Tanh", ["mixed"], ["h_out"]),
+        ],
         "steps",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, None)],  # fmt: skip
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("h_out", TensorProto.FLOAT, None)],  # fmt: skip
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_in", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_out", TensorProto.FLOAT, None),
+        ],
     )
     constants = [
         numpy_helper.from_array(_weights(1, FEATURES, CLASSES), "W"),
@@ -88,8 +94,10 @@ def probation_model(kind: str, path: Path, *, slow_steps: int = 6000) -> Path:
         nodes,
         kind,
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", FEATURES])],
-        [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
-         helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", CLASSES])],  # fmt: skip
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", CLASSES]),
+        ],
         constants,
     )
     model = helper.make_model(graph, opset_imports=OPSET)
