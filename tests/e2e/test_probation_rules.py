@@ -9,7 +9,6 @@ count as crashes, and a device never ends up serving nothing because probation f
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +19,14 @@ from tests.support.agent import AgentProcess
 from tests.support.fleet import TOPICS, Fleet
 from tests.support.probation_models import FEATURES, probation_model
 
-JUDGED = (
-    "[updates]\nprobation_s = 300.0\nprobation_requests = 12\nprobation_min_requests = 10\n"
-)
+JUDGED = "[updates]\nprobation_s = 300.0\nprobation_requests = 12\nprobation_min_requests = 10\n"
 ENDLESS = "[updates]\nprobation_s = 3600.0\nprobation_requests = 1000000\n"
 
 
 @pytest.fixture(scope="module")
-def kinds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+def kinds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("probation-kinds")
-    yield {kind: probation_model(kind, root / f"{kind}.onnx") for kind in
+    return {kind: probation_model(kind, root / f"{kind}.onnx") for kind in
            ("good", "slow", "collapse")}  # fmt: skip
 
 
@@ -74,9 +71,10 @@ def test_a_model_that_answers_worse_than_the_previous_one_is_rolled_back(
         watcher.subscribe(TOPICS.events(device))
         fleet.deploy(name, v2, device)
         agent.wait_for_version(name, v2)
-        deadline = time.monotonic() + 120
+        deadline, seed = time.monotonic() + 120, 100
         while agent.serving_version(name) == v2 and time.monotonic() < deadline:
-            agent.infer(name, _rows(100))
+            agent.infer(name, _rows(seed))  # rows as varied as v1's: only the model differs
+            seed += 1
         events = collect_events(watcher, device, "rolled_back")
     assert (events[-1]["reason"], events[-1]["to_version"]) == (reason, v1), events[-1]
     assert agent.serving_version(name) == v1
