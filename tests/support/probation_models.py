@@ -86,7 +86,7 @@ def _slow(steps: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     return nodes, constants
 
 
-def probation_model(kind: str, path: Path, *, slow_steps: int = 6000) -> Path:
+def probation_model(kind: str, path: Path, *, slow_steps: int = 20000) -> Path:
     """Write the model of `kind` (one of KINDS) to `path`."""
     nodes, constants = _scores(kind, slow_steps)
     nodes.append(helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0))
