@@ -15,7 +15,8 @@ import numpy as np
 
 from edge_agent.config import UpdateSettings
 from edge_agent.errors import AgentError, StepTimeoutError
-from edge_agent.probation import ProbationWatcher
+from edge_agent.observations import RecentAnswers
+from edge_agent.probation import ProbationWatcher, previous_record
 from edge_agent.runtime import LoadedModel, ModelRepository, RuntimeOptions, load_model
 from edge_agent.runtime.iospec import OIP_TO_NUMPY
 from edge_agent.server.metrics import AgentMetrics
@@ -46,6 +47,7 @@ class Activator:
         self._store = store
         self._states = states
         self._settings = settings
+        self.recent = RecentAnswers(metrics)  # what each version answered lately (probation)
 
     async def activate(
         self, name: str, release: Release, envelope: bytes, path: Path, deadline_s: float
@@ -74,9 +76,10 @@ class Activator:
         self.repository.swap(name, loaded)
         log.info("%s v%d is serving", name, release.version)
 
-    async def probation(self, name: str, version: int) -> None:
-        """Wait out the new version's probation (raises ProbationFailedError)."""
-        await ProbationWatcher(self.metrics, name, version, self._settings).watch()
+    async def probation(self, name: str, version: int, previous: int | None = None) -> None:
+        """Wait out the new version's probation (raises a ProbationFailedError)."""
+        record = previous_record(self.recent, name, previous)
+        await ProbationWatcher(self.metrics, name, version, self._settings, record).watch()
 
     async def restore(self, name: str, installed: Installed | None) -> None:
         """Serve `installed` again (loaded afresh from the store), or nothing."""

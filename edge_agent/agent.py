@@ -168,7 +168,9 @@ class Agent:
                     on_failure(failure)
                 await self._report_failure(failure, sending=not reporting.done())
         finally:
-            await self._shutdown(mqtt, reporting)
+            # Only a stop that was asked for is clean: probation does not count it as a crash.
+            clean = failure is None and stop.is_set()
+            await self._shutdown(mqtt, reporting, clean=clean)
         return failure
 
     async def _start(self) -> None:
@@ -216,7 +218,9 @@ class Agent:
             on_handler_error=self.dispatcher.handler_failed,
         )
 
-    async def _shutdown(self, mqtt: asyncio.Task[None], reporting: asyncio.Task[None]) -> None:
+    async def _shutdown(
+        self, mqtt: asyncio.Task[None], reporting: asyncio.Task[None], *, clean: bool = False
+    ) -> None:
         log.info("stopping: draining requests")
         # What reporting has not sent stays in the spool for the next start.
         await self.supervisor.cancel(reporting)
@@ -224,7 +228,7 @@ class Agent:
             async with asyncio.timeout(REPORT_TIMEOUT_S):
                 await self.reporter.publish_offline()
         await self.supervisor.cancel(mqtt)
-        await self.updater.close()
+        await self.updater.close(clean=clean)
         await self.server.drain_and_stop()
         await self.supervisor.stop()
         self.repository.close()

@@ -53,6 +53,20 @@ class UpdateSettings:
     probation_s: float = 30.0  # ...or this long, whichever comes first
     probation_max_error_rate: float = 0.05  # failed fraction of probation requests that rolls back
     max_probation_restarts: int = 2  # agent restarts during probation before rolling back
+    # The latency and output rules compare with the previous version's recent answers here,
+    # each once both versions answered at least `probation_min_requests` requests.
+    probation_min_requests: int = 10  # capped at probation_requests, which ends probation
+
+    @property
+    def probation_enough(self) -> int:
+        """Answers of each version the latency and output rules need."""
+        if self.probation_requests > 0:
+            return min(self.probation_min_requests, self.probation_requests)
+        return self.probation_min_requests
+
+    probation_max_latency_ratio: float = 3.0  # probation p99 / previous p99; 0 turns it off
+    probation_latency_floor_ms: float = 5.0  # a previous p99 below this counts as this
+    probation_max_class_share: float = 0.95  # most common predicted class; 1 turns it off
     # A state write refused by the disk (full, read-only) is retried, doubling between these.
     write_retry_min_s: float = 1.0
     write_retry_max_s: float = 60.0

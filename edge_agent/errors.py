@@ -116,6 +116,24 @@ class ProbationFailedError(UpdateError):
     reason = "probation_failed"
 
 
+class ProbationLatencyError(ProbationFailedError):
+    """A new model whose p99 latency was too far above the previous version's here."""
+
+    reason = "probation_latency"
+
+
+class ProbationNonFiniteError(ProbationFailedError):
+    """A new model that answered NaN or infinite values during probation."""
+
+    reason = "probation_nonfinite"
+
+
+class ProbationCollapseError(ProbationFailedError):
+    """A new model whose predictions collapsed onto one class, unlike the previous version's."""
+
+    reason = "probation_collapse"
+
+
 # --- model store and downloads -----------------------------------------------------------
 
 

@@ -53,6 +53,8 @@ class ModelState:
     previous: Installed | None = None
     in_probation: bool = False
     probation_restarts: int = 0
+    # The agent was stopped on purpose (SIGTERM) during probation: the next start is no crash.
+    probation_clean_stop: bool = False
     # (version, sha256) -> the assignment seq at which it failed here; retried only under a
     # newer assignment.
     failed: dict[tuple[int, str], int] = field(default_factory=dict)
@@ -68,6 +70,7 @@ class ModelState:
             "previous": self.previous.to_dict() if self.previous else None,
             "in_probation": self.in_probation,
             "probation_restarts": self.probation_restarts,
+            "probation_clean_stop": self.probation_clean_stop,
             "failed": [
                 {"version": v, "sha256": s, "seq": seq} for (v, s), seq in self.failed.items()
             ],
@@ -81,6 +84,7 @@ class ModelState:
             previous=Installed.from_dict(data.get("previous")),
             in_probation=bool(data.get("in_probation", False)),
             probation_restarts=int(data.get("probation_restarts", 0)),
+            probation_clean_stop=bool(data.get("probation_clean_stop", False)),
             failed={(int(f["version"]), str(f["sha256"])): int(f["seq"]) for f in data["failed"]},
         )
 

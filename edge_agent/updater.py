@@ -112,12 +112,14 @@ class Updater:
     async def _resume_probation(self, name: str, model_state: ModelState) -> None:
         active = model_state.active
         assert active is not None  # noqa: S101 - the caller checked
-        restarts = model_state.probation_restarts + 1
+        # A stop that was asked for (SIGTERM) is not counted: only ends the agent did not choose.
+        restarts = model_state.probation_restarts + (0 if model_state.probation_clean_stop else 1)
         if restarts > self._config.updates.max_probation_restarts:
             error = ProbationFailedError(f"the agent restarted {restarts} times during probation")
             await self._roll_back(name, active, error)
             return
-        refused = await self._save(name, replace(model_state, probation_restarts=restarts))
+        resumed = replace(model_state, probation_restarts=restarts, probation_clean_stop=False)
+        refused = await self._save(name, resumed)
         if refused is not None:  # an uncounted restart could loop forever: do not risk it
             await self._roll_back(name, active, refused)
             return
@@ -168,15 +170,29 @@ class Updater:
         """Hand a release document from the broker to the task waiting for it."""
         self._acquire.on_release(model, version, payload)
 
-    async def close(self) -> None:
-        """Cancel every update task and the write retries, and wait for them to unwind."""
+    async def close(self, *, clean: bool = False) -> None:
+        """Cancel every update task and the write retries, and wait for them to unwind.
+
+        `clean`: the stop was asked for (SIGTERM); a probation it interrupts is marked so, and
+        the next start resumes it without counting a restart against `max_probation_restarts`.
+        """
         jobs = list(self._jobs.values())
         for job in jobs:
             job.task.cancel()
         for job in jobs:
             with contextlib.suppress(asyncio.CancelledError):
                 await job.task
+        if clean:
+            await self._mark_clean_stop()
         await self.writes.close()
+
+    async def _mark_clean_stop(self) -> None:
+        models = self.state.models
+        stopped = {name: replace(m, probation_clean_stop=True)
+                   for name, m in models.items() if m.in_probation}  # fmt: skip
+        if stopped:
+            self.state = replace(self.state, models={**models, **stopped})
+            await self._write_state()  # refused: the next start counts a restart, as before
 
     def _changes(self, name: str, pinned: AssignedModel) -> bool:
         """Whether an assignment pinning `pinned` would start an update of `name`."""
@@ -266,8 +282,10 @@ class Updater:
 
     async def _probate(self, name: str, target: Installed) -> None:
         await self._set_phase(name, "probation")
+        previous = self.state.model(name).previous
+        before = previous.version if previous is not None else None
         try:
-            await self._activator.probation(name, target.version)
+            await self._activator.probation(name, target.version, before)
         except UpdateError as e:
             await self._roll_back(name, target, e)
             return
@@ -300,22 +318,41 @@ class Updater:
         model_state = self.state.model(name)
         previous = model_state.previous
         if previous is not None and not await self._activator.serve_installed(name, previous):
-            previous = None  # its file is damaged too: serve nothing rather than what failed
-        if previous is None:
-            await self._activator.restore(name, None)
+            previous = None  # its file is damaged too
+        if previous is None:  # a device never serves nothing because probation failed
+            await self._keep_serving(name, failed, error)
+            return
         failures = {
             **model_state.failed,
             (failed.version, failed.sha256): self.state.assignment_seq,
         }
         await self._save(name, ModelState(active=previous, failed=failures))
         self.last_errors[name] = str(error)
-        back_to = {"to_version": previous.version} if previous else {}
         await self._reporter.event(
             "rolled_back", model=name, version=failed.version, reason=_reason(error),
-            detail=str(error), **back_to,
+            detail=str(error), to_version=previous.version,
         )  # fmt: skip
         await self._set_phase(name, "idle")
         await self._retain(finished=name)
+
+    async def _keep_serving(self, name: str, failed: Installed, error: AgentError) -> None:
+        """No earlier version to return to: the one that failed keeps serving, as `failed`."""
+        model_state = self.state.model(name)
+        failures = {
+            **model_state.failed,
+            (failed.version, failed.sha256): self.state.assignment_seq,
+        }
+        repository = self._activator.repository
+        served = name in repository and repository.get(name).version == failed.version
+        if not served and not await self._activator.serve_installed(name, failed):
+            await self._save(name, ModelState(failed=failures))  # its file is gone: nothing is left
+        else:
+            await self._save(name, ModelState(active=failed, failed=failures))
+        detail = (
+            f"{error}; there is no earlier version to roll back to, "
+            f"so v{failed.version} keeps serving"
+        )
+        await self._end(name, failed.version, kind="failed", reason=_reason(error), detail=detail)
 
     async def _fail(
         self, name: str, pinned: AssignedModel, seq: int, *, kind: str, reason: str, detail: str

@@ -31,6 +31,10 @@ class AccuracyGateError(RegistryError):
     """A quantized model whose quality dropped more than the configured limit."""
 
 
+class ChampionGateError(AccuracyGateError):
+    """A new version that scores worse than the champion it would replace, past the limit."""
+
+
 class BuildError(RegistryError):
     """A conversion or quantization step that failed for a reason other than bad input."""
 

@@ -111,6 +111,7 @@ class DataPlane:
                 inputs, rows = validate_inputs(request.inputs, model, self._limits)
                 chosen = select_outputs(request, model.io, name)
                 result = await self._submit(model, inputs, rows, started)
+        self.metrics.observe_outputs(name, result.model.version, result.outputs, result.model.io)
         outputs = tuple(OutputTensor(n, result.outputs[n], binary) for n, binary in chosen)
         return InferResponse(name, str(result.model.version), outputs, request.id)
 
@@ -122,6 +123,7 @@ class DataPlane:
                 tensors = instances_to_tensors(body, model.io)
                 inputs, rows = validate_inputs(tensors, model, self._limits)
                 result = await self._submit(model, inputs, rows, started)
+        self.metrics.observe_outputs(name, result.model.version, result.outputs, result.model.io)
         return {
             "model_name": name,
             "model_version": str(result.model.version),

@@ -7,6 +7,7 @@ from typing import Any
 
 from edge_agent.runtime import LoadedModel, ModelRepository
 from edge_agent.server.prometheus import Counter, Gauge, Histogram, Registry
+from edge_protocol import ModelIO
 
 UNKNOWN_MODEL = "_unknown"  # label for requests naming no served model: bounds cardinality
 LATENCY_BUCKETS_S = (
@@ -28,6 +29,8 @@ class AgentMetrics:
         self.latency_listeners: list[Callable[[str, str, int, float], None]] = []
         self.batch_listeners: list[Callable[[str, int], None]] = []
         self.input_listeners: list[Callable[[str, Mapping[str, Any]], None]] = []
+        # Probation hears each answer's outputs: (model, version, outputs by name, model io).
+        self.output_listeners: list[Callable[[str, int, Mapping[str, Any], ModelIO], None]] = []
         r = self.registry
         self.requests = r.register(Counter(
             "edge_agent_requests_total",
@@ -88,6 +91,13 @@ class AgentMetrics:
         """Hand one request's validated input tensors to the input listeners."""
         for listener in self.input_listeners:
             listener(model, inputs)
+
+    def observe_outputs(
+        self, model: str, version: int, outputs: Mapping[str, Any], io: ModelIO
+    ) -> None:
+        """Hand one answered request's outputs to the output listeners."""
+        for listener in self.output_listeners:
+            listener(model, version, outputs, io)
 
     def batch_observer(self, model: str) -> Callable[[int], None]:
         """A callback recording the rows of each session.run of `model`."""

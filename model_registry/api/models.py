@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from aiohttp import web
 
 from model_registry.api.auth import CTX_KEY, PRINCIPAL_KEY, require
@@ -45,6 +47,7 @@ async def push_version(request: web.Request) -> web.Response:
         accuracy_limit_points=upload.accuracy_limit_points,
         calibration=upload.calibration,
         allow_duplicate=upload.allow_duplicate,
+        gate=replace(upload.gate, forced_by=request[PRINCIPAL_KEY]),
     )
     record = await push_model(ctx, push)
     return web.json_response(release_view(record, detail=True), status=201)

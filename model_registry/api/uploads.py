@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import BodyPartReader, StreamReader, web
@@ -19,15 +19,18 @@ from aiohttp.helpers import parse_mimetype
 from aiohttp.http_exceptions import HttpProcessingError
 from numpy.typing import NDArray
 
-from model_registry.api.params import clip, printable_text, show
+from model_registry.api.params import clip, int_param, printable_text, show
 from model_registry.build import EvalSet, parse_eval_set
+from model_registry.build.champion import DEFAULT_MAX_REGRESSION, GatePolicy
 from model_registry.build.npz import read_npz_bytes
 from model_registry.errors import InvalidInputError, TooLargeError, UnsupportedMediaError
 
 READ_BLOCK = 64 * 1024
 FILE_FIELDS = ("model", "eval", "calibration")
-TEXT_FIELDS = ("quantize", "label", "accuracy_limit", "allow_duplicate")
-_BOOLEANS = {"": False, "false": False, "0": False, "true": True, "1": True}
+TEXT_FIELDS = (
+    "quantize", "label", "accuracy_limit", "allow_duplicate",
+    "max_regression", "min_accuracy", "baseline", "force",
+)  # fmt: skip
 TEXT_FIELD_LIMIT = 1024
 MAX_LABEL = 256  # what a release may carry (services.releases)
 # RFC 2046: 1 to 70 characters from this set, not ending in a space.
@@ -47,6 +50,7 @@ class Upload:
     accuracy_limit_points: float
     calibration: NDArray[Any] | None = None
     allow_duplicate: bool = False  # push a file identical to an earlier version's anyway
+    gate: GatePolicy = field(default_factory=GatePolicy)
 
 
 async def read_upload(request: web.Request, limit: int, dataset_limit: int) -> Upload:
@@ -153,26 +157,45 @@ def _upload(fields: dict[str, bytes], dataset_limit: int) -> Upload:
         calibration = read_npz_bytes(fields["calibration"], what, dataset_limit).get("X")
         if calibration is None:
             raise InvalidInputError("the calibration .npz has no array named X")
-    limit = _accuracy_limit(fields)
-    return Upload(model, quantize, label, eval_set, limit, calibration, _allow_duplicate(fields))
+    limit = _points(fields, "accuracy_limit", 0)
+    limit = 1.0 if limit is None else limit
+    return Upload(
+        model, quantize, label, eval_set, limit, calibration,
+        allow_duplicate=_flag(fields, "allow_duplicate"), gate=_gate(fields),
+    )  # fmt: skip
 
 
-def _allow_duplicate(fields: dict[str, bytes]) -> bool:
-    text = _text(fields, "allow_duplicate").lower()
-    if text not in _BOOLEANS:
-        raise InvalidInputError(f"allow_duplicate must be true or false, not {show(text)}")
-    return _BOOLEANS[text]
+def _gate(fields: dict[str, bytes]) -> GatePolicy:
+    """The champion gate's fields: max_regression, min_accuracy, baseline, force."""
+    baseline = _text(fields, "baseline")
+    regression = _points(fields, "max_regression", 0)
+    return GatePolicy(
+        max_regression=DEFAULT_MAX_REGRESSION if regression is None else regression,
+        min_accuracy=_points(fields, "min_accuracy", -100),
+        baseline=int_param(baseline, "baseline") if baseline else None,
+        force=_flag(fields, "force"),
+    )
 
 
-def _accuracy_limit(fields: dict[str, bytes]) -> float:
-    text = _text(fields, "accuracy_limit") or "1.0"
+def _points(fields: dict[str, bytes], name: str, lowest: float) -> float | None:
+    """A number of points from `lowest` to 100, or None when the field is absent or empty."""
+    text = _text(fields, name)
+    if not text:
+        return None
     try:
         value = float(text)
     except ValueError as e:
-        raise InvalidInputError(f"accuracy_limit {show(text)} is not a number") from e
-    if not math.isfinite(value) or not 0 <= value <= 100:
-        raise InvalidInputError(f"accuracy_limit must be from 0 to 100 points, not {show(text)}")
+        raise InvalidInputError(f"{name} {show(text)} is not a number") from e
+    if not math.isfinite(value) or not lowest <= value <= 100:
+        raise InvalidInputError(f"{name} must be from {lowest} to 100 points, not {show(text)}")
     return value
+
+
+def _flag(fields: dict[str, bytes], name: str) -> bool:
+    text = _text(fields, name).lower()
+    if text not in ("", "true", "false", "1", "0"):
+        raise InvalidInputError(f"{name} must be true or false, not {show(text)}")
+    return text in ("true", "1")
 
 
 def _text(fields: dict[str, bytes], name: str) -> str:

@@ -42,6 +42,7 @@ class BuildResult:
     io: ModelIO
     selftest: SelfTest
     report: dict[str, Any]
+    evaluation: Evaluation | None = None  # what the champion gate compares (services)
 
 
 def build(
@@ -85,7 +86,7 @@ def build(
         conversion=conversion,
     )
     report["batch_dimension"] = batch_dimension
-    return BuildResult(artifact.model_bytes, artifact.io, selftest, report)
+    return BuildResult(artifact.model_bytes, artifact.io, selftest, report, evaluation)
 
 
 def _check_options(

@@ -140,6 +140,7 @@ def _model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
         action="store_true",
         help="make a new version even if an earlier one was built from the same file",
     )
+    _champion_gate(push)
     _json(push)
 
     models = commands.add_parser("models", help="list models")
@@ -181,6 +182,31 @@ def _model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     one.add_argument("id", type=int, metavar="ID")
     _wait(one)
     _json(one)
+
+
+def _champion_gate(push: argparse.ArgumentParser) -> None:
+    push.add_argument(
+        "--max-regression",
+        type=float,
+        default=1.0,
+        metavar="POINTS",
+        help="with --eval: refuse a version this many points worse than the champion (default 1)",
+    )
+    push.add_argument(
+        "--min-accuracy",
+        type=float,
+        metavar="POINTS",
+        help="with --eval: refuse a version scoring below this (accuracy %%, or R^2 x 100)",
+    )
+    push.add_argument(
+        "--baseline",
+        type=int,
+        metavar="VERSION",
+        help="the champion to compare with (default: the latest version)",
+    )
+    push.add_argument(
+        "--force", action="store_true", help="push even when the champion gate refuses it"
+    )
 
 
 def _wait(parser: argparse.ArgumentParser) -> None:

@@ -55,6 +55,13 @@ def push(args: argparse.Namespace) -> int:
         fields["eval"] = Path(args.eval).read_bytes()
     if args.calibration:
         fields["calibration"] = Path(args.calibration).read_bytes()
+    fields["max_regression"] = str(args.max_regression).encode()
+    if args.min_accuracy is not None:
+        fields["min_accuracy"] = str(args.min_accuracy).encode()
+    if args.baseline is not None:
+        fields["baseline"] = str(args.baseline).encode()
+    if args.force:
+        fields["force"] = b"true"
     release = _client(args).post_files(f"/v1/models/{quote(args.name)}/versions", fields)
     if args.json:
         print(json.dumps(release, indent=2))
@@ -77,7 +84,7 @@ def versions(args: argparse.Namespace) -> int:
     data = _client(args).get(f"/v1/models/{quote(args.name)}/versions")
     rows = [_version_row(v) for v in data["versions"]]
     headers = ["VERSION", "LABEL", "METRIC", "FP32", "INT8", "FP32 SIZE", "SIZE", "QUANTIZATION"]
-    _print(args, data, rows, [*headers, "GATE", "SHA256", "CREATED"])
+    _print(args, data, rows, [*headers, "GATE", "CHAMPION GATE", "SHA256", "CREATED"])
     return 0
 
 
@@ -96,13 +103,14 @@ def _version_row(version: dict[str, Any]) -> list[Any]:
         size_text(int(version["size"])),
         build.get("quantization"),
         _gate(build.get("accuracy_gate")),
+        _gate(build.get("champion_gate")),
         version["sha256"][:12],
         version["created"],
     ]
 
 
 def _gate(verdict: Any) -> str | None:
-    """`passed`, or `not applied` without the reason (push prints that in full)."""
+    """A gate's verdict in a cell: its first word (`passed`, `forced`, `not applied`, ...)."""
     return verdict.split(":", 1)[0] if isinstance(verdict, str) else None
 
 

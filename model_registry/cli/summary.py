@@ -33,6 +33,8 @@ def push_summary(release: dict[str, Any]) -> list[str]:
     if "accuracy_gate" in build:
         limit = build.get("accuracy_limit_points", "?")
         rows.append(("accuracy gate", f"{build['accuracy_gate']} (limit {limit} point)"))
+    if "champion_gate" in build:
+        rows.append(("champion gate", _champion(build)))
     if build.get("selftest_rows"):
         source = build.get("selftest_inputs", "")
         rows.append(("self-test", f"{build['selftest_rows']} rows, {source}".rstrip(", ")))
@@ -66,6 +68,16 @@ def _quality(build: dict[str, Any]) -> list[tuple[str, str]]:
     if "agreement" in build:
         rows.append(("agreement", _agreement(build)))
     return rows
+
+
+def _champion(build: dict[str, Any]) -> str:
+    verdict = str(build["champion_gate"])
+    if "champion_version" not in build or "champion_score" not in build:
+        return verdict
+    return (
+        f"{verdict} (this version {build.get('champion_gate_score')}, "
+        f"champion v{build['champion_version']} {build['champion_score']})"
+    )
 
 
 def _agreement(build: dict[str, Any]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from numpy.typing import NDArray
@@ -13,7 +13,9 @@ from numpy.typing import NDArray
 from edge_protocol import Artifact
 from edge_protocol.fields import is_valid_name
 from model_registry.build import BuildResult, EvalSet, build
+from model_registry.build.champion import GatePolicy
 from model_registry.errors import ConflictError, InvalidInputError, NotFoundError
+from model_registry.services.champion import champion_verdict, check_policy
 from model_registry.services.context import RegistryContext
 from model_registry.storage import ReleaseRecord
 
@@ -34,6 +36,7 @@ class PushRequest:
     source: str = "onnx"
     calibration: NDArray[Any] | None = None  # rows for static QDQ quantization
     allow_duplicate: bool = False  # build a new version even of bytes an earlier one has
+    gate: GatePolicy = field(default_factory=GatePolicy)  # the champion gate (build/champion.py)
 
 
 async def push_model(ctx: RegistryContext, request: PushRequest) -> ReleaseRecord:
@@ -47,7 +50,8 @@ async def push_model(ctx: RegistryContext, request: PushRequest) -> ReleaseRecor
         raise InvalidInputError(f"quantize must be 'int8', not {request.quantize!r}")
     if len(request.label) > 256:
         raise InvalidInputError("label must be at most 256 characters")
-    source_sha256 = hashlib.sha256(request.model).hexdigest()
+    check_policy(request.gate, request.eval_set)
+    source_sha256 = await asyncio.to_thread(_sha256, request.model)  # the loop never hashes
     if not request.allow_duplicate:
         await _refuse_duplicate(ctx, request.name, source_sha256)
     result = await asyncio.to_thread(
@@ -59,8 +63,9 @@ async def push_model(ctx: RegistryContext, request: PushRequest) -> ReleaseRecor
         accuracy_limit_points=request.accuracy_limit_points,
         source=request.source,
     )
+    verdict = await champion_verdict(ctx, request.name, request.gate, result, request.eval_set)
     # The uploaded bytes' digest: the artifact's differs once the build rewrote the model.
-    result.report["source_sha256"] = source_sha256
+    result = replace(result, report={**result.report, **verdict, "source_sha256": source_sha256})
     await asyncio.to_thread(ctx.blobs.put, result.artifact)
     record = await _store_next_version(ctx, request, result)
     log.info("pushed %s v%d (%d bytes)", record.model, record.version, record.size)
@@ -123,3 +128,7 @@ async def _store_next_version(
     raise ConflictError(
         f"could not allocate a version of {request.name}: too many concurrent pushes"
     )
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

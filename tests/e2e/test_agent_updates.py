@@ -65,7 +65,12 @@ def test_update_swaps_without_a_failed_request(
     assert hammer.versions == {str(releases["v1"]), str(releases["v2"])}
 
 
-def test_probation_failure_rolls_back_to_the_previous_model(
+def _phase(agent: AgentProcess, model: str) -> str | None:
+    status = agent.get("/v1/status") or {}
+    return (status.get("updates", {}).get(model) or {}).get("phase")
+
+
+def test_a_first_version_failing_probation_keeps_serving_and_says_so(
     fleet: Fleet, models: Models, releases: dict[str, int], agents: list[AgentProcess]
 ) -> None:
     agent = start_agent(fleet, agents, "probation", "probation")
@@ -75,11 +80,14 @@ def test_probation_failure_rolls_back_to_the_previous_model(
         agent.wait_for_version("broken", releases["broken"])
         deadline = time.monotonic() + 30
         huge = [[5000.0, *models.rows[0][1:]]]
-        while agent.serving_version("broken") is not None and time.monotonic() < deadline:
+        while _phase(agent, "broken") != "failed" and time.monotonic() < deadline:
             agent.infer("broken", huge)  # each one a 500: the model's fault
-        events = collect_events(watcher, "probation", "rolled_back")
+        events = collect_events(watcher, "probation", "failed")
     assert events[-1]["reason"] == "probation_failed"
-    assert agent.serving_version("broken") is None, "nothing to fall back to: not served"
+    assert "no earlier version to roll back to" in events[-1]["detail"]
+    # Nothing to fall back to: serving a model that fails some requests beats serving nothing.
+    assert agent.serving_version("broken") == releases["broken"]
+    assert agent.get("/v1/status")["updates"]["broken"]["last_error"] == events[-1]["detail"]
 
 
 def test_registry_rollback_moves_the_group_back(

@@ -259,6 +259,22 @@ def _cases(model: bytes) -> dict[str, Case]:
                                          + END, 400, "label"),
         "accuracy-limit-nan": _push(_part("model", model) + _part("accuracy_limit", b"nan")
                                     + END, 400, "accuracy_limit"),
+        "max-regression-nan": _push(_part("model", model) + _part("max_regression", b"nan")
+                                    + END, 400, "max_regression"),
+        "max-regression-negative": _push(_part("model", model) + _part("max_regression", b"-1")
+                                         + END, 400, "max_regression"),
+        "min-accuracy-over-100": _push(_part("model", model) + _part("min_accuracy", b"101")
+                                       + END, 400, "min_accuracy"),
+        "min-accuracy-without-eval": _push(_part("model", model) + _part("min_accuracy", b"50")
+                                           + END, 400, "min_accuracy"),
+        "baseline-not-a-number": _push(_part("model", model) + _part("baseline", b"two")
+                                       + END, 400, "baseline"),
+        "baseline-without-eval": _push(_part("model", model) + _part("baseline", b"1")
+                                       + END, 400, "baseline"),
+        "force-not-a-flag": _push(_part("model", model) + _part("force", b"maybe")
+                                  + END, 400, "force"),
+        "raw-body-force-not-a-flag": _push(model, 400, "force", "application/octet-stream",
+                                           "?force=yes"),
         "raw-body-query-twice": _push(model, 400, "twice", "application/octet-stream",
                                       "?label=a&label=b"),
     }  # fmt: skip
