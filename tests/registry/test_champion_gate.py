@@ -119,15 +119,16 @@ def test_baseline_and_min_accuracy_choose_what_the_new_version_must_reach(
     push(home, good.onnx_path, "clf-base", "--eval", data)
     push(home, bad, "clf-base", "--eval", data, "--force")
     # Against the latest (the bad v2) the good model is better; against v1 it is equal.
-    passed = json.loads(push(home, good.onnx_path, "clf-base", "--eval", data, "--json").stdout)
+    passed = json.loads(
+        push(home, good.onnx_path, "clf-base", "--eval", data, "--json", "--allow-duplicate").stdout
+    )
     assert (passed["build"]["champion_gate"], passed["build"]["champion_version"]) == ("passed", 2)
-    refused = push(home, bad, "clf-base", "--eval", data, "--baseline", "1", check=False)
+    again = ("--eval", data, "--allow-duplicate")
+    refused = push(home, bad, "clf-base", *again, "--baseline", "1", check=False)
     assert "the champion version 1 scores" in refused.stderr, refused.stderr
-    floor = push(home, good.onnx_path, "clf-base", "--eval", data, "--min-accuracy", "99.9",
-                 check=False)  # fmt: skip
+    floor = push(home, good.onnx_path, "clf-base", *again, "--min-accuracy", "99.9", check=False)
     assert "below the minimum of 99.9%" in floor.stderr, floor.stderr
-    missing = push(home, good.onnx_path, "clf-base", "--eval", data, "--baseline", "9",
-                   check=False)  # fmt: skip
+    missing = push(home, good.onnx_path, "clf-base", *again, "--baseline", "9", check=False)
     assert "baseline version 9 of 'clf-base' does not exist" in missing.stderr, missing.stderr
     assert [v["version"] for v in versions(home, "clf-base")] == [1, 2, 3]
 
@@ -173,7 +174,7 @@ def test_versions_lists_scores_and_the_champion_gate_verdict(
     push(home, good.onnx_path, "clf-list", "--eval", data, "--quantize", "int8", "--label", "a")
     push(home, shuffled_classifier(good, tmp_path / "bad.onnx"), "clf-list", "--eval", data,
          "--force", "--label", "b")  # fmt: skip
-    push(home, good.onnx_path, "clf-list", "--label", "c")
+    push(home, good.onnx_path, "clf-list", "--label", "c", "--allow-duplicate")
     listed = versions(home, "clf-list")
     table = cli("versions", "clf-list", "--home", str(home)).stdout.splitlines()
     header = table[0]
