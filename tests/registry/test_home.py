@@ -87,11 +87,11 @@ def test_bad_config_names_file_and_key(tmp_path: Path, toml: str, complaint: str
 
 def test_a_config_that_is_not_a_small_text_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "registry.toml").symlink_to("/dev/zero")
-    with pytest.raises(ConfigError, match="registry.toml: it is larger than 1048576 bytes"):
+    with pytest.raises(ConfigError, match=r"registry\.toml: it is larger than 1048576 bytes"):
         load_config(tmp_path)
     (tmp_path / "registry.toml").unlink()
     (tmp_path / "registry.toml").write_bytes(b"[api]\nlisten = '\xff\xfe'\n")
-    with pytest.raises(ConfigError, match="registry.toml: not valid TOML"):
+    with pytest.raises(ConfigError, match=r"registry\.toml: not valid TOML"):
         load_config(tmp_path)
 
 
