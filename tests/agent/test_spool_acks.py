@@ -180,6 +180,10 @@ async def uplink(
 
 async def test_a_message_is_resent_until_acknowledged_then_forgotten(uplink: Uplink) -> None:
     await uplink.reporter.event("received", model="m", version=1)
+    await uplink.ack((await uplink.next())["msg_seq"])  # a registry that acknowledges
+    await until(lambda: uplink.spool.stats()["pending"] == 0)
+
+    await uplink.reporter.event("received", model="m", version=2)
     first = await uplink.next()
     again = await uplink.next()
     assert again == first, "the same message, the same msg_seq"
@@ -187,7 +191,7 @@ async def test_a_message_is_resent_until_acknowledged_then_forgotten(uplink: Upl
 
     await uplink.ack(first["msg_seq"])
     await until(lambda: uplink.spool.stats()["pending"] == 0)
-    assert uplink.reporter.acknowledged == 1
+    assert uplink.reporter.acknowledged == 2
     assert uplink.reporter.resent >= 1
 
 
@@ -225,6 +229,7 @@ async def test_no_more_than_the_window_is_out_unacknowledged(uplink: Uplink) -> 
     assert uplink.spool.unacknowledged() == ACK_WINDOW
 
 
+@pytest.mark.parametrize("ack_timeout_s", [30.0])  # no resend: the ack or the PUBACK deletes
 @pytest.mark.parametrize("registry_acks", [True, False])
 async def test_a_delete_the_disk_refuses_does_not_stop_the_sender(
     uplink: Uplink, registry_acks: bool, monkeypatch: pytest.MonkeyPatch
