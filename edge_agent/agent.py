@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from edge_agent.activation import Activator
@@ -35,7 +35,7 @@ from edge_agent.systemd import SystemdNotifier
 from edge_agent.telemetry import Telemetry, TelemetryCollector
 from edge_agent.updater import INTERNAL_ERROR, ChunkFetcher, Updater
 from edge_common.listen import listen_error
-from edge_common.supervise import Supervisor, TaskFailure
+from edge_common.supervise import Supervisor, TaskFailure, first_of
 from edge_protocol import Topics, TrustedState
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ class Agent:
         reporting = self.supervisor.spawn(self.telemetry.run(), "reporting")
         failure = None
         try:
-            await _first(stop.wait(), self.supervisor.failed.wait())
+            await first_of(stop.wait(), self.supervisor.failed.wait())
             failure = self.supervisor.failure
             if failure is not None:
                 if on_failure is not None:
@@ -295,14 +295,3 @@ def _assemble(config: DeviceConfig, labels: Labels) -> Agent:
         raise labels.setting(labels.state_dir).error(
             f"cannot use {where} ({e.strerror or e})"
         ) from e
-
-
-async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
-    """Wait until the first of `waits` finishes; cancel the others."""
-    tasks = [asyncio.ensure_future(wait) for wait in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
