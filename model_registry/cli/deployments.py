@@ -202,7 +202,8 @@ def deployments_list(args: argparse.Namespace) -> int:
         for d in data["deployments"]
     ]  # fmt: skip
     headers = ["ID", "KIND", "MODEL", "VERSION", "TARGET", "DEVICES", "CREATED", "KEY"]
-    _print(args, data, rows, headers)
+    of = f" of model {args.model!r}" if args.model else ""
+    _print(args, data, rows, headers, f"No deployments{of} yet")
     return 0
 
 
@@ -220,7 +221,7 @@ def deployments_show(args: argparse.Namespace) -> int:
         print(printable(summary_line(data)))
     rows = [_device_row(d) for d in data["progress"]["devices"]]
     headers = ["DEVICE", "STATUS", "PHASE", "SINCE", "CHUNKS", "CONNECTION", "REASON", "DETAIL"]
-    _print(args, data, rows, headers)
+    _print(args, data, rows, headers, "None of its devices is registered any more")
     return 0
 
 
