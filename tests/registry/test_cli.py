@@ -47,6 +47,21 @@ def test_unreachable_registry_is_a_clear_failure() -> None:
     assert "cannot reach the registry" in result.stderr
 
 
+def test_a_home_without_serve_or_no_home_says_which(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    cli("init", "--home", str(home))
+    config = home / "registry.toml"
+    port = free_port()  # the default 8700 may be another registry's on this machine
+    config.write_text(config.read_text().replace("127.0.0.1:8700", f"{LOCALHOST}:{port}"))
+    stopped = cli("models", "--home", str(home), check=False)
+    assert stopped.returncode == 1
+    assert f"cannot reach the registry at http://{LOCALHOST}:{port}" in stopped.stderr
+    assert f"no serve is running from {home}: start it with" in stopped.stderr
+    typo = cli("models", "--home", str(tmp_path / "hom"), check=False)
+    assert typo.returncode == 1
+    assert f"{tmp_path / 'hom'} is not a registry home (no registry.toml)" in typo.stderr
+
+
 def test_listings_and_errors_against_a_running_registry(
     served_home: Path, onnx_models: ModelSet, tmp_path: Path
 ) -> None:
