@@ -339,3 +339,23 @@ def test_a_newer_assignment_replaces_an_update_under_way(
 
     run_sim(tmp_path, SETTINGS, scenario)
 
+
+def test_a_newer_assignment_of_the_release_under_way_may_retry_it(
+    tmp_path: Path, sim_models: dict[str, Path]
+) -> None:
+    async def scenario(sim: Sim) -> None:
+        await serving_v1(sim, sim_models)
+        v2 = _wrong_golden_output(sim, sim_models)
+        sim.broker.publish(sim.repo.topics.release(M, 2), b"")  # held back for now
+        sim.repo.assign(v2)
+        await sim.until(lambda: sim.phase(M) == "verifying", "v2 waiting for its release")
+        sim.repo.assign(v2)  # seq 3 names the release the update of seq 2 is installing
+        await sim.settled()
+        assert [e["seq"] for e in sim.events("received", 2)] == [2]
+        sim.broker.publish(sim.repo.topics.release(M, 2), v2.signed)
+        # It fails under seq 2; seq 3 asked for it too, so it is tried once more, and only once.
+        await sim.until(lambda: sim.failed_here(M) == {2: 3}, "v2 failed under seq 3")
+        assert [e["seq"] for e in sim.events("received", 2)] == [2, 3]
+        assert sim.serving(M) == 1
+
+    run_sim(tmp_path, SETTINGS, scenario)
