@@ -21,6 +21,7 @@ import pytest
 from edge_agent.config import UpdateSettings
 from edge_protocol import SelfTest, SigningKey
 from tests.protocol.factory import NOW, sign
+from tests.support import external_data
 from tests.support.sim_repository import Shipped, SimRepository
 from tests.support.update_sim import Sim, run_sim
 
@@ -126,9 +127,8 @@ def test_the_same_assignment_delivered_again_is_a_no_op(
         v1 = await serving_v1(sim, sim_models)
         signed = sim.repo.assignment(v1, seq=1)
         for _ in range(3):  # retained messages come again on every reconnect
-            sim.broker.drop()
-            sim.broker.restore(session_present=False)
-            await sim.until(lambda: sim.broker.idle() and sim.broker.subscriptions, "resubscribed")
+            await sim.drop_link()
+            await sim.restore_link()
         sim.repo.send_assignment(signed)
         await sim.settled()
         assert not sim.events("rejected")
@@ -186,6 +186,17 @@ def _not_a_model(sim: Sim, models: dict[str, Path]) -> Shipped:
     return sim.repo.release(M, 2, models["good"], data=b"these bytes are no ONNX model")
 
 
+def _fails_its_warm_up(sim: Sim, models: dict[str, Path]) -> Shipped:
+    # It answers its self-test's seven rows, but not the warm-up's one row of zeros.
+    rows = -np.linspace(0.1, 1, 7 * 4, dtype=np.float32).reshape(7, 4)
+    return sim.repo.release(M, 2, models["failing"], golden_rows=rows)
+
+
+def _external_data(sim: Sim, models: dict[str, Path]) -> Shipped:
+    data = external_data.initializer("/etc/hostname", 4).SerializeToString()
+    return sim.repo.release(M, 2, models["good"], data=data)
+
+
 def _expired_release(sim: Sim, models: dict[str, Path]) -> Shipped:
     expired = {"created": NOW - timedelta(days=2), "expires": NOW - timedelta(seconds=1)}
     return sim.repo.release(M, 2, models["good"], **expired)
@@ -207,6 +218,10 @@ STEP_FAILURES = {
         _wrong_golden_output, "rejected", "selftest_mismatch"
     ),
     "bytes-that-do-not-load": StepFailure(_not_a_model, "failed", "load_error"),
+    "a-model-that-fails-its-warm-up": StepFailure(_fails_its_warm_up, "failed", "load_error"),
+    "a-model-that-refers-to-external-data": StepFailure(
+        _external_data, "rejected", "external_data"
+    ),
 }
 
 
@@ -251,11 +266,11 @@ def test_a_failed_release_waits_for_a_newer_assignment(
         await sim.event("rejected", 2)
         await sim.until(lambda: sim.failed_here(M) == {2: 2}, "v2 failed at seq 2")
         if AGAIN[case] == "reconnect":
-            sim.broker.drop()
-            sim.broker.restore(session_present=False)
+            await sim.drop_link()
+            await sim.restore_link()
         else:
             await sim.restart(clean=AGAIN[case] == "clean")
-        await sim.until(lambda: sim.broker.idle() and sim.broker.subscriptions, "resubscribed")
+            await sim.until(lambda: sim.live.link.up and sim.broker.idle(), "connected")
         assert sim.serving(M) == 1
         sim.repo.assign(v2)  # seq 3 names the same release: it is tried once more
         await sim.until(lambda: sim.failed_here(M) == {2: 3}, "v2 failed at seq 3")
@@ -279,10 +294,9 @@ def test_a_release_that_never_arrives_times_out_in_connected_time(
         sim.repo.assign(v2)
         await sim.until(lambda: sim.phase(M) == "verifying", "waiting for the release")
         await sim.advance(SETTINGS.release_timeout_s - 1)
-        sim.broker.drop()  # a day offline does not count
+        await sim.drop_link()  # a day offline does not count
         await sim.advance(86_400)
-        sim.broker.restore(session_present=False)
-        await sim.settled()
+        await sim.restore_link()
         assert sim.phase(M) == "verifying"
         assert not sim.events("failed", 2)
         await sim.advance(2)

@@ -160,6 +160,20 @@ class Sim:
             self.broker.connection.lost = True
         self._run = None
 
+    # --- the link ---------------------------------------------------------------------------
+
+    async def drop_link(self) -> None:
+        """Cut the broker link and wait until the agent noticed (its connected clock stops)."""
+        self.broker.drop()
+        await self.until(lambda: not self.live.link.up, "the agent seeing the link down")
+
+    async def restore_link(self, *, session_present: bool = False) -> None:
+        """Let the agent reconnect; wait until it subscribed and handled what that brought."""
+        self.broker.restore(session_present=session_present)
+        await self.until(
+            lambda: self.live.link.up and self.broker.idle(), "the agent connected again"
+        )
+
     # --- time ---------------------------------------------------------------------------------
 
     async def advance(self, seconds: float) -> None:
@@ -248,13 +262,13 @@ class Sim:
     # --- a local application ------------------------------------------------------------------
 
     async def infer(self, model: str, count: int = 1, *, seed: int = 0) -> list[int]:
-        """Send `count` one-row requests to the local endpoint; return their statuses."""
+        """Send `count` one-row requests (positive values) to the endpoint; their statuses."""
         if self._http is None:
             self._http = ClientSession()
         rng = np.random.default_rng(seed)
         statuses = []
         for _ in range(count):
-            row = rng.normal(size=FEATURES).astype(np.float32).tolist()
+            row = np.abs(rng.normal(size=FEATURES)).astype(np.float32).tolist()
             body = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, FEATURES],
                                 "data": row}]}  # fmt: skip
             url = f"{self.live.server.url}/v2/models/{model}/infer"
