@@ -33,7 +33,7 @@ typecheck: install
 	$(BIN)/mypy $(PACKAGES)
 
 pytest: install mosquitto
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto
 
 test: lint typecheck pytest
 

@@ -38,9 +38,14 @@ class BlobStore:
             raise InvalidInputError(f"{sha256!r} is not a SHA-256 hex digest")
         return self.root / sha256[:2] / sha256
 
-    def put(self, data: bytes) -> str:
-        """Store `data` atomically unless it is stored already; return its SHA-256 hex."""
-        sha256 = hashlib.sha256(data).hexdigest()
+    def put(self, data: bytes, sha256: str | None = None) -> str:
+        """Store `data` atomically unless it is stored already; return its SHA-256 hex.
+
+        `sha256` is the digest the caller already computed of these same bytes, so a large
+        model is hashed once per push rather than once per step.
+        """
+        if sha256 is None:
+            sha256 = hashlib.sha256(data).hexdigest()
         target = self.path(sha256)
         # Same name means same content, but a truncated file (a disk fault) gets rewritten.
         if target.is_file() and target.stat().st_size == len(data):
