@@ -161,11 +161,16 @@ def _release_signed_by_another_key(sim: Sim, models: dict[str, Path]) -> Shipped
     return shipped
 
 
-def _corrupt_chunk(sim: Sim, models: dict[str, Path]) -> Shipped:
-    shipped = sim.repo.release(M, 2, models["good"], chunk_size=64)
-    topic = sim.repo.topics.artifact_chunk(shipped.release.artifact.sha256, 1)
-    sim.broker.publish(topic, bytes(64))
-    return shipped
+def _chunk_1(replacement: bytes) -> Callable[[Sim, dict[str, Path]], Shipped]:
+    """A release whose chunk 1 (of 64 bytes, not the last) is `replacement` on the broker."""
+
+    def ship(sim: Sim, models: dict[str, Path]) -> Shipped:
+        shipped = sim.repo.release(M, 2, models["good"], chunk_size=64)
+        topic = sim.repo.topics.artifact_chunk(shipped.release.artifact.sha256, 1)
+        sim.broker.publish(topic, replacement)
+        return shipped
+
+    return ship
 
 
 def _whole_file_hash_differs(sim: Sim, models: dict[str, Path]) -> Shipped:
@@ -210,7 +215,9 @@ STEP_FAILURES = {
         _release_signed_by_another_key, "rejected", "signature_threshold"
     ),
     "an-expired-release": StepFailure(_expired_release, "rejected", "expired"),
-    "a-corrupt-chunk": StepFailure(_corrupt_chunk, "rejected", "chunk_hash"),
+    "a-corrupt-chunk": StepFailure(_chunk_1(bytes(64)), "rejected", "chunk_hash"),
+    "a-chunk-too-long": StepFailure(_chunk_1(bytes(65)), "rejected", "size_exceeded"),
+    "a-chunk-too-short": StepFailure(_chunk_1(bytes(10)), "rejected", "chunk_size"),
     "chunks-that-do-not-make-the-artifact": StepFailure(
         _whole_file_hash_differs, "rejected", "artifact_hash"
     ),

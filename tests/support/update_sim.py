@@ -34,6 +34,7 @@ from edge_agent.agent import Agent
 from edge_agent.config import DeviceConfig, MqttSettings, TelemetrySettings, UpdateSettings
 from edge_agent.server import ServerConfig
 from tests.protocol.factory import DEVICE, NOW
+from tests.support.disk import SmallDisk, small_disk
 from tests.support.probation_models import FEATURES
 from tests.support.sim_broker import SimBroker
 from tests.support.sim_repository import Shipped, SimRepository
@@ -81,6 +82,7 @@ class Sim:
     root: Path
     settings: UpdateSettings
     clock: SimClock
+    disk: SmallDisk | None = None  # the state directory's own small file system, if any
     broker: SimBroker = field(default_factory=SimBroker)
     repo: SimRepository = field(init=False)
     agent: Agent | None = None
@@ -281,17 +283,26 @@ class Sim:
 Scenario = Callable[[Sim], Awaitable[None]]
 
 
-def run_sim(root: Path, settings: UpdateSettings, scenario: Scenario) -> None:
-    """Run `scenario` against a started device on a simulated clock, then stop the device."""
+def run_sim(
+    root: Path, settings: UpdateSettings, scenario: Scenario, *, disk_bytes: int | None = None
+) -> None:
+    """Run `scenario` against a started device on a simulated clock, then stop the device.
+
+    With `disk_bytes` the state directory is a tmpfs of that size (`Sim.disk`) to fill up.
+    """
     clock = SimClock()
 
-    async def main() -> None:
-        sim = Sim(root, settings, clock)
+    async def main(disk: SmallDisk | None) -> None:
+        sim = Sim(root, settings, clock, disk=disk)
         await sim.start()
         try:
             await scenario(sim)
         finally:
             await sim.close()
 
-    with asyncio.Runner(loop_factory=lambda: SimLoop(clock)) as runner:
-        runner.run(main())
+    with contextlib.ExitStack() as stack:
+        disk = None
+        if disk_bytes is not None:
+            disk = stack.enter_context(small_disk(root / "state", disk_bytes))
+        runner = stack.enter_context(asyncio.Runner(loop_factory=lambda: SimLoop(clock)))
+        runner.run(main(disk))
