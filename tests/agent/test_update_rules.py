@@ -288,58 +288,7 @@ def test_a_failed_release_waits_for_a_newer_assignment(
     run_sim(tmp_path, SETTINGS, scenario)
 
 
-# --- deadlines: connected time only ------------------------------------------------------------
-
-
-def test_a_release_that_never_arrives_times_out_in_connected_time(
-    tmp_path: Path, sim_models: dict[str, Path]
-) -> None:
-    async def scenario(sim: Sim) -> None:
-        await serving_v1(sim, sim_models)
-        v2 = sim.repo.release(M, 2, sim_models["good"])
-        sim.broker.publish(sim.repo.topics.release(M, 2), b"")  # the release is not retained
-        sim.repo.assign(v2)
-        await sim.until(lambda: sim.phase(M) == "verifying", "waiting for the release")
-        await sim.advance(SETTINGS.release_timeout_s - 1)
-        await sim.drop_link()  # a day offline does not count
-        await sim.advance(86_400)
-        await sim.restore_link()
-        assert sim.phase(M) == "verifying"
-        assert not sim.events("failed", 2)
-        await sim.advance(2)
-        failed = await sim.event("failed", 2)
-        assert (failed["reason"], failed["seq"]) == ("timeout", 2)
-        assert sim.serving(M) == 1
-        await sim.until(lambda: sim.failed_here(M) == {2: 2}, "the failure recorded")
-
-    run_sim(tmp_path, SETTINGS, scenario)
-
-
-def test_a_download_times_out_only_without_progress(
-    tmp_path: Path, sim_models: dict[str, Path]
-) -> None:
-    async def scenario(sim: Sim) -> None:
-        await serving_v1(sim, sim_models)
-        v2 = sim.repo.release(M, 2, sim_models["good"], chunk_size=64)
-        sim.repo.withdraw_chunks(v2)
-        sim.repo.assign(v2)
-        await sim.until(lambda: sim.phase(M) == "downloading", "downloading")
-        fetcher = sim.live.mqtt_fetcher
-        for index in (0, 1):  # a chunk in each stretch: each resets the deadline
-            await sim.advance(SETTINGS.download_timeout_s - 1)
-            written = fetcher.chunks_written
-            sim.repo.publish_chunks(v2, [index])
-            await sim.until(lambda n=written: fetcher.chunks_written > n, f"chunk {index}")
-            assert sim.phase(M) == "downloading"
-        await sim.advance(SETTINGS.download_timeout_s - 1)
-        await sim.settled()
-        assert sim.phase(M) == "downloading"
-        await sim.advance(2)
-        failed = await sim.event("failed", 2)
-        assert (failed["reason"], failed["seq"]) == ("timeout", 2)
-        assert sim.serving(M) == 1
-
-    run_sim(tmp_path, SETTINGS, scenario)
+# --- a newer assignment while an update runs ---------------------------------------------------
 
 
 def test_a_newer_assignment_replaces_an_update_under_way(

@@ -87,6 +87,7 @@ class SimBroker:
     subscribe_count: int = 0
     handled: int = 0  # messages the agent has finished handling
     handling: bool = False  # a message is being handled now
+    listeners: list[Callable[[Published], None]] = field(default_factory=list)  # device's
     connection: SimConnection | None = None
     up: bool = True
     _link_changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -109,6 +110,8 @@ class SimBroker:
     def take(self, message: Published) -> None:
         """A message from the device."""
         self.published.append(message)
+        for listener in self.listeners:
+            listener(message)
         if message.retain:
             self.retained[message.topic] = message.payload
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -75,6 +76,40 @@ class SimLoop(asyncio.SelectorEventLoop):
         return self._sim_clock.monotonic()
 
 
+class HoldableThreads(ThreadPoolExecutor):
+    """The loop's default executor (asyncio.to_thread): `hold` makes later work wait.
+
+    A step whose deadline runs while its work is in a thread (loading a model) is held there,
+    the clock advanced past the deadline, and the threads let go: the deadline fires first.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=8, thread_name_prefix="sim")
+        self._open = threading.Event()
+        self._open.set()
+        self.held = 0  # work items submitted while held
+
+    def hold(self) -> None:
+        """Make work submitted from now on wait for `let_go`."""
+        self._open.clear()
+
+    def let_go(self) -> None:
+        """Run everything held, and everything submitted later at once."""
+        self._open.set()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run `fn` in a thread, once the executor is not held."""
+        if self._open.is_set():
+            return super().submit(fn, *args, **kwargs)
+        self.held += 1
+
+        def held() -> Any:
+            self._open.wait()
+            return fn(*args, **kwargs)
+
+        return super().submit(held)
+
+
 @dataclass
 class Sim:
     """One device (a real Agent) and its registry (a SimRepository) on a SimBroker."""
@@ -91,6 +126,7 @@ class Sim:
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _http: ClientSession | None = None
     _ticker: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1))
+    threads: HoldableThreads = field(default_factory=HoldableThreads)
 
     def __post_init__(self) -> None:
         self.repo = SimRepository(self.broker)
@@ -149,6 +185,7 @@ class Sim:
             await self.stop()
         if self._http is not None:
             await self._http.close()
+        self.threads.let_go()
         self._ticker.shutdown(wait=False)
 
     def _run_done(self) -> bool:
@@ -294,6 +331,7 @@ def run_sim(
 
     async def main(disk: SmallDisk | None) -> None:
         sim = Sim(root, settings, clock, disk=disk)
+        asyncio.get_running_loop().set_default_executor(sim.threads)
         await sim.start()
         try:
             await scenario(sim)
