@@ -201,8 +201,9 @@ async def test_once_the_registry_acknowledged_a_message_none_is_given_up(uplink:
     await uplink.reporter.event("received", model="m", version=1)
     await uplink.ack((await uplink.next())["msg_seq"])
     await uplink.reporter.event("received", model="m", version=2)
-    copies = Counter([(await uplink.next())["version"] for _ in range(FALLBACK_SENDS + 2)])
-    assert copies[2] >= FALLBACK_SENDS + 1
+    copies: Counter[int] = Counter()
+    while copies[2] <= FALLBACK_SENDS:  # more than a registry that never acks would get
+        copies[(await uplink.next())["version"]] += 1
     assert uplink.spool.stats()["pending"] == 1, "kept however often it was sent"
 
 
