@@ -44,6 +44,7 @@ def init(args: argparse.Namespace) -> int:
             root_keys=args.root_keys,
             root_threshold=args.root_threshold,
             passphrase=passphrase,
+            database=args.database,
         )
     )
     print(f"Created the registry home {result.home}")
