@@ -22,15 +22,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from edge_protocol import SigningKey, save_private_key, utc_now
+from edge_common.files import make_private_dir, write_atomic
+from edge_protocol import SigningKey, utc_now
 from model_registry.config import CONFIG_NAME, RegistryConfig, load_config
 from model_registry.errors import ConflictError, InvalidInputError
-from model_registry.fsutil import make_private_dir, write_file_atomic
 from model_registry.mqtt.credentials import generate_password
-from model_registry.signing import ROOT_LIFETIME, make_root, sign_document
 from model_registry.storage import Storage, open_storage
 from model_registry.storage.postgres import redact
 from model_registry.tokens import generate_token, hash_token
+from model_registry.trust.key_files import save_private_key
+from model_registry.trust.signing import ROOT_LIFETIME, make_root, sign_document
 
 HOME_ENV = "MODEL_REGISTRY_HOME"
 DEFAULT_HOME = "registry-home"
@@ -173,9 +174,7 @@ async def init_home(
     finally:
         await storage.close()
     if save_cli_token:
-        await asyncio.to_thread(
-            write_file_atomic, home / CLI_TOKEN_FILE, token.encode(), mode=0o600
-        )
+        await asyncio.to_thread(write_atomic, home / CLI_TOKEN_FILE, token.encode(), mode=0o600)
     return InitResult(home, root_file, token, root_key_files)
 
 
@@ -209,11 +208,11 @@ def _write_files(
     )
     # A password in the URL makes the file a secret (better: ~/.pgpass, docs/operations.md).
     mode = 0o600 if redact(database) != database else 0o644
-    write_file_atomic(home / CONFIG_NAME, text.encode(), mode=mode, exclusive=True)
+    write_atomic(home / CONFIG_NAME, text.encode(), mode=mode, exclusive=True)
     config = load_config(home)
     root_key_files = _generate_keys(config, root_keys, root_threshold, passphrase)
     mqtt_password = generate_password().encode()
-    write_file_atomic(config.path(config.mqtt.password_file), mqtt_password, mode=0o600)
+    write_atomic(config.path(config.mqtt.password_file), mqtt_password, mode=0o600)
     return config, root_key_files
 
 
@@ -236,8 +235,8 @@ def _generate_keys(
     save_private_key(release_key, config.path(config.signing.release_key))
     root = make_root(1, root_keys, [release_key], root_threshold=threshold, expires=_root_expiry())
     signed = sign_document(root.to_dict(), root_keys)
-    write_file_atomic(config.home / "metadata" / "root" / "1.json", signed, exclusive=True)
-    write_file_atomic(config.path(config.signing.root_file), signed)
+    write_atomic(config.home / "metadata" / "root" / "1.json", signed, mode=0o644, exclusive=True)
+    write_atomic(config.path(config.signing.root_file), signed, mode=0o644)
     return paths
 
 
