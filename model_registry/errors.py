@@ -68,5 +68,9 @@ class PermissionDeniedError(RegistryError):
     """A valid token whose role is too small for the operation."""
 
 
+class UnavailableError(RegistryError):
+    """Something the registry relies on, its database server, does not answer: try again."""
+
+
 class ConfigError(RegistryError):
     """A registry.toml that cannot be used; names the file, the key and what is wrong."""

@@ -18,6 +18,7 @@ from model_registry.errors import (
     PermissionDeniedError,
     RegistryError,
     TooLargeError,
+    UnavailableError,
     UnknownNameError,
     UnsupportedMediaError,
 )
@@ -39,6 +40,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (InvalidInputError, 400),
     (FormatError, 400),
     (BuildError, 422),
+    (UnavailableError, 503),
     (RegistryError, 500),
 )
 

@@ -24,7 +24,7 @@ import psycopg
 from psycopg.rows import RowMaker
 from psycopg_pool import AsyncConnectionPool
 
-from model_registry.errors import ConfigError
+from model_registry.errors import ConfigError, UnavailableError
 from model_registry.storage import migrations
 from model_registry.storage._db import (
     READ,
@@ -39,7 +39,7 @@ from model_registry.storage._sql_storage import SQLStorage
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10  # to reach the server at all
-POOL_WAIT_S = 30  # for a free connection of the pool before a call fails
+POOL_WAIT_S = 30.0  # for a free connection of the pool before a call fails (UnavailableError)
 POOL_SIZE = 10  # connections one registry keeps at most
 # The lock names the schema too: each schema of a database is a registry of its own.
 _TRY_DUTY = (
@@ -122,13 +122,16 @@ async def _drive(conn: psycopg.AsyncConnection[Any], steps: Steps[_T]) -> _T:
 
 
 async def _call(pool: AsyncConnectionPool[Any], mode: Mode, steps: Steps[_T]) -> _T:
-    async with pool.connection() as conn:
-        if mode == READ:  # each statement on its own: the pool's connections autocommit
-            return await _drive(conn, steps)
-        async with conn.transaction():
-            if mode == SNAPSHOT:
-                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            return await _drive(conn, steps)
+    try:
+        async with pool.connection() as conn:
+            if mode == READ:  # each statement on its own: the pool's connections autocommit
+                return await _drive(conn, steps)
+            async with conn.transaction():
+                if mode == SNAPSHOT:
+                    await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                return await _drive(conn, steps)
+    except psycopg.OperationalError as e:  # a lost connection, no free one in time, a deadlock
+        raise UnavailableError(f"the database is unavailable: {describe(e)}") from e
 
 
 async def _migrate(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -163,9 +166,10 @@ async def connect(url: str) -> psycopg.AsyncConnection[Any]:
 class PostgresStorage(SQLStorage):
     """`Storage` on a PostgreSQL database, with a pool of connections."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool_wait_s: float = POOL_WAIT_S) -> None:
         check_url(url)
         self.url = url
+        self.pool_wait_s = pool_wait_s
         self._pool: AsyncConnectionPool[Any] | None = None
         self._calls: set[asyncio.Future[Any]] = set()
         self._duty_conn: psycopg.AsyncConnection[Any] | None = None
@@ -196,10 +200,14 @@ class PostgresStorage(SQLStorage):
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
             # A connection the server dropped (a restart, a failover) is replaced, not used.
             check=AsyncConnectionPool.check_connection,
-            timeout=POOL_WAIT_S,
+            timeout=self.pool_wait_s,
             open=False,
         )
-        await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+        try:
+            await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+        except psycopg.Error as e:
+            await pool.close()
+            raise ConfigError(f"{redact(self.url)}: cannot connect: {describe(e)}") from e
         self._pool = pool
 
     async def close(self) -> None:
