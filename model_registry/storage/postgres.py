@@ -59,8 +59,12 @@ def redact(text: str) -> str:
 
 
 def describe(error: psycopg.Error) -> str:
-    """psycopg's message as one line (libpq may quote the URL: its password is hidden)."""
-    return redact("; ".join(line.strip() for line in str(error).splitlines() if line.strip()))
+    """The server's or libpq's message as one line (the URL it may quote without password)."""
+    primary = error.diag.message_primary if error.sqlstate else None
+    text = primary or "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    if isinstance(error, psycopg.errors.InvalidSchemaName):
+        text += " (the schema the URL's search_path names does not exist: create it first)"
+    return redact(text)
 
 
 class PgRow:
@@ -134,15 +138,21 @@ async def _call(pool: AsyncConnectionPool[Any], mode: Mode, steps: Steps[_T]) ->
         raise UnavailableError(f"the database is unavailable: {describe(e)}") from e
 
 
-async def _migrate(conn: psycopg.AsyncConnection[Any]) -> None:
+async def migrate(
+    conn: psycopg.AsyncConnection[Any],
+    pending: Sequence[migrations.Migration] = migrations.MIGRATIONS,
+) -> int:
+    """Apply the pending migrations, each in its own transaction; return the schema version."""
+
     async def run(steps: Steps[_T]) -> _T:
         async with conn.transaction():
             return await _drive(conn, steps)
 
-    found = await run(migrations.prepare("postgresql"))
-    for migration in migrations.MIGRATIONS:
+    found = await run(migrations.prepare("postgresql", pending))
+    for migration in pending:
         if migration.version > found:
             await run(migrations.apply(migration, "postgresql"))
+    return await run(migrations.current_version())
 
 
 def check_url(url: str) -> None:
@@ -185,7 +195,7 @@ class PostgresStorage(SQLStorage):
             return
         conn = await connect(self.url)
         try:
-            await _migrate(conn)
+            await migrate(conn)
         except ConfigError as e:
             raise ConfigError(f"{redact(self.url)}: {e}") from e
         except psycopg.Error as e:

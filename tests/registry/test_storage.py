@@ -1,70 +1,25 @@
-"""Both storages, on a SQLite file and on a PostgreSQL schema: every method, every refusal,
-atomicity, migrations."""
+"""Both storages, on a SQLite file and on a PostgreSQL schema: every record method, every
+refusal, atomicity (set-up and migrations: test_storage_setup, the fleet: test_storage_fleet)."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from model_registry.errors import ConfigError, ConflictError, InvalidInputError, NotFoundError
+from model_registry.errors import ConflictError, InvalidInputError, NotFoundError
 from model_registry.storage import (
     ROLES,
     DeploymentRecord,
-    DeviceRecord,
     PostgresStorage,
-    ReleaseRecord,
     SQLiteStorage,
     Storage,
-    migrations,
-    open_storage,
 )
-from model_registry.storage._db import READ
-from model_registry.storage.migrations import DIALECT_TYPES, MIGRATIONS, Migration, render
-from model_registry.storage.sqlite import migrate, run_steps
 from tests.registry.conftest import StorageBackend
-
-T0 = datetime(2026, 6, 1, 12, 0, 0, 123456, tzinfo=UTC)
-SHA = "ab" * 32
-
-
-def release(model: str = "mnist", version: int = 1, **changes: Any) -> ReleaseRecord:
-    record = ReleaseRecord(
-        model=model,
-        version=version,
-        label=f"v{version}",
-        sha256=SHA,
-        size=1234,
-        created=T0 + timedelta(minutes=version),
-        expires=T0 + timedelta(days=30),
-        envelope=b'{"signed": "release %d"}' % version,
-        build={"quantized": True, "opset": 17},
-    )
-    return replace(record, **changes)
-
-
-def device(device_id: str = "d1", group: str = "lab", **changes: Any) -> DeviceRecord:
-    return replace(DeviceRecord(device_id, group, T0, "pbkdf2$hash"), **changes)
-
-
-def deployment(device_ids: tuple[str, ...] = ("d1",), **changes: Any) -> DeploymentRecord:
-    record = DeploymentRecord(
-        deployment_id=0,
-        model="mnist",
-        version=1,
-        target_kind="devices",
-        target=",".join(device_ids),
-        device_ids=device_ids,
-        created=T0,
-        deadline=T0 + timedelta(minutes=10),
-        created_by="admin",
-    )
-    return replace(record, **changes)
+from tests.support.storage_records import SHA, T0, deployment, device, release
 
 
 @pytest.fixture
@@ -444,158 +399,3 @@ async def test_concurrent_duplicates_store_exactly_one(storage: Storage) -> None
     assert results[0] is None
     assert all(isinstance(r, ConflictError) for r in results[1:])
     assert (await storage.get_device("d1")).group == "g0"
-
-
-async def test_calls_outside_open_and_close_fail_clearly(backend: StorageBackend) -> None:
-    storage = backend.storage()
-    with pytest.raises(RuntimeError, match="not open"):
-        await storage.roots()
-    await storage.open()
-    await storage.open()  # a second open is harmless
-    await storage.close()
-    await storage.close()
-    with pytest.raises(RuntimeError, match="not open"):
-        await storage.roots()
-
-
-async def test_sqlite_database_settings(db_path: Path) -> None:
-    async with SQLiteStorage(db_path):
-        pass
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # stored in the file
-
-
-# migrations
-
-
-def test_migrations_are_numbered_in_order_and_render_for_both_dialects() -> None:
-    assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
-    for dialect in DIALECT_TYPES:
-        for migration in MIGRATIONS:
-            assert all("{" not in render(s, dialect) for s in migration.statements)
-
-
-async def test_reopening_keeps_data_and_applies_migrations_once(backend: StorageBackend) -> None:
-    for _ in range(2):
-        storage = backend.storage()
-        await storage.open()
-        if not await storage.roots():
-            await storage.add_root(1, b"root")
-        assert await storage.roots() == [(1, b"root")]
-        await storage.close()
-    assert backend.count("schema_version") == len(MIGRATIONS)
-
-
-async def test_a_database_from_a_newer_registry_is_refused(backend: StorageBackend) -> None:
-    storage = backend.storage()
-    await storage.open()
-    await storage.close()
-    backend.execute("INSERT INTO schema_version VALUES (99, 'from the future', 'x')")
-    newest = len(MIGRATIONS)
-    where = r"registry\.db" if backend.name == "sqlite" else "postgresql://"
-    with pytest.raises(ConfigError, match=rf"{where}.*: .*schema version 99 .* up to {newest}"):
-        await backend.storage().open()
-
-
-EXPECTED_TABLES = {
-    "schema_version",
-    "roots",
-    "models",
-    "releases",
-    "devices",
-    "deployments",
-    "deployment_targets",
-    "device_events",
-    "telemetry",
-    "tokens",
-}
-
-
-def test_migrate_is_idempotent(db_path: Path) -> None:
-    with sqlite3.connect(db_path, isolation_level=None) as conn:
-        assert migrate(conn) == len(MIGRATIONS)
-        assert migrate(conn) == len(MIGRATIONS)
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert tables - {"sqlite_sequence"} == EXPECTED_TABLES
-        assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == len(MIGRATIONS)
-
-
-def test_a_new_migration_applies_to_an_existing_database_keeping_data(db_path: Path) -> None:
-    extra = Migration(len(MIGRATIONS) + 1, "add notes", ("ALTER TABLE roots ADD COLUMN note TEXT",))
-    with sqlite3.connect(db_path, isolation_level=None) as conn:
-        migrate(conn)
-        conn.execute("INSERT INTO roots (version, envelope) VALUES (1, x'00')")
-        assert migrate(conn, (*MIGRATIONS, extra)) == extra.version
-        assert conn.execute("SELECT version, note FROM roots").fetchall() == [(1, None)]
-
-
-def test_a_failing_migration_is_rolled_back_whole(db_path: Path) -> None:
-    statements = ("CREATE TABLE half_done (x INTEGER)", "NOT SQL AT ALL")
-    broken = Migration(len(MIGRATIONS) + 1, "broken", statements)
-    with sqlite3.connect(db_path, isolation_level=None) as conn:
-        with pytest.raises(sqlite3.OperationalError):
-            migrate(conn, (*MIGRATIONS, broken))
-        assert run_steps(conn, READ, migrations.current_version) == len(MIGRATIONS)
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert "half_done" not in tables
-
-
-def test_a_misnumbered_migration_list_is_refused(db_path: Path) -> None:
-    with sqlite3.connect(db_path) as conn, pytest.raises(ValueError, match="in order"):
-        migrate(conn, (Migration(2, "skips one", ()),))
-
-
-@pytest.fixture
-def not_a_database(db_path: Path) -> Path:
-    db_path.write_bytes(b"this is not sqlite" * 100)
-    return db_path
-
-
-async def test_a_file_that_is_not_a_database_is_refused(not_a_database: Path) -> None:
-    with pytest.raises(ConfigError, match="not a usable registry database"):
-        await SQLiteStorage(not_a_database).open()
-
-
-async def test_a_database_in_a_missing_directory_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot open"):
-        await SQLiteStorage(tmp_path / "missing" / "registry.db").open()
-
-
-# open_storage
-
-
-async def test_open_storage_understands_sqlite_urls_and_paths(db_path: Path) -> None:
-    for location in (f"sqlite://{db_path}", str(db_path), db_path):
-        storage = open_storage(location)
-        assert isinstance(storage, SQLiteStorage)
-        assert storage.path == db_path
-    opened = open_storage(f"sqlite://{db_path}")
-    await opened.open()
-    await opened.add_root(1, b"r")
-    await opened.close()
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM roots").fetchone()[0] == 1
-
-
-def test_open_storage_understands_postgresql_urls() -> None:
-    for location in ("postgresql://registry@db.example/registry", "postgres://db.example/r"):
-        storage = open_storage(location)
-        assert isinstance(storage, PostgresStorage)
-        assert storage.url == location
-    secret = open_storage("postgresql://registry:hunter2@db.example/registry")
-    assert "hunter2" not in repr(secret)
-
-
-@pytest.mark.parametrize(
-    ("location", "message"),
-    [
-        ("postgresql://registry@127.0.0.1/test?nosuch=1", 'not a valid URL: .*"nosuch"'),
-        ("postgresql://registry:hunter2@[::1/test", r"^(?!.*hunter2).*not a valid URL"),
-        ("sqlite://relative.db", "absolute path"),
-        ("mysql://host/db", "neither a SQLite path nor a known URL"),
-        ("", "empty"),
-    ],
-)
-def test_open_storage_refusals(location: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        open_storage(location)
