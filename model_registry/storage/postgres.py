@@ -46,6 +46,22 @@ _TRY_DUTY = (
     "SELECT pg_try_advisory_lock(hashtextextended("
     "'model-registry duty ' || current_schema() || ' ' || %s, 0))"
 )
+# Until the URL says otherwise: find a silently dead peer in seconds, not the system's hours.
+# The client side ends calls on a link that stopped answering; the server side (duty
+# connection) ends the session of a registry host that vanished, so its duties move on.
+_CLIENT_KEEPALIVE = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "20000",  # ms that sent data may stay unacknowledged
+}
+_SERVER_KEEPALIVE = (
+    "SELECT set_config('tcp_keepalives_idle', '10', false),"
+    " set_config('tcp_keepalives_interval', '5', false),"
+    " set_config('tcp_keepalives_count', '3', false),"
+    " set_config('tcp_user_timeout', '20000', false)"
+)
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -163,12 +179,17 @@ def check_url(url: str) -> None:
         raise ConfigError(f"database: {redact(url)!r} is not a valid URL: {describe(e)}") from e
 
 
+def connection_options(url: str) -> dict[str, Any]:
+    """What every connection of the storage sets, unless the URL sets it itself."""
+    given = psycopg.conninfo.conninfo_to_dict(url)
+    defaults = {"connect_timeout": str(CONNECT_TIMEOUT_S), **_CLIENT_KEEPALIVE}
+    return {"autocommit": True} | {k: v for k, v in defaults.items() if k not in given}
+
+
 async def connect(url: str) -> psycopg.AsyncConnection[Any]:
     """One autocommitting connection; ConfigError with the server's reason if there is none."""
     try:
-        return await psycopg.AsyncConnection.connect(
-            url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-        )
+        return await psycopg.AsyncConnection.connect(url, **connection_options(url))
     except psycopg.Error as e:
         raise ConfigError(f"{redact(url)}: cannot connect: {describe(e)}") from e
 
@@ -207,7 +228,7 @@ class PostgresStorage(SQLStorage):
             self.url,
             min_size=1,
             max_size=POOL_SIZE,
-            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+            kwargs=connection_options(self.url),
             # A connection the server dropped (a restart, a failover) is replaced, not used.
             check=AsyncConnectionPool.check_connection,
             timeout=self.pool_wait_s,
@@ -252,6 +273,7 @@ class PostgresStorage(SQLStorage):
                 if self._duty_conn is None or self._duty_conn.closed:
                     await self._drop_duties()
                     self._duty_conn = await connect(self.url)
+                    await self._duty_conn.execute(_SERVER_KEEPALIVE)
                 if name in self._duties:
                     await self._duty_conn.execute("SELECT 1")  # the lock lives with the session
                     return True
@@ -286,7 +308,7 @@ def _forget(calls: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], 
 def probe(url: str) -> None:
     """Connect once and check the schema version, for check-config; ConfigError if unusable."""
     try:
-        with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+        with psycopg.connect(url, **connection_options(url)) as conn:
             exists = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
             if exists is None or not exists[0]:
                 return  # serve creates the schema

@@ -163,3 +163,16 @@ async def test_reports_racing_a_removal_are_stored_or_unknown(
     assert outcomes <= {STORED, UNKNOWN_DEVICE}  # never a failed batch
     assert backend.count("device_events") == 0  # whatever was stored went with the device
     assert await storage.devices() == []
+
+
+async def test_batches_updating_devices_in_opposite_orders_all_store(storage: Storage) -> None:
+    ids = [f"d{i}" for i in range(8)]
+    for device_id in ids:
+        await storage.add_device(device(device_id))
+
+    def batch(number: int) -> list[DeviceReport]:
+        order = ids if number % 2 else ids[::-1]
+        return [report("events", 100 * number + i, device_id=d) for i, d in enumerate(order)]
+
+    results = await asyncio.gather(*(storage.add_device_reports(batch(n)) for n in range(12)))
+    assert {outcome for outcomes in results for outcome in outcomes} == {STORED}
