@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from model_registry.errors import ConfigError
 from model_registry.storage import PostgresStorage, SQLiteStorage, migrations, open_storage
@@ -17,7 +19,14 @@ from model_registry.storage._db import READ
 from model_registry.storage.migrations import DIALECT_TYPES, MIGRATIONS, Migration, render
 from model_registry.storage.sqlite import migrate, run_steps
 from tests.registry.conftest import StorageBackend
-from tests.support.postgres import Schema, new_schema, schema_url
+from tests.support.postgres import (
+    SCHEMA_PREFIX,
+    Schema,
+    connect,
+    drop_stale_schemas,
+    new_schema,
+    schema_url,
+)
 
 
 @pytest.fixture
@@ -230,3 +239,22 @@ async def test_a_schema_that_does_not_exist_is_a_clear_error(postgres: str) -> N
         match=r"not a usable registry database: .*search_path names does not exist",
     ):
         await storage.open()
+
+
+def test_schemas_a_killed_test_run_left_are_dropped_after_an_hour(postgres: str) -> None:
+    now = int(time.time())
+    stale, recent = (f"{SCHEMA_PREFIX}999999_{now - age}_1" for age in (7200, 60))
+    with connect() as conn:
+        for name in (stale, recent):
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+        try:
+            drop_stale_schemas(conn, now=now)
+            left = conn.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", ([stale, recent],)
+            ).fetchall()
+            assert left == [(recent,)]  # a run that may still be going keeps its schema
+        finally:
+            for name in (stale, recent):
+                conn.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name))
+                )
