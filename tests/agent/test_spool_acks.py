@@ -192,16 +192,18 @@ async def test_a_message_is_resent_until_acknowledged_then_forgotten(uplink: Upl
     assert uplink.spool.stats()["pending"] == 1
 
     await uplink.ack(first["msg_seq"])
-    await until(lambda: uplink.spool.stats()["pending"] == 0)
-    assert uplink.reporter.acknowledged == 1
+    # The spool forgets in a thread; the count follows once the reporter resumes.
+    await until(lambda: uplink.reporter.acknowledged == 1)
+    assert uplink.spool.stats()["pending"] == 0
     assert uplink.reporter.resent >= 1
 
 
 async def test_once_the_registry_acknowledged_a_message_none_is_given_up(uplink: Uplink) -> None:
     await uplink.heard_from_the_registry()
     await uplink.reporter.event("received", model="m", version=2)
-    copies = Counter([(await uplink.next())["version"] for _ in range(FALLBACK_SENDS + 2)])
-    assert copies[2] >= FALLBACK_SENDS + 1
+    copies: Counter[int] = Counter()
+    while copies[2] <= FALLBACK_SENDS:  # more than a registry that never acks would get
+        copies[(await uplink.next())["version"]] += 1
     assert uplink.spool.stats()["pending"] == 1, "kept however often it was sent"
 
 
@@ -226,8 +228,11 @@ async def test_no_more_than_the_window_is_out_unacknowledged(uplink: Uplink) -> 
     assert uplink.spool.pending() == extra, "the rest waits for room in the window"
 
     await uplink.ack(*seqs[:extra])
+    rest = [(await uplink.next())["msg_seq"] for _ in range(extra)]
+    assert rest == sorted(rest)
+    assert rest[0] > seqs[-1], "room made by the ack lets the rest go, in order"
     await until(lambda: uplink.spool.pending() == 0)
-    assert uplink.spool.unacknowledged() == ACK_WINDOW
+    await until(lambda: uplink.spool.unacknowledged() == ACK_WINDOW)
 
 
 @pytest.mark.parametrize("ack_timeout_s", [30.0])  # no resend: the ack or the PUBACK deletes
