@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PACKAGES := edge_protocol model_registry edge_agent
+PACKAGES := edge_protocol edge_common model_registry edge_agent
 
 .PHONY: help install test lint typecheck pytest demo mosquitto clean arm64-check bench bench-quick
 

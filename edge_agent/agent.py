@@ -3,7 +3,7 @@
 Order matters: the committed models are loaded and the local endpoint is serving before the
 agent touches the network, so an offline device serves immediately. On SIGTERM the agent says
 it is going offline, stops its updates, drains in-flight requests and exits. If a background
-task dies instead (see edge_agent/supervise.py), the agent reports it, stops feeding the
+task dies instead (see edge_common/supervise.py), the agent reports it, stops feeding the
 systemd watchdog, drains the same way and exits 1, so that systemd restarts it.
 """
 
@@ -14,7 +14,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from edge_agent.activation import Activator
@@ -24,7 +24,7 @@ from edge_agent.fetch import MqttChunkFetcher
 from edge_agent.http_fetch import HttpChunkFetcher
 from edge_agent.link import LinkState
 from edge_agent.mqtt import Backoff, run_with_reconnect
-from edge_agent.preflight import Labels, listen_error
+from edge_agent.preflight import Labels
 from edge_agent.reporting import Reporter
 from edge_agent.runtime import ModelRepository
 from edge_agent.server import InferenceServer
@@ -32,10 +32,11 @@ from edge_agent.server.metrics import AgentMetrics
 from edge_agent.spool import SPOOL_DIR, Spool
 from edge_agent.state import StateStore
 from edge_agent.store import ModelStore
-from edge_agent.supervise import Supervisor, TaskFailure
 from edge_agent.systemd import SystemdNotifier
 from edge_agent.telemetry import Telemetry, TelemetryCollector
 from edge_agent.updater import INTERNAL_ERROR, ChunkFetcher, Updater
+from edge_common.listen import listen_error
+from edge_common.supervise import Supervisor, TaskFailure, first_of
 from edge_protocol import Topics, TrustedState, utc_now
 from edge_protocol.trust import Clock
 
@@ -81,6 +82,7 @@ class Agent:
         self.reporter = Reporter(
             config.device_id, self.topics, self.describe, self.spool,
             telemetry_interval_s=config.telemetry.interval_s,
+            ack_timeout_s=config.telemetry.ack_timeout_s,
         )  # fmt: skip
         self.link = LinkState(
             up=False, clock=monotonic
@@ -119,7 +121,7 @@ class Agent:
         collector = TelemetryCollector(self.metrics, config.state_dir)
         self.telemetry = Telemetry(collector, self.reporter, config.telemetry)
         self.server.add_status_provider(self.telemetry.status)
-        self.supervisor = Supervisor()
+        self.supervisor = Supervisor("the agent")
 
     def _fetcher(self) -> ChunkFetcher:
         if self.config.artifacts.transport == "mqtt":
@@ -178,7 +180,7 @@ class Agent:
         reporting = self.supervisor.spawn(self.telemetry.run(), "reporting")
         failure = None
         try:
-            await _first(stop.wait(), self.supervisor.failed.wait())
+            await first_of(stop.wait(), self.supervisor.failed.wait())
             failure = self.supervisor.failure
             if failure is not None:
                 if on_failure is not None:
@@ -311,14 +313,3 @@ def _assemble(config: DeviceConfig, labels: Labels) -> Agent:
         raise labels.setting(labels.state_dir).error(
             f"cannot use {where} ({e.strerror or e})"
         ) from e
-
-
-async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
-    """Wait until the first of `waits` finishes; cancel the others."""
-    tasks = [asyncio.ensure_future(wait) for wait in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

@@ -13,19 +13,20 @@ import json
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from aiohttp import web
 
+from edge_common.files import remove_temp_files, write_atomic
+from edge_common.listen import listen_error
+from edge_common.supervise import Supervisor, first_of
 from model_registry.api.app import create_app
 from model_registry.api.metrics import CounterSource, GaugeSource, RegistryMetrics
 from model_registry.config import RegistryConfig, ServeOptions, parse_host_port
 from model_registry.errors import ConfigError, NotFoundError
-from model_registry.fsutil import remove_temp_files, write_file_atomic
 from model_registry.home import SERVE_FILE
 from model_registry.mqtt.broker_admin import DynsecAdmin, EmbeddedAccess
 from model_registry.mqtt.client import MqttConnection
@@ -34,19 +35,18 @@ from model_registry.mqtt.embedded import EmbeddedBroker
 from model_registry.mqtt.publisher import Publisher
 from model_registry.preflight import (
     Setting,
-    listen_error,
     load_release_key,
     read_mqtt_password,
     setting,
 )
+from model_registry.services.acks import AckSender
 from model_registry.services.context import RegistryContext
 from model_registry.services.ingest import DeviceIngest
 from model_registry.services.ingest_limits import TOP_DEVICES
 from model_registry.services.maintenance import maintenance_loop, sync_broker
 from model_registry.services.retention import retention_loop
-from model_registry.signing import ReleaseSigner
 from model_registry.storage import BlobStore, Storage, open_storage
-from model_registry.supervise import Supervisor
+from model_registry.trust.signing import ReleaseSigner
 
 log = logging.getLogger(__name__)
 EXIT_TASK_FAILED = 1
@@ -79,7 +79,7 @@ async def running_registry(
         ctx = make_context(config, storage)
         await asyncio.to_thread(ctx.blobs.root.mkdir, parents=True, exist_ok=True)
         await _remove_debris(ctx)
-        supervisor = Supervisor()
+        supervisor = Supervisor("the registry")
         mqtt_url, ingest = await _start_mqtt(stack, ctx, options, supervisor)
         metrics = RegistryMetrics()
         if ingest is not None:
@@ -103,25 +103,14 @@ async def serve(config: RegistryConfig, options: ServeOptions) -> int:
             print(f"MQTT broker: {registry.mqtt_url}", flush=True)
         # Tells local CLI commands where this process listens, even with --listen overrides.
         endpoint = {"api_url": registry.api_url, "mqtt_url": registry.mqtt_url, "pid": os.getpid()}
-        write_file_atomic(config.home / SERVE_FILE, json.dumps(endpoint).encode())
+        write_atomic(config.home / SERVE_FILE, json.dumps(endpoint).encode(), mode=0o644)
         try:
-            await _first(stop.wait(), registry.supervisor.failed.wait())
+            await first_of(stop.wait(), registry.supervisor.failed.wait())
         finally:
             (config.home / SERVE_FILE).unlink(missing_ok=True)
     failure = registry.supervisor.failure
     print("model registry stopped" + (f": {failure.describe()}" if failure else ""), flush=True)
     return 0 if failure is None else EXIT_TASK_FAILED
-
-
-async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
-    """Wait until the first of `waits` finishes; cancel the others."""
-    tasks = [asyncio.ensure_future(wait) for wait in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _remove_debris(ctx: RegistryContext) -> None:
@@ -180,6 +169,8 @@ async def _start_mqtt(
     await sync_broker(ctx)
     stack.push_async_callback(supervisor.stop)  # before the connection closes
     supervisor.spawn(ingest.run(connection.messages), "device message ingest")
+    acks = AckSender(ingest.acks, connection, config.topics)
+    supervisor.spawn(acks.run(), "device message acknowledgements")
     supervisor.spawn(_resync_on_reconnect(connection, ctx), "broker resync")
     supervisor.spawn(maintenance_loop(ctx), "maintenance")
     supervisor.spawn(retention_loop(ctx), "retention")
