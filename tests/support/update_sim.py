@@ -240,11 +240,19 @@ class Sim:
         return self.agent
 
     def events(self, kind: str | None = None, version: int | None = None) -> list[dict[str, Any]]:
-        """Events the device sent (of one kind, about one version), oldest first."""
-        sent = self.broker.messages(self.repo.topics.events(DEVICE))
+        """Events the device sent (of one kind, about one version), oldest first.
+
+        Each once: after a kill the spool sends again what the broker acknowledged but the
+        spool had not yet deleted (docs/telemetry.md), with the same msg_seq, as a registry
+        would see it.
+        """
+        sent = {
+            (e.get("msg_epoch"), e.get("msg_seq")): e
+            for e in self.broker.messages(self.repo.topics.events(DEVICE))
+        }
         return [
             e
-            for e in sent
+            for e in sent.values()
             if (kind is None or e["event"] == kind)
             and (version is None or e.get("version") == version)
         ]
