@@ -125,3 +125,21 @@ def test_an_expired_root_keeps_the_device_serving_but_takes_no_update(
         assert sim.committed(M, 1)
 
     run_sim(tmp_path, SETTINGS, scenario)
+
+
+def test_a_probation_whose_model_no_longer_verifies_falls_back_at_start(
+    tmp_path: Path, sim_models: dict[str, Path]
+) -> None:
+    async def scenario(sim: Sim) -> None:
+        await sim.install(sim.repo.release(M, 1, sim_models["good"]))
+        v2 = sim.repo.release(M, 2, sim_models["good"])
+        sim.repo.assign(v2)
+        await sim.until(lambda: sim.in_probation(M, 2), "v2 on probation")
+        await sim.crash()
+        damage(stored(sim, v2))
+        await sim.start()
+        assert sim.serving(M) == 1
+        on_disk = sim.on_disk(M)
+        assert (on_disk["active"]["version"], on_disk["in_probation"]) == (1, False)
+
+    run_sim(tmp_path, SETTINGS, scenario)
