@@ -242,17 +242,20 @@ class Sim:
     def events(self, kind: str | None = None, version: int | None = None) -> list[dict[str, Any]]:
         """Events the device sent (of one kind, about one version), oldest first.
 
-        Each once: after a kill the spool sends again what the broker acknowledged but the
-        spool had not yet deleted (docs/telemetry.md), with the same msg_seq, as a registry
-        would see it.
+        Each once, as the registry stores them: what the spool sent but had not yet seen
+        acknowledged when the agent was killed comes again under the same msg_epoch and
+        msg_seq (docs/telemetry.md).
         """
-        sent = {
-            (e.get("msg_epoch"), e.get("msg_seq")): e
-            for e in self.broker.messages(self.repo.topics.events(DEVICE))
-        }
+        seen: set[tuple[Any, Any]] = set()
+        unique = []
+        for e in self.broker.messages(self.repo.topics.events(DEVICE)):
+            key = (e.get("msg_epoch"), e.get("msg_seq"))
+            if key[1] is None or key not in seen:
+                seen.add(key)
+                unique.append(e)
         return [
             e
-            for e in sent.values()
+            for e in unique
             if (kind is None or e["event"] == kind)
             and (version is None or e.get("version") == version)
         ]
