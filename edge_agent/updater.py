@@ -394,7 +394,8 @@ class Updater:
                 "failed", model=name, version=pinned.version, reason=refused.reason,
                 detail=detail, seq=assignment.seq,
             )  # fmt: skip
-            if name not in self._jobs:  # an update under way keeps its own phase
+            # An update under way keeps its own phase; one that is only tidying up is idle.
+            if name not in self._jobs or self.phases.get(name) == "idle":
                 await self._set_phase(name, "failed")
 
     # --- helpers ----------------------------------------------------------------------------
