@@ -246,7 +246,8 @@ def test_a_taken_listen_override_names_the_option(registry_home: InitResult) -> 
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 1
     assert result.stderr == (
-        f"model-registry serve: --listen: {address} is already in use by another process\n"
+        f"model-registry serve: --listen: {address} is already in use by another process; "
+        "stop it or choose a free port\n"
     )
 
 
