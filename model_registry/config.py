@@ -294,6 +294,14 @@ class ServeOptions:
     mqtt_url: str | None = None
     embedded_broker: str | None = None  # HOST:PORT
 
+    def __post_init__(self) -> None:
+        # Checked as the [mqtt] url is: check-config must not call a malformed override OK.
+        if self.mqtt_url and self.mqtt_url != EMBEDDED:
+            try:
+                BrokerAddress.parse(self.mqtt_url, "--mqtt-url")
+            except BrokerURLError as e:
+                raise ConfigError(str(e)) from None
+
     def api_listen(self, config: RegistryConfig) -> tuple[str, str]:
         """Where the API listens, and the setting that says so (for errors)."""
         if self.listen:
