@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,8 @@ import pytest
 from tests.support.broker import LOCALHOST, free_port
 from tests.support.models import ModelSet
 from tests.support.registry import RegistryProcess, cli, cli_json
+
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +148,16 @@ def test_a_bad_dataset_is_named_by_its_option_and_file(
                   *home, check=False)  # fmt: skip
     assert not_npz.returncode == 1
     assert f"--calibration {model}: not a readable .npz archive" in not_npz.stderr
+
+
+def test_a_reader_that_goes_away_gets_no_error_sentence(served_home: Path) -> None:
+    process = subprocess.Popen(
+        [str(BIN / "model-registry"), "token", "list", "--home", str(served_home)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stderr is not None
+    process.stdout.close()  # as `| head -0` does, before the table is printed
+    stderr = process.stderr.read()
+    assert process.wait(timeout=60) == 1
+    assert stderr == ""  # not "[Errno 32] Broken pipe", which reads as a failed command
