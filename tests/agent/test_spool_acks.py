@@ -185,13 +185,16 @@ async def test_a_message_is_resent_until_acknowledged_then_forgotten(uplink: Upl
 
     await uplink.reporter.event("received", model="m", version=2)
     first = await uplink.next()
+    while first["version"] == 1:  # a copy of the first sent before its ack came back
+        first = await uplink.next()
     again = await uplink.next()
     assert again == first, "the same message, the same msg_seq"
     assert uplink.spool.stats()["pending"] == 1
 
     await uplink.ack(first["msg_seq"])
-    await until(lambda: uplink.spool.stats()["pending"] == 0)
-    assert uplink.reporter.acknowledged == 2
+    # The spool forgets in a thread; the count follows once the reporter resumes.
+    await until(lambda: uplink.reporter.acknowledged == 2)
+    assert uplink.spool.stats()["pending"] == 0
     assert uplink.reporter.resent >= 1
 
 
@@ -199,8 +202,9 @@ async def test_once_the_registry_acknowledged_a_message_none_is_given_up(uplink:
     await uplink.reporter.event("received", model="m", version=1)
     await uplink.ack((await uplink.next())["msg_seq"])
     await uplink.reporter.event("received", model="m", version=2)
-    copies = Counter([(await uplink.next())["version"] for _ in range(FALLBACK_SENDS + 2)])
-    assert copies[2] >= FALLBACK_SENDS + 1
+    copies: Counter[int] = Counter()
+    while copies[2] <= FALLBACK_SENDS:  # more than a registry that never acks would get
+        copies[(await uplink.next())["version"]] += 1
     assert uplink.spool.stats()["pending"] == 1, "kept however often it was sent"
 
 
