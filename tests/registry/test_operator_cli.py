@@ -97,6 +97,7 @@ def test_devices_show_move_and_remove(
     )
     assert removed.stderr == ""
     assert session.connection_lost.wait(20)
+    session.close()  # paho's network thread would retry the removed login for the whole run
     with pytest.raises(ConnectRefusedError):
         _login(served, "op-2", tmp_path / "b2")
     gone = cli("devices", "show", "op-2", *served.args, check=False)
