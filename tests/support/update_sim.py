@@ -239,11 +239,21 @@ class Sim:
         return self.agent
 
     def events(self, kind: str | None = None, version: int | None = None) -> list[dict[str, Any]]:
-        """Events the device sent (of one kind, about one version), oldest first."""
-        sent = self.broker.messages(self.repo.topics.events(DEVICE))
+        """Events the device sent (of one kind, about one version), oldest first.
+
+        Each once, as the registry stores them: nobody here acknowledges, so the spool sends
+        what it holds again after a restart, under the same msg_epoch and msg_seq.
+        """
+        seen: set[tuple[Any, Any]] = set()
+        unique = []
+        for e in self.broker.messages(self.repo.topics.events(DEVICE)):
+            key = (e.get("msg_epoch"), e.get("msg_seq"))
+            if key[1] is None or key not in seen:
+                seen.add(key)
+                unique.append(e)
         return [
             e
-            for e in sent
+            for e in unique
             if (kind is None or e["event"] == kind)
             and (version is None or e.get("version") == version)
         ]
