@@ -17,10 +17,8 @@ PEER_LABELS = {
     ("constant", "json"): "aiohttp constant (ceiling)",
 }
 DIAGNOSTIC_LABELS = {
-    "agent": "agent as shipped",
-    "agent-inline": "agent, session.run on the loop thread (inline executor)",
-    "agent-batchdims": "agent, int8 file whose outputs share the batch-dim name",
-    "agent-batchdims-inline": "agent, both changes",
+    "agent": "edge-agent run (MQTT, telemetry, as a device runs it)",
+    "agent-bare": "bare InferenceServer (no MQTT, no telemetry)",
 }
 MODEL_LABELS = {
     "small": "small: sklearn MLP 32-256-256-3, int8 by the registry",

@@ -15,7 +15,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,8 @@ from benchmarks.common import (
     stop,
     wait_ready,
 )
-from benchmarks.models import Model, model, with_batch_dim_names
+from benchmarks.models import Model, model
+from benchmarks.serving_device import ServingDevices
 
 MLSERVER_VENV = BENCH / ".venv-mlserver"
 MLSERVER_FAILED = BENCH / ".venv-mlserver.failed"
@@ -68,6 +69,7 @@ QUICK = Settings(
     rounds=1,
     heavy_peers=("agent", "naive"),
     heavy_concurrencies=(128,),
+    diagnostics=("agent-bare",),
 )
 FULL = Settings(
     models=("small", "heavy-fp32", "heavy-int8"),
@@ -76,7 +78,7 @@ FULL = Settings(
     duration_s=2,
     warmup_requests=50,
     rounds=3,
-    diagnostics=("agent-inline", "agent-batchdims", "agent-batchdims-inline"),
+    diagnostics=("agent-bare",),
 )
 
 
@@ -146,18 +148,14 @@ class Peer:
     only: dict[str, tuple[int, ...]] | None = None  # model -> loads, for diagnostics
 
 
-def _agent(served: Served, port: int, work: Path) -> tuple[list[str], dict[str, str]]:
+def _bare_agent(served: Served, port: int, work: Path) -> tuple[list[str], dict[str, str]]:
     argv = [PYTHON, "-m", "benchmarks.peers.agent_server", str(served.path), served.name, str(port)]
     return argv, {}
 
 
-def _agent_variant(
-    *, batchdims: bool, inline: bool
-) -> Callable[..., tuple[list[str], dict[str, str]]]:
+def _device_agent(devices: ServingDevices) -> Callable[..., tuple[list[str], dict[str, str]]]:
     def launch(served: Served, port: int, work: Path) -> tuple[list[str], dict[str, str]]:
-        path = with_batch_dim_names(served.path) if batchdims else served.path
-        argv = [PYTHON, "-m", "benchmarks.peers.agent_server", str(path), served.name, str(port)]
-        return argv + (["--inline"] if inline else []), {}
+        return devices.argv(served, port), {}
 
     return launch
 
@@ -209,24 +207,18 @@ def _mlserver_missing() -> str | None:
 
 
 PEERS = {
-    "agent": Peer("agent", "edge agent", ("json", "binary"), _agent),
+    # The launch of "agent" needs the registry and broker: run() gives it (_device_agent).
+    "agent": Peer("agent", "edge agent", ("json", "binary"), _bare_agent),
     "naive": Peer("naive", "naive aiohttp", ("json",), _naive),
     "fastapi": Peer("fastapi", "FastAPI + uvicorn", ("json",), _fastapi),
     "mlserver": Peer("mlserver", "MLServer", ("json",), _mlserver, _mlserver_missing),
     "constant": Peer("constant", "aiohttp constant (ceiling)", ("json",), _constant),
 }
-# Diagnostics, not peers: the same agent with one cause removed at a time (benchmark-side only).
+# Diagnostics, not peers: ModelRepository + InferenceServer alone in a bare process, to tell
+# the cost of serving from what the rest of a running agent (MQTT, telemetry) adds to it.
 DIAGNOSTIC_LOADS = {"small": (1, 32), "heavy-int8": (128,)}
-PEERS.update({
-    "agent-inline": Peer("agent-inline", "agent, inference on the loop thread", ("json",),
-                         _agent_variant(batchdims=False, inline=True), only=DIAGNOSTIC_LOADS),
-    "agent-batchdims": Peer("agent-batchdims", "agent, int8 file with one batch-dim name",
-                            ("json",), _agent_variant(batchdims=True, inline=False),
-                            only=DIAGNOSTIC_LOADS),
-    "agent-batchdims-inline": Peer("agent-batchdims-inline", "agent, both",
-                                   ("json",), _agent_variant(batchdims=True, inline=True),
-                                   only=DIAGNOSTIC_LOADS),
-})  # fmt: skip
+PEERS["agent-bare"] = Peer("agent-bare", "bare InferenceServer", ("json",), _bare_agent,
+                           only=DIAGNOSTIC_LOADS)  # fmt: skip
 
 
 def wrk(
@@ -304,24 +296,31 @@ def run(mode: str) -> dict[str, Any]:
     work.mkdir(parents=True)
     models = served_models(settings.models)
     bodies = {m.key: write_bodies(m, work / "bodies") for m in models}
-    skipped = {k: reason for k in settings.peers if (reason := PEERS[k].available())}
+    peers = dict(PEERS)
+    skipped = {k: reason for k in settings.peers if (reason := peers[k].available())}
     runs: list[dict[str, Any]] = []
     answers: dict[str, str] = {}
     startup: dict[str, list[float]] = {}
-    for round_index in range(settings.rounds):
-        order = [k for k in settings.peers if k not in skipped]
-        order = order[round_index % len(order) :] + order[: round_index % len(order)]
-        order += list(settings.diagnostics)
-        for served in models:
-            for key in order:
-                peer = PEERS[key]
-                concurrencies = _loads(peer, served, settings)
-                if not concurrencies:
-                    continue
-                runs += _serve_and_load(
-                    peer, served, bodies[served.key], concurrencies, settings, work,
-                    round_index, answers, startup,
-                )  # fmt: skip
+    devices = ServingDevices(work / "deployment")
+    devices.start()
+    peers["agent"] = replace(peers["agent"], launch=_device_agent(devices))
+    try:
+        for round_index in range(settings.rounds):
+            order = [k for k in settings.peers if k not in skipped]
+            order = order[round_index % len(order) :] + order[: round_index % len(order)]
+            order += list(settings.diagnostics)
+            for served in models:
+                for key in order:
+                    peer = peers[key]
+                    concurrencies = _loads(peer, served, settings)
+                    if not concurrencies:
+                        continue
+                    runs += _serve_and_load(
+                        peer, served, bodies[served.key], concurrencies, settings, work,
+                        round_index, answers, startup,
+                    )  # fmt: skip
+    finally:
+        devices.stop()
     return {
         "section": "serving",
         "mode": mode,
@@ -388,14 +387,14 @@ def _serve_and_load(  # noqa: PLR0917 - one call site, read together with it
                 _check_answer(url, body_file, header_length)
             for concurrency in concurrencies:
                 out = work / "wrk.json"
-                before = _batch_rows(port) if peer.key == "agent" else None
+                before = _batch_rows(port) if peer.key.startswith("agent") else None
                 cpu_before = _cpu_seconds(process.pid)
                 result = wrk(
                     url, body_file, header_length, concurrency=concurrency,
                     seconds=settings.duration_s, out=out,
                 )  # fmt: skip
                 cpu = _cpu_seconds(process.pid) - cpu_before
-                after = _batch_rows(port) if peer.key == "agent" else None
+                after = _batch_rows(port) if peer.key.startswith("agent") else None
                 entry = _entry(
                     result, round_index, served.key, peer=peer.key, body=body, c=concurrency
                 )
@@ -461,7 +460,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-NUMERATORS = ("agent", "agent-inline", "agent-batchdims", "agent-batchdims-inline")
+NUMERATORS = ("agent", "agent-bare")
 
 
 def _pick(runs: list[dict[str, Any]], r: int, model_key: str, peer: str, c: int) -> Any:
