@@ -34,7 +34,8 @@ def create_app(
     """Build the application serving `repository` under `config`.
 
     Without an `executor`, the app creates a thread pool of `config.runtime.inference_workers`
-    threads for onnxruntime and shuts it down on cleanup; a given executor stays the caller's.
+    threads for onnxruntime, measures its hand-off (models cheaper than that run on the loop)
+    and shuts it down on cleanup; a given executor stays the caller's.
     """
     metrics = metrics or AgentMetrics()
     metrics.attach(repository)
@@ -56,12 +57,20 @@ def create_app(
     app[DATAPLANE], app[CONFIG], app[METRICS] = dataplane, config, metrics
     app[BODY_BUDGET] = BodyBudget(config.max_buffered_body_bytes, config.retry_after_s)
     app.add_routes(routes())
+    if executor is None:
+        # Only the pool the app owns is measured: a caller's executor may be busy or gated,
+        # and without the measurement every model runs on the executor, as before.
+        app.on_startup.append(_calibrate)
     app.on_shutdown.append(_begin_drain)
     # cleanup_ctx tears down in reverse: batchers stop first, then the pool they run on.
     if executor is None:
         app.cleanup_ctx.append(_owned_executor(pool))
     app.cleanup_ctx.append(_dataplane_lifetime)
     return app
+
+
+async def _calibrate(app: web.Application) -> None:
+    await app[DATAPLANE].calibrate()
 
 
 async def _begin_drain(app: web.Application) -> None:
