@@ -15,11 +15,7 @@ from edge_agent.server.connections import connection_middleware
 from edge_agent.server.dataplane import DataPlane, StatusProvider
 from edge_agent.server.handlers import CONFIG, DATAPLANE, METRICS, routes
 from edge_agent.server.metrics import AgentMetrics
-from edge_agent.server.middleware import (
-    auth_middleware,
-    error_middleware,
-    metrics_middleware,
-)
+from edge_agent.server.middleware import request_middleware
 from edge_agent.server.settings import ServerConfig
 
 
@@ -44,15 +40,12 @@ def create_app(
     )
     dataplane = DataPlane(repository, config, metrics, pool)
     dataplane.status_providers.extend(status_providers)
-    # Outermost first: the connection guard, metrics see the final status, errors become
-    # responses, then the token.
+    # Outermost first: the connection guard, then token, errors and metrics in one layer
+    # (each layer is a coroutine call on every request).
     middlewares: list[Middleware] = [
         connection_middleware,
-        metrics_middleware(metrics, repository),
-        error_middleware,
+        request_middleware(metrics, repository, config.token),
     ]
-    if config.token is not None:
-        middlewares.append(auth_middleware(config.token))
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[DATAPLANE], app[CONFIG], app[METRICS] = dataplane, config, metrics
     app[BODY_BUDGET] = BodyBudget(config.max_buffered_body_bytes, config.retry_after_s)

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from edge_agent.errors import InvalidRequestError
 from edge_agent.runtime.model import Array
 from edge_agent.server.tensors import (
@@ -76,11 +78,36 @@ class InferResponse:
 
 
 def parse_json(data: bytes, what: str) -> Any:
-    """Parse JSON bytes; any failure is the client's (400), never a 500."""
+    """Parse JSON bytes; any failure is the client's (400), never a 500.
+
+    orjson parses what strict RFC 8259 UTF-8 JSON is; whatever it refuses goes to the
+    standard library, which decides as it always has: it reads NaN and Infinity (refused
+    later, by name, by the non-finite check), integers of any size, UTF-16 and UTF-32, a
+    byte-order mark, and its error messages say where the body goes wrong.
+    """
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(data)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError too
         raise InvalidRequestError(f"{what} is not valid JSON: {e}") from e
+
+
+def dump_json(value: Any) -> bytes:
+    """Compact JSON bytes, as `json.dumps(value, separators=(",", ":"))` writes them.
+
+    orjson writes NaN and infinities as null where the standard library writes NaN and
+    Infinity, so an answer that may hold one (its text has a null) is written by the latter.
+    """
+    try:
+        encoded = orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        encoded = b"null"
+    if b"null" not in encoded:
+        return encoded
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def parse_header_length(value: str | None, body_length: int) -> int | None:
@@ -240,7 +267,7 @@ def encode_infer_response(response: InferResponse) -> tuple[bytes, int | None]:
     if response.id is not None:
         header["id"] = response.id
     header["outputs"] = outputs
-    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded = dump_json(header)
     if not blobs:
         return encoded, None
     return encoded + b"".join(blobs), len(encoded)
