@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PACKAGES := edge_protocol model_registry edge_agent
+PACKAGES := edge_protocol edge_common model_registry edge_agent
 
 .PHONY: help install test lint typecheck pytest demo mosquitto clean arm64-check bench bench-quick
 
@@ -33,7 +33,7 @@ typecheck: install
 	$(BIN)/mypy $(PACKAGES)
 
 pytest: install mosquitto
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto
 
 test: lint typecheck pytest
 

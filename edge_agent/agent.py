@@ -3,7 +3,7 @@
 Order matters: the committed models are loaded and the local endpoint is serving before the
 agent touches the network, so an offline device serves immediately. On SIGTERM the agent says
 it is going offline, stops its updates, drains in-flight requests and exits. If a background
-task dies instead (see edge_agent/supervise.py), the agent reports it, stops feeding the
+task dies instead (see edge_common/supervise.py), the agent reports it, stops feeding the
 systemd watchdog, drains the same way and exits 1, so that systemd restarts it.
 """
 
@@ -24,7 +24,7 @@ from edge_agent.fetch import MqttChunkFetcher
 from edge_agent.http_fetch import HttpChunkFetcher
 from edge_agent.link import LinkState
 from edge_agent.mqtt import Backoff, run_with_reconnect
-from edge_agent.preflight import Labels, listen_error
+from edge_agent.preflight import Labels
 from edge_agent.reporting import Reporter
 from edge_agent.runtime import ModelRepository
 from edge_agent.server import InferenceServer
@@ -32,10 +32,11 @@ from edge_agent.server.metrics import AgentMetrics
 from edge_agent.spool import SPOOL_DIR, Spool
 from edge_agent.state import StateStore
 from edge_agent.store import ModelStore
-from edge_agent.supervise import Supervisor, TaskFailure
 from edge_agent.systemd import SystemdNotifier
 from edge_agent.telemetry import Telemetry, TelemetryCollector
 from edge_agent.updater import INTERNAL_ERROR, ChunkFetcher, Updater
+from edge_common.listen import listen_error
+from edge_common.supervise import Supervisor, TaskFailure
 from edge_protocol import Topics, TrustedState
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class Agent:
         collector = TelemetryCollector(self.metrics, config.state_dir)
         self.telemetry = Telemetry(collector, self.reporter, config.telemetry)
         self.server.add_status_provider(self.telemetry.status)
-        self.supervisor = Supervisor()
+        self.supervisor = Supervisor("the agent")
 
     def _fetcher(self) -> ChunkFetcher:
         if self.config.artifacts.transport == "mqtt":

@@ -21,7 +21,7 @@ from edge_agent.errors import ConfigError
 from edge_agent.lock import StateDirLock, holder_pid
 from edge_agent.preflight import Labels, check_files, check_listen
 from edge_agent.systemd import configure_logging
-from edge_agent.usage import CommandParser
+from edge_common.usage import CommandParser
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 

@@ -2,19 +2,16 @@
 
 Two agents on one directory would both connect as the device (knocking each other off the
 broker, since the broker allows one session per client id) and both rewrite `state.json`. The
-lock is an flock(2) on a file inside the directory, so the kernel releases it whenever the
-process ends, `kill -9` included: a restart after a crash never finds a stale lock. The file
-holds the pid of the holder, only so that the refusal can name it.
+mechanism (edge_common/pidlock.py) survives `kill -9`; this module says it in the agent's words.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
 from pathlib import Path
 
 from edge_agent.errors import ConfigError
+from edge_common.pidlock import LockHeldError, PidLock
+from edge_common.pidlock import holder_pid as _holder_pid
 
 LOCK_FILE = "agent.lock"
 
@@ -27,50 +24,24 @@ class StateDirLock:
     """The exclusive lock of one state directory; `acquire` once, `release` at exit."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / LOCK_FILE
-        self._fd: int | None = None
+        self._lock = PidLock(state_dir / LOCK_FILE)
+        self.path = self._lock.path
 
     def acquire(self) -> None:
         """Take the lock or raise StateDirInUseError naming the holder's pid."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_pid(fd)
-            os.close(fd)
-            raise StateDirInUseError(in_use_message(self.path.parent, holder)) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
+            self._lock.acquire()
+        except LockHeldError as e:
+            raise StateDirInUseError(in_use_message(self.path.parent, e.holder)) from None
 
     def release(self) -> None:
-        """Let the lock go (the file stays: removing it would race with the next agent)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Let the lock go."""
+        self._lock.release()
 
 
 def holder_pid(state_dir: Path) -> int | None:
-    """The pid of the live agent holding `state_dir`, 0 if its pid is unknown, None if free.
-
-    Probes with a shared lock taken and dropped at once, without creating the lock file.
-    """
-    try:
-        fd = os.open(state_dir / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None  # no lock file (never started here) or unreadable: nothing to report
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return _read_pid(fd) or 0
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+    """The pid of the live agent holding `state_dir`, 0 if its pid is unknown, None if free."""
+    return _holder_pid(state_dir / LOCK_FILE)
 
 
 def in_use_message(state_dir: Path, pid: int | None) -> str:
@@ -80,10 +51,3 @@ def in_use_message(state_dir: Path, pid: int | None) -> str:
         f"state directory {state_dir} is in use by {who}; "
         "each agent needs a state directory of its own"
     )
-
-
-def _read_pid(fd: int) -> int | None:
-    with contextlib.suppress(OSError, ValueError):
-        text = os.pread(fd, 32, 0).decode("ascii").strip()
-        return int(text) if text else None
-    return None

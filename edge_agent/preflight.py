@@ -12,9 +12,7 @@ must still serve its models.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-import socket
 import ssl
 import stat
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from edge_agent.config import DeviceConfig, MqttSettings
 from edge_agent.errors import ConfigError
 from edge_agent.state import ROOT_FILE, STATE_FILE, load_state
+from edge_common.listen import listen_problem
 from edge_protocol import TrustedState
 from edge_protocol.envelope import MAX_DOCUMENT_BYTES
 from edge_protocol.errors import ProtocolError
@@ -228,26 +227,6 @@ def check_socket_path(path: Path, fail: Setting) -> None:
 
 def check_listen(host: str, port: int, fail: Setting) -> None:
     """Bind and close the TCP address the endpoint will listen on, as its server would."""
-    try:
-        addresses = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except socket.gaierror as e:
-        raise fail.error(f"cannot resolve {host!r} ({e.strerror})") from e
-    for family, kind, proto, _name, address in addresses:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio does
-            if family == socket.AF_INET6:
-                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                probe.bind(address)
-            except OSError as e:
-                raise fail.error(listen_error(host, port, e)) from e
-
-
-def listen_error(host: str, port: int, error: OSError) -> str:
-    """Why the endpoint cannot listen on host:port, in words."""
-    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if error.errno == errno.EADDRINUSE:
-        return f"{shown} is already in use by another process"
-    return f"cannot listen on {shown} ({error.strerror or error})"
+    problem = listen_problem(host, port)
+    if problem is not None:
+        raise fail.error(problem)

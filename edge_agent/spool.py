@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_agent.durable import TEMP_SUFFIX, write_atomic
+from edge_common.files import TEMP_SUFFIX, write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edge_agent.durable import fsync_directory, write_atomic
 from edge_agent.errors import ConfigError
+from edge_common.files import fsync_directory, write_atomic
 
 STATE_FILE = "state.json"
 ROOT_FILE = "trust/root.json"

@@ -22,8 +22,8 @@ from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from edge_agent.durable import TEMP_SUFFIX, fsync_directory, write_atomic
 from edge_agent.errors import DiskFullError, DownloadIncompleteError, InvalidDigestError
+from edge_common.files import TEMP_SUFFIX, fsync_directory, write_atomic
 from edge_protocol import Artifact, ArtifactVerifier, RejectedError
 from edge_protocol.fields import SHA256_PATTERN
 

@@ -28,8 +28,8 @@ from edge_agent.link import LinkState
 from edge_agent.reporting import Reporter
 from edge_agent.state import AgentState, Installed, ModelState, StateStore
 from edge_agent.store import ModelStore
-from edge_agent.supervise import watch
 from edge_agent.writes import PendingWrites, Write, store_error
+from edge_common.supervise import watch
 from edge_protocol import AssignedModel, Assignment, RejectedError, Release, TrustedState
 
 __all__ = ["INTERNAL_ERROR", "STATE_KEY", "ChunkFetcher", "Job", "Updater"]  # agent.py's names

@@ -13,7 +13,7 @@ from edge_protocol.errors import (
     RejectedError,
 )
 from edge_protocol.fields import format_time, parse_time
-from edge_protocol.keys import PublicKey, SigningKey, load_private_key, save_private_key
+from edge_protocol.keys import PublicKey, SigningKey
 from edge_protocol.metadata import (
     SPEC_VERSION,
     Artifact,
@@ -65,9 +65,7 @@ __all__ = [
     "check_selftest_outputs",
     "find_external_reference",
     "format_time",
-    "load_private_key",
     "parse_json",
     "parse_time",
-    "save_private_key",
     "utc_now",
 ]

@@ -2,18 +2,15 @@
 
 The public form of a key is the object that goes into root metadata,
 `{"keytype": "ed25519", "public": "<64 hex chars>"}`; its key id is the hex SHA-256 of that
-object's canonical JSON. The two file helpers at the bottom are the only I/O in edge_protocol:
-private keys are written atomically and readable by their owner alone.
+object's canonical JSON. Reading and writing key files is the registry's business
+(model_registry/trust/key_files.py): edge_protocol does no I/O.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -113,40 +110,3 @@ class SigningKey:
         if not isinstance(key, Ed25519PrivateKey):
             raise KeyFormatError(f"private key is {type(key).__name__}, expected Ed25519")
         return cls(key)
-
-
-def save_private_key(key: SigningKey, path: Path, passphrase: bytes | None = None) -> None:
-    """Write `key` as PEM to `path` atomically, with mode 0600, refusing to overwrite."""
-    if path.exists():
-        raise FileExistsError(f"{path} already exists; refusing to overwrite a key")
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)  # mkstemp already uses 0600; stated so no umask can widen it
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(key.to_pem(passphrase))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.link(tmp_name, path)  # link, unlike replace, fails if `path` appeared meanwhile
-    finally:
-        os.unlink(tmp_name)
-    _fsync_directory(path.parent)
-
-
-def load_private_key(path: Path, passphrase: bytes | None = None) -> SigningKey:
-    """Read a PEM private key file written by `save_private_key`."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise KeyFormatError(f"cannot read private key {path}: {e.strerror}") from e
-    try:
-        return SigningKey.from_pem(data, passphrase)
-    except KeyFormatError as e:
-        raise KeyFormatError(f"{path}: {e}") from e
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

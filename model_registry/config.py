@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_common.broker_address import BrokerAddress, BrokerURLError
 from edge_protocol import Topics
 from edge_protocol.errors import TopicError
 from edge_protocol.topics import MAX_MESSAGE_BYTES
@@ -64,8 +65,13 @@ class MqttConfig:
 
     def __post_init__(self) -> None:
         parse_host_port(self.embedded_listen, "mqtt.embedded_listen")
-        if self.url != EMBEDDED and not self.url.startswith(("mqtt://", "mqtts://")):
-            raise ConfigError(f"mqtt.url: {self.url!r} is not 'embedded', mqtt:// or mqtts://")
+        for key, url in (("mqtt.url", self.url), ("mqtt.device_url", self.device_url)):
+            if url and url != EMBEDDED:
+                try:
+                    BrokerAddress.parse(url, key)
+                except BrokerURLError as e:
+                    also = " (or 'embedded')" if key == "mqtt.url" else ""
+                    raise ConfigError(f"{e}{also}") from None
         try:
             Topics(self.topic_prefix)
         except TopicError as e:

@@ -21,14 +21,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from edge_protocol import SigningKey, save_private_key, utc_now
+from edge_common.files import make_private_dir, write_atomic
+from edge_protocol import SigningKey, utc_now
 from model_registry.config import CONFIG_NAME, RegistryConfig, load_config
 from model_registry.errors import ConflictError, InvalidInputError
-from model_registry.fsutil import make_private_dir, write_file_atomic
 from model_registry.mqtt.credentials import generate_password
-from model_registry.signing import ROOT_LIFETIME, make_root, sign_document
 from model_registry.storage import open_storage
 from model_registry.tokens import generate_token, hash_token
+from model_registry.trust.key_files import save_private_key
+from model_registry.trust.signing import ROOT_LIFETIME, make_root, sign_document
 
 HOME_ENV = "MODEL_REGISTRY_HOME"
 DEFAULT_HOME = "registry-home"
@@ -160,9 +161,7 @@ async def init_home(
     finally:
         await storage.close()
     if save_cli_token:
-        await asyncio.to_thread(
-            write_file_atomic, home / CLI_TOKEN_FILE, token.encode(), mode=0o600
-        )
+        await asyncio.to_thread(write_atomic, home / CLI_TOKEN_FILE, token.encode(), mode=0o600)
     return InitResult(home, root_file, token, root_key_files)
 
 
@@ -172,11 +171,11 @@ def _write_files(
     if home.exists() and any(home.iterdir()):
         raise ConflictError(f"{home} already exists and is not empty; refusing to overwrite it")
     _make_layout(home)
-    write_file_atomic(home / CONFIG_NAME, CONFIG_TEMPLATE.encode(), exclusive=True)
+    write_atomic(home / CONFIG_NAME, CONFIG_TEMPLATE.encode(), mode=0o644, exclusive=True)
     config = load_config(home)
     root_key_files = _generate_keys(config, root_keys, root_threshold, passphrase)
     mqtt_password = generate_password().encode()
-    write_file_atomic(config.path(config.mqtt.password_file), mqtt_password, mode=0o600)
+    write_atomic(config.path(config.mqtt.password_file), mqtt_password, mode=0o600)
     return config, root_key_files
 
 
@@ -199,8 +198,8 @@ def _generate_keys(
     save_private_key(release_key, config.path(config.signing.release_key))
     root = make_root(1, root_keys, [release_key], root_threshold=threshold, expires=_root_expiry())
     signed = sign_document(root.to_dict(), root_keys)
-    write_file_atomic(config.home / "metadata" / "root" / "1.json", signed, exclusive=True)
-    write_file_atomic(config.path(config.signing.root_file), signed)
+    write_atomic(config.home / "metadata" / "root" / "1.json", signed, mode=0o644, exclusive=True)
+    write_atomic(config.path(config.signing.root_file), signed, mode=0o644)
     return paths
 
 

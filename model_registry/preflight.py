@@ -9,9 +9,7 @@ and the path. What may only be the clock or a rotation in progress is a note, no
 
 from __future__ import annotations
 
-import errno
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge_common.listen import listen_problem
 from edge_protocol import SigningKey, TrustedState, format_time
 from edge_protocol.envelope import MAX_DOCUMENT_BYTES
 from edge_protocol.errors import ProtocolError
@@ -187,26 +186,6 @@ def check_blobs(config: RegistryConfig) -> None:
 
 def check_listen(host: str, port: int, where: Setting) -> None:
     """Bind and close a TCP address as the server would, so a taken port fails at once."""
-    try:
-        addresses = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except socket.gaierror as e:
-        raise where.error(f"cannot resolve {host!r} ({e.strerror})") from e
-    for family, kind, proto, _name, address in addresses:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio does
-            if family == socket.AF_INET6:
-                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                probe.bind(address)
-            except OSError as e:
-                raise where.error(listen_error(host, port, e)) from e
-
-
-def listen_error(host: str, port: int, error: OSError) -> str:
-    """Why a server cannot listen on host:port, in words."""
-    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if error.errno == errno.EADDRINUSE:
-        return f"{shown} is already in use by another process"
-    return f"cannot listen on {shown} ({error.strerror or error})"
+    problem = listen_problem(host, port)
+    if problem is not None:
+        raise where.error(problem)

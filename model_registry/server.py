@@ -21,11 +21,13 @@ from typing import Any
 
 from aiohttp import web
 
+from edge_common.files import remove_temp_files, write_atomic
+from edge_common.listen import listen_error
+from edge_common.supervise import Supervisor
 from model_registry.api.app import create_app
 from model_registry.api.metrics import CounterSource, GaugeSource, RegistryMetrics
 from model_registry.config import RegistryConfig, ServeOptions, parse_host_port
 from model_registry.errors import ConfigError, NotFoundError
-from model_registry.fsutil import remove_temp_files, write_file_atomic
 from model_registry.home import SERVE_FILE
 from model_registry.mqtt.broker_admin import DynsecAdmin, EmbeddedAccess
 from model_registry.mqtt.client import MqttConnection
@@ -34,7 +36,6 @@ from model_registry.mqtt.embedded import EmbeddedBroker
 from model_registry.mqtt.publisher import Publisher
 from model_registry.preflight import (
     Setting,
-    listen_error,
     load_release_key,
     read_mqtt_password,
     setting,
@@ -44,9 +45,8 @@ from model_registry.services.ingest import DeviceIngest
 from model_registry.services.ingest_limits import TOP_DEVICES
 from model_registry.services.maintenance import maintenance_loop, sync_broker
 from model_registry.services.retention import retention_loop
-from model_registry.signing import ReleaseSigner
 from model_registry.storage import BlobStore, Storage, open_storage
-from model_registry.supervise import Supervisor
+from model_registry.trust.signing import ReleaseSigner
 
 log = logging.getLogger(__name__)
 EXIT_TASK_FAILED = 1
@@ -79,7 +79,7 @@ async def running_registry(
         ctx = make_context(config, storage)
         await asyncio.to_thread(ctx.blobs.root.mkdir, parents=True, exist_ok=True)
         await _remove_debris(ctx)
-        supervisor = Supervisor()
+        supervisor = Supervisor("the registry")
         mqtt_url, ingest = await _start_mqtt(stack, ctx, options, supervisor)
         metrics = RegistryMetrics()
         if ingest is not None:
@@ -103,7 +103,7 @@ async def serve(config: RegistryConfig, options: ServeOptions) -> int:
             print(f"MQTT broker: {registry.mqtt_url}", flush=True)
         # Tells local CLI commands where this process listens, even with --listen overrides.
         endpoint = {"api_url": registry.api_url, "mqtt_url": registry.mqtt_url, "pid": os.getpid()}
-        write_file_atomic(config.home / SERVE_FILE, json.dumps(endpoint).encode())
+        write_atomic(config.home / SERVE_FILE, json.dumps(endpoint).encode(), mode=0o644)
         try:
             await _first(stop.wait(), registry.supervisor.failed.wait())
         finally:

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("edge_protocol", "model_registry", "edge_agent")
+PACKAGES = ("edge_protocol", "edge_common", "model_registry", "edge_agent")
 FORBIDDEN = {
     "edge_agent": {"model_registry"},
     "model_registry": {"edge_agent"},
-    "edge_protocol": {"edge_agent", "model_registry"},
+    # The two shared packages sit below both services, and edge_protocol stays pure.
+    "edge_protocol": {"edge_agent", "model_registry", "edge_common"},
+    "edge_common": {"edge_agent", "model_registry", "edge_protocol"},
 }
 
 
@@ -41,6 +43,47 @@ def test_edge_protocol_uses_only_the_standard_library_and_cryptography() -> None
     allowed = set(sys.stdlib_module_names) | {"cryptography", "edge_protocol", "__future__"}
     bad = {(f, m) for f, m in _imported_modules("edge_protocol") if m not in allowed}
     assert not bad, f"edge_protocol imports {sorted(bad)}"
+
+
+# Modules that reach files, processes or the network: edge_protocol is pure functions of bytes.
+IO_MODULES = {
+    "os",
+    "io",
+    "pathlib",
+    "tempfile",
+    "shutil",
+    "socket",
+    "ssl",
+    "subprocess",
+    "fcntl",
+    "mmap",
+    "select",
+    "selectors",
+    "asyncio",
+    "urllib",
+    "http",
+    "sqlite3",
+    "glob",
+}
+IO_BUILTINS = {"open", "print", "input", "exec", "eval", "compile", "__import__"}
+
+
+def test_edge_protocol_does_no_file_or_network_io() -> None:
+    modules = {(f, m) for f, m in _imported_modules("edge_protocol") if m in IO_MODULES}
+    assert not modules, f"edge_protocol imports I/O modules {sorted(modules)}"
+    calls = set()
+    for path in (ROOT / "edge_protocol").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            called = node.func if isinstance(node, ast.Call) else None
+            if isinstance(called, ast.Name) and called.id in IO_BUILTINS:
+                calls.add((path.name, called.id))
+    assert not calls, f"edge_protocol calls I/O builtins {sorted(calls)}"
+
+
+def test_edge_common_uses_only_the_standard_library() -> None:
+    allowed = set(sys.stdlib_module_names) | {"edge_common", "__future__"}
+    bad = {(f, m) for f, m in _imported_modules("edge_common") if m not in allowed}
+    assert not bad, f"edge_common imports {sorted(bad)}"
 
 
 def test_all_three_packages_import_together() -> None:

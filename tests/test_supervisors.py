@@ -1,4 +1,4 @@
-"""The two supervisors (agent and registry) on real asyncio tasks: what counts as a death.
+"""The supervisor of both services on real asyncio tasks: what counts as a death.
 
 The processes are tested end to end (tests/agent/test_supervision.py, tests/registry/
 test_serve_supervision.py); these cover the cases a process cannot be pushed into from outside:
@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from typing import Any
 
 import pytest
 
-from edge_agent import supervise as agent_supervise
-from model_registry import supervise as registry_supervise
+from edge_common import supervise
+from edge_common.supervise import Supervisor
 
 SUPERVISORS = [
-    pytest.param(agent_supervise.Supervisor, id="agent"),
-    pytest.param(registry_supervise.Supervisor, id="registry"),
+    pytest.param(functools.partial(Supervisor, "the agent"), id="agent"),
+    pytest.param(functools.partial(Supervisor, "the registry"), id="registry"),
 ]
 
 
@@ -51,6 +52,7 @@ async def test_an_exception_is_a_death_logged_once_with_its_traceback(
     assert supervisor.failure.describe() == "task 'fragile' died: OSError: boom"
     critical = [r for r in caplog.records if r.levelno == logging.CRITICAL]
     assert len(critical) == 1
+    assert critical[0].getMessage().endswith(f"{supervisor.process} stops and exits 1")
     assert critical[0].exc_info is not None
     assert critical[0].exc_info[1] is supervisor.failure.error
 
@@ -105,15 +107,15 @@ async def test_cancelling_and_stopping_are_not_deaths(
 
 
 async def test_a_watched_task_reports_to_the_installed_supervisor() -> None:
-    supervisor = agent_supervise.Supervisor()
+    supervisor = supervise.Supervisor()
     supervisor.install()
     short_lived = asyncio.create_task(returns(), name="update")
-    agent_supervise.watch(short_lived)  # returning is fine for it
+    supervise.watch(short_lived)  # returning is fine for it
     await short_lived
     assert not supervisor.failed.is_set()
 
     dispatcher = asyncio.create_task(boom("queue broke"), name="batcher-m")
-    agent_supervise.watch(dispatcher, long_lived=True)
+    supervise.watch(dispatcher, long_lived=True)
     await asyncio.wait_for(supervisor.failed.wait(), timeout=10)
     await supervisor.stop()
 
@@ -125,7 +127,7 @@ async def test_without_a_supervisor_a_watched_death_is_still_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     task = asyncio.create_task(boom("alone"), name="orphan")
-    agent_supervise.watch(task)
+    supervise.watch(task)
     with pytest.raises(OSError, match="alone"):
         await task  # the watch callback, added first, has run by now
 

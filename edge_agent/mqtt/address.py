@@ -5,45 +5,23 @@ from __future__ import annotations
 
 import logging
 import ssl
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 
 from edge_agent.config import MqttSettings
 from edge_agent.errors import ConfigError
+from edge_common.broker_address import BrokerAddress, BrokerURLError
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class BrokerAddress:
-    """Host, port and TLS flag parsed from `mqtt://host[:port]` or `mqtts://host[:port]`."""
-
-    host: str
-    port: int
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        """Parse the broker URL of `[mqtt] url`, raising ConfigError if it is malformed."""
-        parts = urlsplit(url)
-        if parts.username is not None or parts.password is not None:
-            # Not echoed: the URL holds a secret. Config keys keep it out of logs and errors.
-            raise ConfigError("mqtt.url must not carry credentials; use mqtt.username and a file")
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ConfigError(f"mqtt.url {url!r} must look like mqtt://host[:port] or mqtts://...")
-        tls = parts.scheme == "mqtts"
-        try:
-            port = parts.port or (8883 if tls else 1883)
-        except ValueError as e:
-            raise ConfigError(f"mqtt.url {url!r} has a bad port") from e
-        return cls(parts.hostname, port, tls)
-
-    def __str__(self) -> str:
-        # Never the raw URL: it could carry credentials in its userinfo part.
-        return f"{self.host}:{self.port}"
+def broker_address(url: str) -> BrokerAddress:
+    """Parse `[mqtt] url`, raising ConfigError if it is malformed."""
+    try:
+        return BrokerAddress.parse(url, "mqtt.url")
+    except BrokerURLError as e:
+        raise ConfigError(str(e)) from None
 
 
 class _ClosingSSLSocket(ssl.SSLSocket):

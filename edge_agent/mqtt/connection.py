@@ -32,8 +32,8 @@ from edge_agent.errors import (
     MqttDisconnectedError,
     MqttSubscribeError,
 )
-from edge_agent.mqtt import tls_hints
-from edge_agent.mqtt.address import BrokerAddress, survive_callback_errors, tls_context
+from edge_agent.mqtt.address import broker_address, survive_callback_errors, tls_context
+from edge_common import tls_hints
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class AgentMqtt:
         will: tuple[str, bytes] | None = None,
         connect_timeout_s: float = 30,
     ) -> None:
-        self._address = BrokerAddress.parse(settings.url)
+        self._address = broker_address(settings.url)
         self._username = settings.username
         self._keepalive_s = settings.keepalive_s
         self._has_client_cert = settings.client_cert is not None

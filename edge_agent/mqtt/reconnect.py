@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from edge_agent.config import MqttSettings
 from edge_agent.errors import BrokerError, MqttDisconnectedError
-from edge_agent.mqtt.address import BrokerAddress
+from edge_agent.mqtt.address import broker_address
 from edge_agent.mqtt.connection import AgentMqtt, Message
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ async def run_with_reconnect(
     Any other exception from `on_connect` ends that connection and the loop reconnects.
     `on_disconnect` hears why each attempt or connection ended.
     """
-    address = BrokerAddress.parse(settings.url)
+    address = broker_address(settings.url)
     handlers = _Handlers(on_connect, on_message, on_handler_error)
     while True:
         error = await _one_connection(
@@ -139,7 +139,7 @@ async def _one_connection(
         async with AgentMqtt(settings, client_id=client_id, will=will) as client:
             log.info(
                 "MQTT: connected to %s as %s (user %s, session present: %s)",
-                BrokerAddress.parse(settings.url),
+                broker_address(settings.url),
                 client_id,
                 settings.username or "anonymous",
                 client.session_present,

@@ -31,7 +31,7 @@ import numpy as np
 
 from edge_agent.errors import InferenceError, OverloadedError, ShuttingDownError
 from edge_agent.runtime.model import Array, LoadedModel
-from edge_agent.supervise import watch
+from edge_common.supervise import watch
 
 log = logging.getLogger(__name__)
 

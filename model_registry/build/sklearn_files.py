@@ -8,6 +8,7 @@ from typing import Any
 import joblib
 from numpy.typing import NDArray
 
+from edge_common.files import write_atomic
 from model_registry.build.convert import (
     ConversionReport,
     check_fitted_estimator,
@@ -16,7 +17,6 @@ from model_registry.build.convert import (
 )
 from model_registry.build.datasets import check_targets, read_npz
 from model_registry.errors import InvalidInputError
-from model_registry.fsutil import write_file_atomic
 
 
 def load_estimator(path: str | Path) -> Any:
@@ -60,5 +60,5 @@ def build_sklearn_file(
     estimator = load_estimator(estimator_path)
     rows = load_sample(sample_path, check_fitted_estimator(estimator))
     converted = convert_estimator(estimator, rows)
-    write_file_atomic(Path(out_path), converted.model_bytes)
+    write_atomic(Path(out_path), converted.model_bytes, mode=0o644)
     return converted.report

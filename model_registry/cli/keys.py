@@ -1,7 +1,7 @@
 """`model-registry keys rotate-release` and `keys rotate-root`: new keys through root N+1.
 
 Both work on the home directly (never through the API) and refuse while `serve` runs from it;
-the work and its all-or-nothing rules are in `model_registry.rotation`.
+the work and its all-or-nothing rules are in `model_registry.trust.rotation`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from model_registry.errors import InvalidInputError
 from model_registry.home import resolve_home
-from model_registry.rotation import RotationResult, rotate_release_key, rotate_root_keys
+from model_registry.trust.rotation import RotationResult, rotate_release_key, rotate_root_keys
 
 
 def rotate_release(args: argparse.Namespace) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import cast
 
+from edge_common.usage import CommandParser
 from model_registry import __version__
-from model_registry.cli.usage import CommandParser
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,9 +17,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_common.files import write_atomic
 from edge_protocol.topics import Topics
 from model_registry.errors import ConflictError, InvalidInputError
-from model_registry.fsutil import write_file_atomic
 from model_registry.mqtt import dynsec
 from model_registry.mqtt.limits import MAX_PACKET_BYTES, MAX_PAYLOAD_BYTES
 from model_registry.mqtt.tls import issue_server_cert, load_ca, make_ca
@@ -182,7 +182,7 @@ def _tls_material(files: BrokerConfigFiles, hosts: Sequence[str]) -> dict[Path, 
 
 def _write(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
     try:
-        write_file_atomic(path, data, mode=mode, exclusive=not overwrite)
+        write_atomic(path, data, mode=mode, exclusive=not overwrite)
     except FileExistsError as e:
         raise ConflictError(f"refusing to overwrite {path} (pass overwrite)") from e
 

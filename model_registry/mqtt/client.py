@@ -14,14 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge_common import tls_hints
+from edge_common.broker_address import BrokerAddress, BrokerURLError
 from model_registry.errors import ConfigError, RegistryError
-from model_registry.mqtt import tls_hints
 
 MAX_INFLIGHT = 200  # chunks of one artifact go out together; paho's default of 20 serializes them
 log = logging.getLogger(__name__)
@@ -41,28 +41,6 @@ class MqttMessage:
     retain: bool
 
 
-@dataclass(frozen=True)
-class BrokerAddress:
-    """Host, port and whether TLS is on, parsed from an mqtt:// or mqtts:// URL."""
-
-    host: str
-    port: int
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        """Parse `mqtt://host[:port]` or `mqtts://host[:port]`."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ConfigError(f"broker URL {url!r} must look like mqtt://host:port or mqtts://...")
-        tls = parts.scheme == "mqtts"
-        try:
-            port = parts.port or (8883 if tls else 1883)
-        except ValueError as e:
-            raise ConfigError(f"broker URL {url!r} has a bad port") from e
-        return cls(parts.hostname, port, tls)
-
-
 class MqttConnection:
     """One persistent-session MQTT client with awaitable QoS 1 publishes."""
 
@@ -78,7 +56,10 @@ class MqttConnection:
         connect_timeout_s: float = 30.0,
         messages: asyncio.Queue[MqttMessage] | None = None,
     ) -> None:
-        self.address = BrokerAddress.parse(url)
+        try:
+            self.address = BrokerAddress.parse(url)
+        except BrokerURLError as e:
+            raise ConfigError(str(e)) from None
         self._connect_timeout_s = connect_timeout_s
         self._keepalive = keepalive_s
         self._loop: asyncio.AbstractEventLoop | None = None

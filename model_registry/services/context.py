@@ -12,8 +12,8 @@ from edge_protocol.trust import Clock
 from model_registry.config import RegistryConfig
 from model_registry.mqtt.broker_admin import BrokerAccess
 from model_registry.mqtt.publisher import Publisher
-from model_registry.signing import ReleaseSigner
 from model_registry.storage import BlobStore, Storage
+from model_registry.trust.signing import ReleaseSigner
 
 
 class BrokerLink(Protocol):

@@ -66,8 +66,11 @@ async def push_model(ctx: RegistryContext, request: PushRequest) -> ReleaseRecor
     verdict = await champion_verdict(ctx, request.name, request.gate, result, request.eval_set)
     # The uploaded bytes' digest: the artifact's differs once the build rewrote the model.
     result = replace(result, report={**result.report, **verdict, "source_sha256": source_sha256})
-    await asyncio.to_thread(ctx.blobs.put, result.artifact)
-    record = await _store_next_version(ctx, request, result)
+    # Hashing and chunking a large model takes a while: both stay off the event loop, once.
+    chunk_size = ctx.config.artifacts.chunk_size_kib * 1024
+    artifact = await asyncio.to_thread(Artifact.describe, result.artifact, chunk_size)
+    await asyncio.to_thread(ctx.blobs.put, result.artifact, artifact.sha256)
+    record = await _store_next_version(ctx, request, result, artifact)
     log.info("pushed %s v%d (%d bytes)", record.model, record.version, record.size)
     if ctx.publisher is not None:
         await ctx.publisher.publish_release(record)
@@ -93,10 +96,8 @@ async def _refuse_duplicate(ctx: RegistryContext, name: str, source_sha256: str)
 
 
 async def _store_next_version(
-    ctx: RegistryContext, request: PushRequest, result: BuildResult
+    ctx: RegistryContext, request: PushRequest, result: BuildResult, artifact: Artifact
 ) -> ReleaseRecord:
-    chunk_size = ctx.config.artifacts.chunk_size_kib * 1024
-    artifact = Artifact.describe(result.artifact, chunk_size)
     for _attempt in range(VERSION_RACE_RETRIES):
         version = await ctx.storage.latest_version(request.name) + 1
         release, envelope = ctx.signer.release(

@@ -13,14 +13,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
 
+from edge_common.files import fsync_directory, remove_temp_files, write_atomic
 from model_registry.errors import InvalidInputError, NotFoundError
-from model_registry.fsutil import fsync_directory
 
 _NAME = re.compile(r"[0-9a-f]{64}")
-_TEMP_PREFIX = ".tmp-"  # never a valid blob name, so a crash's leftovers are easy to find
+_LEGACY_TEMP_PREFIX = ".tmp-"  # never a valid blob name, so a crash's leftovers are easy to find
 _CHUNK = 1 << 20  # bytes hashed per read in verify: bounded memory for any blob size
 _MODE = 0o644  # blobs are published artifacts, not secrets
 
@@ -38,15 +37,21 @@ class BlobStore:
             raise InvalidInputError(f"{sha256!r} is not a SHA-256 hex digest")
         return self.root / sha256[:2] / sha256
 
-    def put(self, data: bytes) -> str:
-        """Store `data` atomically unless it is stored already; return its SHA-256 hex."""
-        sha256 = hashlib.sha256(data).hexdigest()
+    def put(self, data: bytes, sha256: str | None = None) -> str:
+        """Store `data` atomically unless it is stored already; return its SHA-256 hex.
+
+        `sha256` is the digest the caller already computed of these same bytes, so a large
+        model is hashed once per push rather than once per step.
+        """
+        if sha256 is None:
+            sha256 = hashlib.sha256(data).hexdigest()
         target = self.path(sha256)
         # Same name means same content, but a truncated file (a disk fault) gets rewritten.
         if target.is_file() and target.stat().st_size == len(data):
             return sha256
         self._make_fanout_dir(target.parent)
-        self._write_atomic(target, data)
+        # Concurrent puts of the same blob are harmless: both renames install equal bytes.
+        write_atomic(target, data, mode=_MODE)
         return sha256
 
     def exists(self, sha256: str) -> bool:
@@ -111,11 +116,13 @@ class BlobStore:
         a temp file of the same form.
         """
         removed = 0
-        for temp in self.root.glob(f"??/{_TEMP_PREFIX}*"):
-            if temp.is_file():
+        for directory in self.root.glob("??"):
+            # `.tmp-*` is what releases before the shared write helper left behind.
+            for temp in directory.glob(f"{_LEGACY_TEMP_PREFIX}*"):
                 temp.unlink(missing_ok=True)
-                fsync_directory(temp.parent)
+                fsync_directory(directory)
                 removed += 1
+            removed += len(remove_temp_files(directory))
         return removed
 
     def _make_fanout_dir(self, directory: Path) -> None:
@@ -123,21 +130,6 @@ class BlobStore:
             return
         directory.mkdir(parents=True, exist_ok=True)
         fsync_directory(directory.parent)  # so the new directory's entry survives power loss
-
-    def _write_atomic(self, target: Path, data: bytes) -> None:
-        fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=_TEMP_PREFIX)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                os.fchmod(handle.fileno(), _MODE)
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            # Concurrent puts of the same blob are harmless: both renames install equal bytes.
-            os.replace(temp_name, target)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
-        fsync_directory(target.parent)
 
 
 def _missing(sha256: str) -> NotFoundError:

@@ -12,7 +12,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from edge_protocol import AssignedModel, Envelope, Release, SigningKey, load_private_key, utc_now
+from edge_protocol import AssignedModel, Envelope, Release, SigningKey, utc_now
+from model_registry.trust.key_files import load_private_key
 from tests.e2e.conftest import CHUNK, Models, collect_events, genuine_release, start_agent
 from tests.support import external_data
 from tests.support.agent import AgentProcess
@@ -199,7 +200,7 @@ def _root_key_path(fleet: Fleet) -> Path:
 def test_root_rotation_is_followed_in_order(
     fleet: Fleet, releases: dict[str, int], agents: list[AgentProcess]
 ) -> None:
-    from model_registry.signing import make_root, sign_document
+    from model_registry.trust.signing import make_root, sign_document
 
     agent = start_agent(fleet, agents, "rotate", "rotate")
     old_root = load_private_key(_root_key_path(fleet))

@@ -12,7 +12,8 @@ import queue
 import time
 from typing import Any
 
-from edge_protocol import Envelope, load_private_key
+from edge_protocol import Envelope
+from model_registry.trust.key_files import load_private_key
 from tests.e2e.conftest import Models, start_agent
 from tests.support.agent import AgentProcess
 from tests.support.fleet import TOPICS, Fleet

@@ -169,3 +169,14 @@ def test_delete(store: BlobStore) -> None:
     assert store.delete(SHA) is True
     assert not store.exists(SHA)
     assert store.delete(SHA) is False
+
+
+def test_put_with_the_digest_already_known_does_not_hash_again(
+    store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*_args: object) -> None:
+        raise AssertionError("hashed again")
+
+    monkeypatch.setattr("model_registry.storage.blobs.hashlib.sha256", refuse)
+    assert store.put(DATA, SHA) == SHA
+    assert store.read(SHA) == DATA

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from edge_protocol import Envelope, Root, TrustedState, load_private_key
+from edge_protocol import Envelope, Root, TrustedState
 from model_registry.config import load_config
 from model_registry.errors import ConfigError, ConflictError, InvalidInputError
 from model_registry.home import InitResult, init_home
+from model_registry.trust.key_files import load_private_key
 
 
 def _mode(path: Path) -> int:

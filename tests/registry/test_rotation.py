@@ -21,14 +21,12 @@ from edge_protocol import (
     Root,
     SigningKey,
     TrustedState,
-    load_private_key,
     utc_now,
 )
 from edge_protocol.errors import KeyFormatError, SignatureThresholdError
 from model_registry.config import load_config
 from model_registry.errors import ConflictError, InvalidInputError
 from model_registry.home import init_home
-from model_registry.rotation import rotate_release_key, rotate_root_keys
 from model_registry.server import make_context
 from model_registry.services.context import RegistryContext
 from model_registry.services.deployments import Target, deploy
@@ -39,9 +37,11 @@ from model_registry.services.maintenance import (
     sync_broker,
 )
 from model_registry.services.releases import PushRequest, push_model
-from model_registry.signing import sign_document
 from model_registry.storage import open_storage
 from model_registry.storage.sqlite import SQLiteStorage
+from model_registry.trust.key_files import load_private_key
+from model_registry.trust.rotation import rotate_release_key, rotate_root_keys
+from model_registry.trust.signing import sign_document
 from tests.support.models import ModelSet
 from tests.support.registry import cli
 

@@ -21,9 +21,9 @@ from edge_protocol import (
     Release,
     SigningKey,
     Topics,
-    load_private_key,
     utc_now,
 )
+from model_registry.trust.key_files import load_private_key
 
 from .agent import AgentProcess
 from .broker import LOCALHOST, Broker, BrokerFactory, MqttTestClient, free_port

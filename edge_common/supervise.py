@@ -1,11 +1,13 @@
-"""Owners for background tasks: a task that dies unexpectedly ends the agent, loudly.
+"""Owners for background tasks: a task that dies unexpectedly ends the process, loudly.
 
 A device whose broker follower died still serves and still feeds the systemd watchdog, but it
-is deaf to updates, and nobody would know. So every long-lived task is started by, or watched
-by, the `Supervisor` of the running agent: the first unexpected end (an exception, or a return
-from a task meant to run until cancelled) is logged once with its traceback, recorded as
-`failure`, and sets `failed`, which makes `edge-agent run` report it, stop the watchdog, drain
-and exit non-zero so that systemd restarts it. Cancellation is never a failure.
+is deaf to updates; a registry whose ingest died still answers the API while devices' reports
+pile up unread. Nobody would know. So every long-lived task of `edge-agent run` and of
+`model-registry serve` is started by, or watched by, the process's `Supervisor`: the first
+unexpected end (an exception, or a return from a task meant to run until cancelled) is logged
+once with its traceback, recorded as `failure`, and sets `failed`, which makes the process stop
+in order and exit non-zero so that its service manager restarts it. Cancellation is never a
+failure.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class TaskFailure:
 class Supervisor:
     """Starts and watches background tasks; remembers the first that ended unexpectedly."""
 
-    def __init__(self) -> None:
+    def __init__(self, process: str = "the process") -> None:
+        self.process = process  # who stops, in the log line of a failure: "the agent"
         self.failed = asyncio.Event()
         self.failure: TaskFailure | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -73,7 +76,7 @@ class Supervisor:
         self.failure = failure
         error = failure.error
         trace = (type(error), error, error.__traceback__) if error is not None else None
-        log.critical("%s; the agent stops and exits 1", failure.describe(), exc_info=trace)
+        log.critical("%s; %s stops and exits 1", failure.describe(), self.process, exc_info=trace)
         self.failed.set()
 
     async def cancel(self, task: asyncio.Task[Any]) -> None:

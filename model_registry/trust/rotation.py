@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
+from edge_common.files import make_private_dir, write_atomic
 from edge_protocol import (
     Assignment,
     Envelope,
@@ -35,7 +36,6 @@ from edge_protocol import (
     Root,
     SigningKey,
     TrustedState,
-    load_private_key,
     utc_now,
 )
 from edge_protocol.errors import FormatError, ProtocolError
@@ -43,10 +43,10 @@ from edge_protocol.metadata import MAX_KEYS
 from edge_protocol.trust import Clock
 from model_registry.config import RegistryConfig, load_config
 from model_registry.errors import ConflictError, InvalidInputError, NotFoundError, RegistryError
-from model_registry.fsutil import make_private_dir, write_file_atomic
 from model_registry.home import SERVE_FILE
-from model_registry.signing import ROOT_LIFETIME, sign_document
 from model_registry.storage import Storage, open_storage
+from model_registry.trust.key_files import load_private_key
+from model_registry.trust.signing import ROOT_LIFETIME, sign_document
 
 ROOT_KEY_DIR = Path("keys") / "root"
 ROOT_METADATA_DIR = Path("metadata") / "root"
@@ -472,12 +472,12 @@ def _write_files(plan: _Plan, undo: list[Callable[[], None]]) -> None:
             make_private_dir(directory)
             undo.append(directory.rmdir)
     for path, data, mode in plan.new_files:
-        write_file_atomic(path, data, mode=mode, exclusive=True)
+        write_atomic(path, data, mode=mode, exclusive=True)
         undo.append(functools.partial(path.unlink, missing_ok=True))
     for path, data, mode in plan.replaced_files:
         old, old_mode = path.read_bytes(), stat.S_IMODE(path.stat().st_mode)
-        write_file_atomic(path, data, mode=mode)
-        undo.append(functools.partial(write_file_atomic, path, old, mode=old_mode))
+        write_atomic(path, data, mode=mode)
+        undo.append(functools.partial(write_atomic, path, old, mode=old_mode))
 
 
 def _roll_back(undo: list[Callable[[], None]]) -> list[str]:
