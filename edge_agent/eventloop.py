@@ -18,8 +18,10 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's loop constructor, or None for asyncio's own."""
     if importlib.util.find_spec("uvloop") is None:
         return None
-    import uvloop  # noqa: PLC0415 - optional: the `fast` extra
-
+    try:
+        import uvloop  # noqa: PLC0415 - optional: the `fast` extra
+    except ImportError:  # installed for another Python, or broken: asyncio serves as well
+        return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
 
