@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.config import UpdateSettings
-from edge_agent.errors import AgentError, StepTimeoutError
+from edge_agent.errors import AgentError, InferenceError, ModelLoadError, StepTimeoutError
 from edge_agent.observations import RecentAnswers
 from edge_agent.probation import ProbationWatcher, previous_record
 from edge_agent.runtime import LoadedModel, ModelRepository, RuntimeOptions, load_model
@@ -105,7 +105,13 @@ class Activator:
             load_model, path, name=name, version=version, options=self._options,
             expected_sha256=sha256,
         )  # fmt: skip
-        await asyncio.to_thread(loaded.warm_up)
+        try:
+            await asyncio.to_thread(loaded.warm_up)
+        except BaseException as e:
+            loaded.close()  # never served: nothing else holds its session
+            if isinstance(e, InferenceError):  # loading includes the warm-up (load_error)
+                raise ModelLoadError(f"{name} v{version} fails its warm-up run: {e}") from e
+            raise
         return loaded
 
 

@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from edge_agent import eventloop
@@ -36,19 +37,32 @@ from edge_agent.systemd import SystemdNotifier
 from edge_agent.telemetry import Telemetry, TelemetryCollector
 from edge_agent.updater import INTERNAL_ERROR, ChunkFetcher, Updater
 from edge_common.listen import listen_error
-from edge_common.supervise import Supervisor, TaskFailure
-from edge_protocol import Topics, TrustedState
+from edge_common.supervise import Supervisor, TaskFailure, first_of
+from edge_protocol import Topics, TrustedState, utc_now
+from edge_protocol.trust import Clock
 
 log = logging.getLogger(__name__)
 EXIT_TASK_FAILED = 1
 REPORT_TIMEOUT_S = 5.0  # how long a dying agent tries to get its report and goodbye out
+# How the agent stays connected: `run_with_reconnect`'s signature (tests plug in a broker double).
+FollowBroker = Callable[..., Awaitable[None]]
 
 
 class Agent:
     """Every long-lived part of the agent, wired together."""
 
-    def __init__(self, config: DeviceConfig, labels: Labels | None = None) -> None:
+    def __init__(
+        self,
+        config: DeviceConfig,
+        labels: Labels | None = None,
+        *,
+        follow_broker: FollowBroker = run_with_reconnect,
+        monotonic: Callable[[], float] = time.monotonic,
+        now: Clock = utc_now,
+    ) -> None:
+        """`follow_broker`, `monotonic` and `now` are the broker link and the clocks."""
         self.config = config
+        self._follow = follow_broker
         self.labels = labels or Labels(str(config.source))
         self.topics = Topics(config.mqtt.topic_prefix)
         self.states = StateStore(config.state_dir)
@@ -60,6 +74,7 @@ class Agent:
             device_id=config.device_id,
             assignment_seq=state.assignment_seq,
             assignment_digest=state.assignment_digest,
+            clock=now,
         )
         self.repository = ModelRepository()
         self.metrics = AgentMetrics()
@@ -69,7 +84,9 @@ class Agent:
             config.device_id, self.topics, self.describe, self.spool,
             telemetry_interval_s=config.telemetry.interval_s,
         )  # fmt: skip
-        self.link = LinkState(up=False)  # the dispatcher reports every connection and drop
+        self.link = LinkState(
+            up=False, clock=monotonic
+        )  # the dispatcher reports every connection and drop
         self.mqtt_fetcher = MqttChunkFetcher(
             self.topics,
             self.subscriptions.subscribe_live,
@@ -163,7 +180,7 @@ class Agent:
         reporting = self.supervisor.spawn(self.telemetry.run(), "reporting")
         failure = None
         try:
-            await _first(stop.wait(), self.supervisor.failed.wait())
+            await first_of(stop.wait(), self.supervisor.failed.wait())
             failure = self.supervisor.failure
             if failure is not None:
                 if on_failure is not None:
@@ -209,7 +226,7 @@ class Agent:
 
     async def _follow_broker(self) -> None:
         settings = self.config.mqtt
-        await run_with_reconnect(
+        await self._follow(
             settings,
             client_id=self.config.device_id,
             will=self.reporter.offline_will,
@@ -297,14 +314,3 @@ def _assemble(config: DeviceConfig, labels: Labels) -> Agent:
         raise labels.setting(labels.state_dir).error(
             f"cannot use {where} ({e.strerror or e})"
         ) from e
-
-
-async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
-    """Wait until the first of `waits` finishes; cancel the others."""
-    tasks = [asyncio.ensure_future(wait) for wait in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

@@ -62,9 +62,7 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="run the agent until SIGTERM or SIGINT",
         description="Serve the committed models, then follow the broker until SIGTERM or SIGINT.",
     )
-    run.add_argument(
-        "--config", type=Path, required=True, metavar="device.toml", help="the configuration"
-    )
+    _add_config(run)
     _add_overrides(run)
     run.add_argument(
         "--log-level",
@@ -86,11 +84,18 @@ def _add_check_config(commands: argparse._SubParsersAction[argparse.ArgumentPars
             "directory, listen address) as `run` would, and print a summary."
         ),
     )
-    which = check.add_mutually_exclusive_group(required=True)
-    which.add_argument("config", type=Path, nargs="?", metavar="device.toml")
-    which.add_argument("--config", type=Path, dest="config_option", metavar="device.toml")
+    _add_config(check)
     _add_overrides(check)
     check.set_defaults(handler=_check_config)
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    """`device.toml` or `--config device.toml`: both commands take either spelling."""
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("config", type=Path, nargs="?", metavar="device.toml")
+    which.add_argument(
+        "--config", type=Path, dest="config_option", metavar="device.toml", help="the configuration"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,7 +124,7 @@ def _load(args: argparse.Namespace, path: Path) -> tuple[DeviceConfig, Labels]:
 def _run(args: argparse.Namespace) -> int:
     # One line per event; under systemd without timestamps, with the level as a syslog priority.
     configure_logging(args.log_level)
-    config, labels = _load(args, args.config)
+    config, labels = _load(args, args.config_option or args.config)
     for note in check_files(config, labels):
         logging.getLogger("edge_agent").warning("%s", note)
     lock = StateDirLock(config.state_dir)

@@ -12,7 +12,6 @@ import dataclasses
 import difflib
 import importlib.util
 import math
-import tomllib
 import typing
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from edge_agent.config import (
 from edge_agent.errors import ConfigError
 from edge_agent.runtime import RuntimeOptions
 from edge_agent.server.settings import GrpcConfig, MiB, ServerConfig
+from edge_common.toml_file import ConfigFileError, load_toml, read_bounded
 from edge_protocol import Topics
 from edge_protocol.errors import TopicError
 from edge_protocol.fields import is_valid_name
@@ -239,23 +239,9 @@ def _state_dir(top: Mapping[str, Any], override: Path | None) -> Path:
 
 def _parse(src: _Source) -> dict[str, Any]:
     try:
-        return tomllib.loads(_read_bounded(src, src.path, MAX_FILE_BYTES).decode("utf-8"))
-    except FileNotFoundError as e:
-        raise src.error("no such file") from e
-    except OSError as e:
-        raise src.error(f"cannot read it ({e.strerror or e})") from e
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise src.error(f"not valid TOML ({e})") from e
-
-
-def _read_bounded(src: _Source, path: Path, limit: int, key: str = "") -> bytes:
-    """At most `limit` bytes of `path`: a config or a secret is small, /dev/zero is not."""
-    with path.open("rb") as handle:
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        what = f"{key}: {path} is" if key else "it is"
-        raise src.error(f"{what} larger than {limit} bytes")
-    return data
+        return load_toml(src.path, MAX_FILE_BYTES)
+    except ConfigFileError as e:
+        raise src.error(str(e)) from e
 
 
 def _section(src: _Source, data: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -327,7 +313,9 @@ def _existing_file(src: _Source, key: str, path: Path) -> Path:
 def _read_secret(src: _Source, key: str, path: Path) -> str:
     """The content of a one-line secret file, without its trailing newline."""
     try:
-        secret = _read_bounded(src, path, MAX_SECRET_BYTES, key).decode("utf-8").rstrip("\r\n")
+        secret = read_bounded(path, MAX_SECRET_BYTES).decode("utf-8").rstrip("\r\n")
+    except ConfigFileError as e:
+        raise src.error(f"{key}: {e}") from e
     except OSError as e:
         raise src.error(f"{key}: cannot read {path} ({e.strerror or e})") from e
     except UnicodeDecodeError as e:

@@ -78,6 +78,9 @@ class Updater:
             set_phase=self._set_phase, link=link, unsubscribe=unsubscribe,
         )  # fmt: skip
         self._jobs: dict[str, Job] = {}
+        # A newer assignment naming the release a job is installing: if that job fails, the
+        # newer seq has the right to try it again (the job records its failure at its own seq).
+        self._renewed: dict[str, tuple[AssignedModel, int]] = {}
         settings = config.updates
         self.writes = PendingWrites(
             min_s=settings.write_retry_min_s, max_s=settings.write_retry_max_s,
@@ -205,6 +208,8 @@ class Updater:
     def _consider(self, name: str, pinned: AssignedModel, seq: int) -> None:
         target = Installed(pinned.version, pinned.sha256)
         running = self._jobs.get(name)
+        if running is not None and running.target == target and seq > running.seq:
+            self._renewed[name] = (pinned, seq)
         if not self._changes(name, pinned):
             return
         failed_seq = self.state.model(name).failed_at(target)
@@ -215,6 +220,7 @@ class Updater:
             return
         if running is not None:
             running.task.cancel()
+        self._renewed.pop(name, None)
         work = self._run(name, pinned, seq)
         task = asyncio.create_task(self._guarded(name, pinned.version, work), name=f"update {name}")
         self._track(Job(name, target, seq, task))
@@ -226,6 +232,9 @@ class Updater:
         def forget(task: asyncio.Task[None]) -> None:
             if self._jobs.get(job.model) is job:
                 del self._jobs[job.model]
+                renewed = self._renewed.pop(job.model, None)
+                if renewed is not None and not task.cancelled():
+                    self._consider(job.model, *renewed)  # tried again if it failed meanwhile
 
         job.task.add_done_callback(forget)
 

@@ -125,3 +125,14 @@ def watch(task: asyncio.Task[Any], *, long_lived: bool = False) -> None:
             log.error("task %r died: %s", ended.get_name(), error, exc_info=trace)
 
     task.add_done_callback(orphan_ended)
+
+
+async def first_of(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Wait until the first of `waits` finishes (a stop signal, a failure); cancel the others."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -7,7 +7,6 @@ errors naming the file, the key and the expected type. Relative paths are relati
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_common.broker_address import BrokerAddress, BrokerURLError
+from edge_common.toml_file import ConfigFileError, load_toml
 from edge_protocol import Topics
 from edge_protocol.errors import TopicError
 from edge_protocol.topics import MAX_MESSAGE_BYTES
@@ -222,10 +222,10 @@ def load_config(home: Path) -> RegistryConfig:
     """Read `home/registry.toml`, naming the file and key of any mistake."""
     path = home / CONFIG_NAME
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ConfigError(f"{path} not found: create a home with 'model-registry init'") from e
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        data = load_toml(path)
+    except ConfigFileError as e:
+        if e.missing:
+            raise ConfigError(f"{path} not found: create a home with 'model-registry init'") from e
         raise ConfigError(f"{path}: {e}") from e
     unknown = set(data) - set(_SECTIONS)
     if unknown:

@@ -60,6 +60,10 @@ class ConflictError(RegistryError):
     """A request that contradicts stored state: a duplicate device, an existing home."""
 
 
+class UnavailableError(RegistryError):
+    """An operation that needs something the registry does not have now: its MQTT broker."""
+
+
 class AuthenticationError(RegistryError):
     """A request without a valid token."""
 

@@ -31,7 +31,7 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"%PDF", "a PDF document"),
     (b"\x7fELF", "an executable"),
 )
-_PICKLED = {PICKLE, ZLIB, *(kind for _, kind in _MAGIC[:5])}
+PICKLED_KINDS = frozenset({PICKLE, ZLIB, *(kind for _, kind in _MAGIC[:5])})
 
 
 def non_onnx_kind(data: bytes) -> str | None:
@@ -46,7 +46,7 @@ def non_onnx_kind(data: bytes) -> str | None:
 
 def hint_for(kind: str) -> str:
     """What to do instead, for a kind `non_onnx_kind` returned."""
-    return _BUILD_SKLEARN if kind in _PICKLED else _EXPORT
+    return _BUILD_SKLEARN if kind in PICKLED_KINDS else _EXPORT
 
 
 def describe(what: str, data: bytes) -> str | None:

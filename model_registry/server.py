@@ -13,17 +13,16 @@ import json
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from aiohttp import web
 
 from edge_common.files import remove_temp_files, write_atomic
 from edge_common.listen import listen_error
-from edge_common.supervise import Supervisor
+from edge_common.supervise import Supervisor, first_of
 from model_registry.api.app import create_app
 from model_registry.api.metrics import CounterSource, GaugeSource, RegistryMetrics
 from model_registry.config import RegistryConfig, ServeOptions, parse_host_port
@@ -105,23 +104,12 @@ async def serve(config: RegistryConfig, options: ServeOptions) -> int:
         endpoint = {"api_url": registry.api_url, "mqtt_url": registry.mqtt_url, "pid": os.getpid()}
         write_atomic(config.home / SERVE_FILE, json.dumps(endpoint).encode(), mode=0o644)
         try:
-            await _first(stop.wait(), registry.supervisor.failed.wait())
+            await first_of(stop.wait(), registry.supervisor.failed.wait())
         finally:
             (config.home / SERVE_FILE).unlink(missing_ok=True)
     failure = registry.supervisor.failure
     print("model registry stopped" + (f": {failure.describe()}" if failure else ""), flush=True)
     return 0 if failure is None else EXIT_TASK_FAILED
-
-
-async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
-    """Wait until the first of `waits` finishes; cancel the others."""
-    tasks = [asyncio.ensure_future(wait) for wait in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _remove_debris(ctx: RegistryContext) -> None:

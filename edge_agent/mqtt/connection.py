@@ -296,7 +296,16 @@ class AgentMqtt:
     def _refused_text(self, reason: ReasonCode) -> str:
         if reason.value in _BAD_CREDENTIALS:
             who = self._username or "anonymous clients"
-            return f"the broker refused the credentials of {who} (at {self._address}: {reason})"
+            # The two usual causes: a password file from another bundle, or a removed device.
+            hint = (
+                "; is mqtt.password_file the one of this device's bundle? A device removed "
+                "from the registry is refused until it is provisioned again"
+                if self._username
+                else ""
+            )
+            return (
+                f"the broker refused the credentials of {who} (at {self._address}: {reason}){hint}"
+            )
         return f"the broker at {self._address} refused the connection: {reason}"
 
     def _unreachable_text(self, error: Exception, names: list[str] | None = None) -> str:

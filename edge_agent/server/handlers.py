@@ -22,8 +22,8 @@ from edge_agent.server.oip import (
     parse_header_length,
     parse_json,
 )
-from edge_agent.server.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 from edge_agent.server.settings import ServerConfig
+from edge_common.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 
 DATAPLANE = web.AppKey("dataplane", DataPlane)
 CONFIG = web.AppKey("config", ServerConfig)

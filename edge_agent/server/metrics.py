@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from edge_agent.runtime import LoadedModel, ModelRepository
-from edge_agent.server.prometheus import Counter, Gauge, Histogram, Registry
+from edge_common.prometheus import Counter, Gauge, Histogram, Registry
 from edge_protocol import ModelIO
 
 UNKNOWN_MODEL = "_unknown"  # label for requests naming no served model: bounds cardinality

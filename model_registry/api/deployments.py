@@ -80,7 +80,11 @@ async def _unreachable(ctx: RegistryContext, deployment: DeploymentRecord) -> li
 @require("viewer")
 async def list_deployments(request: web.Request) -> web.Response:
     """GET /v1/deployments[?model=NAME]."""
-    records = await request.app[CTX_KEY].storage.deployments(query_text(request, "model"))
+    storage = request.app[CTX_KEY].storage
+    model = query_text(request, "model")
+    records = await storage.deployments(model)
+    if model is not None and not records:
+        await storage.releases(model)  # a model that does not exist is a 404 naming the close ones
     return web.json_response({"deployments": [deployment_view(d) for d in records]})
 
 

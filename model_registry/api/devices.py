@@ -12,7 +12,7 @@ from edge_protocol import format_time
 from model_registry.api.auth import CTX_KEY, require
 from model_registry.api.params import field, int_param, json_body, query_text, show
 from model_registry.api.views import device_detail_view, device_view
-from model_registry.errors import InvalidInputError
+from model_registry.errors import InvalidInputError, UnknownNameError
 from model_registry.services.context import RegistryContext
 from model_registry.services.devices import DEFAULT_GROUP, add_device, move_device, remove_device
 from model_registry.services.fleet import device_detail
@@ -28,7 +28,11 @@ _MQTT_URL = re.compile(r"^mqtts?://([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]
 async def list_devices(request: web.Request) -> web.Response:
     """GET /v1/devices[?group=G]."""
     ctx = request.app[CTX_KEY]
-    devices = await ctx.storage.devices(query_text(request, "group"))
+    group = query_text(request, "group")
+    devices = await ctx.storage.devices(group)
+    if group is not None and not devices:
+        # A group exists only through its devices: a mistyped one is named, as deploy names it.
+        raise UnknownNameError("group", group, f"group {group!r} has no devices")
     now = ctx.clock()
     return web.json_response(
         {"registry": registry_view(ctx), "devices": [device_view(d, now) for d in devices]}

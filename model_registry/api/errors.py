@@ -18,6 +18,7 @@ from model_registry.errors import (
     PermissionDeniedError,
     RegistryError,
     TooLargeError,
+    UnavailableError,
     UnknownNameError,
     UnsupportedMediaError,
 )
@@ -39,6 +40,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (InvalidInputError, 400),
     (FormatError, 400),
     (BuildError, 422),
+    (UnavailableError, 503),
     (RegistryError, 500),
 )
 
@@ -62,7 +64,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(e.status, e.reason)
     except (RegistryError, FormatError) as e:
         status = next(code for cls, code in STATUS_BY_ERROR if isinstance(e, cls))
-        if status >= 500:
+        if status >= 500 and not isinstance(e, UnavailableError):  # a 503 is no fault of ours
             log.exception("request %s %s failed", request.method, request.path)
         if isinstance(e, UnknownNameError):
             return error_response(status, await _with_close_names(request, e))

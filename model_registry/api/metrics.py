@@ -9,11 +9,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from edge_common.prometheus import family_lines
 from model_registry.api.errors import Handler
 from model_registry.services.context import RegistryContext
 from model_registry.services.fleet import OFFLINE, ONLINE, STALE, connection
-
-PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @dataclass(frozen=True)
@@ -51,23 +50,23 @@ class RegistryMetrics:
 
     async def render(self, ctx: RegistryContext) -> str:
         """Return all metrics in the Prometheus text format 0.0.4."""
-        lines = [
-            "# HELP model_registry_http_requests_total API requests answered.",
-            "# TYPE model_registry_http_requests_total counter",
-        ]
-        for (method, route, status), count in sorted(self.requests.items()):
-            labels = f'method="{method}",route="{_escape(route)}",status="{status}"'
-            lines.append(f"model_registry_http_requests_total{{{labels}}} {count}")
+        lines = family_lines(
+            "model_registry_http_requests_total",
+            "API requests answered.",
+            "counter",
+            (
+                ({"method": method, "route": route, "status": str(status)}, count)
+                for (method, route, status), count in sorted(self.requests.items())
+            ),
+        )
         lines += await _fleet_lines(ctx)
         for name, counter in sorted(self.extra_counters.items()):
-            lines += [f"# HELP {name} {counter.help}", f"# TYPE {name} {counter.type}"]
-            lines += [
-                f'{name}{{{counter.label}="{_escape(k)}"}} {v}'
-                for k, v in sorted(counter.read().items())
-            ]
+            samples = sorted(counter.read().items())
+            lines += family_lines(
+                name, counter.help, counter.type, (({counter.label: k}, v) for k, v in samples)
+            )
         for name, gauge in sorted(self.extra_gauges.items()):
-            lines += [f"# HELP {name} {gauge.help}", f"# TYPE {name} gauge"]
-            lines.append(f"{name} {gauge.read()}")
+            lines += family_lines(name, gauge.help, "gauge", [({}, gauge.read())])
         return "\n".join(lines) + "\n"
 
 
@@ -77,17 +76,19 @@ async def _fleet_lines(ctx: RegistryContext) -> list[str]:
     now = ctx.clock()
     heard = Counter(connection(d, now) for d in devices)
     return [
-        "# HELP model_registry_devices Provisioned devices by connection state.",
-        "# TYPE model_registry_devices gauge",
-        *(f'model_registry_devices{{state="{c}"}} {heard[c]}' for c in (ONLINE, STALE, OFFLINE)),
-        "# HELP model_registry_models Models with at least one release.",
-        "# TYPE model_registry_models gauge",
-        f"model_registry_models {len(models)}",
+        *family_lines(
+            "model_registry_devices",
+            "Provisioned devices by connection state.",
+            "gauge",
+            (({"state": c}, heard[c]) for c in (ONLINE, STALE, OFFLINE)),
+        ),
+        *family_lines(
+            "model_registry_models",
+            "Models with at least one release.",
+            "gauge",
+            [({}, len(models))],
+        ),
     ]
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 METRICS_KEY = web.AppKey("registry_metrics", RegistryMetrics)

@@ -8,8 +8,9 @@ from importlib import resources
 
 from aiohttp import web
 
+from edge_common.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 from model_registry.api.auth import CTX_KEY, require
-from model_registry.api.metrics import METRICS_KEY, PROMETHEUS_CONTENT_TYPE
+from model_registry.api.metrics import METRICS_KEY
 from model_registry.api.params import field, int_param, json_body, printable_text
 from model_registry.api.views import token_view
 from model_registry.errors import InvalidInputError, NotFoundError

@@ -17,6 +17,7 @@ from model_registry.build.convert import (
 )
 from model_registry.build.datasets import check_targets, read_npz
 from model_registry.errors import InvalidInputError
+from model_registry.file_kinds import PICKLED_KINDS, TEXT_SAMPLE_BYTES, non_onnx_kind
 
 
 def load_estimator(path: str | Path) -> Any:
@@ -27,15 +28,45 @@ def load_estimator(path: str | Path) -> Any:
     try:
         estimator = joblib.load(path)
     except Exception as e:
-        # Unpickling arbitrary bytes can fail with any exception type; all mean the same here.
+        # Unpickling arbitrary bytes can fail with any exception type; all mean the same here,
+        # and the file's first bytes usually say better what it is than the unpickler's words.
         raise InvalidInputError(
-            f"{path}: not a joblib file of an estimator ({type(e).__name__}: {e})"
+            f"{path}: not a joblib file of an estimator ({_what_it_is(path, e)})"
         ) from e
     try:
         check_fitted_estimator(estimator)
     except InvalidInputError as e:
         raise InvalidInputError(f"{path}: {e}") from e
     return estimator
+
+
+def _what_it_is(path: Path, error: Exception) -> str:
+    with path.open("rb") as handle:
+        head = handle.read(TEXT_SAMPLE_BYTES)
+    kind = non_onnx_kind(head)
+    if kind is None and _is_onnx(path):
+        return f"it is an ONNX model already: push it with model-registry push {path} --name NAME"
+    if kind is not None and kind not in PICKLED_KINDS:
+        return f"it looks like {kind.split(' (', 1)[0]}"  # the rest is advice for push
+    return f"{type(error).__name__}: {error}"
+
+
+def _is_onnx(path: Path) -> bool:
+    import onnx  # noqa: PLC0415 - only when the file is not a joblib file
+
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - protobuf refuses garbage with several exception types
+        return False
+    return len(model.graph.node) > 0
+
+
+def check_output(path: Path) -> None:
+    """`-o` must name a file in an existing directory, before anything is converted."""
+    if path.is_dir():
+        raise InvalidInputError(f"-o {path}: is a directory; name the .onnx file to write")
+    if not path.parent.is_dir():
+        raise InvalidInputError(f"-o {path}: the directory {path.parent} does not exist")
 
 
 def load_sample(path: str | Path, n_features: int) -> NDArray[Any]:
@@ -57,6 +88,7 @@ def build_sklearn_file(
     estimator_path: str | Path, sample_path: str | Path, out_path: str | Path
 ) -> ConversionReport:
     """Convert ESTIMATOR.joblib to ONNX at `out_path`, checked against the sample DATA.npz."""
+    check_output(Path(out_path))
     estimator = load_estimator(estimator_path)
     rows = load_sample(sample_path, check_fitted_estimator(estimator))
     converted = convert_estimator(estimator, rows)

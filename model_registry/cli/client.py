@@ -43,26 +43,37 @@ class ApiClient:
 
     url: str
     token: str | None
+    # Said when the API cannot be reached: where the URL came from, when that explains it.
+    unreachable_hint: str = ""
 
     @classmethod
     def locate(cls, url: str | None, token: str | None, home: Path | None) -> ApiClient:
         """Find the API from flags, then the environment, then the registry home."""
         url = url or os.environ.get(URL_ENV)
         token = token or os.environ.get(TOKEN_ENV)
+        hint = ""
         if home is not None and (home / "registry.toml").exists():
             config = load_config(home)
-            url = url or _served_url(home) or config.api.public_url or f"http://{config.api.listen}"
+            served = _served_url(home)
+            if not url and not served:
+                # No serve.json: nothing runs from this home, so the address is only the default.
+                hint = (
+                    f" (no serve is running from {home}: start it with model-registry serve "
+                    f"--home {home}, or pass --url)"
+                )
+            url = url or served or config.api.public_url or f"http://{config.api.listen}"
             token_file = home / CLI_TOKEN_FILE
             if token is None and token_file.exists():
                 token = token_file.read_text().strip()
         if not url:
+            where = "" if home is None else f"{home} is not a registry home (no registry.toml); "
             raise ApiError(
-                f"no registry to talk to: pass --url, set {URL_ENV}, "
+                f"no registry to talk to: {where}pass --url, set {URL_ENV}, "
                 "or point --home at a registry home"
             )
         if not url.startswith(("http://", "https://")):
             raise ApiError(f"the registry URL {url!r} must start with http:// or https://")
-        return cls(url.rstrip("/"), token)
+        return cls(url.rstrip("/"), token, hint)
 
     def get(self, path: str) -> Any:
         """GET a JSON document."""
@@ -112,7 +123,9 @@ class ApiClient:
         except urllib.error.HTTPError as e:
             raise ApiError(_error_text(e), e.code) from e
         except urllib.error.URLError as e:  # urllib wraps what fails before the request is out
-            raise ApiError(f"cannot reach the registry at {self.url}: {e.reason}") from e
+            raise ApiError(
+                f"cannot reach the registry at {self.url}: {e.reason}{self.unreachable_hint}"
+            ) from e
         except (http.client.HTTPException, OSError) as e:  # sent, then the answer was lost
             raise ConnectionLostError(
                 f"the connection to the registry at {self.url} dropped before it answered "

@@ -25,7 +25,7 @@ from model_registry.cli.client import ApiClient, ApiError, ConnectionLostError
 from model_registry.cli.display import printable
 from model_registry.cli.follow import MOVING, follow, summary_line
 from model_registry.cli.remote import _client, _print
-from model_registry.errors import InvalidInputError, RegistryError
+from model_registry.errors import RegistryError
 
 DEADLINE_GRACE_S = 30.0  # past the deadline, for the registry to declare silent devices
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -72,7 +72,6 @@ def _target(args: argparse.Namespace) -> dict[str, Any]:
 
 def deploy(args: argparse.Namespace) -> int:
     """model-registry deploy NAME VERSION [--wait [--timeout SECONDS]]."""
-    _check_timeout(args)
     client = _client(args)
     body = {"model": args.name, "version": args.version, **_target(args)}
     check = f"model-registry deployments list --model {args.name}"
@@ -82,19 +81,11 @@ def deploy(args: argparse.Namespace) -> int:
 
 def rollback(args: argparse.Namespace) -> int:
     """model-registry rollback NAME [--wait [--timeout SECONDS]]."""
-    _check_timeout(args)
     client = _client(args)
     check = f"model-registry deployments list --model {args.name}"
     path = f"/v1/models/{quote(args.name)}/rollback"
     deployment = post_once(client, path, _target(args), _key(args), check)
     return _after_posting(args, client, deployment, "rollback")
-
-
-def _check_timeout(args: argparse.Namespace) -> None:
-    if args.timeout is not None and args.timeout <= 0:
-        raise InvalidInputError(
-            f"--timeout must be a positive number of seconds, not {args.timeout}"
-        )
 
 
 def _after_posting(
@@ -202,13 +193,13 @@ def deployments_list(args: argparse.Namespace) -> int:
         for d in data["deployments"]
     ]  # fmt: skip
     headers = ["ID", "KIND", "MODEL", "VERSION", "TARGET", "DEVICES", "CREATED", "KEY"]
-    _print(args, data, rows, headers)
+    of = f" of model {args.model!r}" if args.model else ""
+    _print(args, data, rows, headers, f"No deployments{of} yet")
     return 0
 
 
 def deployments_show(args: argparse.Namespace) -> int:
     """model-registry deployments show ID [--wait [--timeout SECONDS]]."""
-    _check_timeout(args)
     client = _client(args)
     data = client.get(f"/v1/deployments/{args.id}")
     if _waits(args):
@@ -220,7 +211,7 @@ def deployments_show(args: argparse.Namespace) -> int:
         print(printable(summary_line(data)))
     rows = [_device_row(d) for d in data["progress"]["devices"]]
     headers = ["DEVICE", "STATUS", "PHASE", "SINCE", "CHUNKS", "CONNECTION", "REASON", "DETAIL"]
-    _print(args, data, rows, headers)
+    _print(args, data, rows, headers, "None of its devices is registered any more")
     return 0
 
 

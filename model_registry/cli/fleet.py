@@ -111,6 +111,9 @@ def devices_move(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(device, indent=2))
         return 0
+    if before["group"] == device["group"]:
+        print(printable(f"{device['device_id']} is already in group {device['group']}"))
+        return 0
     moved = f"Moved {device['device_id']} from group {before['group']} to {device['group']}"
     print(printable(moved))
     for line in _group_hints(client, device):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import cast
 
 from edge_common.usage import CommandParser
@@ -217,10 +218,21 @@ def _wait(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=positive_seconds,
         metavar="SECONDS",
         help="wait at most this long (implies --wait; default: until the deadline)",
     )
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above zero (a usage error otherwise)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
 
 
 def _idempotency_key(parser: argparse.ArgumentParser) -> None:
@@ -232,7 +244,7 @@ def _idempotency_key(parser: argparse.ArgumentParser) -> None:
 
 
 def _fleet_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    devices = commands.add_parser("devices", help="provision and list devices")
+    devices = commands.add_parser("devices", help="provision, list, show, move and remove devices")
     device_commands = devices.add_subparsers(
         dest="devices_command", metavar="COMMAND", required=True
     )

@@ -25,9 +25,19 @@ def _client(args: argparse.Namespace) -> ApiClient:
     return ApiClient.locate(args.url, args.token, resolve_home(args.home))
 
 
-def _print(args: argparse.Namespace, data: Any, rows: list[list[Any]], headers: list[str]) -> None:
+def _print(
+    args: argparse.Namespace,
+    data: Any,
+    rows: list[list[Any]],
+    headers: list[str],
+    empty: str = "nothing to list",
+) -> None:
+    """A table, or with no rows the sentence `empty` saying so (and what to do about it)."""
     if args.json:
         print(json.dumps(data, indent=2))
+        return
+    if not rows:
+        print(printable(empty))
         return
     # Cells hold what devices and publishers sent: never let it reach the terminal raw.
     text_rows = [[("-" if cell is None else printable(cell)) for cell in row] for row in rows]
@@ -75,7 +85,8 @@ def models(args: argparse.Namespace) -> int:
     """model-registry models."""
     data = _client(args).get("/v1/models")
     rows = [[m["name"], m["latest_version"], m["releases"], m["created"]] for m in data["models"]]
-    _print(args, data, rows, ["NAME", "LATEST", "RELEASES", "CREATED"])
+    empty = "No models yet: push one with model-registry push FILE.onnx --name NAME"
+    _print(args, data, rows, ["NAME", "LATEST", "RELEASES", "CREATED"], empty)
     return 0
 
 
@@ -165,7 +176,9 @@ def devices_list(args: argparse.Namespace) -> int:
                 ]
             )
     headers = ["DEVICE", "GROUP", "STATE", "MODEL", "ASSIGNED", "ACTIVE", "PHASE", "LAST SEEN"]
-    _print(args, data, rows, [*headers, "LAST ERROR"])
+    empty = f"No devices in group {args.group!r}" if args.group else "No devices yet"
+    empty += ": provision one with model-registry devices add ID --group GROUP --out DIR"
+    _print(args, data, rows, [*headers, "LAST ERROR"], empty)
     _warn_if_registry_unconnected(data.get("registry"))
     return 0
 

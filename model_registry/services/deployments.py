@@ -98,6 +98,7 @@ async def deploy_once(
     used for a different request.
     """
     release = await ctx.storage.get_release(model, version)
+    ctx.require_broker(f"nothing was {'rolled back' if kind == 'rollback' else 'deployed'}")
     async with ctx.state_lock:
         if key is not None and (earlier := await replayed(ctx, key)) is not None:
             return earlier, True

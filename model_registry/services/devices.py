@@ -106,6 +106,8 @@ async def remove_device(ctx: RegistryContext, device_id: str) -> RemovedDevice:
     files `broker-config --force` writes from storage no longer name the device.
     """
     _check_name("device id", device_id)
+    await ctx.storage.get_device(device_id)  # an unknown id is a 404 whatever the broker does
+    ctx.require_broker(f"device {device_id!r} was not removed")
     async with ctx.state_lock:  # no deploy may assign the device while it goes
         device = await ctx.storage.get_device(device_id)
         broker = await revoke_device(ctx, device_id)

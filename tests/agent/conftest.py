@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edge_agent.runtime import LoadedModel, ModelRepository, load_model
 from edge_agent.server import InferenceServer, ServerConfig
 from tests.support.models import BuiltModel, ModelSet, build_classifier
+from tests.support.probation_models import KINDS, probation_model
 
 OPSET = [helper.make_opsetid("", 17)]
 
@@ -28,6 +29,13 @@ def classifier_v2(tmp_path_factory: pytest.TempPathFactory) -> BuiltModel:
     """A second classifier with the same io as `onnx_models.classifier` but other weights."""
     path = tmp_path_factory.mktemp("onnx-v2") / "classifier.onnx"
     return build_classifier(path, n_samples=400)
+
+
+@pytest.fixture(scope="session")
+def sim_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One small classifier of each kind probation judges (same io), for the simulator."""
+    root = tmp_path_factory.mktemp("sim-models")
+    return {kind: probation_model(kind, root / f"{kind}.onnx", slow_steps=20000) for kind in KINDS}
 
 
 def _save(model: Any, path: Path) -> Path:

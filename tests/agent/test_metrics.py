@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from edge_agent.server.metrics import AgentMetrics
-from edge_agent.server.prometheus import (
+from edge_common.prometheus import (
     Counter,
     Gauge,
     Histogram,

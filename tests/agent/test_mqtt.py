@@ -149,6 +149,7 @@ async def test_bad_credentials_are_refused_naming_the_user(mosquitto_auth: Broke
     with pytest.raises(MqttConnectError, match="refused the credentials of dev-a") as caught:
         await connect_once(settings)
     assert wrong not in str(caught.value)
+    assert "is mqtt.password_file the one of this device's bundle?" in str(caught.value)
 
 
 async def test_an_unreachable_port_is_a_connect_error() -> None:

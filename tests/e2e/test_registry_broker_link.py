@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.broker import LOCALHOST, BrokerFactory, free_port
+from tests.support.models import ModelSet
 from tests.support.registry import RegistryProcess, cli
 
 WAIT_S = 90.0  # paho retries at most every 30 s; a generous bound on the wait, not a timing claim
@@ -29,7 +30,7 @@ def _wait_for_link(home: Path, connected: bool) -> dict[str, Any]:
 
 
 def test_a_stopped_broker_is_the_registrys_problem_and_is_said_so(
-    broker_factory: BrokerFactory, tmp_path: Path
+    broker_factory: BrokerFactory, onnx_models: ModelSet, tmp_path: Path
 ) -> None:
     home = tmp_path / "home"
     cli("init", "--home", str(home))
@@ -41,8 +42,9 @@ def test_a_stopped_broker_is_the_registrys_problem_and_is_said_so(
     registry = RegistryProcess(home, ("--mqtt-url", f"mqtt://{LOCALHOST}:{port}"))
     registry.start()
     try:
-        cli("devices", "add", "pi-1", "--group", "lab", "--out", str(tmp_path / "b"),
-            "--home", str(home))  # fmt: skip
+        at = ("--home", str(home))
+        cli("devices", "add", "pi-1", "--group", "lab", "--out", str(tmp_path / "b"), *at)
+        cli("push", str(onnx_models.regressor.onnx_path), "--name", "reg", *at)
         listing, stderr = _listing(home)
         assert listing["registry"]["broker_connected"] is True
         assert listing["registry"]["since"]
@@ -55,6 +57,17 @@ def test_a_stopped_broker_is_the_registrys_problem_and_is_said_so(
         assert "pi-1" in table.stdout
         assert "the registry is not connected to its MQTT broker since" in table.stderr
         assert down["registry"]["since"] in table.stderr
+        # What must reach devices is refused at once, rather than waiting out the outage.
+        for args, refused in [
+            (("deploy", "reg", "1", "--group", "lab"), "nothing was deployed"),
+            (("devices", "remove", "pi-1"), "device 'pi-1' was not removed"),
+        ]:
+            result = cli(*args, *at, check=False)
+            assert result.returncode == 1
+            assert "the registry is not connected to its MQTT broker since" in result.stderr
+            assert f"so no device can be told: {refused}; check the broker" in result.stderr
+        assert cli("deployments", "list", "--json", *at).stdout.count('"id"') == 0
+        assert [d["device_id"] for d in _listing(home)[0]["devices"]] == ["pi-1"]
 
         broker.start()
         up = _wait_for_link(home, connected=True)

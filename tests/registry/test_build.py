@@ -574,6 +574,27 @@ def test_build_sklearn_file_names_the_bad_file(
     assert not out.exists()
 
 
+def test_build_sklearn_file_says_what_the_wrong_file_is_and_checks_the_output_first(
+    forest: Trained, tmp_path: Path
+) -> None:
+    joblib.dump(forest.estimator, tmp_path / "model.joblib")
+    np.savez(tmp_path / "data.npz", X=forest.train_rows)
+    build_sklearn_file(tmp_path / "model.joblib", tmp_path / "data.npz", tmp_path / "m.onnx")
+    for given, complaint in [
+        ("m.onnx", "it is an ONNX model already: push it with model-registry push"),
+        ("data.npz", "it looks like a NumPy .npz archive)"),
+    ]:
+        with pytest.raises(InvalidInputError, match=re.escape(complaint)):
+            build_sklearn_file(tmp_path / given, tmp_path / "data.npz", tmp_path / "o.onnx")
+    for out, complaint in [
+        (tmp_path / "missing" / "o.onnx", f"the directory {tmp_path / 'missing'} does not exist"),
+        (tmp_path, "is a directory; name the .onnx file to write"),
+    ]:
+        with pytest.raises(InvalidInputError, match=f"^-o {re.escape(str(out))}: .*{complaint}"):
+            build_sklearn_file(tmp_path / "model.joblib", tmp_path / "data.npz", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz", "m.onnx", "model.joblib"]
+
+
 @pytest.mark.parametrize(
     ("arrays", "complaint"),
     [

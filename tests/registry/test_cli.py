@@ -47,6 +47,21 @@ def test_unreachable_registry_is_a_clear_failure() -> None:
     assert "cannot reach the registry" in result.stderr
 
 
+def test_a_home_without_serve_or_no_home_says_which(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    cli("init", "--home", str(home))
+    config = home / "registry.toml"
+    port = free_port()  # the default 8700 may be another registry's on this machine
+    config.write_text(config.read_text().replace("127.0.0.1:8700", f"{LOCALHOST}:{port}"))
+    stopped = cli("models", "--home", str(home), check=False)
+    assert stopped.returncode == 1
+    assert f"cannot reach the registry at http://{LOCALHOST}:{port}" in stopped.stderr
+    assert f"no serve is running from {home}: start it with" in stopped.stderr
+    typo = cli("models", "--home", str(tmp_path / "hom"), check=False)
+    assert typo.returncode == 1
+    assert f"{tmp_path / 'hom'} is not a registry home (no registry.toml)" in typo.stderr
+
+
 def test_listings_and_errors_against_a_running_registry(
     served_home: Path, onnx_models: ModelSet, tmp_path: Path
 ) -> None:
@@ -84,3 +99,30 @@ def test_tokens_by_role(served_home: Path) -> None:
     assert forged.returncode == 1
     assert "token" in forged.stderr
     json.dumps(viewer)
+
+
+def test_empty_listings_say_so_and_unknown_filters_name_the_close_ones(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    cli("init", "--home", str(home))
+    registry = RegistryProcess(home, ("--embedded-broker", f"{LOCALHOST}:{free_port()}"))
+    registry.start()
+    try:
+        at = ("--home", str(home))
+        for args, key, sentence in [
+            (("models",), "models", "No models yet: push one with model-registry push"),
+            (("devices", "list"), "devices", "No devices yet: provision one with model-registry"),
+            (("deployments", "list"), "deployments", "No deployments yet"),
+        ]:
+            result = cli(*args, *at)
+            assert result.stdout.startswith(sentence), result.stdout
+            assert "Traceback" not in result.stderr
+            assert cli_json(*args, *at)[key] == []  # scripts still get the empty list
+        cli("devices", "add", "pi-lab1", "--group", "lab", "--out", str(tmp_path / "b"), *at)
+        group = cli("devices", "list", "--group", "lba", *at, check=False)
+        assert group.returncode == 1
+        assert "group 'lba' has no devices; did you mean 'lab'?" in group.stderr
+        nothing = cli("deployments", "list", "--model", "cancer", *at, check=False)
+        assert nothing.returncode == 1
+        assert "no model 'cancer' (the registry has no models yet)" in nothing.stderr
+    finally:
+        registry.stop()

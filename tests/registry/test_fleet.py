@@ -335,9 +335,16 @@ async def test_deploy_wait_shows_what_each_device_is_doing(
     assert "dev-2  activated" in out
 
 
-async def test_a_timeout_must_be_positive(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
-    assert await lab.cli("deploy", "clf", "1", "--group", "lab", "--timeout", "0") == 1
-    assert "--timeout must be a positive number" in capsys.readouterr().err
+@pytest.mark.parametrize("seconds", ["0", "-5", "nan", "inf"])
+async def test_a_timeout_must_be_positive(
+    lab: Lab, capsys: pytest.CaptureFixture[str], seconds: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:  # a usage error, before anything is sent
+        await lab.cli("deploy", "clf", "1", "--group", "lab", "--timeout", seconds)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: model-registry deploy " in err
+    assert f"argument --timeout: must be a positive number of seconds, not '{seconds}'" in err
     assert await lab.api.ctx.storage.deployments() == []
 
 

@@ -69,6 +69,8 @@ async def test_root_threshold_and_passphrase(tmp_path: Path) -> None:
         ("[api]\nlisten = 8700\n", "api.listen must be a string"),
         ("[api]\nlisten = 'nowhere'\n", "api.listen"),
         ("[mqtt]\nurl = 'http://x'\n", "mqtt.url"),
+        ("[mqtt]\nurl = 'mqtt://registry:hunter2@broker'\n", "must not carry credentials"),
+        ("[mqtt]\ndevice_url = 'mqtt://broker:99999'\n", "mqtt.device_url .* bad port"),
         ("[mqtt]\nbroker = 'x'\n", "unknown key mqtt.broker"),
         ("[storage]\ndatabase = true\n", "storage.database must be a string"),
         ("[signing]\nrelease_expiry_days = '30'\n", "release_expiry_days must be an integer"),
@@ -81,3 +83,20 @@ def test_bad_config_names_file_and_key(tmp_path: Path, toml: str, complaint: str
     with pytest.raises(ConfigError, match=complaint) as caught:
         load_config(tmp_path)
     assert "registry.toml" in str(caught.value)
+
+
+def test_a_config_that_is_not_a_small_text_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "registry.toml").symlink_to("/dev/zero")
+    with pytest.raises(ConfigError, match=r"registry\.toml: it is larger than 1048576 bytes"):
+        load_config(tmp_path)
+    (tmp_path / "registry.toml").unlink()
+    (tmp_path / "registry.toml").write_bytes(b"[api]\nlisten = '\xff\xfe'\n")
+    with pytest.raises(ConfigError, match=r"registry\.toml: not valid TOML"):
+        load_config(tmp_path)
+
+
+def test_a_credential_in_the_broker_url_is_never_echoed(tmp_path: Path) -> None:
+    (tmp_path / "registry.toml").write_text("[mqtt]\nurl = 'mqtts://registry:hunter2@broker'\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path)
+    assert "hunter2" not in str(caught.value)

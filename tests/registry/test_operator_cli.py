@@ -83,6 +83,8 @@ def test_devices_show_move_and_remove(
     # It runs shown v1 like the group; the group's `other` is what it lacks, and how to get it.
     assert "model-registry deploy other 1 --device op-1" in hint
     assert "deploy shown" not in hint
+    again = cli("devices", "move", "op-1", "--group", "west", *served.args).stdout
+    assert again == "op-1 is already in group west\n"
 
     session = _login(served, "op-2", tmp_path / "b2")  # connected while it is removed
     removed = cli("devices", "remove", "op-2", *served.args)

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 FEATURES = 4
 CLASSES = 3
-KINDS = ("good", "collapse", "nonfinite", "slow", "failing")
+KINDS = ("good", "collapse", "nonfinite", "slow", "failing", "erratic")
 OPSET = [helper.make_opsetid("", 17)]
 SLOW_WIDTH = 512
 
@@ -43,9 +43,31 @@ def _scores(kind: str, slow_steps: int) -> tuple[list[onnx.NodeProto], list[onnx
         nodes = [helper.make_node("MatMul", ["X", "W"], ["raw"]),
                  helper.make_node("Reshape", ["raw", "S"], ["scores"])]  # fmt: skip
         return nodes, [w, shape]
+    if kind == "erratic":  # the failing model's answer when the inputs sum above 0, else good
+        return _erratic(w)
     if kind == "slow":
         return _slow(slow_steps)
     raise ValueError(f"unknown kind {kind!r}")
+
+
+def _erratic(w: onnx.TensorProto) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Good on inputs that sum to 0 or less (zeros: a warm-up passes), failing above."""
+    shape = numpy_helper.from_array(np.array([-1, 7], dtype=np.int64), "S")
+    zero = numpy_helper.from_array(np.array(0, dtype=np.float32), "zero")
+    scores = helper.make_tensor_value_info("scores_branch", TensorProto.FLOAT, None)
+    failing = helper.make_graph(
+        [helper.make_node("Reshape", ["raw", "S"], ["scores_branch"])], "fails", [], [scores]
+    )
+    good = helper.make_graph(
+        [helper.make_node("Identity", ["raw"], ["scores_branch"])], "good", [], [scores]
+    )
+    nodes = [
+        helper.make_node("MatMul", ["X", "W"], ["raw"]),
+        helper.make_node("ReduceSum", ["X"], ["total"], keepdims=0),
+        helper.make_node("Greater", ["total", "zero"], ["positive"]),
+        helper.make_node("If", ["positive"], ["scores"], then_branch=failing, else_branch=good),
+    ]
+    return nodes, [w, shape, zero]
 
 
 def _slow(steps: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:

@@ -1,7 +1,9 @@
-"""A tiny Prometheus client: counters, gauges and histograms with labels.
+"""A tiny Prometheus client: counters, gauges and histograms with labels, and the text format.
 
-Renders the text exposition format 0.0.4. Each metric guards its samples with a lock, so the
-event loop and executor threads may update the same metric.
+Renders the text exposition format 0.0.4 for both services: the agent keeps its metrics in the
+classes here; the registry reads most of its values at scrape time and writes them out with
+`family_lines`. Each metric guards its samples with a lock, so the event loop and executor
+threads may update the same metric.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import bisect
 import math
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import ClassVar, TypeVar
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -39,6 +41,17 @@ def escape_label_value(value: str) -> str:
 def escape_help(text: str) -> str:
     """Escape backslash and newline in HELP text."""
     return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def family_lines(
+    name: str, documentation: str, kind: str, samples: Iterable[tuple[Mapping[str, str], float]]
+) -> list[str]:
+    """The HELP and TYPE lines of one metric family followed by its samples, labels escaped."""
+    lines = [f"# HELP {name} {escape_help(documentation)}", f"# TYPE {name} {kind}"]
+    for labels, value in samples:
+        text = _label_text(tuple(labels), tuple(labels.values()))
+        lines.append(f"{name}{text} {format_value(value)}")
+    return lines
 
 
 def _label_text(names: Sequence[str], values: Sequence[str]) -> str:
