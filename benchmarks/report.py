@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from benchmarks.common import BENCH, read_result
+from benchmarks.serving_stats import ratios
 
 README = BENCH / "README.md"
 PEER_LABELS = {
@@ -44,6 +45,12 @@ def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
     return lines
 
 
+def _ratios(serving: dict[str, Any]) -> dict[str, Any]:
+    """The ratios of a serving result, taken again from its runs (older files lack some)."""
+    runs = serving.get("runs")
+    return ratios(runs) if runs else dict(serving.get("ratios", {}))
+
+
 def _status(ok: bool | None) -> str:
     return "not run" if ok is None else ("**met**" if ok else "**missed**")
 
@@ -52,7 +59,7 @@ def targets(mode: str) -> list[dict[str, Any]]:
     """Every target of the issue with the measured value and whether it is met."""
     out: list[dict[str, Any]] = []
     serving = read_result(mode, "serving") or {}
-    ratios = serving.get("ratios", {})
+    ratios = _ratios(serving)
     skipped = serving.get("skipped", {})
 
     def ratio(key: str, field: str) -> float | None:
@@ -153,7 +160,7 @@ def serving_tables(mode: str) -> list[str]:
             rows.append(row)
         lines += _table(headers, rows)
     lines += _diagnostics(serving)
-    ratios = {k: v for k, v in serving.get("ratios", {}).items() if "/agent-bare_" not in k}
+    ratios = {k: v for k, v in _ratios(serving).items() if "/agent-bare_" not in k}
     if ratios:
         lines += ["", "Ratios, the agent over each peer (JSON unless named): medians of the "
                   "per-round ratios (both measured minutes apart in the same round).",
@@ -179,7 +186,7 @@ def _diagnostics(serving: dict[str, Any]) -> list[str]:
     summary = serving["summary"]
     if not any(s["peer"].startswith("agent-") for s in summary):
         return []
-    ratios = serving.get("ratios", {})
+    ratios = _ratios(serving)
     rows = []
     for model_key, c in sorted({(s["model"], s["concurrency"]) for s in summary
                                 if s["peer"].startswith("agent-")}):  # fmt: skip
