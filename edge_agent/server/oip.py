@@ -9,6 +9,7 @@ an output is asked for in binary (`binary_data_output`, or `binary_data` per out
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from edge_agent.server.tensors import (
 from edge_protocol.metadata import DATATYPES
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+LONG_DIGITS = re.compile(rb"\d{19}")  # an integer that may not fit 64 bits (parse_json)
 MAX_RANK = 16
 MAX_TENSORS = 256
 
@@ -82,13 +84,16 @@ def parse_json(data: bytes, what: str) -> Any:
 
     orjson parses what strict RFC 8259 UTF-8 JSON is; whatever it refuses goes to the
     standard library, which decides as it always has: it reads NaN and Infinity (refused
-    later, by name, by the non-finite check), integers of any size, UTF-16 and UTF-32, a
-    byte-order mark, and its error messages say where the body goes wrong.
+    later, by name, by the non-finite check), UTF-16 and UTF-32, a byte-order mark, and its
+    error messages say where the body goes wrong. orjson reads an integer beyond 64 bits as a
+    float where the standard library keeps it exact (and the tensor check names it): a body
+    with a run of 19 digits or more, which every such integer has, goes to the latter too.
     """
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        pass
+    if not LONG_DIGITS.search(data):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
     try:
         return json.loads(data)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError too
