@@ -83,6 +83,7 @@ class Agent:
         self.reporter = Reporter(
             config.device_id, self.topics, self.describe, self.spool,
             telemetry_interval_s=config.telemetry.interval_s,
+            ack_timeout_s=config.telemetry.ack_timeout_s,
         )  # fmt: skip
         self.link = LinkState(
             up=False, clock=monotonic

@@ -86,6 +86,7 @@ class TelemetrySettings:
 
     interval_s: float = 30.0
     spool_max_bytes: int = 16 * 1024 * 1024  # on-disk queue while the broker is unreachable
+    ack_timeout_s: float = 30.0  # how long a sent message waits for the registry's ack
 
 
 @dataclass(frozen=True)

@@ -183,6 +183,7 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "updates.write_retry_max_s": (0.01, 86_400),
     "telemetry.interval_s": (1, 86_400),
     "telemetry.spool_max_mb": (1, 65_536),
+    "telemetry.ack_timeout_s": (1, 3600),
 }
 
 

@@ -1,4 +1,4 @@
-"""Routing what arrives from the broker: roots, the assignment, releases and chunks.
+"""Routing what arrives from the broker: roots, the assignment, releases, chunks and acks.
 
 Every document is verified by `edge_protocol.TrustedState` before anything acts on it, and the
 trust high-water marks are persisted before the updater starts work. Rejections become
@@ -13,12 +13,18 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from edge_agent.errors import AgentError, MqttDisconnectedError
+from edge_agent.errors import AgentError, MqttDisconnectedError, MqttSubscribeError
 from edge_agent.mqtt import AgentMqtt, Message
 from edge_agent.updater import INTERNAL_ERROR
 from edge_protocol import Assignment, Envelope, RejectedError
 from edge_protocol.errors import ExpiredError, FormatError, TopicError
-from edge_protocol.topics import KIND_ARTIFACT, KIND_ASSIGNMENT, KIND_RELEASE, KIND_ROOT
+from edge_protocol.topics import (
+    KIND_ACKS,
+    KIND_ARTIFACT,
+    KIND_ASSIGNMENT,
+    KIND_RELEASE,
+    KIND_ROOT,
+)
 
 if TYPE_CHECKING:
     from edge_agent.agent import Agent
@@ -102,7 +108,22 @@ class Dispatcher:
         await agent.subscriptions.subscribe_many([topics.all_roots(), topics.assignment(device)])
         await agent.subscriptions.renew(client)
         agent.link.connected(session_present=client.session_present)
-        await agent.reporter.connected(client)
+        registry_acks = await self._follow_acks(client)
+        await agent.reporter.connected(client, registry_acks=registry_acks)
+
+    async def _follow_acks(self, client: AgentMqtt) -> bool:
+        """Subscribe to the registry's acks, before anything is sent that they would answer.
+
+        A broker whose access rules predate acks refuses the subscription: the connection
+        goes on, and the broker's PUBACK is then what deletes a spooled message.
+        """
+        topic = self._agent.topics.acks(self._agent.config.device_id)
+        try:
+            await client.subscribe(topic)
+        except MqttSubscribeError as e:
+            log.warning("%s; the broker's acknowledgement has to do", e)
+            return False
+        return True
 
     def disconnected(self, error: Exception) -> None:
         """Forget the lost connection."""
@@ -131,6 +152,8 @@ class Dispatcher:
             await self._on_root(ref.number, message.payload)
         elif ref.kind == KIND_ASSIGNMENT and ref.name == self._agent.config.device_id:
             await self._on_assignment(message.payload)
+        elif ref.kind == KIND_ACKS and ref.name == self._agent.config.device_id:
+            await self._agent.reporter.on_ack(message.payload)
 
     async def _on_root(self, version: int, payload: bytes) -> None:
         trust = self._agent.trust

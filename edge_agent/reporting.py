@@ -3,11 +3,19 @@
 The state is sent directly: it is retained, republished in full on every connection and on
 every change, and the broker's will replaces it when the device vanishes. Events and telemetry
 are first written to the on-disk spool (`edge_agent.spool`), which gives each one its
-`msg_seq`; `run` sends them from there in order whenever a connection is up and deletes each
-only after the broker's PUBACK. Nothing is lost to an outage or a restart below the spool's
-cap; docs/telemetry.md says what happens above it and why a message may arrive twice. A message
-the spool cannot keep because its disk is full waits in memory (`edge_agent.outbox`) instead and
-goes out with the spooled ones, in order.
+`msg_seq`; `run` sends them from there in order whenever a connection is up, and each stays on
+disk until the registry says it stored it (its `acks` topic, `on_ack`). What the registry has
+not acknowledged `ack_timeout_s` after the broker's PUBACK is sent again, the wait doubling
+while nothing is acknowledged, and at most ACK_WINDOW messages are out unacknowledged at once,
+so a registry that is away costs each device a window of resends, not its whole spool.
+
+Where the registry does not acknowledge, the broker's PUBACK deletes the message as before: on
+a connection whose broker refused the `acks` subscription (its access rules predate it), and,
+until the registry has acknowledged anything on this spool, for a message PUBACKed
+FALLBACK_SENDS times (a registry that predates acks). Nothing is lost to an outage, a restart
+or a broker that forgets below the spool's cap; docs/telemetry.md says what happens above it
+and why a message may arrive twice. A message the spool cannot keep because its disk is full
+waits in memory (`edge_agent.outbox`) instead and goes out with the spooled ones, in order.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -23,10 +32,20 @@ from edge_agent.errors import AgentError, BrokerError
 from edge_agent.outbox import Outbox
 from edge_agent.spool import KIND_EVENTS, KIND_TELEMETRY, Spool, SpoolRecord
 from edge_protocol import Topics
-from edge_protocol.topics import event_payload, offline_payload, state_payload, telemetry_payload
+from edge_protocol.errors import MessageFormatError
+from edge_protocol.topics import (
+    event_payload,
+    offline_payload,
+    parse_ack,
+    state_payload,
+    telemetry_payload,
+)
 
 log = logging.getLogger(__name__)
 SEND_WINDOW = 16  # spooled messages published before waiting for their PUBACKs
+ACK_WINDOW = 256  # spooled messages out (in flight or sent) without the registry's ack
+FALLBACK_SENDS = 3  # PUBACKs that delete a message while no registry ack was ever seen
+MAX_BACKOFF = 16  # the wait for acks grows to at most this many times `ack_timeout_s`
 
 
 class Publisher(Protocol):
@@ -47,6 +66,7 @@ class Reporter:
         spool: Spool,
         *,
         telemetry_interval_s: float | None = None,
+        ack_timeout_s: float = 30.0,
     ) -> None:
         self._device_id = device_id
         self._topics = topics
@@ -57,9 +77,14 @@ class Reporter:
         self._client: Publisher | None = None  # for the state
         self._sender: Publisher | None = None  # for the spool, once the state went out
         self._failed: Publisher | None = None  # a connection a publish failed on
+        self._registry_acks = False  # whether this connection reads the registry's acks
+        self._ack_timeout_s = ack_timeout_s
+        self._ack_wait_s = ack_timeout_s  # doubles while nothing is acknowledged
         self._wake = asyncio.Event()
-        self._progress = asyncio.Event()  # a window was sent, or the connection went away
+        self._progress = asyncio.Event()  # a window was sent or acknowledged, or the link went
         self.sent = 0  # spooled messages acknowledged by the broker since start
+        self.acknowledged = 0  # spooled messages the registry said it stored, since start
+        self.resent = 0  # spooled messages sent again for want of the registry's ack
 
     @property
     def offline_will(self) -> tuple[str, bytes]:
@@ -71,13 +96,35 @@ class Reporter:
         """Where events and telemetry wait for the broker."""
         return self._spool
 
-    async def connected(self, client: Publisher) -> None:
-        """Use a new connection: publish the full state, then let the spool drain."""
+    async def connected(self, client: Publisher, *, registry_acks: bool = False) -> None:
+        """Use a new connection: publish the full state, then let the spool drain.
+
+        `registry_acks`: the connection is subscribed to the device's `acks` topic, so spooled
+        messages wait for the registry's acknowledgement; without it the PUBACK deletes them.
+        """
         self._client = client
+        self._registry_acks = registry_acks
+        # Acks for what went out on the last connection may be queued in the session.
+        resend_at = time.monotonic() + self._ack_wait_s
+        await asyncio.to_thread(self._spool.postpone, resend_at)
         await self.publish_state()
         if self._client is client:
             self._sender = client
             self._wake.set()
+
+    async def on_ack(self, payload: bytes) -> None:
+        """The registry stored (or refused for good) these messages: delete them."""
+        try:
+            ack = parse_ack(self._device_id, payload)
+        except MessageFormatError as e:
+            log.warning("ignoring a malformed acks message: %s", e)
+            return
+        done = await asyncio.to_thread(self._spool.acknowledge, ack.epoch, ack.ranges)
+        if done:
+            self.acknowledged += done
+            self._ack_wait_s = self._ack_timeout_s
+            self._wake.set()
+            self._progress.set()
 
     def disconnected(self) -> None:
         """Stop using the connection that was lost."""
@@ -136,16 +183,36 @@ class Reporter:
         """Send spooled messages, oldest first, whenever a connection is up; never returns."""
         while True:
             sender = self._sender
-            waiting = self._spool.pending() or len(self._outbox)
-            if sender is None or sender is self._failed or not waiting:
+            if sender is None or sender is self._failed:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            records = await asyncio.to_thread(self._spool.take, SEND_WINDOW)
+            await self._resend_overdue()
+            room = ACK_WINDOW - self._spool.unacknowledged()
+            if room <= 0 or not (self._spool.pending() or len(self._outbox)):
+                self._wake.clear()
+                await self._sleep(self._spool.next_deadline())
+                continue
+            records = await asyncio.to_thread(self._spool.take, min(SEND_WINDOW, room))
             try:
                 await self._send_spooled(sender, records, self._unspooled_before(records))
             finally:
                 self._progress.set()
+
+    async def _resend_overdue(self) -> None:
+        """Queue again what the registry has not acknowledged in time; wait longer next time."""
+        overdue = await asyncio.to_thread(self._spool.expire, time.monotonic())
+        if overdue:
+            log.info("the registry has not acknowledged %d messages; sending them again", overdue)
+            self.resent += overdue
+            self._ack_wait_s = min(self._ack_wait_s * 2, self._ack_timeout_s * MAX_BACKOFF)
+
+    async def _sleep(self, deadline: float | None) -> None:
+        """Wait for a wake-up, or until `deadline` (time.monotonic) if there is one."""
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
 
     def _unspooled_before(self, records: list[SpoolRecord]) -> list[SpoolRecord]:
         """The outbox's records that come before any spooled one not yet taken (msg_seq order)."""
@@ -176,12 +243,22 @@ class Reporter:
             self._outbox.put_back(r for r in unspooled if id(r) not in acked)
             spooled = [r.seq for r in records if id(r) in acked]
             # Off the loop: the spool's lock may be held by a thread waiting on an fsync.
-            await asyncio.to_thread(self._settle, records, spooled)
+            resend_at = time.monotonic() + self._ack_wait_s
+            await asyncio.to_thread(self._settle, records, spooled, resend_at)
             self.sent += len(acked)
 
-    def _settle(self, records: list[SpoolRecord], acked: list[int]) -> None:
-        self._spool.release(r.seq for r in records if r.seq not in acked)
-        self._spool.ack(acked)
+    def _settle(self, records: list[SpoolRecord], acked: list[int], resend_at: float) -> None:
+        spool = self._spool
+        spool.release(r.seq for r in records if r.seq not in acked)
+        if not self._registry_acks:
+            spool.ack(acked)  # nobody will acknowledge them: the PUBACK is all there is
+            return
+        # A registry that never acknowledges (it predates acks) must not keep them for ever.
+        given_up = [] if spool.registry_acks else [
+            seq for seq in acked if spool.sends(seq) + 1 >= FALLBACK_SENDS
+        ]  # fmt: skip
+        spool.ack(given_up)
+        spool.sent((seq for seq in acked if seq not in given_up), resend_at)
 
     async def _spool_message(self, kind: str, encode: Callable[[int | None], bytes]) -> int:
         encoded: list[bytes] = []

@@ -1,4 +1,4 @@
-"""The spool: events and telemetry waiting on disk until the broker acknowledges them.
+"""The spool: events and telemetry waiting on disk until the registry acknowledges them.
 
 One file per message, `spool/{msg_seq:020d}.{kind}`, written atomically (temp file, fsync,
 rename, fsync the directory) and framed as `magic | length | crc32 | payload`:
@@ -7,19 +7,28 @@ rename, fsync the directory) and framed as `magic | length | crc32 | payload`:
   deletes. A file torn anyway (a filesystem without ordered writes, a bad sector, a truncation)
   fails its length or CRC check: that one message is skipped and counted as `corrupt`; the
   files around it are separate and cannot be harmed by it.
-* Acknowledging a message is deleting its file, after the broker's PUBACK. The delete is not
-  fsynced: a crash may resurrect the file and send it once more, with the same `msg_seq`.
+* A message goes through three states: queued (to be sent), in flight (published, waiting for
+  the broker's PUBACK) and sent (the broker has it, the registry has not yet said it stored
+  it). Acknowledging is deleting its file, once the registry's `acks` message names it
+  (`acknowledge`), or on the PUBACK where the registry does not acknowledge (`ack`). A sent
+  message not acknowledged by its deadline is queued again (`expire`): a broker that restarted
+  without its state, or a registry that was not subscribed, cost a resend, not the message.
+  The delete is not fsynced: a crash may resurrect the file and send it once more, with the
+  same `msg_seq`. A delete the disk refuses is logged and the message forgotten all the same.
 * Dropping one message is deleting one file, so the cap can drop the oldest telemetry first
   and events last without rewriting anything.
 
 `msg_seq` is allocated here, strictly increasing per state directory: blocks of numbers are
 reserved in `meta.json` before any number of the block is used, so no number is ever reused,
 even after a crash (numbers a crash skips leave gaps; gaps are not losses). `meta.json` also
-keeps the drop counters, so they survive restarts.
+keeps the drop counters, so they survive restarts, and whether the registry has ever
+acknowledged anything (from then on only its acks delete messages).
 """
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import json
 import logging
 import os
@@ -71,6 +80,7 @@ class _Meta:
     epoch: str  # random per spool directory: a wiped state directory starts a new sequence
     seq_reserved: int  # every msg_seq below this may have been used
     counters: SpoolCounters
+    registry_acks: bool = False  # the registry has acknowledged a message of this epoch
 
 
 class Spool:
@@ -82,10 +92,16 @@ class Spool:
         self._lock = threading.Lock()
         self._records: dict[int, tuple[str, int]] = {}  # seq -> (kind, file size), oldest first
         self._bytes = 0
-        self._in_flight: set[int] = set()  # taken by the sender, not yet acknowledged
+        self._queue: list[int] = []  # heap of the seqs to send; may hold forgotten ones
+        self._queued: set[int] = set()  # what the heap really holds
+        self._in_flight: set[int] = set()  # taken by the sender, no PUBACK yet
+        self._sent: dict[int, float] = {}  # PUBACKed, not acknowledged: seq -> resend deadline
+        self._sends: dict[int, int] = {}  # PUBACKs of each held message, since start
         directory.mkdir(parents=True, exist_ok=True)
         self._meta = self._load_meta()
         self._scan()
+        for seq in self._records:
+            self._enqueue(seq)
         newest = max(self._records, default=0)
         self._next_seq = max(self._meta.seq_reserved, newest + 1, 1)
         self._save_meta()
@@ -101,18 +117,32 @@ class Spool:
     # what they read may be a moment old.
 
     def pending(self) -> int:
-        """Messages on disk not yet taken by the sender."""
-        return len(self._records) - len(self._in_flight)
+        """Messages on disk queued to be sent (first sends and resends)."""
+        return len(self._queued)
+
+    def unacknowledged(self) -> int:
+        """Messages the sender has out: in flight, or sent and not yet acknowledged."""
+        return len(self._in_flight) + len(self._sent)
+
+    @property
+    def registry_acks(self) -> bool:
+        """Whether the registry has ever acknowledged a message of this spool's epoch."""
+        return self._meta.registry_acks
 
     def stats(self) -> dict[str, Any]:
         """Counts for telemetry and `/v1/status`."""
         return {
             "pending": len(self._records),
             "pending_bytes": self._bytes,
+            "awaiting_ack": len(self._sent),
             "max_bytes": self.max_bytes,
             "next_msg_seq": self._next_seq,
             **asdict(self._meta.counters),
         }
+
+    def sends(self, seq: int) -> int:
+        """How often the broker has acknowledged message `seq` since start."""
+        return self._sends.get(seq, 0)
 
     def holds(self, seq: int) -> bool:
         """Whether message `seq` is on disk, waiting for (or in) its send."""
@@ -140,34 +170,86 @@ class Spool:
                 return seq
             self._records[seq] = (kind, size)
             self._bytes += size
+            self._enqueue(seq)
             return seq
 
     def take(self, limit: int) -> list[SpoolRecord]:
-        """Read up to `limit` of the oldest messages not yet taken, and mark them taken."""
+        """Read up to `limit` of the oldest queued messages, and mark them in flight."""
         taken: list[SpoolRecord] = []
         with self._lock:
-            for seq, (kind, _size) in list(self._records.items()):
-                if len(taken) >= limit:
-                    break
-                if seq in self._in_flight:
-                    continue
-                payload = self._read(seq, kind)
+            while self._queue and len(taken) < limit:
+                seq = heapq.heappop(self._queue)
+                if seq not in self._queued:
+                    continue  # forgotten while queued
+                self._queued.discard(seq)
+                payload = self._read(seq, self._records[seq][0])
                 if payload is not None:
                     self._in_flight.add(seq)
-                    taken.append(SpoolRecord(seq, kind, payload))
+                    taken.append(SpoolRecord(seq, self._records[seq][0], payload))
         return taken
 
     def ack(self, seqs: Iterable[int]) -> None:
-        """The broker has these: delete them."""
+        """Delete these: acknowledged (or, where the registry does not acknowledge, PUBACKed)."""
         with self._lock:
             for seq in seqs:
-                self._in_flight.discard(seq)
                 self._forget(seq)
 
-    def release(self, seqs: Iterable[int]) -> None:
-        """These were not acknowledged: they stay, to be taken again."""
+    def sent(self, seqs: Iterable[int], resend_at: float) -> None:
+        """The broker has these: keep them until acknowledged, queued again at `resend_at`."""
         with self._lock:
-            self._in_flight.difference_update(seqs)
+            for seq in seqs:
+                if seq in self._in_flight:  # else acknowledged (or dropped) during the send
+                    self._in_flight.discard(seq)
+                    self._sent[seq] = resend_at
+                    self._sends[seq] = self._sends.get(seq, 0) + 1
+
+    def release(self, seqs: Iterable[int]) -> None:
+        """These were not PUBACKed: queue them to be taken again."""
+        with self._lock:
+            for seq in seqs:
+                if seq in self._in_flight:
+                    self._in_flight.discard(seq)
+                    self._enqueue(seq)
+
+    def acknowledge(self, epoch: str, ranges: Iterable[tuple[int, int]]) -> int:
+        """The registry stored the messages of `epoch` in `ranges`: delete them; return how many."""
+        if epoch != self._meta.epoch:
+            return 0  # another sequence: a wiped state directory's, never this one's numbers
+        with self._lock:
+            held = sorted(self._records)
+            done = [
+                seq
+                for first, last in ranges
+                for seq in held[bisect.bisect_left(held, first) : bisect.bisect_right(held, last)]
+            ]
+            for seq in done:
+                self._forget(seq)
+            if not self._meta.registry_acks:
+                self._meta.registry_acks = True
+                try:
+                    self._save_meta()
+                except OSError as e:  # remembered in memory; asked again after a restart
+                    log.error("spool: cannot save that the registry acknowledges: %s", e)
+        return len(done)
+
+    def expire(self, now: float) -> int:
+        """Queue again what was sent and not acknowledged by its deadline; return how many."""
+        with self._lock:
+            due = [seq for seq, deadline in self._sent.items() if deadline <= now]
+            for seq in due:
+                del self._sent[seq]
+                self._enqueue(seq)
+        return len(due)
+
+    def postpone(self, resend_at: float) -> None:
+        """Give every sent message until `resend_at` (a new connection: its acks may be queued)."""
+        with self._lock:
+            for seq in self._sent:
+                self._sent[seq] = resend_at
+
+    def next_deadline(self) -> float | None:
+        """When the first sent message is due to be queued again, if any is waiting."""
+        return min(self._sent.values(), default=None)
 
     # --- internals (called with the lock held) -----------------------------------------------
 
@@ -215,12 +297,27 @@ class Spool:
         except OSError as e:  # the count stays right in memory; the disk may be full
             log.error("spool: cannot save the drop counters: %s", e)
 
+    def _enqueue(self, seq: int) -> None:
+        if seq not in self._queued:
+            self._queued.add(seq)
+            heapq.heappush(self._queue, seq)
+
     def _forget(self, seq: int) -> None:
         entry = self._records.pop(seq, None)
         if entry is None:
             return
         self._bytes -= entry[1]
-        self._path(seq, entry[0]).unlink(missing_ok=True)
+        self._queued.discard(seq)
+        self._in_flight.discard(seq)
+        self._sent.pop(seq, None)
+        self._sends.pop(seq, None)
+        path = self._path(seq, entry[0])
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as e:
+            # Forgotten all the same: the next start finds the file and sends it once more,
+            # a duplicate the registry drops. Raising here would stop the sender for good.
+            log.error("spool: cannot delete %s: %s", path.name, e)
 
     def _read(self, seq: int, kind: str) -> bytes | None:
         path = self._path(seq, kind)
@@ -269,6 +366,7 @@ class Spool:
                 epoch=str(data["epoch"]),
                 seq_reserved=int(data["seq_reserved"]),
                 counters=SpoolCounters(**data["counters"]),
+                registry_acks=data.get("registry_acks") is True,
             )
         except FileNotFoundError:
             pass
@@ -279,7 +377,7 @@ class Spool:
     def _save_meta(self) -> None:
         meta = self._meta
         data = {"epoch": meta.epoch, "seq_reserved": meta.seq_reserved,
-                "counters": asdict(meta.counters)}  # fmt: skip
+                "counters": asdict(meta.counters), "registry_acks": meta.registry_acks}  # fmt: skip
         write_atomic(self.directory / META_FILE, json.dumps(data, sort_keys=True).encode())
 
 

@@ -327,6 +327,8 @@ class Telemetry:
                 "reports": self.reports,
                 "last_msg_seq": self.last_msg_seq,
                 "sent": self._reporter.sent,
+                "acknowledged": self._reporter.acknowledged,
+                "resent": self._reporter.resent,
                 "spool": self._reporter.spool.stats(),
             }
         }

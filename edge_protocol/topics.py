@@ -3,6 +3,7 @@
 Both sides build every topic through `Topics`, so a prefix change or a new topic level happens
 here once. Device messages (`state`, `events`, `telemetry`) are plain JSON, not signed, with a
 `schema` number; `parse_device_message` is what the registry applies before storing any of them.
+The registry answers the numbered ones with `acks` (`ack_payload`, `parse_ack`): what it stored.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ KIND_ASSIGNMENT = "assignment"
 KIND_STATE = "state"
 KIND_EVENTS = "events"
 KIND_TELEMETRY = "telemetry"
+KIND_ACKS = "acks"
 DEVICE_MESSAGE_KINDS = (KIND_STATE, KIND_EVENTS, KIND_TELEMETRY)
+MAX_ACK_RANGES = 256  # ranges in one acks message: about 10 KiB at most
+MAX_MSG_SEQ = 2**63 - 1  # what the registry's BIGINT columns hold
 
 # Update lifecycle events an agent publishes on its `events` topic (docs/protocol.md).
 EVENT_KINDS = (
@@ -95,6 +99,10 @@ class Topics:
         """Periodic telemetry of one device."""
         return f"{self.prefix}/devices/{_name(device_id)}/telemetry"
 
+    def acks(self, device_id: str) -> str:
+        """What the registry has stored of one device's events and telemetry (registry only)."""
+        return f"{self.prefix}/devices/{_name(device_id)}/acks"
+
     def all_roots(self) -> str:
         """Subscription filter for every root version."""
         return f"{self.prefix}/trust/root/+"
@@ -123,6 +131,7 @@ class Topics:
                 return TopicRef(KIND_ARTIFACT, sha256, _number(index, topic, minimum=0))
             case ["devices", device_id, kind] if is_valid_name(device_id) and kind in (
                 KIND_ASSIGNMENT,
+                KIND_ACKS,
                 *DEVICE_MESSAGE_KINDS,
             ):
                 return TopicRef(kind, device_id)
@@ -244,6 +253,63 @@ def parse_device_message(kind: str, topic_device_id: str, payload: bytes) -> dic
     else:
         raise MessageFormatError(f"{kind!r} is not a device message kind")
     return body  # type: ignore[no-any-return]
+
+
+def ack_payload(device_id: str, epoch: str, ranges: list[tuple[int, int]]) -> bytes:
+    """Encode an `acks` message: the `msg_seq` ranges (inclusive) of `epoch` the registry has."""
+    if not 0 < len(ranges) <= MAX_ACK_RANGES:
+        raise MessageFormatError(f"an acks message carries 1 to {MAX_ACK_RANGES} ranges")
+    body = {
+        "schema": MESSAGE_SCHEMA,
+        "device_id": device_id,
+        "msg_epoch": epoch,
+        "ranges": [[first, last] for first, last in ranges],
+    }
+    return _encode(body)
+
+
+@dataclass(frozen=True)
+class Ack:
+    """A parsed `acks` message."""
+
+    epoch: str
+    ranges: tuple[tuple[int, int], ...]  # inclusive, ascending, not overlapping
+
+    def covers(self, seq: int) -> bool:
+        """Whether `seq` lies in one of the ranges."""
+        return any(first <= seq <= last for first, last in self.ranges)
+
+
+def parse_ack(device_id: str, payload: bytes) -> Ack:
+    """Validate an `acks` message received on `.../devices/{device_id}/acks`."""
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise MessageFormatError(f"acks message of {len(payload)} bytes exceeds the cap")
+    try:
+        body = json.loads(payload, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise MessageFormatError(f"acks message is not JSON: {e}") from e
+    r = FieldReader(body, "acks", MessageFormatError)
+    if r.integer("schema", minimum=1) != MESSAGE_SCHEMA:
+        raise MessageFormatError(f"acks.schema: this agent reads schema {MESSAGE_SCHEMA}")
+    if r.string("device_id", name=True) != device_id:
+        raise MessageFormatError("acks.device_id does not match the topic's device")
+    epoch = r.string("msg_epoch", max_length=64)
+    ranges = body.get("ranges")
+    if not isinstance(ranges, list) or not 0 < len(ranges) <= MAX_ACK_RANGES:
+        raise MessageFormatError(f"acks.ranges: expected a list of 1 to {MAX_ACK_RANGES} ranges")
+    parsed: list[tuple[int, int]] = []
+    for entry in ranges:
+        if not (isinstance(entry, list) and len(entry) == 2 and all(_seq(n) for n in entry)):
+            raise MessageFormatError("acks.ranges: each range is [first, last], msg_seq numbers")
+        first, last = entry
+        if first > last or (parsed and first <= parsed[-1][1]):
+            raise MessageFormatError("acks.ranges: expected ascending ranges that do not overlap")
+        parsed.append((first, last))
+    return Ack(epoch, tuple(parsed))
+
+
+def _seq(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_MSG_SEQ
 
 
 def _encode(body: dict[str, Any]) -> bytes:

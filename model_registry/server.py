@@ -39,6 +39,7 @@ from model_registry.preflight import (
     read_mqtt_password,
     setting,
 )
+from model_registry.services.acks import AckSender
 from model_registry.services.context import RegistryContext
 from model_registry.services.ingest import DeviceIngest
 from model_registry.services.ingest_limits import TOP_DEVICES
@@ -168,6 +169,8 @@ async def _start_mqtt(
     await sync_broker(ctx)
     stack.push_async_callback(supervisor.stop)  # before the connection closes
     supervisor.spawn(ingest.run(connection.messages), "device message ingest")
+    acks = AckSender(ingest.acks, connection, config.topics)
+    supervisor.spawn(acks.run(), "device message acknowledgements")
     supervisor.spawn(_resync_on_reconnect(connection, ctx), "broker resync")
     supervisor.spawn(maintenance_loop(ctx), "maintenance")
     supervisor.spawn(retention_loop(ctx), "retention")

@@ -5,9 +5,11 @@ One rule table serves both brokers: `dynsec` turns it into mosquitto dynamic-sec
 the verdicts with a real mosquitto running the generated files):
 
 * the registry user reads and writes `{p}/#`, which also matches `{p}` itself;
-* the `pattern` rules apply to every client, the registry included; `%u` is the connecting
-  username, which for a device is its device id; rules with `%u` never match an anonymous client,
-  the others do (anonymous clients only exist when the embedded broker allows them);
+* the `pattern` rules apply to every client, the registry included: a device reads its own
+  `assignment` and `acks` and writes its own `state`, `events` and `telemetry`; `%u` is the
+  connecting username, which for a device is its device id; rules with `%u` never match an
+  anonymous client, the others do (anonymous clients only exist when the embedded broker
+  allows them);
 * a username that cannot be a topic level (`+`, `#`, `/`, ...) gets no access at all: we only
   ever issue device ids that are valid names;
 * a subscription is refused unless every topic it can match is readable, so a device learns at
@@ -61,7 +63,9 @@ def pattern_rules(topics: Topics) -> tuple[AclRule, ...]:
     """Rules every client gets: the shared documents, and a device's own topics via `%u`."""
     shared = (topics.root(1), topics.release(_SAMPLE_ID, 1), topics.artifact_chunk("0" * 64, 0))
     reads = [AclRule("read", _subtree(topics, sample)) for sample in shared]
-    reads.append(AclRule("read", _own(topics, topics.assignment(_SAMPLE_ID))))
+    # What the registry sends one device: its assignment and the acknowledgements of its reports.
+    for own_read in (topics.assignment, topics.acks):
+        reads.append(AclRule("read", _own(topics, own_read(_SAMPLE_ID))))
     own_writes = (topics.state, topics.events, topics.telemetry)
     writes = [AclRule("write", _own(topics, build(_SAMPLE_ID))) for build in own_writes]
     return (*reads, *writes)

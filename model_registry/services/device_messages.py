@@ -196,6 +196,11 @@ def _numbering(body: dict[str, Any], kind: str) -> dict[str, Any]:
     return out
 
 
+def clean_numbering(epoch: Any, seq: Any) -> tuple[str, int]:
+    """A valid (msg_epoch, msg_seq) pair; MessageFormatError if either breaks its rule."""
+    return _match(epoch, _EPOCH, "msg_epoch"), _integer(seq, "msg_seq", 0)
+
+
 def _integer(value: Any, path: str, minimum: int, maximum: int = INT_MAX) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
         raise MessageFormatError(f"{path}: expected an integer from {minimum} to {maximum}")

@@ -9,6 +9,11 @@ fill the disk at its own pace, or flood the log.
 Messages are stored in batches: whatever has arrived while the previous batch was being written
 goes to storage in one transaction, so a fleet reporting at once costs a few commits, not one
 per message, while a lone message is stored at once.
+
+After the commit, the numbers of what was stored, or was already stored (a resend), go into
+`acks` (`model_registry.services.acks`), which tells each device what it may forget; so do the
+numbers of messages refused for good. What is dropped for a rate, an overload or a storage
+error is not acknowledged: the device sends it again later.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from edge_protocol import Topics, format_time
 from edge_protocol.errors import FormatError
 from edge_protocol.topics import KIND_EVENTS, KIND_STATE, KIND_TELEMETRY, parse_device_message
 from model_registry.mqtt.client import MqttMessage
+from model_registry.services.acks import AckBook
 from model_registry.services.context import RegistryContext
-from model_registry.services.device_messages import MessageLimits, clean_message
+from model_registry.services.device_messages import MessageLimits, clean_message, clean_numbering
 from model_registry.services.ingest_limits import DeviceRateLimiter, DropLog, IngestQueue
 from model_registry.storage import DUPLICATE, STORED, DeviceReport
 
@@ -62,6 +68,7 @@ class DeviceIngest:
         self.drop_log = DropLog(limits.drop_log_interval_s)
         # What the MQTT connection delivers into: through `admit`, and bounded in bytes.
         self.queue = IngestQueue(self.admit, limits.backlog_mib * 1024 * 1024, self.overloaded)
+        self.acks = AckBook()  # what to acknowledge to the devices (sent by `AckSender`)
 
     def subscriptions(self) -> list[str]:
         """The topic filters to subscribe to."""
@@ -108,10 +115,13 @@ class DeviceIngest:
         for report, outcome in zip(reports, outcomes, strict=True):
             if outcome == STORED:
                 self.stored[report.kind] += 1
-            elif outcome == DUPLICATE:  # a QoS 1 resend: normal, nobody to blame
+            elif outcome == DUPLICATE:  # a resend: normal, nobody to blame
                 self.dropped[outcome] += 1
             else:
                 self._drop(outcome, report.device_id)
+                continue
+            if report.msg_epoch is not None and report.msg_seq is not None:
+                self.acks.note(report.device_id, report.msg_epoch, report.msg_seq)
 
     async def _store_alone(self, report: DeviceReport) -> str:
         try:
@@ -141,6 +151,8 @@ class DeviceIngest:
             reason = _drop_reason(ref.name, payload)
             self._drop(reason, ref.name)
             log.debug("dropped a %s message on %s: %s", reason, message.topic, e)
+            if reason == MALFORMED and (numbering := _numbering(ref.name, payload)) is not None:
+                self.acks.note(ref.name, *numbering)  # the same bytes again would fail again
             return None
         return _report(ref.kind, ref.name, body, self._ctx.clock())
 
@@ -183,6 +195,22 @@ def _report(kind: str, device_id: str, body: dict[str, Any], now: datetime) -> D
     if isinstance(epoch, str) and isinstance(seq, int) and not isinstance(seq, bool):
         return DeviceReport(device_id, kind, now, body, msg_epoch=epoch, msg_seq=seq, error=error)
     return DeviceReport(device_id, kind, now, body, error=error)  # unnumbered: always stored
+
+
+def _numbering(topic_device_id: str, payload: bytes) -> tuple[str, int] | None:
+    """(msg_epoch, msg_seq) of a refused message that is an object of the topic's device."""
+    try:
+        body = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(body, dict) or body.get("device_id") != topic_device_id:
+        return None
+    epoch, seq = body.get("msg_epoch"), body.get("msg_seq")
+    try:
+        numbering = clean_numbering(epoch, seq)
+    except ValueError:
+        return None
+    return numbering
 
 
 def _is_will(kind: str, message: MqttMessage) -> bool:

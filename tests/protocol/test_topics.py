@@ -9,8 +9,11 @@ import pytest
 from edge_protocol import Topics
 from edge_protocol.errors import MessageFormatError, TopicError
 from edge_protocol.topics import (
+    MAX_ACK_RANGES,
+    ack_payload,
     event_payload,
     offline_payload,
+    parse_ack,
     parse_device_message,
     state_payload,
     telemetry_payload,
@@ -28,6 +31,7 @@ def test_topics_follow_the_documented_layout() -> None:
     assert TOPICS.state("dev-1") == "edge/v1/devices/dev-1/state"
     assert TOPICS.events("dev-1") == "edge/v1/devices/dev-1/events"
     assert TOPICS.telemetry("dev-1") == "edge/v1/devices/dev-1/telemetry"
+    assert TOPICS.acks("dev-1") == "edge/v1/devices/dev-1/acks"
     assert TOPICS.device_messages("state") == "edge/v1/devices/+/state"
     assert Topics("fleet/a").root(1) == "fleet/a/trust/root/1"
 
@@ -40,6 +44,7 @@ def test_topics_follow_the_documented_layout() -> None:
         (f"edge/v1/artifacts/{SHA}/0", "artifact", SHA, 0),
         ("edge/v1/devices/d1/assignment", "assignment", "d1", None),
         ("edge/v1/devices/d1/telemetry", "telemetry", "d1", None),
+        ("edge/v1/devices/d1/acks", "acks", "d1", None),
     ],
 )
 def test_parse_inverts_the_builders(topic: str, kind: str, name: str, number: int | None) -> None:
@@ -125,3 +130,50 @@ def test_a_trailing_newline_is_not_a_name(value: str) -> None:
         TOPICS.state(value)
     with pytest.raises(TopicError):
         TOPICS.artifact_chunk(SHA + "\n", 0)
+
+
+def test_acks_round_trip() -> None:
+    payload = ack_payload("d1", "9f2c4e1a0b7d3e55", [(3, 7), (9, 9)])
+    assert json.loads(payload) == {
+        "schema": 1, "device_id": "d1", "msg_epoch": "9f2c4e1a0b7d3e55", "ranges": [[3, 7], [9, 9]],
+    }  # fmt: skip
+    ack = parse_ack("d1", payload)
+    assert (ack.epoch, ack.ranges) == ("9f2c4e1a0b7d3e55", ((3, 7), (9, 9)))
+    assert [seq for seq in range(11) if ack.covers(seq)] == [3, 4, 5, 6, 7, 9]
+
+
+def _ack(**changes: object) -> bytes:
+    body = {"schema": 1, "device_id": "d1", "msg_epoch": "e1", "ranges": [[1, 2]], **changes}
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"not json",
+        b"[]",
+        _ack(device_id="d2"),
+        _ack(schema=2),
+        _ack(msg_epoch=7),
+        _ack(ranges=[]),
+        _ack(ranges=[[2, 1]]),
+        _ack(ranges=[[1, 5], [5, 6]]),
+        _ack(ranges=[[3, 4], [1, 2]]),
+        _ack(ranges=[[1, 2, 3]]),
+        _ack(ranges=[[-1, 2]]),
+        _ack(ranges=[[1, 2**63]]),
+        _ack(ranges=[[True, 2]]),
+        _ack(ranges=[[1.5, 2]]),
+        _ack(ranges=[[2 * n, 2 * n] for n in range(MAX_ACK_RANGES + 1)]),
+    ],
+)
+def test_malformed_or_foreign_acks_are_refused(payload: bytes) -> None:
+    with pytest.raises(MessageFormatError):
+        parse_ack("d1", payload)
+
+
+def test_an_ack_carries_a_bounded_number_of_ranges() -> None:
+    with pytest.raises(MessageFormatError):
+        ack_payload("d1", "e1", [(2 * n, 2 * n) for n in range(MAX_ACK_RANGES + 1)])
+    with pytest.raises(MessageFormatError):
+        ack_payload("d1", "e1", [])

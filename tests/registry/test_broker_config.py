@@ -291,6 +291,18 @@ def test_a_device_reads_only_its_own_assignment(
     ]
 
 
+def test_a_device_reads_only_its_own_acks(mosquitto: Broker) -> None:
+    with mosquitto.connect(DEV, client_id=DEV) as device:
+        assert [code.is_failure for code in device.subscribe(f"{P}/devices/+/acks")] == [True]
+        assert [code.is_failure for code in device.subscribe(TOPICS.acks(OTHER))] == [True]
+        device.subscribe(TOPICS.acks(DEV))
+        with mosquitto.connect(REGISTRY) as registry:
+            registry.publish(TOPICS.acks(OTHER), b"theirs")
+            registry.publish(TOPICS.acks(DEV), b"mine")
+        received = device.collect_until(TOPICS.acks(DEV))
+    assert [(m.topic, m.payload) for m in received] == [(TOPICS.acks(DEV), b"mine")]
+
+
 @pytest.mark.parametrize(
     "topic",
     [
@@ -299,6 +311,8 @@ def test_a_device_reads_only_its_own_assignment(
         TOPICS.telemetry(OTHER),
         TOPICS.assignment(DEV),
         TOPICS.assignment(OTHER),
+        TOPICS.acks(DEV),
+        TOPICS.acks(OTHER),
         TOPICS.release("iris", 1),
         TOPICS.artifact_chunk(SHA, 0),
         TOPICS.root(1),
@@ -358,11 +372,13 @@ def test_a_will_is_published_only_on_a_topic_the_device_may_write(mosquitto: Bro
 CROSS_CHECK = [
     TOPICS.root(1), TOPICS.release("iris", 2), TOPICS.artifact_chunk(SHA, 3),
     TOPICS.assignment(DEV), TOPICS.assignment(OTHER), TOPICS.state(DEV), TOPICS.state(OTHER),
-    TOPICS.events(DEV), TOPICS.telemetry(OTHER), f"{P}/trust/extra/level", f"{P}/unknown", P,
+    TOPICS.events(DEV), TOPICS.telemetry(OTHER), TOPICS.acks(DEV), TOPICS.acks(OTHER),
+    f"{P}/trust/extra/level", f"{P}/unknown", P,
 ]  # fmt: skip
 FILTERS = [
     f"{P}/#", f"{P}/trust/#", f"{P}/trust/root/+", f"{P}/releases/+/+", f"{P}/artifacts/{SHA}/+",
     f"{P}/devices/+/assignment", f"{P}/devices/{DEV}/#", f"{P}/devices/{DEV}/+", "#", "+/v1/#",
+    f"{P}/devices/+/acks",
 ]  # fmt: skip
 
 

@@ -212,6 +212,14 @@ DEV, OTHER = "dev-a", "dev-b"
         (DEV, f"{P}/devices/{DEV}/#", "subscribe", False),
         (DEV, f"{P}/#", "subscribe", False),
         (DEV, "#", "subscribe", False),
+        # ... and its own acks, written by the registry alone.
+        (DEV, TOPICS.acks(DEV), "subscribe", True),
+        (DEV, TOPICS.acks(OTHER), "subscribe", False),
+        (DEV, TOPICS.acks(OTHER), "read", False),
+        (DEV, f"{P}/devices/+/acks", "subscribe", False),
+        (DEV, TOPICS.acks(DEV), "write", False),
+        (REGISTRY, TOPICS.acks(DEV), "write", True),
+        (None, TOPICS.acks(DEV), "read", False),
         # It writes its own reports only, and reads none of them.
         (DEV, TOPICS.state(DEV), "write", True),
         (DEV, TOPICS.events(DEV), "write", True),
@@ -344,6 +352,21 @@ def test_a_device_reads_its_own_assignment_and_not_another_devices(
         assert [m.topic for m in drain_until(dev, barrier)] == []
 
 
+def test_a_device_reads_its_own_acks_and_not_another_devices(
+    embedded: BrokerThread, registry: tuple[str, str]
+) -> None:
+    device, other = embedded.add_user(), embedded.add_user()
+    with embedded.connect(device) as dev:
+        for topic_filter in (TOPICS.acks(other[0]), f"{P}/devices/+/acks"):
+            assert codes(dev.subscribe(topic_filter)) == [SUBSCRIBE_REFUSED], topic_filter
+        assert codes(dev.subscribe(TOPICS.acks(device[0]))) == [1]
+        with embedded.connect(registry) as reg:
+            reg.publish(TOPICS.acks(other[0]), b"theirs")
+            reg.publish(TOPICS.acks(device[0]), b"mine")
+        message = dev.next_message(DEADLINE)
+        assert (message.topic, message.payload) == (TOPICS.acks(device[0]), b"mine")
+
+
 def test_a_device_writes_only_its_own_reports(
     embedded: BrokerThread, registry: tuple[str, str]
 ) -> None:
@@ -353,6 +376,8 @@ def test_a_device_writes_only_its_own_reports(
         TOPICS.events(other[0]),
         TOPICS.telemetry(other[0]),
         TOPICS.assignment(device[0]),
+        TOPICS.acks(device[0]),
+        TOPICS.acks(other[0]),
         TOPICS.release("iris", 1),
         TOPICS.artifact_chunk(SHA, 0),
         TOPICS.root(1),

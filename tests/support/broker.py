@@ -154,6 +154,14 @@ class MosquittoProcess:
             proc.kill()
             proc.wait(timeout)
 
+    def kill(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """SIGKILL mosquitto: it saves nothing of its state (a crash)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.kill()
+        proc.wait(timeout)
+
     def restart(self, timeout: float = DEFAULT_TIMEOUT) -> None:
         """Stop and start again on the same port with the same config."""
         self.stop(timeout)
@@ -237,6 +245,10 @@ class Broker:
     def stop(self) -> None:
         """Stop the broker process (no-op if it is not running)."""
         self.process.stop()
+
+    def kill(self) -> None:
+        """Crash the broker (SIGKILL): what it had not saved is gone."""
+        self.process.kill()
 
     def restart(self) -> None:
         """Stop and start the broker on the same port (retained state is lost)."""
