@@ -53,19 +53,34 @@ def write_body(served: ServedRow, directory: Path) -> Path:
     return path
 
 
-def check_answer(port: int, served: ServedRow) -> str:
-    """One ModelInfer through grpcio: the server must answer with outputs."""
-    import grpc  # noqa: PLC0415 - the grpc extra
-    from edge_agent.server.grpc import inference_pb2 as pb  # noqa: PLC0415
+class Checker:
+    """ModelInfer through grpcio on one channel, kept for the warm-up requests that follow."""
 
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.unary_unary(SERVICE_PATH)
-        grpc.channel_ready_future(channel).result(timeout=30)
-        raw = call(request_message(served), timeout=30)
-    response = pb.ModelInferResponse.FromString(raw)
-    if not response.outputs:
-        raise RuntimeError(f"gRPC ModelInfer on {port} answered no outputs")
-    return f"{len(response.outputs)} outputs ({', '.join(o.name for o in response.outputs)})"
+    def __init__(self, port: int, served: ServedRow) -> None:
+        self.port = port
+        self.message = request_message(served)
+        self._channel: Any = None
+        self._call: Any = None
+
+    def check(self) -> str:
+        """One request: the server must answer with outputs."""
+        import grpc  # noqa: PLC0415 - the grpc extra
+        from edge_agent.server.grpc import inference_pb2 as pb  # noqa: PLC0415
+
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+            grpc.channel_ready_future(self._channel).result(timeout=30)
+            self._call = self._channel.unary_unary(SERVICE_PATH)
+        response = pb.ModelInferResponse.FromString(self._call(self.message, timeout=30))
+        if not response.outputs:
+            raise RuntimeError(f"gRPC ModelInfer on {self.port} answered no outputs")
+        return f"{len(response.outputs)} outputs ({', '.join(o.name for o in response.outputs)})"
+
+    def close(self) -> None:
+        """Close the channel (before the load: h2load gets the server to itself)."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
 
 
 def h2load(port: int, body: Path, *, concurrency: int, seconds: int, out: Path) -> dict[str, Any]:

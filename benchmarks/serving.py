@@ -441,12 +441,15 @@ class Load:
 
 def _load_of(body: str, bodies: Bodies, url: str, grpc_port: int, served: Served) -> Load:
     if body == "grpc":
-        return Load(
-            lambda: _retry(lambda: grpc_load.check_answer(grpc_port, served)),
-            lambda c, seconds, work: grpc_load.h2load(
+        checker = grpc_load.Checker(grpc_port, served)
+
+        def run_grpc(c: int, seconds: int, work: Path) -> dict[str, Any]:
+            checker.close()
+            return grpc_load.h2load(
                 grpc_port, bodies.grpc_file, concurrency=c, seconds=seconds, out=work / "h2.tsv"
-            ),
-        )
+            )
+
+        return Load(lambda: _retry(checker.check), run_grpc)
     body_file = bodies.json_file if body == "json" else bodies.binary_file
     header_length = bodies.binary_header_length if body == "binary" else None
     return Load(
