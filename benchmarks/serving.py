@@ -391,14 +391,11 @@ def _serve_and_load(  # noqa: PLR0917 - one call site, read together with it
     answers: dict[str, str],
     startup: dict[str, list[float]],
 ) -> list[dict[str, Any]]:
-    port, grpc_port = free_port(), free_port()
-    argv, env = peer.launch(served, port, work, grpc_port)
     log_file = work / "logs" / f"{peer.key}-{served.key}.log"
     began = time.monotonic()
-    process = start(argv, log_file, cpus=SERVER_CPUS, env=env, cwd=REPO)
+    process, port, grpc_port = _start_server(peer, served, work, log_file)
     runs = []
     try:
-        wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", process, log_file, timeout=120)
         startup.setdefault(peer.key, []).append(time.monotonic() - began)
         url = f"http://127.0.0.1:{port}{peer.infer_path(served)}"
         agent = peer.key.startswith("agent")
@@ -429,6 +426,34 @@ def _serve_and_load(  # noqa: PLR0917 - one call site, read together with it
     finally:
         stop(process)
     return runs
+
+
+BIND_FAILURES = ("Address already in use", "cannot listen")
+START_ATTEMPTS = 3
+
+
+def _start_server(
+    peer: Peer, served: Served, work: Path, log_file: Path
+) -> tuple[subprocess.Popen[bytes], int, int]:
+    """Start `peer` on free ports and wait until it is ready; return it and its ports.
+
+    A port found free can be taken by another process of this shared machine before the
+    server binds it: such a start is tried again on other ports.
+    """
+    for attempt in range(START_ATTEMPTS):
+        port, grpc_port = free_port(), free_port()
+        argv, env = peer.launch(served, port, work, grpc_port)
+        process = start(argv, log_file, cpus=SERVER_CPUS, env=env, cwd=REPO)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", process, log_file, timeout=120)
+        except RuntimeError as e:
+            stop(process)
+            if attempt + 1 == START_ATTEMPTS or not any(m in str(e) for m in BIND_FAILURES):
+                raise
+            log(f"serving: {peer.key} could not bind its ports; starting it again")
+            continue
+        return process, port, grpc_port
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
