@@ -61,7 +61,8 @@ class ConflictError(RegistryError):
 
 
 class UnavailableError(RegistryError):
-    """An operation that needs something the registry does not have now: its MQTT broker."""
+    """An operation that needs something the registry does not have now: its MQTT broker, or
+    its database server when that does not answer. Try again later (HTTP 503)."""
 
 
 class AuthenticationError(RegistryError):

@@ -8,7 +8,7 @@ registry-home/
   keys/root/root-K.pem   root keys: move them offline after init
   keys/release.pem       the online release key
   secrets/               0700: the MQTT password, the local CLI token
-  registry.db            SQLite records
+  registry.db            SQLite records (unless storage.database names a PostgreSQL server)
   blobs/                 content-addressed model files
 ```
 """
@@ -16,6 +16,7 @@ registry-home/
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,7 +27,8 @@ from edge_protocol import SigningKey, utc_now
 from model_registry.config import CONFIG_NAME, RegistryConfig, load_config
 from model_registry.errors import ConflictError, InvalidInputError
 from model_registry.mqtt.credentials import generate_password
-from model_registry.storage import open_storage
+from model_registry.storage import Storage, open_storage
+from model_registry.storage.postgres import redact
 from model_registry.tokens import generate_token, hash_token
 from model_registry.trust.key_files import save_private_key
 from model_registry.trust.signing import ROOT_LIFETIME, make_root, sign_document
@@ -34,6 +36,7 @@ from model_registry.trust.signing import ROOT_LIFETIME, make_root, sign_document
 HOME_ENV = "MODEL_REGISTRY_HOME"
 DEFAULT_HOME = "registry-home"
 CLI_TOKEN_FILE = "secrets/cli-token"  # noqa: S105 - a file name
+DEFAULT_DATABASE = "registry.db"
 SERVE_FILE = "serve.json"  # written by a running `serve`: where its API listens
 
 CONFIG_TEMPLATE = """\
@@ -142,20 +145,30 @@ async def init_home(
     root_threshold: int = 1,
     passphrase: bytes | None = None,
     save_cli_token: bool = True,
+    database: str = DEFAULT_DATABASE,
 ) -> InitResult:
-    """Create a new registry home with keys, root v1, database and an admin token."""
+    """Create a new registry home with keys, root v1, database and an admin token.
+
+    `database` is what registry.toml's storage.database will say: a SQLite path in the home,
+    or a postgresql:// URL of an empty database (or schema).
+    """
     if not 1 <= root_threshold <= root_keys:
         raise InvalidInputError(
             f"root threshold {root_threshold} must be between 1 and the {root_keys} root key(s)"
         )
-    config, root_key_files = await asyncio.to_thread(
-        _write_files, home, root_keys, root_threshold, passphrase
-    )
-    token = generate_token()
-    storage = open_storage(config.database_location)
-    await storage.open()
-    root_file = config.path(config.signing.root_file)
+    await asyncio.to_thread(_refuse_non_empty, home)
+    storage = open_storage(database if "://" in database else str(home / database))
+    if "://" in database:
+        # A server is checked before anything is written: one that cannot be reached, or that
+        # holds another registry's records, leaves no half-made home behind.
+        await _open_empty(storage, database)
     try:
+        config, root_key_files = await asyncio.to_thread(
+            _write_files, home, root_keys, root_threshold, passphrase, database
+        )
+        await storage.open()  # does nothing if it is open already
+        token = generate_token()
+        root_file = config.path(config.signing.root_file)
         await storage.add_root(1, await asyncio.to_thread(root_file.read_bytes))
         await storage.add_token("admin", "admin", hash_token(token), utc_now())
     finally:
@@ -165,13 +178,37 @@ async def init_home(
     return InitResult(home, root_file, token, root_key_files)
 
 
-def _write_files(
-    home: Path, root_keys: int, root_threshold: int, passphrase: bytes | None
-) -> tuple[RegistryConfig, tuple[Path, ...]]:
+async def _open_empty(storage: Storage, database: str) -> None:
+    await storage.open()
+    try:
+        stored = await storage.roots()
+    except BaseException:
+        await storage.close()
+        raise
+    if stored:
+        await storage.close()
+        raise ConflictError(
+            f"{redact(database)} already holds a registry (root v{stored[-1][0]}); "
+            "init needs an empty database, or a schema of its own"
+        )
+
+
+def _refuse_non_empty(home: Path) -> None:
     if home.exists() and any(home.iterdir()):
         raise ConflictError(f"{home} already exists and is not empty; refusing to overwrite it")
+
+
+def _write_files(
+    home: Path, root_keys: int, root_threshold: int, passphrase: bytes | None, database: str
+) -> tuple[RegistryConfig, tuple[Path, ...]]:
+    _refuse_non_empty(home)
     _make_layout(home)
-    write_atomic(home / CONFIG_NAME, CONFIG_TEMPLATE.encode(), mode=0o644, exclusive=True)
+    text = CONFIG_TEMPLATE.replace(
+        f'database = "{DEFAULT_DATABASE}"', f"database = {json.dumps(database)}"
+    )
+    # A password in the URL makes the file a secret (better: ~/.pgpass, docs/operations.md).
+    mode = 0o600 if redact(database) != database else 0o644
+    write_atomic(home / CONFIG_NAME, text.encode(), mode=mode, exclusive=True)
     config = load_config(home)
     root_key_files = _generate_keys(config, root_keys, root_threshold, passphrase)
     mqtt_password = generate_password().encode()

@@ -2,9 +2,10 @@
 
 The release key must be an unencrypted Ed25519 PEM key; the MQTT password file a readable,
 non-empty secret; the CA a PEM certificate; the root file a root signed by its own root keys;
-the database a SQLite file (or a place one can be created); blobs a writable directory; the
-listen addresses free. Each problem is one ConfigError sentence naming registry.toml, the key
-and the path. What may only be the clock or a rotation in progress is a note, not an error.
+the database a SQLite file (or a place one can be created) or a PostgreSQL server that
+answers; blobs a writable directory; the listen addresses free. Each problem is one ConfigError
+sentence naming registry.toml, the key and the path. What may only be the clock or a rotation
+in progress is a note, not an error.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from edge_protocol.envelope import MAX_DOCUMENT_BYTES
 from edge_protocol.errors import ProtocolError
 from model_registry.config import CONFIG_NAME, RegistryConfig
 from model_registry.errors import ConfigError
-from model_registry.storage import open_storage
+from model_registry.storage import PostgresStorage, open_storage
+from model_registry.storage.postgres import probe
 
 MAX_SECRET_BYTES = 64 * 1024
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -135,10 +137,14 @@ def check_root_file(config: RegistryConfig, release_key: SigningKey) -> list[str
 
 
 def check_database(config: RegistryConfig) -> None:
-    """A SQLite database must be a SQLite file, or creatable in an existing directory."""
+    """A SQLite database must be a SQLite file, or creatable in an existing directory; a
+    PostgreSQL server must answer, with a schema no newer than this registry knows."""
     where = setting(config, "storage.database")
     try:
-        open_storage(config.database_location)  # refuses unknown URLs; opens nothing
+        storage = open_storage(config.database_location)  # refuses unknown URLs; opens nothing
+        if isinstance(storage, PostgresStorage):
+            probe(storage.url)
+            return
     except ConfigError as e:
         raise where.error(str(e).removeprefix("database: ")) from e
     path = sqlite_path(config)

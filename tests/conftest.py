@@ -19,6 +19,12 @@ from tests.support.broker import (
     start_plain_broker,
     start_tls_broker,
 )
+from tests.support.postgres import (
+    PostgresUnavailableError,
+    connect,
+    drop_stale_schemas,
+    server_url,
+)
 
 if TYPE_CHECKING:
     from tests.support.models import ModelSet
@@ -84,3 +90,20 @@ def onnx_models(tmp_path_factory: pytest.TempPathFactory) -> ModelSet:
     from tests.support.models import build_models
 
     return build_models(tmp_path_factory.mktemp("onnx-models"))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> str:
+    """The test PostgreSQL server's URL; fails (never skips) when it cannot be reached.
+
+    Drops the schemas test runs that died left behind over an hour ago.
+    """
+    try:
+        conn = connect()
+    except PostgresUnavailableError as exc:
+        unreachable = str(exc)
+    else:
+        with conn:
+            drop_stale_schemas(conn)
+        return server_url()
+    pytest.fail(unreachable, pytrace=False)  # outside the handler: one message, no traceback

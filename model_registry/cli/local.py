@@ -24,6 +24,7 @@ from model_registry.errors import InvalidInputError
 from model_registry.home import init_home, resolve_home
 from model_registry.lock import HomeLock, holder_pid
 from model_registry.preflight import check_home, check_listen, setting, sqlite_path
+from model_registry.storage.postgres import redact
 from model_registry.workdir import empty_workdir
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def init(args: argparse.Namespace) -> int:
             root_keys=args.root_keys,
             root_threshold=args.root_threshold,
             passphrase=passphrase,
+            database=args.database,
         )
     )
     print(f"Created the registry home {result.home}")
@@ -117,7 +119,7 @@ def _summary(config: RegistryConfig, options: ServeOptions) -> str:
     rows = {
         "api": f"http://{options.api_listen(config)[0]}",
         "broker": f"embedded on {embedded[0]}" if embedded else options.mqtt_url or config.mqtt.url,
-        "database": config.database_location if sqlite_path(config) else "a database server",
+        "database": redact(config.database_location),  # a server's URL without its password
         "blobs": str(config.path(config.storage.blobs)),
         "root": str(config.path(config.signing.root_file)),
     }

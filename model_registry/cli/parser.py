@@ -65,6 +65,13 @@ def _local_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     init.add_argument(
         "--passphrase-env", metavar="VAR", help="encrypt root keys with the passphrase in $VAR"
     )
+    init.add_argument(
+        "--database",
+        metavar="URL",
+        default="registry.db",
+        help="storage.database: a postgresql:// URL of an empty database, or a SQLite file "
+        "in the home (default registry.db)",
+    )
 
     serve = commands.add_parser("serve", help="run the API and the MQTT side")
     _serve_options(serve)

@@ -12,7 +12,6 @@ fetches a document its new root makes invalid; the periodic pass checks again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from edge_protocol import AssignedModel, Assignment, Envelope, Root
 from model_registry.mqtt.publisher import Publisher
 from model_registry.services.context import RegistryContext
 from model_registry.services.deployments import reassign
+from model_registry.services.duties import duty_loop
 from model_registry.storage import DeviceRecord, ReleaseRecord
 
 log = logging.getLogger(__name__)
@@ -63,17 +63,16 @@ async def run_maintenance(ctx: RegistryContext) -> MaintenanceReport:
 
 
 async def maintenance_loop(ctx: RegistryContext) -> None:
-    """Run `run_maintenance` every configured interval until cancelled."""
-    while True:
-        try:
-            report = await run_maintenance(ctx)
-            if report != MaintenanceReport():
-                log.info("maintenance: %s", report)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # one failed pass must not end upkeep for good
-            log.exception("maintenance pass failed; retrying at the next interval")
-        await asyncio.sleep(ctx.config.signing.resign_check_interval_s)
+    """Run `run_maintenance` every configured interval, on one registry at a time."""
+
+    async def one_pass() -> None:
+        report = await run_maintenance(ctx)
+        if report != MaintenanceReport():
+            log.info("maintenance: %s", report)
+
+    await duty_loop(
+        ctx.storage, "maintenance", one_pass, ctx.config.signing.resign_check_interval_s
+    )
 
 
 def _assigned_releases(devices: list[DeviceRecord]) -> set[tuple[str, int]]:

@@ -1,17 +1,18 @@
 """Keeping what devices report within `[fleet]` retention: by age and by count per device.
 
 Events and telemetry only grow otherwise. The pass runs every `[fleet] prune_interval_s` in a
-task `serve` owns; a device's last state is one row it replaces, so it is never pruned.
+task `serve` owns, on one registry at a time (`services.duties`); a device's last state is one
+row it replaces, so it is never pruned.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
 from model_registry.services.context import RegistryContext
+from model_registry.services.duties import duty_loop
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +41,15 @@ async def prune_device_messages(ctx: RegistryContext) -> RetentionReport:
 
 
 async def retention_loop(ctx: RegistryContext) -> None:
-    """Run `prune_device_messages` every `[fleet] prune_interval_s` until cancelled."""
-    while True:
-        try:
-            report = await prune_device_messages(ctx)
-            if report != RetentionReport():
-                log.info(
-                    "retention: deleted %d events and %d telemetry reports",
-                    report.events_pruned,
-                    report.telemetry_pruned,
-                )
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # one failed pass must not end retention for good
-            log.exception("retention pass failed; retrying at the next interval")
-        await asyncio.sleep(ctx.config.fleet.prune_interval_s)
+    """Run `prune_device_messages` every `[fleet] prune_interval_s`, on one registry at a time."""
+
+    async def one_pass() -> None:
+        report = await prune_device_messages(ctx)
+        if report != RetentionReport():
+            log.info(
+                "retention: deleted %d events and %d telemetry reports",
+                report.events_pruned,
+                report.telemetry_pruned,
+            )
+
+    await duty_loop(ctx.storage, "retention", one_pass, ctx.config.fleet.prune_interval_s)

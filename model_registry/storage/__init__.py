@@ -20,6 +20,7 @@ from model_registry.storage.base import (
     TokenRecord,
 )
 from model_registry.storage.blobs import BlobStore
+from model_registry.storage.postgres import PostgresStorage
 from model_registry.storage.sqlite import SQLiteStorage
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "DeviceRecord",
     "DeviceReport",
     "ModelSummary",
+    "PostgresStorage",
     "ReleaseRecord",
     "SQLiteStorage",
     "Storage",
@@ -45,14 +47,13 @@ _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 def open_storage(dsn_or_path: str | Path) -> Storage:
-    """Return the (not yet opened) storage for a `sqlite:///abs/path.db` URL or a file path."""
+    """Return the (not yet opened) storage for a location: a `postgresql://` URL, a
+    `sqlite:///abs/path.db` URL or a file path; raises ConfigError for anything else."""
     if isinstance(dsn_or_path, Path):
         return SQLiteStorage(dsn_or_path)
     location = dsn_or_path.strip()
     if location.startswith(_POSTGRES_SCHEMES):
-        raise ConfigError(
-            "database: PostgreSQL storage is not available yet; use a SQLite path or sqlite:/// URL"
-        )
+        return PostgresStorage(location)
     if location.startswith(_SQLITE_SCHEME):
         path = location.removeprefix(_SQLITE_SCHEME)
         if not path.startswith("/"):

@@ -1,12 +1,11 @@
-"""Synchronous SQLite operations on roots, models, releases and deployments.
+"""Roots, models, releases and deployments, as steps both backends run (see `_db`).
 
-Each function takes the connection and runs on the storage's worker thread; every write is one
-transaction, so an error leaves nothing stored.
+Each function yields its statements; the caller picks the transaction (`SQLStorage`), so an
+error leaves nothing stored.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime
 
 from model_registry.errors import (
@@ -17,14 +16,16 @@ from model_registry.errors import (
     UnknownNameError,
 )
 from model_registry.storage._db import (
+    ConstraintViolationError,
+    Query,
+    Row,
+    Steps,
     constraint_error,
     dumps,
     exists,
     from_text,
-    is_foreign_key,
     loads,
     to_text,
-    transaction,
 )
 from model_registry.storage.base import DeploymentRecord, ModelSummary, ReleaseRecord
 
@@ -39,9 +40,9 @@ _SELECT_RELEASES = f"SELECT {_RELEASE_COLUMNS} FROM releases"  # noqa: S608
 _SELECT_DEPLOYMENTS = f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployments"  # noqa: S608
 
 
-def missing_release(conn: sqlite3.Connection, model: str, version: int) -> NotFoundError:
+def missing_release(model: str, version: int) -> Steps[NotFoundError]:
     """The error for a missing release: no such model at all, or no such version of it."""
-    latest = latest_version(conn, model)
+    latest = yield from latest_version(model)
     if latest == 0:
         return UnknownNameError("model", model)
     return NotFoundError(f"model '{model}' has no version {version} (its latest is {latest})")
@@ -50,98 +51,91 @@ def missing_release(conn: sqlite3.Connection, model: str, version: int) -> NotFo
 # roots
 
 
-def add_root(conn: sqlite3.Connection, version: int, envelope: bytes) -> None:
+def add_root(version: int, envelope: bytes) -> Steps[None]:
     """Store root `version`; raises ConflictError if it is stored already."""
-    with transaction(conn):
-        try:
-            conn.execute("INSERT INTO roots (version, envelope) VALUES (?, ?)", (version, envelope))
-        except sqlite3.IntegrityError as e:
-            raise constraint_error(e, f"root version {version} is already stored") from e
+    try:
+        yield Query("INSERT INTO roots (version, envelope) VALUES (?, ?)", (version, envelope))
+    except ConstraintViolationError as e:
+        raise constraint_error(e, f"root version {version} is already stored") from e
 
 
-def roots(conn: sqlite3.Connection) -> list[tuple[int, bytes]]:
+def roots() -> Steps[list[tuple[int, bytes]]]:
     """Return every root as (version, envelope), oldest first."""
-    rows = conn.execute("SELECT version, envelope FROM roots ORDER BY version").fetchall()
-    return [(row["version"], row["envelope"]) for row in rows]
+    result = yield Query("SELECT version, envelope FROM roots ORDER BY version")
+    return [(row["version"], bytes(row["envelope"])) for row in result.rows]
 
 
 # models and releases
 
 
-def add_release(conn: sqlite3.Connection, release: ReleaseRecord) -> None:
+def add_release(release: ReleaseRecord) -> Steps[None]:
     """Store a release, creating its model on the first one; ConflictError on duplicates."""
     created = to_text(release.created)
     values = (
         *(release.model, release.version, release.label, release.sha256, release.size),
         *(created, to_text(release.expires), release.envelope, dumps(release.build)),
     )
-    with transaction(conn):
-        conn.execute(
-            "INSERT INTO models (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
-            (release.model, created),
-        )
-        try:
-            conn.execute(_INSERT_RELEASE, values)
-        except sqlite3.IntegrityError as e:
-            duplicate = f"model '{release.model}' already has version {release.version}"
-            raise constraint_error(e, duplicate) from e
+    yield Query(
+        "INSERT INTO models (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+        (release.model, created),
+    )
+    try:
+        yield Query(_INSERT_RELEASE, values)
+    except ConstraintViolationError as e:
+        duplicate = f"model '{release.model}' already has version {release.version}"
+        raise constraint_error(e, duplicate) from e
 
 
 def replace_release_envelope(
-    conn: sqlite3.Connection, model: str, version: int, envelope: bytes, expires: datetime
-) -> None:
+    model: str, version: int, envelope: bytes, expires: datetime
+) -> Steps[None]:
     """Swap in a re-signed envelope and its expiry; raises NotFoundError."""
-    with transaction(conn):
-        cursor = conn.execute(
-            "UPDATE releases SET envelope = ?, expires = ? WHERE model = ? AND version = ?",
-            (envelope, to_text(expires), model, version),
-        )
-        if cursor.rowcount == 0:
-            raise missing_release(conn, model, version)
+    result = yield Query(
+        "UPDATE releases SET envelope = ?, expires = ? WHERE model = ? AND version = ?",
+        (envelope, to_text(expires), model, version),
+    )
+    if result.rowcount == 0:
+        raise (yield from missing_release(model, version))
 
 
-def get_release(conn: sqlite3.Connection, model: str, version: int) -> ReleaseRecord:
+def get_release(model: str, version: int) -> Steps[ReleaseRecord]:
     """Return one release; raises NotFoundError."""
-    row = conn.execute(
-        _SELECT_RELEASES + " WHERE model = ? AND version = ?",
-        (model, version),
-    ).fetchone()
+    result = yield Query(_SELECT_RELEASES + " WHERE model = ? AND version = ?", (model, version))
+    row = result.one()
     if row is None:
-        raise missing_release(conn, model, version)
+        raise (yield from missing_release(model, version))
     return _release(row)
 
 
-def releases(conn: sqlite3.Connection, model: str) -> list[ReleaseRecord]:
+def releases(model: str) -> Steps[list[ReleaseRecord]]:
     """Return a model's releases, oldest first; raises NotFoundError for an unknown model."""
-    rows = conn.execute(
-        _SELECT_RELEASES + " WHERE model = ? ORDER BY version",
-        (model,),
-    ).fetchall()
-    if not rows:  # a model row exists only with its first release
+    result = yield Query(_SELECT_RELEASES + " WHERE model = ? ORDER BY version", (model,))
+    if not result.rows:  # a model row exists only with its first release
         raise UnknownNameError("model", model)
-    return [_release(row) for row in rows]
+    return [_release(row) for row in result.rows]
 
 
-def latest_version(conn: sqlite3.Connection, model: str) -> int:
+def latest_version(model: str) -> Steps[int]:
     """Return the newest version of `model`, 0 when it has none."""
-    row = conn.execute("SELECT MAX(version) FROM releases WHERE model = ?", (model,)).fetchone()
-    return int(row[0] or 0)
+    result = yield Query("SELECT MAX(version) FROM releases WHERE model = ?", (model,))
+    row = result.one()
+    return int(row[0] or 0) if row is not None else 0
 
 
-def models(conn: sqlite3.Connection) -> list[ModelSummary]:
+def models() -> Steps[list[ModelSummary]]:
     """Return every model with its newest version and release count, by name."""
-    rows = conn.execute(
+    result = yield Query(
         "SELECT m.name, m.created, MAX(r.version) AS latest, COUNT(*) AS releases"
         " FROM models m JOIN releases r ON r.model = m.name"
         " GROUP BY m.name, m.created ORDER BY m.name"
-    ).fetchall()
+    )
     return [
         ModelSummary(row["name"], row["latest"], row["releases"], from_text(row["created"]))
-        for row in rows
+        for row in result.rows
     ]
 
 
-def _release(row: sqlite3.Row) -> ReleaseRecord:
+def _release(row: Row) -> ReleaseRecord:
     return ReleaseRecord(
         model=row["model"],
         version=row["version"],
@@ -158,8 +152,12 @@ def _release(row: sqlite3.Row) -> ReleaseRecord:
 # deployments
 
 
-def add_deployment(conn: sqlite3.Connection, deployment: DeploymentRecord) -> int:
-    """Store a deployment and its targets in one transaction; return its new id."""
+def add_deployment(deployment: DeploymentRecord) -> Steps[int]:
+    """Store a deployment and its targets; return its new id.
+
+    A ConstraintViolationError passes through: `deployment_error` names its cause afterwards, in a
+    new transaction, since PostgreSQL runs nothing more in a failed one.
+    """
     d = deployment
     if len(set(d.device_ids)) != len(d.device_ids):
         raise InvalidInputError(f"deployment lists a device twice: {', '.join(d.device_ids)}")
@@ -168,86 +166,80 @@ def add_deployment(conn: sqlite3.Connection, deployment: DeploymentRecord) -> in
         *(to_text(d.created), to_text(d.deadline), d.created_by),
         *(d.idempotency_key, d.request_digest),
     )
-    with transaction(conn):
-        try:
-            row = conn.execute(
-                "INSERT INTO deployments (model, version, kind, target_kind, target, created,"
-                " deadline, created_by, idempotency_key, request_digest)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?) RETURNING deployment_id",
-                values,
-            ).fetchone()
-            deployment_id = int(row[0])
-            conn.executemany(
-                "INSERT INTO deployment_targets (deployment_id, device_id, position)"
-                " VALUES (?, ?, ?)",
-                [(deployment_id, device, i) for i, device in enumerate(d.device_ids)],
-            )
-        except sqlite3.IntegrityError as e:
-            raise _deployment_error(conn, e, d) from e
+    result = yield Query(
+        "INSERT INTO deployments (model, version, kind, target_kind, target, created,"
+        " deadline, created_by, idempotency_key, request_digest)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?) RETURNING deployment_id",
+        values,
+    )
+    deployment_id = int(result.rows[0][0])  # RETURNING gives the inserted row
+    if d.device_ids:
+        yield Query(
+            "INSERT INTO deployment_targets (deployment_id, device_id, position) VALUES (?, ?, ?)",
+            [(deployment_id, device, i) for i, device in enumerate(d.device_ids)],
+            many=True,
+        )
     return deployment_id
 
 
-def _deployment_error(
-    conn: sqlite3.Connection, error: sqlite3.IntegrityError, d: DeploymentRecord
-) -> RegistryError:
-    """Name what the failed deployment referred to that does not exist."""
-    if "idempotency_key" in str(error):
+def deployment_error(error: ConstraintViolationError, d: DeploymentRecord) -> Steps[RegistryError]:
+    """Name what the refused deployment referred to that does not exist."""
+    if "idempotency_key" in error.detail:
         return ConflictError(f"Idempotency-Key {d.idempotency_key!r} was used by another request")
-    if not is_foreign_key(error):
+    if error.kind != "foreign_key":
         return constraint_error(error, f"deployment lists a device twice: {d.target}")
     release = (d.model, d.version)
-    if not exists(conn, "SELECT 1 FROM releases WHERE model = ? AND version = ?", release):
-        return missing_release(conn, d.model, d.version)
+    if not (yield from exists("SELECT 1 FROM releases WHERE model = ? AND version = ?", release)):
+        return (yield from missing_release(d.model, d.version))
     for device in d.device_ids:
-        if not exists(conn, "SELECT 1 FROM devices WHERE device_id = ?", (device,)):
+        if not (yield from exists("SELECT 1 FROM devices WHERE device_id = ?", (device,))):
             return UnknownNameError("device", device)
-    return InvalidInputError(f"rejected by the database: {error}")
+    return error
 
 
-def get_deployment(conn: sqlite3.Connection, deployment_id: int) -> DeploymentRecord:
+def get_deployment(deployment_id: int) -> Steps[DeploymentRecord]:
     """Return one deployment with its devices; raises NotFoundError."""
-    with transaction(conn, write=False):
-        row = conn.execute(
-            _SELECT_DEPLOYMENTS + " WHERE deployment_id = ?",
-            (deployment_id,),
-        ).fetchone()
-        if row is None:
-            raise NotFoundError(f"no deployment {deployment_id}")
-        targets = conn.execute(
-            "SELECT device_id FROM deployment_targets WHERE deployment_id = ? ORDER BY position",
-            (deployment_id,),
-        ).fetchall()
-    return _deployment(row, tuple(t["device_id"] for t in targets))
+    result = yield Query(_SELECT_DEPLOYMENTS + " WHERE deployment_id = ?", (deployment_id,))
+    row = result.one()
+    if row is None:
+        raise NotFoundError(f"no deployment {deployment_id}")
+    targets = yield Query(
+        "SELECT device_id FROM deployment_targets WHERE deployment_id = ? ORDER BY position",
+        (deployment_id,),
+    )
+    return _deployment(row, tuple(t["device_id"] for t in targets.rows))
 
 
-def deployment_by_key(conn: sqlite3.Connection, idempotency_key: str) -> DeploymentRecord | None:
+def deployment_by_key(idempotency_key: str) -> Steps[DeploymentRecord | None]:
     """Return the deployment stored with this Idempotency-Key, or None."""
-    row = conn.execute(
+    result = yield Query(
         "SELECT deployment_id FROM deployments WHERE idempotency_key = ?", (idempotency_key,)
-    ).fetchone()
-    return None if row is None else get_deployment(conn, int(row[0]))
+    )
+    row = result.one()
+    return None if row is None else (yield from get_deployment(int(row[0])))
 
 
-def deployments(conn: sqlite3.Connection, model: str | None) -> list[DeploymentRecord]:
+def deployments(model: str | None) -> Steps[list[DeploymentRecord]]:
     """Return deployments, newest first, all or of one model."""
-    with transaction(conn, write=False):  # one snapshot for both queries
-        rows = conn.execute(
-            _SELECT_DEPLOYMENTS + " WHERE (? IS NULL OR model = ?) ORDER BY deployment_id DESC",
-            (model, model),
-        ).fetchall()
-        targets = conn.execute(
-            "SELECT t.deployment_id, t.device_id FROM deployment_targets t"
-            " JOIN deployments d ON d.deployment_id = t.deployment_id"
-            " WHERE (? IS NULL OR d.model = ?) ORDER BY t.deployment_id, t.position",
-            (model, model),
-        ).fetchall()
+    # CAST: PostgreSQL cannot tell the type of a bare NULL parameter.
+    result = yield Query(
+        _SELECT_DEPLOYMENTS
+        + " WHERE (CAST(? AS TEXT) IS NULL OR model = ?) ORDER BY deployment_id DESC",
+        (model, model),
+    )
+    targets = yield Query(
+        "SELECT t.deployment_id, t.device_id FROM deployment_targets t"
+        " JOIN deployments d ON d.deployment_id = t.deployment_id"
+        " WHERE (CAST(? AS TEXT) IS NULL OR d.model = ?) ORDER BY t.deployment_id, t.position",
+        (model, model),
+    )
     devices: dict[int, list[str]] = {}
-    for target in targets:
+    for target in targets.rows:
         devices.setdefault(target["deployment_id"], []).append(target["device_id"])
-    return [_deployment(row, tuple(devices.get(row["deployment_id"], ()))) for row in rows]
+    return [_deployment(row, tuple(devices.get(row["deployment_id"], ()))) for row in result.rows]
 
 
-def _deployment(row: sqlite3.Row, device_ids: tuple[str, ...]) -> DeploymentRecord:
+def _deployment(row: Row, device_ids: tuple[str, ...]) -> DeploymentRecord:
     return DeploymentRecord(
         deployment_id=row["deployment_id"],
         model=row["model"],

@@ -1,35 +1,91 @@
-"""SQLite plumbing shared by the storage modules: transactions, times, JSON, constraint errors."""
+"""What both storage backends share: the steps record logic yields, times, JSON, violations.
+
+The record logic (`_catalog`, `_fleet`, `_tokens`, `migrations`) is written once, as generators
+that yield a `Query` and receive its `Result`. A backend drives them inside the transaction the
+caller asked for: SQLite synchronously on its worker thread, PostgreSQL with awaits on a pooled
+connection. The SQL uses `?` placeholders and only syntax both dialects accept; the one thing
+that differs, row locks, is `Query.lock`, which SQLite does not need (a write transaction there
+holds the whole database).
+"""
 
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, Protocol, TypeVar
 
 from model_registry.errors import ConflictError, InvalidInputError, RegistryError
 
 # Fixed width with microseconds and "Z": the text sorts in time order, so indexes and range
-# queries on time columns work on plain TEXT in SQLite.
+# queries on time columns work on plain TEXT in both dialects.
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-_DUPLICATE_KEY = frozenset({"SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE"})
+_T = TypeVar("_T")
+
+# How a backend runs one call: each statement on its own, all of them reading one snapshot,
+# or all of them as one write transaction.
+Mode = Literal["read", "snapshot", "write"]
+READ: Mode = "read"
+SNAPSHOT: Mode = "snapshot"
+WRITE: Mode = "write"
 
 
-@contextmanager
-def transaction(conn: sqlite3.Connection, *, write: bool = True) -> Iterator[sqlite3.Connection]:
-    """Run the block in one transaction: commit on success, roll back on any exception."""
-    # IMMEDIATE takes the write lock up front, so a read-then-write block cannot fail half-way
-    # with SQLITE_BUSY when another process writes the same file.
-    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-    try:
-        yield conn
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+class Row(Protocol):
+    """A result row, by column position or by name (sqlite3.Row, and the PostgreSQL rows)."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One statement with `?` placeholders, and what to bind to them."""
+
+    sql: str
+    params: Sequence[Any] = ()
+    many: bool = False  # `params` is a sequence of parameter rows, run with executemany
+    lock: str = ""  # a row lock PostgreSQL appends, such as "FOR UPDATE"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What a statement returned, and how many rows it changed."""
+
+    rows: Sequence[Row]
+    rowcount: int
+
+    def one(self) -> Row | None:
+        """The first row, or None."""
+        return self.rows[0] if self.rows else None
+
+
+Steps = Generator[Query, Result, _T]
+
+ViolationKind = Literal["unique", "foreign_key", "other"]
+
+
+class ConstraintViolationError(InvalidInputError):
+    """A statement broke a constraint; the backend throws it into the steps that ran it.
+
+    After one, PostgreSQL has aborted the transaction: steps may translate it and raise, but
+    must not run another statement.
+    """
+
+    def __init__(self, kind: ViolationKind, detail: str) -> None:
+        super().__init__(f"rejected by the database: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+def constraint_error(error: ConstraintViolationError, duplicate: str) -> RegistryError:
+    """Translate a violation: a duplicate key is a conflict, anything else bad input."""
+    return ConflictError(duplicate) if error.kind == "unique" else error
+
+
+def exists(sql: str, params: Sequence[Any]) -> Steps[bool]:
+    """Return whether `sql` finds at least one row."""
+    result = yield Query(sql, params)
+    return bool(result.rows)
 
 
 def to_text(moment: datetime) -> str:
@@ -64,20 +120,3 @@ def loads(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise TypeError(f"JSON column holds {type(value).__name__}, not an object")
     return value
-
-
-def exists(conn: sqlite3.Connection, query: str, params: tuple[Any, ...]) -> bool:
-    """Return whether `query` finds at least one row."""
-    return conn.execute(query, params).fetchone() is not None
-
-
-def constraint_error(error: sqlite3.IntegrityError, duplicate: str) -> RegistryError:
-    """Translate a constraint failure: a duplicate key is a conflict, anything else bad input."""
-    if error.sqlite_errorname in _DUPLICATE_KEY:
-        return ConflictError(duplicate)
-    return InvalidInputError(f"rejected by the database: {error}")
-
-
-def is_foreign_key(error: sqlite3.IntegrityError) -> bool:
-    """Return whether the failure is a reference to a row that does not exist."""
-    return error.sqlite_errorname == "SQLITE_CONSTRAINT_FOREIGNKEY"

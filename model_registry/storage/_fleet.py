@@ -1,27 +1,28 @@
-"""Synchronous SQLite operations on devices, device events and telemetry (tokens: _tokens).
+"""Devices, device events and telemetry, as steps both backends run (tokens: _tokens).
 
-Each function takes the connection and runs on the storage's worker thread; every write is one
-transaction, so an error leaves nothing stored.
+Each function yields its statements (see `_db`); the caller picks the transaction
+(`SQLStorage`), so an error leaves nothing stored.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
 from model_registry.errors import ConflictError, InvalidInputError, NotFoundError, UnknownNameError
 from model_registry.storage._db import (
+    ConstraintViolationError,
+    Query,
+    Row,
+    Steps,
     constraint_error,
     dumps,
     exists,
     from_text,
-    is_foreign_key,
     loads,
     optional_from_text,
     to_text,
-    transaction,
 )
 from model_registry.storage.base import (
     DUPLICATE,
@@ -39,6 +40,7 @@ _DEVICE_COLUMNS = (
 # Built from the constant column list above, never from input.
 _SELECT_DEVICES = f"SELECT {_DEVICE_COLUMNS} FROM devices"  # noqa: S608
 _INSERT_DEVICE = f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
+_DEVICE_EXISTS = "SELECT 1 FROM devices WHERE device_id = ?"
 
 
 def no_device(device_id: str) -> NotFoundError:
@@ -49,7 +51,7 @@ def no_device(device_id: str) -> NotFoundError:
 # devices
 
 
-def add_device(conn: sqlite3.Connection, device: DeviceRecord) -> None:
+def add_device(device: DeviceRecord) -> Steps[None]:
     """Store a new device; raises ConflictError if the id exists."""
     d = device
     values = (
@@ -57,96 +59,91 @@ def add_device(conn: sqlite3.Connection, device: DeviceRecord) -> None:
         *(d.assignment, dumps(d.assigned), d.online, _optional_text(d.last_seen)),
         *(_optional_json(d.state), _optional_json(d.last_error)),
     )
-    with transaction(conn):
-        try:
-            conn.execute(_INSERT_DEVICE, values)
-        except sqlite3.IntegrityError as e:
-            raise constraint_error(e, f"device '{d.device_id}' already exists") from e
+    try:
+        yield Query(_INSERT_DEVICE, values)
+    except ConstraintViolationError as e:
+        raise constraint_error(e, f"device '{d.device_id}' already exists") from e
 
 
-def get_device(conn: sqlite3.Connection, device_id: str) -> DeviceRecord:
+def get_device(device_id: str) -> Steps[DeviceRecord]:
     """Return one device; raises NotFoundError."""
-    row = conn.execute(_SELECT_DEVICES + " WHERE device_id = ?", (device_id,)).fetchone()
+    result = yield Query(_SELECT_DEVICES + " WHERE device_id = ?", (device_id,))
+    row = result.one()
     if row is None:
         raise no_device(device_id)
     return _device(row)
 
 
-def devices(conn: sqlite3.Connection, group: str | None) -> list[DeviceRecord]:
+def devices(group: str | None) -> Steps[list[DeviceRecord]]:
     """Return devices, all or of one group, by id."""
-    rows = conn.execute(
-        _SELECT_DEVICES + " WHERE (? IS NULL OR device_group = ?) ORDER BY device_id",
+    # CAST: PostgreSQL cannot tell the type of a bare NULL parameter.
+    result = yield Query(
+        _SELECT_DEVICES + " WHERE (CAST(? AS TEXT) IS NULL OR device_group = ?) ORDER BY device_id",
         (group, group),
-    ).fetchall()
-    return [_device(row) for row in rows]
+    )
+    return [_device(row) for row in result.rows]
 
 
 def set_assignment(
-    conn: sqlite3.Connection,
-    device_id: str,
-    seq: int,
-    envelope: bytes,
-    assigned: dict[str, dict[str, Any]],
-) -> None:
+    device_id: str, seq: int, envelope: bytes, assigned: dict[str, dict[str, Any]]
+) -> Steps[None]:
     """Record a device's new assignment; ConflictError unless `seq` grows."""
-    assigned_json = dumps(assigned)
-    with transaction(conn):  # the write lock makes the check and the update one step
-        row = conn.execute(
-            "SELECT assignment_seq FROM devices WHERE device_id = ?", (device_id,)
-        ).fetchone()
-        if row is None:
-            raise no_device(device_id)
-        if seq <= row["assignment_seq"]:
-            raise ConflictError(
-                f"assignment seq {seq} for device '{device_id}' does not grow: "
-                f"it is at {row['assignment_seq']}"
-            )
-        conn.execute(
-            "UPDATE devices SET assignment_seq = ?, assignment = ?, assigned = ?"
-            " WHERE device_id = ?",
-            (seq, envelope, assigned_json, device_id),
-        )
+    # One conditional update, so two writers can never both pass the check.
+    result = yield Query(
+        "UPDATE devices SET assignment_seq = ?, assignment = ?, assigned = ?"
+        " WHERE device_id = ? AND assignment_seq < ?",
+        (seq, envelope, dumps(assigned), device_id, seq),
+    )
+    if result.rowcount:
+        return
+    found = yield Query("SELECT assignment_seq FROM devices WHERE device_id = ?", (device_id,))
+    row = found.one()
+    if row is None:
+        raise no_device(device_id)
+    raise ConflictError(
+        f"assignment seq {seq} for device '{device_id}' does not grow: "
+        f"it is at {row['assignment_seq']}"
+    )
 
 
 def record_state(
-    conn: sqlite3.Connection, device_id: str, state: dict[str, Any], online: bool, seen: datetime
-) -> None:
+    device_id: str, state: dict[str, Any], online: bool, seen: datetime
+) -> Steps[None]:
     """Store a device's latest state message; raises NotFoundError."""
-    values = (dumps(state), online, to_text(seen), device_id)
-    with transaction(conn):
-        cursor = conn.execute(
-            "UPDATE devices SET state = ?, online = ?, last_seen = ? WHERE device_id = ?", values
-        )
-        if cursor.rowcount == 0:
-            raise no_device(device_id)
+    result = yield Query(
+        "UPDATE devices SET state = ?, online = ?, last_seen = ? WHERE device_id = ?",
+        (dumps(state), online, to_text(seen), device_id),
+    )
+    if result.rowcount == 0:
+        raise no_device(device_id)
 
 
-def set_device_group(conn: sqlite3.Connection, device_id: str, group: str) -> DeviceRecord:
+def set_device_group(device_id: str, group: str) -> Steps[DeviceRecord]:
     """Move a device to `group` and return it; raises NotFoundError."""
-    with transaction(conn):
-        cursor = conn.execute(
-            "UPDATE devices SET device_group = ? WHERE device_id = ?", (group, device_id)
-        )
-        if cursor.rowcount == 0:
-            raise no_device(device_id)
-        return get_device(conn, device_id)
+    result = yield Query(
+        "UPDATE devices SET device_group = ? WHERE device_id = ?", (group, device_id)
+    )
+    if result.rowcount == 0:
+        raise no_device(device_id)
+    return (yield from get_device(device_id))
 
 
 # Everything that refers to a device, children first (the foreign keys need that order).
 _DEVICE_ROWS = ("device_events", "telemetry", "deployment_targets", "devices")
 
 
-def remove_device(conn: sqlite3.Connection, device_id: str) -> None:
+def remove_device(device_id: str) -> Steps[None]:
     """Delete a device with its events, telemetry and deployment targets; NotFoundError."""
-    with transaction(conn):
-        if not exists(conn, "SELECT 1 FROM devices WHERE device_id = ?", (device_id,)):
-            raise no_device(device_id)
-        for table in _DEVICE_ROWS:
-            # The table names are the constants above, never input.
-            conn.execute(f"DELETE FROM {table} WHERE device_id = ?", (device_id,))  # noqa: S608
+    # The row lock keeps new messages of the device out until it is gone.
+    found = yield Query(_DEVICE_EXISTS, (device_id,), lock="FOR UPDATE")
+    if not found.rows:
+        raise no_device(device_id)
+    for table in _DEVICE_ROWS:
+        # The table names are the constants above, never input.
+        yield Query(f"DELETE FROM {table} WHERE device_id = ?", (device_id,))  # noqa: S608
 
 
-def _device(row: sqlite3.Row) -> DeviceRecord:
+def _device(row: Row) -> DeviceRecord:
     assignment = row["assignment"]
     state, last_error = row["state"], row["last_error"]
     return DeviceRecord(
@@ -182,7 +179,7 @@ _INSERT_MESSAGE = (
 )
 _SELECT_MESSAGES = (
     "SELECT device_id, received, body FROM {table}"
-    " WHERE device_id = ? AND (? IS NULL OR received >= ?)"
+    " WHERE device_id = ? AND (CAST(? AS TEXT) IS NULL OR received >= ?)"
     " ORDER BY received DESC, {key} DESC LIMIT ?"
 )
 # The SQL of each table, filled in from these constants only, never from input.
@@ -193,59 +190,66 @@ _MESSAGE_SQL = {
 
 
 def add_message(
-    conn: sqlite3.Connection,
-    table: MessageTable,
-    device_id: str,
-    received: datetime,
-    body: dict[str, Any],
-) -> None:
+    table: MessageTable, device_id: str, received: datetime, body: dict[str, Any]
+) -> Steps[None]:
     """Store one event or telemetry report; raises NotFoundError for an unknown device."""
     values = (device_id, to_text(received), dumps(body), None, None)
-    with transaction(conn):
-        try:
-            conn.execute(_MESSAGE_SQL[table][0], values)
-        except sqlite3.IntegrityError as e:
-            if is_foreign_key(e):
-                raise no_device(device_id) from e
-            raise constraint_error(e, str(e)) from e
+    try:
+        yield Query(_MESSAGE_SQL[table][0], values)
+    except ConstraintViolationError as e:
+        if e.kind == "foreign_key":
+            raise no_device(device_id) from e
+        raise
 
 
 _REPORT_TABLES: dict[str, MessageTable] = {"events": "device_events", "telemetry": "telemetry"}
 _IN_CLAUSE_LIMIT = 500  # ids per `IN (...)`, far below SQLite's bound on parameters
 
 
-def add_reports(conn: sqlite3.Connection, reports: Sequence[DeviceReport]) -> list[str]:
-    """Apply device reports in order in one transaction; return each one's outcome."""
-    with transaction(conn):
-        known = _known_devices(conn, sorted({r.device_id for r in reports}))
-        return [_apply_report(conn, r) if r.device_id in known else UNKNOWN_DEVICE for r in reports]
+def add_reports(reports: Sequence[DeviceReport]) -> Steps[list[str]]:
+    """Apply device reports in order; return each one's outcome."""
+    known = yield from _known_devices(sorted({r.device_id for r in reports}))
+    outcomes = []
+    for report in reports:
+        if report.device_id in known:
+            outcomes.append((yield from _apply_report(report)))
+        else:
+            outcomes.append(UNKNOWN_DEVICE)
+    return outcomes
 
 
-def _known_devices(conn: sqlite3.Connection, device_ids: list[str]) -> set[str]:
+def _known_devices(device_ids: list[str]) -> Steps[set[str]]:
     known: set[str] = set()
     for start in range(0, len(device_ids), _IN_CLAUSE_LIMIT):
         chunk = device_ids[start : start + _IN_CLAUSE_LIMIT]
         marks = ",".join("?" * len(chunk))
-        query = f"SELECT device_id FROM devices WHERE device_id IN ({marks})"  # noqa: S608 - only "?"
-        known.update(row[0] for row in conn.execute(query, chunk))
+        query = (
+            f"SELECT device_id FROM devices WHERE device_id IN ({marks})"  # noqa: S608 - only "?"
+            " ORDER BY device_id"
+        )
+        # The devices' rows are updated below: locking them up front, in one order for every
+        # batch, keeps batches of two registries from deadlocking, and removals out.
+        result = yield Query(query, chunk, lock="FOR NO KEY UPDATE")
+        known.update(row[0] for row in result.rows)
     return known
 
 
-def _apply_report(conn: sqlite3.Connection, report: DeviceReport) -> str:
+def _apply_report(report: DeviceReport) -> Steps[str]:
     r, seen = report, to_text(report.received)
     if r.kind == "state":
         if not r.online:  # the broker's will: the device said nothing, so keep what it last did
-            conn.execute("UPDATE devices SET online = FALSE WHERE device_id = ?", (r.device_id,))
+            yield Query("UPDATE devices SET online = FALSE WHERE device_id = ?", (r.device_id,))
             return STORED
-        conn.execute(
+        yield Query(
             "UPDATE devices SET state = ?, online = TRUE, last_seen = ? WHERE device_id = ?",
             (dumps(r.body), seen, r.device_id),
         )
         return STORED
     values = (r.device_id, seen, dumps(r.body), r.msg_epoch, r.msg_seq)
-    if conn.execute(_MESSAGE_SQL[_REPORT_TABLES[r.kind]][0], values).rowcount == 0:
+    inserted = yield Query(_MESSAGE_SQL[_REPORT_TABLES[r.kind]][0], values)
+    if inserted.rowcount == 0:
         return DUPLICATE
-    conn.execute(
+    yield Query(
         "UPDATE devices SET last_seen = ?, last_error = COALESCE(?, last_error)"
         " WHERE device_id = ?",
         (seen, _optional_json(r.error), r.device_id),
@@ -254,69 +258,61 @@ def _apply_report(conn: sqlite3.Connection, report: DeviceReport) -> str:
 
 
 def messages(
-    conn: sqlite3.Connection,
-    table: MessageTable,
-    device_id: str,
-    limit: int,
-    since: datetime | None,
-) -> list[DeviceMessageRecord]:
+    table: MessageTable, device_id: str, limit: int, since: datetime | None
+) -> Steps[list[DeviceMessageRecord]]:
     """Return a device's messages received at or after `since`, newest first."""
     if limit < 1:
         raise InvalidInputError(f"limit must be at least 1, not {limit}")
     after = None if since is None else to_text(since)
-    rows = conn.execute(_MESSAGE_SQL[table][1], (device_id, after, after, limit)).fetchall()
+    result = yield Query(_MESSAGE_SQL[table][1], (device_id, after, after, limit))
     # Only an empty answer needs the second look: was it no messages, or no such device?
-    if not rows and not exists(conn, "SELECT 1 FROM devices WHERE device_id = ?", (device_id,)):
+    if not result.rows and not (yield from exists(_DEVICE_EXISTS, (device_id,))):
         raise no_device(device_id)
-    return [_message(row) for row in rows]
+    return [_message(row) for row in result.rows]
 
 
-def deployment_events(conn: sqlite3.Connection, deployment_id: int) -> list[DeviceMessageRecord]:
+def deployment_events(deployment_id: int) -> Steps[list[DeviceMessageRecord]]:
     """Return the events of a deployment's targets since its creation, oldest first."""
-    created = conn.execute(
-        "SELECT created FROM deployments WHERE deployment_id = ?", (deployment_id,)
-    ).fetchone()
+    found = yield Query("SELECT created FROM deployments WHERE deployment_id = ?", (deployment_id,))
+    created = found.one()
     if created is None:
         raise NotFoundError(f"no deployment {deployment_id}")
     # Times are fixed-width UTC text, so comparing the text compares the moments.
-    rows = conn.execute(
+    result = yield Query(
         "SELECT e.device_id, e.received, e.body FROM device_events AS e"
         " JOIN deployment_targets AS t ON t.device_id = e.device_id"
         " WHERE t.deployment_id = ? AND e.received >= ? ORDER BY e.received, e.event_id",
         (deployment_id, created[0]),
-    ).fetchall()
-    return [_message(row) for row in rows]
+    )
+    return [_message(row) for row in result.rows]
 
 
-def _message(row: sqlite3.Row) -> DeviceMessageRecord:
+def _message(row: Row) -> DeviceMessageRecord:
     return DeviceMessageRecord(row["device_id"], from_text(row["received"]), loads(row["body"]))
 
 
-def prune_telemetry(conn: sqlite3.Connection, older_than: datetime) -> int:
+def prune_telemetry(older_than: datetime) -> Steps[int]:
     """Delete telemetry received before `older_than`; return how many rows went."""
-    with transaction(conn):
-        cursor = conn.execute("DELETE FROM telemetry WHERE received < ?", (to_text(older_than),))
-        return cursor.rowcount
+    result = yield Query("DELETE FROM telemetry WHERE received < ?", (to_text(older_than),))
+    return result.rowcount
 
 
 _PRUNE_KEYS: dict[MessageTable, str] = {"device_events": "event_id", "telemetry": "report_id"}
 
 
-def device_ids(conn: sqlite3.Connection) -> list[str]:
+def device_ids() -> Steps[list[str]]:
     """Return every device id, in order."""
-    return [row[0] for row in conn.execute("SELECT device_id FROM devices ORDER BY device_id")]
+    result = yield Query("SELECT device_id FROM devices ORDER BY device_id")
+    return [row[0] for row in result.rows]
 
 
 def prune_messages(
-    conn: sqlite3.Connection,
-    table: MessageTable,
-    devices: Sequence[str],
-    older_than: datetime,
-    keep: int,
-) -> int:
+    table: MessageTable, devices: Sequence[str], older_than: datetime, keep: int
+) -> Steps[int]:
     """Delete the devices' messages received before `older_than` and all but the newest `keep`.
 
-    One transaction for the devices given; each delete walks the (device_id, received) index.
+    Meant for one transaction per slice of devices; each delete walks the (device_id,
+    received) index.
     """
     if keep < 1:
         raise InvalidInputError(f"keep must be at least 1, not {keep}")
@@ -332,11 +328,9 @@ def prune_messages(
         f" AND (received < ? OR (received = ? AND {key} < ?))"
     )
     deleted = 0
-    with transaction(conn):
-        for device_id in devices:
-            deleted += conn.execute(by_age, (device_id, to_text(older_than))).rowcount
-            row = conn.execute(oldest_kept, (device_id, keep - 1)).fetchone()
-            if row is not None:
-                values = (device_id, row[0], row[0], row[1])
-                deleted += conn.execute(by_count, values).rowcount
+    for device_id in devices:
+        deleted += (yield Query(by_age, (device_id, to_text(older_than)))).rowcount
+        row = (yield Query(oldest_kept, (device_id, keep - 1))).one()
+        if row is not None:
+            deleted += (yield Query(by_count, (device_id, row[0], row[0], row[1]))).rowcount
     return deleted

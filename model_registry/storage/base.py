@@ -1,8 +1,8 @@
 """The storage interface the services use, and the records it stores.
 
-Services depend on `Storage` only; `SQLiteStorage` implements it for one registry host and a
-PostgreSQL implementation can follow for several replicas without touching any service. All
-methods are coroutines so that blocking drivers run off the event loop inside the implementation.
+Services depend on `Storage` only; `SQLiteStorage` implements it for one registry host and
+`PostgresStorage` for a database server that several replicas can share. All methods are
+coroutines so that blocking drivers run off the event loop inside the implementation.
 Signed documents are stored as the exact bytes that were published. Datetimes passed in must be
 timezone-aware (InvalidInputError otherwise) and come back in UTC. Errors are those of
 `model_registry.errors`: ConflictError for duplicates, NotFoundError for unknown names.
@@ -132,6 +132,14 @@ class Storage(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+
+    async def acquire_duty(self, name: str) -> bool:
+        """Hold or take the lease on the duty `name` (a pass that must run on one registry).
+
+        True while this storage holds it: call before each pass. The lease lasts until
+        `close`, or until this storage loses its database connection; another registry on the
+        same database then gets True from its next call. With SQLite: always True.
+        """
 
     # roots
     async def add_root(self, version: int, envelope: bytes) -> None:

@@ -1,24 +1,24 @@
 """Schema migrations, versioned in code and applied in order, one transaction each.
 
-A database records the migrations it has had in `schema_version`. `migrate` applies the pending
-ones and refuses a database whose schema is newer than this code, since an older registry would
-misread it. Never edit a released migration: append a new one.
+A database records the migrations it has had in `schema_version`. Each backend's `migrate` runs
+`prepare`, which refuses a database whose schema is newer than this code, then `apply` for each
+pending migration. Never edit a released migration: append a new one.
 
-The SQL sticks to types and syntax PostgreSQL shares. The two places where the dialects differ,
-generated ids and byte strings, are the `{id}` and `{bytes}` placeholders that `render` fills,
-so a PostgreSQL storage can apply the same list. Times are fixed-width ISO-8601 UTC text and
+The one list serves both backends. The SQL sticks to types and syntax SQLite and PostgreSQL
+share; the two places where the dialects differ, generated ids and byte strings, are the `{id}`
+and `{bytes}` placeholders that `render` fills. Times are fixed-width ISO-8601 UTC text and
 JSON columns are text holding one object.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 from model_registry.errors import ConfigError
-from model_registry.storage._db import to_text, transaction
+from model_registry.storage._db import Query, Steps, to_text
 
 DIALECT_TYPES = {
     # AUTOINCREMENT so ids are never reused after deletes, as PostgreSQL identities are not.
@@ -155,45 +155,69 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
-def render(statement: str, dialect: str = "sqlite") -> str:
+Dialect = Literal["sqlite", "postgresql"]
+
+# Migrations run under this lock on PostgreSQL, so replicas starting together apply each once;
+# it is per schema, as each schema is a registry of its own.
+_MIGRATION_LOCK = (
+    "SELECT pg_advisory_xact_lock(hashtextextended('model-registry migrations '"
+    " || current_schema(), 0))"
+)
+
+
+def render(statement: str, dialect: Dialect = "sqlite") -> str:
     """Return `statement` with the dialect's id and byte-string types filled in."""
     return statement.format(**DIALECT_TYPES[dialect])
 
 
-def current_version(conn: sqlite3.Connection) -> int:
+def current_version() -> Steps[int]:
     """Return the schema version of the database, 0 when it has none."""
-    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-    return int(row[0] or 0)
+    row = (yield Query("SELECT MAX(version) FROM schema_version")).one()
+    return int(row[0] or 0) if row is not None else 0
 
 
-def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
-    """Apply the pending migrations, each in its own transaction; return the schema version."""
+def prepare(dialect: Dialect, migrations: Sequence[Migration] = MIGRATIONS) -> Steps[int]:
+    """Create the version table if needed and return the version found (one transaction).
+
+    Raises ConfigError for a schema newer than `migrations` know: an older registry would
+    misread it.
+    """
     _check_ordered(migrations)
-    conn.execute(SCHEMA_VERSION_TABLE)
+    yield from _lock(dialect)
+    yield Query(SCHEMA_VERSION_TABLE)
+    found = yield from current_version()
+    check_known(found, migrations)
+    return found
+
+
+def check_known(found: int, migrations: Sequence[Migration] = MIGRATIONS) -> None:
+    """Raise ConfigError if schema version `found` is newer than `migrations` know."""
     known = migrations[-1].version if migrations else 0
-    found = current_version(conn)
     if found > known:
         raise ConfigError(
             f"the database has schema version {found} but this registry knows only up to "
             f"{known}: run a newer registry, or point it at another database"
         )
-    for migration in migrations:
-        if migration.version > found:
-            _apply(conn, migration)
-    return current_version(conn)
 
 
-def _apply(conn: sqlite3.Connection, migration: Migration) -> None:
-    with transaction(conn):
-        # Re-read under the write lock: another process may have applied it since we looked.
-        if current_version(conn) >= migration.version:
-            return
-        for statement in migration.statements:
-            conn.execute(render(statement))
-        conn.execute(
-            "INSERT INTO schema_version (version, description, applied) VALUES (?, ?, ?)",
-            (migration.version, migration.description, to_text(datetime.now(UTC))),
-        )
+def apply(migration: Migration, dialect: Dialect) -> Steps[None]:
+    """Apply one migration unless it is there already (one transaction)."""
+    yield from _lock(dialect)
+    # Re-read under the lock: another process may have applied it since we looked.
+    if (yield from current_version()) >= migration.version:
+        return
+    for statement in migration.statements:
+        yield Query(render(statement, dialect))
+    yield Query(
+        "INSERT INTO schema_version (version, description, applied) VALUES (?, ?, ?)",
+        (migration.version, migration.description, to_text(datetime.now(UTC))),
+    )
+
+
+def _lock(dialect: Dialect) -> Steps[None]:
+    # SQLite's write transaction already excludes every other writer of the file.
+    if dialect == "postgresql":
+        yield Query(_MIGRATION_LOCK)
 
 
 def _check_ordered(migrations: Sequence[Migration]) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from model_registry.config import load_config
 from model_registry.home import InitResult, init_home
 from model_registry.services.context import RegistryContext
-from model_registry.storage import open_storage
+from model_registry.storage import Storage, open_storage
+from tests.support.postgres import new_schema
 
 
 @dataclass
@@ -26,6 +28,58 @@ class Api:
     def auth(self, token: str | None = None) -> dict[str, str]:
         """Authorization header for `token` (default: the admin token)."""
         return {"Authorization": f"Bearer {token or self.admin_token}"}
+
+
+@dataclass(frozen=True)
+class StorageBackend:
+    """A database the storage tests run on, and a look at its tables from outside."""
+
+    name: str  # "sqlite" or "postgresql"
+    location: str  # what registry.toml's storage.database would say
+    count: Callable[[str], int]  # the rows of a table, as another process sees them
+    execute: Callable[[str], None]  # one statement from outside the storage
+
+    def storage(self) -> Storage:
+        """Another (unopened) storage on the same database."""
+        return open_storage(self.location)
+
+
+def _sqlite_count(path: Path, table: str) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # noqa: S608
+
+
+def _sqlite_execute(path: Path, statement: str) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute(statement)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StorageBackend]:
+    """Each storage test runs on a SQLite file and on a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        path = tmp_path / "registry.db"
+        yield StorageBackend(
+            "sqlite",
+            str(path),
+            lambda table: _sqlite_count(path, table),
+            lambda statement: _sqlite_execute(path, statement),
+        )
+        return
+    request.getfixturevalue("postgres")  # fails with the reason when the server is down
+    with new_schema() as schema:
+        yield StorageBackend("postgresql", schema.url, schema.count, schema.execute)
+
+
+@pytest.fixture
+async def storage(backend: StorageBackend) -> AsyncIterator[Storage]:
+    """An open storage on the backend's database."""
+    opened = backend.storage()
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 @pytest.fixture

@@ -153,7 +153,8 @@ CASES = [
     case("db-is-dir", point(DB, "db", DIR), DB, "is a directory"),
     case("db-not-sqlite", point(DB, "other.db", "not a database"), DB, "not a SQLite database"),
     case("db-no-directory", value(DB, "nowhere/registry.db"), DB, "does not exist"),
-    case("db-postgres", value(DB, "postgresql://db/registry"), DB, "PostgreSQL"),
+    case("db-postgres-no-host", value(DB, "postgresql://db.invalid/r"), DB, "cannot connect"),
+    case("db-postgres-down", value(DB, "postgresql://x:hunter2@127.0.0.1:9/r"), DB, "refused"),
     case("db-unknown-url", value(DB, "mysql://db/registry"), DB, "neither a SQLite path"),
     case("blobs-is-file", point(BLOBS, "blob-file", "x"), BLOBS, "is not a directory"),
     case("blobs-in-a-file", value(BLOBS, "registry.toml/blobs"), BLOBS, "cannot be created"),
@@ -193,6 +194,7 @@ def test_a_broken_file_is_one_sentence_naming_the_file_and_the_key(
     result = model_registry(command, "--home", str(home))
 
     assert "Traceback" not in result.stderr, result.stderr
+    assert "hunter2" not in result.stderr  # a database password is never shown
     assert result.returncode == 1, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr

@@ -1,78 +1,25 @@
-"""SQLiteStorage on real database files: every method, every refusal, atomicity, migrations."""
+"""Both storages, on a SQLite file and on a PostgreSQL schema: every record method, every
+refusal, atomicity (set-up and migrations: test_storage_setup, the fleet: test_storage_fleet)."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from model_registry.errors import ConfigError, ConflictError, InvalidInputError, NotFoundError
+from model_registry.errors import ConflictError, InvalidInputError, NotFoundError
 from model_registry.storage import (
     ROLES,
     DeploymentRecord,
-    DeviceRecord,
-    ReleaseRecord,
+    PostgresStorage,
     SQLiteStorage,
     Storage,
-    open_storage,
 )
-from model_registry.storage.migrations import (
-    DIALECT_TYPES,
-    MIGRATIONS,
-    Migration,
-    current_version,
-    migrate,
-    render,
-)
-
-T0 = datetime(2026, 6, 1, 12, 0, 0, 123456, tzinfo=UTC)
-SHA = "ab" * 32
-
-
-def release(model: str = "mnist", version: int = 1, **changes: Any) -> ReleaseRecord:
-    record = ReleaseRecord(
-        model=model,
-        version=version,
-        label=f"v{version}",
-        sha256=SHA,
-        size=1234,
-        created=T0 + timedelta(minutes=version),
-        expires=T0 + timedelta(days=30),
-        envelope=b'{"signed": "release %d"}' % version,
-        build={"quantized": True, "opset": 17},
-    )
-    return replace(record, **changes)
-
-
-def device(device_id: str = "d1", group: str = "lab", **changes: Any) -> DeviceRecord:
-    return replace(DeviceRecord(device_id, group, T0, "pbkdf2$hash"), **changes)
-
-
-def deployment(device_ids: tuple[str, ...] = ("d1",), **changes: Any) -> DeploymentRecord:
-    record = DeploymentRecord(
-        deployment_id=0,
-        model="mnist",
-        version=1,
-        target_kind="devices",
-        target=",".join(device_ids),
-        device_ids=device_ids,
-        created=T0,
-        deadline=T0 + timedelta(minutes=10),
-        created_by="admin",
-    )
-    return replace(record, **changes)
-
-
-def rows(path: Path, table: str) -> int:
-    """Count a table's rows through a separate connection, as another process would see it."""
-    with sqlite3.connect(path) as conn:
-        return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # noqa: S608
+from tests.registry.conftest import StorageBackend
+from tests.support.storage_records import SHA, T0, deployment, device, release
 
 
 @pytest.fixture
@@ -80,27 +27,24 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "registry.db"
 
 
-@pytest.fixture
-async def storage(db_path: Path) -> AsyncIterator[SQLiteStorage]:
-    async with SQLiteStorage(db_path) as opened:
-        yield opened
-
-
-def test_sqlite_storage_satisfies_the_protocol(db_path: Path) -> None:
-    implementation: Storage = SQLiteStorage(db_path)  # mypy checks the shape
-    assert isinstance(implementation, SQLiteStorage)
+def test_both_storages_satisfy_the_protocol(db_path: Path) -> None:
+    implementations: list[Storage] = [  # mypy checks the shape
+        SQLiteStorage(db_path),
+        PostgresStorage("postgresql://registry@127.0.0.1/test"),
+    ]
+    assert [type(i) for i in implementations] == [SQLiteStorage, PostgresStorage]
 
 
 # roots
 
 
-async def test_roots_are_listed_oldest_first(storage: SQLiteStorage) -> None:
+async def test_roots_are_listed_oldest_first(storage: Storage) -> None:
     await storage.add_root(2, b"root two")
     await storage.add_root(1, b"root one")
     assert await storage.roots() == [(1, b"root one"), (2, b"root two")]
 
 
-async def test_duplicate_root_is_a_conflict_and_changes_nothing(storage: SQLiteStorage) -> None:
+async def test_duplicate_root_is_a_conflict_and_changes_nothing(storage: Storage) -> None:
     await storage.add_root(1, b"original")
     with pytest.raises(ConflictError, match="root version 1"):
         await storage.add_root(1, b"impostor")
@@ -110,7 +54,7 @@ async def test_duplicate_root_is_a_conflict_and_changes_nothing(storage: SQLiteS
 # releases and models
 
 
-async def test_release_round_trips_exactly(storage: SQLiteStorage) -> None:
+async def test_release_round_trips_exactly(storage: Storage) -> None:
     await storage.add_release(release())
     stored = await storage.get_release("mnist", 1)
     assert stored == release()
@@ -118,7 +62,7 @@ async def test_release_round_trips_exactly(storage: SQLiteStorage) -> None:
 
 
 async def test_times_in_other_zones_come_back_as_the_same_instant_in_utc(
-    storage: SQLiteStorage,
+    storage: Storage,
 ) -> None:
     plus_two = T0.astimezone(timezone(timedelta(hours=2)))
     await storage.add_release(release(created=plus_two))
@@ -127,14 +71,14 @@ async def test_times_in_other_zones_come_back_as_the_same_instant_in_utc(
     assert stored.created.utcoffset() == timedelta(0)
 
 
-async def test_naive_datetimes_are_refused(storage: SQLiteStorage) -> None:
+async def test_naive_datetimes_are_refused(storage: Storage) -> None:
     with pytest.raises(InvalidInputError, match="no time zone"):
         await storage.add_release(release(created=datetime(2026, 6, 1)))
     assert await storage.models() == []
 
 
 async def test_duplicate_release_is_a_conflict_and_changes_nothing(
-    storage: SQLiteStorage,
+    storage: Storage,
 ) -> None:
     await storage.add_release(release())
     with pytest.raises(ConflictError, match="model 'mnist' already has version 1"):
@@ -143,17 +87,17 @@ async def test_duplicate_release_is_a_conflict_and_changes_nothing(
 
 
 async def test_a_refused_first_release_leaves_no_model_behind(
-    storage: SQLiteStorage, db_path: Path
+    storage: Storage, backend: StorageBackend
 ) -> None:
     # The model row is inserted before the release, so this checks the rollback.
     with pytest.raises(InvalidInputError, match="CHECK"):
         await storage.add_release(release(size=-1))
     with pytest.raises(InvalidInputError, match="JSON"):
         await storage.add_release(release(build={"bad": object()}))
-    assert rows(db_path, "models") == rows(db_path, "releases") == 0
+    assert backend.count("models") == backend.count("releases") == 0
 
 
-async def test_get_release_of_a_missing_version_names_it(storage: SQLiteStorage) -> None:
+async def test_get_release_of_a_missing_version_names_it(storage: Storage) -> None:
     await storage.add_release(release())
     with pytest.raises(NotFoundError, match="model 'mnist' has no version 3"):
         await storage.get_release("mnist", 3)
@@ -162,7 +106,7 @@ async def test_get_release_of_a_missing_version_names_it(storage: SQLiteStorage)
 
 
 async def test_releases_are_oldest_first_and_unknown_models_not_found(
-    storage: SQLiteStorage,
+    storage: Storage,
 ) -> None:
     for version in (2, 3, 1):
         await storage.add_release(release(version=version))
@@ -171,14 +115,14 @@ async def test_releases_are_oldest_first_and_unknown_models_not_found(
         await storage.releases("nope")
 
 
-async def test_latest_version(storage: SQLiteStorage) -> None:
+async def test_latest_version(storage: Storage) -> None:
     assert await storage.latest_version("mnist") == 0
     await storage.add_release(release(version=1))
     await storage.add_release(release(version=2))
     assert await storage.latest_version("mnist") == 2
 
 
-async def test_models_summarise_by_name(storage: SQLiteStorage) -> None:
+async def test_models_summarise_by_name(storage: Storage) -> None:
     await storage.add_release(release("zeta", 1))
     await storage.add_release(release("alpha", 1))
     await storage.add_release(release("alpha", 2))
@@ -190,7 +134,7 @@ async def test_models_summarise_by_name(storage: SQLiteStorage) -> None:
     assert summaries[0].created == release("alpha", 1).created  # the first release's time
 
 
-async def test_replace_release_envelope(storage: SQLiteStorage) -> None:
+async def test_replace_release_envelope(storage: Storage) -> None:
     await storage.add_release(release())
     later = T0 + timedelta(days=60)
     await storage.replace_release_envelope("mnist", 1, b"re-signed", later)
@@ -202,7 +146,7 @@ async def test_replace_release_envelope(storage: SQLiteStorage) -> None:
 # devices
 
 
-async def test_device_round_trips_with_defaults_and_full_fields(storage: SQLiteStorage) -> None:
+async def test_device_round_trips_with_defaults_and_full_fields(storage: Storage) -> None:
     full = device(
         "d2",
         assignment_seq=4,
@@ -218,19 +162,19 @@ async def test_device_round_trips_with_defaults_and_full_fields(storage: SQLiteS
     assert await storage.get_device("d2") == full
 
 
-async def test_duplicate_device_is_a_conflict_and_changes_nothing(storage: SQLiteStorage) -> None:
+async def test_duplicate_device_is_a_conflict_and_changes_nothing(storage: Storage) -> None:
     await storage.add_device(device())
     with pytest.raises(ConflictError, match="device 'd1' already exists"):
         await storage.add_device(device(group="other"))
     assert await storage.devices() == [device()]
 
 
-async def test_get_unknown_device(storage: SQLiteStorage) -> None:
+async def test_get_unknown_device(storage: Storage) -> None:
     with pytest.raises(NotFoundError, match="no device 'd1'"):
         await storage.get_device("d1")
 
 
-async def test_devices_by_id_and_by_group(storage: SQLiteStorage) -> None:
+async def test_devices_by_id_and_by_group(storage: Storage) -> None:
     for device_id, group in (("d3", "lab"), ("d1", "field"), ("d2", "lab")):
         await storage.add_device(device(device_id, group))
     assert [d.device_id for d in await storage.devices()] == ["d1", "d2", "d3"]
@@ -238,7 +182,7 @@ async def test_devices_by_id_and_by_group(storage: SQLiteStorage) -> None:
     assert await storage.devices("none") == []
 
 
-async def test_set_assignment_stores_a_growing_seq(storage: SQLiteStorage) -> None:
+async def test_set_assignment_stores_a_growing_seq(storage: Storage) -> None:
     await storage.add_device(device())
     assigned = {"mnist": {"version": 2}}
     await storage.set_assignment("d1", 1, b"seq 1", {})
@@ -257,7 +201,7 @@ async def test_set_assignment_stores_a_growing_seq(storage: SQLiteStorage) -> No
     ],
 )
 async def test_set_assignment_refusals_change_nothing(
-    storage: SQLiteStorage, device_id: str, seq: int, error: type[Exception], message: str
+    storage: Storage, device_id: str, seq: int, error: type[Exception], message: str
 ) -> None:
     await storage.add_device(device())
     await storage.set_assignment("d1", 3, b"seq 3", {"m": {"version": 1}})
@@ -267,7 +211,7 @@ async def test_set_assignment_refusals_change_nothing(
     assert (stored.assignment_seq, stored.assignment) == (3, b"seq 3")
 
 
-async def test_record_state(storage: SQLiteStorage) -> None:
+async def test_record_state(storage: Storage) -> None:
     await storage.add_device(device())
     await storage.record_state("d1", {"models": {"mnist": 2}}, True, T0)
     stored = await storage.get_device("d1")
@@ -281,7 +225,7 @@ async def test_record_state(storage: SQLiteStorage) -> None:
 # deployments
 
 
-async def test_deployment_round_trips_keeping_device_order(storage: SQLiteStorage) -> None:
+async def test_deployment_round_trips_keeping_device_order(storage: Storage) -> None:
     await storage.add_release(release())
     for device_id in ("d1", "d2", "d3"):
         await storage.add_device(device(device_id))
@@ -292,7 +236,7 @@ async def test_deployment_round_trips_keeping_device_order(storage: SQLiteStorag
     )
 
 
-async def test_deployments_newest_first_and_by_model(storage: SQLiteStorage) -> None:
+async def test_deployments_newest_first_and_by_model(storage: Storage) -> None:
     await storage.add_release(release("a"))
     await storage.add_release(release("b"))
     await storage.add_device(device())
@@ -306,13 +250,13 @@ async def test_deployments_newest_first_and_by_model(storage: SQLiteStorage) -> 
     assert await storage.deployments("unknown") == []
 
 
-async def test_empty_deployment_is_allowed(storage: SQLiteStorage) -> None:
+async def test_empty_deployment_is_allowed(storage: Storage) -> None:
     await storage.add_release(release())
     deployment_id = await storage.add_deployment(deployment((), target_kind="group", target="x"))
     assert (await storage.get_deployment(deployment_id)).device_ids == ()
 
 
-async def test_get_unknown_deployment(storage: SQLiteStorage) -> None:
+async def test_get_unknown_deployment(storage: Storage) -> None:
     with pytest.raises(NotFoundError, match="no deployment 7"):
         await storage.get_deployment(7)
 
@@ -328,8 +272,8 @@ async def test_get_unknown_deployment(storage: SQLiteStorage) -> None:
     ],
 )
 async def test_a_refused_deployment_stores_nothing(
-    storage: SQLiteStorage,
-    db_path: Path,
+    storage: Storage,
+    backend: StorageBackend,
     record: DeploymentRecord,
     error: type[Exception],
     message: str,
@@ -339,11 +283,11 @@ async def test_a_refused_deployment_stores_nothing(
     with pytest.raises(error, match=message):
         await storage.add_deployment(record)
     assert await storage.deployments() == []
-    assert rows(db_path, "deployments") == rows(db_path, "deployment_targets") == 0
+    assert backend.count("deployments") == backend.count("deployment_targets") == 0
 
 
 async def test_a_failing_target_rolls_back_the_inserted_deployment_row(
-    storage: SQLiteStorage, db_path: Path
+    storage: Storage, backend: StorageBackend
 ) -> None:
     # "ghost" passes the Python checks and fails the foreign key only after the deployment row
     # is inserted, so this exercises the transaction, not an early return.
@@ -352,14 +296,14 @@ async def test_a_failing_target_rolls_back_the_inserted_deployment_row(
     await storage.add_deployment(deployment())
     with pytest.raises(NotFoundError, match="no device 'ghost'"):
         await storage.add_deployment(deployment(("d1", "ghost")))
-    assert rows(db_path, "deployments") == rows(db_path, "deployment_targets") == 1
+    assert backend.count("deployments") == backend.count("deployment_targets") == 1
     assert await storage.add_deployment(deployment()) > 1
 
 
 # device messages
 
 
-async def test_events_newest_first_with_limit_and_since(storage: SQLiteStorage) -> None:
+async def test_events_newest_first_with_limit_and_since(storage: Storage) -> None:
     await storage.add_device(device())
     for minute in (0, 2, 1):
         await storage.add_event("d1", T0 + timedelta(minutes=minute), {"n": minute})
@@ -372,7 +316,7 @@ async def test_events_newest_first_with_limit_and_since(storage: SQLiteStorage) 
     assert [e.body["n"] for e in since] == [2, 1]  # since is inclusive
 
 
-async def test_telemetry_newest_first_and_pruned(storage: SQLiteStorage) -> None:
+async def test_telemetry_newest_first_and_pruned(storage: Storage) -> None:
     await storage.add_device(device())
     for minute in range(5):
         await storage.add_telemetry("d1", T0 + timedelta(minutes=minute), {"n": minute})
@@ -382,14 +326,14 @@ async def test_telemetry_newest_first_and_pruned(storage: SQLiteStorage) -> None
     assert await storage.prune_telemetry(T0) == 0
 
 
-async def test_messages_keep_events_and_telemetry_apart(storage: SQLiteStorage) -> None:
+async def test_messages_keep_events_and_telemetry_apart(storage: Storage) -> None:
     await storage.add_device(device())
     await storage.add_event("d1", T0, {"event": "installed"})
     assert await storage.telemetry("d1") == []
     assert [e.body for e in await storage.events("d1")] == [{"event": "installed"}]
 
 
-async def test_messages_of_unknown_devices(storage: SQLiteStorage) -> None:
+async def test_messages_of_unknown_devices(storage: Storage) -> None:
     with pytest.raises(NotFoundError, match="no device 'ghost'"):
         await storage.add_event("ghost", T0, {})
     with pytest.raises(NotFoundError, match="no device 'ghost'"):
@@ -400,7 +344,7 @@ async def test_messages_of_unknown_devices(storage: SQLiteStorage) -> None:
         await storage.telemetry("ghost")
 
 
-async def test_a_limit_below_one_is_refused(storage: SQLiteStorage) -> None:
+async def test_a_limit_below_one_is_refused(storage: Storage) -> None:
     await storage.add_device(device())
     with pytest.raises(InvalidInputError, match="limit"):
         await storage.events("d1", limit=0)
@@ -409,7 +353,7 @@ async def test_a_limit_below_one_is_refused(storage: SQLiteStorage) -> None:
 # tokens
 
 
-async def test_tokens_are_found_by_hash(storage: SQLiteStorage) -> None:
+async def test_tokens_are_found_by_hash(storage: Storage) -> None:
     ids = [await storage.add_token(f"t-{role}", role, f"hash-{role}", T0) for role in ROLES]
     assert len(set(ids)) == len(ROLES)
     found = await storage.find_token("hash-publisher")
@@ -423,7 +367,7 @@ async def test_tokens_are_found_by_hash(storage: SQLiteStorage) -> None:
     assert await storage.find_token("unknown") is None
 
 
-async def test_token_refusals(storage: SQLiteStorage) -> None:
+async def test_token_refusals(storage: Storage) -> None:
     await storage.add_token("ci", "viewer", "secret-hash", T0)
     with pytest.raises(ConflictError) as caught:
         await storage.add_token("other", "admin", "secret-hash", T0)
@@ -438,7 +382,7 @@ async def test_token_refusals(storage: SQLiteStorage) -> None:
 # concurrency and lifecycle
 
 
-async def test_a_hundred_concurrent_writes(storage: SQLiteStorage) -> None:
+async def test_a_hundred_concurrent_writes(storage: Storage) -> None:
     await asyncio.gather(*(storage.add_device(device(f"d{i:03}")) for i in range(100)))
     await asyncio.gather(
         *(storage.add_telemetry(f"d{i:03}", T0, {"i": i}) for i in range(100)),
@@ -448,149 +392,10 @@ async def test_a_hundred_concurrent_writes(storage: SQLiteStorage) -> None:
     assert (await storage.telemetry("d042"))[0].body == {"i": 42}
 
 
-async def test_concurrent_duplicates_store_exactly_one(storage: SQLiteStorage) -> None:
+async def test_concurrent_duplicates_store_exactly_one(storage: Storage) -> None:
     results = await asyncio.gather(
         *(storage.add_device(device(group=f"g{i}")) for i in range(20)), return_exceptions=True
     )
     assert results[0] is None
     assert all(isinstance(r, ConflictError) for r in results[1:])
     assert (await storage.get_device("d1")).group == "g0"
-
-
-async def test_calls_outside_open_and_close_fail_clearly(db_path: Path) -> None:
-    storage = SQLiteStorage(db_path)
-    with pytest.raises(RuntimeError, match="not open"):
-        await storage.roots()
-    await storage.open()
-    await storage.open()  # a second open is harmless
-    await storage.close()
-    await storage.close()
-    with pytest.raises(RuntimeError, match="not open"):
-        await storage.roots()
-
-
-async def test_database_settings(storage: SQLiteStorage, db_path: Path) -> None:
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # stored in the file
-
-
-# migrations
-
-
-def test_migrations_are_numbered_in_order_and_render_for_both_dialects() -> None:
-    assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
-    for dialect in DIALECT_TYPES:
-        for migration in MIGRATIONS:
-            assert all("{" not in render(s, dialect) for s in migration.statements)
-
-
-async def test_reopening_keeps_data_and_applies_migrations_once(db_path: Path) -> None:
-    async with SQLiteStorage(db_path) as storage:
-        await storage.add_root(1, b"root")
-    async with SQLiteStorage(db_path) as storage:
-        assert await storage.roots() == [(1, b"root")]
-    assert rows(db_path, "schema_version") == len(MIGRATIONS)
-
-
-EXPECTED_TABLES = {
-    "schema_version",
-    "roots",
-    "models",
-    "releases",
-    "devices",
-    "deployments",
-    "deployment_targets",
-    "device_events",
-    "telemetry",
-    "tokens",
-}
-
-
-def test_migrate_is_idempotent(db_path: Path) -> None:
-    with sqlite3.connect(db_path, isolation_level=None) as conn:
-        assert migrate(conn) == len(MIGRATIONS)
-        assert migrate(conn) == len(MIGRATIONS)
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert tables - {"sqlite_sequence"} == EXPECTED_TABLES
-        assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == len(MIGRATIONS)
-
-
-async def test_a_database_from_a_newer_registry_is_refused(db_path: Path) -> None:
-    async with SQLiteStorage(db_path):
-        pass
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("INSERT INTO schema_version VALUES (99, 'from the future', 'x')")
-    newest = len(MIGRATIONS)
-    with pytest.raises(ConfigError, match=rf"registry\.db: .*schema version 99 .* up to {newest}"):
-        await SQLiteStorage(db_path).open()
-
-
-def test_a_new_migration_applies_to_an_existing_database_keeping_data(db_path: Path) -> None:
-    extra = Migration(len(MIGRATIONS) + 1, "add notes", ("ALTER TABLE roots ADD COLUMN note TEXT",))
-    with sqlite3.connect(db_path, isolation_level=None) as conn:
-        migrate(conn)
-        conn.execute("INSERT INTO roots (version, envelope) VALUES (1, x'00')")
-        assert migrate(conn, (*MIGRATIONS, extra)) == extra.version
-        assert conn.execute("SELECT version, note FROM roots").fetchall() == [(1, None)]
-
-
-def test_a_failing_migration_is_rolled_back_whole(db_path: Path) -> None:
-    statements = ("CREATE TABLE half_done (x INTEGER)", "NOT SQL AT ALL")
-    broken = Migration(len(MIGRATIONS) + 1, "broken", statements)
-    with sqlite3.connect(db_path, isolation_level=None) as conn:
-        with pytest.raises(sqlite3.OperationalError):
-            migrate(conn, (*MIGRATIONS, broken))
-        assert current_version(conn) == len(MIGRATIONS)
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert "half_done" not in tables
-
-
-def test_a_misnumbered_migration_list_is_refused(db_path: Path) -> None:
-    with sqlite3.connect(db_path) as conn, pytest.raises(ValueError, match="in order"):
-        migrate(conn, (Migration(2, "skips one", ()),))
-
-
-@pytest.fixture
-def not_a_database(db_path: Path) -> Path:
-    db_path.write_bytes(b"this is not sqlite" * 100)
-    return db_path
-
-
-async def test_a_file_that_is_not_a_database_is_refused(not_a_database: Path) -> None:
-    with pytest.raises(ConfigError, match="not a usable registry database"):
-        await SQLiteStorage(not_a_database).open()
-
-
-async def test_a_database_in_a_missing_directory_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot open"):
-        await SQLiteStorage(tmp_path / "missing" / "registry.db").open()
-
-
-# open_storage
-
-
-async def test_open_storage_understands_sqlite_urls_and_paths(db_path: Path) -> None:
-    for location in (f"sqlite://{db_path}", str(db_path), db_path):
-        storage = open_storage(location)
-        assert isinstance(storage, SQLiteStorage)
-        assert storage.path == db_path
-    opened = open_storage(f"sqlite://{db_path}")
-    await opened.open()
-    await opened.add_root(1, b"r")
-    await opened.close()
-    assert rows(db_path, "roots") == 1
-
-
-@pytest.mark.parametrize(
-    ("location", "message"),
-    [
-        ("postgresql://registry@127.0.0.1/test", "PostgreSQL storage is not available yet"),
-        ("postgres://127.0.0.1/test", "PostgreSQL storage is not available yet"),
-        ("sqlite://relative.db", "absolute path"),
-        ("mysql://host/db", "neither a SQLite path nor a known URL"),
-        ("", "empty"),
-    ],
-)
-def test_open_storage_refusals(location: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        open_storage(location)

@@ -43,10 +43,10 @@ class Fleet:
     registry: RegistryProcess = field(init=False)
     port: int = field(default_factory=free_port)
 
-    def start(self, chunk_size_kib: int = 256) -> None:
-        """init, broker-config, mosquitto, serve."""
+    def start(self, chunk_size_kib: int = 256, database: str | None = None) -> None:
+        """init (on `database` if given: a postgresql:// URL), broker-config, mosquitto, serve."""
         self.home = self.root / "home"
-        cli("init", "--home", str(self.home))
+        cli("init", "--home", str(self.home), *(("--database", database) if database else ()))
         config = self.home / "registry.toml"
         text = config.read_text().replace(
             "chunk_size_kib = 256", f"chunk_size_kib = {chunk_size_kib}"
