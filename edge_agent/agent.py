@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from edge_agent import eventloop
 from edge_agent.activation import Activator
 from edge_agent.config import DeviceConfig
 from edge_agent.dispatch import Dispatcher, Subscriptions
@@ -277,7 +278,8 @@ class LazyHttpFetcher:
 
 def run_agent(config: DeviceConfig, labels: Labels | None = None) -> int:
     """Run the agent until SIGTERM or SIGINT; return the process exit code."""
-    return asyncio.run(_main(config, labels or Labels(str(config.source))))
+    log.info("event loop: %s", eventloop.loop_name())
+    return eventloop.run(_main(config, labels or Labels(str(config.source))))
 
 
 async def _main(config: DeviceConfig, labels: Labels) -> int:
