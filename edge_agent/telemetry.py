@@ -28,7 +28,7 @@ from edge_agent.config import TelemetrySettings
 from edge_agent.reporting import Reporter
 from edge_agent.runtime.model import Array
 from edge_agent.server.metrics import AgentMetrics
-from edge_protocol.topics import MAX_MESSAGE_BYTES
+from edge_protocol.messages import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from edge_common.broker_address import BrokerAddress, BrokerURLError
 from edge_common.toml_file import ConfigFileError, load_toml
 from edge_protocol import Topics
 from edge_protocol.errors import TopicError
-from edge_protocol.topics import MAX_MESSAGE_BYTES
+from edge_protocol.messages import MAX_MESSAGE_BYTES
 from model_registry.errors import ConfigError
 
 CONFIG_NAME = "registry.toml"

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from edge_protocol import Topics
-from edge_protocol.topics import MAX_ACK_RANGES, ack_payload
+from edge_protocol.messages import MAX_ACK_RANGES, ack_payload
 
 log = logging.getLogger(__name__)
 

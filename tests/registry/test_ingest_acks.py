@@ -14,7 +14,7 @@ import re
 import pytest
 
 from edge_protocol import Topics
-from edge_protocol.topics import event_payload, parse_ack, telemetry_payload
+from edge_protocol.messages import event_payload, parse_ack, telemetry_payload
 from model_registry.config import load_config
 from model_registry.home import InitResult
 from model_registry.mqtt.client import MqttMessage
