@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -24,6 +25,7 @@ from tests.e2e.conftest import CHUNK, Models
 from tests.support.agent import AgentProcess
 from tests.support.broker import LOCALHOST, BrokerFactory
 from tests.support.fleet import TOPICS
+from tests.support.haproxy import balancer_config
 from tests.support.postgres import Schema, connect, new_schema
 from tests.support.registry import BIN, RegistryProcess, cli, cli_json
 from tests.support.replicas import DUTIES, ReplicaSet
@@ -204,6 +206,13 @@ def _finish(deploy: subprocess.Popen[str]) -> str:
     out, err = deploy.communicate(timeout=WAIT_S + 30)
     assert deploy.returncode == 0, f"deploy --wait failed:\n{out}\n{err}"
     return out
+
+
+def test_the_balancer_config_is_the_one_operations_md_shows() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    shown = doc.split("```haproxy\n", 1)[1].split("```", 1)[0]
+    servers = {"r1": 8081, "r2": 8082}
+    assert shown == balancer_config(8080, servers, Path("/run/haproxy/registry.sock"))
 
 
 def _deploy_and_wait(replicas: ReplicaSet, version: int) -> subprocess.Popen[str]:
