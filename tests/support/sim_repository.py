@@ -29,7 +29,7 @@ from edge_protocol import (
     TensorSpec,
     Topics,
 )
-from edge_protocol.topics import ack_payload
+from edge_protocol.messages import ack_payload
 from tests.protocol.factory import DEVICE, NOW, Registry
 from tests.support.probation_models import CLASSES, FEATURES
 from tests.support.sim_broker import Published as Sent
