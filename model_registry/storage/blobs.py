@@ -122,7 +122,10 @@ class BlobStore:
         for directory in self.root.glob("??"):
             # `.tmp-*` is what releases before the shared write helper left behind.
             for temp in directory.glob(f"{_LEGACY_TEMP_PREFIX}*"):
-                if temp.stat().st_mtime > cutoff:
+                try:
+                    if temp.stat().st_mtime > cutoff:
+                        continue
+                except FileNotFoundError:  # its writer finished, or another replica removed it
                     continue
                 temp.unlink(missing_ok=True)
                 fsync_directory(directory)
