@@ -33,8 +33,10 @@ async def test_an_exception_in_a_message_handler_keeps_the_connection(
     received: asyncio.Queue[bytes] = asyncio.Queue()
 
     async def on_connect(client: AgentMqtt) -> None:
-        connects.append(client)
+        # Counted once subscribed: a retained message published before the SUBACK would only
+        # be delivered as the topic's latest.
         await client.subscribe(release)
+        connects.append(client)
 
     async def on_message(message: Message) -> None:
         if message.payload.startswith(b"boom"):
