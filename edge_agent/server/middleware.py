@@ -28,8 +28,8 @@ from edge_agent.errors import (
     UnauthorizedError,
     UnsupportedMediaTypeError,
 )
+from edge_agent.metrics import UNKNOWN_MODEL, AgentMetrics
 from edge_agent.runtime import ModelRepository
-from edge_agent.server.metrics import UNKNOWN_MODEL, AgentMetrics
 
 log = logging.getLogger(__name__)
 
