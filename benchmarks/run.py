@@ -57,6 +57,7 @@ SECTIONS: dict[str, Callable[[str], dict[str, Any]]] = {
     "footprint": footprint.run,
     "propagation": propagation.run,
     "fleet_sim": fleet_sim.run,
+    "fleet_scale": fleet_sim.run_scale,
     "deploy_scale": deploy_scale.run,
     "ingest_scale": ingest_scale.run,
 }
