@@ -1,10 +1,11 @@
 """Where the agent's time goes under load: py-spy on the agent server while wrk drives it.
 
-`python -m benchmarks.profile_agent [small|heavy-int8|heavy-fp32] [CONCURRENCY] [SECONDS]`
-starts the agent server on CPU 0 (as the serving benchmark does), loads it with wrk from CPU 1,
-samples it with py-spy (raw, per thread, idle samples excluded) and writes
-results/profile-<model>-c<C>.json and results/profile-<model>-c<C>.txt: inclusive and self
-shares of the busy samples per function, and each converted to microseconds of CPU per request.
+`python -m benchmarks.profile_agent [small|heavy-int8|heavy-fp32] [CONCURRENCY] [SECONDS] [TAG]`
+starts the agent as the serving benchmark does (`edge-agent run` with a registry and mosquitto,
+the model received as an update, on CPU 0), loads it with wrk from CPU 1, samples it with
+py-spy (raw, per thread, idle samples excluded) and writes results/profile-<model>-c<C>[-TAG]
+.json and .txt: inclusive and self shares of the busy samples per function, and each converted
+to microseconds of CPU per request. The raw py-spy samples are kept next to them (.raw.txt).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import psutil
 
 from benchmarks.common import (
     BIN,
-    PYTHON,
     REPO,
     RESULTS,
     SERVER_CPUS,
@@ -33,6 +33,7 @@ from benchmarks.common import (
     wait_ready,
 )
 from benchmarks.serving import served_models, write_bodies, wrk
+from benchmarks.serving_device import ServingDevices
 
 IDLE = ("EpollSelector.select", "select (selectors.py", "Condition.wait", "_worker (concurrent")
 
@@ -56,20 +57,23 @@ def _aggregate(raw: Path) -> dict[str, Any]:
     return {"busy_samples": busy, "inclusive": inclusive, "self": own}
 
 
-def main(model_key: str = "small", concurrency: int = 32, seconds: int = 10) -> Path:
+def main(model_key: str = "small", concurrency: int = 32, seconds: int = 10, tag: str = "") -> Path:
     """Profile and write the report; return the text file."""
     py_spy = shutil.which("py-spy") or str(BIN / "py-spy")
     work = WORK / "profile"
-    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     (served,) = served_models((model_key,))
     bodies = write_bodies(served, work)
     port = free_port()
-    argv = [PYTHON, "-m", "benchmarks.peers.agent_server", str(served.path), served.name, str(port)]
+    devices = ServingDevices(work / "deployment")
+    devices.start()
     log_file = work / "agent.log"
-    process = start(argv, log_file, cpus=SERVER_CPUS, cwd=REPO)
+    process = None
     raw = work / "py-spy.txt"
     try:
-        wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", process, log_file)
+        process = start(devices.argv(served, port), log_file, cpus=SERVER_CPUS, cwd=REPO)
+        wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", process, log_file, timeout=120)
         url = f"http://127.0.0.1:{port}/v2/models/{served.name}/infer"
         sampler = subprocess.Popen(
             [py_spy, "record", "--pid", str(process.pid), "--rate", "500", "--duration",
@@ -84,6 +88,7 @@ def main(model_key: str = "small", concurrency: int = 32, seconds: int = 10) -> 
         sampler.wait(timeout=seconds + 30)
     finally:
         stop(process)
+        devices.stop()
     data = _aggregate(raw)
     us_per_request = cpu / max(1, result["requests"]) * 1e6
     busy = max(1, data["busy_samples"])
@@ -102,8 +107,9 @@ def main(model_key: str = "small", concurrency: int = 32, seconds: int = 10) -> 
         "inclusive": rows(data["inclusive"], 80),
         "self": rows(data["self"], 40),
     }
-    stem = f"profile-{model_key}-c{concurrency}"
+    stem = f"profile-{model_key}-c{concurrency}" + (f"-{tag}" if tag else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(raw, RESULTS / f"{stem}.raw.txt")
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"{model_key} c={concurrency}: {report['requests_per_s']} req/s, "
              f"{report['cpu_us_per_request']} µs CPU per request, {busy} busy samples", "",
@@ -121,5 +127,6 @@ def main(model_key: str = "small", concurrency: int = 32, seconds: int = 10) -> 
 if __name__ == "__main__":
     args = sys.argv[1:]
     path = main(args[0] if args else "small", int(args[1]) if len(args) > 1 else 32,
-                int(args[2]) if len(args) > 2 else 10)  # fmt: skip
+                int(args[2]) if len(args) > 2 else 10,
+                args[3] if len(args) > 3 else "")  # fmt: skip
     print(path.read_text())

@@ -11,17 +11,17 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psutil
 
+from benchmarks import grpc_load
 from benchmarks.common import (
     BENCH,
     LOAD_CPUS,
@@ -37,7 +37,9 @@ from benchmarks.common import (
     stop,
     wait_ready,
 )
-from benchmarks.models import Model, model, with_batch_dim_names
+from benchmarks.models import Model, model
+from benchmarks.serving_device import ServingDevices
+from benchmarks.serving_stats import ratios, summarize
 
 MLSERVER_VENV = BENCH / ".venv-mlserver"
 MLSERVER_FAILED = BENCH / ".venv-mlserver.failed"
@@ -68,6 +70,7 @@ QUICK = Settings(
     rounds=1,
     heavy_peers=("agent", "naive"),
     heavy_concurrencies=(128,),
+    diagnostics=("agent-bare",),
 )
 FULL = Settings(
     models=("small", "heavy-fp32", "heavy-int8"),
@@ -76,7 +79,7 @@ FULL = Settings(
     duration_s=2,
     warmup_requests=50,
     rounds=3,
-    diagnostics=("agent-inline", "agent-batchdims", "agent-batchdims-inline"),
+    diagnostics=("agent-bare",),
 )
 
 
@@ -113,6 +116,7 @@ class Bodies:
     json_file: Path
     binary_file: Path
     binary_header_length: int
+    grpc_file: Path
 
 
 def write_bodies(served: Served, directory: Path) -> Bodies:
@@ -130,7 +134,10 @@ def write_bodies(served: Served, directory: Path) -> Bodies:
     }).encode()  # fmt: skip
     binary_file = directory / f"{served.key}.bin"
     binary_file.write_bytes(header + np.asarray(served.row, dtype="<f4").tobytes())
-    return Bodies(json_file, binary_file, len(header))
+    return Bodies(json_file, binary_file, len(header), grpc_load.write_body(served, directory))
+
+
+Launched = tuple[list[str], dict[str, str]]  # argv and extra environment of a server
 
 
 @dataclass
@@ -140,43 +147,41 @@ class Peer:
     key: str
     label: str
     bodies: tuple[str, ...]
-    launch: Callable[[Served, int, Path], tuple[list[str], dict[str, str]]]
+    launch: Callable[[Served, int, Path, int], Launched]
     available: Callable[[], str | None] = lambda: None  # the reason it cannot run, or None
     infer_path: Callable[[Served], str] = field(default=lambda s: f"/v2/models/{s.name}/infer")
     only: dict[str, tuple[int, ...]] | None = None  # model -> loads, for diagnostics
 
 
-def _agent(served: Served, port: int, work: Path) -> tuple[list[str], dict[str, str]]:
+def _bare_agent(served: Served, port: int, work: Path, grpc_port: int) -> Launched:
     argv = [PYTHON, "-m", "benchmarks.peers.agent_server", str(served.path), served.name, str(port)]
     return argv, {}
 
 
-def _agent_variant(
-    *, batchdims: bool, inline: bool
-) -> Callable[..., tuple[list[str], dict[str, str]]]:
-    def launch(served: Served, port: int, work: Path) -> tuple[list[str], dict[str, str]]:
-        path = with_batch_dim_names(served.path) if batchdims else served.path
-        argv = [PYTHON, "-m", "benchmarks.peers.agent_server", str(path), served.name, str(port)]
-        return argv + (["--inline"] if inline else []), {}
+def _device_agent(devices: ServingDevices) -> Callable[..., tuple[list[str], dict[str, str]]]:
+    def launch(
+        served: Served, port: int, work: Path, grpc_port: int
+    ) -> tuple[list[str], dict[str, str]]:
+        return devices.argv(served, port, grpc_port), {}
 
     return launch
 
 
-def _naive(served: Served, port: int, work: Path) -> tuple[list[str], dict[str, str]]:
+def _naive(served: Served, port: int, work: Path, grpc_port: int) -> Launched:
     return [PYTHON, "-m", "benchmarks.peers.naive_aiohttp", str(served.path), str(port)], {}
 
 
-def _fastapi(served: Served, port: int, work: Path) -> tuple[list[str], dict[str, str]]:
+def _fastapi(served: Served, port: int, work: Path, grpc_port: int) -> Launched:
     return [PYTHON, "-m", "benchmarks.peers.fastapi_app", str(port)], {
         "BENCH_MODEL": str(served.path)
     }
 
 
-def _constant(served: Served, port: int, work: Path) -> tuple[list[str], dict[str, str]]:
+def _constant(served: Served, port: int, work: Path, grpc_port: int) -> Launched:
     return [PYTHON, "-m", "benchmarks.peers.constant", str(port)], {}
 
 
-def _mlserver(served: Served, port: int, work: Path) -> tuple[list[str], dict[str, str]]:
+def _mlserver(served: Served, port: int, work: Path, grpc_port: int) -> Launched:
     folder = work / f"mlserver-{served.key}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -186,7 +191,7 @@ def _mlserver(served: Served, port: int, work: Path) -> tuple[list[str], dict[st
         "parallel_workers": 0,  # inference in the server process, like every other peer
         "host": "127.0.0.1",
         "http_port": port,
-        "grpc_port": free_port(),
+        "grpc_port": grpc_port,
         "metrics_port": free_port(),
         "load_models_at_startup": True,
     }
@@ -209,24 +214,18 @@ def _mlserver_missing() -> str | None:
 
 
 PEERS = {
-    "agent": Peer("agent", "edge agent", ("json", "binary"), _agent),
+    # The launch of "agent" needs the registry and broker: run() gives it (_device_agent).
+    "agent": Peer("agent", "edge agent", ("json", "binary", "grpc"), _bare_agent),
     "naive": Peer("naive", "naive aiohttp", ("json",), _naive),
     "fastapi": Peer("fastapi", "FastAPI + uvicorn", ("json",), _fastapi),
-    "mlserver": Peer("mlserver", "MLServer", ("json",), _mlserver, _mlserver_missing),
+    "mlserver": Peer("mlserver", "MLServer", ("json", "grpc"), _mlserver, _mlserver_missing),
     "constant": Peer("constant", "aiohttp constant (ceiling)", ("json",), _constant),
 }
-# Diagnostics, not peers: the same agent with one cause removed at a time (benchmark-side only).
+# Diagnostics, not peers: ModelRepository + InferenceServer alone in a bare process, to tell
+# the cost of serving from what the rest of a running agent (MQTT, telemetry) adds to it.
 DIAGNOSTIC_LOADS = {"small": (1, 32), "heavy-int8": (128,)}
-PEERS.update({
-    "agent-inline": Peer("agent-inline", "agent, inference on the loop thread", ("json",),
-                         _agent_variant(batchdims=False, inline=True), only=DIAGNOSTIC_LOADS),
-    "agent-batchdims": Peer("agent-batchdims", "agent, int8 file with one batch-dim name",
-                            ("json",), _agent_variant(batchdims=True, inline=False),
-                            only=DIAGNOSTIC_LOADS),
-    "agent-batchdims-inline": Peer("agent-batchdims-inline", "agent, both",
-                                   ("json",), _agent_variant(batchdims=True, inline=True),
-                                   only=DIAGNOSTIC_LOADS),
-})  # fmt: skip
+PEERS["agent-bare"] = Peer("agent-bare", "bare InferenceServer", ("json",), _bare_agent,
+                           only=DIAGNOSTIC_LOADS)  # fmt: skip
 
 
 def wrk(
@@ -255,17 +254,34 @@ def wrk(
     return data
 
 
-def _batch_rows(port: int) -> tuple[float, float]:
-    """(sum, count) of the agent's edge_agent_batch_size histogram."""
+@dataclass(frozen=True)
+class Counters:
+    """From the agent's /metrics: rows and session.runs, and requests answered other than 200."""
+
+    rows: float
+    batches: float
+    failed: float
+
+
+# 499: the client went away before the answer; h2load cancels the streams in flight when its
+# duration is over, and they are counted so. Every other status is an error of the run.
+ANSWERED = ("200", "499")
+
+
+def _agent_counters(port: int) -> Counters:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
-    total = count = 0.0
+    rows = batches = failed = 0.0
     for line in text.splitlines():
         if line.startswith("edge_agent_batch_size_sum"):
-            total += float(line.split()[-1])
+            rows += float(line.split()[-1])
         elif line.startswith("edge_agent_batch_size_count"):
-            count += float(line.split()[-1])
-    return total, count
+            batches += float(line.split()[-1])
+        elif line.startswith("edge_agent_requests_total{") and not any(
+            f'status="{ok}"' in line for ok in ANSWERED
+        ):
+            failed += float(line.split()[-1])
+    return Counters(rows, batches, failed)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -304,24 +320,31 @@ def run(mode: str) -> dict[str, Any]:
     work.mkdir(parents=True)
     models = served_models(settings.models)
     bodies = {m.key: write_bodies(m, work / "bodies") for m in models}
-    skipped = {k: reason for k in settings.peers if (reason := PEERS[k].available())}
+    peers = dict(PEERS)
+    skipped = {k: reason for k in settings.peers if (reason := peers[k].available())}
     runs: list[dict[str, Any]] = []
     answers: dict[str, str] = {}
     startup: dict[str, list[float]] = {}
-    for round_index in range(settings.rounds):
-        order = [k for k in settings.peers if k not in skipped]
-        order = order[round_index % len(order) :] + order[: round_index % len(order)]
-        order += list(settings.diagnostics)
-        for served in models:
-            for key in order:
-                peer = PEERS[key]
-                concurrencies = _loads(peer, served, settings)
-                if not concurrencies:
-                    continue
-                runs += _serve_and_load(
-                    peer, served, bodies[served.key], concurrencies, settings, work,
-                    round_index, answers, startup,
-                )  # fmt: skip
+    devices = ServingDevices(work / "deployment")
+    devices.start()
+    peers["agent"] = replace(peers["agent"], launch=_device_agent(devices))
+    try:
+        for round_index in range(settings.rounds):
+            order = [k for k in settings.peers if k not in skipped]
+            order = order[round_index % len(order) :] + order[: round_index % len(order)]
+            order += list(settings.diagnostics)
+            for served in models:
+                for key in order:
+                    peer = peers[key]
+                    concurrencies = _loads(peer, served, settings)
+                    if not concurrencies:
+                        continue
+                    runs += _serve_and_load(
+                        peer, served, bodies[served.key], concurrencies, settings, work,
+                        round_index, answers, startup,
+                    )  # fmt: skip
+    finally:
+        devices.stop()
     return {
         "section": "serving",
         "mode": mode,
@@ -368,42 +391,31 @@ def _serve_and_load(  # noqa: PLR0917 - one call site, read together with it
     answers: dict[str, str],
     startup: dict[str, list[float]],
 ) -> list[dict[str, Any]]:
-    port = free_port()
-    argv, env = peer.launch(served, port, work)
     log_file = work / "logs" / f"{peer.key}-{served.key}.log"
     began = time.monotonic()
-    process = start(argv, log_file, cpus=SERVER_CPUS, env=env, cwd=REPO)
+    process, port, grpc_port = _start_server(peer, served, work, log_file)
     runs = []
     try:
-        wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", process, log_file, timeout=120)
         startup.setdefault(peer.key, []).append(time.monotonic() - began)
         url = f"http://127.0.0.1:{port}{peer.infer_path(served)}"
+        agent = peer.key.startswith("agent")
         for body in peer.bodies:
-            body_file = bodies.json_file if body == "json" else bodies.binary_file
-            header_length = bodies.binary_header_length if body == "binary" else None
-            answers[f"{peer.key}/{served.key}/{body}"] = _check_answer(
-                url, body_file, header_length
-            )
+            load = _load_of(body, bodies, url, grpc_port, served)
+            answers[f"{peer.key}/{served.key}/{body}"] = load.check()
             for _ in range(settings.warmup_requests):
-                _check_answer(url, body_file, header_length)
+                load.check()
             for concurrency in concurrencies:
-                out = work / "wrk.json"
-                before = _batch_rows(port) if peer.key == "agent" else None
+                before = _agent_counters(port) if agent else None
                 cpu_before = _cpu_seconds(process.pid)
-                result = wrk(
-                    url, body_file, header_length, concurrency=concurrency,
-                    seconds=settings.duration_s, out=out,
-                )  # fmt: skip
+                result = load.run(concurrency, settings.duration_s, work)
                 cpu = _cpu_seconds(process.pid) - cpu_before
-                after = _batch_rows(port) if peer.key == "agent" else None
+                after = _agent_counters(port) if agent else None
                 entry = _entry(
                     result, round_index, served.key, peer=peer.key, body=body, c=concurrency
                 )
                 entry["cpu_us_per_request"] = round(cpu / max(1, result["requests"]) * 1e6, 1)
-                if before is not None and after is not None and after[1] > before[1]:
-                    entry["batch_rows_mean"] = round(
-                        (after[0] - before[0]) / (after[1] - before[1]), 2
-                    )
+                if before is not None and after is not None:
+                    _agent_deltas(entry, before, after)
                 log(
                     f"serving r{round_index} {served.key:10} {peer.key:8} {body:6}"
                     f" c={concurrency:<3}"
@@ -414,6 +426,85 @@ def _serve_and_load(  # noqa: PLR0917 - one call site, read together with it
     finally:
         stop(process)
     return runs
+
+
+BIND_FAILURES = ("Address already in use", "cannot listen")
+START_ATTEMPTS = 3
+
+
+def _start_server(
+    peer: Peer, served: Served, work: Path, log_file: Path
+) -> tuple[subprocess.Popen[bytes], int, int]:
+    """Start `peer` on free ports and wait until it is ready; return it and its ports.
+
+    A port found free can be taken by another process of this shared machine before the
+    server binds it: such a start is tried again on other ports.
+    """
+    for attempt in range(START_ATTEMPTS):
+        port, grpc_port = free_port(), free_port()
+        argv, env = peer.launch(served, port, work, grpc_port)
+        process = start(argv, log_file, cpus=SERVER_CPUS, env=env, cwd=REPO)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", process, log_file, timeout=120)
+        except RuntimeError as e:
+            stop(process)
+            if attempt + 1 == START_ATTEMPTS or not any(m in str(e) for m in BIND_FAILURES):
+                raise
+            log(f"serving: {peer.key} could not bind its ports; starting it again")
+            continue
+        return process, port, grpc_port
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class Load:
+    """One body kind: how to check a server's answer and how to load it."""
+
+    check: Callable[[], str]
+    run: Callable[[int, int, Path], dict[str, Any]]  # (concurrency, seconds, work) -> summary
+
+
+def _load_of(body: str, bodies: Bodies, url: str, grpc_port: int, served: Served) -> Load:
+    if body == "grpc":
+        checker = grpc_load.Checker(grpc_port, served)
+
+        def run_grpc(c: int, seconds: int, work: Path) -> dict[str, Any]:
+            checker.close()
+            return grpc_load.h2load(
+                grpc_port, bodies.grpc_file, concurrency=c, seconds=seconds, out=work / "h2.tsv"
+            )
+
+        return Load(lambda: _retry(checker.check), run_grpc)
+    body_file = bodies.json_file if body == "json" else bodies.binary_file
+    header_length = bodies.binary_header_length if body == "binary" else None
+    return Load(
+        lambda: _check_answer(url, body_file, header_length),
+        lambda c, seconds, work: wrk(
+            url, body_file, header_length, concurrency=c, seconds=seconds, out=work / "wrk.json"
+        ),
+    )
+
+
+def _retry(check: Callable[[], str], attempts: int = 20) -> str:
+    """A gRPC listener may come up a moment after the HTTP one answers ready."""
+    for _ in range(attempts - 1):
+        try:
+            return check()
+        except Exception:  # noqa: BLE001 - tried again; the last attempt raises
+            time.sleep(0.25)
+    return check()
+
+
+def _agent_deltas(entry: dict[str, Any], before: Counters, after: Counters) -> None:
+    """Rows per session.run, and answers that were not 200 (h2load sees no gRPC status)."""
+    if after.batches > before.batches:
+        entry["batch_rows_mean"] = round(
+            (after.rows - before.rows) / (after.batches - before.batches), 2
+        )
+    failed = after.failed - before.failed
+    if failed:
+        entry["error_detail"]["agent_non_200"] = failed
+        entry["errors"] += failed
 
 
 def _entry(
@@ -436,81 +527,7 @@ def _entry(
     }
 
 
-def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Medians over rounds for every (model, peer, body, concurrency)."""
-    groups: dict[tuple[str, str, str, int], list[dict[str, Any]]] = {}
-    for entry in runs:
-        key = (entry["model"], entry["peer"], entry["body"], entry["concurrency"])
-        groups.setdefault(key, []).append(entry)
-    out = []
-    for (model_key, peer, body, c), entries in groups.items():
-        item = {
-            "model": model_key, "peer": peer, "body": body, "concurrency": c,
-            "rounds": len(entries),
-            "rps": round(median([e["rps"] for e in entries]), 1),
-            "p50_ms": round(median([e["p50_ms"] for e in entries]), 3),
-            "p99_ms": round(median([e["p99_ms"] for e in entries]), 3),
-            "errors": sum(e["errors"] for e in entries),
-            "requests": sum(e["requests"] for e in entries),
-            "cpu_us_per_request": round(median([e["cpu_us_per_request"] for e in entries]), 1),
-        }  # fmt: skip
-        rows = [e["batch_rows_mean"] for e in entries if "batch_rows_mean" in e]
-        if rows:
-            item["batch_rows_mean"] = round(median(rows), 2)
-        out.append(item)
-    return out
-
-
-NUMERATORS = ("agent", "agent-inline", "agent-batchdims", "agent-batchdims-inline")
-
-
-def _pick(runs: list[dict[str, Any]], r: int, model_key: str, peer: str, c: int) -> Any:
-    for entry in runs:
-        if (entry["round"], entry["model"], entry["peer"], entry["body"], entry["concurrency"]) == (
-            r,
-            model_key,
-            peer,
-            "json",
-            c,
-        ):
-            return entry
-    return None
-
-
-def ratios(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Agent (JSON body) over each peer, per model and concurrency: medians of per-round ratios."""
-    out: dict[str, Any] = {}
-    rounds = sorted({e["round"] for e in runs})
-    keys = sorted({(e["model"], e["concurrency"]) for e in runs})
-    for model_key, c in keys:
-        for numerator, peer in [
-            (n, p) for n in NUMERATORS for p in ("naive", "fastapi", "mlserver", "constant")
-        ]:
-            if numerator != "agent" and peer != "naive":
-                continue
-            rps, p50, p99, cpu = [], [], [], []
-            for r in rounds:
-                agent = _pick(runs, r, model_key, numerator, c)
-                other = _pick(runs, r, model_key, peer, c)
-                if agent is None or other is None or other["rps"] == 0:
-                    continue
-                rps.append(agent["rps"] / other["rps"])
-                p50.append(agent["p50_ms"] / other["p50_ms"])
-                p99.append(agent["p99_ms"] / other["p99_ms"])
-                cpu.append(agent["cpu_us_per_request"] / max(0.1, other["cpu_us_per_request"]))
-            if rps:
-                out[f"{model_key}/c{c}/{numerator}_over_{peer}"] = {
-                    "rps": round(median(rps), 3),
-                    "p50": round(median(p50), 3),
-                    "p99": round(median(p99), 3),
-                    "cpu_per_request": round(median(cpu), 3),
-                    "per_round_rps": [round(x, 3) for x in rps],
-                }
-    return out
-
-
 if __name__ == "__main__":
     import sys
 
     print(json.dumps(run(sys.argv[1] if len(sys.argv) > 1 else "quick"), indent=2))
-    _ = tempfile  # keep the import for ad-hoc use

@@ -19,6 +19,7 @@ from edge_agent.link import LinkState
 from edge_agent.reporting import Reporter
 from edge_agent.store import ModelStore
 from edge_protocol import AssignedModel, Release, Topics, TrustedState
+from edge_protocol.messages import EventKind, UpdatePhase
 
 
 class Acquisition:
@@ -33,7 +34,7 @@ class Acquisition:
         reporter: Reporter,
         fetcher: ChunkFetcher,
         subscribe: Callable[[str], Coroutine[Any, Any, None]],
-        set_phase: Callable[[str, str], Awaitable[None]],
+        set_phase: Callable[[str, UpdatePhase], Awaitable[None]],
         link: LinkState | None = None,
         unsubscribe: Callable[[str], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
@@ -57,7 +58,7 @@ class Acquisition:
 
     async def release(self, name: str, pinned: AssignedModel) -> tuple[Release, bytes]:
         """Wait for the pinned release and verify it; return it and its signed bytes."""
-        await self._set_phase(name, "verifying")
+        await self._set_phase(name, UpdatePhase.VERIFYING)
         key = (name, pinned.version)
         waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._releases[key] = waiter
@@ -79,12 +80,12 @@ class Acquisition:
         sha256 = release.artifact.sha256
         if await asyncio.to_thread(self._store.has_model, sha256):
             return self._store.model_path(sha256)
-        await self._set_phase(name, "downloading")
+        await self._set_phase(name, UpdatePhase.DOWNLOADING)
         await asyncio.to_thread(self._store.check_free_space, release.artifact.size)
         download = await asyncio.to_thread(self._store.open_download, release.artifact)
         total = len(release.artifact.chunks)
         await self._reporter.event(
-            "downloading", model=name, version=release.version,
+            EventKind.DOWNLOADING, model=name, version=release.version,
             progress={"chunks_done": total - len(download.missing()), "chunks_total": total},
         )  # fmt: skip
         await self._fetcher.fetch(download)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from edge_agent import eventloop
 from edge_agent.activation import Activator
 from edge_agent.config import DeviceConfig
 from edge_agent.dispatch import Dispatcher, Subscriptions
@@ -38,6 +39,7 @@ from edge_agent.updater import INTERNAL_ERROR, ChunkFetcher, Updater
 from edge_common.listen import listen_error
 from edge_common.supervise import Supervisor, TaskFailure, first_of
 from edge_protocol import Topics, TrustedState, utc_now
+from edge_protocol.messages import EventKind, UpdatePhase
 from edge_protocol.trust import Clock
 
 log = logging.getLogger(__name__)
@@ -136,7 +138,7 @@ class Agent:
             models[name] = {
                 "active": model_state.active.to_dict() if model_state.active else None,
                 "previous": model_state.previous.to_dict() if model_state.previous else None,
-                "phase": self.updater.phases.get(name, "idle"),
+                "phase": self.updater.phases.get(name, UpdatePhase.IDLE),
                 "last_error": self.updater.last_errors.get(name),
             }
         trust = {
@@ -220,7 +222,9 @@ class Agent:
 
     async def _report_failure(self, failure: TaskFailure, *, sending: bool) -> None:
         # Spooled: sent now if the broker link and the sender still work, else at the next start.
-        await self.reporter.event("failed", reason=INTERNAL_ERROR, detail=failure.describe())
+        await self.reporter.event(
+            EventKind.FAILED, reason=INTERNAL_ERROR, detail=failure.describe()
+        )
         if sending:
             await self.reporter.flush(REPORT_TIMEOUT_S)
 
@@ -277,7 +281,8 @@ class LazyHttpFetcher:
 
 def run_agent(config: DeviceConfig, labels: Labels | None = None) -> int:
     """Run the agent until SIGTERM or SIGINT; return the process exit code."""
-    return asyncio.run(_main(config, labels or Labels(str(config.source))))
+    log.info("event loop: %s", eventloop.loop_name())
+    return eventloop.run(_main(config, labels or Labels(str(config.source))))
 
 
 async def _main(config: DeviceConfig, labels: Labels) -> int:

@@ -174,6 +174,12 @@ def summary(config: DeviceConfig) -> str:
         "broker": f"{config.mqtt.url} as {config.mqtt.username}",
         "state dir": str(config.state_dir),
         "listen": listen,
+        # Said either way: an endpoint without a token answers every local process.
+        "token": (
+            "required: Authorization: Bearer (server.token_file), except /v2/health/*"
+            if server.token
+            else "none: every local process may call the endpoint"
+        ),
         "follows": ", ".join(config.follow) or "every model its assignment names",
     }
     grpc = server.grpc

@@ -18,13 +18,8 @@ from edge_agent.mqtt import AgentMqtt, Message
 from edge_agent.updater import INTERNAL_ERROR
 from edge_protocol import Assignment, Envelope, RejectedError
 from edge_protocol.errors import ExpiredError, FormatError, TopicError
-from edge_protocol.topics import (
-    KIND_ACKS,
-    KIND_ARTIFACT,
-    KIND_ASSIGNMENT,
-    KIND_RELEASE,
-    KIND_ROOT,
-)
+from edge_protocol.messages import EventKind
+from edge_protocol.topics import KIND_ACKS, KIND_ARTIFACT, KIND_ASSIGNMENT, KIND_RELEASE, KIND_ROOT
 
 if TYPE_CHECKING:
     from edge_agent.agent import Agent
@@ -135,7 +130,7 @@ class Dispatcher:
         """A bug met while handling a message (logged by the MQTT loop): report it upstream."""
         self.handler_errors += 1
         detail = f"handling a message on {message.topic} failed: {error!r}"
-        await self._agent.reporter.event("failed", reason=INTERNAL_ERROR, detail=detail)
+        await self._agent.reporter.event(EventKind.FAILED, reason=INTERNAL_ERROR, detail=detail)
 
     async def handle(self, message: Message) -> None:
         """Route one message by its topic."""
@@ -167,7 +162,7 @@ class Dispatcher:
                 trust.update_root(data)
             except RejectedError as e:
                 await self._agent.reporter.event(
-                    "rejected", reason=e.reason, detail=f"root v{nxt}: {e}"
+                    EventKind.REJECTED, reason=e.reason, detail=f"root v{nxt}: {e}"
                 )
                 return
             log.info("trusting root version %d", nxt)
@@ -180,7 +175,7 @@ class Dispatcher:
         refused = await self._agent.updater.writes.write(ROOT_KEY, save)
         if refused is not None:
             detail = f"root v{version} is trusted but not yet saved ({refused}); retrying"
-            await self._agent.reporter.event("failed", reason=refused.reason, detail=detail)
+            await self._agent.reporter.event(EventKind.FAILED, reason=refused.reason, detail=detail)
 
     async def _assignment_rejected(self, payload: bytes, error: RejectedError) -> None:
         """Report the refusal, per followed model it names when the registry signed it."""
@@ -192,11 +187,11 @@ class Dispatcher:
         ]
         if not followed:
             await agent.reporter.event(
-                "rejected", reason=error.reason, detail=f"assignment: {error}"
+                EventKind.REJECTED, reason=error.reason, detail=f"assignment: {error}"
             )
         for model, version, seq in followed:
             await agent.reporter.event(
-                "rejected", model=model, version=version, reason=error.reason,
+                EventKind.REJECTED, model=model, version=version, reason=error.reason,
                 detail=f"assignment {seq}: {error}", seq=seq,
             )  # fmt: skip
 

@@ -33,7 +33,8 @@ from edge_agent.outbox import Outbox
 from edge_agent.spool import KIND_EVENTS, KIND_TELEMETRY, Spool, SpoolRecord
 from edge_protocol import Topics
 from edge_protocol.errors import MessageFormatError
-from edge_protocol.topics import (
+from edge_protocol.messages import (
+    EventKind,
     event_payload,
     offline_payload,
     parse_ack,
@@ -146,7 +147,12 @@ class Reporter:
         await self._send_direct(*self.offline_will)
 
     async def event(
-        self, kind: str, *, model: str | None = None, version: int | None = None, **details: Any
+        self,
+        kind: EventKind,
+        *,
+        model: str | None = None,
+        version: int | None = None,
+        **details: Any,
     ) -> None:
         """Report one update lifecycle event (spooled, then sent in order)."""
         log.info("event %s model=%s version=%s %s", kind, model, version, details or "")

@@ -31,6 +31,7 @@ from edge_agent.store import ModelStore
 from edge_agent.writes import PendingWrites, Write, store_error
 from edge_common.supervise import watch
 from edge_protocol import AssignedModel, Assignment, RejectedError, Release, TrustedState
+from edge_protocol.messages import EventKind, UpdatePhase
 
 __all__ = ["INTERNAL_ERROR", "STATE_KEY", "ChunkFetcher", "Job", "Updater"]  # agent.py's names
 
@@ -88,7 +89,7 @@ class Updater:
         )  # fmt: skip
         self._waiting: Assignment | None = None  # accepted, but its seq is not on disk yet
         self._uncommitted: set[str] = set()  # passed probation; the commit waits for the disk
-        self.phases: dict[str, str] = {}
+        self.phases: dict[str, UpdatePhase] = {}
         self.last_errors: dict[str, str | None] = {}
 
     @property
@@ -248,32 +249,38 @@ class Updater:
             raise
         except Exception as e:
             log.exception("the update of %s v%d failed unexpectedly", name, version)
-            await self._end(name, version, kind="failed", reason=INTERNAL_ERROR, detail=repr(e))
+            await self._end(
+                name, version, kind=EventKind.FAILED, reason=INTERNAL_ERROR, detail=repr(e)
+            )
 
     async def _run(self, name: str, pinned: AssignedModel, seq: int) -> None:
         version = pinned.version
         try:
-            await self._reporter.event("received", model=name, version=version, seq=seq)
+            await self._reporter.event(EventKind.RECEIVED, model=name, version=version, seq=seq)
             release, envelope = await self._acquire.release(name, pinned)
-            await self._reporter.event("verified", model=name, version=version, seq=seq)
+            await self._reporter.event(EventKind.VERIFIED, model=name, version=version, seq=seq)
             path = await self._acquire.model_file(name, release)
-            await self._set_phase(name, "loading")
+            await self._set_phase(name, UpdatePhase.LOADING)
             deadline_s = self._config.updates.activation_timeout_s
             await self._activator.activate(name, release, envelope, path, deadline_s)
         except asyncio.CancelledError:
             raise
         except RejectedError as e:
-            await self._fail(name, pinned, seq, kind="rejected", reason=e.reason, detail=str(e))
+            await self._fail(
+                name, pinned, seq, kind=EventKind.REJECTED, reason=e.reason, detail=str(e)
+            )
             return
         except (AgentError, OSError) as e:
             error = store_error(e) if isinstance(e, OSError) else e
-            await self._fail(name, pinned, seq, kind="failed", reason=_reason(error),
+            await self._fail(name, pinned, seq, kind=EventKind.FAILED, reason=_reason(error),
                              detail=str(error))  # fmt: skip
             return
         except Exception as e:  # a defect: fail this release here rather than retry it forever
             log.exception("%s v%d: unexpected error", name, version)
             detail = f"{type(e).__name__}: {e}"
-            await self._fail(name, pinned, seq, kind="failed", reason=INTERNAL_ERROR, detail=detail)
+            await self._fail(
+                name, pinned, seq, kind=EventKind.FAILED, reason=INTERNAL_ERROR, detail=detail
+            )
             return
         await self._start_probation(name, release)
 
@@ -286,11 +293,11 @@ class Updater:
         if refused is not None:  # a probation state.json does not know of: do not run it
             await self._roll_back(name, target, refused)
             return
-        await self._reporter.event("activated", model=name, version=release.version)
+        await self._reporter.event(EventKind.ACTIVATED, model=name, version=release.version)
         await self._probate(name, target)
 
     async def _probate(self, name: str, target: Installed) -> None:
-        await self._set_phase(name, "probation")
+        await self._set_phase(name, UpdatePhase.PROBATION)
         previous = self.state.model(name).previous
         before = previous.version if previous is not None else None
         try:
@@ -305,7 +312,7 @@ class Updater:
             await self._commit_waits(name, target, refused)
             return
         self._uncommitted.discard(name)
-        await self._set_phase(name, "idle")
+        await self._set_phase(name, UpdatePhase.IDLE)
         await self._retain(finished=name)
 
     async def _commit_waits(self, name: str, target: Installed, refused: StoreError) -> None:
@@ -316,11 +323,15 @@ class Updater:
         )
         self.last_errors[name] = detail
         await self._reporter.event(
-            "failed", model=name, version=target.version, reason=refused.reason, detail=detail
+            EventKind.FAILED,
+            model=name,
+            version=target.version,
+            reason=refused.reason,
+            detail=detail,
         )
-        await self._set_phase(name, "failed")
+        await self._set_phase(name, UpdatePhase.FAILED)
         if name not in self._uncommitted:  # the commit landed while this was reported
-            await self._set_phase(name, "idle")
+            await self._set_phase(name, UpdatePhase.IDLE)
         await self._retain(finished=name)
 
     async def _roll_back(self, name: str, failed: Installed, error: AgentError) -> None:
@@ -338,10 +349,10 @@ class Updater:
         await self._save(name, ModelState(active=previous, failed=failures))
         self.last_errors[name] = str(error)
         await self._reporter.event(
-            "rolled_back", model=name, version=failed.version, reason=_reason(error),
+            EventKind.ROLLED_BACK, model=name, version=failed.version, reason=_reason(error),
             detail=str(error), to_version=previous.version,
         )  # fmt: skip
-        await self._set_phase(name, "idle")
+        await self._set_phase(name, UpdatePhase.IDLE)
         await self._retain(finished=name)
 
     async def _keep_serving(self, name: str, failed: Installed, error: AgentError) -> None:
@@ -361,10 +372,19 @@ class Updater:
             f"{error}; there is no earlier version to roll back to, "
             f"so v{failed.version} keeps serving"
         )
-        await self._end(name, failed.version, kind="failed", reason=_reason(error), detail=detail)
+        await self._end(
+            name, failed.version, kind=EventKind.FAILED, reason=_reason(error), detail=detail
+        )
 
     async def _fail(
-        self, name: str, pinned: AssignedModel, seq: int, *, kind: str, reason: str, detail: str
+        self,
+        name: str,
+        pinned: AssignedModel,
+        seq: int,
+        *,
+        kind: EventKind,
+        reason: str,
+        detail: str,
     ) -> None:
         model_state = self.state.model(name)
         failures = {**model_state.failed, (pinned.version, pinned.sha256): seq}
@@ -372,7 +392,7 @@ class Updater:
         await self._end(name, pinned.version, kind=kind, reason=reason, detail=detail, seq=seq)
 
     async def _end(
-        self, name: str, version: int, *, kind: str, reason: str, detail: str, **extra: Any
+        self, name: str, version: int, *, kind: EventKind, reason: str, detail: str, **extra: Any
     ) -> None:
         """Report an update that ended without a model to probate."""
         log.warning("%s v%d %s: %s", name, version, kind, detail)
@@ -380,7 +400,7 @@ class Updater:
         await self._reporter.event(
             kind, model=name, version=version, reason=reason, detail=detail, **extra
         )
-        await self._set_phase(name, "failed")
+        await self._set_phase(name, UpdatePhase.FAILED)
         await self._retain(finished=name)
 
     async def _report_waiting(self, assignment: Assignment, refused: StoreError) -> None:
@@ -391,11 +411,12 @@ class Updater:
             log.warning("%s v%d waits: %s", name, pinned.version, detail)
             self.last_errors[name] = detail
             await self._reporter.event(
-                "failed", model=name, version=pinned.version, reason=refused.reason,
+                EventKind.FAILED, model=name, version=pinned.version, reason=refused.reason,
                 detail=detail, seq=assignment.seq,
             )  # fmt: skip
-            if name not in self._jobs:  # an update under way keeps its own phase
-                await self._set_phase(name, "failed")
+            # An update under way keeps its own phase; one that is only tidying up is idle.
+            if name not in self._jobs or self.phases.get(name) == UpdatePhase.IDLE:
+                await self._set_phase(name, UpdatePhase.FAILED)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -421,16 +442,19 @@ class Updater:
         if key != STATE_KEY:
             return
         for name in sorted(self._uncommitted):
-            if self.phases.get(name) == "failed" and not self.state.model(name).in_probation:
+            if (
+                self.phases.get(name) == UpdatePhase.FAILED
+                and not self.state.model(name).in_probation
+            ):
                 log.info("%s: the commit is on disk", name)
-                await self._set_phase(name, "idle")
+                await self._set_phase(name, UpdatePhase.IDLE)
         self._uncommitted.clear()
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
             log.info("assignment %d is on disk: applying it", waiting.seq)
             self.apply(waiting)
 
-    async def _set_phase(self, name: str, phase: str) -> None:
+    async def _set_phase(self, name: str, phase: UpdatePhase) -> None:
         self.phases[name] = phase
         self._activator.metrics.set_update_state(name, phase)
         await self._reporter.publish_state()

@@ -33,5 +33,5 @@ def listen_error(host: str, port: int, error: OSError) -> str:
     """Why a server cannot listen on host:port, in words."""
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if error.errno == errno.EADDRINUSE:
-        return f"{shown} is already in use by another process"
+        return f"{shown} is already in use by another process; stop it or choose a free port"
     return f"cannot listen on {shown} ({error.strerror or error})"

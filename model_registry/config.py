@@ -7,6 +7,7 @@ errors naming the file, the key and the expected type. Relative paths are relati
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from edge_common.broker_address import BrokerAddress, BrokerURLError
 from edge_common.toml_file import ConfigFileError, load_toml
 from edge_protocol import Topics
 from edge_protocol.errors import TopicError
-from edge_protocol.topics import MAX_MESSAGE_BYTES
+from edge_protocol.messages import MAX_MESSAGE_BYTES
 from model_registry.errors import ConfigError
 
 CONFIG_NAME = "registry.toml"
@@ -229,7 +230,8 @@ def load_config(home: Path) -> RegistryConfig:
         raise ConfigError(f"{path}: {e}") from e
     unknown = set(data) - set(_SECTIONS)
     if unknown:
-        raise ConfigError(f"{path}: unknown section [{sorted(unknown)[0]}]")
+        section = sorted(unknown)[0]
+        raise ConfigError(f"{path}: unknown section [{section}]{_close(section, _SECTIONS, '[]')}")
     sections = {
         name: _read_section(path, name, cls, data.get(name, {})) for name, cls in _SECTIONS.items()
     }
@@ -243,7 +245,8 @@ def _read_section(path: Path, name: str, cls: type[Any], values: Any) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     for key, value in values.items():
         if key not in known:
-            raise ConfigError(f"{path}: unknown key {name}.{key}")
+            close = _close(key, known, f"{name}.")
+            raise ConfigError(f"{path}: unknown key {name}.{key}{close}")
         expected = hints[key]
         if not _matches(value, expected):
             raise ConfigError(f"{path}: {name}.{key} must be {_type_name(expected)}")
@@ -251,6 +254,15 @@ def _read_section(path: Path, name: str, cls: type[Any], values: Any) -> Any:
         return cls(**values)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e
+
+
+def _close(name: str, known: typing.Iterable[str], spelling: str) -> str:
+    """`; did you mean api.max_upload_mb?` for a typo (`spelling`: a prefix, or `[]`)."""
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.7)
+    if not close:
+        return ""
+    shown = f"[{close[0]}]" if spelling == "[]" else spelling + close[0]
+    return f"; did you mean {shown}?"
 
 
 def _matches(value: Any, expected: Any) -> bool:
@@ -281,6 +293,14 @@ class ServeOptions:
     listen: str | None = None
     mqtt_url: str | None = None
     embedded_broker: str | None = None  # HOST:PORT
+
+    def __post_init__(self) -> None:
+        # Checked as the [mqtt] url is: check-config must not call a malformed override OK.
+        if self.mqtt_url and self.mqtt_url != EMBEDDED:
+            try:
+                BrokerAddress.parse(self.mqtt_url, "--mqtt-url")
+            except BrokerURLError as e:
+                raise ConfigError(str(e)) from None
 
     def api_listen(self, config: RegistryConfig) -> tuple[str, str]:
         """Where the API listens, and the setting that says so (for errors)."""

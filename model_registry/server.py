@@ -230,6 +230,12 @@ def _ingest_metrics(metrics: RegistryMetrics, ingest: DeviceIngest) -> None:
         ingest.drop_log.top,
         type="gauge",
     )
+    metrics.extra_counters["model_registry_ingest_acks_total"] = CounterSource(
+        "Acknowledgement messages to devices: sent, not_sent (resent by the devices), and"
+        " overflowed (message numbers beyond the bound of one round).",
+        "outcome",
+        lambda: ingest.acks.outcomes,
+    )
     metrics.extra_gauges["model_registry_ingest_backlog"] = GaugeSource(
         "Device messages received and not yet stored.", lambda: ingest.backlog
     )

@@ -1,7 +1,10 @@
 """Dynamic batching: concurrent requests for one model become one session.run.
 
 Rules (docs/inference-api.md, "Batching"):
-* A request that finds the model idle is dispatched at once: a lone request never waits.
+* A request that finds the model idle is dispatched at once: a lone request never waits. It
+  runs from the request's own task (no queue, no dispatcher, no task of its own), and for a
+  model whose measured session.run is cheaper than the hand-off to the inference thread
+  (costs.py), on the event loop itself; requests already on their way join it.
 * Requests arriving while a batch of the model runs queue behind it; the next batch takes
   as many as fit (`max_batch_size` rows) and, since such traffic is concurrent by
   definition, waits at most `max_queue_delay_s` for more to fill it.
@@ -62,11 +65,13 @@ class _Item:
     future: asyncio.Future[BatchResult]
     busy_on_arrival: bool  # a batch of this model was running when the request came
     signature: tuple[Any, ...] = field(init=False)
+    elements: int = field(init=False)  # input elements, what an inline run is bounded by
 
     def __post_init__(self) -> None:
         # Requests merge only when every input agrees on dtype and dimensions after the first.
         shapes = sorted((k, v.dtype.str, v.shape[1:]) for k, v in self.inputs.items())
         self.signature = (id(self.model), tuple(shapes))
+        self.elements = sum(int(v.size) for v in self.inputs.values())
 
 
 class Batcher:
@@ -79,17 +84,21 @@ class Batcher:
         executor: Executor,
         on_batch: Callable[[int], None] | None = None,
         on_run: Callable[[LoadedModel, int, int], None] | None = None,
+        *,
+        handoff_ns: float | None = None,
     ) -> None:
         self.name = name
         self._policy = policy
         self._executor = executor
         self._on_batch = on_batch
         self._on_run = on_run  # (model, rows, nanoseconds) after each successful session.run
+        # The measured round trip through `executor` (costs.py); None: nothing runs inline.
+        self.handoff_ns = handoff_ns
         self._queue: deque[_Item] = deque()
         self._arrived = asyncio.Event()
-        self._slots = asyncio.Semaphore(policy.max_concurrent_batches)
-        self._running: set[asyncio.Task[None]] = set()
-        self._in_progress = 0  # batches dispatched and not yet finished
+        self._freed = asyncio.Event()  # a batch finished while requests were queued
+        self._running: set[asyncio.Future[Any]] = set()
+        self._in_progress = 0  # batches started and not yet finished (at most max_concurrent)
         self._dispatcher: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -119,9 +128,27 @@ class Batcher:
     async def submit(
         self, model: LoadedModel, inputs: Mapping[str, Array], rows: int
     ) -> BatchResult:
-        """Queue one validated request on `model` and wait for its outputs."""
+        """Run one validated request on `model` (merged with others when it can) and wait
+        for its outputs."""
         if self._closed:
             raise ShuttingDownError("the server is shutting down")
+        rows = rows if model.batchable else 1
+        if self._queue or self._in_progress:
+            return await self._enqueue(model, inputs, rows)
+        # The model is idle: this request leads a batch from its own task.
+        future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
+        item = _Item(model, inputs, rows, future, busy_on_arrival=False)
+        self._in_progress += 1
+        limit = self._inline_elements(model)
+        if limit and item.elements <= limit:
+            await self._lead_inline(item, limit)
+        else:
+            self._lead_off_loop(item)
+        return await future
+
+    async def _enqueue(
+        self, model: LoadedModel, inputs: Mapping[str, Array], rows: int
+    ) -> BatchResult:
         if len(self._queue) >= self._policy.max_queue_size:
             raise OverloadedError(
                 f"model {self.name!r} has {len(self._queue)} requests queued, the limit; "
@@ -129,29 +156,98 @@ class Batcher:
                 retry_after_s=self._policy.retry_after_s,
             )
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
-        rows = rows if model.batchable else 1
         self._queue.append(_Item(model, inputs, rows, future, self._in_progress > 0))
         self._arrived.set()
         return await future
 
+    def _inline_elements(self, model: LoadedModel) -> int:
+        """The largest batch, in input elements, that `model` runs on the loop (0: none)."""
+        if self.handoff_ns is None or model.run_cost is None:
+            return 0
+        return model.run_cost.inline_elements(self.handoff_ns)
+
+    async def _lead_inline(self, item: _Item, limit: int) -> None:
+        """Run `item` on the loop, with the compatible requests that queue behind it while it
+        lets the loop go once (they were already on their way: their tasks were ready)."""
+        batch = [item]
+        try:
+            if item.model.batchable:
+                await asyncio.sleep(0)
+                self._take(batch, elements=limit)
+        except BaseException:
+            self._finish_slot()
+            raise
+        self._run_inline(batch)
+
+    def _run_inline(self, batch: list[_Item]) -> None:
+        try:
+            try:
+                results = self._execute_inline(batch)
+            except Exception as e:  # noqa: BLE001 - every failure must reach the waiting clients
+                if len(batch) == 1:
+                    _settle_error(batch[0], e)
+                    return
+                log.warning("model %s: batch of %d failed (%s); retrying one by one",
+                            self.name, len(batch), e)  # fmt: skip
+                for item in batch:
+                    try:
+                        (result,) = self._execute_inline([item])
+                    except Exception as error:  # noqa: BLE001 - reaches its client
+                        _settle_error(item, error)
+                    else:
+                        _settle(item, result)
+                return
+            for item, result in zip(batch, results, strict=True):
+                _settle(item, result)
+        finally:
+            self._finish_slot()
+
+    def _execute_inline(self, batch: list[_Item]) -> list[BatchResult]:
+        model, merged, rows = self._prepare(batch)
+        model.acquire()
+        try:
+            started = time.perf_counter_ns()
+            outputs = model.run(merged)
+            run_ns = time.perf_counter_ns() - started
+        finally:
+            model.release()
+        return self._results(model, outputs, rows, run_ns)
+
+    def _lead_off_loop(self, item: _Item) -> None:
+        """Hand `item` to the executor at once; its batch runs in a task of its own, so that
+        the request going away cannot cut the run short (the model stays held until it ends)."""
+        task = asyncio.ensure_future(self._run([item]))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
     async def _dispatch(self) -> None:
         while True:
-            await self._slots.acquire()
+            await self._wait_for_arrival()
+            while self._in_progress >= self._policy.max_concurrent_batches:
+                self._freed.clear()
+                await self._freed.wait()
+            self._in_progress += 1
             try:
                 batch = await self._next_batch()
             except BaseException:
-                self._slots.release()
+                self._finish_slot()
                 raise
-            self._in_progress += 1
+            if not batch:
+                self._finish_slot()
+                continue
             task = asyncio.create_task(self._run(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
+    def _finish_slot(self) -> None:
+        self._in_progress -= 1
+        if self._queue:
+            self._freed.set()
+
     async def _next_batch(self) -> list[_Item]:
-        batch: list[_Item] = []
-        while not batch:
-            await self._wait_for_arrival()
-            batch = self._take([])
+        batch = self._take([])
+        if not batch:
+            return batch  # every queued request went away: the dispatcher waits again
         first = batch[0]
         if first.busy_on_arrival and first.model.batchable and self._policy.max_queue_delay_s:
             try:
@@ -181,10 +277,12 @@ class Batcher:
             if not self._take(batch):
                 return  # the next queued request cannot join this batch
 
-    def _take(self, batch: list[_Item]) -> list[_Item]:
-        """Move compatible requests from the queue front into `batch`; return those added."""
+    def _take(self, batch: list[_Item], elements: int | None = None) -> list[_Item]:
+        """Move compatible requests from the queue front into `batch` (at most `elements`
+        input elements in all, when given); return those added."""
         added: list[_Item] = []
         rows = sum(item.rows for item in batch)
+        size = sum(item.elements for item in batch)
         while self._queue:
             item = self._queue[0]
             if item.future.done():  # its client went away while it waited
@@ -192,10 +290,13 @@ class Batcher:
                 continue
             if batch and not self._joins(batch[0], item, rows):
                 break
+            if batch and elements is not None and size + item.elements > elements:
+                break
             self._queue.popleft()
             batch.append(item)
             added.append(item)
             rows += item.rows
+            size += item.elements
         return added
 
     def _joins(self, first: _Item, item: _Item, rows: int) -> bool:
@@ -219,11 +320,9 @@ class Batcher:
                     await self._run_alone(item)
                 return
             for item, result in zip(batch, results, strict=True):
-                if not item.future.done():
-                    item.future.set_result(result)
+                _settle(item, result)
         finally:
-            self._in_progress -= 1
-            self._slots.release()
+            self._finish_slot()
 
     async def _run_alone(self, item: _Item) -> None:
         try:
@@ -231,15 +330,10 @@ class Batcher:
         except Exception as e:  # noqa: BLE001 - every failure must reach the waiting client
             _settle_error(item, e)
         else:
-            if not item.future.done():
-                item.future.set_result(result)
+            _settle(item, result)
 
     async def _execute(self, batch: list[_Item]) -> list[BatchResult]:
-        model = batch[0].model
-        merged = merge_inputs([item.inputs for item in batch])
-        rows = [item.rows for item in batch]
-        if self._on_batch is not None:
-            self._on_batch(sum(rows))
+        model, merged, rows = self._prepare(batch)
         model.acquire()
         try:
             loop = asyncio.get_running_loop()
@@ -248,10 +342,27 @@ class Batcher:
             run_ns = time.perf_counter_ns() - started
         finally:
             model.release()
+        return self._results(model, outputs, rows, run_ns)
+
+    def _prepare(self, batch: list[_Item]) -> tuple[LoadedModel, dict[str, Array], list[int]]:
+        rows = [item.rows for item in batch]
+        merged = merge_inputs([item.inputs for item in batch])
+        if self._on_batch is not None:
+            self._on_batch(sum(rows))
+        return batch[0].model, merged, rows
+
+    def _results(
+        self, model: LoadedModel, outputs: dict[str, Array], rows: list[int], run_ns: int
+    ) -> list[BatchResult]:
         if self._on_run is not None:
             self._on_run(model, sum(rows), run_ns)
         parts = split_outputs(outputs, rows, model)
         return [BatchResult(model, part, sum(rows), run_ns) for part in parts]
+
+
+def _settle(item: _Item, result: BatchResult) -> None:
+    if not item.future.done():
+        item.future.set_result(result)
 
 
 def _settle_error(item: _Item, error: Exception) -> None:

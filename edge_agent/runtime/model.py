@@ -26,6 +26,7 @@ from edge_agent.errors import (
     ModelLoadError,
     ModelNotReadyError,
 )
+from edge_agent.runtime.costs import PROBE_ROWS, RunCost, fit, time_runs
 from edge_agent.runtime.iospec import OIP_TO_NUMPY, VARIABLE, derive_io, shares_batch_axis
 from edge_agent.runtime.options import CPU_PROVIDER, RuntimeOptions
 from edge_protocol import ModelIO, TensorSpec, check_self_contained
@@ -51,6 +52,7 @@ class LoadedModel:
         self.batchable: bool = shares_batch_axis(inputs, outputs)
         self.providers: tuple[str, ...] = tuple(session.get_providers())
         self._session: Any = session
+        self.run_cost: RunCost | None = None  # measured by warm_up; None: never run inline
         self._lock = threading.Lock()
         self._in_flight = 0
         self._retired = False
@@ -86,8 +88,16 @@ class LoadedModel:
         return {name: np.asarray(value) for name, value in zip(names, results, strict=True)}
 
     def warm_up(self, rows: int = 1) -> None:
-        """Run the session once on zeros so the first real request does not pay for setup."""
-        self.run({spec.name: example_input(spec, rows) for spec in self.io.inputs})
+        """Run the session on zeros so the first real request does not pay for setup, and
+        measure what a run costs (the batcher runs cheap models on the event loop: costs.py)."""
+        one = {spec.name: example_input(spec, rows) for spec in self.io.inputs}
+        self.run(one)
+        probes = [(_elements(one), time_runs(lambda: self.run(one)))]
+        if self.batchable:
+            more = {spec.name: example_input(spec, rows * PROBE_ROWS) for spec in self.io.inputs}
+            self.run(more)
+            probes.append((_elements(more), time_runs(lambda: self.run(more))))
+        self.run_cost = fit(probes[0], probes[1] if len(probes) > 1 else None)
 
     def acquire(self) -> None:
         """Count one more user of this model; fails once the session is released."""
@@ -129,6 +139,10 @@ class LoadedModel:
                 return
             self._waiters.append((loop, future))
         await future
+
+
+def _elements(inputs: Mapping[str, Array]) -> int:
+    return sum(int(value.size) for value in inputs.values())
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

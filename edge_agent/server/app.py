@@ -15,11 +15,7 @@ from edge_agent.server.connections import connection_middleware
 from edge_agent.server.dataplane import DataPlane, StatusProvider
 from edge_agent.server.handlers import CONFIG, DATAPLANE, METRICS, routes
 from edge_agent.server.metrics import AgentMetrics
-from edge_agent.server.middleware import (
-    auth_middleware,
-    error_middleware,
-    metrics_middleware,
-)
+from edge_agent.server.middleware import request_middleware
 from edge_agent.server.settings import ServerConfig
 
 
@@ -34,7 +30,8 @@ def create_app(
     """Build the application serving `repository` under `config`.
 
     Without an `executor`, the app creates a thread pool of `config.runtime.inference_workers`
-    threads for onnxruntime and shuts it down on cleanup; a given executor stays the caller's.
+    threads for onnxruntime, measures its hand-off (models cheaper than that run on the loop)
+    and shuts it down on cleanup; a given executor stays the caller's.
     """
     metrics = metrics or AgentMetrics()
     metrics.attach(repository)
@@ -43,25 +40,30 @@ def create_app(
     )
     dataplane = DataPlane(repository, config, metrics, pool)
     dataplane.status_providers.extend(status_providers)
-    # Outermost first: the connection guard, metrics see the final status, errors become
-    # responses, then the token.
+    # Outermost first: the connection guard, then token, errors and metrics in one layer
+    # (each layer is a coroutine call on every request).
     middlewares: list[Middleware] = [
         connection_middleware,
-        metrics_middleware(metrics, repository),
-        error_middleware,
+        request_middleware(metrics, repository, config.token),
     ]
-    if config.token is not None:
-        middlewares.append(auth_middleware(config.token))
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[DATAPLANE], app[CONFIG], app[METRICS] = dataplane, config, metrics
     app[BODY_BUDGET] = BodyBudget(config.max_buffered_body_bytes, config.retry_after_s)
     app.add_routes(routes())
+    if executor is None:
+        # Only the pool the app owns is measured: a caller's executor may be busy or gated,
+        # and without the measurement every model runs on the executor, as before.
+        app.on_startup.append(_calibrate)
     app.on_shutdown.append(_begin_drain)
     # cleanup_ctx tears down in reverse: batchers stop first, then the pool they run on.
     if executor is None:
         app.cleanup_ctx.append(_owned_executor(pool))
     app.cleanup_ctx.append(_dataplane_lifetime)
     return app
+
+
+async def _calibrate(app: web.Application) -> None:
+    await app[DATAPLANE].calibrate()
 
 
 async def _begin_drain(app: web.Application) -> None:

@@ -101,6 +101,10 @@ async def read_body(request: web.Request, config: ServerConfig) -> AsyncIterator
     with request.app[BODY_BUDGET].reservation() as share:
         if declared is not None and decoder.coding == "identity":
             share.grow_to(declared)  # refused at once, before any of it is read
+        if decoder.coding == "identity" and request.content.is_eof():
+            # All of it has arrived with the head (most small requests): nothing to wait for.
+            yield _buffered(request, share, config.max_body_bytes)
+            return
         try:
             async with asyncio.timeout(config.body_timeout_s):
                 body = await _collect(request, decoder, share, config.max_body_bytes)
@@ -110,6 +114,17 @@ async def read_body(request: web.Request, config: ServerConfig) -> AsyncIterator
                 "(server.body_timeout_s)"
             ) from e
         yield body
+
+
+def _buffered(request: web.Request, share: Reservation, max_bytes: int) -> bytes:
+    try:
+        body = request.content.read_nowait()
+    except (web.RequestPayloadError, ConnectionError) as e:
+        raise InvalidRequestError(f"the request body could not be read: {e}") from e
+    if len(body) > max_bytes:
+        raise PayloadTooLargeError(f"the body exceeds the limit of {max_bytes} bytes")
+    share.grow_to(len(body))
+    return body
 
 
 async def _collect(

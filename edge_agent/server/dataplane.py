@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
-from contextlib import asynccontextmanager
 from typing import Any
 
 from edge_agent import __version__
 from edge_agent.errors import AgentError, ModelNotFoundError, ShuttingDownError
 from edge_agent.runtime import Batcher, LoadedModel, ModelRepository
 from edge_agent.runtime.batching import BatchResult
+from edge_agent.runtime.costs import measure_handoff
 from edge_agent.runtime.model import Array
 from edge_agent.server.metrics import AgentMetrics
 from edge_agent.server.model_config import model_config
@@ -57,6 +57,7 @@ class DataPlane:
         self._executor = executor
         self._batchers: dict[str, Batcher] = {}
         self._closed = False
+        self.handoff_ns: float | None = None  # measured by `calibrate` when the server starts
         self.stats = InferenceStats(repository)
         metrics.registry.add_collect_hook(self._refresh_gauges)
 
@@ -103,14 +104,25 @@ class DataPlane:
             return self.stats.report(self.repository.snapshot())
         return self.stats.report([self.model(name, version)])
 
+    async def calibrate(self) -> None:
+        """Measure the round trip through the inference executor, which decides which models
+        run on the event loop (edge_agent/runtime/costs.py)."""
+        self.handoff_ns = await measure_handoff(self._executor)
+        log.info("inference hand-off to the executor: %.1f µs", self.handoff_ns / 1000)
+        for batcher in self._batchers.values():
+            batcher.handoff_ns = self.handoff_ns
+
     async def infer(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
         """Run one OIP inference request through the model's batcher."""
         started = time.perf_counter_ns()
-        async with self._counting_failures(name, started):
+        try:
             with self.repository.lease(name, version) as model:
                 inputs, rows = validate_inputs(request.inputs, model, self._limits)
                 chosen = select_outputs(request, model.io, name)
                 result = await self._submit(model, inputs, rows, started)
+        except AgentError:
+            self.stats.record_failure(name, time.perf_counter_ns() - started)
+            raise
         self.metrics.observe_outputs(name, result.model.version, result.outputs, result.model.io)
         outputs = tuple(OutputTensor(n, result.outputs[n], binary) for n, binary in chosen)
         return InferResponse(name, str(result.model.version), outputs, request.id)
@@ -118,26 +130,20 @@ class DataPlane:
     async def predict(self, name: str, version: str | None, body: Any) -> dict[str, Any]:
         """Run a `{"instances": [...]}` request and return `{"predictions": [...]}`."""
         started = time.perf_counter_ns()
-        async with self._counting_failures(name, started):
+        try:
             with self.repository.lease(name, version) as model:
                 tensors = instances_to_tensors(body, model.io)
                 inputs, rows = validate_inputs(tensors, model, self._limits)
                 result = await self._submit(model, inputs, rows, started)
+        except AgentError:  # a domain error counts as a failure of model `name`
+            self.stats.record_failure(name, time.perf_counter_ns() - started)
+            raise
         self.metrics.observe_outputs(name, result.model.version, result.outputs, result.model.io)
         return {
             "model_name": name,
             "model_version": str(result.model.version),
             "predictions": predictions(result.outputs, result.model.io),
         }
-
-    @asynccontextmanager
-    async def _counting_failures(self, name: str, started: int) -> AsyncIterator[None]:
-        """Count a request that fails with a domain error as a failure of model `name`."""
-        try:
-            yield
-        except AgentError:
-            self.stats.record_failure(name, time.perf_counter_ns() - started)
-            raise
 
     async def _submit(
         self, model: LoadedModel, inputs: dict[str, Array], rows: int, started: int
@@ -199,6 +205,7 @@ class DataPlane:
                 self._executor,
                 on_batch=observe,
                 on_run=self.stats.record_execution,
+                handoff_ns=self.handoff_ns,
             )
             batcher.start()
             self._batchers[name] = batcher

@@ -1,4 +1,4 @@
-"""The aiohttp middlewares: metrics, domain errors to HTTP statuses, bearer token.
+"""The aiohttp middleware: bearer token, domain errors to HTTP statuses, request metrics.
 
 This is the only place that knows which status code a domain error becomes.
 """
@@ -84,10 +84,42 @@ def _error_headers(error: AgentError) -> dict[str, str] | None:
     return None
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn domain errors and aiohttp's HTTP errors into `{"error": "..."}` responses."""
+def request_middleware(
+    metrics: AgentMetrics, repository: ModelRepository, token: str | None
+) -> Middleware:
+    """One layer for every request: the bearer token (everywhere but the health probes),
+    domain and aiohttp errors into `{"error": "..."}` responses, and for inference requests
+    the count by model, answering version and final status, and the latency."""
+    expected = None if token is None else token.encode()
+
+    @web.middleware
+    async def handle(request: web.Request, handler: Handler) -> web.StreamResponse:
+        endpoint = METERED_ROUTES.get(request.match_info.route.name or "")
+        started, status = time.perf_counter(), CLIENT_CLOSED
+        try:
+            response = await _answer(request, handler, expected)
+            status = response.status
+            return response
+        finally:
+            if endpoint is not None:
+                name = request.match_info.get("model", "")
+                metrics.observe_request(
+                    model=name if name in repository else UNKNOWN_MODEL,
+                    version=_answering_version(request, repository, name),
+                    status=status,
+                    endpoint=endpoint,
+                    seconds=time.perf_counter() - started,
+                )
+
+    return handle
+
+
+async def _answer(
+    request: web.Request, handler: Handler, expected: bytes | None
+) -> web.StreamResponse:
     try:
+        if expected is not None and request.path not in OPEN_PATHS:
+            check_bearer(request.headers.get(hdrs.AUTHORIZATION), expected)
         return await handler(request)
     except AgentError as e:
         status = status_for(e)
@@ -118,19 +150,6 @@ def _kept_headers(error: web.HTTPException) -> dict[str, str]:
     return {k: v for k, v in error.headers.items() if k not in dropped}
 
 
-def auth_middleware(token: str) -> Middleware:
-    """Require `Authorization: Bearer <token>` everywhere but the health probes."""
-    expected = token.encode()
-
-    @web.middleware
-    async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in OPEN_PATHS:
-            check_bearer(request.headers.get(hdrs.AUTHORIZATION), expected)
-        return await handler(request)
-
-    return check_token
-
-
 def check_bearer(header: str | None, expected: bytes) -> None:
     """Raise UnauthorizedError unless `header` is `Bearer <expected>` (HTTP and gRPC alike)."""
     if header is None:
@@ -151,29 +170,3 @@ def _answering_version(request: web.Request, repository: ModelRepository, name: 
     if answered is not None:
         return str(answered)
     return str(repository.get(name).version) if name in repository else ""
-
-
-def metrics_middleware(metrics: AgentMetrics, repository: ModelRepository) -> Middleware:
-    """Count inference requests by model, answering version and status, and time them."""
-
-    @web.middleware
-    async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
-        endpoint = METERED_ROUTES.get(request.match_info.route.name or "")
-        if endpoint is None:
-            return await handler(request)
-        started, status = time.perf_counter(), CLIENT_CLOSED
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        finally:
-            name = request.match_info.get("model", "")
-            metrics.observe_request(
-                model=name if name in repository else UNKNOWN_MODEL,
-                version=_answering_version(request, repository, name),
-                status=status,
-                endpoint=endpoint,
-                seconds=time.perf_counter() - started,
-            )
-
-    return measure

@@ -9,8 +9,11 @@ an output is asked for in binary (`binary_data_output`, or `binary_data` per out
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from edge_agent.errors import InvalidRequestError
 from edge_agent.runtime.model import Array
@@ -24,6 +27,7 @@ from edge_agent.server.tensors import (
 from edge_protocol.metadata import DATATYPES
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+LONG_DIGITS = re.compile(rb"\d{19}")  # an integer that may not fit 64 bits (parse_json)
 MAX_RANK = 16
 MAX_TENSORS = 256
 
@@ -76,11 +80,39 @@ class InferResponse:
 
 
 def parse_json(data: bytes, what: str) -> Any:
-    """Parse JSON bytes; any failure is the client's (400), never a 500."""
+    """Parse JSON bytes; any failure is the client's (400), never a 500.
+
+    orjson parses what strict RFC 8259 UTF-8 JSON is; whatever it refuses goes to the
+    standard library, which decides as it always has: it reads NaN and Infinity (refused
+    later, by name, by the non-finite check), UTF-16 and UTF-32, a byte-order mark, and its
+    error messages say where the body goes wrong. orjson reads an integer beyond 64 bits as a
+    float where the standard library keeps it exact (and the tensor check names it): a body
+    with a run of 19 digits or more, which every such integer has, goes to the latter too.
+    """
+    if not LONG_DIGITS.search(data):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
     try:
         return json.loads(data)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError too
         raise InvalidRequestError(f"{what} is not valid JSON: {e}") from e
+
+
+def dump_json(value: Any) -> bytes:
+    """Compact JSON bytes, as `json.dumps(value, separators=(",", ":"))` writes them.
+
+    orjson writes NaN and infinities as null where the standard library writes NaN and
+    Infinity, so an answer that may hold one (its text has a null) is written by the latter.
+    """
+    try:
+        encoded = orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        encoded = b"null"
+    if b"null" not in encoded:
+        return encoded
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def parse_header_length(value: str | None, body_length: int) -> int | None:
@@ -240,7 +272,7 @@ def encode_infer_response(response: InferResponse) -> tuple[bytes, int | None]:
     if response.id is not None:
         header["id"] = response.id
     header["outputs"] = outputs
-    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded = dump_json(header)
     if not blobs:
         return encoded, None
     return encoded + b"".join(blobs), len(encoded)

@@ -13,6 +13,8 @@ that is the cause of "Failed to find proper ai.onnx domain" on skl2onnx output.
 
 from __future__ import annotations
 
+import logging
+import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +30,22 @@ from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, q
 from model_registry.build.inspect import check_model_bytes, ort_failure
 from model_registry.build.opsets import normalise_opset_imports
 from model_registry.errors import BuildError, InvalidModelError
+
+
+class _QuantizerChatter(logging.Filter):
+    """Drops what onnxruntime's quantizer logs on the root logger below ERROR.
+
+    It logs through `logging.warning()`/`logging.info()` at every push: advice to run its
+    pre-processing script and a line per tensor without parameters, neither of which the
+    operator can act on; the build report says what quantization did.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        quantizer = f"onnxruntime{os.sep}quantization{os.sep}" in record.pathname
+        return record.levelno >= logging.ERROR or not quantizer
+
+
+logging.getLogger().addFilter(_QuantizerChatter())  # the root logger: where those records start
 
 CALIBRATION_BATCH_ROWS = 64
 # onnxruntime's dynamic quantizer has integer kernels for MatMul only; Gemm needs QDQ (static).

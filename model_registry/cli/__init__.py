@@ -7,6 +7,7 @@ Errors go to stderr as one plain sentence; `--json` prints machine-readable outp
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -68,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"model-registry {name}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`| head`): what was asked of the registry is done; say nothing,
+        # and point stdout at /dev/null so the interpreter's last flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     except (RegistryError, OSError) as e:
         # The sentence may quote the registry, and through it what a device reported.
         print(f"model-registry {name}: {printable(_sentence(e))}", file=sys.stderr)

@@ -52,8 +52,11 @@ def device_lines(device: dict[str, Any]) -> list[str]:
     ]
     if device.get("last_error"):
         lines.append(f"  last error: {_error_text(device['last_error'])}")
-    lines.append("Models:")
-    for name, model in device["models"].items() or [("-", {})]:
+    if not device["models"]:
+        lines.append("Models: none assigned yet (model-registry deploy NAME VERSION --device ID)")
+    else:
+        lines.append("Models:")
+    for name, model in device["models"].items():
         error = f", last error: {model['last_error']}" if model.get("last_error") else ""
         lines.append(
             f"  {name}: assigned {model.get('assigned') or '-'}, "

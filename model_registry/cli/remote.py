@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from model_registry.cli.client import ApiClient
+from model_registry.cli.client import ApiClient, ApiError
 from model_registry.cli.display import printable
 from model_registry.cli.summary import push_summary, size_text
 from model_registry.errors import ConflictError, InvalidModelError
@@ -72,13 +72,29 @@ def push(args: argparse.Namespace) -> int:
         fields["baseline"] = str(args.baseline).encode()
     if args.force:
         fields["force"] = b"true"
-    release = _client(args).post_files(f"/v1/models/{quote(args.name)}/versions", fields)
+    try:
+        release = _client(args).post_files(f"/v1/models/{quote(args.name)}/versions", fields)
+    except ApiError as e:
+        raise _naming_the_files(e, args) from e
     if args.json:
         print(json.dumps(release, indent=2))
         return 0
     for line in push_summary(release):
         print(printable(line))
     return 0
+
+
+def _naming_the_files(error: ApiError, args: argparse.Namespace) -> ApiError:
+    """The API's words for an uploaded dataset, as the file the operator gave."""
+    text = str(error)
+    for words, option, path in [
+        ("the uploaded evaluation set", "--eval", args.eval),
+        ("the uploaded calibration rows", "--calibration", args.calibration),
+        ("the calibration .npz", "--calibration", args.calibration),
+    ]:
+        if path:
+            text = text.replace(words, f"{option} {path}")
+    return ApiError(text, error.status)
 
 
 def models(args: argparse.Namespace) -> int:

@@ -10,8 +10,8 @@ rest of a PUBLISH (a topic of up to 64 KiB, the packet id, the fixed header).
 from __future__ import annotations
 
 from edge_protocol.envelope import MAX_DOCUMENT_BYTES
+from edge_protocol.messages import MAX_MESSAGE_BYTES
 from edge_protocol.metadata import MAX_CHUNK_SIZE
-from edge_protocol.topics import MAX_MESSAGE_BYTES
 
 MAX_PAYLOAD_BYTES = max(MAX_CHUNK_SIZE, MAX_DOCUMENT_BYTES, MAX_MESSAGE_BYTES)
 PACKET_HEADROOM_BYTES = 128 * 1024  # an MQTT topic is at most 65535 bytes; the rest is tiny

@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from typing import Protocol
 
 from edge_protocol import Topics
-from edge_protocol.topics import MAX_ACK_RANGES, ack_payload
+from edge_protocol.messages import MAX_ACK_RANGES, ack_payload
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,10 @@ class AckBook:
         self._max_noted = max_noted
         self._noted: dict[Key, set[int]] = {}
         self._count = 0
-        self.overflowed = 0  # numbers not noted for the bound; their agents resend them
         self.wake = asyncio.Event()
+        # For /metrics: ack messages the broker took, and those given up (no connection, no
+        # PUBACK in time); numbers not noted for the bound. Their devices send those again.
+        self.outcomes: Counter[str] = Counter({"sent": 0, "not_sent": 0, "overflowed": 0})
 
     def __len__(self) -> int:
         return self._count
@@ -61,7 +64,7 @@ class AckBook:
     def note(self, device_id: str, epoch: str, seq: int) -> None:
         """Remember that message `seq` of `device_id`'s `epoch` needs no resending."""
         if self._count >= self._max_noted:
-            self.overflowed += 1
+            self.outcomes["overflowed"] += 1
             return
         seqs = self._noted.setdefault((device_id, epoch), set())
         if seq not in seqs:
@@ -94,8 +97,6 @@ class AckSender:
         self._book = book
         self._transport = transport
         self._topics = topics
-        self.sent = 0  # ack messages the broker took, since start
-        self.not_sent = 0  # ack messages given up (no connection, no PUBACK in time)
 
     async def run(self) -> None:
         """Send rounds of acks until cancelled."""
@@ -120,14 +121,14 @@ class AckSender:
         if not self._transport.connected:
             # Queued in the client they would reach a restarted broker late and all at once;
             # the agents send the messages again, and those are acknowledged then.
-            self.not_sent += len(messages)
+            self._book.outcomes["not_sent"] += len(messages)
             return
         limit = asyncio.Semaphore(PARALLEL_PUBLISHES)
         results = await asyncio.gather(
             *(self._publish(limit, topic, payload) for topic, payload in messages)
         )
-        self.sent += sum(results)
-        self.not_sent += len(results) - sum(results)
+        self._book.outcomes["sent"] += sum(results)
+        self._book.outcomes["not_sent"] += len(results) - sum(results)
 
     async def _publish(self, limit: asyncio.Semaphore, topic: str, payload: bytes) -> bool:
         async with limit:

@@ -19,7 +19,8 @@ from typing import Any
 
 from edge_protocol.errors import MessageFormatError
 from edge_protocol.fields import SHA256_PATTERN, is_valid_name
-from edge_protocol.topics import KIND_EVENTS, KIND_STATE, UPDATE_PHASES
+from edge_protocol.messages import UPDATE_PHASES
+from edge_protocol.topics import KIND_EVENTS, KIND_STATE
 from model_registry.config import IngestConfig
 
 INT_MAX = 2**63 - 1  # what the database's BIGINT columns and signed documents hold

@@ -77,6 +77,9 @@ async def add_device(
         _check_name(label, value)
     if device_id == ctx.config.mqtt.username:
         raise InvalidInputError(f"device id {device_id!r} is the registry's own MQTT user name")
+    # Provisioned now, the device could not log in until the broker files were regenerated and
+    # mosquitto restarted; refused, it is provisioned in full once the broker is back.
+    ctx.require_broker(f"device {device_id!r} was not provisioned")
     password = generate_password()
     record = DeviceRecord(
         device_id=device_id,

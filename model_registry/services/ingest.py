@@ -29,7 +29,8 @@ from typing import Any
 
 from edge_protocol import Topics, format_time
 from edge_protocol.errors import FormatError
-from edge_protocol.topics import KIND_EVENTS, KIND_STATE, KIND_TELEMETRY, parse_device_message
+from edge_protocol.messages import parse_device_message
+from edge_protocol.topics import KIND_EVENTS, KIND_STATE, KIND_TELEMETRY
 from model_registry.mqtt.client import MqttMessage
 from model_registry.services.acks import AckBook
 from model_registry.services.context import RegistryContext

@@ -35,7 +35,7 @@ def classifier_v2(tmp_path_factory: pytest.TempPathFactory) -> BuiltModel:
 def sim_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One small classifier of each kind probation judges (same io), for the simulator."""
     root = tmp_path_factory.mktemp("sim-models")
-    return {kind: probation_model(kind, root / f"{kind}.onnx", slow_steps=20000) for kind in KINDS}
+    return {kind: probation_model(kind, root / f"{kind}.onnx", slow_steps=40000) for kind in KINDS}
 
 
 def _save(model: Any, path: Path) -> Path:

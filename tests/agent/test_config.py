@@ -455,6 +455,22 @@ def test_check_config_names_the_grpc_listener(config_dir: Path) -> None:
     assert TOKEN not in result.stdout
 
 
+def test_check_config_says_whether_the_endpoint_needs_a_token(config_dir: Path) -> None:
+    data = changed(full_config(), {"server.listen": f"127.0.0.1:{free_port()}"})
+    with_token = check_config(write(config_dir, data))
+    assert with_token.returncode == 0, with_token.stderr
+    assert (
+        "  token      required: Authorization: Bearer (server.token_file), except /v2/health/*"
+        in with_token.stdout.splitlines()
+    )
+    without = check_config(write(config_dir, changed(data, {"server.token_file": ""})))
+    assert without.returncode == 0, without.stderr
+    assert (
+        "  token      none: every local process may call the endpoint"
+        in without.stdout.splitlines()
+    )
+
+
 def test_check_config_rejects_a_bad_file_in_one_sentence(config_dir: Path) -> None:
     path = write(config_dir, changed(full_config(), {"server.max_batch_size": True}))
 

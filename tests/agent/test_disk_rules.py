@@ -26,6 +26,7 @@ DISK_BYTES = 8 * 1024 * 1024
 SETTINGS = UpdateSettings(
     release_timeout_s=60, download_timeout_s=120, activation_timeout_s=300,
     probation_requests=5, probation_s=600, probation_min_requests=5,
+    probation_max_latency_ratio=0,  # latency is not what these cases are about
     write_retry_min_s=1, write_retry_max_s=4,
 )  # fmt: skip
 
@@ -35,6 +36,13 @@ def disk(sim: Sim) -> SmallDisk:
     return sim.disk
 
 
+async def fill(sim: Sim) -> None:
+    """Fill the disk once every event is sent: the spool deletes no file later to free space."""
+    spool = sim.live.reporter.spool
+    await sim.until(lambda: spool.stats()["pending"] == 0, "every event sent")
+    disk(sim).fill()
+
+
 async def space_back(sim: Sim) -> None:
     """Free the disk and let the write retries run."""
     disk(sim).free()
@@ -42,7 +50,7 @@ async def space_back(sim: Sim) -> None:
 
 
 async def the_assignment_waits(sim: Sim, models: dict[str, Path]) -> None:
-    disk(sim).fill()
+    await fill(sim)
     v2 = sim.repo.release(M, 2, models["good"])
     sim.repo.assign(v2)
     failed = await sim.event("failed", 2)
@@ -59,7 +67,7 @@ async def the_assignment_waits(sim: Sim, models: dict[str, Path]) -> None:
 
 async def the_free_space_check_refuses(sim: Sim, models: dict[str, Path]) -> None:
     v2 = sim.repo.release(M, 2, models["slow"])  # about 1 MB: it needs 2 MB free
-    disk(sim).fill()
+    await fill(sim)
     filler = disk(sim).filler
     os.truncate(filler, filler.stat().st_size - 1024 * 1024)  # 1 MB free
     sim.repo.assign(v2)
@@ -88,7 +96,7 @@ async def the_probation_start_refuses(sim: Sim, models: dict[str, Path]) -> None
 async def the_commit_refuses(sim: Sim, models: dict[str, Path]) -> None:
     sim.repo.assign(sim.repo.release(M, 2, models["good"]))
     await sim.until(lambda: sim.in_probation(M, 2), "v2 on probation")
-    disk(sim).fill()
+    await fill(sim)
     await sim.infer(M, SETTINGS.probation_requests)
     failed = await sim.event("failed", 2)
     assert failed["reason"] == "disk_full"
@@ -102,9 +110,13 @@ async def the_commit_refuses(sim: Sim, models: dict[str, Path]) -> None:
 
 
 async def the_rollback_refuses(sim: Sim, models: dict[str, Path]) -> None:
+    def fill_at_swap_back(name: str, old: LoadedModel | None, new: LoadedModel | None) -> None:
+        if new is not None and new.version == 1:  # filled last: the spool frees no more space
+            disk(sim).fill()
+
     sim.repo.assign(sim.repo.release(M, 2, models["erratic"]))
     await sim.until(lambda: sim.in_probation(M, 2), "v2 on probation")
-    disk(sim).fill()
+    sim.live.repository.add_listener(fill_at_swap_back)
     await sim.infer(M, SETTINGS.probation_requests)
     rolled_back = await sim.event("rolled_back", 2)
     assert (rolled_back["reason"], rolled_back["to_version"]) == ("probation_failed", 1)
@@ -118,7 +130,7 @@ async def the_rollback_refuses(sim: Sim, models: dict[str, Path]) -> None:
 async def the_trust_root_refuses(sim: Sim, models: dict[str, Path]) -> None:
     keys = sim.repo.keys
     keys.root_version = 2
-    disk(sim).fill()
+    await fill(sim)
     sim.broker.publish(sim.repo.topics.root(2), keys.root_bytes())
     failed = await sim.event("failed")
     assert failed["reason"] == "disk_full"

@@ -25,7 +25,8 @@ from edge_agent.reporting import Reporter
 from edge_agent.server.metrics import AgentMetrics
 from edge_agent.spool import Spool
 from edge_agent.telemetry import MAX_FEATURES, FeatureSummary, Telemetry, TelemetryCollector
-from edge_protocol.topics import Topics, parse_device_message, telemetry_payload
+from edge_protocol.messages import parse_device_message, telemetry_payload
+from edge_protocol.topics import Topics
 from tests.agent.conftest import Gate, ServerFactory, eventually, infer_body, post
 from tests.support.broker import Broker, BrokerFactory
 from tests.support.models import ModelSet

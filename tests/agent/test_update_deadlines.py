@@ -17,6 +17,7 @@ M = "m"
 SETTINGS = UpdateSettings(
     release_timeout_s=60, download_timeout_s=120, activation_timeout_s=300,
     probation_requests=5, probation_s=600, probation_min_requests=5,
+    probation_max_latency_ratio=0,  # latency is not what these cases are about
     write_retry_min_s=1, write_retry_max_s=4,
 )  # fmt: skip
 

@@ -34,6 +34,7 @@ SETTINGS = UpdateSettings(
     probation_requests=5,
     probation_s=600,
     probation_min_requests=5,
+    probation_max_latency_ratio=0,  # latency is not what these cases are about
     write_retry_min_s=1,
     write_retry_max_s=4,
 )

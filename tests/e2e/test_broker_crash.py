@@ -82,7 +82,8 @@ def test_messages_spooled_through_a_broker_crash_are_stored_once(
 
     # --- the registry goes away, then the broker crashes: what it queued is gone --------
     fleet.registry.stop()
-    time.sleep(1.5)  # a report or two reach the broker's queue for the absent registry
+    sent = spool()["sent"]
+    _wait_for(lambda: spool()["sent"] > sent, "a report queued by the broker for the registry")
     _crash_broker(fleet)
     _wait_for(lambda: len(_spooled_seqs(agent)) >= 5, "reports spooled while the broker is down")
 

@@ -21,7 +21,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_protocol import utc_now
-from edge_protocol.topics import state_payload, telemetry_payload
+from edge_protocol.messages import state_payload, telemetry_payload
 from model_registry.mqtt.credentials import hash_password
 from model_registry.storage import DeviceRecord, SQLiteStorage
 from tests.e2e.conftest import Models, start_agent

@@ -61,6 +61,10 @@ def test_a_stopped_broker_is_the_registrys_problem_and_is_said_so(
         for args, refused in [
             (("deploy", "reg", "1", "--group", "lab"), "nothing was deployed"),
             (("devices", "remove", "pi-1"), "device 'pi-1' was not removed"),
+            (
+                ("devices", "add", "pi-2", "--out", str(tmp_path / "b2")),
+                "device 'pi-2' was not provisioned",
+            ),
         ]:
             result = cli(*args, *at, check=False)
             assert result.returncode == 1
@@ -68,6 +72,7 @@ def test_a_stopped_broker_is_the_registrys_problem_and_is_said_so(
             assert f"so no device can be told: {refused}; check the broker" in result.stderr
         assert cli("deployments", "list", "--json", *at).stdout.count('"id"') == 0
         assert [d["device_id"] for d in _listing(home)[0]["devices"]] == ["pi-1"]
+        assert not (tmp_path / "b2").exists()
 
         broker.start()
         up = _wait_for_link(home, connected=True)

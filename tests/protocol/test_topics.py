@@ -8,7 +8,7 @@ import pytest
 
 from edge_protocol import Topics
 from edge_protocol.errors import MessageFormatError, TopicError
-from edge_protocol.topics import (
+from edge_protocol.messages import (
     MAX_ACK_RANGES,
     ack_payload,
     event_payload,

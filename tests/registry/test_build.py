@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import warnings
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from model_registry.build import (
     quantize_model,
 )
 from model_registry.errors import AccuracyGateError, InvalidInputError, InvalidModelError
+from tests.support.models import ModelSet
 
 SEED = 7
 DTYPES = {"FP32": "<f4", "FP64": "<f8", "INT64": "<i8", "INT32": "<i4", "BOOL": "|b1"}
@@ -647,3 +649,15 @@ def test_registry_models_are_batchable_on_devices(mlp_int8: BuildResult) -> None
     }
     assert dims == {"batch"}
     assert load_on_device(mlp_int8.artifact, name="mlp", version=1).batchable
+
+
+def test_the_quantizer_logs_nothing_the_operator_cannot_act_on(
+    onnx_models: ModelSet, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = onnx_models.classifier.onnx_path.read_bytes()
+    with caplog.at_level(logging.DEBUG):
+        result = quantize_model(model, calibration=np.zeros((8, 32), dtype=np.float32))
+        quantize_model(model)
+    assert result.method != "none"
+    chatter = [r.getMessage() for r in caplog.records if "onnxruntime" in r.pathname]
+    assert chatter == []  # "Please consider to run pre-processing...", a line per tensor

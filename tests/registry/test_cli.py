@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.support.broker import LOCALHOST, free_port
 from tests.support.models import ModelSet
 from tests.support.registry import RegistryProcess, cli, cli_json
+
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +131,33 @@ def test_empty_listings_say_so_and_unknown_filters_name_the_close_ones(tmp_path:
         assert "no model 'cancer' (the registry has no models yet)" in nothing.stderr
     finally:
         registry.stop()
+
+
+def test_a_bad_dataset_is_named_by_its_option_and_file(
+    served_home: Path, onnx_models: ModelSet, tmp_path: Path
+) -> None:
+    rows = tmp_path / "rows.npz"
+    np.savez(rows, X=np.zeros((4, 8), dtype=np.float32))
+    model = str(onnx_models.regressor.onnx_path)
+    home = ("--home", str(served_home))
+    no_y = cli("push", model, "--name", "ds", "--eval", str(rows), *home, check=False)
+    assert (no_y.returncode, no_y.stderr) == (
+        1, f"model-registry push: --eval {rows}: has no array named 'y' (arrays found: X)\n"
+    )  # fmt: skip
+    not_npz = cli("push", model, "--name", "ds", "--quantize", "int8", "--calibration", model,
+                  *home, check=False)  # fmt: skip
+    assert not_npz.returncode == 1
+    assert f"--calibration {model}: not a readable .npz archive" in not_npz.stderr
+
+
+def test_a_reader_that_goes_away_gets_no_error_sentence(served_home: Path) -> None:
+    process = subprocess.Popen(
+        [str(BIN / "model-registry"), "token", "list", "--home", str(served_home)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stderr is not None
+    process.stdout.close()  # as `| head -0` does, before the table is printed
+    stderr = process.stderr.read()
+    assert process.wait(timeout=60) == 1
+    assert stderr == ""  # not "[Errno 32] Broken pipe", which reads as a failed command

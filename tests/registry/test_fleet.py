@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from edge_protocol import Topics
-from edge_protocol.topics import event_payload, state_payload, telemetry_payload
+from edge_protocol.messages import event_payload, state_payload, telemetry_payload
 from model_registry.cli import main
 from model_registry.cli.follow import ProgressView
 from model_registry.config import load_config

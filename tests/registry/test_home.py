@@ -74,7 +74,12 @@ async def test_root_threshold_and_passphrase(tmp_path: Path) -> None:
         ("[mqtt]\nbroker = 'x'\n", "unknown key mqtt.broker"),
         ("[storage]\ndatabase = true\n", "storage.database must be a string"),
         ("[signing]\nrelease_expiry_days = '30'\n", "release_expiry_days must be an integer"),
-        ("[nonsense]\n", "unknown section"),
+        ("[nonsense]\n", "unknown section \\[nonsense\\]$"),
+        (
+            "[api]\nmax_uplod_mb = 1\n",
+            "unknown key api.max_uplod_mb; did you mean api.max_upload_mb\\?",
+        ),
+        ("[flet]\n", "unknown section \\[flet\\]; did you mean \\[fleet\\]\\?"),
         ("[api\n", "registry.toml"),
     ],
 )

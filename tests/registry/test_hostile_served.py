@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from edge_protocol import Topics, utc_now
-from edge_protocol.topics import event_payload, state_payload
+from edge_protocol.messages import event_payload, state_payload
 from model_registry.storage import SQLiteStorage
 from tests.registry.test_api_hostile import zip_bomb
 from tests.support.broker import Broker, start_plain_broker

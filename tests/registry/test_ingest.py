@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from edge_protocol import Topics
-from edge_protocol.topics import event_payload, offline_payload, state_payload, telemetry_payload
+from edge_protocol.messages import event_payload, offline_payload, state_payload, telemetry_payload
 from model_registry.api.views import device_view
 from model_registry.config import load_config
 from model_registry.home import InitResult

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import pytest
 
 from edge_protocol import Topics
-from edge_protocol.topics import event_payload, parse_ack, telemetry_payload
+from edge_protocol.messages import event_payload, parse_ack, telemetry_payload
 from model_registry.config import load_config
 from model_registry.home import InitResult
 from model_registry.mqtt.client import MqttMessage
@@ -22,6 +23,7 @@ from model_registry.services.acks import ranges_of
 from model_registry.services.devices import add_device
 from model_registry.services.ingest import DeviceIngest
 from tests.registry.conftest import Api
+from tests.registry.test_ingest import _metrics
 from tests.support.broker import BrokerFactory, MqttTestClient
 
 TOPICS = Topics()
@@ -119,7 +121,11 @@ async def test_the_registry_publishes_acks_to_the_device(
             device.publish(TOPICS.telemetry(DEV), _telemetry(2))  # a resend
             assert await _acknowledged(device, {2}) >= {2}
         stored = await registry.ctx.storage.telemetry(DEV)
+        metrics = await _metrics(registry.api_url, registry_home.admin_token)
     assert covered >= {1, 2, 3}
+    sent = re.search(r'^model_registry_ingest_acks_total\{outcome="sent"\} (\d+)$', metrics, re.M)
+    assert sent is not None
+    assert int(sent[1]) >= 2, "the first three, then the resend"
     assert sorted(r.body["msg_seq"] for r in stored) == [1, 2, 3]
 
 

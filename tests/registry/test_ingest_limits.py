@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from edge_protocol import Topics, utc_now
-from edge_protocol.topics import event_payload, offline_payload, state_payload, telemetry_payload
+from edge_protocol.messages import event_payload, offline_payload, state_payload, telemetry_payload
 from model_registry.config import FleetConfig, IngestConfig, load_config
 from model_registry.home import InitResult
 from model_registry.mqtt.client import MqttMessage

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from edge_protocol import Topics
-from edge_protocol.topics import offline_payload, state_payload, telemetry_payload
+from edge_protocol.messages import offline_payload, state_payload, telemetry_payload
 from model_registry.mqtt.client import MqttMessage
 from model_registry.services.devices import add_device
 from model_registry.services.fleet import connection

@@ -76,6 +76,8 @@ def test_devices_show_move_and_remove(
     assert moved.splitlines()[0] == "Moved op-1 from group north to south"
     assert "the new group's deployments are not applied to it" in moved
     cli("devices", "add", "op-2", "--group", "west", "--out", str(tmp_path / "b2"), *served.args)
+    bare = cli("devices", "show", "op-2", *served.args).stdout.splitlines()
+    assert "Models: none assigned yet (model-registry deploy NAME VERSION --device ID)" in bare
     cli("deploy", "shown", "1", "--group", "west", *served.args)
     cli("push", str(onnx_models.classifier.onnx_path), "--name", "other", *served.args)
     cli("deploy", "other", "1", "--group", "west", *served.args)
@@ -95,6 +97,7 @@ def test_devices_show_move_and_remove(
     )
     assert removed.stderr == ""
     assert session.connection_lost.wait(20)
+    session.close()  # paho's network thread would retry the removed login for the whole run
     with pytest.raises(ConnectRefusedError):
         _login(served, "op-2", tmp_path / "b2")
     gone = cli("devices", "show", "op-2", *served.args, check=False)

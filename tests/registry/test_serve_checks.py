@@ -248,7 +248,8 @@ def test_a_taken_listen_override_names_the_option(registry_home: InitResult) -> 
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 1
     assert result.stderr == (
-        f"model-registry serve: --listen: {address} is already in use by another process\n"
+        f"model-registry serve: --listen: {address} is already in use by another process; "
+        "stop it or choose a free port\n"
     )
 
 
@@ -285,3 +286,15 @@ def test_one_serve_per_sqlite_home(registry_home: InitResult) -> None:
     restarted.stop()
     assert restarted.process is not None
     assert restarted.process.returncode == 0
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_a_malformed_mqtt_url_override_is_refused(registry_home: InitResult, command: str) -> None:
+    home = str(registry_home.home)
+    listen = f"{LOCALHOST}:{free_port()}"
+    result = model_registry(command, "--home", home, "--listen", listen, "--mqtt-url", "http://x")
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"model-registry {command}: --mqtt-url 'http://x' must look like mqtt://host[:port] "
+        "or mqtts://host[:port]\n"
+    )

@@ -5,7 +5,9 @@ own keys for attacks that must get past the signature check to test the rules be
 from __future__ import annotations
 
 import hashlib
+import json
 import time
+import urllib.request
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -30,6 +32,7 @@ from .broker import LOCALHOST, Broker, BrokerFactory, MqttTestClient, free_port
 from .registry import RegistryProcess, cli, cli_json
 
 TOPICS = Topics()
+BROKER_LINK_WAIT_S = 90.0  # a bound on waiting out paho's reconnection backoff, not a timing claim
 
 
 @dataclass
@@ -81,11 +84,33 @@ class Fleet:
 
     def deploy(self, name: str, version: int, group: str) -> None:
         """`model-registry deploy NAME VERSION --group G`."""
+        self.wait_for_broker_link()
         cli("deploy", name, str(version), "--group", group, *self.api())
+
+    def wait_for_broker_link(self, timeout: float = BROKER_LINK_WAIT_S) -> None:
+        """Return once the registry is connected to the broker (again, after a restart).
+
+        While it is not, deploys and provisioning are refused with 503; paho waits up to 30 s
+        between its reconnection attempts.
+        """
+        token = (self.home / "secrets" / "cli-token").read_text().strip()
+        request = urllib.request.Request(
+            f"http://{LOCALHOST}:{self.registry.port}/v1/devices",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - http
+                if json.loads(response.read())["registry"]["broker_connected"]:
+                    return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the registry did not reconnect to the broker in {timeout} s")
+            time.sleep(0.2)
 
     def provision(self, device_id: str, group: str) -> Path:
         """`devices add` (the running mosquitto gets the login at once); return its config."""
         bundle = self.root / "bundles" / device_id
+        self.wait_for_broker_link()
         added = cli(
             "devices", "add", device_id, "--group", group, "--out", str(bundle), *self.api()
         )

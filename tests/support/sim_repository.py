@@ -2,7 +2,8 @@
 
 Documents are signed with the protocol's own keys and formats (`tests.protocol.factory`), the
 release's golden self-test is what onnxruntime answers on the model, and everything is published
-retained on the topics of docs/protocol.md section 7, as the registry does. Each builder takes
+retained on the topics of docs/protocol.md section 7, and every event and telemetry message
+the device sends is acknowledged on its `acks` topic, as the registry does. Each builder takes
 the changes a test needs to make a document wrong in one way.
 """
 
@@ -28,8 +29,10 @@ from edge_protocol import (
     TensorSpec,
     Topics,
 )
+from edge_protocol.messages import ack_payload
 from tests.protocol.factory import DEVICE, NOW, Registry
 from tests.support.probation_models import CLASSES, FEATURES
+from tests.support.sim_broker import Published as Sent
 from tests.support.sim_broker import SimBroker
 
 CHUNK = 4096
@@ -83,6 +86,16 @@ class SimRepository:
         self.keys = registry or Registry()
         self.topics = Topics()
         self.seq = 0
+        broker.listeners.append(self._acknowledge)
+
+    def _acknowledge(self, message: Sent) -> None:
+        """Say the device's event or telemetry message is stored, as the registry does."""
+        kinds = (self.topics.events(DEVICE), self.topics.telemetry(DEVICE))
+        body = message.json() if message.topic in kinds else {}
+        if body.get("msg_seq") is not None:
+            ranges = [(body["msg_seq"], body["msg_seq"])]
+            payload = ack_payload(DEVICE, body["msg_epoch"], ranges)
+            self.broker.publish(self.topics.acks(DEVICE), payload, retain=False)
 
     def root_bytes(self) -> bytes:
         """The root a device is provisioned with."""

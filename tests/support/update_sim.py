@@ -118,6 +118,7 @@ class Sim:
     settings: UpdateSettings
     clock: SimClock
     disk: SmallDisk | None = None  # the state directory's own small file system, if any
+    follow: tuple[str, ...] = ()  # the models the device follows (all when empty)
     broker: SimBroker = field(default_factory=SimBroker)
     repo: SimRepository = field(init=False)
     agent: Agent | None = None
@@ -141,7 +142,7 @@ class Sim:
         """The device's configuration, as `load_config` would make it."""
         return DeviceConfig(
             source=self.root / "device.toml", device_id=DEVICE, state_dir=self.state_dir,
-            root_file=self.root / "root.json", updates=self.settings,
+            root_file=self.root / "root.json", updates=self.settings, follow=self.follow,
             mqtt=MqttSettings(url="mqtt://broker.invalid", username=DEVICE),
             server=ServerConfig(port=0), telemetry=TelemetrySettings(interval_s=3600),
         )  # fmt: skip
@@ -239,11 +240,22 @@ class Sim:
         return self.agent
 
     def events(self, kind: str | None = None, version: int | None = None) -> list[dict[str, Any]]:
-        """Events the device sent (of one kind, about one version), oldest first."""
-        sent = self.broker.messages(self.repo.topics.events(DEVICE))
+        """Events the device sent (of one kind, about one version), oldest first.
+
+        Each once, as the registry stores them: what the spool sent but had not yet seen
+        acknowledged when the agent was killed comes again under the same msg_epoch and
+        msg_seq (docs/telemetry.md).
+        """
+        seen: set[tuple[Any, Any]] = set()
+        unique = []
+        for e in self.broker.messages(self.repo.topics.events(DEVICE)):
+            key = (e.get("msg_epoch"), e.get("msg_seq"))
+            if key[1] is None or key not in seen:
+                seen.add(key)
+                unique.append(e)
         return [
             e
-            for e in sent
+            for e in unique
             if (kind is None or e["event"] == kind)
             and (version is None or e.get("version") == version)
         ]
@@ -266,6 +278,16 @@ class Sim:
         """What state.json says of `model` now."""
         state = json.loads((self.state_dir / "state.json").read_text())
         return dict(state["models"].get(model, {}))
+
+    def reported(self) -> dict[str, Any]:
+        """The device's retained state message, as the registry last saw it."""
+        state: dict[str, Any] = json.loads(self.broker.retained[self.repo.topics.state(DEVICE)])
+        return state
+
+    def on_disk_models(self) -> dict[str, Any]:
+        """Every model state.json names."""
+        models: dict[str, Any] = json.loads((self.state_dir / "state.json").read_text())["models"]
+        return models
 
     def on_disk_seq(self) -> int:
         """The assignment seq state.json holds."""
@@ -321,7 +343,12 @@ Scenario = Callable[[Sim], Awaitable[None]]
 
 
 def run_sim(
-    root: Path, settings: UpdateSettings, scenario: Scenario, *, disk_bytes: int | None = None
+    root: Path,
+    settings: UpdateSettings,
+    scenario: Scenario,
+    *,
+    disk_bytes: int | None = None,
+    follow: tuple[str, ...] = (),
 ) -> None:
     """Run `scenario` against a started device on a simulated clock, then stop the device.
 
@@ -330,7 +357,7 @@ def run_sim(
     clock = SimClock()
 
     async def main(disk: SmallDisk | None) -> None:
-        sim = Sim(root, settings, clock, disk=disk)
+        sim = Sim(root, settings, clock, disk=disk, follow=follow)
         asyncio.get_running_loop().set_default_executor(sim.threads)
         await sim.start()
         try:

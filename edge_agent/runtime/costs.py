@@ -1,0 +1,81 @@
+"""What a session.run costs and what handing it to the inference thread costs, both measured.
+
+A request whose session.run takes less time than the hand-off to the inference thread and back
+(a future, a thread wake-up, a wake-up of the event loop) is cheaper to run on the loop itself:
+the loop waits less than it would spend on the hand-off. Both sides are measured, not guessed:
+the model's cost when it is warmed up (before it serves), the hand-off once when the server
+starts, on its own executor. A model runs inline only for batches no larger than what the
+measurements say fits under the hand-off; anything larger goes to the thread as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+PROBE_ROWS = 8  # the second measurement of a batchable model, to see how the cost grows
+SAMPLES = 5  # timed runs per measurement (their median is kept)
+HANDOFF_SAMPLES = 32
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """session.run time of one model: fixed part plus a part per input element."""
+
+    fixed_ns: float
+    per_element_ns: float
+    measured_elements: int  # input elements of the 1-row measurement
+    # Measured at two sizes (batchable); if not, only inputs as small as the probe run inline.
+    grows_linearly: bool
+
+    def inline_elements(self, handoff_ns: float) -> int:
+        """The most input elements whose run costs no more than `handoff_ns` (0: none)."""
+        one = self.fixed_ns + self.per_element_ns * self.measured_elements
+        if one > handoff_ns:
+            return 0
+        if not self.grows_linearly:
+            return self.measured_elements
+        if self.per_element_ns <= 0:
+            return self.measured_elements * PROBE_ROWS
+        fits = math.floor((handoff_ns - self.fixed_ns) / self.per_element_ns)
+        return max(self.measured_elements, fits)
+
+
+def time_runs(run: Callable[[], object], samples: int = SAMPLES) -> float:
+    """The median wall time of `samples` calls of `run`, in nanoseconds."""
+    times = []
+    for _ in range(samples):
+        began = time.perf_counter_ns()
+        run()
+        times.append(time.perf_counter_ns() - began)
+    return float(statistics.median(times))
+
+
+def fit(one: tuple[int, float], more: tuple[int, float] | None) -> RunCost:
+    """The cost line through (elements, ns) of one row and, for a batchable model, of more."""
+    elements, ns = one
+    if more is None or more[0] <= elements:
+        return RunCost(ns, 0.0, elements, grows_linearly=False)
+    slope = max(0.0, (more[1] - ns) / (more[0] - elements))
+    return RunCost(ns - slope * elements, slope, elements, grows_linearly=True)
+
+
+def _nothing() -> None:
+    return None
+
+
+async def measure_handoff(executor: Executor, samples: int = HANDOFF_SAMPLES) -> float:
+    """The median round trip of a call that does nothing through `executor`, in nanoseconds."""
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(executor, _nothing)  # the pool starts its thread
+    times = []
+    for _ in range(samples):
+        began = time.perf_counter_ns()
+        await loop.run_in_executor(executor, _nothing)
+        times.append(time.perf_counter_ns() - began)
+    return float(statistics.median(times))
