@@ -40,7 +40,7 @@ FULL = Settings(devices=200, workers=4, runs=3)
 # A large fleet: 2,000 devices, with a small model so that the figure is the protocol's
 # fan-out (assignments, releases, verification), not 8 GB of chunks through one broker.
 SCALE_QUICK = Settings(devices=500, workers=2, runs=1, hidden=64, section="fleet_scale")
-SCALE_FULL = Settings(devices=2000, workers=4, runs=2, hidden=64, section="fleet_scale")
+SCALE_FULL = Settings(devices=2000, workers=8, runs=2, hidden=64, section="fleet_scale")
 
 
 def run(mode: str) -> dict[str, Any]:

@@ -67,7 +67,7 @@ class Probe:
 
     def put(self, device_id: str) -> None:
         """One telemetry report of `device_id` into the ingest's queue, as MQTT delivers it."""
-        from edge_protocol.topics import telemetry_payload  # noqa: PLC0415
+        from edge_protocol.messages import telemetry_payload  # noqa: PLC0415
         from model_registry.mqtt.client import MqttMessage  # noqa: PLC0415
 
         self.seqs[device_id] += 1
