@@ -56,8 +56,8 @@ def scale_lines(mode: str) -> list[str]:
         lines += ["", f"Deploy to {st['devices']} devices ({st['storage']}, mosquitto), the API "
                   f"call timed to its answer: median {s['deploy_s_median']:.2f} s, slowest "
                   f"{s['deploy_s_max']:.2f} s (runs {runs} s), {s['per_device_ms_median']:.3f} "
-                  f"ms per device; load average during the runs {loads} (a shared, busy "
-                  "machine)."]  # fmt: skip
+                  f"ms per device; load average before each run {loads} (a shared two-core "
+                  "machine, other jobs running)."]  # fmt: skip
     ingest: dict[str, Any] | None = read_result(mode, "ingest_scale")
     if ingest is not None:
         st, steady, burst = ingest["settings"], ingest["steady"], ingest["burst"]
