@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PACKAGES := edge_protocol edge_common model_registry edge_agent
 
-.PHONY: help install test lint typecheck pytest demo mosquitto postgres clean arm64-check bench bench-quick
+.PHONY: help install test lint typecheck pytest demo mosquitto haproxy postgres clean arm64-check bench bench-quick
 
 help:
 	@echo "make install    create $(VENV) and install the project with all extras"
@@ -25,6 +25,10 @@ $(VENV)/.installed: pyproject.toml
 mosquitto:
 	@scripts/ensure-mosquitto.sh
 
+# The replica tests balance several registries with HAProxy (docs/operations.md section 11).
+haproxy:
+	@scripts/ensure-haproxy.sh
+
 # The storage tests run on SQLite and on PostgreSQL (TEST_POSTGRES_URL, default 127.0.0.1:5432).
 postgres: install
 	@PYTHON=$(BIN)/python scripts/ensure-postgres.sh
@@ -36,7 +40,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy $(PACKAGES)
 
-pytest: install mosquitto postgres
+pytest: install mosquitto haproxy postgres
 	$(BIN)/pytest -q -n auto
 
 test: lint typecheck pytest

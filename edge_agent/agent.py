@@ -85,6 +85,7 @@ class Agent:
             config.device_id, self.topics, self.describe, self.spool,
             telemetry_interval_s=config.telemetry.interval_s,
             ack_timeout_s=config.telemetry.ack_timeout_s,
+            registry_acks=config.telemetry.registry_acks,
         )  # fmt: skip
         self.link = LinkState(
             up=False, clock=monotonic

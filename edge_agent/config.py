@@ -87,6 +87,9 @@ class TelemetrySettings:
     interval_s: float = 30.0
     spool_max_bytes: int = 16 * 1024 * 1024  # on-disk queue while the broker is unreachable
     ack_timeout_s: float = 30.0  # how long a sent message waits for the registry's ack
+    # The registry is known to acknowledge (bundles of `devices add` say so): from the first
+    # message on, nothing is deleted for want of an ack, not even before one ever arrived.
+    registry_acks: bool = False
 
 
 @dataclass(frozen=True)

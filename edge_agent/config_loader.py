@@ -68,6 +68,7 @@ def _is_strings(value: object) -> bool:
 INT = _Kind("an integer", _is_int)
 NUMBER = _Kind("a number", _is_number, lambda _base, value: float(value))
 STRING = _Kind("a string", lambda value: isinstance(value, str))
+BOOLEAN = _Kind("true or false", lambda value: isinstance(value, bool))
 STRINGS = _Kind("an array of strings", _is_strings, lambda _base, value: tuple(value))
 # An absolute path stays as it is: `base / "/abs"` is "/abs".
 PATH = _Kind("a non-empty path", lambda v: isinstance(v, str) and v != "", lambda b, v: b / v)
@@ -80,6 +81,7 @@ def _choice(options: Collection[str]) -> _Kind:
 
 
 _KIND_OF_TYPE: dict[Any, _Kind] = {
+    bool: BOOLEAN,
     int: INT,
     float: NUMBER,
     str: STRING,

@@ -12,7 +12,8 @@ so a registry that is away costs each device a window of resends, not its whole 
 Where the registry does not acknowledge, the broker's PUBACK deletes the message as before: on
 a connection whose broker refused the `acks` subscription (its access rules predate it), and,
 until the registry has acknowledged anything on this spool, for a message PUBACKed
-FALLBACK_SENDS times (a registry that predates acks). Nothing is lost to an outage, a restart
+FALLBACK_SENDS times (a registry that predates acks), unless `[telemetry] registry_acks` says
+the registry acknowledges (as bundles of `devices add` do). Nothing is lost to an outage, a restart
 or a broker that forgets below the spool's cap; docs/telemetry.md says what happens above it
 and why a message may arrive twice. A message the spool cannot keep because its disk is full
 waits in memory (`edge_agent.outbox`) instead and goes out with the spooled ones, in order.
@@ -68,6 +69,7 @@ class Reporter:
         *,
         telemetry_interval_s: float | None = None,
         ack_timeout_s: float = 30.0,
+        registry_acks: bool = False,
     ) -> None:
         self._device_id = device_id
         self._topics = topics
@@ -80,6 +82,7 @@ class Reporter:
         self._failed: Publisher | None = None  # a connection a publish failed on
         self._registry_acks = False  # whether this connection reads the registry's acks
         self._ack_timeout_s = ack_timeout_s
+        self._registry_known_to_ack = registry_acks  # configured: never give up waiting
         self._ack_wait_s = ack_timeout_s  # doubles while nothing is acknowledged
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()  # a window was sent or acknowledged, or the link went
@@ -260,7 +263,7 @@ class Reporter:
             spool.ack(acked)  # nobody will acknowledge them: the PUBACK is all there is
             return
         # A registry that never acknowledges (it predates acks) must not keep them for ever.
-        given_up = [] if spool.registry_acks else [
+        given_up = [] if spool.registry_acks or self._registry_known_to_ack else [
             seq for seq in acked if spool.sends(seq) + 1 >= FALLBACK_SENDS
         ]  # fmt: skip
         spool.ack(given_up)

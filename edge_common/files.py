@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
 
 TEMP_SUFFIX = ".tmp"  # `.{name}.XXXX.tmp`: what remove_temp_files clears after a crash
@@ -50,17 +51,26 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def remove_temp_files(directory: Path) -> list[Path]:
+def remove_temp_files(directory: Path, min_age_s: float = 0.0) -> list[Path]:
     """Delete the temp files `write_atomic` left in `directory` when a crash cut it short.
 
     Call only while nothing writes there (at start): a live writer's temp file looks the same.
+    Where another process may be writing, `min_age_s` spares the files modified more recently.
     """
-    removed = [p for p in directory.glob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    cutoff = time.time() - min_age_s
+    removed = [p for p in directory.glob(f".*{TEMP_SUFFIX}") if _older(p, cutoff)]
     for path in removed:
         path.unlink(missing_ok=True)
     if removed:
         fsync_directory(directory)
     return removed
+
+
+def _older(path: Path, cutoff: float) -> bool:
+    try:
+        return path.is_file() and path.stat().st_mtime <= cutoff
+    except OSError:  # removed meanwhile by whoever wrote it
+        return False
 
 
 def make_private_dir(path: Path) -> None:

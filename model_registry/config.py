@@ -63,6 +63,8 @@ class MqttConfig:
     ca_file: str = ""
     topic_prefix: str = "edge/v1"
     keepalive_s: int = 30
+    # Device messages through `$share/model-registry/...`: each goes to one replica of the group.
+    shared_subscriptions: bool = False
 
     def __post_init__(self) -> None:
         parse_host_port(self.embedded_listen, "mqtt.embedded_listen")

@@ -71,6 +71,9 @@ password_file = "secrets/mqtt-password"
 ca_file = ""
 topic_prefix = "edge/v1"
 keepalive_s = 30
+# Replicas on one PostgreSQL behind a load balancer, on a broker with shared subscriptions
+# (mosquitto): true hands each device event and telemetry message to one replica only.
+shared_subscriptions = false
 
 [signing]
 release_key = "keys/release.pem"

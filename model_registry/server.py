@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from model_registry.preflight import (
     load_release_key,
     read_mqtt_password,
     setting,
+    sqlite_path,
 )
 from model_registry.services.acks import AckSender
 from model_registry.services.context import RegistryContext
@@ -50,6 +52,7 @@ from model_registry.trust.signing import ReleaseSigner
 
 log = logging.getLogger(__name__)
 EXIT_TASK_FAILED = 1
+REPLICA_DEBRIS_AGE_S = 3600.0  # unfinished writes in a shared directory older than this are debris
 
 
 @dataclass
@@ -114,12 +117,17 @@ async def serve(config: RegistryConfig, options: ServeOptions) -> int:
 
 
 async def _remove_debris(ctx: RegistryContext) -> None:
-    """Delete what a crash left mid-write: no writer can be running before we serve."""
-    removed = await asyncio.to_thread(ctx.blobs.remove_temp_files)
+    """Delete what a crash left mid-write: no writer of this home runs before we serve.
+
+    Replicas on a database server may share the blob directory (or the home), where another
+    replica may be writing now: they delete only what is older than a push could take.
+    """
+    min_age_s = 0.0 if sqlite_path(ctx.config) is not None else REPLICA_DEBRIS_AGE_S
+    removed = await asyncio.to_thread(ctx.blobs.remove_temp_files, min_age_s)
     home = ctx.config.home
     for directory in (home, home / "metadata" / "root", home / "keys", home / "secrets"):
         if directory.is_dir():
-            removed += len(await asyncio.to_thread(remove_temp_files, directory))
+            removed += len(await asyncio.to_thread(remove_temp_files, directory, min_age_s))
     if removed:
         log.info("removed %d unfinished writes left by an earlier crash", removed)
 
@@ -146,9 +154,11 @@ async def _start_mqtt(
         embedded = await _start_embedded(stack, ctx, embedded_listen[0], password)
         url = embedded.url
     ingest = DeviceIngest(ctx, config.topics)
+    replica = sqlite_path(config) is None
     connection = MqttConnection(
         url,
-        client_id=f"model-registry-{config.mqtt.username}",
+        client_id=_client_id(config, replica),
+        clean_session=replica,
         username=config.mqtt.username,
         password=password,
         ca_file=str(config.path(config.mqtt.ca_file)) if config.mqtt.ca_file else None,
@@ -164,7 +174,9 @@ async def _start_mqtt(
     ctx.broker_access = (
         EmbeddedAccess(embedded) if embedded else DynsecAdmin(connection, config.topics)
     )
-    for topic_filter in ingest.subscriptions():
+    # The embedded broker serves this process alone: nothing to share there.
+    shared = config.mqtt.shared_subscriptions and embedded is None
+    for topic_filter in ingest.subscriptions(shared=shared):
         connection.subscribe(topic_filter)
     await sync_broker(ctx)
     stack.push_async_callback(supervisor.stop)  # before the connection closes
@@ -175,6 +187,18 @@ async def _start_mqtt(
     supervisor.spawn(maintenance_loop(ctx), "maintenance")
     supervisor.spawn(retention_loop(ctx), "retention")
     return url, ingest
+
+
+def _client_id(config: RegistryConfig, replica: bool) -> str:
+    """The registry's MQTT client id: one per home on SQLite, one per process on a server.
+
+    Replicas on one database must not share an id (the broker would disconnect one whenever
+    the other connects). They use clean sessions: a killed replica leaves no session behind
+    that the broker keeps queueing device messages for; what reached no replica is sent again
+    by its device, which resends whatever the registry has not acknowledged.
+    """
+    base = f"model-registry-{config.mqtt.username}"
+    return f"{base}-{socket.gethostname()}-{os.getpid()}" if replica else base
 
 
 async def _start_embedded(

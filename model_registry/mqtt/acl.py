@@ -36,6 +36,7 @@ Access = Literal["read", "write", "readwrite"]
 ACTIONS: tuple[Action, ...] = ("read", "write", "subscribe")
 USERNAME = "%u"  # mosquitto's placeholder for the connecting client's username
 _SAMPLE_ID = "device"  # any valid name: device topics are built with it, then it becomes %u
+REGISTRY_SHARE_GROUP = "model-registry"  # the shared subscription group of registry replicas
 _MAX_TOPIC_BYTES = 65535  # MQTT strings carry a 16-bit length
 
 
@@ -54,8 +55,15 @@ class AclRule:
 
 @lru_cache(maxsize=16)
 def registry_rules(topics: Topics) -> tuple[AclRule, ...]:
-    """Rules of the registry user alone: everything under the prefix."""
-    return (AclRule("readwrite", f"{topics.prefix}/#"),)
+    """Rules of the registry user alone: everything under the prefix.
+
+    Also its replicas' shared subscriptions (`$share/GROUP/FILTER`), which mosquitto checks
+    as topics of their own.
+    """
+    return (
+        AclRule("readwrite", f"{topics.prefix}/#"),
+        AclRule("read", f"$share/{REGISTRY_SHARE_GROUP}/{topics.prefix}/#"),
+    )
 
 
 @lru_cache(maxsize=16)

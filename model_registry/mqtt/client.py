@@ -54,6 +54,7 @@ class MqttConnection:
         ca_file: str | None = None,
         keepalive_s: int = 30,
         connect_timeout_s: float = 30.0,
+        clean_session: bool = False,
         messages: asyncio.Queue[MqttMessage] | None = None,
     ) -> None:
         try:
@@ -67,6 +68,7 @@ class MqttConnection:
         self._first_connect: asyncio.Future[None] | None = None
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._subscriptions: list[str] = []
+        self._asked: dict[int, str] = {}  # subscriptions awaiting the broker's answer, by mid
         self._routes: dict[str, Callable[[MqttMessage], None]] = {}
         self._connections = 0
         self.since: datetime | None = None  # when the connection last came up or went down
@@ -76,17 +78,23 @@ class MqttConnection:
         self.messages: asyncio.Queue[MqttMessage] = (
             asyncio.Queue() if messages is None else messages
         )
-        self._client = self._make_client(client_id, username, password, ca_file)
+        self._client = self._make_client(client_id, username, password, ca_file, clean_session)
 
     def _make_client(
-        self, client_id: str, username: str | None, password: str | None, ca_file: str | None
+        self,
+        client_id: str,
+        username: str | None,
+        password: str | None,
+        ca_file: str | None,
+        clean_session: bool,
     ) -> paho.Client:
-        # MQTT 3.1.1 with a persistent session: every broker we target speaks it, the embedded
-        # one included, and it keeps our subscriptions and queued messages across reconnects.
+        # MQTT 3.1.1, by default with a persistent session: every broker we target speaks it,
+        # the embedded one included, and it keeps queued messages across reconnects. The
+        # subscriptions are made again after every connect, so a clean session works as well.
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            clean_session=False,
+            clean_session=clean_session,
             protocol=paho.MQTTv311,
         )
         self._ca_file = ca_file or None
@@ -100,6 +108,7 @@ class MqttConnection:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         return client
 
@@ -161,7 +170,12 @@ class MqttConnection:
     def subscribe(self, topic_filter: str) -> None:
         """Subscribe at QoS 1 now and again after every reconnect."""
         self._subscriptions.append(topic_filter)
-        self._client.subscribe(topic_filter, qos=1)
+        self._send_subscribe(topic_filter)
+
+    def _send_subscribe(self, topic_filter: str) -> None:
+        _rc, mid = self._client.subscribe(topic_filter, qos=1)
+        if mid is not None:
+            self._asked[mid] = topic_filter
 
     def route(self, topic: str, handler: Callable[[MqttMessage], None]) -> None:
         """Hand messages on exactly `topic` to `handler` (on the loop) instead of `messages`."""
@@ -189,6 +203,11 @@ class MqttConnection:
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
         self._call(self._acknowledge, mid)
 
+    def _on_subscribe(
+        self, _c: paho.Client, _u: Any, mid: int, codes: list[ReasonCode], _p: Any
+    ) -> None:
+        self._call(self._subscribed, mid, [str(c) for c in codes if c.is_failure])
+
     def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
         converted = MqttMessage(message.topic, bytes(message.payload), bool(message.retain))
         self._call(self._dispatch, converted)
@@ -212,7 +231,7 @@ class MqttConnection:
                 self._first_connect.set_exception(MqttError(f"broker refused us: {reason}"))
             return
         for topic_filter in self._subscriptions:
-            self._client.subscribe(topic_filter, qos=1)
+            self._send_subscribe(topic_filter)
         self._connected.set()
         self._connections += 1
         if self._connections > 1:
@@ -222,6 +241,18 @@ class MqttConnection:
         self.since = _now()
         if not self._first_connect.done():
             self._first_connect.set_result(None)
+
+    def _subscribed(self, mid: int, refused: list[str]) -> None:
+        topic_filter = self._asked.pop(mid, None)
+        if refused and topic_filter is not None:
+            # Nothing arrives on a refused subscription: say so rather than wait in silence.
+            log.error(
+                "the broker at %s refused the subscription to %s (%s): do its access rules "
+                "predate this registry? (model-registry broker-config writes current ones)",
+                self._where(),
+                topic_filter,
+                ", ".join(refused),
+            )
 
     def _dispatch(self, message: MqttMessage) -> None:
         handler = self._routes.get(message.topic)

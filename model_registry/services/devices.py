@@ -57,6 +57,11 @@ http_url = "{http_url}"
 [server]
 # Local Open Inference Protocol v2 endpoint. Set `socket` to serve on a unix socket instead.
 listen = "127.0.0.1:8080"
+
+[telemetry]
+# This registry acknowledges what it stores: keep every event and report until it says so,
+# also before its first acknowledgement arrives (a broker that crashes then loses nothing).
+registry_acks = true
 """
 
 

@@ -28,10 +28,15 @@ async def duty_loop(
     retry_s: float = STANDBY_RETRY_S,
 ) -> None:
     """Run `run_pass` every `interval_s` while this registry holds duty `name`; until cancelled."""
+    holding = False
     while True:
         wait = min(retry_s, interval_s)
         try:
-            if await storage.acquire_duty(name):
+            held = await storage.acquire_duty(name)
+            if held != holding:  # said once per change: a standby asks every few seconds
+                log.info("%s: %s", name, "this registry runs it now" if held else "no longer")
+                holding = held
+            if held:
                 await run_pass()
                 wait = interval_s
         except asyncio.CancelledError:

@@ -31,6 +31,7 @@ from edge_protocol import Topics, format_time
 from edge_protocol.errors import FormatError
 from edge_protocol.messages import parse_device_message
 from edge_protocol.topics import KIND_EVENTS, KIND_STATE, KIND_TELEMETRY
+from model_registry.mqtt.acl import REGISTRY_SHARE_GROUP
 from model_registry.mqtt.client import MqttMessage
 from model_registry.services.acks import AckBook
 from model_registry.services.context import RegistryContext
@@ -71,9 +72,21 @@ class DeviceIngest:
         self.queue = IngestQueue(self.admit, limits.backlog_mib * 1024 * 1024, self.overloaded)
         self.acks = AckBook()  # what to acknowledge to the devices (sent by `AckSender`)
 
-    def subscriptions(self) -> list[str]:
-        """The topic filters to subscribe to."""
-        return [self._topics.device_messages(k) for k in (KIND_STATE, KIND_EVENTS, KIND_TELEMETRY)]
+    def subscriptions(self, *, shared: bool = False) -> list[str]:
+        """The topic filters to subscribe to; `shared`: as a member of the replicas' group.
+
+        A shared subscription hands each event and telemetry message to one member of the
+        group, so replicas on one database do not each store it (idempotent ingest would drop
+        the copies anyway). The state stays a plain subscription: brokers send no retained
+        messages on shared ones, and a replica that starts must get every device's current
+        state; storing the same latest state twice changes nothing.
+        """
+        group = f"$share/{REGISTRY_SHARE_GROUP}/" if shared else ""
+        return [
+            self._topics.device_messages(KIND_STATE),
+            group + self._topics.device_messages(KIND_EVENTS),
+            group + self._topics.device_messages(KIND_TELEMETRY),
+        ]
 
     async def run(self, messages: asyncio.Queue[MqttMessage]) -> None:
         """Store messages from the queue until cancelled, a batch of what has arrived at a time."""

@@ -25,6 +25,7 @@ from model_registry.services.duties import duty_loop
 from model_registry.storage import DeviceRecord, ReleaseRecord
 
 log = logging.getLogger(__name__)
+MAINTENANCE_DUTY = "maintenance"  # the lease of the upkeep, held by one replica at a time
 
 
 @dataclass
@@ -71,7 +72,7 @@ async def maintenance_loop(ctx: RegistryContext) -> None:
             log.info("maintenance: %s", report)
 
     await duty_loop(
-        ctx.storage, "maintenance", one_pass, ctx.config.signing.resign_check_interval_s
+        ctx.storage, MAINTENANCE_DUTY, one_pass, ctx.config.signing.resign_check_interval_s
     )
 
 
@@ -109,9 +110,12 @@ async def sync_broker(ctx: RegistryContext) -> None:
     receive the new root and then only documents it lets them accept.
     """
     async with ctx.state_lock:
-        report = await renew_retired_signatures(ctx)
-        if report != MaintenanceReport():
-            log.info("re-signed with the current release key: %s", report)
+        # Replicas on one database: only the holder of the upkeep duty re-signs, so two that
+        # start together do not each renew an assignment with the same next seq.
+        if await ctx.storage.acquire_duty(MAINTENANCE_DUTY):
+            report = await renew_retired_signatures(ctx)
+            if report != MaintenanceReport():
+                log.info("re-signed with the current release key: %s", report)
         if ctx.publisher is not None:
             await _publish_everything(ctx, ctx.publisher)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from pathlib import Path
 
 from edge_common.files import fsync_directory, remove_temp_files, write_atomic
@@ -109,20 +110,27 @@ class BlobStore:
         fsync_directory(target.parent)
         return True
 
-    def remove_temp_files(self) -> int:
+    def remove_temp_files(self, min_age_s: float = 0.0) -> int:
         """Delete temp files a crash left behind in the fan-out dirs; return how many.
 
         Call only while nothing writes blobs (`serve` does at start): a put in progress has
-        a temp file of the same form.
+        a temp file of the same form. Replicas sharing the directory pass `min_age_s`, which
+        spares the files written to recently (by another replica's push in progress).
         """
         removed = 0
+        cutoff = time.time() - min_age_s
         for directory in self.root.glob("??"):
             # `.tmp-*` is what releases before the shared write helper left behind.
             for temp in directory.glob(f"{_LEGACY_TEMP_PREFIX}*"):
+                try:
+                    if temp.stat().st_mtime > cutoff:
+                        continue
+                except FileNotFoundError:  # its writer finished, or another replica removed it
+                    continue
                 temp.unlink(missing_ok=True)
                 fsync_directory(directory)
                 removed += 1
-            removed += len(remove_temp_files(directory))
+            removed += len(remove_temp_files(directory, min_age_s))
         return removed
 
     def _make_fanout_dir(self, directory: Path) -> None:

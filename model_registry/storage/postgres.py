@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import re
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
@@ -62,6 +64,7 @@ _SERVER_KEEPALIVE = (
     " set_config('tcp_keepalives_count', '3', false),"
     " set_config('tcp_user_timeout', '20000', false)"
 )
+APPLICATION_NAME_MAX = 63  # what the server keeps of it
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -182,8 +185,17 @@ def check_url(url: str) -> None:
 def connection_options(url: str) -> dict[str, Any]:
     """What every connection of the storage sets, unless the URL sets it itself."""
     given = psycopg.conninfo.conninfo_to_dict(url)
-    defaults = {"connect_timeout": str(CONNECT_TIMEOUT_S), **_CLIENT_KEEPALIVE}
+    defaults = {
+        "connect_timeout": str(CONNECT_TIMEOUT_S),
+        "application_name": application_name(),
+        **_CLIENT_KEEPALIVE,
+    }
     return {"autocommit": True} | {k: v for k, v in defaults.items() if k not in given}
+
+
+def application_name() -> str:
+    """`model-registry HOST PID`: tells the replicas' sessions apart in `pg_stat_activity`."""
+    return f"model-registry {socket.gethostname()} {os.getpid()}"[:APPLICATION_NAME_MAX]
 
 
 async def connect(url: str) -> psycopg.AsyncConnection[Any]:

@@ -153,12 +153,29 @@ def registry_acks() -> bool:
 
 
 @pytest.fixture
+def configured_acks() -> bool:
+    """`[telemetry] registry_acks` of the device's config."""
+    return False
+
+
+@pytest.fixture
 async def uplink(
-    tmp_path: Path, mosquitto_plain: Broker, ack_timeout_s: float, registry_acks: bool
+    tmp_path: Path,
+    mosquitto_plain: Broker,
+    ack_timeout_s: float,
+    registry_acks: bool,
+    configured_acks: bool,
 ) -> AsyncIterator[Uplink]:
     device = unique("dev")
     spool = Spool(tmp_path / "spool", 1 << 20)
-    reporter = Reporter(device, TOPICS, lambda: ({}, {}), spool, ack_timeout_s=ack_timeout_s)
+    reporter = Reporter(
+        device,
+        TOPICS,
+        lambda: ({}, {}),
+        spool,
+        ack_timeout_s=ack_timeout_s,
+        registry_acks=configured_acks,
+    )
     as_registry = MqttSettings(url=mosquitto_plain.url, username="registry")
     as_device = MqttSettings(url=mosquitto_plain.url, username=device)
     async with (
@@ -216,6 +233,15 @@ async def test_a_registry_that_never_acknowledges_costs_a_few_resends(uplink: Up
     while 2 not in versions:
         versions.append((await uplink.next())["version"])
     assert versions == [1] * FALLBACK_SENDS + [2]
+
+
+@pytest.mark.parametrize(("ack_timeout_s", "configured_acks"), [(0.05, True)])
+async def test_a_device_told_its_registry_acknowledges_never_gives_up(uplink: Uplink) -> None:
+    await uplink.reporter.event("received", model="m", version=1)
+    for _ in range(FALLBACK_SENDS + 2):  # past where a spool that never saw an ack gives up
+        assert (await uplink.next())["version"] == 1
+    assert uplink.spool.stats()["pending"] == 1, "kept until the registry acknowledges it"
+    assert not uplink.spool.registry_acks, "without a single acknowledgement so far"
 
 
 @pytest.mark.parametrize("ack_timeout_s", [3600.0])

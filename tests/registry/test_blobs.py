@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
+from edge_common.files import TEMP_SUFFIX
 from model_registry.errors import InvalidInputError, NotFoundError
 from model_registry.storage import BlobStore
 
@@ -88,6 +90,21 @@ def test_remove_temp_files_clears_crash_leftovers(store: BlobStore) -> None:
     leftover.write_bytes(b"half")
     assert store.remove_temp_files() == 1
     assert all_files(store.root) == [store.path(SHA)]
+
+
+def test_replicas_sharing_the_directory_spare_recent_unfinished_writes(store: BlobStore) -> None:
+    """Another replica may be writing the recent ones; only an hour-old one is a crash's."""
+    store.put(DATA)
+    directory = store.path(SHA).parent
+    in_progress = [directory / ".tmp-pushing", directory / f".{SHA}.x1y2{TEMP_SUFFIX}"]
+    crashed = [directory / ".tmp-crashed", directory / f".{SHA}.z3w4{TEMP_SUFFIX}"]
+    for path in (*in_progress, *crashed):
+        path.write_bytes(b"half")
+    two_hours_ago = time.time() - 7200
+    for path in crashed:
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    assert store.remove_temp_files(min_age_s=3600) == len(crashed)
+    assert sorted(all_files(store.root)) == sorted([store.path(SHA), *in_progress])
 
 
 @pytest.mark.parametrize(

@@ -379,6 +379,8 @@ FILTERS = [
     f"{P}/#", f"{P}/trust/#", f"{P}/trust/root/+", f"{P}/releases/+/+", f"{P}/artifacts/{SHA}/+",
     f"{P}/devices/+/assignment", f"{P}/devices/{DEV}/#", f"{P}/devices/{DEV}/+", "#", "+/v1/#",
     f"{P}/devices/+/acks",
+    # Registry replicas share device reports in their group; no other group, nobody else.
+    f"$share/model-registry/{P}/devices/+/events", f"$share/other/{P}/devices/+/events",
 ]  # fmt: skip
 
 

@@ -10,6 +10,7 @@ of either is retained, while a full-size chunk still goes through.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -24,6 +25,7 @@ from model_registry.config import load_config
 from model_registry.errors import ConflictError, NotFoundError
 from model_registry.home import InitResult
 from model_registry.mqtt import dynsec
+from model_registry.mqtt.acl import REGISTRY_SHARE_GROUP
 from model_registry.mqtt.broker_admin import DynsecAdmin
 from model_registry.mqtt.client import MqttConnection
 from model_registry.mqtt.credentials import generate_password
@@ -311,3 +313,48 @@ def test_a_packet_over_the_limit_disconnects_its_sender(mosquitto: Broker, size:
     assert disconnected
     assert received == [b"barrier"]
     assert _nothing_retained(mosquitto, topic)
+
+
+# --- registry replicas share the device reports -------------------------------------------------
+
+
+async def test_replicas_in_the_shared_group_each_get_a_part_of_the_events(
+    mosquitto: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """mosquitto hands each event to one replica; a group the rules do not name is refused."""
+    shared = f"$share/{REGISTRY_SHARE_GROUP}/{TOPICS.device_messages('events')}"
+    replicas = []
+    for n in (1, 2):
+        connection = MqttConnection(
+            mosquitto.url, client_id=f"{REGISTRY_CLIENT_ID}-replica-{n}", username=REGISTRY,
+            password=mosquitto.password(REGISTRY), connect_timeout_s=10, clean_session=True,
+        )  # fmt: skip
+        await connection.connect()
+        connection.subscribe(shared)
+        replicas.append(connection)
+    for n, connection in enumerate(replicas):  # refused: the rules name one group only
+        connection.subscribe(f"$share/other-{n}/{TOPICS.device_messages('events')}")
+    try:
+        # The broker answers a client's SUBSCRIBEs in order: once the second one is refused,
+        # the shared subscription before it is in place.
+        for n in range(len(replicas)):
+            refusal = f"refused the subscription to $share/other-{n}/"
+            await asyncio.to_thread(_wait_until, lambda r=refusal: r in caplog.text)  # type: ignore[misc]
+        sent = [f"event-{i}".encode() for i in range(8)]
+        device = await asyncio.to_thread(mosquitto.connect, DEV, client_id=DEV)
+        with device:
+            for payload in sent:
+                device.publish(TOPICS.events(DEV), payload)
+        got: list[list[bytes]] = [[], []]
+        async with asyncio.timeout(20):  # events that reach no replica fail the test here
+            while sum(map(len, got)) < len(sent):
+                for n, connection in enumerate(replicas):
+                    with contextlib.suppress(asyncio.QueueEmpty):
+                        got[n].append(connection.messages.get_nowait().payload)
+                await asyncio.sleep(0.02)
+        assert sorted(got[0] + got[1]) == sorted(sent)  # each once, none twice
+        assert got[0], got  # both replicas took a share
+        assert got[1], got
+    finally:
+        for connection in replicas:
+            await connection.close()

@@ -122,7 +122,7 @@ class Fleet:
         """Provision a device (appending `extra_toml` to its config); return its agent."""
         config = self.provision(device_id, group)
         if extra_toml:
-            config.write_text(config.read_text() + "\n" + extra_toml)
+            config.write_text(with_settings(config.read_text(), extra_toml))
         return AgentProcess(config, self.root / "states" / device_id)
 
     def registry_client(self) -> MqttTestClient:
@@ -199,3 +199,22 @@ def chunks_of(data: bytes, chunk_size: int) -> list[bytes]:
 def sha256(data: bytes) -> str:
     """Hex SHA-256."""
     return hashlib.sha256(data).hexdigest()
+
+
+def with_settings(config: str, extra_toml: str) -> str:
+    """`config` with the lines of `extra_toml` added: into a table the config already has (TOML
+    declares each table once), else as new tables at the end."""
+    lines = config.splitlines()
+    tail: list[str] = []
+    insert_at: int | None = None
+    for line in extra_toml.splitlines():
+        if line.startswith("["):
+            insert_at = lines.index(line) + 1 if line in lines else None
+            if insert_at is None:
+                tail.append(line)
+        elif insert_at is None:
+            tail.append(line)
+        else:
+            lines.insert(insert_at, line)
+            insert_at += 1
+    return "\n".join([*lines, "", *tail]) + "\n"
