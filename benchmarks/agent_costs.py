@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 from edge_agent import eventloop
+from edge_agent.metrics import AgentMetrics
 from edge_agent.runtime import Batcher, BatchPolicy, ModelRepository, RuntimeOptions, load_model
 from edge_agent.runtime.costs import measure_handoff
-from edge_agent.server.metrics import AgentMetrics
 from edge_agent.server.oip import (
     InferResponse,
     OutputTensor,

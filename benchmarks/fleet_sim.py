@@ -31,16 +31,31 @@ class Settings:
     runs: int
     chunk_kib: int = 256
     timeout_s: float = 120.0
+    hidden: int = 1024  # the update model's hidden width: 1024 makes it ~4 MiB, 64 ~25 KiB
+    section: str = "fleet_sim"
 
 
 QUICK = Settings(devices=50, workers=2, runs=1)
 FULL = Settings(devices=200, workers=4, runs=3)
+# A large fleet: 2,000 devices, with a small model so that the figure is the protocol's
+# fan-out (assignments, releases, verification), not 8 GB of chunks through one broker.
+SCALE_QUICK = Settings(devices=500, workers=2, runs=1, hidden=64, section="fleet_scale")
+SCALE_FULL = Settings(devices=2000, workers=8, runs=2, hidden=64, section="fleet_scale")
 
 
 def run(mode: str) -> dict[str, Any]:
+    """The fleet of `mode` (200 devices in full runs)."""
+    return run_fleet(mode, QUICK if mode == "quick" else FULL)
+
+
+def run_scale(mode: str) -> dict[str, Any]:
+    """The large fleet of `mode` (2,000 devices in full runs)."""
+    return run_fleet(mode, SCALE_QUICK if mode == "quick" else SCALE_FULL)
+
+
+def run_fleet(mode: str, settings: Settings) -> dict[str, Any]:
     """Provision, start the workers, deploy `runs` new versions, collect per-device times."""
-    settings = QUICK if mode == "quick" else FULL
-    root = WORK / "fleet-sim"
+    root = WORK / settings.section.replace("_", "-")
     # Each real device has its own flash; 200 of them sharing this machine's one disk would
     # measure fsync queueing, not the protocol: the simulated stores live in tmpfs.
     state_root = (TMPFS if TMPFS.is_dir() else root) / "edge-bench-sim-state"
@@ -51,7 +66,7 @@ def run(mode: str) -> dict[str, Any]:
     events: queue.Queue[dict[str, Any]] = queue.Queue()
     results = []
     try:
-        ids = [f"sim-{i:03d}" for i in range(settings.devices)]
+        ids = [f"sim-{i:04d}" for i in range(settings.devices)]
         began = time.monotonic()
         bundles = deployment.provision(ids, GROUP)
         provision_s = time.monotonic() - began
@@ -79,7 +94,7 @@ def run(mode: str) -> dict[str, Any]:
         connect_s = time.monotonic() - began
         log(f"fleet sim: {settings.devices} devices connected in {connect_s:.1f} s")
         for run_index in range(settings.runs):
-            version = deployment.push(update_model_file(500 + run_index), MODEL)
+            version = deployment.push(update_model_file(500 + run_index, settings.hidden), MODEL)
             time.sleep(0.5)
             started, returned = deployment.deploy(MODEL, version, GROUP)
             # From the deploy command's start: the registry publishes the 200 assignments while
@@ -119,7 +134,7 @@ def run(mode: str) -> dict[str, Any]:
         shutil.rmtree(state_root, ignore_errors=True)
     complete = [e["all_s"] for e in results if e["all_s"] is not None]
     return {
-        "section": "fleet_sim",
+        "section": settings.section,
         "mode": mode,
         "settings": {
             "devices": settings.devices,
@@ -127,7 +142,7 @@ def run(mode: str) -> dict[str, Any]:
             "runs": settings.runs,
             "chunk_kib": settings.chunk_kib,
             "state_dirs": "tmpfs (/dev/shm)" if str(state_root).startswith("/dev/shm") else "disk",
-            "model_bytes": update_model_file(500).stat().st_size,
+            "model_bytes": update_model_file(500, settings.hidden).stat().st_size,
         },
         "provision_s": round(provision_s, 2),
         "connect_s": round(connect_s, 2),

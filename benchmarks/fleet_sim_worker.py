@@ -2,9 +2,9 @@
 
 Per device: one `edge_agent.mqtt.AgentMqtt` connection with the device's credentials,
 `edge_protocol.TrustedState` to verify the assignment and the release, and
-`edge_agent.fetch.MqttChunkFetcher` + `edge_agent.store.ModelStore` to download, verify every
-chunk, persist and verify the whole artifact. No onnxruntime: a device is "verified" once the
-artifact is final in its store. Prints one JSON line per event on stdout.
+`edge_agent.update.fetch.MqttChunkFetcher` + `edge_agent.storage.store.ModelStore` to
+download, verify every chunk, persist and verify the whole artifact. No onnxruntime: a device
+is "verified" once the artifact is final in its store. Prints one JSON line per event on stdout.
 
 Usage: python -m benchmarks.fleet_sim_worker SPEC.json
 """
@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_agent.config import MqttSettings
-from edge_agent.fetch import MqttChunkFetcher
+from edge_agent.config.settings import MqttSettings
 from edge_agent.mqtt import AgentMqtt
-from edge_agent.store import ModelStore
+from edge_agent.storage.store import ModelStore
+from edge_agent.update.fetch import MqttChunkFetcher
 from edge_protocol import Assignment, RejectedError, Topics, TrustedState
 from edge_protocol.topics import KIND_ARTIFACT, KIND_ASSIGNMENT, KIND_RELEASE
 

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,8 +100,8 @@ class Deployment:
         """The registry's REST API."""
         return f"http://{LOCALHOST}:{self.api_port}"
 
-    def start(self) -> None:
-        """init, broker-config, mosquitto, serve."""
+    def start(self, before_serve: Callable[[], None] | None = None) -> None:
+        """init, broker-config, mosquitto, `before_serve` (with the home made), serve."""
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True)
         cli("init", "--home", str(self.home))
@@ -111,6 +112,8 @@ class Deployment:
             self.root / "mosquitto.log",
         )
         self._wait_port(self.mqtt_port)
+        if before_serve is not None:
+            before_serve()
         self._start_registry()
 
     def stop(self) -> None:

@@ -202,10 +202,11 @@ def update_model(seed: int, hidden: int = 1024) -> bytes:
     return bytes(onnx_model.SerializeToString())
 
 
-def update_model_file(seed: int) -> Path:
-    """update_model(seed) written to the cache."""
-    path = MODELS / "updates" / f"update-{seed}.onnx"
+def update_model_file(seed: int, hidden: int = 1024) -> Path:
+    """update_model(seed, hidden) written to the cache."""
+    name = f"update-{seed}.onnx" if hidden == 1024 else f"update-{seed}-h{hidden}.onnx"
+    path = MODELS / "updates" / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(update_model(seed))
+        path.write_bytes(update_model(seed, hidden))
     return path

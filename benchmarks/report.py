@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from benchmarks.common import BENCH, read_result
+from benchmarks.scale_report import scale_lines, scale_targets
 from benchmarks.serving_stats import ratios
 
 README = BENCH / "README.md"
@@ -107,6 +108,8 @@ def targets(mode: str) -> list[dict[str, Any]]:
         n = sim["settings"]["devices"]
         add(f"{n} simulated devices all verified within 15 s", sim["summary"]["all_s_median"],
             15.0, False, " s")  # fmt: skip
+    for name, value, limit, unit in scale_targets(mode):
+        add(name, value, limit, False, unit)
     footprint = read_result(mode, "footprint") or {}
     if footprint.get("import_floor"):
         add("steady RSS <= 1.15x import floor", footprint["steady_rss_over_floor"], 1.15, False)
@@ -342,7 +345,7 @@ def render(mode: str) -> str:
         [[t["target"], t["measured"], t["status"]] for t in targets(mode)],
     )
     lines += ["", "#### 1. Serving", "", *serving_tables(mode), *costs_table(mode)]
-    lines += ["", "#### 2. Update propagation", "", *propagation_tables(mode)]
+    lines += ["", "#### 2. Update propagation", "", *propagation_tables(mode), *scale_lines(mode)]
     lines += ["", "#### 3. Footprint", "", *footprint_table(mode)]
     lines += ["", "#### 4. Quantization", "", *quantization_table(mode)]
     return "\n".join(lines).strip() + "\n"

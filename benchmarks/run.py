@@ -15,7 +15,16 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks import agent_costs, fleet_sim, footprint, propagation, quantization, serving
+from benchmarks import (
+    agent_costs,
+    deploy_scale,
+    fleet_sim,
+    footprint,
+    ingest_scale,
+    propagation,
+    quantization,
+    serving,
+)
 from benchmarks.common import (
     BENCH,
     PYTHON,
@@ -48,6 +57,9 @@ SECTIONS: dict[str, Callable[[str], dict[str, Any]]] = {
     "footprint": footprint.run,
     "propagation": propagation.run,
     "fleet_sim": fleet_sim.run,
+    "fleet_scale": fleet_sim.run_scale,
+    "deploy_scale": deploy_scale.run,
+    "ingest_scale": ingest_scale.run,
 }
 PACKAGES = (
     "onnxruntime", "numpy", "aiohttp", "paho-mqtt", "cryptography", "scikit-learn", "skl2onnx",

@@ -18,24 +18,24 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from edge_agent import eventloop
-from edge_agent.activation import Activator
-from edge_agent.config import DeviceConfig
-from edge_agent.dispatch import Dispatcher, Subscriptions
-from edge_agent.fetch import MqttChunkFetcher
-from edge_agent.http_fetch import HttpChunkFetcher
-from edge_agent.link import LinkState
+from edge_agent.config.preflight import Labels
+from edge_agent.config.settings import DeviceConfig
+from edge_agent.metrics import AgentMetrics
 from edge_agent.mqtt import Backoff, run_with_reconnect
-from edge_agent.preflight import Labels
-from edge_agent.reporting import Reporter
+from edge_agent.mqtt.link import LinkState
 from edge_agent.runtime import ModelRepository
 from edge_agent.server import InferenceServer
-from edge_agent.server.metrics import AgentMetrics
-from edge_agent.spool import SPOOL_DIR, Spool
-from edge_agent.state import StateStore
-from edge_agent.store import ModelStore
+from edge_agent.storage.state import StateStore
+from edge_agent.storage.store import ModelStore
 from edge_agent.systemd import SystemdNotifier
-from edge_agent.telemetry import Telemetry, TelemetryCollector
-from edge_agent.updater import INTERNAL_ERROR, ChunkFetcher, Updater
+from edge_agent.update.activation import Activator
+from edge_agent.update.dispatch import Dispatcher, Subscriptions
+from edge_agent.update.fetch import MqttChunkFetcher
+from edge_agent.update.http_fetch import HttpChunkFetcher
+from edge_agent.update.updater import INTERNAL_ERROR, ChunkFetcher, Updater
+from edge_agent.uplink.reporting import Reporter
+from edge_agent.uplink.spool import SPOOL_DIR, Spool
+from edge_agent.uplink.telemetry import Telemetry, TelemetryCollector
 from edge_common.listen import listen_error
 from edge_common.supervise import Supervisor, TaskFailure, first_of
 from edge_protocol import Topics, TrustedState, utc_now

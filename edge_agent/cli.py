@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import cast
 
 from edge_agent import __version__
-from edge_agent.config import DeviceConfig
-from edge_agent.config_loader import load_config
+from edge_agent.config.loader import load_config
+from edge_agent.config.preflight import Labels, check_files, check_listen
+from edge_agent.config.settings import DeviceConfig
 from edge_agent.errors import ConfigError
-from edge_agent.lock import StateDirLock, holder_pid
-from edge_agent.preflight import Labels, check_files, check_listen
+from edge_agent.storage.lock import StateDirLock, holder_pid
 from edge_agent.systemd import configure_logging
 from edge_common.usage import CommandParser
 

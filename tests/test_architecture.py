@@ -80,6 +80,31 @@ def test_edge_protocol_does_no_file_or_network_io() -> None:
     assert not calls, f"edge_protocol calls I/O builtins {sorted(calls)}"
 
 
+def _imports_below(folder: Path) -> set[tuple[str, str]]:
+    """(file, dotted module) for every absolute import in the files under `folder`."""
+    found = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                found |= {(path.name, alias.name) for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.add((path.name, node.module))
+    return found
+
+
+@pytest.mark.parametrize("room", ["update", "storage", "uplink", "config"])
+def test_the_agent_s_update_path_and_its_state_do_not_import_the_server(room: str) -> None:
+    # A device must update itself whatever the HTTP server does: the two meet only in the
+    # model repository and the metrics.
+    bad = {
+        (f, m)
+        for f, m in _imports_below(ROOT / "edge_agent" / room)
+        if m == "edge_agent.server" or m.startswith("edge_agent.server.")
+        if m != "edge_agent.server.settings"  # the [server] table of device.toml
+    }
+    assert not bad, f"edge_agent/{room} imports the server: {sorted(bad)}"
+
+
 def test_edge_common_uses_only_the_standard_library() -> None:
     allowed = set(sys.stdlib_module_names) | {"edge_common", "__future__"}
     bad = {(f, m) for f, m in _imported_modules("edge_common") if m not in allowed}

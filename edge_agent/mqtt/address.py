@@ -9,7 +9,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from edge_agent.config import MqttSettings
+from edge_agent.config.settings import MqttSettings
 from edge_agent.errors import ConfigError
 from edge_common.broker_address import BrokerAddress, BrokerURLError
 

@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_agent.config import MqttSettings
+from edge_agent.config.settings import MqttSettings
 from edge_agent.errors import (
     BrokerError,
     ConfigError,

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
-from edge_agent.config import MqttSettings
+from edge_agent.config.settings import MqttSettings
 from edge_agent.errors import BrokerError, MqttDisconnectedError
 from edge_agent.mqtt.address import broker_address
 from edge_agent.mqtt.connection import AgentMqtt, Message

@@ -8,9 +8,10 @@ its last lease is returned. No request ever sees two versions.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 from edge_agent.errors import ModelNotFoundError
@@ -50,7 +51,7 @@ class ModelRepository:
         with self._lock:
             model = self._models.get(name)
         if model is None:
-            raise ModelNotFoundError(f"no model named {name!r} is being served")
+            raise ModelNotFoundError(_not_served(name, self._models))
         return model
 
     def __contains__(self, name: object) -> bool:
@@ -93,7 +94,7 @@ class ModelRepository:
         with self._lock:
             model = self._models.get(name)
             if model is None:
-                raise ModelNotFoundError(f"no model named {name!r} is being served")
+                raise ModelNotFoundError(_not_served(name, self._models))
             if version is not None and version != str(model.version):
                 raise ModelNotFoundError(
                     f"model {name!r} has no version {version!r} loaded; "
@@ -124,3 +125,14 @@ class ModelRepository:
 
 def _v(model: LoadedModel | None) -> str:
     return "none" if model is None else str(model.version)
+
+
+def _not_served(name: str, served: Mapping[str, object]) -> str:
+    """`no model named 'cancr' is being served; did you mean 'cancer'?`"""
+    close = difflib.get_close_matches(name, list(served), n=3, cutoff=0.6)
+    if close:
+        suggestion = " or ".join(map(repr, close))
+        return f"no model named {name!r} is being served; did you mean {suggestion}?"
+    if not served:
+        return f"no model named {name!r} is being served: no model is being served yet"
+    return f"no model named {name!r} is being served (GET /v1/status lists the served models)"

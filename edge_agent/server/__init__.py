@@ -3,9 +3,9 @@
 docs/inference-api.md describes it for users; docs/openapi-agent.json is its OpenAPI document.
 """
 
+from edge_agent.metrics import AgentMetrics
 from edge_agent.server.app import create_app
 from edge_agent.server.dataplane import DataPlane, StatusProvider
-from edge_agent.server.metrics import AgentMetrics
 from edge_agent.server.runner import InferenceServer, serve_until_signalled
 from edge_agent.server.settings import ServerConfig
 

@@ -9,12 +9,12 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from edge_agent.metrics import AgentMetrics
 from edge_agent.runtime import ModelRepository
 from edge_agent.server.body import BODY_BUDGET, BodyBudget
 from edge_agent.server.connections import connection_middleware
 from edge_agent.server.dataplane import DataPlane, StatusProvider
 from edge_agent.server.handlers import CONFIG, DATAPLANE, METRICS, routes
-from edge_agent.server.metrics import AgentMetrics
 from edge_agent.server.middleware import request_middleware
 from edge_agent.server.settings import ServerConfig
 

@@ -15,11 +15,11 @@ from typing import Any
 
 from edge_agent import __version__
 from edge_agent.errors import AgentError, ModelNotFoundError, ShuttingDownError
+from edge_agent.metrics import AgentMetrics
 from edge_agent.runtime import Batcher, LoadedModel, ModelRepository
 from edge_agent.runtime.batching import BatchResult
 from edge_agent.runtime.costs import measure_handoff
 from edge_agent.runtime.model import Array
-from edge_agent.server.metrics import AgentMetrics
 from edge_agent.server.model_config import model_config
 from edge_agent.server.oip import InferRequest, InferResponse, OutputTensor
 from edge_agent.server.settings import ServerConfig

@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 
 from aiohttp import hdrs, web
 
+from edge_agent.metrics import AgentMetrics
 from edge_agent.server.body import read_body
 from edge_agent.server.dataplane import DataPlane
-from edge_agent.server.metrics import AgentMetrics
 from edge_agent.server.middleware import MODEL_VERSION
 from edge_agent.server.oip import (
     HEADER_LENGTH,

@@ -28,8 +28,8 @@ from edge_agent.errors import (
     UnauthorizedError,
     UnsupportedMediaTypeError,
 )
+from edge_agent.metrics import UNKNOWN_MODEL, AgentMetrics
 from edge_agent.runtime import ModelRepository
-from edge_agent.server.metrics import UNKNOWN_MODEL, AgentMetrics
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +151,19 @@ def _kept_headers(error: web.HTTPException) -> dict[str, str]:
 
 
 def check_bearer(header: str | None, expected: bytes) -> None:
-    """Raise UnauthorizedError unless `header` is `Bearer <expected>` (HTTP and gRPC alike)."""
+    """Raise UnauthorizedError unless `header` is `Bearer <expected>` (HTTP and gRPC alike).
+
+    gRPC carries the same header as `authorization` metadata and gets the same words, so a
+    client sees one message whichever half of the protocol it speaks.
+    """
     if header is None:
         raise UnauthorizedError("this endpoint needs 'Authorization: Bearer <token>'")
     scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer":
+        raise UnauthorizedError("'Authorization' must be 'Bearer <token>', with the word Bearer")
     given = value.strip().encode("utf-8", "surrogateescape")
     # compare_digest takes the same time wherever the first difference is.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):
+    if not hmac.compare_digest(given, expected):
         raise UnauthorizedError("the bearer token is not valid")
 
 

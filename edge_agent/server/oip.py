@@ -138,7 +138,10 @@ def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest
     parameters = _parameters(obj.get("parameters"), "request")
     raw_inputs = obj.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs or len(raw_inputs) > MAX_TENSORS:
-        raise InvalidRequestError(f"'inputs' must be an array of 1 to {MAX_TENSORS} tensors")
+        hint = ""
+        if raw_inputs is None and "instances" in obj:
+            hint = '; a body of "instances" goes to POST /v1/models/{model}:predict'
+        raise InvalidRequestError(f"'inputs' must be an array of 1 to {MAX_TENSORS} tensors{hint}")
     request_id = obj.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidRequestError("'id' must be a string")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from aiohttp import web
 
+from edge_agent.metrics import AgentMetrics
 from edge_agent.runtime import ModelRepository
 from edge_agent.server.app import create_app
 from edge_agent.server.body import BODY_BUDGET
@@ -25,7 +26,6 @@ from edge_agent.server.connections import (
 )
 from edge_agent.server.dataplane import DataPlane, StatusProvider
 from edge_agent.server.handlers import DATAPLANE
-from edge_agent.server.metrics import AgentMetrics
 from edge_agent.server.settings import ServerConfig
 
 if TYPE_CHECKING:

@@ -27,7 +27,10 @@ _FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
 def instances_to_tensors(body: Any, io: ModelIO) -> tuple[InputTensor, ...]:
     """Turn a `{"instances": [...]}` body into one tensor per model input."""
     if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
-        raise InvalidRequestError('the body must be a JSON object {"instances": [...]}')
+        hint = ""
+        if isinstance(body, dict) and "instances" not in body and "inputs" in body:
+            hint = '; a body of "inputs" goes to POST /v2/models/{model}/infer'
+        raise InvalidRequestError(f'the body must be a JSON object {{"instances": [...]}}{hint}')
     instances: list[Any] = body["instances"]
     if not instances:
         raise InvalidRequestError("'instances' must hold at least one instance")

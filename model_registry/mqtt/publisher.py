@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Protocol
 
 from edge_protocol import Artifact, Envelope, Release, Topics
@@ -76,6 +77,19 @@ class Publisher:
     async def publish_assignment(self, device_id: str, envelope: bytes) -> None:
         """Publish a device's signed assignment."""
         await self._transport.publish(self._topics.assignment(device_id), envelope)
+
+    async def publish_assignments(self, envelopes: Mapping[str, bytes]) -> None:
+        """Publish many devices' signed assignments (device id -> envelope) at once.
+
+        Pipelined: every publish is handed to the connection before any acknowledgement is
+        awaited, so a deployment to thousands of devices costs a few round trips, not one each.
+        """
+        await asyncio.gather(
+            *(
+                self._transport.publish(self._topics.assignment(device_id), envelope)
+                for device_id, envelope in envelopes.items()
+            )
+        )
 
     async def clear_assignment(self, device_id: str) -> None:
         """Remove a device's retained assignment (a removed device gets nothing more)."""

@@ -7,17 +7,18 @@ whatever else the device is assigned. A rollback is a deployment of an earlier r
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from edge_protocol import AssignedModel
 from model_registry.errors import ConflictError, InvalidInputError, NotFoundError, UnknownNameError
 from model_registry.services.context import RegistryContext
-from model_registry.storage import DeploymentRecord, DeviceRecord, ReleaseRecord
+from model_registry.storage import AssignmentUpdate, DeploymentRecord, DeviceRecord, ReleaseRecord
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +119,12 @@ async def deploy_once(
             idempotency_key=key.key if key is not None else None,
             request_digest=key.digest if key is not None else None,
         )
-        deployment_id = await ctx.storage.add_deployment(record)
+        signed = await _sign_assignments(ctx, devices, release, now)
+        # One transaction: the deployment is stored with every assignment or not at all.
+        deployment_id = await ctx.storage.add_deployment(record, signed)
         await _announce_release(ctx, release)
-        for device in devices:
-            await _assign(ctx, device, release)
+        if ctx.publisher is not None:
+            await ctx.publisher.publish_assignments({u.device_id: u.envelope for u in signed})
     log.info("%s %s v%d to %s (%d devices)", kind, model, version, target.label, len(devices))
     return await ctx.storage.get_deployment(deployment_id), False
 
@@ -188,21 +191,40 @@ async def _announce_release(ctx: RegistryContext, release: ReleaseRecord) -> Non
         await ctx.publisher.publish_artifact(release)
 
 
-async def _assign(ctx: RegistryContext, device: DeviceRecord, release: ReleaseRecord) -> None:
+async def _sign_assignments(
+    ctx: RegistryContext, devices: list[DeviceRecord], release: ReleaseRecord, now: datetime
+) -> list[AssignmentUpdate]:
+    """Each device's next assignment: what it has, with `release` pinned, seq + 1, signed."""
     pinned = AssignedModel(release.version, release.sha256, release.size)
-    assigned = {**device.assigned, release.model: pinned.to_dict()}
-    await _publish_assignment(ctx, device, assigned)
+    entry = pinned.to_dict()
+    batch = []
+    for device in devices:
+        assigned = {**device.assigned, release.model: entry}
+        models = {name: AssignedModel.from_dict(e, name) for name, e in assigned.items()}
+        batch.append((device.device_id, _next_seq(device), models, assigned))
+    # Thousands of signatures take seconds of CPU: a worker thread keeps the API answering.
+    envelopes = await asyncio.to_thread(
+        ctx.signer.assignments, ((d, seq, models) for d, seq, models, _ in batch), now
+    )
+    return [
+        AssignmentUpdate(device_id, seq, envelope, assigned)
+        for (device_id, seq, _, assigned), envelope in zip(batch, envelopes, strict=True)
+    ]
 
 
 async def _publish_assignment(
     ctx: RegistryContext, device: DeviceRecord, assigned: dict[str, dict[str, object]]
 ) -> None:
-    seq = max(device.assignment_seq, _reported_seq(device)) + 1
+    seq = _next_seq(device)
     models = {name: AssignedModel.from_dict(entry, name) for name, entry in assigned.items()}
     _assignment, envelope = ctx.signer.assignment(device.device_id, seq, models, ctx.clock())
     await ctx.storage.set_assignment(device.device_id, seq, envelope, assigned)
     if ctx.publisher is not None:
         await ctx.publisher.publish_assignment(device.device_id, envelope)
+
+
+def _next_seq(device: DeviceRecord) -> int:
+    return max(device.assignment_seq, _reported_seq(device)) + 1
 
 
 def _reported_seq(device: DeviceRecord) -> int:

@@ -28,6 +28,7 @@ from model_registry.storage.base import (
     DUPLICATE,
     STORED,
     UNKNOWN_DEVICE,
+    AssignmentUpdate,
     DeviceMessageRecord,
     DeviceRecord,
     DeviceReport,
@@ -84,26 +85,64 @@ def devices(group: str | None) -> Steps[list[DeviceRecord]]:
     return [_device(row) for row in result.rows]
 
 
+# One conditional update per device, so two writers can never both pass the check.
+_SET_ASSIGNMENT = (
+    "UPDATE devices SET assignment_seq = ?, assignment = ?, assigned = ?"
+    " WHERE device_id = ? AND assignment_seq < ?"
+)
+
+
 def set_assignment(
     device_id: str, seq: int, envelope: bytes, assigned: dict[str, dict[str, Any]]
 ) -> Steps[None]:
     """Record a device's new assignment; ConflictError unless `seq` grows."""
-    # One conditional update, so two writers can never both pass the check.
-    result = yield Query(
-        "UPDATE devices SET assignment_seq = ?, assignment = ?, assigned = ?"
-        " WHERE device_id = ? AND assignment_seq < ?",
-        (seq, envelope, dumps(assigned), device_id, seq),
-    )
+    result = yield Query(_SET_ASSIGNMENT, (seq, envelope, dumps(assigned), device_id, seq))
     if result.rowcount:
         return
-    found = yield Query("SELECT assignment_seq FROM devices WHERE device_id = ?", (device_id,))
-    row = found.one()
-    if row is None:
-        raise no_device(device_id)
-    raise ConflictError(
-        f"assignment seq {seq} for device '{device_id}' does not grow: "
-        f"it is at {row['assignment_seq']}"
-    )
+    yield from _refuse_assignments([AssignmentUpdate(device_id, seq, envelope, assigned)])
+
+
+def set_assignments(updates: Sequence[AssignmentUpdate]) -> Steps[None]:
+    """Record many devices' new assignments at once; ConflictError unless every seq grows.
+
+    Meant for one transaction: a refusal raises, and the caller's rollback undoes the rest.
+    """
+    if len({u.device_id for u in updates}) != len(updates):
+        raise InvalidInputError("the assignments name a device twice")
+    # In device order, as the ingest locks rows, so concurrent writers cannot deadlock.
+    ordered = sorted(updates, key=lambda u: u.device_id)
+    rows = [(u.seq, u.envelope, dumps(u.assigned), u.device_id, u.seq) for u in ordered]
+    if not rows:
+        return
+    result = yield Query(_SET_ASSIGNMENT, rows, many=True)
+    if result.rowcount != len(rows):
+        yield from _refuse_assignments(ordered)
+
+
+def _refuse_assignments(updates: Sequence[AssignmentUpdate]) -> Steps[None]:
+    """Raise for the first update that did not apply: its device is unknown or its seq old."""
+    stored: dict[str, tuple[int, bytes | None]] = {}
+    ids = [u.device_id for u in updates]
+    for start in range(0, len(ids), _IN_CLAUSE_LIMIT):
+        chunk = ids[start : start + _IN_CLAUSE_LIMIT]
+        marks = ",".join("?" * len(chunk))
+        found = yield Query(
+            "SELECT device_id, assignment_seq, assignment FROM devices"  # noqa: S608 - only "?"
+            f" WHERE device_id IN ({marks})",
+            chunk,
+        )
+        for row in found.rows:
+            envelope = row["assignment"]
+            stored[row["device_id"]] = (row["assignment_seq"], envelope and bytes(envelope))
+    for u in updates:
+        if u.device_id not in stored:
+            raise no_device(u.device_id)
+        seq, envelope = stored[u.device_id]
+        if (seq, envelope) != (u.seq, u.envelope):  # this update did not apply
+            raise ConflictError(
+                f"assignment seq {u.seq} for device '{u.device_id}' does not grow: it is at {seq}"
+            )
+    raise ConflictError("an assignment was not stored: its device changed meanwhile")
 
 
 def record_state(

@@ -16,6 +16,7 @@ from model_registry.errors import InvalidInputError
 from model_registry.storage import _catalog, _fleet, _tokens
 from model_registry.storage._db import READ, SNAPSHOT, WRITE, ConstraintViolationError, Mode, Steps
 from model_registry.storage.base import (
+    AssignmentUpdate,
     DeploymentRecord,
     DeviceMessageRecord,
     DeviceRecord,
@@ -138,10 +139,12 @@ class SQLStorage:
 
     # deployments
 
-    async def add_deployment(self, deployment: DeploymentRecord) -> int:
-        """Store a deployment and its targets atomically and return its new id."""
+    async def add_deployment(
+        self, deployment: DeploymentRecord, assignments: Sequence[AssignmentUpdate] = ()
+    ) -> int:
+        """Store a deployment, its targets and its assignments atomically; return its new id."""
         try:
-            return await self._run(WRITE, _catalog.add_deployment, deployment)
+            return await self._run(WRITE, _deploy_with_assignments, deployment, assignments)
         except ConstraintViolationError as e:
             raise await self._run(READ, _catalog.deployment_error, e, deployment) from e
 
@@ -225,3 +228,11 @@ class SQLStorage:
     async def remove_token(self, token_id: int) -> TokenRecord:
         """Delete a token and return it; NotFoundError, or ConflictError for the last admin."""
         return await self._run(WRITE, _tokens.remove_token, token_id)
+
+
+def _deploy_with_assignments(
+    deployment: DeploymentRecord, assignments: Sequence[AssignmentUpdate]
+) -> Steps[int]:
+    deployment_id = yield from _catalog.add_deployment(deployment)
+    yield from _fleet.set_assignments(assignments)
+    return deployment_id

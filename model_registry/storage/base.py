@@ -81,6 +81,16 @@ class DeploymentRecord:
 
 
 @dataclass(frozen=True)
+class AssignmentUpdate:
+    """A device's newly signed assignment, to store as it is published."""
+
+    device_id: str
+    seq: int  # must be above the device's stored seq
+    envelope: bytes  # the signed assignment exactly as published
+    assigned: dict[str, dict[str, Any]]  # model -> pinned entry, as `DeviceRecord.assigned`
+
+
+@dataclass(frozen=True)
 class TokenRecord:
     """An API token; only its SHA-256 is stored."""
 
@@ -196,11 +206,14 @@ class Storage(Protocol):
         """Delete a device with its events, telemetry and deployment targets; NotFoundError."""
 
     # deployments
-    async def add_deployment(self, deployment: DeploymentRecord) -> int:
-        """Store a deployment and its targets atomically; return its id (the record's is ignored).
+    async def add_deployment(
+        self, deployment: DeploymentRecord, assignments: Sequence[AssignmentUpdate] = ()
+    ) -> int:
+        """Store a deployment, its targets and its devices' new assignments in one transaction.
 
-        Raises NotFoundError for an unknown release or device, InvalidInputError for a device
-        listed twice.
+        Returns its id (the record's is ignored). Raises NotFoundError for an unknown release or
+        device, InvalidInputError for a device listed twice, ConflictError for an assignment
+        whose seq does not grow; then nothing is stored.
         """
 
     async def get_deployment(self, deployment_id: int) -> DeploymentRecord:

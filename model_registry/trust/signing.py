@@ -7,7 +7,7 @@ so what is signed is exactly what devices will parse.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -118,6 +118,15 @@ class ReleaseSigner:
             models=dict(models),
         )
         return assignment, sign_document(assignment.to_dict(), [self._key])
+
+    def assignments(
+        self, batch: Iterable[tuple[str, int, Mapping[str, AssignedModel]]], now: datetime
+    ) -> list[bytes]:
+        """Sign one assignment per (device id, seq, models), all at time `now`; the envelopes.
+
+        A deployment signs thousands at once: this runs in a worker thread, off the event loop.
+        """
+        return [self.assignment(device, seq, models, now)[1] for device, seq, models in batch]
 
 
 def _whole_seconds(moment: datetime) -> datetime:

@@ -258,6 +258,34 @@ CASES = [
     ),
     Case("missing-token", body(), 401, "Authorization: Bearer", auth=False),
     Case(
+        "token-without-scheme",
+        body(),
+        401,
+        "with the word Bearer",
+        auth=False,
+        headers={"Authorization": TOKEN},
+    ),
+    Case(
+        "close-model-name",
+        body(),
+        404,
+        "did you mean 'classifier'",
+        path="/v2/models/clasifier/infer",
+    ),
+    Case(
+        "instances-sent-to-infer",
+        json.dumps({"instances": [[0.25] * FEATURES]}).encode(),
+        400,
+        'a body of "instances" goes to POST /v1/models/{model}:predict',
+    ),
+    Case(
+        "inputs-sent-to-predict",
+        body(),
+        400,
+        'a body of "inputs" goes to POST /v2/models/{model}/infer',
+        path="/v1/models/classifier:predict",
+    ),
+    Case(
         "wrong-token",
         body(),
         401,
@@ -269,7 +297,7 @@ CASES = [
         "wrong-scheme",
         body(),
         401,
-        "not valid",
+        "with the word Bearer",
         auth=False,
         headers={"Authorization": f"Basic {TOKEN}"},
     ),
@@ -517,8 +545,8 @@ def grpc_twin(case: Case) -> pb.ModelInferRequest | None:
         obj = json.loads(case.data)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(obj, dict) or not isinstance(obj.get("id", ""), str):
-        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("id", ""), str) or "instances" in obj:
+        return None  # gRPC has no `instances` body
     request = pb.ModelInferRequest(model_name=match[1], model_version=match[2] or "")
     request.id = obj.get("id", "")
     if not all(_twin_input(request, raw) for raw in obj.get("inputs", [])):

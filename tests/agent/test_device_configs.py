@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import DeviceConfig
-from edge_agent.config_loader import load_config, supported_keys
+from edge_agent.config.loader import load_config, supported_keys
+from edge_agent.config.settings import DeviceConfig
 from model_registry.config import load_config as load_registry_config
 from model_registry.home import init_home
 from model_registry.server import make_context

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import UpdateSettings
+from edge_agent.config.settings import UpdateSettings
 from edge_agent.runtime import LoadedModel
 from tests.support.disk import SmallDisk
 from tests.support.update_sim import Sim, run_sim

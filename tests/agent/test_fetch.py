@@ -17,10 +17,10 @@ from aiohttp.test_utils import TestServer
 from paho.mqtt.enums import MQTTErrorCode
 
 from edge_agent.errors import DownloadFailedError, DownloadStalledError, MqttDisconnectedError
-from edge_agent.fetch import MqttChunkFetcher
-from edge_agent.http_fetch import HttpChunkFetcher
-from edge_agent.link import LinkState
-from edge_agent.store import ModelStore, PartialDownload
+from edge_agent.mqtt.link import LinkState
+from edge_agent.storage.store import ModelStore, PartialDownload
+from edge_agent.update.fetch import MqttChunkFetcher
+from edge_agent.update.http_fetch import HttpChunkFetcher
 from edge_protocol import Artifact, Topics
 from edge_protocol.errors import ChunkHashError, SizeExceededError
 from tests.agent.conftest import eventually

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from edge_agent.server.metrics import AgentMetrics
+from edge_agent.metrics import AgentMetrics
 from edge_common.prometheus import (
     Counter,
     Gauge,

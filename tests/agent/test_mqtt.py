@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.config import MqttSettings
+from edge_agent.config.settings import MqttSettings
 from edge_agent.errors import (
     ConfigError,
     MqttConnectError,

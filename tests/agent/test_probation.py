@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from aiohttp import ClientSession
 
-from edge_agent.config import UpdateSettings
+from edge_agent.config.settings import UpdateSettings
 from edge_agent.errors import ConfigError, ProbationFailedError
-from edge_agent.observations import VERSIONS_PER_MODEL, RecentAnswers, quantile, top_share
-from edge_agent.probation import ProbationWatcher, previous_record
+from edge_agent.metrics import AgentMetrics
 from edge_agent.runtime import ModelRepository, load_model
 from edge_agent.server import InferenceServer, ServerConfig
-from edge_agent.server.metrics import AgentMetrics
+from edge_agent.update.observations import VERSIONS_PER_MODEL, RecentAnswers, quantile, top_share
+from edge_agent.update.probation import ProbationWatcher, previous_record
 from tests.agent.conftest import post
 from tests.support.probation_models import FEATURES, KINDS, probation_model
 
@@ -137,7 +137,7 @@ def test_quantile_and_share() -> None:
     ],
 )
 def test_probation_settings_are_checked(tmp_path: Path, key: str, value: float) -> None:
-    from edge_agent.config_loader import load_config
+    from edge_agent.config.loader import load_config
 
     (tmp_path / "root.json").write_text("{}")
     config = tmp_path / "device.toml"

@@ -16,7 +16,7 @@ from typing import Literal
 
 import pytest
 
-from edge_agent.config import UpdateSettings
+from edge_agent.config.settings import UpdateSettings
 from tests.support.update_sim import Sim, run_sim
 
 M = "m"

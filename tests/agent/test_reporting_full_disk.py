@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from edge_agent.mqtt import AgentMqtt
-from edge_agent.reporting import Reporter
-from edge_agent.spool import Spool
+from edge_agent.uplink.reporting import Reporter
+from edge_agent.uplink.spool import Spool
 from tests.agent.test_mqtt import DEADLINE_S, TOPICS, next_message, settings_for, unique
 from tests.support.broker import Broker
 from tests.support.disk import SmallDisk, small_disk

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import UpdateSettings
+from edge_agent.config.settings import UpdateSettings
 from edge_protocol import SigningKey
 from tests.protocol.factory import Registry
 from tests.support.update_sim import Sim, run_sim

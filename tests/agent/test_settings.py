@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.config_loader import load_config
+from edge_agent.config.loader import load_config
 from edge_agent.errors import ConfigError
 from edge_agent.runtime import RuntimeOptions
 from edge_agent.server import ServerConfig

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.spool import HEADER, KIND_EVENTS, KIND_TELEMETRY, SEQ_BLOCK, Spool
+from edge_agent.uplink.spool import HEADER, KIND_EVENTS, KIND_TELEMETRY, SEQ_BLOCK, Spool
 
 PAYLOAD = 100  # bytes per test message, so that the cap counts messages
 RECORD = HEADER.size + PAYLOAD

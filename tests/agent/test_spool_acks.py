@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from edge_agent.config import MqttSettings
+from edge_agent.config.settings import MqttSettings
 from edge_agent.mqtt import AgentMqtt
-from edge_agent.reporting import ACK_WINDOW, FALLBACK_SENDS, Reporter
-from edge_agent.spool import KIND_EVENTS, KIND_TELEMETRY, Spool
+from edge_agent.uplink.reporting import ACK_WINDOW, FALLBACK_SENDS, Reporter
+from edge_agent.uplink.spool import KIND_EVENTS, KIND_TELEMETRY, Spool
 from edge_protocol.messages import ack_payload
 from tests.agent.conftest import eventually
 from tests.agent.test_mqtt import DEADLINE_S, TOPICS, next_message, unique

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import UpdateSettings
+from edge_agent.config.settings import UpdateSettings
 from tests.support.sim_repository import Shipped
 from tests.support.update_sim import Sim, run_sim
 

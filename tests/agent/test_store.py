@@ -13,7 +13,7 @@ from typing import NamedTuple
 import pytest
 
 from edge_agent.errors import DiskFullError, DownloadIncompleteError, InvalidDigestError
-from edge_agent.store import ModelStore, PartialDownload
+from edge_agent.storage.store import ModelStore, PartialDownload
 from edge_protocol import Artifact
 from edge_protocol.errors import (
     ArtifactHashError,

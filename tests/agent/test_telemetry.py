@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 from aiohttp import ClientSession
 
-from edge_agent.config import MqttSettings, TelemetrySettings
+from edge_agent.config.settings import MqttSettings, TelemetrySettings
+from edge_agent.metrics import AgentMetrics
 from edge_agent.mqtt import AgentMqtt, Backoff, Message, run_with_reconnect
-from edge_agent.reporting import Reporter
-from edge_agent.server.metrics import AgentMetrics
-from edge_agent.spool import Spool
-from edge_agent.telemetry import MAX_FEATURES, FeatureSummary, Telemetry, TelemetryCollector
+from edge_agent.uplink.reporting import Reporter
+from edge_agent.uplink.spool import Spool
+from edge_agent.uplink.telemetry import MAX_FEATURES, FeatureSummary, Telemetry, TelemetryCollector
 from edge_protocol.messages import parse_device_message, telemetry_payload
 from edge_protocol.topics import Topics
 from tests.agent.conftest import Gate, ServerFactory, eventually, infer_body, post

@@ -221,6 +221,7 @@ def _call(target: str, action: str, token: str | None = None) -> InferenceServer
     with grpcclient.InferenceServerClient(target) as client:
         calls = {
             "infer": lambda: client.infer("classifier", [tensor], headers=headers),
+            "infer-typo": lambda: client.infer("clasifier", [tensor], headers=headers),
             "metadata": lambda: client.get_model_metadata("nope", headers=headers),
             "stats": lambda: client.get_inference_statistics("nope", headers=headers),
         }
@@ -233,6 +234,7 @@ def _call(target: str, action: str, token: str | None = None) -> InferenceServer
     ("action", "token", "status", "message"),
     [
         ("infer", None, "StatusCode.UNAUTHENTICATED", "Authorization: Bearer"),
+        ("infer-typo", TOKEN, "StatusCode.NOT_FOUND", "did you mean 'classifier'"),
         ("infer", "x" * len(TOKEN), "StatusCode.UNAUTHENTICATED", "not valid"),
         ("metadata", TOKEN, "StatusCode.NOT_FOUND", "'nope'"),
         ("stats", TOKEN, "StatusCode.NOT_FOUND", "'nope'"),

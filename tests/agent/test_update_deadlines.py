@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_agent.config import UpdateSettings
+from edge_agent.config.settings import UpdateSettings
 from tests.support.sim_broker import Published
 from tests.support.update_sim import Sim, run_sim
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.config import UpdateSettings
+from edge_agent.config.settings import UpdateSettings
 from edge_protocol import SelfTest, SigningKey
 from tests.protocol.factory import NOW, sign
 from tests.support import external_data

@@ -21,15 +21,15 @@ from typing import Any
 
 import pytest
 
-from edge_agent.activation import Activator
-from edge_agent.config import DeviceConfig, MqttSettings, UpdateSettings
-from edge_agent.reporting import Reporter
+from edge_agent.config.settings import DeviceConfig, MqttSettings, UpdateSettings
+from edge_agent.metrics import AgentMetrics
 from edge_agent.runtime import LoadedModel, ModelRepository, RuntimeOptions
-from edge_agent.server.metrics import AgentMetrics
-from edge_agent.spool import Spool
-from edge_agent.state import StateStore
-from edge_agent.store import ModelStore, PartialDownload
-from edge_agent.updater import Updater
+from edge_agent.storage.state import StateStore
+from edge_agent.storage.store import ModelStore, PartialDownload
+from edge_agent.update.activation import Activator
+from edge_agent.update.updater import Updater
+from edge_agent.uplink.reporting import Reporter
+from edge_agent.uplink.spool import Spool
 from edge_protocol import Artifact, Release, Topics, TrustedState
 from model_registry.build.pipeline import build
 from tests.agent.conftest import eventually

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import MqttSettings
+from edge_agent.config.settings import MqttSettings
 from edge_agent.errors import MqttConnectError
 from edge_agent.mqtt import AgentMqtt
 from tests.support.broker import LOCALHOST, Broker, BrokerFactory, free_port

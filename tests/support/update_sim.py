@@ -32,7 +32,7 @@ import numpy as np
 from aiohttp import ClientSession
 
 from edge_agent.agent import Agent
-from edge_agent.config import DeviceConfig, MqttSettings, TelemetrySettings, UpdateSettings
+from edge_agent.config.settings import DeviceConfig, MqttSettings, TelemetrySettings, UpdateSettings
 from edge_agent.server import ServerConfig
 from tests.protocol.factory import DEVICE, NOW
 from tests.support.disk import SmallDisk, small_disk

@@ -26,6 +26,7 @@ from edge_agent.errors import (
     ServingError,
     UnauthorizedError,
 )
+from edge_agent.metrics import UNKNOWN_MODEL
 from edge_agent.server.dataplane import DataPlane
 from edge_agent.server.grpc import inference_pb2 as pb
 from edge_agent.server.grpc.codec import decode_request, encode_response
@@ -34,7 +35,6 @@ from edge_agent.server.grpc.messages import (
     model_metadata_message,
     statistics_message,
 )
-from edge_agent.server.metrics import UNKNOWN_MODEL
 from edge_agent.server.middleware import CLIENT_CLOSED, check_bearer, status_for
 
 log = logging.getLogger(__name__)

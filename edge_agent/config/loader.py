@@ -1,4 +1,5 @@
-"""device.toml: the agent's configuration file, read into the dataclasses of `edge_agent.config`.
+"""device.toml: the agent's configuration file, read into the dataclasses of
+`edge_agent.config.settings`.
 
 Every mistake is a ConfigError naming the file, the dotted key and what was expected, so a bad
 config fails at start (or in `edge-agent check-config`), not at the first update. Relative paths
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from edge_agent.config import (
+from edge_agent.config.settings import (
     DEFAULT_STATE_DIR,
     ArtifactSettings,
     DeviceConfig,

@@ -14,7 +14,7 @@ on the connection that made it: that would bring every retained chunk of it agai
 Every chunk goes to `PartialDownload.write_chunk` (in a worker thread), which verifies it
 before it touches the disk; a chunk that fails verification ends the fetch with its
 `RejectedError`. The stall deadline counts connected time without a new verified chunk.
-`edge_agent.http_fetch` is the HTTP transport.
+`edge_agent.update.http_fetch` is the HTTP transport.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from edge_agent.errors import (
     DownloadStalledError,
     MqttSubscribeError,
 )
-from edge_agent.link import LinkState
-from edge_agent.store import PartialDownload
+from edge_agent.mqtt.link import LinkState
+from edge_agent.storage.store import PartialDownload
 from edge_protocol import FormatError, Topics
 from edge_protocol.topics import KIND_ARTIFACT
 

@@ -6,7 +6,8 @@ rolled back to the previous model. Every step has a deadline; every ending is an
 model that was serving keeps serving through all of it, whatever goes wrong.
 
 The state in memory is the truth and `state.json` its durable copy: a write the disk refuses
-(`edge_agent.writes`) ends the step with its reason (`disk_full`) and is retried until it lands.
+(`edge_agent.storage.writes`) ends the step with its reason (`disk_full`) and is retried until
+it lands.
 What each step does then is the table in docs/agent.md, "When the disk refuses a write".
 """
 
@@ -19,16 +20,16 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
-from edge_agent.acquire import Acquisition
-from edge_agent.activation import Activator
-from edge_agent.config import DeviceConfig
+from edge_agent.config.settings import DeviceConfig
 from edge_agent.errors import AgentError, ProbationFailedError, StoreError, UpdateError
-from edge_agent.fetch import ChunkFetcher
-from edge_agent.link import LinkState
-from edge_agent.reporting import Reporter
-from edge_agent.state import AgentState, Installed, ModelState, StateStore
-from edge_agent.store import ModelStore
-from edge_agent.writes import PendingWrites, Write, store_error
+from edge_agent.mqtt.link import LinkState
+from edge_agent.storage.state import AgentState, Installed, ModelState, StateStore
+from edge_agent.storage.store import ModelStore
+from edge_agent.storage.writes import PendingWrites, Write, store_error
+from edge_agent.update.acquire import Acquisition
+from edge_agent.update.activation import Activator
+from edge_agent.update.fetch import ChunkFetcher
+from edge_agent.uplink.reporting import Reporter
 from edge_common.supervise import watch
 from edge_protocol import AssignedModel, Assignment, RejectedError, Release, TrustedState
 from edge_protocol.messages import EventKind, UpdatePhase

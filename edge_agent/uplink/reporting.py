@@ -2,7 +2,7 @@
 
 The state is sent directly: it is retained, republished in full on every connection and on
 every change, and the broker's will replaces it when the device vanishes. Events and telemetry
-are first written to the on-disk spool (`edge_agent.spool`), which gives each one its
+are first written to the on-disk spool (`edge_agent.uplink.spool`), which gives each one its
 `msg_seq`; `run` sends them from there in order whenever a connection is up, and each stays on
 disk until the registry says it stored it (its `acks` topic, `on_ack`). What the registry has
 not acknowledged `ack_timeout_s` after the broker's PUBACK is sent again, the wait doubling
@@ -16,7 +16,7 @@ FALLBACK_SENDS times (a registry that predates acks), unless `[telemetry] regist
 the registry acknowledges (as bundles of `devices add` do). Nothing is lost to an outage, a restart
 or a broker that forgets below the spool's cap; docs/telemetry.md says what happens above it
 and why a message may arrive twice. A message the spool cannot keep because its disk is full
-waits in memory (`edge_agent.outbox`) instead and goes out with the spooled ones, in order.
+waits in memory (`edge_agent.uplink.outbox`) instead and goes out with the spooled ones, in order.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Any, Protocol
 
 from edge_agent import __version__
 from edge_agent.errors import AgentError, BrokerError
-from edge_agent.outbox import Outbox
-from edge_agent.spool import KIND_EVENTS, KIND_TELEMETRY, Spool, SpoolRecord
+from edge_agent.uplink.outbox import Outbox
+from edge_agent.uplink.spool import KIND_EVENTS, KIND_TELEMETRY, Spool, SpoolRecord
 from edge_protocol import Topics
 from edge_protocol.errors import MessageFormatError
 from edge_protocol.messages import (

@@ -16,8 +16,8 @@ import time
 import aiohttp
 
 from edge_agent.errors import DownloadFailedError, DownloadStalledError
-from edge_agent.fetch import Progress
-from edge_agent.store import PartialDownload
+from edge_agent.storage.store import PartialDownload
+from edge_agent.update.fetch import Progress
 from edge_protocol import Artifact
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import bisect
 import logging
 from collections.abc import Iterable
 
-from edge_agent.spool import KIND_TELEMETRY, SpoolRecord
+from edge_agent.uplink.spool import KIND_TELEMETRY, SpoolRecord
 
 log = logging.getLogger(__name__)
 

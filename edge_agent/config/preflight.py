@@ -23,9 +23,9 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from edge_agent.config import DeviceConfig, MqttSettings
+from edge_agent.config.settings import DeviceConfig, MqttSettings
 from edge_agent.errors import ConfigError
-from edge_agent.state import ROOT_FILE, STATE_FILE, load_state
+from edge_agent.storage.state import ROOT_FILE, STATE_FILE, load_state
 from edge_common.listen import listen_problem
 from edge_protocol import TrustedState
 from edge_protocol.envelope import MAX_DOCUMENT_BYTES

@@ -13,15 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.config import UpdateSettings
+from edge_agent.config.settings import UpdateSettings
 from edge_agent.errors import AgentError, InferenceError, ModelLoadError, StepTimeoutError
-from edge_agent.observations import RecentAnswers
-from edge_agent.probation import ProbationWatcher, previous_record
+from edge_agent.metrics import AgentMetrics
 from edge_agent.runtime import LoadedModel, ModelRepository, RuntimeOptions, load_model
 from edge_agent.runtime.iospec import OIP_TO_NUMPY
-from edge_agent.server.metrics import AgentMetrics
-from edge_agent.state import Installed, StateStore
-from edge_agent.store import ModelStore
+from edge_agent.storage.state import Installed, StateStore
+from edge_agent.storage.store import ModelStore
+from edge_agent.update.observations import RecentAnswers
+from edge_agent.update.probation import ProbationWatcher, previous_record
 from edge_protocol import ProtocolError, Release, SelfTest, TensorData, check_selftest_outputs
 
 log = logging.getLogger(__name__)

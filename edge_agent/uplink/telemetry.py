@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 
 from edge_agent import __version__
-from edge_agent.config import TelemetrySettings
-from edge_agent.reporting import Reporter
+from edge_agent.config.settings import TelemetrySettings
+from edge_agent.metrics import AgentMetrics
 from edge_agent.runtime.model import Array
-from edge_agent.server.metrics import AgentMetrics
+from edge_agent.uplink.reporting import Reporter
 from edge_protocol.messages import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.server.metrics import UNKNOWN_MODEL, AgentMetrics
+from edge_agent.metrics import UNKNOWN_MODEL, AgentMetrics
 from edge_protocol import ModelIO
 
 RECENT = 512  # per version: latencies of requests, and labels of rows

@@ -1,6 +1,6 @@
 """The device configuration (`device.toml`) as frozen dataclasses.
 
-`edge_agent.config_loader.load_config` reads and validates the TOML file into these; everything
+`edge_agent.config.loader.load_config` reads and validates the TOML file into these; everything
 else in the agent only sees the dataclasses. Durations carry their unit in the field name.
 """
 

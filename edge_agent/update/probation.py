@@ -26,14 +26,15 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_agent.config import UpdateSettings
+from edge_agent.config.settings import UpdateSettings
 from edge_agent.errors import (
     ProbationCollapseError,
     ProbationFailedError,
     ProbationLatencyError,
     ProbationNonFiniteError,
 )
-from edge_agent.observations import (
+from edge_agent.metrics import AgentMetrics
+from edge_agent.update.observations import (
     RECENT,
     RecentAnswers,
     VersionRecord,
@@ -42,7 +43,6 @@ from edge_agent.observations import (
     quantile,
     top_share,
 )
-from edge_agent.server.metrics import AgentMetrics
 from edge_protocol import ModelIO
 
 

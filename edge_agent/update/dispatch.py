@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from edge_agent.errors import AgentError, MqttDisconnectedError, MqttSubscribeError
 from edge_agent.mqtt import AgentMqtt, Message
-from edge_agent.updater import INTERNAL_ERROR
+from edge_agent.update.updater import INTERNAL_ERROR
 from edge_protocol import Assignment, Envelope, RejectedError
 from edge_protocol.errors import ExpiredError, FormatError, TopicError
 from edge_protocol.messages import EventKind

@@ -24,8 +24,8 @@ class AgentMetrics:
         self._attached: set[int] = set()
         # Called with (model, version, status) for every answered request (probation watches).
         self.request_listeners: list[Callable[[str, str, int], None]] = []
-        # Telemetry (edge_agent/telemetry.py) also hears the latency of each request, the rows
-        # of each session.run and each request's validated input tensors, by model name.
+        # Telemetry (edge_agent/uplink/telemetry.py) also hears the latency of each request, the
+        # rows of each session.run and each request's validated input tensors, by model name.
         self.latency_listeners: list[Callable[[str, str, int, float], None]] = []
         self.batch_listeners: list[Callable[[str, int], None]] = []
         self.input_listeners: list[Callable[[str, Mapping[str, Any]], None]] = []

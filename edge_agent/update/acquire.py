@@ -12,12 +12,12 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from edge_agent.config import DeviceConfig
+from edge_agent.config.settings import DeviceConfig
 from edge_agent.errors import StepTimeoutError
-from edge_agent.fetch import ChunkFetcher
-from edge_agent.link import LinkState
-from edge_agent.reporting import Reporter
-from edge_agent.store import ModelStore
+from edge_agent.mqtt.link import LinkState
+from edge_agent.storage.store import ModelStore
+from edge_agent.update.fetch import ChunkFetcher
+from edge_agent.uplink.reporting import Reporter
 from edge_protocol import AssignedModel, Release, Topics, TrustedState
 from edge_protocol.messages import EventKind, UpdatePhase
 
