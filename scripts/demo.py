@@ -337,6 +337,14 @@ class Agent:
         metadata: dict[str, Any] = answer.json()
         return metadata
 
+    def update_status(self) -> dict[str, Any]:
+        """What /v1/status says of MODEL's update (phase, last error), or {} if unreachable."""
+        answer = http(f"{self.url}/v1/status", timeout=5)
+        if answer is None or answer.status != 200:
+            return {}
+        updates: dict[str, Any] = answer.json().get("updates", {})
+        return dict(updates.get(MODEL) or {})
+
     def serving(self) -> str | None:
         """The version of MODEL this agent serves, or None."""
         metadata = self.metadata()
@@ -824,6 +832,10 @@ class Demo:
                           f"command; versions switched {traffic.switches} time(s)")  # fmt: skip
             for each in self.agents:
                 step.note(f"{each.device} serves {MODEL} v{each.serving()}")
+            behind = [each for each in self.agents if each.serving() != "2"]
+            if behind:  # rolled back by its probation, say: the device says why
+                why = "; ".join(f"{each.device}: {each.update_status()}" for each in behind)
+                raise StepError(f"not every device kept v2: {why}")
             if failed:
                 examples = "; ".join(traffic.failures[:3])
                 raise StepError(f"{failed} request(s) failed during the swap: {examples}")

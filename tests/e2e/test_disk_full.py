@@ -120,6 +120,8 @@ def test_a_disk_that_fills_during_probation_reports_and_commits_once_space_is_ba
     v1, v2 = releases["v1"], releases["v2"]
     fleet.deploy("clf", v1, device)
     agent.wait_for_version("clf", v1)
+    # Requests count once probation has begun, a moment after the version first answers.
+    _wait("v1 on probation", lambda: _model_status(agent, "clf").get("phase") == "probation")
     for _ in range(3):
         agent.infer("clf", models.rows[:1])
     _wait("v1 committed", lambda: _settled(agent, "clf", v1))
@@ -165,6 +167,8 @@ def test_an_assignment_on_a_full_disk_is_reported_and_applied_once_space_is_back
     v1, v2, v3 = releases["v1"], releases["v2"], releases["v3"]
     fleet.deploy("clf", v1, device)
     agent.wait_for_version("clf", v1)
+    # Requests count once probation has begun, a moment after the version first answers.
+    _wait("v1 on probation", lambda: _model_status(agent, "clf").get("phase") == "probation")
     for _ in range(3):
         agent.infer("clf", models.rows[:1])
     _wait("v1 committed", lambda: _settled(agent, "clf", v1))
@@ -184,6 +188,8 @@ def test_an_assignment_on_a_full_disk_is_reported_and_applied_once_space_is_back
 
     disk.free()
     agent.wait_for_version("clf", v3)
+    # Requests count once probation has begun, a moment after the version first answers.
+    _wait("v3 on probation", lambda: _model_status(agent, "clf").get("phase") == "probation")
     for _ in range(3):
         agent.infer("clf", models.rows[:1])
     _wait("v3 committed", lambda: _settled(agent, "clf", v3))

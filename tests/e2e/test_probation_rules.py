@@ -65,6 +65,8 @@ def test_a_model_that_answers_worse_than_the_previous_one_is_rolled_back(
     agent = start_agent(fleet, agents, device, device, JUDGED)
     fleet.deploy(name, v1, device)
     agent.wait_for_version(name, v1)
+    # Requests count once probation has begun, a moment after the version first answers.
+    _wait_phase(agent, name, "probation")
     _serve(agent, name, 12, seed=0)  # its probation, and what the device remembers of it
     _wait_phase(agent, name, "idle")
     with fleet.registry_client() as watcher:
