@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_common.listen import listen_problem
+from edge_common.toml_file import ConfigFileError, read_bounded
 from edge_protocol import SigningKey, TrustedState, format_time
 from edge_protocol.envelope import MAX_DOCUMENT_BYTES
 from edge_protocol.errors import ProtocolError
@@ -63,8 +64,9 @@ def check_home(config: RegistryConfig) -> list[str]:
 def read_small(path: Path, where: Setting, limit: int) -> bytes:
     """The bytes of a small file, or one sentence saying why it cannot be used."""
     try:
-        with path.open("rb") as handle:
-            data = handle.read(limit + 1)
+        data = read_bounded(path, limit)
+    except ConfigFileError as e:  # larger than the limit
+        raise where.error(str(e)) from None
     except FileNotFoundError:
         raise where.error(f"there is no file at {path}") from None
     except IsADirectoryError:
@@ -73,8 +75,6 @@ def read_small(path: Path, where: Setting, limit: int) -> bytes:
         raise where.error(f"cannot read {path} ({e.strerror or e})") from e
     if not data:
         raise where.error(f"{path} is empty")
-    if len(data) > limit:
-        raise where.error(f"{path} is larger than {limit} bytes")
     return data
 
 
