@@ -28,6 +28,7 @@ from edge_agent.config.settings import TelemetrySettings
 from edge_agent.metrics import AgentMetrics
 from edge_agent.runtime.model import Array
 from edge_agent.uplink.reporting import Reporter
+from edge_agent.uplink.version_details import DetailSource, add_details
 from edge_protocol.messages import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
@@ -229,6 +230,7 @@ class TelemetryCollector:
         self._started = time.monotonic()
         self._last_wall = self._started
         self._last_cpu = _cpu_seconds()
+        self.version_details: list[DetailSource] = []  # more fields per version (experiments)
         metrics.latency_listeners.append(self.on_request)
         metrics.batch_listeners.append(self.on_batch)
         metrics.input_listeners.append(self.on_inputs)
@@ -274,7 +276,7 @@ class TelemetryCollector:
             "interval_s": _round(elapsed),
             "uptime_s": _round(now - self._started),
             "requests": _totals(interval.requests.values()),
-            "models": _models(interval),
+            "models": add_details(_models(interval), self.version_details, RequestStats().to_dict),
             "resources": self._resources(cpu, cpu_used, elapsed),
         }
         if spool is not None:
