@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
 
 from model_registry.errors import InvalidInputError
-from model_registry.storage import _catalog, _fleet, _points, _tokens
+from model_registry.storage import _catalog, _experiments, _fleet, _points, _tokens
 from model_registry.storage._db import READ, SNAPSHOT, WRITE, ConstraintViolationError, Mode, Steps
 from model_registry.storage.base import (
     AssignmentUpdate,
@@ -21,6 +21,7 @@ from model_registry.storage.base import (
     DeviceMessageRecord,
     DeviceRecord,
     DeviceReport,
+    ExperimentRecord,
     ModelSummary,
     ReleaseRecord,
     TokenRecord,
@@ -205,6 +206,33 @@ class SQLStorage:
     async def prune_version_points(self, older_than: datetime) -> int:
         """Delete points received before `older_than`; return how many."""
         return await self._run(WRITE, _points.prune_points, older_than)
+
+    async def add_experiment(
+        self, experiment: ExperimentRecord, assignments: Sequence[AssignmentUpdate] = ()
+    ) -> int:
+        """Store an experiment with the assignments that start it, atomically; its new id."""
+        return await self._run(WRITE, _experiments.add_experiment, experiment, assignments)
+
+    async def get_experiment(self, experiment_id: int) -> ExperimentRecord:
+        """Return one experiment; raises NotFoundError."""
+        return await self._run(SNAPSHOT, _experiments.get_experiment, experiment_id)
+
+    async def experiments(self, model: str | None = None) -> list[ExperimentRecord]:
+        """Return experiments, newest first, all or of one model."""
+        return await self._run(SNAPSHOT, _experiments.experiments, model)
+
+    async def end_experiment(
+        self,
+        experiment_id: int,
+        status: str,
+        ended: datetime,
+        outcome: str,
+        assignments: Sequence[AssignmentUpdate] = (),
+    ) -> ExperimentRecord:
+        """Mark a running experiment stopped or promoted, with the assignments that end it."""
+        return await self._run(
+            WRITE, _experiments.end_experiment, experiment_id, status, ended, outcome, assignments
+        )
 
     async def prune_messages(self, kind: str, older_than: datetime, keep_per_device: int) -> int:
         """Delete old events or telemetry, and all but each device's newest; return the count."""

@@ -81,6 +81,27 @@ class DeploymentRecord:
 
 
 @dataclass(frozen=True)
+class ExperimentRecord:
+    """An experiment: a control and a candidate release of one model on a set of devices."""
+
+    experiment_id: int
+    name: str
+    model: str
+    mode: str  # "split" (the candidate is the treatment) or "shadow"
+    control: int
+    candidate: int
+    split_percent: int  # of the requests the treatment answers; 0 for a shadow
+    target_kind: str  # "group" or "devices"
+    target: str
+    device_ids: tuple[str, ...]
+    created: datetime
+    created_by: str
+    status: str = "running"  # "running", "stopped" or "promoted"
+    ended: datetime | None = None
+    outcome: str | None = None  # what ended it, in words ("promoted v2: deployment 7")
+
+
+@dataclass(frozen=True)
 class AssignmentUpdate:
     """A device's newly signed assignment, to store as it is published."""
 
@@ -291,6 +312,32 @@ class Storage(Protocol):
 
     async def prune_version_points(self, older_than: datetime) -> int:
         """Delete points received before `older_than`; return how many."""
+        ...
+
+    async def add_experiment(
+        self, experiment: ExperimentRecord, assignments: Sequence[AssignmentUpdate] = ()
+    ) -> int:
+        """Store an experiment with the assignments that start it, atomically; its new id."""
+        ...
+
+    async def get_experiment(self, experiment_id: int) -> ExperimentRecord:
+        """Return one experiment; raises NotFoundError."""
+        ...
+
+    async def experiments(self, model: str | None = None) -> list[ExperimentRecord]:
+        """Return experiments, newest first, all or of one model."""
+        ...
+
+    async def end_experiment(
+        self,
+        experiment_id: int,
+        status: str,
+        ended: datetime,
+        outcome: str,
+        assignments: Sequence[AssignmentUpdate] = (),
+    ) -> ExperimentRecord:
+        """Mark a running experiment stopped or promoted, with the assignments that end it,
+        atomically; ConflictError when it is not running any more."""
         ...
 
     async def prune_messages(self, kind: str, older_than: datetime, keep_per_device: int) -> int:

@@ -173,12 +173,37 @@ _VERSION_POINTS = (
     "CREATE INDEX version_points_by_time ON version_points (at)",
 )
 
+# Experiments: a control and a candidate release of one model on a set of devices
+# (docs/registry.md, "Experiments"). The devices are a JSON list: an experiment outlives a
+# device removed from the fleet, and its numbers stay readable.
+_EXPERIMENTS = (
+    """CREATE TABLE experiments (
+        experiment_id {id},
+        name TEXT NOT NULL,
+        model TEXT NOT NULL REFERENCES models (name),
+        mode TEXT NOT NULL CHECK (mode IN ('split', 'shadow')),
+        control INTEGER NOT NULL CHECK (control >= 1),
+        candidate INTEGER NOT NULL CHECK (candidate >= 1),
+        split_percent INTEGER NOT NULL CHECK (split_percent BETWEEN 0 AND 99),
+        target_kind TEXT NOT NULL,
+        target TEXT NOT NULL,
+        device_ids TEXT NOT NULL,
+        created TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('running', 'stopped', 'promoted')),
+        ended TEXT,
+        outcome TEXT
+    )""",
+    "CREATE INDEX experiments_by_model ON experiments (model, status)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "roots, models, releases, devices, deployments, messages, tokens", _INITIAL),
     Migration(2, "device last error; message de-duplication by msg_epoch and msg_seq", _FLEET_VIEW),
     Migration(3, "idempotency keys of deployments", _IDEMPOTENCY),
     Migration(4, "when each API token was last used", _TOKEN_USE),
     Migration(5, "per-version numbers of each telemetry report", _VERSION_POINTS),
+    Migration(6, "experiments: a control and a candidate on a set of devices", _EXPERIMENTS),
 )
 
 

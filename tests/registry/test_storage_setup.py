@@ -97,6 +97,7 @@ EXPECTED_TABLES = {
     "telemetry",
     "tokens",
     "version_points",
+    "experiments",
 }
 
 
