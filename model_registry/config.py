@@ -119,6 +119,20 @@ class DeployConfig:
 
 
 @dataclass(frozen=True)
+class ExperimentConfig:
+    """How an experiment's verdict is reached (docs/registry.md, "Experiments")."""
+
+    min_detectable_effect: float = 0.02  # the smallest accuracy difference worth detecting
+    alpha: float = 0.05  # significance level of the two-proportion z-test
+    power: float = 0.8  # chance to detect a difference of min_detectable_effect
+
+    def __post_init__(self) -> None:
+        for name in ("min_detectable_effect", "alpha", "power"):
+            if not 0 < getattr(self, name) < 1:
+                raise ConfigError(f"experiments.{name}: must be between 0 and 1 (exclusive)")
+
+
+@dataclass(frozen=True)
 class FleetConfig:
     """What the registry keeps of what devices report."""
 
@@ -188,6 +202,7 @@ class RegistryConfig:
     signing: SigningConfig = field(default_factory=SigningConfig)
     artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    experiments: ExperimentConfig = field(default_factory=ExperimentConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
 
@@ -216,6 +231,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "signing": SigningConfig,
     "artifacts": ArtifactsConfig,
     "deploy": DeployConfig,
+    "experiments": ExperimentConfig,
     "fleet": FleetConfig,
     "ingest": IngestConfig,
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from model_registry.api import deployments, devices, models, system
+from model_registry.api import deployments, devices, experiments, models, system
 from model_registry.api.auth import CTX_KEY, auth_middleware
 from model_registry.api.errors import error_middleware
 from model_registry.api.metrics import METRICS_KEY, RegistryMetrics, metrics_middleware
@@ -37,6 +37,11 @@ def create_app(ctx: RegistryContext, metrics: RegistryMetrics | None = None) -> 
             web.get("/v1/deployments", deployments.list_deployments),
             web.post("/v1/deployments", deployments.create_deployment),
             web.get("/v1/deployments/{id}", deployments.get_deployment),
+            web.get("/v1/experiments", experiments.list_experiments),
+            web.post("/v1/experiments", experiments.start_experiment),
+            web.get("/v1/experiments/{id}", experiments.get_experiment),
+            web.post("/v1/experiments/{id}/promote", experiments.promote_experiment),
+            web.post("/v1/experiments/{id}/stop", experiments.stop_experiment),
             web.get("/v1/devices", devices.list_devices),
             web.post("/v1/devices", devices.create_device),
             web.get("/v1/devices/{id}", devices.get_device),

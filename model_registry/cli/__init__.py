@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from model_registry.cli import deployments, fleet, keys, local, remote
+from model_registry.cli import deployments, experiments, fleet, keys, local, remote
 from model_registry.cli.display import printable
 from model_registry.cli.follow import EXIT_INTERRUPTED, FollowInterruptedError
 from model_registry.cli.parser import build_parser
@@ -44,6 +44,11 @@ COMMANDS: dict[str, Command] = {
     "token revoke": fleet.token_revoke,
     "keys rotate-release": keys.rotate_release,
     "keys rotate-root": keys.rotate_root,
+    "experiment start": experiments.start,
+    "experiment list": experiments.listing,
+    "experiment status": experiments.status,
+    "experiment promote": experiments.promote,
+    "experiment stop": experiments.stop,
 }
 
 
@@ -58,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             getattr(args, "deployments_command", None),
             getattr(args, "token_command", None),
             getattr(args, "keys_command", None),
+            getattr(args, "experiment_command", None),
         )
         if part
     )

@@ -213,6 +213,10 @@ class SQLStorage:
         """Store an experiment with the assignments that start it, atomically; its new id."""
         return await self._run(WRITE, _experiments.add_experiment, experiment, assignments)
 
+    async def set_assignments(self, assignments: Sequence[AssignmentUpdate]) -> None:
+        """Store many devices' new assignments in one transaction: all of them or none."""
+        await self._run(WRITE, _fleet.set_assignments, assignments)
+
     async def get_experiment(self, experiment_id: int) -> ExperimentRecord:
         """Return one experiment; raises NotFoundError."""
         return await self._run(SNAPSHOT, _experiments.get_experiment, experiment_id)

@@ -324,6 +324,10 @@ class Storage(Protocol):
         """Return one experiment; raises NotFoundError."""
         ...
 
+    async def set_assignments(self, assignments: Sequence[AssignmentUpdate]) -> None:
+        """Store many devices' new assignments in one transaction: all of them or none."""
+        ...
+
     async def experiments(self, model: str | None = None) -> list[ExperimentRecord]:
         """Return experiments, newest first, all or of one model."""
         ...

@@ -63,3 +63,12 @@ async def test_a_refused_assignment_stores_no_experiment(lab: Storage) -> None:
     assert await lab.experiments() == []
     with pytest.raises(NotFoundError, match="no experiment 1"):
         await lab.get_experiment(1)
+
+
+async def test_assignments_are_stored_all_or_none(lab: Storage) -> None:
+    await lab.set_assignment("d2", 5, b"earlier", {})
+    with pytest.raises(ConflictError):
+        await lab.set_assignments([_update("d1", 1, {"version": 1}), _update("d2", 2, {})])
+    assert (await lab.get_device("d1")).assignment_seq == 0
+    await lab.set_assignments([_update("d1", 1, {"version": 1}), _update("d2", 6, {})])
+    assert (await lab.get_device("d2")).assignment_seq == 6
