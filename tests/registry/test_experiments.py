@@ -147,7 +147,8 @@ async def test_the_verdict_adds_up_devices_and_promote_keeps_a_winning_control(
         1,
         True,
     )
-    assert accuracy["z"] < 0 and accuracy["p_value"] < 0.001
+    assert accuracy["z"] < 0
+    assert accuracy["p_value"] < 0.001
     assert verdict["winner"] == 1
     assert verdict["sentence"] == (
         "V1 is better on accuracy: 90.0% vs 80.0%, p < 0.001, 2,000 labelled answers"
