@@ -29,6 +29,7 @@ from edge_agent.config.settings import (
     UpdateSettings,
 )
 from edge_agent.errors import ConfigError
+from edge_agent.experiments.settings import ExperimentSettings
 from edge_agent.runtime import RuntimeOptions
 from edge_agent.server.settings import GrpcConfig, MiB, ServerConfig
 from edge_common.toml_file import ConfigFileError, load_toml, read_bounded
@@ -147,6 +148,7 @@ _HINTS = {
     "server.keepalive_timeout": "server.idle_timeout_s",
     "mqtt.password": "mqtt.password_file",
     "telemetry.spool_max_bytes": "telemetry.spool_max_mb",
+    "experiments.memory_budget_bytes": "experiments.memory_budget_mb",
     "root_file": "trust.root_file",
     "follow": "models.follow",
 }
@@ -162,6 +164,8 @@ _SECTIONS: dict[str, dict[str, _Kind]] = {
     "grpc": _GRPC_KEYS,
     "updates": _keys_of(UpdateSettings),
     "telemetry": _keys_of(TelemetrySettings, skip={"spool_max_bytes"}) | {"spool_max_mb": INT},
+    "experiments": _keys_of(ExperimentSettings, skip={"memory_budget_bytes"})
+    | {"memory_budget_mb": INT},
 }
 _REQUIRED = {"": ("device_id",), "trust": ("root_file",), "mqtt": ("url",)}
 # Inclusive bounds of numeric keys the dataclasses do not check themselves.
@@ -187,6 +191,11 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "telemetry.interval_s": (1, 86_400),
     "telemetry.spool_max_mb": (1, 65_536),
     "telemetry.ack_timeout_s": (1, 3600),
+    "experiments.memory_budget_mb": (0, 1_048_576),
+    "experiments.memory_per_model_byte": (1, 100),
+    "experiments.answers_kept": (0, 1_000_000),
+    "experiments.shadow_queue": (1, 100_000),
+    "experiments.max_feedback_items": (1, 100_000),
 }
 
 
@@ -231,6 +240,7 @@ def load_config(
         server=_server(src, sections, listen, socket),
         updates=_construct(src, UpdateSettings, sections["updates"]),
         telemetry=_telemetry(src, sections["telemetry"]),
+        experiments=_experiments(src, sections["experiments"]),
     )
 
 
@@ -387,6 +397,12 @@ def _telemetry(src: _Source, values: dict[str, Any]) -> TelemetrySettings:
     if "spool_max_mb" in values:
         values["spool_max_bytes"] = values.pop("spool_max_mb") * MiB
     return _construct(src, TelemetrySettings, values)
+
+
+def _experiments(src: _Source, values: dict[str, Any]) -> ExperimentSettings:
+    if "memory_budget_mb" in values:
+        values["memory_budget_bytes"] = values.pop("memory_budget_mb") * MiB
+    return _construct(src, ExperimentSettings, values)
 
 
 def _server(

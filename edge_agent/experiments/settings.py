@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MiB = 1024 * 1024
-
 
 @dataclass(frozen=True)
 class ExperimentSettings:
