@@ -91,6 +91,71 @@ class AssignmentUpdate:
 
 
 @dataclass(frozen=True)
+class RolloutWave:
+    """One started wave of a rollout: the devices it moved and how far it got."""
+
+    index: int  # 0 for the first wave
+    percent: float  # the share of the group the rollout reaches with this wave (cumulative)
+    devices: tuple[str, ...]  # the devices this wave moves (none of an earlier wave)
+    started: datetime
+    deployment_id: int | None = None  # the deployment that moved them (the storage sets it)
+    settled: datetime | None = None  # enough of them activated: the soak began
+    passed: datetime | None = None  # the soak ended with every gate held
+    rollbacks: tuple[int, ...] = ()  # deployments that gave them their previous version back
+
+
+# A rollout moves on while running; waits for `rollout resume` in waiting (--manual) or paused;
+# halted, aborted and completed are final.
+ROLLOUT_ACTIVE = ("running", "waiting", "paused")
+ROLLOUT_STATES = (*ROLLOUT_ACTIVE, "halted", "aborted", "completed")
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    """A staged rollout of one release to one group, wave by wave (model_registry/rollouts)."""
+
+    rollout_id: int
+    model: str
+    version: int
+    group: str
+    policy: dict[str, Any]  # the RolloutPolicy as JSON
+    state: str  # one of ROLLOUT_STATES
+    created: datetime
+    created_by: str
+    updated: datetime
+    step: int = 0  # grows with every stored change: an update must name the step it read
+    waves: tuple[RolloutWave, ...] = ()
+    previous: dict[str, int | None] = field(default_factory=dict)  # device -> version before
+    halt: dict[str, Any] | None = None  # why it stopped: gate, measured, limit, devices
+
+    @property
+    def active(self) -> bool:
+        """Whether the rollout can still move (not halted, aborted or completed)."""
+        return self.state in ROLLOUT_ACTIVE
+
+
+@dataclass(frozen=True)
+class RolloutDecision:
+    """One audit record of a rollout: who decided what, when, why, on which numbers."""
+
+    at: datetime
+    actor: str  # a token's name, or "controller"
+    action: str  # started, wave_started, wave_settled, wave_passed, halted, paused, ...
+    reason: str
+    numbers: dict[str, Any] = field(default_factory=dict)  # measured values and their limits
+    rollout_id: int = 0  # set by the storage
+
+
+@dataclass(frozen=True)
+class RolloutDeployment:
+    """A deployment stored with a rollout's change: a wave's move or a giving back."""
+
+    deployment: DeploymentRecord
+    assignments: Sequence[AssignmentUpdate]
+    wave: int  # the wave it belongs to: a "deploy" moves it, a "rollback" gives back
+
+
+@dataclass(frozen=True)
 class TokenRecord:
     """An API token; only its SHA-256 is stored."""
 
@@ -258,6 +323,38 @@ class Storage(Protocol):
 
         Outcomes are STORED, DUPLICATE or UNKNOWN_DEVICE (never provisioned: nothing stored).
         """
+
+    # rollouts
+    async def add_rollout(self, rollout: RolloutRecord, decision: RolloutDecision) -> int:
+        """Store a new rollout (step 0) with its first decision; return its id.
+
+        ConflictError while another rollout of the model to the group is active; NotFoundError
+        for an unknown release.
+        """
+
+    async def get_rollout(self, rollout_id: int) -> RolloutRecord:
+        """Return one rollout; raises NotFoundError."""
+
+    async def rollouts(
+        self, model: str | None = None, *, active: bool = False
+    ) -> list[RolloutRecord]:
+        """Return rollouts, newest first: all or of one model, all or only the active ones."""
+
+    async def update_rollout(
+        self,
+        rollout: RolloutRecord,
+        deployments: Sequence[RolloutDeployment] = (),
+        decisions: Sequence[RolloutDecision] = (),
+    ) -> RolloutRecord:
+        """Store `rollout` with its deployments and decisions in one transaction; return it.
+
+        Only when the stored rollout is still at `rollout.step` (it is stored at step + 1, and
+        each deployment's id goes into its wave); ConflictError otherwise, and for a deployment
+        `add_deployment` would refuse: then nothing is stored.
+        """
+
+    async def rollout_decisions(self, rollout_id: int) -> list[RolloutDecision]:
+        """Return a rollout's decisions, oldest first; raises NotFoundError."""
 
     # tokens
     async def add_token(self, name: str, role: str, token_hash: str, created: datetime) -> int:
