@@ -23,6 +23,7 @@ from model_registry.storage.base import (
     RolloutWave,
     Storage,
     TokenRecord,
+    VersionPoint,
 )
 from model_registry.storage.blobs import BlobStore
 from model_registry.storage.postgres import PostgresStorage
@@ -49,6 +50,7 @@ __all__ = [
     "SQLiteStorage",
     "Storage",
     "TokenRecord",
+    "VersionPoint",
     "open_storage",
 ]
 
