@@ -12,7 +12,8 @@ A pass, for a rollout that is running or paused:
 2. the install gate over every device moved so far: broken -> halt;
 3. the wave not settled yet: once `success_percent` of its devices activated, its soak begins;
 4. the health gates over the soak: one broken -> halt;
-5. the soak over: the wave passed; the rollout completes after the last one, waits for
+5. the soak over (and, with `require_traffic`, every health gate judged on `min_requests`
+   answers of both versions): the wave passed; the rollout completes after the last one, waits for
    `rollout resume` with `manual`, or starts the next wave.
 """
 
@@ -96,7 +97,9 @@ async def _judge(ctx: RegistryContext, rollout: RolloutRecord, *, last: bool) ->
     for verdict in verdicts:
         if verdict.broken:
             return await halt(ctx, rollout, policy, verdict, CONTROLLER)
-    if now - wave.settled < timedelta(seconds=policy.soak):
+    soaking = now - wave.settled < timedelta(seconds=policy.soak)
+    # With require_traffic the soak goes on until every health gate could judge.
+    if soaking or (policy.require_traffic and any(v.waits for v in verdicts)):
         return rollout
     return await _pass_wave(ctx, rollout, [install, *verdicts], last=last)
 

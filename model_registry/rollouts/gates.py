@@ -32,6 +32,7 @@ class Verdict:
     limit: float
     devices: tuple[str, ...] = ()  # the devices the measurement is about
     detail: str = ""
+    waits: bool = False  # not judged for want of answers yet (not because it cannot apply)
 
     @property
     def broken(self) -> bool:
@@ -48,6 +49,7 @@ class Verdict:
             "devices": list(self.devices[:MAX_NAMED_DEVICES]),
             "device_count": len(self.devices),
             "detail": self.detail,
+            "waits": self.waits,
         }
 
     def sentence(self) -> str:

@@ -4,8 +4,10 @@ Small policies on the fleet statistics (model_registry/statistics). For the curr
 devices, the new version's window runs from the wave's start to now (its soak, and the
 probation before it); the replaced version's window is the `baseline` before the wave started,
 up to the moment its devices settled (the old version served until each swap). Each gate is
-judged only once both windows hold `min_requests` answers; before, it is "not judged" and does
-not stop the wave from passing (the decision says so). The gates:
+judged only once both windows hold `min_requests` answers; before, it "waits", and so does the
+wave's soak (unless the policy says `require_traffic = false`: then it passes not judged, and the
+decision says so). A gate that cannot apply (no earlier version on the devices, no predictions
+reported by both versions) is not judged and does not hold the wave. The gates:
 
 * `error_rate`: the new version's share of 5xx answers above `max_error_rate`;
 * `latency`: the new version's p99 over the replaced one's (at least `latency_floor_ms`) above
@@ -176,7 +178,7 @@ def _not_judged(
     if gate != ERROR_RATE:
         counts += f", {old.requests if old else 0} replaced"
     detail = f"{counts} answers, fewer than {policy.min_requests}"
-    return Verdict(gate, None, None, limit, detail=detail)
+    return Verdict(gate, None, None, limit, detail=detail, waits=True)
 
 
 def _ratio(new: VersionWindow, old: VersionWindow, policy: RolloutPolicy) -> float | None:

@@ -44,6 +44,7 @@ class RolloutPolicy:
     latency_floor_ms: float = 5.0  # an old p99 below this counts as this
     max_psi: float = 0.25  # PSI of the predicted classes
     min_requests: int = 20  # per version, before a health gate is judged
+    require_traffic: bool = True  # a soak lasts until the health gates had min_requests
     baseline: float = 3600.0  # how far back before a wave the old version's telemetry counts
 
     def __post_init__(self) -> None:
@@ -137,7 +138,7 @@ def _value(key: str, value: Any) -> Any:
         ):
             raise InvalidInputError("policy 'canary' must be a list of device ids")
         return tuple(value)
-    if key in ("manual", "rollback"):
+    if key in ("manual", "rollback", "require_traffic"):
         if not isinstance(value, bool):
             raise InvalidInputError(f"policy {key!r} must be true or false")
         return value

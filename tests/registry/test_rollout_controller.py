@@ -70,7 +70,9 @@ def _assigned(ctx: RegistryContext) -> Any:
 
 
 async def _start(ctx: RegistryContext, **policy: Any) -> RolloutRecord:
-    settings = {"steps": [25, 50, 100], "soak": 10, "min_requests": 10, **policy}
+    # Without telemetry, by default: the health gates' own test reports some.
+    settings = {"steps": [25, 50, 100], "soak": 10, "min_requests": 10, "require_traffic": False}
+    settings.update(policy)
     return await service.start_rollout(
         ctx, MODEL, 2, "lab", parse_policy(settings), created_by="admin"
     )
@@ -167,6 +169,33 @@ async def test_a_slower_version_halts_on_its_telemetry(ctx: RegistryContext) -> 
     assert (halted.halt["gate"], halted.halt["measured"]) == ("latency", 10.0)
     assert sorted(halted.halt["devices"]) == sorted(wave.devices)
     assert set((await _assigned(ctx)).values()) == {1}
+
+
+async def test_a_soak_lasts_until_the_health_gates_had_enough_answers(
+    ctx: RegistryContext,
+) -> None:
+    rollout = await _start(ctx, require_traffic=True)
+    wave = rollout.waves[0]
+    await _activate_wave(ctx, rollout.rollout_id)
+    await run_rollouts(ctx)
+    ctx.clock.advance(60)  # type: ignore[attr-defined]
+    await run_rollouts(ctx)
+    assert (await ctx.storage.get_rollout(rollout.rollout_id)).waves[0].passed is None
+    for device_id in wave.devices:
+        await _report(ctx, device_id, 1, p99=3.0, at=wave.started - timedelta(seconds=30))
+        await _report(ctx, device_id, 2, p99=3.0, at=ctx.clock())
+    await run_rollouts(ctx)
+    passed = await ctx.storage.get_rollout(rollout.rollout_id)
+    assert passed.waves[0].passed is not None
+    assert len(passed.waves) == 2
+    (decision,) = [
+        d for d in await ctx.storage.rollout_decisions(rollout.rollout_id)
+        if d.action == "wave_passed"
+    ]  # fmt: skip
+    gates = {g["gate"]: g for g in decision.numbers["gates"]}
+    assert gates["latency"]["held"] is True
+    assert gates["latency"]["measured"] == 0.6  # 3 ms against the 5 ms floor
+    assert gates["prediction_shift"]["held"] is None  # neither version reports predictions
 
 
 async def _report(ctx: RegistryContext, device_id: str, version: int, *, p99: float,

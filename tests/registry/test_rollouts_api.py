@@ -61,7 +61,7 @@ async def test_a_rollout_through_rest(fleet: Api) -> None:
     assert "is paused" in refused["error"]
     metrics = await (await fleet.client.get("/metrics", headers=fleet.auth())).text()
     assert 'model_registry_rollouts{state="paused"} 1' in metrics
-    assert 'model_registry_rollout_wave{rollout="%d",model="mnist"' % rollout_id in metrics
+    assert f'model_registry_rollout_wave{{rollout="{rollout_id}",model="mnist"' in metrics
     resumed = await _call(fleet, "POST", f"/v1/rollouts/{rollout_id}/resume", 200)
     assert resumed["state"] == "running"
     aborted = await _call(fleet, "POST", f"/v1/rollouts/{rollout_id}/abort", 200)
