@@ -163,6 +163,7 @@ def test_a_slow_version_halts_in_its_first_wave_and_is_given_back_there(
 ) -> None:
     before = serving(devices)
     (current,) = set(before.values())
+    assert current is not None
     slow = push(ring, models["slow"])
     started = start(ring, slow, tmp_path, "--steps", "25,100")
     first_wave = set(started["waves"][0]["devices"])
