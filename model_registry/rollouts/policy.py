@@ -84,16 +84,28 @@ class RolloutPolicy:
 
 
 def parse_policy(data: Any, *, where: str = "policy") -> RolloutPolicy:
-    """Build a policy from a JSON or TOML object; InvalidInputError naming a bad key."""
+    """Build a policy from a JSON or TOML object; InvalidInputError naming a bad key.
+
+    `where` (a file, a request field) prefixes the message when it is not the bare policy.
+    """
+    try:
+        return _build(data)
+    except InvalidInputError as e:
+        if where == "policy":
+            raise
+        raise InvalidInputError(f"{where}: {e}") from e
+
+
+def _build(data: Any) -> RolloutPolicy:
     if not isinstance(data, dict):
-        raise InvalidInputError(f"{where} must be an object of rollout settings")
-    known = {f.name: f for f in fields(RolloutPolicy)}
+        raise InvalidInputError("the policy must be an object of rollout settings")
+    known = {f.name for f in fields(RolloutPolicy)}
     values: dict[str, Any] = {}
     for key, value in data.items():
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise InvalidInputError(f"{where}: unknown setting {str(key)[:60]!r}{hint}")
+            raise InvalidInputError(f"unknown setting {str(key)[:60]!r}{hint}")
         values[key] = _value(key, value)
     return RolloutPolicy(**values)
 
