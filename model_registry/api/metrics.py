@@ -13,8 +13,7 @@ from edge_common.prometheus import family_lines
 from model_registry.api.errors import Handler
 from model_registry.services.context import RegistryContext
 from model_registry.services.fleet import OFFLINE, ONLINE, STALE, connection
-from model_registry.storage import RolloutRecord
-from model_registry.storage.base import ROLLOUT_STATES
+from model_registry.storage import ROLLOUT_STATES, RolloutRecord
 
 
 @dataclass(frozen=True)

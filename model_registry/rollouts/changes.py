@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from edge_protocol import format_time
-from model_registry.rollouts.gates import Verdict
+from model_registry.rollouts.gates import MAX_NAMED_DEVICES, Verdict
 from model_registry.rollouts.policy import RolloutPolicy
 from model_registry.rollouts.waves import plan, wave_devices
 from model_registry.services.context import RegistryContext
@@ -76,7 +76,8 @@ async def start_wave(
             now, actor, "wave_started",
             f"wave {index + 1} of {total} moves {len(chosen)} device(s) to version "
             f"{rollout.version}, reaching {percent:g}% of group {rollout.group!r}",
-            {"wave": index + 1, "percent": percent, "devices": list(wave.devices)},
+            {"wave": index + 1, "percent": percent, "device_count": len(wave.devices),
+             "devices": list(wave.devices[:MAX_NAMED_DEVICES])},
         )  # fmt: skip
         made: list[RolloutDeployment] = []
         signed: list[AssignmentUpdate] = []
@@ -192,7 +193,7 @@ async def _give_back(
     )
     numbers = {
         "given_back": {i: v for (_, v), ids in by_target.items() for i in ids},
-        "kept": kept,
+        "kept": kept[:MAX_NAMED_DEVICES],
         "deployments": len(made),
     }
     return made, publish, (reason, numbers)

@@ -25,7 +25,7 @@ from model_registry.storage._db import (
     optional_from_text,
     to_text,
 )
-from model_registry.storage.base import (
+from model_registry.storage.rollout_records import (
     ROLLOUT_ACTIVE,
     RolloutDecision,
     RolloutDeployment,

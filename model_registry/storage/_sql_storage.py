@@ -23,11 +23,13 @@ from model_registry.storage.base import (
     DeviceReport,
     ModelSummary,
     ReleaseRecord,
+    TokenRecord,
+    VersionPoint,
+)
+from model_registry.storage.rollout_records import (
     RolloutDecision,
     RolloutDeployment,
     RolloutRecord,
-    TokenRecord,
-    VersionPoint,
 )
 
 PRUNE_DEVICES_PER_TRANSACTION = 100

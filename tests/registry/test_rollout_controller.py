@@ -198,8 +198,32 @@ async def test_a_soak_lasts_until_the_health_gates_had_enough_answers(
     assert gates["prediction_shift"]["held"] is None  # neither version reports predictions
 
 
+async def test_a_version_predicting_one_class_halts_on_its_prediction_shift(
+    ctx: RegistryContext,
+) -> None:
+    rollout = await _start(ctx, max_psi=0.25)
+    wave = rollout.waves[0]
+    spread = {"0": 12, "1": 9, "2": 9}
+    for device_id in wave.devices:
+        await _report(ctx, device_id, 1, p99=3.0, at=wave.started - timedelta(seconds=30),
+                      classes=spread)  # fmt: skip
+    await _activate_wave(ctx, rollout.rollout_id)
+    await run_rollouts(ctx)
+    collapsed, fine = wave.devices
+    await _report(ctx, collapsed, 2, p99=3.0, at=ctx.clock(), classes={"0": 30})
+    await _report(ctx, fine, 2, p99=3.0, at=ctx.clock(), classes=spread)
+    await run_rollouts(ctx)
+    halted = await ctx.storage.get_rollout(rollout.rollout_id)
+    assert halted.state == "halted"
+    assert halted.halt is not None
+    assert halted.halt["gate"] == "prediction_shift"
+    assert halted.halt["measured"] > halted.halt["limit"] == 0.25
+    assert halted.halt["devices"] == [collapsed]  # the device whose own PSI is past the limit
+    assert set((await _assigned(ctx)).values()) == {1}
+
+
 async def _report(ctx: RegistryContext, device_id: str, version: int, *, p99: float,
-                  at: datetime) -> None:  # fmt: skip
+                  at: datetime, classes: dict[str, int] | None = None) -> None:  # fmt: skip
     """A telemetry report of one version, stored as the ingest stores its points."""
     from model_registry.storage import DeviceReport
 
@@ -207,6 +231,7 @@ async def _report(ctx: RegistryContext, device_id: str, version: int, *, p99: fl
         model=MODEL, version=version, device_id=device_id, at=at, interval_s=1.0, requests=30,
         ok=30, client_errors=0, server_errors=0, rejected=0, latency_samples=30,
         latency_p50_ms=p99 / 2, latency_p99_ms=p99, latency_max_ms=p99,
+        detail={"predictions": {"output": "label", "classes": classes}} if classes else {},
     )  # fmt: skip
     report = DeviceReport(device_id, "telemetry", at, {"models": {}}, points=(point,))
     await ctx.storage.add_device_reports([report])
