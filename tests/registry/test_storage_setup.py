@@ -97,6 +97,8 @@ EXPECTED_TABLES = {
     "telemetry",
     "tokens",
     "version_points",
+    "rollouts",
+    "rollout_decisions",
     "experiments",
 }
 

@@ -46,14 +46,26 @@ class Fleet:
     registry: RegistryProcess = field(init=False)
     port: int = field(default_factory=free_port)
 
-    def start(self, chunk_size_kib: int = 256, database: str | None = None) -> None:
-        """init (on `database` if given: a postgresql:// URL), broker-config, mosquitto, serve."""
+    def start(
+        self,
+        chunk_size_kib: int = 256,
+        database: str | None = None,
+        settings: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        """init (on `database` if given: a postgresql:// URL), broker-config, mosquitto, serve.
+
+        `settings` are (line, replacement) pairs applied to the registry.toml `init` wrote.
+        """
         self.home = self.root / "home"
         cli("init", "--home", str(self.home), *(("--database", database) if database else ()))
         config = self.home / "registry.toml"
         text = config.read_text().replace(
             "chunk_size_kib = 256", f"chunk_size_kib = {chunk_size_kib}"
         )
+        for line, replacement in settings:
+            if line not in text:
+                raise AssertionError(f"registry.toml has no line {line!r}")
+            text = text.replace(line, replacement)
         config.write_text(text)
         self._write_broker_files()
         self.broker = self.broker_factory.from_config(
