@@ -16,6 +16,7 @@ from model_registry.api.params import (
     query_text,
     target_from,
 )
+from model_registry.api.rollouts import rollout_view
 from model_registry.api.views import deployment_view
 from model_registry.errors import InvalidInputError
 from model_registry.services import experiments
@@ -66,13 +67,16 @@ async def get_experiment(request: web.Request) -> web.Response:
 
 @require("publisher")
 async def promote_experiment(request: web.Request) -> web.Response:
-    """POST /v1/experiments/{id}/promote: roll out the winner; 409 while there is none."""
+    """POST /v1/experiments/{id}/promote: a staged rollout of the winner; 409 without one."""
     experiment_id = int_param(request.match_info["id"], "experiment id")
-    record, deployment = await experiments.promote(
+    record, deployment, rollout = await experiments.promote(
         request.app[CTX_KEY], experiment_id, promoted_by=request[PRINCIPAL_KEY]
     )
-    view = None if deployment is None else deployment_view(deployment)
-    return web.json_response({**experiment_view(record), "deployment": view})
+    return web.json_response({
+        **experiment_view(record),
+        "rollout": None if rollout is None else rollout_view(rollout),
+        "deployment": None if deployment is None else deployment_view(deployment),
+    })  # fmt: skip
 
 
 @require("publisher")

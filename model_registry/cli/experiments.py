@@ -84,6 +84,10 @@ def promote(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return 0
     _headline(data)
+    rollout = data.get("rollout")
+    if rollout is not None:
+        print(f"rollout {rollout['id']}: v{rollout['version']} to group {rollout['group']} "
+              f"(rollout status {rollout['id']})")  # fmt: skip
     deployment = data.get("deployment")
     if deployment is not None:
         count = len(deployment["devices"])

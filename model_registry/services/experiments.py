@@ -2,8 +2,8 @@
 
 Starting signs each targeted device a new assignment that pins the control and attaches the
 candidate (docs/protocol.md 4.4); stopping signs them the control alone. Both are stored with
-the experiment in one transaction, like a deployment. Promoting hands the winner to the
-deployment service (a deployment of the winning release to the experiment's devices).
+the experiment in one transaction, like a deployment. Promoting returns every device to
+the control and hands the winner to the rollout service (a staged rollout to the group).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from edge_protocol import AssignedModel, ExperimentSpec, Pin
 from edge_protocol.fields import is_valid_name
 from model_registry.errors import ConflictError, InvalidInputError
+from model_registry.rollouts.policy import RolloutPolicy
+from model_registry.rollouts.service import start_rollout
 from model_registry.services.context import RegistryContext
 from model_registry.services.deployments import (
     Target,
@@ -27,6 +29,7 @@ from model_registry.storage import (
     DeploymentRecord,
     ExperimentRecord,
     ReleaseRecord,
+    RolloutRecord,
 )
 
 log = logging.getLogger(__name__)
@@ -146,25 +149,33 @@ async def stop(ctx: RegistryContext, experiment_id: int, *, stopped_by: str) -> 
 
 async def promote(
     ctx: RegistryContext, experiment_id: int, *, promoted_by: str
-) -> tuple[ExperimentRecord, DeploymentRecord | None]:
-    """Roll out the winner: deploy it to the experiment's devices (a control that wins is kept,
-    which is a stop). ConflictError while there is no winner."""
+) -> tuple[ExperimentRecord, DeploymentRecord | None, RolloutRecord | None]:
+    """Roll out the winner. ConflictError while there is none.
+
+    Every device first returns to the control (the experiment ends), then a winning candidate
+    goes out as a staged rollout to the experiment's group (model_registry/rollouts), or, for
+    an experiment on a list of devices (rollouts move groups), as one deployment to them. A
+    control that wins is simply kept.
+    """
     record, judged = await status(ctx, experiment_id)
     _require_running(record)
     if judged.winner is None:
         raise ConflictError(f"experiment {experiment_id} has no winner yet: {judged.sentence}")
     ctx.require_broker("nothing was promoted")
-    if judged.winner == record.control:
-        ended = await _end(ctx, record, "promoted", f"control v{record.control} kept")
-        return ended, None
+    winner = judged.winner
+    if winner == record.control:
+        return await _end(ctx, record, "promoted", f"control v{record.control} kept"), None, None
+    if record.target_kind == "group":
+        outcome = f"v{winner} promoted: a staged rollout to group {record.target}"
+        ended = await _end(ctx, record, "promoted", outcome)
+        rollout = await start_rollout(
+            ctx, record.model, winner, record.target, RolloutPolicy(), created_by=promoted_by
+        )
+        return ended, None, rollout
+    ended = await _end(ctx, record, "promoted", f"v{winner} promoted: a deployment to its devices")
     target = Target(devices=record.device_ids)
-    deployment = await deploy(ctx, record.model, judged.winner, target, created_by=promoted_by)
-    outcome = f"v{judged.winner} promoted: deployment {deployment.deployment_id}"
-    # The deployment's assignments pin the winner without the experiment: nothing to re-sign.
-    ended = await ctx.storage.end_experiment(
-        experiment_id, "promoted", ctx.clock().replace(microsecond=0), outcome
-    )
-    return ended, deployment
+    deployment = await deploy(ctx, record.model, winner, target, created_by=promoted_by)
+    return ended, deployment, None
 
 
 async def _end(

@@ -185,9 +185,30 @@ async def test_a_winning_treatment_is_deployed_and_too_few_labels_say_how_many_m
     )
     status, promoted = await _call(api, "POST", f"{path}/promote")
     assert status == 200, promoted
-    assert promoted["deployment"]["version"] == 2
-    assert promoted["outcome"] == f"v2 promoted: deployment {promoted['deployment']['id']}"
+    assert promoted["outcome"] == "v2 promoted: a staged rollout to group lab"
+    rollout = promoted["rollout"]
+    assert (rollout["version"], rollout["group"], rollout["state"]) == (2, "lab", "running")
+    assert promoted["deployment"] is None
+    # The first wave (5% of two devices: one) runs v2; the other is back on v1 alone.
+    assigned = [(await api.ctx.storage.get_device(d)).assigned["clf"] for d in ("dev-1", "dev-2")]
+    assert sorted(a["version"] for a in assigned) == [1, 2]
+    assert not any("experiment" in a for a in assigned)
+
+
+async def test_an_experiment_on_devices_is_promoted_by_one_deployment(
+    api: Api, lab: dict[str, bytes]
+) -> None:
+    body = {**SPLIT, "devices": ["dev-1"]}
+    del body["group"]
+    _, started = await _call(api, "POST", "/v1/experiments", body)
+    await _report(
+        api, "dev-1", 1, {"1": _variant(2000, 2000, 1700), "2": _variant(2000, 2000, 1900)}
+    )
+    status, promoted = await _call(api, "POST", f"/v1/experiments/{started['id']}/promote")
+    assert status == 200, promoted
+    assert (promoted["rollout"], promoted["deployment"]["devices"]) == (None, ["dev-1"])
     assert (await api.ctx.storage.get_device("dev-1")).assigned["clf"]["version"] == 2
+    assert (await api.ctx.storage.get_device("dev-2")).assigned == {}
 
 
 async def test_a_shadow_reports_its_agreement(api: Api, lab: dict[str, bytes]) -> None:
