@@ -139,6 +139,11 @@ def _model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     push.add_argument(
         "--calibration", metavar="DATA.npz", help="rows X for static QDQ quantization"
     )
+    push.add_argument(
+        "--reference",
+        metavar="DATA.npz",
+        help="rows X the drift profile is made of (default: the --eval rows)",
+    )
     push.add_argument("--label", default="")
     push.add_argument(
         "--accuracy-limit", type=float, default=1.0, help="largest allowed drop, in points"
