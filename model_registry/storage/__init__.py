@@ -19,6 +19,7 @@ from model_registry.storage.base import (
     ReleaseRecord,
     Storage,
     TokenRecord,
+    VersionPoint,
 )
 from model_registry.storage.blobs import BlobStore
 from model_registry.storage.postgres import PostgresStorage
@@ -41,6 +42,7 @@ __all__ = [
     "SQLiteStorage",
     "Storage",
     "TokenRecord",
+    "VersionPoint",
     "open_storage",
 ]
 
