@@ -140,6 +140,29 @@ class VersionPoint:
 
 
 @dataclass(frozen=True)
+class DriftRecord:
+    """A change of the drift status of one feature of a model version (docs/registry.md).
+
+    `kind` is "drift_alert" when the status rose (ok < warn < alert) and "drift_cleared" when it
+    fell; `device_id` None is the fleet-wide status. The numbers are those of the window that
+    changed it.
+    """
+
+    model: str
+    version: int
+    device_id: str | None
+    feature: str  # "X[3]" (input X, column 3) or "predictions"
+    kind: str
+    status: str
+    previous: str
+    at: datetime
+    psi: float | None
+    max_cdf_gap: float | None
+    samples: int
+    record_id: int = 0  # given by the storage
+
+
+@dataclass(frozen=True)
 class DeviceReport:
     """One checked device message for `Storage.add_device_reports`.
 
@@ -298,6 +321,17 @@ class Storage(Protocol):
     async def prune_messages(self, kind: str, older_than: datetime, keep_per_device: int) -> int:
         """Delete `kind` ("events", "telemetry") before `older_than`, and all but each device's
         newest `keep_per_device`; return how many rows went."""
+
+    async def add_drift_records(self, records: Sequence[DriftRecord]) -> None:
+        """Store drift status changes (one transaction)."""
+
+    async def drift_records(self, model: str, limit: int = 100) -> list[DriftRecord]:
+        """Return a model's drift status changes, newest first."""
+        ...
+
+    async def drift_statuses(self, model: str) -> list[DriftRecord]:
+        """Return the latest drift record of each (version, device, feature) of a model."""
+        ...
 
     async def add_device_reports(self, reports: Sequence[DeviceReport]) -> list[str]:
         """Apply reports in order, in one transaction; return each one's outcome.
