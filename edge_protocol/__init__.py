@@ -27,6 +27,7 @@ from edge_protocol.metadata import (
     TensorSpec,
 )
 from edge_protocol.onnx_scan import check_self_contained, find_external_reference
+from edge_protocol.profile import Bins, InputProfile, OutputProfile, Profile
 from edge_protocol.selftest import check_selftest_outputs
 from edge_protocol.topics import DEFAULT_PREFIX, TopicRef, Topics
 from edge_protocol.trust import ArtifactVerifier, TrustedState, utc_now
@@ -42,11 +43,15 @@ __all__ = [
     "ArtifactVerifier",
     "AssignedModel",
     "Assignment",
+    "Bins",
     "Envelope",
     "ExperimentSpec",
     "FormatError",
+    "InputProfile",
     "ModelIO",
+    "OutputProfile",
     "Pin",
+    "Profile",
     "ProtocolError",
     "PublicKey",
     "RejectedError",

@@ -209,6 +209,27 @@ _ROLLOUTS = (
     "CREATE INDEX rollout_decisions_by_rollout ON rollout_decisions (rollout_id, decision_id)",
 )
 
+# Changes of the drift status of each feature of a model version, per device and fleet-wide
+# (device_id '' ); the latest record of a key is its current status (services/drift_watch.py).
+_DRIFT_RECORDS = (
+    """CREATE TABLE drift_records (
+        record_id {id},
+        model TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        device_id TEXT NOT NULL,
+        feature TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        previous TEXT NOT NULL,
+        at TEXT NOT NULL,
+        psi DOUBLE PRECISION,
+        max_cdf_gap DOUBLE PRECISION,
+        samples BIGINT NOT NULL
+    )""",
+    "CREATE INDEX drift_records_by_key ON drift_records (model, version, device_id, feature)",
+    "CREATE INDEX drift_records_by_device ON drift_records (device_id)",
+)
+
 # Experiments: a control and a candidate release of one model on a set of devices
 # (docs/registry.md, "Experiments"). The devices are a JSON list: an experiment outlives a
 # device removed from the fleet, and its numbers stay readable.
@@ -240,7 +261,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "when each API token was last used", _TOKEN_USE),
     Migration(5, "per-version numbers of each telemetry report", _VERSION_POINTS),
     Migration(6, "staged rollouts and their decisions", _ROLLOUTS),
-    Migration(7, "experiments: a control and a candidate on a set of devices", _EXPERIMENTS),
+    Migration(7, "drift status changes of model versions", _DRIFT_RECORDS),
+    Migration(8, "experiments: a control and a candidate on a set of devices", _EXPERIMENTS),
 )
 
 

@@ -99,6 +99,7 @@ EXPECTED_TABLES = {
     "version_points",
     "rollouts",
     "rollout_decisions",
+    "drift_records",
     "experiments",
 }
 
