@@ -142,7 +142,7 @@ class Agent:
             experiments=self.experiments,
         )  # fmt: skip
         collector = TelemetryCollector(self.metrics, config.state_dir)
-        collector.version_details.append(self.experiments.counters.drain)
+        collector.version_details.append(self.experiments.counters.report)
         self.telemetry = Telemetry(collector, self.reporter, config.telemetry)
         self.server.add_status_provider(self.telemetry.status)
         self.supervisor = Supervisor("the agent")

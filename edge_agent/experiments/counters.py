@@ -62,3 +62,7 @@ class ExperimentCounters:
         with self._lock:
             counts, self._counts = self._counts, {}
         return {(model, str(version)): c.to_dict() for (model, version), c in counts.items()}
+
+    def report(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """`drain`, as the `experiment` field of each version's telemetry entry."""
+        return {key: {"experiment": counts} for key, counts in self.drain().items()}

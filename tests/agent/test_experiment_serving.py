@@ -226,3 +226,28 @@ async def test_feedback_without_an_experiment_and_bad_keys_are_client_errors(
     assert "parameters.experiment_key" in bad.json()["error"]
     plain = await post(http, f"{url}/infer", json=body)
     assert "id" not in plain.json(), "outside an experiment no id is made up"
+
+
+def test_the_counts_go_to_telemetry_as_the_experiment_field_of_each_version() -> None:
+    from pathlib import Path
+
+    from edge_agent.metrics import AgentMetrics
+    from edge_agent.uplink.telemetry import TelemetryCollector
+
+    experiments, metrics = Experiments(), AgentMetrics()
+    collector = TelemetryCollector(metrics, Path("/"))
+    collector.version_details.append(experiments.counters.report)
+    experiments.counters.update("classifier", 1, answered=2, feedback_labels=2, feedback_correct=1)
+    experiments.counters.update("classifier", 2, shadow_runs=3, shadow_dropped=1)
+    collector.on_request("classifier", "1", 200, 0.001)
+
+    versions = collector.snapshot()["models"]["classifier"]["versions"]
+
+    assert versions["1"]["requests"] == 1
+    assert versions["1"]["experiment"]["answered"] == 2
+    assert versions["1"]["experiment"]["feedback"] == {
+        "labels": 2, "correct": 1, "values": 0, "abs_error_sum": 0.0,
+    }  # fmt: skip
+    assert versions["2"]["requests"] == 0, "a shadow answers nothing"
+    assert versions["2"]["experiment"]["shadow"]["dropped"] == 1
+    assert collector.snapshot()["models"] == {}, "drained at each report"

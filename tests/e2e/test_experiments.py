@@ -74,15 +74,18 @@ def _registry(fleet: Fleet, path: str) -> Any:
         return json.loads(response.read())
 
 
-def _wait(predicate: Callable[[], Any], what: str, timeout: float = 90) -> Any:
-    """Poll until `predicate()` is truthy (a liveness bound, not a timing assertion)."""
+def _wait(
+    predicate: Callable[[], Any], what: str, timeout: float = 90, seen: Callable[[], Any] = str
+) -> Any:
+    """Poll until `predicate()` is truthy (a liveness bound, not a timing assertion); the
+    error shows `seen()`, what there was instead."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}: {seen()}")
         time.sleep(0.2)
 
 
@@ -164,7 +167,8 @@ def test_a_worse_treatment_loses_a_shadow_never_answers_and_tampering_is_refused
         total = found["control"]["accuracy"]["n"] + found["treatment"]["accuracy"]["n"]
         return found if total == labelled else None
 
-    found = _wait(judged, "the labelled answers of both devices at the registry")
+    found = _wait(judged, "the labelled answers of both devices at the registry",
+                  seen=lambda: _variants(fleet, split_id))  # fmt: skip
     verdict = found["verdict"]
     control, treatment = found["control"], found["treatment"]
     assert (control["version"], treatment["version"]) == (v1, v2)
@@ -222,7 +226,8 @@ def test_a_worse_treatment_loses_a_shadow_never_answers_and_tampering_is_refused
         shadow = _variants(fleet, shadow_id)["shadow"]
         return shadow if shadow["shadow"]["runs"] == 2 * len(sent) else None
 
-    shadow = _wait(compared, "the shadow's comparisons at the registry")
+    shadow = _wait(compared, "the shadow's comparisons at the registry",
+                   seen=lambda: _variants(fleet, shadow_id))  # fmt: skip
     assert shadow["shadow"]["dropped"] == 0
     assert (shadow["agreement"]["n"], shadow["agreement"]["successes"]) == (2 * len(sent), agreed)
     assert shadow["answered"] == 0, "the shadow answered nothing"
