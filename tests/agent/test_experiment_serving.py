@@ -251,3 +251,23 @@ def test_the_counts_go_to_telemetry_as_the_experiment_field_of_each_version() ->
     assert versions["2"]["requests"] == 0, "a shadow answers nothing"
     assert versions["2"]["experiment"]["shadow"]["dropped"] == 1
     assert collector.snapshot()["models"] == {}, "drained at each report"
+
+
+def test_grpc_requests_carry_the_experiment_key_as_a_parameter() -> None:
+    from edge_agent.errors import InvalidRequestError
+    from edge_agent.server.grpc import inference_pb2 as pb
+    from edge_agent.server.grpc.codec import decode_request
+
+    def request(**key: Any) -> Any:
+        message = pb.ModelInferRequest(model_name="classifier")
+        tensor = message.inputs.add(name="X", datatype="FP32", shape=[1, 1])
+        tensor.contents.fp32_contents.append(0.5)
+        for name, value in key.items():
+            message.parameters[name].CopyFrom(pb.InferParameter(**value))
+        return message
+
+    assert decode_request(request()).routing_key is None
+    keyed = request(experiment_key={"string_param": "customer-7"})
+    assert decode_request(keyed).routing_key == "customer-7"
+    with pytest.raises(InvalidRequestError, match=r"parameters\.experiment_key"):
+        decode_request(request(experiment_key={"int64_param": 7}))
