@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .broker import LOCALHOST, free_port
+from edge_common import processes
+from edge_common.processes import LOCALHOST, free_port
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 60.0  # the registry imports onnxruntime and scikit-learn before it listens
@@ -79,14 +80,7 @@ class RegistryProcess:
 
     def stop(self) -> None:
         """Stop the process with SIGTERM (SIGKILL if it hangs)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        processes.stop(self.process, timeout=20)
 
     def _healthy(self) -> bool:
         try:
