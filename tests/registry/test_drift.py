@@ -4,6 +4,7 @@ both storages; what does not fit the profile is counted and left out."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from edge_protocol import Bins, InputProfile, OutputProfile, Profile
 from model_registry.config import DriftConfig
 from model_registry.errors import InvalidInputError
+from model_registry.services.device_messages import MessageLimits, clean_message
 from model_registry.services.drift import (
     ALERT,
     BIN_COUNTS,
@@ -27,6 +29,7 @@ from model_registry.services.drift import (
     window_drift,
 )
 from model_registry.services.drift_watch import CLEARED, RISEN, DriftWatch
+from model_registry.statistics.points import points_from_telemetry
 from model_registry.statistics.window import VersionWindow
 from model_registry.storage import DeviceReport, DriftRecord, Storage, VersionPoint
 from tests.protocol.factory import Registry
@@ -229,3 +232,41 @@ async def test_drift_records_round_trip_and_go_with_their_device(storage: Storag
     assert stored[1].at == T0
     await storage.remove_device("d1")
     assert [r.device_id for r in await storage.drift_records("iris")] == [None]
+
+
+# --- at ingest ---------------------------------------------------------------------------
+
+
+def test_negative_bin_counts_are_left_out_of_the_points_and_counted() -> None:
+    body = {
+        "interval_s": 1.0,
+        "models": {
+            "iris": {
+                "versions": {
+                    "1": {
+                        "requests": 3, "2xx": 3, "4xx": 0, "5xx": 0, "rejected_503": 0,
+                        "bins": {"input": [[1, -2, 3, 1], [1, 2]]},
+                        "predictions": {"output": "label", "classes": {"0": 3}},
+                    }
+                }
+            }
+        },
+    }  # fmt: skip
+    left_out: Counter[str] = Counter()
+    (point,) = points_from_telemetry("d1", T0, body, left_out)
+    assert "bins" not in point.detail
+    assert point.detail["predictions"] == {"output": "label", "classes": {"0": 3}}
+    assert left_out == {"bins": 1}
+
+
+def test_a_report_still_over_the_cap_without_features_loses_its_bins() -> None:
+    wide = [[1000] * 16] * 64
+    versions = {"1": {"requests": 1, "bins": {"X": wide}, "predictions": {"classes": {"a": 1}}}}
+    body = {"schema": 1, "device_id": "d1", "models": {"m": {"versions": versions}}}
+    limits = MessageLimits(max_telemetry_bytes=4096)
+    stored = clean_message("telemetry", body, limits)
+    assert stored["bins_dropped"] is True
+    assert stored["models"]["m"]["versions"]["1"] == {
+        "requests": 1, "predictions": {"classes": {"a": 1}}
+    }  # fmt: skip
+    assert "bins" in body["models"]["m"]["versions"]["1"], "the parsed message is not changed"
