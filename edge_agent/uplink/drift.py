@@ -43,7 +43,8 @@ class ColumnBins:
         self.sizes = [len(c.counts) for c in columns]
         # Edges padded with +inf to one matrix: a finite value is never >= +inf, so the padding
         # adds nothing to the bin index, and every column is binned in the same numpy pass.
-        self._edges = np.full((self.width, MAX_BINS - 1), np.inf)
+        widest = max((len(c.edges) for c in columns), default=0)
+        self._edges = np.full((self.width, widest), np.inf)
         for i, column in enumerate(columns):
             self._edges[i, : len(column.edges)] = column.edges
         self._offsets = np.arange(self.width) * MAX_BINS
