@@ -6,13 +6,14 @@ from __future__ import annotations
 import math
 from collections import Counter
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edge_protocol import Bins, InputProfile, OutputProfile, Profile
-from model_registry.config import DriftConfig
-from model_registry.errors import InvalidInputError
+from model_registry.config import DriftConfig, load_config
+from model_registry.errors import ConfigError, InvalidInputError
 from model_registry.services.device_messages import MessageLimits, clean_message
 from model_registry.services.drift import (
     ALERT,
@@ -270,3 +271,15 @@ def test_a_report_still_over_the_cap_without_features_loses_its_bins() -> None:
         "requests": 1, "predictions": {"classes": {"a": 1}}
     }  # fmt: skip
     assert "bins" in body["models"]["m"]["versions"]["1"], "the parsed message is not changed"
+
+
+def test_drift_limits_are_checked_where_they_are_read(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="warn_psi <= alert_psi"):
+        DriftConfig(warn_psi=0.3, alert_psi=0.2)
+    with pytest.raises(ConfigError, match="window_s"):
+        DriftConfig(window_s=10)
+    (tmp_path / "registry.toml").write_text("[drift]\nalert_psi = 1\nwarn_psi = 0.5\n")
+    assert load_config(tmp_path).drift.alert_psi == 1
+    (tmp_path / "registry.toml").write_text('[drift]\nalert_psi = "high"\n')
+    with pytest.raises(ConfigError, match=r"drift\.alert_psi must be a number"):
+        load_config(tmp_path)
