@@ -119,6 +119,17 @@ class DeployConfig:
 
 
 @dataclass(frozen=True)
+class RolloutsConfig:
+    """The rollout controller (docs/registry.md, "Rollouts")."""
+
+    check_interval_s: float | int = 5.0  # how often the controller looks at active rollouts
+
+    def __post_init__(self) -> None:
+        if not 0.1 <= self.check_interval_s <= 3600:
+            raise ConfigError("rollouts.check_interval_s: must be between 0.1 and 3600")
+
+
+@dataclass(frozen=True)
 class FleetConfig:
     """What the registry keeps of what devices report."""
 
@@ -212,6 +223,7 @@ class RegistryConfig:
     signing: SigningConfig = field(default_factory=SigningConfig)
     artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    rollouts: RolloutsConfig = field(default_factory=RolloutsConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
@@ -241,6 +253,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "signing": SigningConfig,
     "artifacts": ArtifactsConfig,
     "deploy": DeployConfig,
+    "rollouts": RolloutsConfig,
     "fleet": FleetConfig,
     "ingest": IngestConfig,
     "drift": DriftConfig,

@@ -41,6 +41,7 @@ from model_registry.preflight import (
     setting,
     sqlite_path,
 )
+from model_registry.rollouts.controller import rollout_loop
 from model_registry.services.acks import AckSender
 from model_registry.services.context import RegistryContext
 from model_registry.services.drift import INSUFFICIENT, SEVERITY, FeatureDrift
@@ -192,6 +193,7 @@ async def _start_mqtt(
     supervisor.spawn(_resync_on_reconnect(connection, ctx), "broker resync")
     supervisor.spawn(maintenance_loop(ctx), "maintenance")
     supervisor.spawn(retention_loop(ctx), "retention")
+    supervisor.spawn(rollout_loop(ctx), "rollout controller")
     return url, ingest
 
 

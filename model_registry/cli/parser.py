@@ -8,6 +8,7 @@ from typing import cast
 
 from edge_common.usage import CommandParser
 from model_registry import __version__
+from model_registry.cli.rollout_parser import add_rollout_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _local_commands(commands)
     _model_commands(commands)
+    add_rollout_commands(commands, _api, _json)
     _fleet_commands(commands)
     _key_commands(commands)
     return parser

@@ -24,11 +24,21 @@ from model_registry.storage.base import (
 )
 from model_registry.storage.blobs import BlobStore
 from model_registry.storage.postgres import PostgresStorage
+from model_registry.storage.rollout_records import (
+    ROLLOUT_ACTIVE,
+    ROLLOUT_STATES,
+    RolloutDecision,
+    RolloutDeployment,
+    RolloutRecord,
+    RolloutWave,
+)
 from model_registry.storage.sqlite import SQLiteStorage
 
 __all__ = [
     "DUPLICATE",
     "ROLES",
+    "ROLLOUT_ACTIVE",
+    "ROLLOUT_STATES",
     "STORED",
     "UNKNOWN_DEVICE",
     "AssignmentUpdate",
@@ -41,6 +51,10 @@ __all__ = [
     "ModelSummary",
     "PostgresStorage",
     "ReleaseRecord",
+    "RolloutDecision",
+    "RolloutDeployment",
+    "RolloutRecord",
+    "RolloutWave",
     "SQLiteStorage",
     "Storage",
     "TokenRecord",

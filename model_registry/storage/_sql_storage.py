@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
 
 from model_registry.errors import InvalidInputError
-from model_registry.storage import _catalog, _drift, _fleet, _points, _tokens
+from model_registry.storage import _catalog, _drift, _fleet, _points, _rollouts, _tokens
 from model_registry.storage._db import READ, SNAPSHOT, WRITE, ConstraintViolationError, Mode, Steps
 from model_registry.storage.base import (
     AssignmentUpdate,
@@ -26,6 +26,11 @@ from model_registry.storage.base import (
     ReleaseRecord,
     TokenRecord,
     VersionPoint,
+)
+from model_registry.storage.rollout_records import (
+    RolloutDecision,
+    RolloutDeployment,
+    RolloutRecord,
 )
 
 PRUNE_DEVICES_PER_TRANSACTION = 100
@@ -237,6 +242,41 @@ class SQLStorage:
     async def add_device_reports(self, reports: Sequence[DeviceReport]) -> list[str]:
         """Apply reports in order, in one transaction; return each one's outcome."""
         return await self._run(WRITE, _fleet.add_reports, reports)
+
+    # rollouts
+
+    async def add_rollout(self, rollout: RolloutRecord, decision: RolloutDecision) -> int:
+        """Store a new rollout with its first decision; ConflictError while one is active."""
+        return await self._run(WRITE, _rollouts.add_rollout, rollout, decision)
+
+    async def get_rollout(self, rollout_id: int) -> RolloutRecord:
+        """Return one rollout; raises NotFoundError."""
+        return await self._run(READ, _rollouts.get_rollout, rollout_id)
+
+    async def rollouts(
+        self, model: str | None = None, *, active: bool = False
+    ) -> list[RolloutRecord]:
+        """Return rollouts, newest first: all or of one model, all or only the active ones."""
+        return await self._run(READ, _rollouts.rollouts, model, active)
+
+    async def update_rollout(
+        self,
+        rollout: RolloutRecord,
+        deployments: Sequence[RolloutDeployment] = (),
+        decisions: Sequence[RolloutDecision] = (),
+    ) -> RolloutRecord:
+        """Store a rollout's change with its deployments and decisions, if still at its step."""
+        try:
+            return await self._run(WRITE, _rollouts.update_rollout, rollout, deployments, decisions)
+        except ConstraintViolationError as e:
+            first = deployments[0].deployment if deployments else None
+            if first is None:
+                raise
+            raise await self._run(READ, _catalog.deployment_error, e, first) from e
+
+    async def rollout_decisions(self, rollout_id: int) -> list[RolloutDecision]:
+        """Return a rollout's decisions, oldest first; raises NotFoundError."""
+        return await self._run(SNAPSHOT, _rollouts.rollout_decisions, rollout_id)
 
     # tokens
 

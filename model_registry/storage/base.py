@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from model_registry.storage.rollout_records import RolloutDecision, RolloutDeployment, RolloutRecord
+
 ROLES = ("viewer", "publisher", "admin")
 # What `Storage.add_device_reports` did with each report.
 STORED, DUPLICATE, UNKNOWN_DEVICE = "stored", "duplicate", "unknown_device"
@@ -336,6 +338,38 @@ class Storage(Protocol):
 
         Outcomes are STORED, DUPLICATE or UNKNOWN_DEVICE (never provisioned: nothing stored).
         """
+
+    # rollouts
+    async def add_rollout(self, rollout: RolloutRecord, decision: RolloutDecision) -> int:
+        """Store a new rollout (step 0) with its first decision; return its id.
+
+        ConflictError while another rollout of the model to the group is active; NotFoundError
+        for an unknown release.
+        """
+
+    async def get_rollout(self, rollout_id: int) -> RolloutRecord:
+        """Return one rollout; raises NotFoundError."""
+
+    async def rollouts(
+        self, model: str | None = None, *, active: bool = False
+    ) -> list[RolloutRecord]:
+        """Return rollouts, newest first: all or of one model, all or only the active ones."""
+
+    async def update_rollout(
+        self,
+        rollout: RolloutRecord,
+        deployments: Sequence[RolloutDeployment] = (),
+        decisions: Sequence[RolloutDecision] = (),
+    ) -> RolloutRecord:
+        """Store `rollout` with its deployments and decisions in one transaction; return it.
+
+        Only when the stored rollout is still at `rollout.step` (it is stored at step + 1, and
+        each deployment's id goes into its wave); ConflictError otherwise, and for a deployment
+        `add_deployment` would refuse: then nothing is stored.
+        """
+
+    async def rollout_decisions(self, rollout_id: int) -> list[RolloutDecision]:
+        """Return a rollout's decisions, oldest first; raises NotFoundError."""
 
     # tokens
     async def add_token(self, name: str, role: str, token_hash: str, created: datetime) -> int:

@@ -365,6 +365,7 @@ VALUES: list[Any] = [2**64, -(2**64), -1, 0, 1.5, True, None, "", "x" * 2000, "\
 BASE_BODIES: dict[str, dict[str, Any]] = {
     "/v1/tokens": {"role": "viewer", "name": "fuzz"},
     "/v1/deployments": {"model": "m", "version": 1, "group": "lab"},
+    "/v1/rollouts": {"model": "m", "version": 1, "group": "lab", "policy": {"soak": 1}},
     "/v1/devices": {"device_id": "fuzz-dev", "group": "lab"},
     "/v1/models/{name}/rollback": {"group": "lab"},
     "/v1/devices/{id}": {"group": "lab"},
