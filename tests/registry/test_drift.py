@@ -283,3 +283,23 @@ def test_drift_limits_are_checked_where_they_are_read(tmp_path: Path) -> None:
     (tmp_path / "registry.toml").write_text('[drift]\nalert_psi = "high"\n')
     with pytest.raises(ConfigError, match=r"drift\.alert_psi must be a number"):
         load_config(tmp_path)
+
+
+async def test_retention_keeps_each_status_s_latest_record(storage: Storage) -> None:
+    await _setup(storage)
+    old, new = T0, T0 + timedelta(days=100)
+    await storage.add_drift_records(
+        [
+            DriftRecord("iris", 1, "d1", "input[0]", RISEN, ALERT, OK, old, 0.4, 0.3, 300),
+            DriftRecord("iris", 1, "d1", "input[0]", CLEARED, OK, ALERT, old, 0.01, 0.0, 300),
+            DriftRecord("iris", 1, "d2", "input[0]", RISEN, WARN, OK, old, 0.2, 0.1, 300),
+            DriftRecord("iris", 1, "d2", "input[1]", RISEN, WARN, OK, new, 0.2, 0.1, 300),
+        ]
+    )
+    assert await storage.prune_drift_records(T0 + timedelta(days=10)) == 1
+    kept = {(r.device_id, r.feature, r.kind) for r in await storage.drift_records("iris")}
+    assert kept == {
+        ("d1", "input[0]", CLEARED),
+        ("d2", "input[0]", RISEN),
+        ("d2", "input[1]", RISEN),
+    }
