@@ -9,17 +9,15 @@ here, so a missing secret is a config error too. docs/configuration.md lists eve
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import importlib.util
-import math
-import typing
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from edge_agent.config.kinds import INT, OPTIONAL_PATH, PATH, STRING, STRINGS, Kind, keys_of
 from edge_agent.config.settings import (
     DEFAULT_STATE_DIR,
     ArtifactSettings,
@@ -33,6 +31,7 @@ from edge_agent.experiments.settings import ExperimentSettings
 from edge_agent.runtime import RuntimeOptions
 from edge_agent.server.settings import GrpcConfig, MiB, ServerConfig
 from edge_common.broker_address import BrokerAddress, BrokerURLError
+from edge_common.listen import split_host_port
 from edge_common.toml_file import ConfigFileError, load_toml, read_bounded
 from edge_protocol import Topics
 from edge_protocol.errors import TopicError
@@ -43,68 +42,6 @@ NAME_RULE = "letters, digits, '.', '_' or '-', starting with a letter or digit, 
 T = TypeVar("T")
 MAX_FILE_BYTES = 1024 * 1024  # device.toml
 MAX_SECRET_BYTES = 64 * 1024  # a password or token file
-
-
-@dataclass(frozen=True)
-class _Kind:
-    """A TOML value type: its name in error messages, its test, its conversion."""
-
-    description: str
-    accepts: Callable[[object], bool]
-    convert: Callable[[Path, Any], Any] = lambda _base, value: value
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return math.isfinite(value)  # TOML has nan and inf; no setting of ours means anything by them
-
-
-def _is_strings(value: object) -> bool:
-    return isinstance(value, list) and all(isinstance(item, str) for item in value)
-
-
-INT = _Kind("an integer", _is_int)
-NUMBER = _Kind("a number", _is_number, lambda _base, value: float(value))
-STRING = _Kind("a string", lambda value: isinstance(value, str))
-BOOLEAN = _Kind("true or false", lambda value: isinstance(value, bool))
-STRINGS = _Kind("an array of strings", _is_strings, lambda _base, value: tuple(value))
-# An absolute path stays as it is: `base / "/abs"` is "/abs".
-PATH = _Kind("a non-empty path", lambda v: isinstance(v, str) and v != "", lambda b, v: b / v)
-# The bundle template writes `ca_file = ""` when there is no CA, so empty means "not set".
-OPTIONAL_PATH = _Kind("a path", STRING.accepts, lambda b, v: b / v if v else None)
-
-
-def _choice(options: Collection[str]) -> _Kind:
-    return _Kind(" or ".join(repr(o) for o in options), lambda value: value in options)
-
-
-_KIND_OF_TYPE: dict[Any, _Kind] = {
-    bool: BOOLEAN,
-    int: INT,
-    float: NUMBER,
-    str: STRING,
-    Path: PATH,
-    Path | None: OPTIONAL_PATH,
-    tuple[str, ...]: STRINGS,
-}
-
-
-def _keys_of(cls: type[Any], *, skip: Collection[str] = ()) -> dict[str, _Kind]:
-    """The TOML keys that are simply the dataclass fields of `cls`, with their kinds."""
-    hints = typing.get_type_hints(cls)
-    keys = {}
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        hint = hints[f.name]
-        literal = typing.get_origin(hint) is typing.Literal
-        keys[f.name] = _choice(typing.get_args(hint)) if literal else _KIND_OF_TYPE[hint]
-    return keys
 
 
 # ServerConfig fields that are not TOML keys of the same name: `_SERVER_KEYS` set them, and
@@ -155,17 +92,17 @@ _HINTS = {
 }
 
 _TOP_KEYS = {"device_id": STRING, "state_dir": PATH}
-_SECTIONS: dict[str, dict[str, _Kind]] = {
+_SECTIONS: dict[str, dict[str, Kind]] = {
     "trust": {"root_file": PATH},
-    "mqtt": _keys_of(MqttSettings, skip={"password"}) | {"password_file": OPTIONAL_PATH},
+    "mqtt": keys_of(MqttSettings, skip={"password"}) | {"password_file": OPTIONAL_PATH},
     "models": {"follow": STRINGS},
-    "artifacts": _keys_of(ArtifactSettings),
-    "runtime": _keys_of(RuntimeOptions),
-    "server": _keys_of(ServerConfig, skip={*_SERVER_DERIVED, "runtime", "grpc"}) | _SERVER_KEYS,
+    "artifacts": keys_of(ArtifactSettings),
+    "runtime": keys_of(RuntimeOptions),
+    "server": keys_of(ServerConfig, skip={*_SERVER_DERIVED, "runtime", "grpc"}) | _SERVER_KEYS,
     "grpc": _GRPC_KEYS,
-    "updates": _keys_of(UpdateSettings),
-    "telemetry": _keys_of(TelemetrySettings, skip={"spool_max_bytes"}) | {"spool_max_mb": INT},
-    "experiments": _keys_of(ExperimentSettings, skip={"memory_budget_bytes"})
+    "updates": keys_of(UpdateSettings),
+    "telemetry": keys_of(TelemetrySettings, skip={"spool_max_bytes"}) | {"spool_max_mb": INT},
+    "experiments": keys_of(ExperimentSettings, skip={"memory_budget_bytes"})
     | {"memory_budget_mb": INT},
 }
 _REQUIRED = {"": ("device_id",), "trust": ("root_file",), "mqtt": ("url",)}
@@ -192,11 +129,6 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "telemetry.interval_s": (1, 86_400),
     "telemetry.spool_max_mb": (1, 65_536),
     "telemetry.ack_timeout_s": (1, 3600),
-    "experiments.memory_budget_mb": (0, 1_048_576),
-    "experiments.memory_per_model_byte": (1, 100),
-    "experiments.answers_kept": (0, 1_000_000),
-    "experiments.shadow_queue": (1, 100_000),
-    "experiments.max_feedback_items": (1, 100_000),
 }
 
 
@@ -240,8 +172,10 @@ def load_config(
         artifacts=_artifacts(src, sections["artifacts"]),
         server=_server(src, sections, listen, socket),
         updates=_construct(src, UpdateSettings, sections["updates"]),
-        telemetry=_telemetry(src, sections["telemetry"]),
-        experiments=_experiments(src, sections["experiments"]),
+        telemetry=_construct(src, TelemetrySettings, _in_bytes(sections["telemetry"], "spool_max")),
+        experiments=_construct(
+            src, ExperimentSettings, _in_bytes(sections["experiments"], "memory_budget")
+        ),
     )
 
 
@@ -267,7 +201,7 @@ def _section(src: _Source, data: Mapping[str, Any], name: str) -> dict[str, Any]
 
 
 def _read_table(
-    src: _Source, section: str, table: Mapping[str, Any], kinds: Mapping[str, _Kind]
+    src: _Source, section: str, table: Mapping[str, Any], kinds: Mapping[str, Kind]
 ) -> dict[str, Any]:
     """Check each key of one table against `kinds`; return the converted values by TOML key."""
     values = {}
@@ -288,7 +222,7 @@ def _read_table(
     return values
 
 
-def _unknown(section: str, key: str, value: object, kinds: Mapping[str, _Kind]) -> str:
+def _unknown(section: str, key: str, value: object, kinds: Mapping[str, Kind]) -> str:
     dotted = f"{section}.{key}" if section else key
     what = f"unknown section [{dotted}]" if isinstance(value, dict) else f"unknown key {dotted}"
     known = [*kinds] if section else [*kinds, *_SECTIONS]
@@ -397,16 +331,11 @@ def _artifacts(src: _Source, values: Mapping[str, Any]) -> ArtifactSettings:
     return settings
 
 
-def _telemetry(src: _Source, values: dict[str, Any]) -> TelemetrySettings:
-    if "spool_max_mb" in values:
-        values["spool_max_bytes"] = values.pop("spool_max_mb") * MiB
-    return _construct(src, TelemetrySettings, values)
-
-
-def _experiments(src: _Source, values: dict[str, Any]) -> ExperimentSettings:
-    if "memory_budget_mb" in values:
-        values["memory_budget_bytes"] = values.pop("memory_budget_mb") * MiB
-    return _construct(src, ExperimentSettings, values)
+def _in_bytes(values: dict[str, Any], key: str) -> dict[str, Any]:
+    """`values` with its `{key}_mb` (the TOML spelling) turned into `{key}_bytes`."""
+    if f"{key}_mb" in values:
+        values[f"{key}_bytes"] = values.pop(f"{key}_mb") * MiB
+    return values
 
 
 def _server(
@@ -417,7 +346,7 @@ def _server(
 ) -> ServerConfig:
     fields = _server_fields(src, sections["server"])
     if listen is not None:  # --listen: serve on TCP even if the file names a socket
-        address = _host_port(listen)
+        address = split_host_port(listen)
         if address is None:
             raise ConfigError(f"--listen: {listen!r} {NOT_HOST_PORT}")
         fields["host"], fields["port"] = address
@@ -437,7 +366,7 @@ def _server_fields(src: _Source, values: dict[str, Any]) -> dict[str, Any]:
     """ServerConfig's fields from the [server] keys: renamed, unit-converted, secrets read."""
     fields = {_SERVER_RENAMED.get(key, key): value for key, value in values.items()}
     if "listen" in fields:
-        address = _host_port(fields.pop("listen"))
+        address = split_host_port(fields.pop("listen"))
         if address is None:
             raise src.error(f"server.listen: {values['listen']!r} {NOT_HOST_PORT}")
         fields["host"], fields["port"] = address
@@ -455,7 +384,7 @@ def _grpc(src: _Source, values: Mapping[str, Any]) -> GrpcConfig:
     """The [grpc] section: off unless `listen` or `socket` is set (the socket wins)."""
     fields = {_SERVER_RENAMED.get(key, key): value for key, value in values.items()}
     if "listen" in fields:
-        address = _host_port(fields.pop("listen"))
+        address = split_host_port(fields.pop("listen"))
         if address is None:
             raise src.error(f"grpc.listen: {values['listen']!r} {NOT_HOST_PORT}")
         fields["host"], fields["port"] = address
@@ -469,15 +398,3 @@ def _grpc(src: _Source, values: Mapping[str, Any]) -> GrpcConfig:
     if config.enabled and importlib.util.find_spec("grpc") is None:
         raise src.error(f"[grpc] is set, but grpcio is not installed ({GRPC_EXTRA})")
     return config
-
-
-def _host_port(text: str) -> tuple[str, int] | None:
-    """Split HOST:PORT or [IPV6]:PORT; None if `text` is neither."""
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:  # an IPv6 address needs brackets, or its last group reads as the port
-        return None
-    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65_535:
-        return None
-    return host, int(port)

@@ -233,6 +233,10 @@ class SQLStorage:
         """Return the latest drift record of each (version, device, feature) of a model."""
         return await self._run(READ, _drift.statuses, model)
 
+    async def prune_drift_records(self, older_than: datetime) -> int:
+        """Delete drift records before `older_than`, but each key's latest; return how many."""
+        return await self._run(WRITE, _drift.prune_records, older_than)
+
     async def add_experiment(
         self, experiment: ExperimentRecord, assignments: Sequence[AssignmentUpdate] = ()
     ) -> int:
