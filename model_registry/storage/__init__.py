@@ -17,6 +17,7 @@ from model_registry.storage.base import (
     DeviceReport,
     ModelSummary,
     ReleaseRecord,
+    RolloutDeployment,
     Storage,
     TokenRecord,
     VersionPoint,
@@ -27,7 +28,6 @@ from model_registry.storage.rollout_records import (
     ROLLOUT_ACTIVE,
     ROLLOUT_STATES,
     RolloutDecision,
-    RolloutDeployment,
     RolloutRecord,
     RolloutWave,
 )

@@ -23,12 +23,12 @@ from model_registry.storage.base import (
     DeviceReport,
     ModelSummary,
     ReleaseRecord,
+    RolloutDeployment,
     TokenRecord,
     VersionPoint,
 )
 from model_registry.storage.rollout_records import (
     RolloutDecision,
-    RolloutDeployment,
     RolloutRecord,
 )
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from model_registry.storage.rollout_records import RolloutDecision, RolloutDeployment, RolloutRecord
+from model_registry.storage.rollout_records import RolloutDecision, RolloutRecord
 
 ROLES = ("viewer", "publisher", "admin")
 # What `Storage.add_device_reports` did with each report.
@@ -90,6 +90,15 @@ class AssignmentUpdate:
     seq: int  # must be above the device's stored seq
     envelope: bytes  # the signed assignment exactly as published
     assigned: dict[str, dict[str, Any]]  # model -> pinned entry, as `DeviceRecord.assigned`
+
+
+@dataclass(frozen=True)
+class RolloutDeployment:
+    """A deployment stored with a rollout's change: a wave's move or a giving back."""
+
+    deployment: DeploymentRecord
+    assignments: Sequence[AssignmentUpdate]
+    wave: int  # the wave it belongs to: a "deploy" moves it, a "rollback" gives back
 
 
 @dataclass(frozen=True)
