@@ -206,6 +206,9 @@ def test_a_good_version_reaches_every_device_wave_by_wave(
     assert [len(w["devices"]) for w in final["waves"]] == [2, 2, 4]
     _each_wave_started_after_the_previous_passed(final)
     assert set(serving(devices).values()) == {good}
+    listed = cli("rollout", "list", *ring.api()).stdout.splitlines()
+    mine = [line.split() for line in listed if line.split()[:1] == [str(started["id"])]]
+    assert mine[0][1:5] == ["completed", MODEL, str(good), GROUP], listed
 
 
 def _each_wave_started_after_the_previous_passed(rollout: dict[str, Any]) -> None:
