@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from model_registry.api import deployments, devices, models, rollouts, system
+from model_registry.api import deployments, devices, drift, models, rollouts, system
 from model_registry.api.auth import CTX_KEY, auth_middleware
 from model_registry.api.errors import error_middleware
 from model_registry.api.metrics import METRICS_KEY, RegistryMetrics, metrics_middleware
@@ -34,6 +34,7 @@ def create_app(ctx: RegistryContext, metrics: RegistryMetrics | None = None) -> 
             web.post("/v1/models/{name}/versions", models.push_version),
             web.get("/v1/models/{name}/versions/{version}", models.get_version),
             web.post("/v1/models/{name}/rollback", models.rollback_model),
+            web.get("/v1/models/{name}/drift", drift.get_drift),
             web.get("/v1/deployments", deployments.list_deployments),
             web.post("/v1/deployments", deployments.create_deployment),
             web.get("/v1/deployments/{id}", deployments.get_deployment),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -34,6 +34,15 @@ class GaugeSource:
     read: Callable[[], float]
 
 
+@dataclass(frozen=True)
+class FamilySource:
+    """A family of samples with labels of their own, kept elsewhere, read at scrape time."""
+
+    help: str
+    type: str
+    read: Callable[[], Iterable[tuple[Mapping[str, str], float]]]
+
+
 class RegistryMetrics:
     """Counters the API updates, and the text exposition of them and of the fleet."""
 
@@ -42,6 +51,7 @@ class RegistryMetrics:
         self.request_seconds: dict[tuple[str, str], float] = {}
         self.extra_counters: dict[str, CounterSource] = {}
         self.extra_gauges: dict[str, GaugeSource] = {}
+        self.extra_families: dict[str, FamilySource] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Record one answered request."""
@@ -69,6 +79,8 @@ class RegistryMetrics:
             )
         for name, gauge in sorted(self.extra_gauges.items()):
             lines += family_lines(name, gauge.help, "gauge", [({}, gauge.read())])
+        for name, family in sorted(self.extra_families.items()):
+            lines += family_lines(name, family.help, family.type, list(family.read()))
         return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from model_registry.cli import deployments, fleet, keys, local, remote, rollouts
+from model_registry.cli import deployments, drift, fleet, keys, local, remote, rollouts
 from model_registry.cli.display import printable
 from model_registry.cli.follow import EXIT_INTERRUPTED, FollowInterruptedError
 from model_registry.cli.parser import build_parser
@@ -30,6 +30,7 @@ COMMANDS: dict[str, Command] = {
     "push": remote.push,
     "models": remote.models,
     "versions": remote.versions,
+    "drift": drift.drift,
     "deploy": deployments.deploy,
     "rollback": deployments.rollback,
     "deployments list": deployments.deployments_list,

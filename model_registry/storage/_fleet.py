@@ -169,7 +169,10 @@ def set_device_group(device_id: str, group: str) -> Steps[DeviceRecord]:
 
 
 # Everything that refers to a device, children first (the foreign keys need that order).
-_DEVICE_ROWS = ("device_events", "telemetry", "version_points", "deployment_targets", "devices")
+_DEVICE_ROWS = (
+    "device_events", "telemetry", "version_points", "drift_records", "deployment_targets",
+    "devices",
+)  # fmt: skip
 
 
 def remove_device(device_id: str) -> Steps[None]:

@@ -25,10 +25,10 @@ from model_registry.storage._db import (
     optional_from_text,
     to_text,
 )
-from model_registry.storage.base import RolloutDeployment
 from model_registry.storage.rollout_records import (
     ROLLOUT_ACTIVE,
     RolloutDecision,
+    RolloutDeployment,
     RolloutRecord,
     RolloutWave,
 )

@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
 
 from model_registry.errors import InvalidInputError
-from model_registry.storage import _catalog, _fleet, _points, _rollouts, _tokens
+from model_registry.storage import _catalog, _drift, _fleet, _points, _rollouts, _tokens
 from model_registry.storage._db import READ, SNAPSHOT, WRITE, ConstraintViolationError, Mode, Steps
 from model_registry.storage.base import (
     AssignmentUpdate,
@@ -21,14 +21,15 @@ from model_registry.storage.base import (
     DeviceMessageRecord,
     DeviceRecord,
     DeviceReport,
+    DriftRecord,
     ModelSummary,
     ReleaseRecord,
-    RolloutDeployment,
     TokenRecord,
     VersionPoint,
 )
 from model_registry.storage.rollout_records import (
     RolloutDecision,
+    RolloutDeployment,
     RolloutRecord,
 )
 
@@ -210,6 +211,18 @@ class SQLStorage:
     async def prune_version_points(self, older_than: datetime) -> int:
         """Delete points received before `older_than`; return how many."""
         return await self._run(WRITE, _points.prune_points, older_than)
+
+    async def add_drift_records(self, records: Sequence[DriftRecord]) -> None:
+        """Store drift status changes (one transaction)."""
+        await self._run(WRITE, _drift.add_records, records)
+
+    async def drift_records(self, model: str, limit: int = 100) -> list[DriftRecord]:
+        """Return a model's drift status changes, newest first."""
+        return await self._run(READ, _drift.records, model, limit)
+
+    async def drift_statuses(self, model: str) -> list[DriftRecord]:
+        """Return the latest drift record of each (version, device, feature) of a model."""
+        return await self._run(READ, _drift.statuses, model)
 
     async def prune_messages(self, kind: str, older_than: datetime, keep_per_device: int) -> int:
         """Delete old events or telemetry, and all but each device's newest; return the count."""

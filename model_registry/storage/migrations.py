@@ -209,6 +209,27 @@ _ROLLOUTS = (
     "CREATE INDEX rollout_decisions_by_rollout ON rollout_decisions (rollout_id, decision_id)",
 )
 
+# Changes of the drift status of each feature of a model version, per device and fleet-wide
+# (device_id '' ); the latest record of a key is its current status (services/drift_watch.py).
+_DRIFT_RECORDS = (
+    """CREATE TABLE drift_records (
+        record_id {id},
+        model TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        device_id TEXT NOT NULL,
+        feature TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        previous TEXT NOT NULL,
+        at TEXT NOT NULL,
+        psi DOUBLE PRECISION,
+        max_cdf_gap DOUBLE PRECISION,
+        samples BIGINT NOT NULL
+    )""",
+    "CREATE INDEX drift_records_by_key ON drift_records (model, version, device_id, feature)",
+    "CREATE INDEX drift_records_by_device ON drift_records (device_id)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "roots, models, releases, devices, deployments, messages, tokens", _INITIAL),
     Migration(2, "device last error; message de-duplication by msg_epoch and msg_seq", _FLEET_VIEW),
@@ -216,6 +237,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "when each API token was last used", _TOKEN_USE),
     Migration(5, "per-version numbers of each telemetry report", _VERSION_POINTS),
     Migration(6, "staged rollouts and their decisions", _ROLLOUTS),
+    Migration(7, "drift status changes of model versions", _DRIFT_RECORDS),
 )
 
 

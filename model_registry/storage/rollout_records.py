@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from model_registry.storage.records import AssignmentUpdate, DeploymentRecord
 
 
 @dataclass(frozen=True)
@@ -61,3 +65,12 @@ class RolloutDecision:
     reason: str
     numbers: dict[str, Any] = field(default_factory=dict)  # measured values and their limits
     rollout_id: int = 0  # set by the storage
+
+
+@dataclass(frozen=True)
+class RolloutDeployment:
+    """A deployment stored with a rollout's change: a wave's move or a giving back."""
+
+    deployment: DeploymentRecord
+    assignments: Sequence[AssignmentUpdate]
+    wave: int  # the wave it belongs to: a "deploy" moves it, a "rollback" gives back

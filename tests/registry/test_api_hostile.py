@@ -279,7 +279,7 @@ def _cases(model: bytes) -> dict[str, Case]:
                                       "?label=a&label=b"),
     }  # fmt: skip
     for name, (make, status, complaint) in BAD_NPZ.items():
-        for field in ("eval", "calibration"):
+        for field in ("eval", "calibration", "reference"):
             body = _part("model", model) + _part("quantize", b"int8") + _part(field, make()) + END
             cases[f"{field}-{name}"] = _push(body, status, complaint)
     return cases

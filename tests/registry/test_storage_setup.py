@@ -97,6 +97,9 @@ EXPECTED_TABLES = {
     "telemetry",
     "tokens",
     "version_points",
+    "rollouts",
+    "rollout_decisions",
+    "drift_records",
 }
 
 

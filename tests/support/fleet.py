@@ -51,10 +51,12 @@ class Fleet:
         chunk_size_kib: int = 256,
         database: str | None = None,
         settings: tuple[tuple[str, str], ...] = (),
+        extra_config: str = "",
     ) -> None:
         """init (on `database` if given: a postgresql:// URL), broker-config, mosquitto, serve.
 
-        `settings` are (line, replacement) pairs applied to the registry.toml `init` wrote.
+        `settings` are (line, replacement) pairs applied to the registry.toml `init` wrote;
+        `extra_config`: tables added to it before it serves.
         """
         self.home = self.root / "home"
         cli("init", "--home", str(self.home), *(("--database", database) if database else ()))
@@ -66,7 +68,7 @@ class Fleet:
             if line not in text:
                 raise AssertionError(f"registry.toml has no line {line!r}")
             text = text.replace(line, replacement)
-        config.write_text(text)
+        config.write_text(with_settings(text, extra_config) if extra_config else text)
         self._write_broker_files()
         self.broker = self.broker_factory.from_config(
             self.root / "broker" / "mosquitto.conf", port=self.port
