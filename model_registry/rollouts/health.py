@@ -15,7 +15,9 @@ reported by both versions) is not judged and does not hold the wave. The gates:
 * `prediction_shift`: the PSI of the new version's predicted classes (or output bins) against
   the replaced one's above `max_psi`, and above what chance alone gives on that many
   predictions (`statistics.distributions.psi_noise`, 99.9%): a shift past the limit but within
-  chance waits for more answers. Judged only when both versions report `predictions`.
+  chance waits for more answers. Counts get half a count per bin first (`smoothed`), so a class
+  a small sample missed by chance does not weigh as if it had vanished. Judged only when both
+  versions report `predictions`.
 
 A verdict names the devices where the gate's own number is past its limit.
 """
@@ -29,7 +31,7 @@ from typing import Any
 
 from model_registry.rollouts.gates import Verdict
 from model_registry.rollouts.policy import RolloutPolicy
-from model_registry.statistics.distributions import psi, psi_noise
+from model_registry.statistics.distributions import psi, psi_noise, smoothed
 from model_registry.statistics.window import VersionWindow, aggregate
 from model_registry.storage import RolloutRecord, RolloutWave, Storage
 from model_registry.storage.base import VersionPoint
@@ -144,7 +146,7 @@ def prediction_shift(
 def _shift(pair: tuple[list[float], list[float]]) -> tuple[float, float]:
     """The PSI of new against old, and the PSI sampling alone stays below (`psi_noise`)."""
     new, old = pair
-    return psi(old, new), psi_noise(len(new), sum(old), sum(new))
+    return psi(smoothed(old), smoothed(new)), psi_noise(len(new), sum(old), sum(new))
 
 
 _GATES = (ERROR_RATE, LATENCY, PREDICTIONS)

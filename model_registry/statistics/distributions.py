@@ -37,6 +37,22 @@ def psi(expected: Sequence[float], observed: Sequence[float], floor: float = SHA
     return math.fsum((oi - ei) * math.log(oi / ei) for ei, oi in zip(e, o, strict=True))
 
 
+PSEUDO_COUNT = 0.5  # Jeffreys' prior: half an observation in every bin
+
+
+def smoothed(counts: Sequence[float], pseudo: float = PSEUDO_COUNT) -> list[float]:
+    """`counts` with `pseudo` added to every bin, before a PSI of small samples.
+
+    A bin a small sample left empty by chance would otherwise count as the floor's 1e-4 and
+    make the PSI several units; half a count keeps it finite and modest (10 answers, one class
+    missing: about 0.5 instead of 2.5), while a class that really vanished from hundreds of
+    answers still weighs heavily.
+    """
+    if pseudo < 0:
+        raise ValueError("pseudo must not be negative")
+    return [c + pseudo for c in counts]
+
+
 def psi_noise(bins: int, n_expected: float, n_observed: float, confidence: float = 0.999) -> float:
     """The PSI two samples of these sizes from one same distribution stay below with `confidence`.
 

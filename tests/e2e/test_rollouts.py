@@ -38,7 +38,7 @@ AGENT_TOML = (
 )
 POLICY = """\
 soak = "2s"
-min_requests = 10
+min_requests = 40
 latency_floor_ms = 40.0  # a good version stays far below 3 x 40 ms on a loaded machine
 max_latency_ratio = 3.0
 max_error_rate = 0.2

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from model_registry.statistics.counts import CountsMismatchError, is_counts, merge_counts
-from model_registry.statistics.distributions import max_cdf_gap, psi, psi_noise, shares
+from model_registry.statistics.distributions import max_cdf_gap, psi, psi_noise, shares, smoothed
 from model_registry.statistics.proportions import (
     mean_interval,
     required_sample_size,
@@ -75,6 +75,14 @@ def test_psi_noise_is_what_sampling_alone_gives() -> None:
     assert 0.02 < above < 0.09
     with pytest.raises(ValueError, match="2 bins or more"):
         psi_noise(1, 10, 10)
+
+
+def test_smoothed_counts_keep_a_class_missed_by_chance_from_weighing_like_a_vanished_one() -> None:
+    before = [190, 160, 150]
+    assert psi(before, [6, 4, 0]) > 2.4  # the empty bin floored at 1e-4
+    assert psi(smoothed(before), smoothed([6, 4, 0])) < 0.6
+    assert psi(smoothed(before), smoothed([300, 0, 0])) > 2.5  # a class that did vanish
+    assert smoothed([0, 2], pseudo=1) == [1, 3]
 
 
 def test_max_cdf_gap() -> None:
