@@ -24,6 +24,7 @@ class RetentionReport:
     events_pruned: int = 0
     telemetry_pruned: int = 0
     points_pruned: int = 0
+    drift_records_pruned: int = 0
 
 
 async def prune_device_messages(ctx: RegistryContext) -> RetentionReport:
@@ -43,7 +44,10 @@ async def prune_device_messages(ctx: RegistryContext) -> RetentionReport:
     points = await ctx.storage.prune_version_points(
         now - timedelta(days=fleet.telemetry_retention_days)
     )
-    return RetentionReport(events, telemetry, points)
+    # Drift status changes go with the events' age; each status's latest record stays, since
+    # it is the status the drift duty compares with.
+    drift = await ctx.storage.prune_drift_records(now - timedelta(days=fleet.events_retention_days))
+    return RetentionReport(events, telemetry, points, drift)
 
 
 async def retention_loop(ctx: RegistryContext) -> None:
@@ -53,10 +57,12 @@ async def retention_loop(ctx: RegistryContext) -> None:
         report = await prune_device_messages(ctx)
         if report != RetentionReport():
             log.info(
-                "retention: deleted %d events, %d telemetry reports and %d version points",
+                "retention: deleted %d events, %d telemetry reports, %d version points and %d"
+                " drift records",
                 report.events_pruned,
                 report.telemetry_pruned,
                 report.points_pruned,
+                report.drift_records_pruned,
             )
 
     await duty_loop(ctx.storage, "retention", one_pass, ctx.config.fleet.prune_interval_s)
