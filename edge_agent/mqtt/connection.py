@@ -72,8 +72,10 @@ class AgentMqtt:
         client_id: str,
         will: tuple[str, bytes] | None = None,
         connect_timeout_s: float = 30,
+        url: str | None = None,
     ) -> None:
-        self._address = broker_address(settings.url)
+        self._url = url or settings.url  # one node of `settings.urls`; the first by default
+        self._address = broker_address(self._url)
         self._username = settings.username
         self._keepalive_s = settings.keepalive_s
         self._has_client_cert = settings.client_cert is not None
@@ -112,8 +114,8 @@ class AgentMqtt:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
-        client.on_unsubscribe = self._on_unsubscribe
-        client.on_publish = self._on_publish
+        client.on_unsubscribe = self._on_acked
+        client.on_publish = self._on_acked
         client.on_message = self._on_message
         return client
 
@@ -123,7 +125,7 @@ class AgentMqtt:
             client.tls_set_context(tls_context(settings))
         elif settings.ca_file is not None or settings.client_cert is not None:
             # Otherwise the password would go out in clear text to someone who asked for TLS.
-            raise ConfigError(f"mqtt.url {settings.url!r} must be mqtts:// when TLS files are set")
+            raise ConfigError(f"mqtt.url {self._url!r} must be mqtts:// when TLS files are set")
 
     # --- the public interface ----------------------------------------------------------
 
@@ -375,24 +377,15 @@ class AgentMqtt:
     ) -> None:
         self._hand_over(self._resolve, mid, tuple(r.value for r in reasons))
 
-    def _on_unsubscribe(
+    def _on_acked(
         self,
         _client: paho.Client,
         _userdata: Any,
         mid: int,
-        _reasons: list[ReasonCode],
+        _reasons: list[ReasonCode] | ReasonCode,
         _properties: Properties | None,
     ) -> None:
-        self._hand_over(self._resolve, mid, ())
-
-    def _on_publish(
-        self,
-        _client: paho.Client,
-        _userdata: Any,
-        mid: int,
-        _reason: ReasonCode,
-        _properties: Properties | None,
-    ) -> None:
+        """UNSUBACK or PUBACK: in MQTT 3.1.1 neither carries anything but the packet id."""
         self._hand_over(self._resolve, mid, ())
 
     def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:

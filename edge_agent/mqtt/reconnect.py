@@ -2,12 +2,15 @@
 
 This is aiomqtt's recipe (`docs/reconnection.md`): paho never reconnects by itself; a loop opens
 a fresh connection, runs the caller's `on_connect`, dispatches messages until the connection
-ends, sleeps a jittered delay and starts over, until it is cancelled.
+ends, sleeps a jittered delay and starts over, until it is cancelled. With several broker URLs
+(the nodes of a clustered broker, `[mqtt] urls`) each new attempt goes to the next node in turn:
+a node that is gone costs one failed attempt, not the rest of the backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -74,16 +77,19 @@ async def run_with_reconnect(
     logged with its traceback, handed to `on_handler_error` and the next message handled: the
     connection stays up (leaving it would send a clean DISCONNECT, which discards the will).
     Any other exception from `on_connect` ends that connection and the loop reconnects.
-    `on_disconnect` hears why each attempt or connection ended.
+    `on_disconnect` hears why each attempt or connection ended. Attempts go round the URLs of
+    `settings.urls` in order, starting with the first.
     """
-    address = broker_address(settings.url)
     handlers = _Handlers(on_connect, on_message, on_handler_error)
+    nodes = itertools.cycle(settings.urls)
+    url = next(nodes)
     while True:
         error = await _one_connection(
-            settings, client_id=client_id, will=will, handlers=handlers, backoff=backoff
+            settings, url, client_id=client_id, will=will, handlers=handlers, backoff=backoff
         )
+        url = next(nodes)
         delay = backoff.next_delay()
-        log.warning("MQTT: %s; reconnecting to %s in %.2f s", error, address, delay)
+        log.warning("MQTT: %s; reconnecting to %s in %.2f s", error, broker_address(url), delay)
         if on_disconnect is not None:
             on_disconnect(error)
         await asyncio.sleep(delay)
@@ -128,18 +134,19 @@ class _Handlers:
 
 async def _one_connection(
     settings: MqttSettings,
+    url: str,
     *,
     client_id: str,
     will: tuple[str, bytes] | None,
     handlers: _Handlers,
     backoff: Backoff,
 ) -> BrokerError:
-    """Run one connection until it ends; return why it ended."""
+    """Run one connection to the broker at `url` until it ends; return why it ended."""
     try:
-        async with AgentMqtt(settings, client_id=client_id, will=will) as client:
+        async with AgentMqtt(settings, client_id=client_id, will=will, url=url) as client:
             log.info(
                 "MQTT: connected to %s as %s (user %s, session present: %s)",
-                broker_address(settings.url),
+                broker_address(url),
                 client_id,
                 settings.username or "anonymous",
                 client.session_present,
