@@ -196,3 +196,7 @@ class MqttDisconnectedError(BrokerError):
 
 class MqttSubscribeError(BrokerError):
     """The broker refused a subscription (SUBACK failure code 0x80)."""
+
+    def __init__(self, message: str, refused: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.refused = refused  # the filters refused; the others of the SUBSCRIBE hold

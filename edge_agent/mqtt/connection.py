@@ -182,7 +182,8 @@ class AgentMqtt:
         granted = zip(topic_filters, codes, strict=False)
         refused = [f for f, code in granted if code >= _SUBACK_FAILURE]
         if refused:
-            raise MqttSubscribeError(f"the broker refused the subscription to {', '.join(refused)}")
+            text = f"the broker refused the subscription to {', '.join(refused)}"
+            raise MqttSubscribeError(text, tuple(refused))
 
     async def unsubscribe(self, *topic_filters: str) -> None:
         """Unsubscribe and await the UNSUBACK."""
