@@ -26,6 +26,8 @@ INSTALL_HINT = "apt-get install -y nats-server"
 CLUSTER_NAME = "edge"
 START_TIMEOUT = 90.0  # JetStream meta-leader election on a loaded 2-core machine
 MAX_PAYLOAD = 8 * 1024 * 1024  # NATS's own ceiling is 64 MiB; it warns above 8 MiB
+REGISTRY_USER = "registry"
+PREFIX = "edge.v1"  # the topic prefix edge/v1 as a NATS subject
 
 
 def find_nats_server() -> Path:
@@ -35,6 +37,27 @@ def find_nats_server() -> Path:
         if candidate and Path(candidate).is_file():
             return Path(candidate)
     raise BrokerStartError(f"nats-server is not installed ({INSTALL_HINT})")
+
+
+def permissions(user: str, registry_user: str = REGISTRY_USER) -> dict[str, list[str]]:
+    """What `user` may publish and subscribe to, as NATS subjects (`/` becomes `.`).
+
+    The registry may use every subject; a device what the mosquitto ACL gives it
+    (model_registry/mqtt/acl.py): read trust, releases, artifacts and its own assignment and
+    acks, write its own state, events and telemetry (and take the deliveries of its
+    subscriptions, on `$MQTT.sub.>`). Every user has permissions: nats-server
+    2.9.10 crashes on a reload of users without any while it holds retained messages.
+    """
+    if user == registry_user:
+        return {"publish": [">"], "subscribe": [">"]}
+    own = f"{PREFIX}.devices.{user}"
+    return {
+        "publish": [f"{own}.state", f"{own}.events", f"{own}.telemetry"],
+        "subscribe": [f"{PREFIX}.{part}.>" for part in ("trust", "releases", "artifacts")]
+        + [f"{own}.assignment", f"{own}.acks"]
+        # Where NATS delivers what the JetStream consumers of MQTT subscriptions hold.
+        + ["$MQTT.sub.>"],
+    }
 
 
 def node_config(
@@ -50,7 +73,8 @@ def node_config(
     """
     route_urls = ", ".join(f'"nats-route://{LOCALHOST}:{port}"' for port in routes)
     user_lines = "\n".join(
-        f"    {{user: {json.dumps(user)}, password: {json.dumps(password)}}}"
+        f"    {{user: {json.dumps(user)}, password: {json.dumps(password)},"
+        f" permissions: {json.dumps(permissions(user))}}}"
         for user, password in sorted(users.items())
     )
     auth = f"authorization {{\n  users: [\n{user_lines}\n  ]\n}}\n" if users else ""
@@ -71,9 +95,14 @@ cluster {{
 }}
 mqtt {{
   listen: {LOCALHOST}:{ports.mqtt}
-  # Sessions, retained messages and QoS 1 deliveries on every node: one may be lost.
+  # Sessions, retained messages and QoS 1 messages on every node: one may be lost.
   stream_replicas: 3
-  consumer_replicas: 3
+  # One consumer per subscribed topic, on one node and in memory: NATS 2.9 gives the
+  # consumer of each topic of a SUBSCRIBE 4 s, and replicated ones (R3, on files or even in
+  # memory) took longer than that on a busy 2-core machine, which refuses the subscription.
+  # A consumer lost with its node is made again from the session when the client comes back.
+  consumer_replicas: 1
+  consumer_memory_storage: true
   # A redelivery only after a PUBACK is long overdue: the agent acks each chunk once written.
   ack_wait: "60s"
 }}
@@ -185,12 +214,33 @@ class NatsCluster:
             text = node_config(node.name, node.ports, routes, store, self.users)
             node.config_file.write_text(text)
 
-    def start(self) -> None:
-        """Start every node; wait until each is healthy and MQTT accepts a session."""
-        self.write_configs()
-        for node in self.nodes:
-            node.start()
-        self.wait_until(lambda: all(node.healthy() for node in self.nodes), "every node healthy")
+    def start(self, attempts: int = 3) -> None:
+        """Start every node and wait until each is healthy (JetStream has a meta leader).
+
+        A free port can be taken by someone else before a node binds it: then every node
+        starts again on new ports.
+        """
+        for attempt in range(1, attempts + 1):
+            self.write_configs()
+            for node in self.nodes:
+                node.start()
+            try:
+                self.wait_until(self._all_healthy, "every node healthy")
+                return
+            except BrokerStartError:
+                lost_port = any("address already in use" in n.log_text() for n in self.nodes)
+                self.stop()
+                if not lost_port or attempt == attempts:
+                    raise
+                for node in self.nodes:  # a fresh start: new ports, no JetStream state
+                    node.ports = NodePorts()
+                    node.log_file.unlink(missing_ok=True)
+                    shutil.rmtree(self.root / f"{node.name}-jetstream", ignore_errors=True)
+
+    def _all_healthy(self) -> bool:
+        if any(node.process is not None and not node.running for node in self.nodes):
+            raise BrokerStartError("a NATS node exited while the cluster started")
+        return all(node.healthy() for node in self.nodes)
 
     def set_users(self, users: Mapping[str, str]) -> None:
         """Replace the MQTT logins and have every running node reload them."""
