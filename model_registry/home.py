@@ -94,6 +94,10 @@ chunk_size_kib = 256
 # counts as failed.
 deadline_s = 600
 
+[rollouts]
+# How often the rollout controller looks at active rollouts (docs/registry.md, "Rollouts").
+check_interval_s = 5.0
+
 [fleet]
 # Telemetry and events older than these many days are deleted, and only the newest
 # `*_max_per_device` of each device are kept, by a pass every `prune_interval_s`.
@@ -123,6 +127,17 @@ drop_log_interval_s = 60
 # Received messages waiting to be stored, all devices together, in MiB; beyond it new
 # messages are dropped and counted as overloaded.
 backlog_mib = 256
+
+[drift]
+# Each feature of a model version is compared with its release's profile over the last
+# `window_s` (population stability index), per device and fleet-wide, every `interval_s`;
+# a window needs `min_samples` values to be judged: warn from `warn_psi`, alert from
+# `alert_psi`.
+window_s = 3600
+min_samples = 200
+warn_psi = 0.1
+alert_psi = 0.25
+interval_s = 60
 """
 
 

@@ -31,6 +31,7 @@ from edge_agent.config.settings import (
 from edge_agent.errors import ConfigError
 from edge_agent.runtime import RuntimeOptions
 from edge_agent.server.settings import GrpcConfig, MiB, ServerConfig
+from edge_common.broker_address import BrokerAddress, BrokerURLError
 from edge_common.toml_file import ConfigFileError, load_toml, read_bounded
 from edge_protocol import Topics
 from edge_protocol.errors import TopicError
@@ -361,12 +362,19 @@ def _mqtt(src: _Source, values: dict[str, Any], device_id: str) -> MqttSettings:
     return settings
 
 
+def _check_broker_url(src: _Source, key: str, url: str) -> None:
+    try:  # the one parser of broker URLs, which the connection uses too
+        BrokerAddress.parse(url, key)
+    except BrokerURLError as e:
+        raise src.error(str(e)) from None
+
+
 def _broker_urls(src: _Source, values: Mapping[str, Any]) -> tuple[str, ...]:
     """`mqtt.url`, or the nodes of `mqtt.urls`, checked: the first one is tried first."""
     if "url" in values and "urls" in values:
         raise src.error("set mqtt.url (one broker) or mqtt.urls (several), not both")
     if "url" in values:
-        _check_url(src, "mqtt.url", values["url"], ("mqtt", "mqtts"))
+        _check_broker_url(src, "mqtt.url", values["url"])
         return (values["url"],)
     urls: tuple[str, ...] = values.get("urls", ())
     if "urls" not in values:
@@ -374,7 +382,7 @@ def _broker_urls(src: _Source, values: Mapping[str, Any]) -> tuple[str, ...]:
     if not urls or len(urls) > MAX_BROKER_URLS:
         raise src.error(f"mqtt.urls must list 1 to {MAX_BROKER_URLS} URLs, got {len(urls)}")
     for n, url in enumerate(urls):
-        _check_url(src, f"mqtt.urls[{n}]", url, ("mqtt", "mqtts"))
+        _check_broker_url(src, f"mqtt.urls[{n}]", url)
     repeated = sorted({url for url in urls if urls.count(url) > 1})
     if repeated:
         raise src.error(f"mqtt.urls lists {repeated[0]!r} more than once")

@@ -37,6 +37,7 @@ from model_registry.services.acks import AckBook
 from model_registry.services.context import RegistryContext
 from model_registry.services.device_messages import MessageLimits, clean_message, clean_numbering
 from model_registry.services.ingest_limits import DeviceRateLimiter, DropLog, IngestQueue
+from model_registry.statistics.points import points_from_telemetry
 from model_registry.storage import DUPLICATE, STORED, DeviceReport
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,9 @@ class DeviceIngest:
         self._topics = topics
         self.dropped: Counter[str] = Counter()  # by reason, including storage outcomes
         self.stored: Counter[str] = Counter()  # by kind
+        # Fields of telemetry's per-version objects left out of the version points for not
+        # being counts (a negative bin count), by field name; the report itself is stored.
+        self.detail_dropped: Counter[str] = Counter()
         self.backlog = 0  # messages received but not yet stored
         limits = ctx.config.ingest
         self.limits = MessageLimits.from_config(limits)
@@ -168,7 +172,7 @@ class DeviceIngest:
             if reason == MALFORMED and (numbering := _numbering(ref.name, payload)) is not None:
                 self.acks.note(ref.name, *numbering)  # the same bytes again would fail again
             return None
-        return _report(ref.kind, ref.name, body, self._ctx.clock())
+        return _report(ref.kind, ref.name, body, self._ctx.clock(), self.detail_dropped)
 
     def admit(self, message: MqttMessage) -> bool:
         """Whether a message just received fits its device's rate; counts it if not.
@@ -199,16 +203,26 @@ class DeviceIngest:
         self.drop_log.note(device_id, reason)
 
 
-def _report(kind: str, device_id: str, body: dict[str, Any], now: datetime) -> DeviceReport:
+def _report(
+    kind: str,
+    device_id: str,
+    body: dict[str, Any],
+    now: datetime,
+    detail_dropped: Counter[str] | None = None,
+) -> DeviceReport:
     if kind == KIND_STATE:
         return DeviceReport(device_id, kind, now, body, online=bool(body.get("online")))
     error = None
     if kind == KIND_EVENTS and body.get("event") in ERROR_EVENTS:
         error = {k: body[k] for k in _ERROR_FIELDS if k in body} | {"at": format_time(now)}
+    telemetry = kind == KIND_TELEMETRY
+    points = points_from_telemetry(device_id, now, body, detail_dropped) if telemetry else ()
     epoch, seq = body.get("msg_epoch"), body.get("msg_seq")
     if isinstance(epoch, str) and isinstance(seq, int) and not isinstance(seq, bool):
-        return DeviceReport(device_id, kind, now, body, msg_epoch=epoch, msg_seq=seq, error=error)
-    return DeviceReport(device_id, kind, now, body, error=error)  # unnumbered: always stored
+        return DeviceReport(
+            device_id, kind, now, body, msg_epoch=epoch, msg_seq=seq, error=error, points=points
+        )
+    return DeviceReport(device_id, kind, now, body, error=error, points=points)  # always stored
 
 
 def _numbering(topic_device_id: str, payload: bytes) -> tuple[str, int] | None:

@@ -23,6 +23,8 @@ class RetentionReport:
 
     events_pruned: int = 0
     telemetry_pruned: int = 0
+    points_pruned: int = 0
+    drift_records_pruned: int = 0
 
 
 async def prune_device_messages(ctx: RegistryContext) -> RetentionReport:
@@ -37,7 +39,15 @@ async def prune_device_messages(ctx: RegistryContext) -> RetentionReport:
         now - timedelta(days=fleet.telemetry_retention_days),
         fleet.telemetry_max_per_device,
     )
-    return RetentionReport(events, telemetry)
+    # Version points live as long as telemetry by age; they are far smaller than the reports,
+    # so windows reach back the whole retention even where the count per device cut reports.
+    points = await ctx.storage.prune_version_points(
+        now - timedelta(days=fleet.telemetry_retention_days)
+    )
+    # Drift status changes go with the events' age; each status's latest record stays, since
+    # it is the status the drift duty compares with.
+    drift = await ctx.storage.prune_drift_records(now - timedelta(days=fleet.events_retention_days))
+    return RetentionReport(events, telemetry, points, drift)
 
 
 async def retention_loop(ctx: RegistryContext) -> None:
@@ -47,9 +57,12 @@ async def retention_loop(ctx: RegistryContext) -> None:
         report = await prune_device_messages(ctx)
         if report != RetentionReport():
             log.info(
-                "retention: deleted %d events and %d telemetry reports",
+                "retention: deleted %d events, %d telemetry reports, %d version points and %d"
+                " drift records",
                 report.events_pruned,
                 report.telemetry_pruned,
+                report.points_pruned,
+                report.drift_records_pruned,
             )
 
     await duty_loop(ctx.storage, "retention", one_pass, ctx.config.fleet.prune_interval_s)

@@ -15,18 +15,30 @@ from model_registry.storage.base import (
     DeviceMessageRecord,
     DeviceRecord,
     DeviceReport,
+    DriftRecord,
     ModelSummary,
     ReleaseRecord,
     Storage,
     TokenRecord,
+    VersionPoint,
 )
 from model_registry.storage.blobs import BlobStore
 from model_registry.storage.postgres import PostgresStorage
+from model_registry.storage.rollout_records import (
+    ROLLOUT_ACTIVE,
+    ROLLOUT_STATES,
+    RolloutDecision,
+    RolloutDeployment,
+    RolloutRecord,
+    RolloutWave,
+)
 from model_registry.storage.sqlite import SQLiteStorage
 
 __all__ = [
     "DUPLICATE",
     "ROLES",
+    "ROLLOUT_ACTIVE",
+    "ROLLOUT_STATES",
     "STORED",
     "UNKNOWN_DEVICE",
     "AssignmentUpdate",
@@ -35,12 +47,18 @@ __all__ = [
     "DeviceMessageRecord",
     "DeviceRecord",
     "DeviceReport",
+    "DriftRecord",
     "ModelSummary",
     "PostgresStorage",
     "ReleaseRecord",
+    "RolloutDecision",
+    "RolloutDeployment",
+    "RolloutRecord",
+    "RolloutWave",
     "SQLiteStorage",
     "Storage",
     "TokenRecord",
+    "VersionPoint",
     "open_storage",
 ]
 

@@ -24,6 +24,7 @@ from model_registry.storage._db import (
     optional_from_text,
     to_text,
 )
+from model_registry.storage._points import add_points
 from model_registry.storage.base import (
     DUPLICATE,
     STORED,
@@ -168,7 +169,10 @@ def set_device_group(device_id: str, group: str) -> Steps[DeviceRecord]:
 
 
 # Everything that refers to a device, children first (the foreign keys need that order).
-_DEVICE_ROWS = ("device_events", "telemetry", "deployment_targets", "devices")
+_DEVICE_ROWS = (
+    "device_events", "telemetry", "version_points", "drift_records", "deployment_targets",
+    "devices",
+)  # fmt: skip
 
 
 def remove_device(device_id: str) -> Steps[None]:
@@ -288,6 +292,7 @@ def _apply_report(report: DeviceReport) -> Steps[str]:
     inserted = yield Query(_MESSAGE_SQL[_REPORT_TABLES[r.kind]][0], values)
     if inserted.rowcount == 0:
         return DUPLICATE
+    yield from add_points(r.points)
     yield Query(
         "UPDATE devices SET last_seen = ?, last_error = COALESCE(?, last_error)"
         " WHERE device_id = ?",

@@ -11,127 +11,47 @@ timezone-aware (InvalidInputError otherwise) and come back in UTC. Errors are th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-ROLES = ("viewer", "publisher", "admin")
-# What `Storage.add_device_reports` did with each report.
-STORED, DUPLICATE, UNKNOWN_DEVICE = "stored", "duplicate", "unknown_device"
+from model_registry.storage.records import (
+    DUPLICATE,
+    ROLES,
+    STORED,
+    UNKNOWN_DEVICE,
+    AssignmentUpdate,
+    DeploymentRecord,
+    DeviceMessageRecord,
+    DeviceRecord,
+    DeviceReport,
+    DriftRecord,
+    ModelSummary,
+    ReleaseRecord,
+    TokenRecord,
+    VersionPoint,
+)
+from model_registry.storage.rollout_records import RolloutDecision, RolloutDeployment, RolloutRecord
 
-
-@dataclass(frozen=True)
-class ReleaseRecord:
-    """One signed release of one model."""
-
-    model: str
-    version: int
-    label: str
-    sha256: str
-    size: int
-    created: datetime
-    expires: datetime
-    envelope: bytes  # the signed release exactly as published
-    build: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ModelSummary:
-    """A model and its newest version."""
-
-    name: str
-    latest_version: int
-    releases: int
-    created: datetime
-
-
-@dataclass(frozen=True)
-class DeviceRecord:
-    """A provisioned device, what it is assigned and what it last reported."""
-
-    device_id: str
-    group: str
-    created: datetime
-    password_hash: str  # PBKDF2 hash of the device's MQTT password; the password is never stored
-    assignment_seq: int = 0
-    assignment: bytes | None = None  # the signed assignment last published for the device
-    assigned: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> pinned entry
-    online: bool = False
-    last_seen: datetime | None = None
-    state: dict[str, Any] | None = None  # the device's last online `state` message
-    last_error: dict[str, Any] | None = None  # its last rejected, failed or rolled_back event
-
-
-@dataclass(frozen=True)
-class DeploymentRecord:
-    """One deploy or rollback: a release sent to a set of devices at a time."""
-
-    deployment_id: int
-    model: str
-    version: int
-    target_kind: str  # "group" or "devices"
-    target: str  # the group name, or the device ids joined by ","
-    device_ids: tuple[str, ...]
-    created: datetime
-    deadline: datetime
-    created_by: str
-    kind: str = "deploy"  # or "rollback"
-    idempotency_key: str | None = None  # the client's Idempotency-Key, unique when set
-    request_digest: str | None = None  # what that request asked for (a replay must match)
-
-
-@dataclass(frozen=True)
-class AssignmentUpdate:
-    """A device's newly signed assignment, to store as it is published."""
-
-    device_id: str
-    seq: int  # must be above the device's stored seq
-    envelope: bytes  # the signed assignment exactly as published
-    assigned: dict[str, dict[str, Any]]  # model -> pinned entry, as `DeviceRecord.assigned`
-
-
-@dataclass(frozen=True)
-class TokenRecord:
-    """An API token; only its SHA-256 is stored."""
-
-    token_id: int
-    name: str
-    role: str
-    created: datetime
-    last_used: datetime | None = None  # kept to the minute (model_registry/api/auth.py)
-
-
-@dataclass(frozen=True)
-class DeviceMessageRecord:
-    """A stored device event or telemetry report."""
-
-    device_id: str
-    received: datetime
-    body: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class DeviceReport:
-    """One checked device message for `Storage.add_device_reports`.
-
-    The ingest decides what a message means; storage only applies it:
-    * kind "state", `online` True: becomes the device's state; the device is online.
-    * kind "state", `online` False (the broker's will): the device is offline; its last online
-      state and `last_seen` stay, since the device itself said nothing.
-    * kind "events" or "telemetry": appended. With `msg_epoch` and `msg_seq`, the report is
-      stored once per (`device_id`, `msg_epoch`, `msg_seq`): a resend is a DUPLICATE.
-    * every stored report but the will sets `last_seen` to `received`; `error` (events only)
-      becomes the device's `last_error`.
-    """
-
-    device_id: str
-    kind: str  # "state", "events" or "telemetry"
-    received: datetime
-    body: dict[str, Any]
-    online: bool = True
-    msg_epoch: str | None = None  # names the device's sequence (docs/telemetry.md section 2)
-    msg_seq: int | None = None
-    error: dict[str, Any] | None = None
+__all__ = [
+    "DUPLICATE",
+    "ROLES",
+    "STORED",
+    "UNKNOWN_DEVICE",
+    "AssignmentUpdate",
+    "DeploymentRecord",
+    "DeviceMessageRecord",
+    "DeviceRecord",
+    "DeviceReport",
+    "DriftRecord",
+    "ModelSummary",
+    "ReleaseRecord",
+    "RolloutDecision",
+    "RolloutDeployment",
+    "RolloutRecord",
+    "Storage",
+    "TokenRecord",
+    "VersionPoint",
+]
 
 
 class Storage(Protocol):
@@ -249,15 +169,77 @@ class Storage(Protocol):
     async def prune_telemetry(self, older_than: datetime) -> int:
         """Delete telemetry received before `older_than`; return how many rows went."""
 
+    async def version_points(
+        self,
+        model: str,
+        since: datetime,
+        until: datetime | None = None,
+        version: int | None = None,
+        device_ids: Sequence[str] | None = None,
+    ) -> list[VersionPoint]:
+        """Return the model's points received in [since, until), oldest first."""
+        ...
+
+    async def prune_version_points(self, older_than: datetime) -> int:
+        """Delete points received before `older_than`; return how many."""
+        ...
+
     async def prune_messages(self, kind: str, older_than: datetime, keep_per_device: int) -> int:
         """Delete `kind` ("events", "telemetry") before `older_than`, and all but each device's
         newest `keep_per_device`; return how many rows went."""
+
+    async def add_drift_records(self, records: Sequence[DriftRecord]) -> None:
+        """Store drift status changes (one transaction)."""
+
+    async def drift_records(self, model: str, limit: int = 100) -> list[DriftRecord]:
+        """Return a model's drift status changes, newest first."""
+        ...
+
+    async def drift_statuses(self, model: str) -> list[DriftRecord]:
+        """Return the latest drift record of each (version, device, feature) of a model."""
+        ...
+
+    async def prune_drift_records(self, older_than: datetime) -> int:
+        """Delete drift records before `older_than`, but each key's latest; return how many."""
+        ...
 
     async def add_device_reports(self, reports: Sequence[DeviceReport]) -> list[str]:
         """Apply reports in order, in one transaction; return each one's outcome.
 
         Outcomes are STORED, DUPLICATE or UNKNOWN_DEVICE (never provisioned: nothing stored).
         """
+
+    # rollouts
+    async def add_rollout(self, rollout: RolloutRecord, decision: RolloutDecision) -> int:
+        """Store a new rollout (step 0) with its first decision; return its id.
+
+        ConflictError while another rollout of the model to the group is active; NotFoundError
+        for an unknown release.
+        """
+
+    async def get_rollout(self, rollout_id: int) -> RolloutRecord:
+        """Return one rollout; raises NotFoundError."""
+
+    async def rollouts(
+        self, model: str | None = None, *, active: bool = False
+    ) -> list[RolloutRecord]:
+        """Return rollouts, newest first: all or of one model, all or only the active ones."""
+
+    async def update_rollout(
+        self,
+        rollout: RolloutRecord,
+        deployments: Sequence[RolloutDeployment] = (),
+        decisions: Sequence[RolloutDecision] = (),
+    ) -> RolloutRecord:
+        """Store `rollout` with its deployments and decisions in one transaction; return it.
+
+        Only when the stored rollout is still at `rollout.step` (it is stored at step + 1, and
+        each deployment's id goes into its wave); ConflictError otherwise, and for a deployment
+        `add_deployment` would refuse: then nothing is stored.
+        """
+
+    async def rollout_decisions(self, rollout_id: int) -> list[RolloutDecision]:
+        """Return a rollout's decisions, oldest first; raises NotFoundError."""
 
     # tokens
     async def add_token(self, name: str, role: str, token_hash: str, created: datetime) -> int:

@@ -147,11 +147,97 @@ _IDEMPOTENCY = (
 # When each API token was last used (docs/registry.md, "API tokens and roles"); NULL: never yet.
 _TOKEN_USE = ("ALTER TABLE tokens ADD COLUMN last_used TEXT",)
 
+# Each telemetry report's numbers per (model, version), for windows over the fleet
+# (model_registry/statistics). Removed with their device, like its telemetry.
+_VERSION_POINTS = (
+    """CREATE TABLE version_points (
+        point_id {id},
+        model TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        device_id TEXT NOT NULL REFERENCES devices (device_id),
+        at TEXT NOT NULL,
+        interval_s DOUBLE PRECISION NOT NULL,
+        requests BIGINT NOT NULL,
+        ok BIGINT NOT NULL,
+        client_errors BIGINT NOT NULL,
+        server_errors BIGINT NOT NULL,
+        rejected BIGINT NOT NULL,
+        latency_samples BIGINT NOT NULL,
+        latency_p50_ms DOUBLE PRECISION,
+        latency_p99_ms DOUBLE PRECISION,
+        latency_max_ms DOUBLE PRECISION,
+        detail TEXT NOT NULL
+    )""",
+    "CREATE INDEX version_points_by_model ON version_points (model, at)",
+    "CREATE INDEX version_points_by_device ON version_points (device_id, at)",
+    "CREATE INDEX version_points_by_time ON version_points (at)",
+)
+
+# Staged rollouts (docs/registry.md, "Rollouts"): one row per rollout, its waves, the versions
+# its devices ran before and its halt as JSON, changed by one conditional UPDATE on `step`; at
+# most one active rollout per model and group; every decision of the controller in the audit.
+_ROLLOUTS = (
+    """CREATE TABLE rollouts (
+        rollout_id {id},
+        model TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        device_group TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN
+            ('running', 'waiting', 'paused', 'halted', 'aborted', 'completed')),
+        created TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        updated TEXT NOT NULL,
+        step BIGINT NOT NULL CHECK (step >= 0),
+        waves TEXT NOT NULL,
+        previous TEXT NOT NULL,
+        halt TEXT,
+        FOREIGN KEY (model, version) REFERENCES releases (model, version)
+    )""",
+    "CREATE INDEX rollouts_by_model ON rollouts (model, rollout_id)",
+    "CREATE UNIQUE INDEX rollouts_one_active ON rollouts (model, device_group)"
+    " WHERE state IN ('running', 'waiting', 'paused')",
+    """CREATE TABLE rollout_decisions (
+        decision_id {id},
+        rollout_id BIGINT NOT NULL REFERENCES rollouts (rollout_id),
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        numbers TEXT NOT NULL
+    )""",
+    "CREATE INDEX rollout_decisions_by_rollout ON rollout_decisions (rollout_id, decision_id)",
+)
+
+# Changes of the drift status of each feature of a model version, per device and fleet-wide
+# (device_id '' ); the latest record of a key is its current status (services/drift_watch.py).
+_DRIFT_RECORDS = (
+    """CREATE TABLE drift_records (
+        record_id {id},
+        model TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        device_id TEXT NOT NULL,
+        feature TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        previous TEXT NOT NULL,
+        at TEXT NOT NULL,
+        psi DOUBLE PRECISION,
+        max_cdf_gap DOUBLE PRECISION,
+        samples BIGINT NOT NULL
+    )""",
+    "CREATE INDEX drift_records_by_key ON drift_records (model, version, device_id, feature)",
+    "CREATE INDEX drift_records_by_device ON drift_records (device_id)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "roots, models, releases, devices, deployments, messages, tokens", _INITIAL),
     Migration(2, "device last error; message de-duplication by msg_epoch and msg_seq", _FLEET_VIEW),
     Migration(3, "idempotency keys of deployments", _IDEMPOTENCY),
     Migration(4, "when each API token was last used", _TOKEN_USE),
+    Migration(5, "per-version numbers of each telemetry report", _VERSION_POINTS),
+    Migration(6, "staged rollouts and their decisions", _ROLLOUTS),
+    Migration(7, "drift status changes of model versions", _DRIFT_RECORDS),
 )
 
 

@@ -356,12 +356,12 @@ BAD_CONFIGS = [
     ),
     pytest.param(
         {"mqtt.url": DELETE, "mqtt.urls": ["mqtts://b1", "http://b2"]},
-        "mqtt.urls[1]: 'http://b2' is not a URL",
+        "mqtt.urls[1] 'http://b2' must look like mqtt://host",
         id="urls-scheme",
     ),
     pytest.param(
         {"mqtt.url": DELETE, "mqtt.urls": ["mqtts://b1", "mqtts://u:p@b2"]},
-        "mqtt.urls[1]: 'mqtts://u:p@b2' must not contain credentials",
+        "mqtt.urls[1] must not carry credentials",
         id="urls-credentials",
     ),
     pytest.param(
@@ -379,7 +379,7 @@ BAD_CONFIGS = [
         "mqtt.ca_file needs an mqtts:// url, but mqtt.urls are mqtt://",
         id="urls-plain-with-tls-files",
     ),
-    pytest.param({"mqtt.url": "http://broker:1883"}, "mqtt.url: 'http:", id="url-scheme"),
+    pytest.param({"mqtt.url": "http://broker:1883"}, "mqtt.url 'http:", id="url-scheme"),
     pytest.param({"mqtt.url": "mqtts://"}, "mqtt.url", id="url-without-host"),
     pytest.param({"mqtt.url": "mqtts://broker:99999"}, "mqtt.url", id="url-port"),
     pytest.param({"mqtt.url": "mqtts://u:p@broker"}, "mqtt.url", id="url-credentials"),

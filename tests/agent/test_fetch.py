@@ -429,6 +429,13 @@ async def test_mqtt_a_subscribe_cut_short_by_the_link_waits_for_the_next_connect
         subscriber.close()
 
 
+def refusal(refused: tuple[str, ...]) -> MqttSubscribeError:
+    """What the connection raises when a SUBACK refuses `refused` (and grants the rest)."""
+    error = MqttSubscribeError(f"the broker refused the subscription to {', '.join(refused)}")
+    error.refused = refused
+    return error
+
+
 async def test_mqtt_a_refused_chunk_subscription_is_asked_again_and_the_rest_held(
     tmp_path: Path, mosquitto_plain: Broker, retained: RetainedMessages, blob: Blob
 ) -> None:
@@ -442,7 +449,7 @@ async def test_mqtt_a_refused_chunk_subscription_is_asked_again_and_the_rest_hel
             refusals -= 1
             granted, refused = topics[: len(topics) // 2], tuple(topics[len(topics) // 2 :])
             await subscriber.subscribe(granted)  # a SUBACK granting some, refusing others
-            raise MqttSubscribeError(f"the broker refused {', '.join(refused)}", refused)
+            raise refusal(refused)
         await subscriber.subscribe(topics)
 
     fetcher = MqttChunkFetcher(
@@ -468,7 +475,7 @@ async def test_mqtt_a_chunk_subscription_refused_every_time_fails_the_download(
 
     async def subscribe(topics: Sequence[str]) -> None:
         asked.append(topics)
-        raise MqttSubscribeError(f"the broker refused {topics[0]}", (topics[0],))
+        raise refusal((topics[0],))
 
     async def unsubscribe(topics: Sequence[str]) -> None:
         del topics

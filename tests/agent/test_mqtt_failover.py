@@ -23,7 +23,7 @@ from tests.support.broker import LOCALHOST, BrokerFactory, free_port
 async def test_a_lost_node_sends_the_agent_to_the_next_one_round_the_list(
     broker_factory: BrokerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="edge_agent.mqtt")
+    caplog.set_level(logging.INFO, logger="edge_common.mqtt")
     first, second = broker_factory.auth(), broker_factory.auth()
     gone = f"mqtt://{LOCALHOST}:{free_port()}"  # nothing listens there
     nodes = (gone, first.url, second.url)

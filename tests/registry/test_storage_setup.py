@@ -96,6 +96,10 @@ EXPECTED_TABLES = {
     "device_events",
     "telemetry",
     "tokens",
+    "version_points",
+    "rollouts",
+    "rollout_decisions",
+    "drift_records",
 }
 
 
