@@ -40,8 +40,10 @@ lint: install
 typecheck: install
 	$(BIN)/mypy $(PACKAGES)
 
+# loadfile: a file's tests run on one worker, in order, so module fixtures are made once and
+# the steps of an end-to-end story stay together.
 pytest: install mosquitto haproxy postgres
-	$(BIN)/pytest -q -n auto
+	$(BIN)/pytest -q -n auto --dist loadfile
 
 test: lint typecheck pytest
 
