@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PACKAGES := edge_protocol edge_common model_registry edge_agent
 
-.PHONY: help install test lint typecheck pytest demo mosquitto haproxy postgres clean arm64-check bench bench-quick
+.PHONY: help install test lint typecheck pytest demo mosquitto haproxy nats postgres clean arm64-check bench bench-quick
 
 help:
 	@echo "make install    create $(VENV) and install the project with all extras"
@@ -29,6 +29,10 @@ mosquitto:
 haproxy:
 	@scripts/ensure-haproxy.sh
 
+# The clustered-broker test runs three NATS nodes (docs/operations.md section 12).
+nats:
+	@scripts/ensure-nats.sh
+
 # The storage tests run on SQLite and on PostgreSQL (TEST_POSTGRES_URL, default 127.0.0.1:5432).
 postgres: install
 	@PYTHON=$(BIN)/python scripts/ensure-postgres.sh
@@ -42,7 +46,7 @@ typecheck: install
 
 # loadfile: a file's tests run on one worker, in order, so module fixtures are made once and
 # the steps of an end-to-end story stay together.
-pytest: install mosquitto haproxy postgres
+pytest: install mosquitto haproxy nats postgres
 	$(BIN)/pytest -q -n auto --dist loadfile
 
 test: lint typecheck pytest

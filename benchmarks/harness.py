@@ -87,6 +87,7 @@ class Deployment:
 
     root: Path
     chunk_kib: int = 256
+    database: str = ""  # a postgresql:// URL; empty: the home's SQLite file
     mqtt_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
     broker: subprocess.Popen[bytes] | None = None
@@ -106,7 +107,12 @@ class Deployment:
         """init, broker-config, mosquitto, `before_serve` (with the home made), serve."""
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True)
-        cli("init", "--home", str(self.home))
+        cli(
+            "init",
+            "--home",
+            str(self.home),
+            *(("--database", self.database) if self.database else ()),
+        )
         self._set_chunk(self.chunk_kib)
         self._broker_files()
         self.broker = start(

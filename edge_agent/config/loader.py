@@ -105,7 +105,8 @@ _SECTIONS: dict[str, dict[str, Kind]] = {
     "experiments": keys_of(ExperimentSettings, skip={"memory_budget_bytes"})
     | {"memory_budget_mb": INT},
 }
-_REQUIRED = {"": ("device_id",), "trust": ("root_file",), "mqtt": ("url",)}
+_REQUIRED = {"": ("device_id",), "trust": ("root_file",)}  # and mqtt.url or mqtt.urls
+MAX_BROKER_URLS = 16  # the nodes of one clustered broker; more is a mistake, not a cluster
 # Inclusive bounds of numeric keys the dataclasses do not check themselves.
 _LIMITS: dict[str, tuple[float, float]] = {
     "mqtt.keepalive_s": (1, 65_535),  # the MQTT keep-alive field is 16 bits
@@ -291,11 +292,8 @@ def _mqtt(src: _Source, values: dict[str, Any], device_id: str) -> MqttSettings:
     password_file = values.pop("password_file", None)
     if password_file is not None:
         values["password"] = _read_secret(src, "mqtt.password_file", password_file)
+    values["url"] = _broker_urls(src, values)[0]
     settings = MqttSettings(**{"username": device_id, **values})
-    try:  # the one parser of broker URLs, which the connection uses too
-        BrokerAddress.parse(settings.url, "mqtt.url")
-    except BrokerURLError as e:
-        raise src.error(str(e)) from None
     if not settings.username:
         raise src.error("mqtt.username must not be empty")
     try:
@@ -308,6 +306,36 @@ def _mqtt(src: _Source, values: dict[str, Any], device_id: str) -> MqttSettings:
     return settings
 
 
+def _check_broker_url(src: _Source, key: str, url: str) -> None:
+    try:  # the one parser of broker URLs, which the connection uses too
+        BrokerAddress.parse(url, key)
+    except BrokerURLError as e:
+        raise src.error(str(e)) from None
+
+
+def _broker_urls(src: _Source, values: Mapping[str, Any]) -> tuple[str, ...]:
+    """`mqtt.url`, or the nodes of `mqtt.urls`, checked: the first one is tried first."""
+    if "url" in values and "urls" in values:
+        raise src.error("set mqtt.url (one broker) or mqtt.urls (several), not both")
+    if "url" in values:
+        _check_broker_url(src, "mqtt.url", values["url"])
+        return (values["url"],)
+    urls: tuple[str, ...] = values.get("urls", ())
+    if "urls" not in values:
+        raise src.error("mqtt.url is required (or mqtt.urls, the nodes of a clustered broker)")
+    if not urls or len(urls) > MAX_BROKER_URLS:
+        raise src.error(f"mqtt.urls must list 1 to {MAX_BROKER_URLS} URLs, got {len(urls)}")
+    for n, url in enumerate(urls):
+        _check_broker_url(src, f"mqtt.urls[{n}]", url)
+    repeated = sorted({url for url in urls if urls.count(url) > 1})
+    if repeated:
+        raise src.error(f"mqtt.urls lists {repeated[0]!r} more than once")
+    if len({url.startswith("mqtts://") for url in urls}) > 1:
+        # A fallback in clear text would send the password unencrypted whenever it is used.
+        raise src.error("mqtt.urls mixes mqtt:// and mqtts://; use the same scheme for every node")
+    return urls
+
+
 def _check_tls(src: _Source, settings: MqttSettings) -> None:
     if (settings.client_cert is None) != (settings.client_key is None):
         raise src.error("mqtt.client_cert and mqtt.client_key go together: set both or neither")
@@ -317,8 +345,11 @@ def _check_tls(src: _Source, settings: MqttSettings) -> None:
         if path is None:
             continue
         # A TLS file next to a plain-text URL means the operator believes the link is encrypted.
-        if not settings.url.startswith("mqtts://"):
-            raise src.error(f"mqtt.{name} needs an mqtts:// url, but mqtt.url is {settings.url!r}")
+        if not settings.url.startswith("mqtts://"):  # every URL has the first one's scheme
+            which = f"mqtt.url is {settings.url!r}"
+            if len(settings.urls) > 1:
+                which = f"mqtt.urls are mqtt:// ({settings.url!r}...)"
+            raise src.error(f"mqtt.{name} needs an mqtts:// url, but {which}")
         _existing_file(src, f"mqtt.{name}", path)
 
 

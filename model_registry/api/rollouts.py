@@ -104,6 +104,7 @@ def status_view(status: RolloutStatus) -> dict[str, Any]:
         **rollout_view(status.rollout),
         "policy": status.policy.to_dict(),
         "waves": [_wave_view(w) for w in status.waves],
+        "gates": [v.numbers() for v in status.gates],
         "decisions": [decision_view(d) for d in status.decisions],
     }
 

@@ -116,4 +116,7 @@ def test_run_with_a_bad_config_exits_1_before_starting(
 
     assert main(["run", "--config", str(path), "--log-level", "debug"]) == 1
 
-    assert capsys.readouterr().err == f"edge-agent: {path}: mqtt.url is required\n"
+    assert capsys.readouterr().err == (
+        f"edge-agent: {path}: mqtt.url is required"
+        " (or mqtt.urls, the nodes of a clustered broker)\n"
+    )

@@ -88,6 +88,22 @@ def test_a_minimal_config_takes_the_defaults(config_dir: Path) -> None:
     assert config.telemetry == TelemetrySettings()
 
 
+def test_the_nodes_of_a_clustered_broker_are_tried_in_the_order_listed(config_dir: Path) -> None:
+    nodes = ["mqtts://n2.example.com:8883", "mqtts://n3.example.com", "mqtts://n1.example.com"]
+    data = changed(full_config(), {"mqtt.url": DELETE, "mqtt.urls": nodes})
+
+    config = load_config(write(config_dir, data))
+
+    assert config.mqtt.urls == tuple(nodes)
+    assert config.mqtt.url == nodes[0]  # the first one is tried first
+
+
+def test_one_url_is_a_list_of_one(config_dir: Path) -> None:
+    config = load_config(write(config_dir, minimal_config()))
+
+    assert config.mqtt.urls == ("mqtt://127.0.0.1:1883",)
+
+
 def test_relative_paths_are_relative_to_the_config_file(
     config_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -201,7 +217,46 @@ BAD_CONFIGS = [
     pytest.param({"device_id": DELETE}, "device_id is required", id="missing-device-id"),
     pytest.param({"trust.root_file": DELETE}, "trust.root_file is required", id="missing-root"),
     pytest.param({"trust": DELETE}, "trust.root_file is required", id="missing-trust"),
-    pytest.param({"mqtt.url": DELETE}, "mqtt.url is required", id="missing-url"),
+    pytest.param({"mqtt.url": DELETE}, "mqtt.url is required (or mqtt.urls", id="missing-url"),
+    pytest.param(
+        {"mqtt.urls": ["mqtts://b1:8883"]}, "set mqtt.url (one broker) or mqtt.urls", id="both"
+    ),
+    pytest.param({"mqtt.url": DELETE, "mqtt.urls": []}, "mqtt.urls must list 1 to 16", id="none"),
+    pytest.param(
+        {"mqtt.url": DELETE, "mqtt.urls": [f"mqtts://b{n}" for n in range(17)]},
+        "mqtt.urls must list 1 to 16 URLs, got 17",
+        id="too-many-urls",
+    ),
+    pytest.param(
+        {"mqtt.url": DELETE, "mqtt.urls": "mqtts://b1"},
+        "mqtt.urls must be an array",
+        id="urls-not-array",
+    ),
+    pytest.param(
+        {"mqtt.url": DELETE, "mqtt.urls": ["mqtts://b1", "http://b2"]},
+        "mqtt.urls[1] 'http://b2' must look like mqtt://host",
+        id="urls-scheme",
+    ),
+    pytest.param(
+        {"mqtt.url": DELETE, "mqtt.urls": ["mqtts://b1", "mqtts://u:p@b2"]},
+        "mqtt.urls[1] must not carry credentials",
+        id="urls-credentials",
+    ),
+    pytest.param(
+        {"mqtt.url": DELETE, "mqtt.urls": ["mqtts://b1:8883", "mqtts://b1:8883"]},
+        "mqtt.urls lists 'mqtts://b1:8883' more than once",
+        id="urls-repeated",
+    ),
+    pytest.param(
+        {"mqtt.url": DELETE, "mqtt.urls": ["mqtts://b1", "mqtt://b2"]},
+        "mqtt.urls mixes mqtt:// and mqtts://",
+        id="urls-mixed-tls",
+    ),
+    pytest.param(
+        {"mqtt.url": DELETE, "mqtt.urls": ["mqtt://b1", "mqtt://b2"]},
+        "mqtt.ca_file needs an mqtts:// url, but mqtt.urls are mqtt://",
+        id="urls-plain-with-tls-files",
+    ),
     pytest.param({"mqtt.url": "http://broker:1883"}, "mqtt.url 'http:", id="url-scheme"),
     pytest.param({"mqtt.url": "mqtts://"}, "mqtt.url", id="url-without-host"),
     pytest.param({"mqtt.url": "mqtts://broker:99999"}, "mqtt.url", id="url-port"),

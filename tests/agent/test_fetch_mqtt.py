@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 from paho.mqtt.enums import MQTTErrorCode
 
-from edge_agent.errors import DownloadStalledError, MqttDisconnectedError
+from edge_agent.errors import (
+    DownloadFailedError,
+    DownloadStalledError,
+    MqttDisconnectedError,
+    MqttSubscribeError,
+)
 from edge_agent.mqtt.link import LinkState
 from edge_agent.storage.store import ModelStore
 from edge_agent.update.fetch import MqttChunkFetcher
@@ -380,3 +385,64 @@ async def test_mqtt_a_subscribe_cut_short_by_the_link_waits_for_the_next_connect
         assert await asyncio.wait_for(task, 10) == N_CHUNKS
     finally:
         subscriber.close()
+
+
+def refusal(refused: tuple[str, ...]) -> MqttSubscribeError:
+    """What the connection raises when a SUBACK refuses `refused` (and grants the rest)."""
+    error = MqttSubscribeError(f"the broker refused the subscription to {', '.join(refused)}")
+    error.refused = refused
+    return error
+
+
+async def test_mqtt_a_refused_chunk_subscription_is_asked_again_and_the_rest_held(
+    tmp_path: Path, mosquitto_plain: Broker, retained: RetainedMessages, blob: Blob
+) -> None:
+    subscriber = LoopSubscriber(mosquitto_plain)
+    await subscriber.connect()
+    refusals = 2  # as NATS does when a JetStream consumer is slow to make: then it grants
+
+    async def subscribe(topics: Sequence[str]) -> None:
+        nonlocal refusals
+        if refusals and len(topics) > 1:
+            refusals -= 1
+            granted, refused = topics[: len(topics) // 2], tuple(topics[len(topics) // 2 :])
+            await subscriber.subscribe(granted)  # a SUBACK granting some, refusing others
+            raise refusal(refused)
+        await subscriber.subscribe(topics)
+
+    fetcher = MqttChunkFetcher(
+        TOPICS, subscribe, subscriber.unsubscribe, stall_timeout_s=30, window=4
+    )
+    subscriber.fetcher = fetcher
+    publish_chunks(retained, mosquitto_plain, blob, range(N_CHUNKS))
+    download = ModelStore(tmp_path).open_download(blob.artifact)
+    try:
+        assert await asyncio.wait_for(fetcher.fetch(download), 30) == N_CHUNKS
+    finally:
+        subscriber.close()
+    subscribed = flat(subscriber.subscribed)
+    assert refusals == 0
+    assert sorted(subscribed) == sorted(blob.topic(i) for i in range(N_CHUNKS)), "each once"
+    assert fetcher.chunks_received == N_CHUNKS
+
+
+async def test_mqtt_a_chunk_subscription_refused_every_time_fails_the_download(
+    tmp_path: Path, mosquitto_plain: Broker, blob: Blob
+) -> None:
+    asked: list[Sequence[str]] = []
+
+    async def subscribe(topics: Sequence[str]) -> None:
+        asked.append(topics)
+        raise refusal((topics[0],))
+
+    async def unsubscribe(topics: Sequence[str]) -> None:
+        del topics
+
+    fetcher = MqttChunkFetcher(
+        TOPICS, subscribe, unsubscribe, stall_timeout_s=60, window=4, subscribe_tries=3
+    )
+    download = ModelStore(tmp_path).open_download(blob.artifact)
+    with pytest.raises(DownloadFailedError, match="ACL must let this device read the artifact"):
+        await asyncio.wait_for(fetcher.fetch(download), 30)
+    assert len(asked) == 3  # after 1 s and 2 s: the chunk topic is never granted
+    assert asked[1] == [blob.topic(0)]  # only the refused topic is asked for again

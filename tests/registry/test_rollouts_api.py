@@ -46,6 +46,8 @@ async def test_a_rollout_through_rest(fleet: Api) -> None:
     assert started["waves"][0]["devices"] == ["d3"]
     assert sorted(started["waves"][1]["devices"]) == ["d0", "d1", "d2"]
     assert [d["action"] for d in started["decisions"]] == ["started", "wave_started"]
+    (install,) = started["gates"]  # the health gates once the wave settled
+    assert (install["gate"], install["held"]) == ("install", None)
     assert started["decisions"][0]["actor"] == "token:admin"
 
     rollout_id = started["id"]

@@ -113,7 +113,8 @@ class Balancer:
                 stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + START_TIMEOUT
-        while not self._listening():
+        # The stats socket may come a moment after the listener: wait_for_status needs it.
+        while not (self._listening() and self.stats_socket.exists()):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise AssertionError(f"haproxy did not start:\n{self.log_file.read_text()}")
