@@ -123,6 +123,13 @@ drop_log_interval_s = 60
 # Received messages waiting to be stored, all devices together, in MiB; beyond it new
 # messages are dropped and counted as overloaded.
 backlog_mib = 256
+
+[history]
+# The dashboard's charts: telemetry merged into 1-minute points kept this many days, then
+# into 1-hour points deleted after `hour_points_days`, by a pass every `compact_interval_s`.
+minute_points_days = 1
+hour_points_days = 30
+compact_interval_s = 60
 """
 
 

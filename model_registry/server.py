@@ -43,6 +43,7 @@ from model_registry.preflight import (
 )
 from model_registry.services.acks import AckSender
 from model_registry.services.context import RegistryContext
+from model_registry.services.history import history_loop
 from model_registry.services.ingest import DeviceIngest
 from model_registry.services.ingest_limits import TOP_DEVICES
 from model_registry.services.maintenance import maintenance_loop, sync_broker
@@ -186,6 +187,7 @@ async def _start_mqtt(
     supervisor.spawn(_resync_on_reconnect(connection, ctx), "broker resync")
     supervisor.spawn(maintenance_loop(ctx), "maintenance")
     supervisor.spawn(retention_loop(ctx), "retention")
+    supervisor.spawn(history_loop(ctx), "history")
     return url, ingest
 
 

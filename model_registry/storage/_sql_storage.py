@@ -13,16 +13,18 @@ from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
 
 from model_registry.errors import InvalidInputError
-from model_registry.storage import _catalog, _fleet, _tokens
+from model_registry.storage import _catalog, _fleet, _fleet_reads, _history, _tokens
 from model_registry.storage._db import READ, SNAPSHOT, WRITE, ConstraintViolationError, Mode, Steps
 from model_registry.storage.base import (
     AssignmentUpdate,
     DeploymentRecord,
+    DeviceLiveness,
     DeviceMessageRecord,
     DeviceRecord,
     DeviceReport,
     ModelSummary,
     ReleaseRecord,
+    ResourcePoint,
     TokenRecord,
 )
 
@@ -117,6 +119,14 @@ class SQLStorage:
         """Return devices, all or of one group, by id."""
         return await self._run(READ, _fleet.devices, group)
 
+    async def device_liveness(self) -> list[DeviceLiveness]:
+        """Return every device's group and liveness columns, by id (no state is read)."""
+        return await self._run(READ, _fleet_reads.device_liveness)
+
+    async def devices_by_id(self, device_ids: Sequence[str]) -> list[DeviceRecord]:
+        """Return the devices with these ids (unknown ids are left out), by id."""
+        return await self._run(SNAPSHOT, _fleet_reads.devices_by_id, device_ids)
+
     async def set_assignment(
         self, device_id: str, seq: int, envelope: bytes, assigned: dict[str, dict[str, Any]]
     ) -> None:
@@ -206,6 +216,36 @@ class SQLStorage:
     async def add_device_reports(self, reports: Sequence[DeviceReport]) -> list[str]:
         """Apply reports in order, in one transaction; return each one's outcome."""
         return await self._run(WRITE, _fleet.add_reports, reports)
+
+    # history
+
+    async def resource_points(
+        self, since: datetime, until: datetime, device_ids: Sequence[str] | None = None
+    ) -> list[ResourcePoint]:
+        """Return resource points with `since <= at < until`, of some devices or all, by time."""
+        return await self._run(SNAPSHOT, _history.resource_points, since, until, device_ids)
+
+    async def replace_resource_points(
+        self,
+        since: datetime,
+        until: datetime,
+        device_ids: Sequence[str],
+        points: Sequence[ResourcePoint],
+    ) -> None:
+        """In one transaction, delete the devices' points in [since, until) and store `points`."""
+        await self._run(WRITE, _history.replace_resource_points, since, until, device_ids, points)
+
+    async def prune_resource_points(self, older_than: datetime) -> int:
+        """Delete resource points before `older_than`; return how many went."""
+        return await self._run(WRITE, _history.prune_resource_points, older_than)
+
+    async def history_mark(self, name: str) -> datetime | None:
+        """Return how far the compaction `name` has got, None before its first pass."""
+        return await self._run(READ, _history.history_mark, name)
+
+    async def set_history_mark(self, name: str, done_until: datetime) -> None:
+        """Record how far the compaction `name` has got."""
+        await self._run(WRITE, _history.set_history_mark, name, done_until)
 
     # tokens
 

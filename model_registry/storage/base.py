@@ -111,6 +111,38 @@ class DeviceMessageRecord:
 
 
 @dataclass(frozen=True)
+class ResourcePoint:
+    """One device's resource use over `interval_s` from `at`: one report, or a bucket of them.
+
+    Every number is a sum, so points merge by adding (compaction into coarser buckets keeps
+    what readers compute): the mean RSS is `rss_bytes / rss_reports`, the CPU share
+    `cpu_seconds / interval_s`, the disk's free share `disk_free_bytes / disk_total_bytes`.
+    """
+
+    device_id: str
+    at: datetime  # when the registry received the report, or the start of the bucket
+    interval_s: float  # seconds the reports cover
+    reports: int
+    rss_bytes: float  # sum over the reports that carried it
+    rss_reports: int
+    cpu_seconds: float
+    disk_free_bytes: float  # sums over the reports that carried both disk numbers
+    disk_total_bytes: float
+    disk_reports: int
+
+
+@dataclass(frozen=True)
+class DeviceLiveness:
+    """What the fleet listing needs to filter a device without reading its state."""
+
+    device_id: str
+    group: str
+    online: bool
+    last_seen: datetime | None
+    telemetry_interval_s: float | None  # what its last online state said, as sent
+
+
+@dataclass(frozen=True)
 class DeviceReport:
     """One checked device message for `Storage.add_device_reports`.
 
@@ -132,6 +164,7 @@ class DeviceReport:
     msg_epoch: str | None = None  # names the device's sequence (docs/telemetry.md section 2)
     msg_seq: int | None = None
     error: dict[str, Any] | None = None
+    resources: ResourcePoint | None = None  # telemetry only: stored with it, exactly once
 
 
 class Storage(Protocol):
@@ -188,6 +221,12 @@ class Storage(Protocol):
 
     async def devices(self, group: str | None = None) -> list[DeviceRecord]:
         """Return devices, all or of one group, by id."""
+
+    async def device_liveness(self) -> list[DeviceLiveness]:
+        """Return every device's group and liveness columns, by id (no state is read)."""
+
+    async def devices_by_id(self, device_ids: Sequence[str]) -> list[DeviceRecord]:
+        """Return the devices with these ids (unknown ids are left out), by id."""
 
     async def set_assignment(
         self, device_id: str, seq: int, envelope: bytes, assigned: dict[str, dict[str, Any]]
@@ -258,6 +297,30 @@ class Storage(Protocol):
 
         Outcomes are STORED, DUPLICATE or UNKNOWN_DEVICE (never provisioned: nothing stored).
         """
+
+    # history (docs/dashboard.md, "History")
+    async def resource_points(
+        self, since: datetime, until: datetime, device_ids: Sequence[str] | None = None
+    ) -> list[ResourcePoint]:
+        """Return resource points with `since <= at < until`, of some devices or all, by time."""
+
+    async def replace_resource_points(
+        self,
+        since: datetime,
+        until: datetime,
+        device_ids: Sequence[str],
+        points: Sequence[ResourcePoint],
+    ) -> None:
+        """In one transaction, delete the devices' points in [since, until) and store `points`."""
+
+    async def prune_resource_points(self, older_than: datetime) -> int:
+        """Delete resource points before `older_than`; return how many went."""
+
+    async def history_mark(self, name: str) -> datetime | None:
+        """Return how far the compaction `name` has got, None before its first pass."""
+
+    async def set_history_mark(self, name: str, done_until: datetime) -> None:
+        """Record how far the compaction `name` has got."""
 
     # tokens
     async def add_token(self, name: str, role: str, token_hash: str, created: datetime) -> int:

@@ -147,11 +147,37 @@ _IDEMPOTENCY = (
 # When each API token was last used (docs/registry.md, "API tokens and roles"); NULL: never yet.
 _TOKEN_USE = ("ALTER TABLE tokens ADD COLUMN last_used TEXT",)
 
+# The dashboard (docs/dashboard.md): each device's reporting interval beside its state, so the
+# fleet listing derives connections without reading every state; resource history, kept in
+# time buckets that the history duty compacts; and how far each compaction has got.
+_HISTORY = (
+    "ALTER TABLE devices ADD COLUMN telemetry_interval_s DOUBLE PRECISION",
+    """CREATE TABLE resource_points (
+        device_id TEXT NOT NULL,
+        at TEXT NOT NULL,
+        interval_s DOUBLE PRECISION NOT NULL,
+        reports INTEGER NOT NULL,
+        rss_bytes DOUBLE PRECISION NOT NULL,
+        rss_reports INTEGER NOT NULL,
+        cpu_seconds DOUBLE PRECISION NOT NULL,
+        disk_free_bytes DOUBLE PRECISION NOT NULL,
+        disk_total_bytes DOUBLE PRECISION NOT NULL,
+        disk_reports INTEGER NOT NULL
+    )""",
+    "CREATE INDEX resource_points_by_device ON resource_points (device_id, at)",
+    "CREATE INDEX resource_points_by_time ON resource_points (at)",
+    """CREATE TABLE history_marks (
+        name TEXT PRIMARY KEY,
+        done_until TEXT NOT NULL
+    )""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "roots, models, releases, devices, deployments, messages, tokens", _INITIAL),
     Migration(2, "device last error; message de-duplication by msg_epoch and msg_seq", _FLEET_VIEW),
     Migration(3, "idempotency keys of deployments", _IDEMPOTENCY),
     Migration(4, "when each API token was last used", _TOKEN_USE),
+    Migration(5, "dashboard: device reporting intervals, resource history", _HISTORY),
 )
 
 

@@ -1,0 +1,1 @@
+"""Fleet statistics: what rollouts, drift, experiments and the dashboard read from telemetry."""
