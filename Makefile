@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PACKAGES := edge_protocol edge_common model_registry edge_agent
 
-.PHONY: help install test lint typecheck pytest demo mosquitto haproxy postgres clean arm64-check bench bench-quick
+.PHONY: help install test lint typecheck pytest demo mosquitto haproxy chromium postgres clean arm64-check bench bench-quick
 
 help:
 	@echo "make install    create $(VENV) and install the project with all extras"
@@ -29,6 +29,10 @@ mosquitto:
 haproxy:
 	@scripts/ensure-haproxy.sh
 
+# The dashboard's browser tests drive Debian's chromium; its alert rules are checked by promtool.
+chromium:
+	@scripts/ensure-chromium.sh
+
 # The storage tests run on SQLite and on PostgreSQL (TEST_POSTGRES_URL, default 127.0.0.1:5432).
 postgres: install
 	@PYTHON=$(BIN)/python scripts/ensure-postgres.sh
@@ -40,7 +44,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy $(PACKAGES)
 
-pytest: install mosquitto haproxy postgres
+pytest: install mosquitto haproxy chromium postgres
 	$(BIN)/pytest -q -n auto
 
 test: lint typecheck pytest

@@ -6,8 +6,9 @@ import { h } from "./dom.js";
 
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2"];
 
-/** A chart element: `times` are ISO strings, `series` [{label, values}], `unit` for the axis. */
-export function chart(title, times, series, { unit = "", width = 520, height = 180, format } = {}) {
+/** A chart element: `times` are ISO strings, `series` [{label, values}], `unit` for the axis,
+ * `span` the [since, until] ISO times the x axis covers. */
+export function chart(title, times, series, { unit = "", width = 520, height = 180, format, span } = {}) {
   const box = h("figure", { class: "chart", dataset: { chart: title } }, h("figcaption", {}, title));
   if (!times.length) {
     box.append(h("p", { class: "empty" }, "No reports in this window."));
@@ -21,8 +22,9 @@ export function chart(title, times, series, { unit = "", width = 520, height = 1
       label: s.label, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: false,
       value: (u, v) => value(v),
     }))],
-    axes: [{}, { values: (u, ticks) => ticks.map((v) => value(v)), size: 70 }],
-    scales: { x: { time: true } },
+    axes: [{}, { values: (u, ticks) => ticks.map((v) => value(v)), size: 84 }],
+    // The whole window, however few points it has: one point alone would span years.
+    scales: { x: span ? { time: true, range: () => span.map((t) => Date.parse(t) / 1000) } : { time: true } },
     legend: { live: true },
   };
   new uPlot(options, [xs, ...series.map((s) => s.values)], box);

@@ -35,24 +35,25 @@ function timeline(events) {
 
 function charts(history) {
   const figures = [];
+  const span = [history.since, history.until];
   const models = history.models || {};
   for (const [name, points] of Object.entries(models)) {
     const at = points.map((p) => p.at);
     figures.push(chart(`${name}: requests per step`, at, [
       { label: "requests", values: points.map((p) => p.requests) },
-      { label: "5xx", values: points.map((p) => p.server_errors) }], { format: (v) => (v ?? "-") }));
+      { label: "5xx", values: points.map((p) => p.server_errors) }], { format: (v) => (v ?? "-"), span }));
     figures.push(chart(`${name}: latency`, at, [
       { label: "p50", values: points.map((p) => p.latency_p50_ms) },
-      { label: "p99", values: points.map((p) => p.latency_p99_ms) }], { unit: " ms" }));
+      { label: "p99", values: points.map((p) => p.latency_p99_ms) }], { unit: " ms", span }));
   }
   if (!Object.keys(models).length) {
     figures.push(chart("requests per step", [], []));
   }
   const r = history.resources;
   const at = r.map((p) => p.at);
-  figures.push(chart("RSS", at, [{ label: "RSS", values: r.map((p) => p.rss_bytes) }], { format: bytes }));
-  figures.push(chart("CPU", at, [{ label: "CPU", values: r.map((p) => p.cpu_percent) }], { unit: " %" }));
-  figures.push(chart("Disk used", at, [{ label: "disk", values: r.map((p) => p.disk_used_percent) }], { unit: " %" }));
+  figures.push(chart("RSS", at, [{ label: "RSS", values: r.map((p) => p.rss_bytes) }], { format: bytes, span }));
+  figures.push(chart("CPU", at, [{ label: "CPU", values: r.map((p) => p.cpu_percent) }], { unit: " %", span }));
+  figures.push(chart("Disk used", at, [{ label: "disk", values: r.map((p) => p.disk_used_percent) }], { unit: " %", span }));
   return figures;
 }
 

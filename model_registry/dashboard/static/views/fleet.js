@@ -85,7 +85,7 @@ export function render(main) {
       }));
       const last = Math.min(page.offset + page.devices.length, page.matched);
       summary.textContent = page.matched
-        ? `${page.offset + 1}–${last} of ${page.matched} devices` : "No device matches.";
+        ? `${page.offset + 1}-${last} of ${page.matched} devices` : "No device matches.";
       prev.disabled = page.offset === 0;
       next.disabled = last >= page.matched;
       fill(body, table(["Device", "Group", "Connection", "Model: served / assigned", "Phase", "Last seen", "Last error"],
