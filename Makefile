@@ -49,9 +49,10 @@ pytest: install mosquitto haproxy chromium postgres
 
 test: lint typecheck pytest
 
-# The whole story in under two minutes; `make demo DEMO_DIR=path` works somewhere else.
+# The whole story in under two minutes; `make demo DEMO_DIR=path` works somewhere else, and
+# `make demo KEEP=1` keeps the registry and its dashboard up until Ctrl-C.
 demo: install
-	$(BIN)/python scripts/demo.py $(if $(DEMO_DIR),--dir $(DEMO_DIR))
+	$(BIN)/python scripts/demo.py $(if $(DEMO_DIR),--dir $(DEMO_DIR)) $(if $(KEEP),--keep)
 
 # Not part of `make test`: the agent as aarch64 code under qemu-user receives a signed update
 # from a registry on this machine and answers a request (docs/operations.md). Downloads about

@@ -329,6 +329,11 @@ def machine_lines(mode: str) -> list[str]:
         f"`{info['command']}`, wall time {info['wall_s']:.0f} s "
         f"({', '.join(f'{k} {v:.0f} s' for k, v in info['section_wall_s'].items())})."
     ]
+    for rerun in info.get("reruns", []):
+        load = " ".join(str(x) for x in rerun["load_average_at_start"])
+        lines += ["", f"Rerun {rerun['started']} on commit {rerun['commit'][:12]}: "
+                  f"{', '.join(rerun['sections'])} (`--only`), wall time {rerun['wall_s']:.0f} s, "
+                  f"load average at start {load}."]  # fmt: skip
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + "."]
     if info.get("failures"):
         for name, error in info["failures"].items():

@@ -33,6 +33,7 @@ from benchmarks.common import (
     log,
     machine,
     package_version,
+    read_result,
     write_result,
 )
 from benchmarks.harness import mosquitto_binary
@@ -90,6 +91,19 @@ def _commit() -> str:
     return result.stdout.strip() or "unknown"
 
 
+def with_rerun(earlier: dict[str, Any], rerun: dict[str, Any]) -> dict[str, Any]:
+    """The run record after `--only` reran some sections: the earlier run's, with those
+    sections' walls and failures replaced and the rerun's where and when added to `reruns`."""
+    walls = {**earlier.get("section_wall_s", {}), **rerun["section_wall_s"]}
+    failures = {k: v for k, v in earlier.get("failures", {}).items()
+                if k not in rerun["section_wall_s"]} | rerun["failures"]  # fmt: skip
+    note = {k: rerun[k] for k in ("started", "commit", "wall_s")}
+    note.update(sections=sorted(rerun["section_wall_s"]),
+                load_average_at_start=rerun["machine"]["load_average_at_start"])  # fmt: skip
+    return earlier | {"section_wall_s": walls, "failures": failures,
+                      "reruns": [*earlier.get("reruns", []), note]}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen sections; exit 1 if any failed."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -122,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{name} failed:\n{traceback.format_exc()}")
         walls[name] = round(time.monotonic() - section_began, 1)
     info.update(wall_s=round(time.monotonic() - began, 1), section_wall_s=walls, failures=failures)
-    write_result(mode, "machine", info)
+    earlier = read_result(mode, "machine") if args.only else None
+    write_result(mode, "machine", info if earlier is None else with_rerun(earlier, info))
     update_readme(mode)
     log(f"done in {info['wall_s']:.0f} s; tables in {BENCH / 'README.md'}")
     return 1 if failures else 0

@@ -498,6 +498,7 @@ class Demo:
         self.current: Step | None = None
         self.started = time.monotonic()
         self.sample_row: list[float] = []
+        self.keep = False  # --keep: everything stays up at the end until Ctrl-C
 
     # ---- framework
 
@@ -551,6 +552,8 @@ class Demo:
         self.push(13, "v2", "retrained, 10 more epochs")
         self.swap()
         self.devices_list()
+        if self.keep:
+            self.keep_up()
         self.shutdown()
 
     def prepare(self) -> None:
@@ -624,6 +627,8 @@ class Demo:
             step.note(
                 f"$ {registry.shown}",
                 f"API {self.api_url}, MQTT broker {self.mqtt_url} (pid {registry.process.pid})",
+                f"dashboard {self.api_url}/ui/ (sign in with an API token; `make demo KEEP=1`"
+                " keeps it up at the end)",
                 "port 0 lets the system choose; the registry writes the ports it got to "
                 "registry-home/serve.json",
             )
@@ -863,6 +868,22 @@ class Demo:
                         "30 s without errors, and rolls back on its own otherwise)"
                     )
 
+    def keep_up(self) -> None:
+        """`--keep`: everything stays up until Ctrl-C, with a token to look at the dashboard."""
+        viewer = self.cli_json("token", "create", "--role", "viewer", "--name", "demo-dashboard",
+                               *self.home_args())  # fmt: skip
+        say()
+        say(f"The dashboard: {self.api_url}/ui/")
+        say(f"  sign in with this viewer token: {viewer['token']}")
+        say("  (a publisher or admin token can deploy from it too: "
+            "model-registry token create --role publisher --home registry-home)")  # fmt: skip
+        say("Everything stays up until Ctrl-C.")
+        try:
+            while True:
+                time.sleep(3600)
+        except Interrupted:
+            say("\nCtrl-C: shutting down")
+
     def shutdown(self) -> None:
         with self.step(16, "Shut down: SIGTERM the agents, then the registry") as step:
             step.note(*self.procs.stop_all())
@@ -960,8 +981,13 @@ def main(argv: list[str] | None = None) -> int:
         "--dir", type=Path, default=Path("demo-work"),
         help="working directory, removed and recreated at start (default: ./demo-work)",
     )  # fmt: skip
+    parser.add_argument(
+        "--keep", action="store_true",
+        help="keep the registry and agents up at the end, until Ctrl-C, to look at the dashboard",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     demo = Demo(args.dir)
+    demo.keep = bool(args.keep)
     SIGNALS.install()
     say(f"edge-model-runtime demo: registry, two devices, two model versions ({STEPS} steps)")
     code = 0

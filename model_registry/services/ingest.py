@@ -37,6 +37,7 @@ from model_registry.services.acks import AckBook
 from model_registry.services.context import RegistryContext
 from model_registry.services.device_messages import MessageLimits, clean_message, clean_numbering
 from model_registry.services.ingest_limits import DeviceRateLimiter, DropLog, IngestQueue
+from model_registry.statistics.points import points_from_telemetry
 from model_registry.statistics.resources import point_from_telemetry
 from model_registry.storage import DUPLICATE, STORED, DeviceReport
 
@@ -206,6 +207,7 @@ def _report(kind: str, device_id: str, body: dict[str, Any], now: datetime) -> D
     error = None
     if kind == KIND_EVENTS and body.get("event") in ERROR_EVENTS:
         error = {k: body[k] for k in _ERROR_FIELDS if k in body} | {"at": format_time(now)}
+    points = points_from_telemetry(device_id, now, body) if kind == KIND_TELEMETRY else ()
     resources = point_from_telemetry(device_id, now, body) if kind == KIND_TELEMETRY else None
     epoch, seq = body.get("msg_epoch"), body.get("msg_seq")
     if isinstance(epoch, str) and isinstance(seq, int) and not isinstance(seq, bool):
@@ -217,10 +219,11 @@ def _report(kind: str, device_id: str, body: dict[str, Any], now: datetime) -> D
             msg_epoch=epoch,
             msg_seq=seq,
             error=error,
+            points=points,
             resources=resources,
         )
     # Unnumbered: always stored.
-    return DeviceReport(device_id, kind, now, body, error=error, resources=resources)
+    return DeviceReport(device_id, kind, now, body, error=error, points=points, resources=resources)
 
 
 def _numbering(topic_device_id: str, payload: bytes) -> tuple[str, int] | None:

@@ -23,6 +23,7 @@ class RetentionReport:
 
     events_pruned: int = 0
     telemetry_pruned: int = 0
+    points_pruned: int = 0
 
 
 async def prune_device_messages(ctx: RegistryContext) -> RetentionReport:
@@ -37,7 +38,12 @@ async def prune_device_messages(ctx: RegistryContext) -> RetentionReport:
         now - timedelta(days=fleet.telemetry_retention_days),
         fleet.telemetry_max_per_device,
     )
-    return RetentionReport(events, telemetry)
+    # Version points live as long as telemetry by age; they are far smaller than the reports,
+    # so windows reach back the whole retention even where the count per device cut reports.
+    points = await ctx.storage.prune_version_points(
+        now - timedelta(days=fleet.telemetry_retention_days)
+    )
+    return RetentionReport(events, telemetry, points)
 
 
 async def retention_loop(ctx: RegistryContext) -> None:
@@ -47,9 +53,10 @@ async def retention_loop(ctx: RegistryContext) -> None:
         report = await prune_device_messages(ctx)
         if report != RetentionReport():
             log.info(
-                "retention: deleted %d events and %d telemetry reports",
+                "retention: deleted %d events, %d telemetry reports and %d version points",
                 report.events_pruned,
                 report.telemetry_pruned,
+                report.points_pruned,
             )
 
     await duty_loop(ctx.storage, "retention", one_pass, ctx.config.fleet.prune_interval_s)

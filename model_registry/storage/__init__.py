@@ -21,6 +21,7 @@ from model_registry.storage.base import (
     ResourcePoint,
     Storage,
     TokenRecord,
+    VersionPoint,
 )
 from model_registry.storage.blobs import BlobStore
 from model_registry.storage.postgres import PostgresStorage
@@ -45,6 +46,7 @@ __all__ = [
     "SQLiteStorage",
     "Storage",
     "TokenRecord",
+    "VersionPoint",
     "open_storage",
 ]
 

@@ -25,6 +25,7 @@ from model_registry.storage._db import (
     to_text,
 )
 from model_registry.storage._history import add_resource_point, reported_interval
+from model_registry.storage._points import add_points
 from model_registry.storage.base import (
     DUPLICATE,
     STORED,
@@ -171,7 +172,8 @@ def set_device_group(device_id: str, group: str) -> Steps[DeviceRecord]:
 
 # Everything that refers to a device, children first (the foreign keys need that order).
 _DEVICE_ROWS = (
-    *("device_events", "telemetry", "resource_points", "deployment_targets", "devices"),
+    *("device_events", "telemetry", "version_points", "resource_points"),
+    *("deployment_targets", "devices"),
 )
 
 
@@ -293,6 +295,7 @@ def _apply_report(report: DeviceReport) -> Steps[str]:
     inserted = yield Query(_MESSAGE_SQL[_REPORT_TABLES[r.kind]][0], values)
     if inserted.rowcount == 0:
         return DUPLICATE
+    yield from add_points(r.points)
     if r.resources is not None:  # only with the report itself: a resend adds nothing
         yield from add_resource_point(r.resources)
     yield Query(

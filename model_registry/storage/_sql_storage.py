@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
 
 from model_registry.errors import InvalidInputError
-from model_registry.storage import _catalog, _fleet, _fleet_reads, _history, _tokens
+from model_registry.storage import _catalog, _fleet, _fleet_reads, _history, _points, _tokens
 from model_registry.storage._db import READ, SNAPSHOT, WRITE, ConstraintViolationError, Mode, Steps
 from model_registry.storage.base import (
     AssignmentUpdate,
@@ -26,6 +26,7 @@ from model_registry.storage.base import (
     ReleaseRecord,
     ResourcePoint,
     TokenRecord,
+    VersionPoint,
 )
 
 PRUNE_DEVICES_PER_TRANSACTION = 100
@@ -197,6 +198,23 @@ class SQLStorage:
     async def prune_telemetry(self, older_than: datetime) -> int:
         """Delete telemetry received before `older_than`; return how many rows went."""
         return await self._run(WRITE, _fleet.prune_telemetry, older_than)
+
+    async def version_points(
+        self,
+        model: str,
+        since: datetime,
+        until: datetime | None = None,
+        version: int | None = None,
+        device_ids: Sequence[str] | None = None,
+    ) -> list[VersionPoint]:
+        """Return the model's points received in [since, until), oldest first."""
+        return await self._run(
+            SNAPSHOT, _points.version_points, model, since, until, version, device_ids
+        )
+
+    async def prune_version_points(self, older_than: datetime) -> int:
+        """Delete points received before `older_than`; return how many."""
+        return await self._run(WRITE, _points.prune_points, older_than)
 
     async def prune_messages(self, kind: str, older_than: datetime, keep_per_device: int) -> int:
         """Delete old events or telemetry, and all but each device's newest; return the count."""

@@ -111,6 +111,33 @@ class DeviceMessageRecord:
 
 
 @dataclass(frozen=True)
+class VersionPoint:
+    """One telemetry report's numbers for one (model, version) of one device.
+
+    Rollouts, drift, experiments and the dashboard read these (`model_registry.statistics`).
+    `detail` holds every other field of the report's `models.{m}.versions.{v}` object, as sent
+    (predicted classes, bin counts, experiment outcomes): counts only, so points merge by
+    summing (`statistics.counts.merge_counts`).
+    """
+
+    model: str
+    version: int
+    device_id: str
+    at: datetime  # when the registry received the report
+    interval_s: float
+    requests: int
+    ok: int  # 2xx
+    client_errors: int  # 4xx
+    server_errors: int  # 5xx
+    rejected: int  # the 503s among the 5xx
+    latency_samples: int = 0
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    latency_max_ms: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ResourcePoint:
     """One device's resource use over `interval_s` from `at`: one report, or a bucket of them.
 
@@ -164,6 +191,8 @@ class DeviceReport:
     msg_epoch: str | None = None  # names the device's sequence (docs/telemetry.md section 2)
     msg_seq: int | None = None
     error: dict[str, Any] | None = None
+    # Telemetry only: stored with the report, so a resend (DUPLICATE) adds none.
+    points: tuple[VersionPoint, ...] = ()
     resources: ResourcePoint | None = None  # telemetry only: stored with it, exactly once
 
 
@@ -287,6 +316,21 @@ class Storage(Protocol):
 
     async def prune_telemetry(self, older_than: datetime) -> int:
         """Delete telemetry received before `older_than`; return how many rows went."""
+
+    async def version_points(
+        self,
+        model: str,
+        since: datetime,
+        until: datetime | None = None,
+        version: int | None = None,
+        device_ids: Sequence[str] | None = None,
+    ) -> list[VersionPoint]:
+        """Return the model's points received in [since, until), oldest first."""
+        ...
+
+    async def prune_version_points(self, older_than: datetime) -> int:
+        """Delete points received before `older_than`; return how many."""
+        ...
 
     async def prune_messages(self, kind: str, older_than: datetime, keep_per_device: int) -> int:
         """Delete `kind` ("events", "telemetry") before `older_than`, and all but each device's

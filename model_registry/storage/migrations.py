@@ -147,6 +147,32 @@ _IDEMPOTENCY = (
 # When each API token was last used (docs/registry.md, "API tokens and roles"); NULL: never yet.
 _TOKEN_USE = ("ALTER TABLE tokens ADD COLUMN last_used TEXT",)
 
+# Each telemetry report's numbers per (model, version), for windows over the fleet
+# (model_registry/statistics). Removed with their device, like its telemetry.
+_VERSION_POINTS = (
+    """CREATE TABLE version_points (
+        point_id {id},
+        model TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        device_id TEXT NOT NULL REFERENCES devices (device_id),
+        at TEXT NOT NULL,
+        interval_s DOUBLE PRECISION NOT NULL,
+        requests BIGINT NOT NULL,
+        ok BIGINT NOT NULL,
+        client_errors BIGINT NOT NULL,
+        server_errors BIGINT NOT NULL,
+        rejected BIGINT NOT NULL,
+        latency_samples BIGINT NOT NULL,
+        latency_p50_ms DOUBLE PRECISION,
+        latency_p99_ms DOUBLE PRECISION,
+        latency_max_ms DOUBLE PRECISION,
+        detail TEXT NOT NULL
+    )""",
+    "CREATE INDEX version_points_by_model ON version_points (model, at)",
+    "CREATE INDEX version_points_by_device ON version_points (device_id, at)",
+    "CREATE INDEX version_points_by_time ON version_points (at)",
+)
+
 # The dashboard (docs/dashboard.md): each device's reporting interval beside its state, so the
 # fleet listing derives connections without reading every state; resource history, kept in
 # time buckets that the history duty compacts; and how far each compaction has got.
@@ -177,7 +203,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "device last error; message de-duplication by msg_epoch and msg_seq", _FLEET_VIEW),
     Migration(3, "idempotency keys of deployments", _IDEMPOTENCY),
     Migration(4, "when each API token was last used", _TOKEN_USE),
-    Migration(5, "dashboard: device reporting intervals, resource history", _HISTORY),
+    Migration(5, "per-version numbers of each telemetry report", _VERSION_POINTS),
+    Migration(6, "dashboard: device reporting intervals, resource history", _HISTORY),
 )
 
 

@@ -171,7 +171,7 @@ async def test_a_device_history_has_its_resource_points(api: Api) -> None:
         DeviceReport(
             "pi-1", "telemetry", at, body, resources=point_from_telemetry("pi-1", at, body)
         )
-        for at in ((now - timedelta(minutes=3), body), (now - timedelta(minutes=2), body))
+        for at in (now - timedelta(minutes=3), now - timedelta(minutes=2))
     ]
     await storage.add_device_reports(reports)
     response = await api.client.get("/v1/devices/pi-1/history?window=1h", headers=api.auth())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from datetime import timedelta
 
 import aiohttp
 import pytest
@@ -161,6 +162,23 @@ async def test_a_resent_message_is_stored_once(api: Api, ingest: DeviceIngest) -
     unnumbered = telemetry_payload(DEV, {"msg_seq": 9, "requests": 5})  # no epoch: no key
     await ingest.handle_batch([_message(TOPICS.telemetry(DEV), unnumbered)] * 2)
     assert ingest.stored["telemetry"] == 4, "nothing to tell a resend by: both stored"
+
+
+async def test_telemetry_brings_its_version_points_once(api: Api, ingest: DeviceIngest) -> None:
+    numbers = {"requests": 4, "2xx": 3, "4xx": 0, "5xx": 1, "rejected_503": 0,
+               "latency_ms": {"p50": 1.0, "p95": 2.0, "p99": 2.5, "max": 3.0, "samples": 4},
+               "predictions": {"output": "label", "classes": {"1": 4}}}  # fmt: skip
+    body = {"msg_epoch": "9f2c4e1a0b7d3e55", "msg_seq": 3, "interval_s": 30.0,
+            "models": {"clf": {"versions": {"2": numbers}}}}  # fmt: skip
+    payload = telemetry_payload(DEV, body)
+    for _ in range(2):  # a resend: stored once, so counted once
+        await ingest.handle(_message(TOPICS.telemetry(DEV), payload))
+    since = api.ctx.clock() - timedelta(minutes=1)
+    points = await api.ctx.storage.version_points("clf", since)
+    assert [(p.device_id, p.version, p.requests, p.server_errors) for p in points] == [
+        (DEV, 2, 4, 1)
+    ]
+    assert points[0].detail == {"predictions": {"output": "label", "classes": {"1": 4}}}
 
 
 async def test_error_events_become_the_devices_last_error(api: Api, ingest: DeviceIngest) -> None:

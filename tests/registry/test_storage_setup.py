@@ -96,6 +96,7 @@ EXPECTED_TABLES = {
     "device_events",
     "telemetry",
     "tokens",
+    "version_points",
 }
 
 
