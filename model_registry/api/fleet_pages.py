@@ -16,6 +16,7 @@ from model_registry.errors import InvalidInputError
 from model_registry.services.fleet_pages import FleetQuery, fleet_page
 from model_registry.statistics import resources
 from model_registry.statistics.buckets import bucket_start
+from model_registry.statistics.window import device_series
 
 # window -> (its length, the step of its points): about 60 to 200 points per chart, never finer
 # than the history keeps (1-minute points for a day, 1-hour points after).
@@ -75,6 +76,7 @@ async def device_history(request: web.Request) -> web.Response:
     until = ctx.clock()
     since = bucket_start(until - length, step_s)
     samples = await resources.series(ctx.storage, device.device_id, since, until, step_s)
+    models = await device_series(ctx.storage, device.device_id, since, until, step_s)
     body: dict[str, Any] = {
         "device_id": device.device_id,
         "window": window,
@@ -91,6 +93,7 @@ async def device_history(request: web.Request) -> web.Response:
             }
             for s in samples
         ],
+        "models": models,
     }
     return web.json_response(body)
 

@@ -7,12 +7,14 @@ Points are stored one per telemetry report. Every `[history] compact_interval_s`
 * 1-minute points older than `minute_points_days` into 1-hour points,
 * and deletes 1-hour points older than `hour_points_days`.
 
-Points merge by adding (`statistics.resources`), so a reader's step gives the same numbers
-before and after a pass. A pass works through whole buckets in slices of time and of devices,
-so memory stays bounded with any fleet, and records in `history_marks` how far each tier has
-got. Each slice is read and then replaced in a transaction of its own: nothing new can arrive
-in it meanwhile, since the ingest stores points at the time it receives them, SETTLE_S later
-than anything a pass touches, and one registry at a time runs the duty.
+Both kinds of points are kept this way: each device's resource use (`statistics.resources`)
+and each model version's numbers (`statistics.compaction`). Points merge by adding, so a
+reader's step gives the same numbers before and after a pass. A pass works through whole
+buckets in slices of time and of devices, so memory stays bounded with any fleet, and records
+in `history_marks` how far each tier has got. Each slice is read and then replaced in a
+transaction of its own: nothing new can arrive in it meanwhile, since the ingest stores points
+at the time it receives them, SETTLE_S later than anything a pass touches, and one registry at
+a time runs the duty.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from model_registry.services.context import RegistryContext
 from model_registry.services.duties import duty_loop
 from model_registry.statistics import resources
 from model_registry.statistics.buckets import bucket_start
-from model_registry.storage import ResourcePoint
+from model_registry.statistics.compaction import compact_version_points
+from model_registry.storage import ResourcePoint, VersionPoint
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,13 @@ def tables(ctx: RegistryContext) -> list[PointTable[Any]]:
             resources.compact,
             storage.replace_resource_points,
             storage.prune_resource_points,
+        ),
+        PointTable[VersionPoint](
+            "versions",
+            storage.device_version_points,
+            compact_version_points,
+            storage.replace_version_points,
+            storage.prune_version_points,
         ),
     ]
 

@@ -23,7 +23,6 @@ class RetentionReport:
 
     events_pruned: int = 0
     telemetry_pruned: int = 0
-    points_pruned: int = 0
 
 
 async def prune_device_messages(ctx: RegistryContext) -> RetentionReport:
@@ -38,12 +37,9 @@ async def prune_device_messages(ctx: RegistryContext) -> RetentionReport:
         now - timedelta(days=fleet.telemetry_retention_days),
         fleet.telemetry_max_per_device,
     )
-    # Version points live as long as telemetry by age; they are far smaller than the reports,
-    # so windows reach back the whole retention even where the count per device cut reports.
-    points = await ctx.storage.prune_version_points(
-        now - timedelta(days=fleet.telemetry_retention_days)
-    )
-    return RetentionReport(events, telemetry, points)
+    # Version points are the history duty's: merged into 1-minute, then 1-hour points and
+    # deleted after `[history] hour_points_days` (services/history.py).
+    return RetentionReport(events, telemetry)
 
 
 async def retention_loop(ctx: RegistryContext) -> None:
@@ -53,10 +49,9 @@ async def retention_loop(ctx: RegistryContext) -> None:
         report = await prune_device_messages(ctx)
         if report != RetentionReport():
             log.info(
-                "retention: deleted %d events, %d telemetry reports and %d version points",
+                "retention: deleted %d events and %d telemetry reports",
                 report.events_pruned,
                 report.telemetry_pruned,
-                report.points_pruned,
             )
 
     await duty_loop(ctx.storage, "retention", one_pass, ctx.config.fleet.prune_interval_s)

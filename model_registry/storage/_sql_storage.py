@@ -212,6 +212,22 @@ class SQLStorage:
             SNAPSHOT, _points.version_points, model, since, until, version, device_ids
         )
 
+    async def device_version_points(
+        self, since: datetime, until: datetime, device_ids: Sequence[str]
+    ) -> list[VersionPoint]:
+        """Return every model's points of these devices received in [since, until), by time."""
+        return await self._run(SNAPSHOT, _points.device_points, since, until, device_ids)
+
+    async def replace_version_points(
+        self,
+        since: datetime,
+        until: datetime,
+        device_ids: Sequence[str],
+        points: Sequence[VersionPoint],
+    ) -> None:
+        """In one transaction, delete the devices' points in [since, until) and store `points`."""
+        await self._run(WRITE, _points.replace_points, since, until, device_ids, points)
+
     async def prune_version_points(self, older_than: datetime) -> int:
         """Delete points received before `older_than`; return how many."""
         return await self._run(WRITE, _points.prune_points, older_than)

@@ -135,6 +135,7 @@ class VersionPoint:
     latency_p99_ms: float | None = None
     latency_max_ms: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    reports: int = 1  # how many reports the point sums: more once the history duty merged it
 
 
 @dataclass(frozen=True)
@@ -327,6 +328,20 @@ class Storage(Protocol):
     ) -> list[VersionPoint]:
         """Return the model's points received in [since, until), oldest first."""
         ...
+
+    async def device_version_points(
+        self, since: datetime, until: datetime, device_ids: Sequence[str]
+    ) -> list[VersionPoint]:
+        """Return every model's points of these devices received in [since, until), by time."""
+
+    async def replace_version_points(
+        self,
+        since: datetime,
+        until: datetime,
+        device_ids: Sequence[str],
+        points: Sequence[VersionPoint],
+    ) -> None:
+        """In one transaction, delete the devices' points in [since, until) and store `points`."""
 
     async def prune_version_points(self, older_than: datetime) -> int:
         """Delete points received before `older_than`; return how many."""

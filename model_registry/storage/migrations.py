@@ -175,7 +175,8 @@ _VERSION_POINTS = (
 
 # The dashboard (docs/dashboard.md): each device's reporting interval beside its state, so the
 # fleet listing derives connections without reading every state; resource history, kept in
-# time buckets that the history duty compacts; and how far each compaction has got.
+# time buckets that the history duty compacts; how far each compaction has got; and the
+# number of reports a (merged) version point sums.
 _HISTORY = (
     "ALTER TABLE devices ADD COLUMN telemetry_interval_s DOUBLE PRECISION",
     """CREATE TABLE resource_points (
@@ -196,6 +197,8 @@ _HISTORY = (
         name TEXT PRIMARY KEY,
         done_until TEXT NOT NULL
     )""",
+    # How many reports a version point sums, once the history duty merged it into a bucket.
+    "ALTER TABLE version_points ADD COLUMN reports INTEGER NOT NULL DEFAULT 1",
 )
 
 MIGRATIONS: tuple[Migration, ...] = (

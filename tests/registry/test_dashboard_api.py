@@ -13,6 +13,7 @@ from yarl import URL
 from model_registry.dashboard import live
 from model_registry.dashboard.routes import STATIC_FILES
 from model_registry.dashboard.session import CSRF_HEADER
+from model_registry.statistics.points import points_from_telemetry
 from model_registry.statistics.resources import point_from_telemetry
 from model_registry.storage import DeviceReport
 from model_registry.tokens import generate_token, hash_token
@@ -180,6 +181,27 @@ async def test_a_device_history_has_its_resource_points(api: Api) -> None:
     assert [p["rss_bytes"] for p in history["resources"]] == [2048, 2048]
     assert history["resources"][0]["cpu_percent"] == pytest.approx(10.0)
     assert history["resources"][0]["disk_used_percent"] == pytest.approx(75.0)
+    assert history["models"] == {}
+    body = {
+        "interval_s": 30.0,
+        "models": {
+            "clf": {
+                "versions": {
+                    "1": {"requests": 4, "2xx": 3, "4xx": 0, "5xx": 1, "rejected_503": 0,
+                          "latency_ms": {"p50": 2.0, "p99": 6.0, "max": 7.0, "samples": 4}},
+                    "2": {"requests": 12, "2xx": 12, "4xx": 0, "5xx": 0, "rejected_503": 0,
+                          "latency_ms": {"p50": 1.0, "p99": 2.0, "max": 3.0, "samples": 12}},
+                }
+            }
+        },
+    }  # fmt: skip
+    at = now - timedelta(minutes=1)
+    points = points_from_telemetry("pi-1", at, body)
+    await storage.add_device_reports([DeviceReport("pi-1", "telemetry", at, body, points=points)])
+    response = await api.client.get("/v1/devices/pi-1/history?window=1h", headers=api.auth())
+    [step] = (await response.json())["models"]["clf"]
+    assert (step["versions"], step["requests"], step["server_errors"]) == ([1, 2], 16, 1)
+    assert step["latency_p99_ms"] == pytest.approx((6.0 * 4 + 2.0 * 12) / 16)
     bad = await api.client.get("/v1/devices/pi-1/history?window=2y", headers=api.auth())
     assert bad.status == 400
     assert "window must be one of" in (await bad.json())["error"]

@@ -7,13 +7,16 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime, timedelta
 
+import pytest
+
 from model_registry.config import HistoryConfig, load_config
 from model_registry.home import InitResult
 from model_registry.server import make_context
 from model_registry.services.context import RegistryContext
 from model_registry.services.history import compact_history
 from model_registry.statistics import resources
-from model_registry.storage import ResourcePoint, Storage
+from model_registry.statistics.window import window
+from model_registry.storage import ResourcePoint, Storage, VersionPoint
 from tests.support.storage_records import T0, device
 
 START = T0.replace(minute=0, second=0, microsecond=0)
@@ -91,3 +94,59 @@ def test_a_report_becomes_a_point_and_hostile_numbers_are_left_out() -> None:
     assert (sample.rss_bytes, sample.disk_used_percent) == (None, None)
     assert resources.point_from_telemetry("d1", T0, {"interval_s": "x", "resources": {}}) is None
     assert resources.point_from_telemetry("d1", T0, {"interval_s": 30, "resources": []}) is None
+
+
+def version_point(device_id: str, at: datetime, n: int, bins: list[int]) -> VersionPoint:
+    return VersionPoint(
+        model="clf",
+        version=2,
+        device_id=device_id,
+        at=at,
+        interval_s=30.0,
+        requests=10,
+        ok=9,
+        client_errors=0,
+        server_errors=1,
+        rejected=0,
+        latency_samples=n,
+        latency_p50_ms=1.0 + n,
+        latency_p99_ms=5.0 + n,
+        latency_max_ms=9.0 + n,
+        detail={"bins": {"X": [bins]}},
+    )
+
+
+async def test_version_points_merge_and_windows_read_the_same(
+    storage: Storage, registry_home: InitResult
+) -> None:
+    await storage.add_device(device("d1"))
+    points = [
+        version_point("d1", START + timedelta(seconds=30 * i), 1 + i % 3, [i, 1])
+        for i in range(240)  # two hours, a day before `now`: they become two hour points
+    ]
+    points.append(version_point("d1", START + timedelta(seconds=15), 1, [1, 2, 3]))  # odd shape
+    await storage.replace_version_points(START, START, ["d1"], points)
+    now = START + timedelta(days=1, hours=2, minutes=5)
+    ctx = await context(registry_home, storage, now)
+    span = (START, START + timedelta(hours=2))
+    before = await window(storage, "clf", 2, span[0], until=span[1])
+
+    await compact_history(ctx)
+    stored = await storage.device_version_points(*span, ["d1"])
+    assert [(p.at, p.reports) for p in stored] == [
+        (START, 120),
+        (START, 1),  # the report whose bins do not add to the others' is a point of its own
+        (START + timedelta(hours=1), 120),
+    ]
+    after = await window(storage, "clf", 2, span[0], until=span[1])
+    assert before is not None
+    assert after is not None
+    assert (after.reports, after.requests, after.server_errors, after.mismatched) == (
+        before.reports,
+        before.requests,
+        before.server_errors,
+        before.mismatched,
+    )
+    assert after.latency_p99_ms == pytest.approx(before.latency_p99_ms)
+    assert after.latency_max_ms == before.latency_max_ms
+    assert after.detail == before.detail
