@@ -110,15 +110,22 @@ def test_the_fleet_page_lists_the_agents_and_follows_them_live(
 
 
 def test_a_device_page_charts_its_resources_and_lists_its_events(
-    browser: Browser, fleet: Fleet, dashboard_fleet: list[AgentProcess], shots: Path
+    browser: Browser,
+    fleet: Fleet,
+    models: Models,
+    dashboard_fleet: list[AgentProcess],
+    shots: Path,
 ) -> None:
+    for _ in range(20):  # something for the requests and latency charts
+        status, _answer = dashboard_fleet[0].infer("clf", models.rows)
+        assert status == 200
     page = sign_in(browser, fleet, admin_token(fleet))
     page.click("#fleet-devices a.device-link >> text=dash-1")
     expect(page.locator("#device-title")).to_have_text("dash-1", timeout=WAIT_MS)
     expect(page.locator("#timeline")).to_contain_text("activated", timeout=WAIT_MS)
     page.click("#window button[data-window='1h']")
     expect(page.locator("#window button.active")).to_have_text("1h", timeout=WAIT_MS)
-    for title in ("RSS", "CPU", "Disk used"):
+    for title in ("clf: requests per step", "clf: latency", "RSS", "CPU", "Disk used"):
         chart = page.locator(f"figure.chart[data-chart='{title}']")
         expect(chart.locator("canvas")).to_have_count(1, timeout=WAIT_MS)
     page.screenshot(path=str(shots / "device.png"), full_page=True)

@@ -15,7 +15,7 @@ export function chart(title, times, series, { unit = "", width = 520, height = 1
     return box;
   }
   const xs = times.map((t) => Date.parse(t) / 1000);
-  const value = format || ((v) => (v === null || v === undefined ? "-" : `${+v.toFixed(2)}${unit}`));
+  const value = format || ((v) => (v === null || v === undefined ? "-" : `${+v.toPrecision(5)}${unit}`));
   const options = {
     width, height,
     series: [{}, ...series.map((s, i) => ({
