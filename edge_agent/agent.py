@@ -29,7 +29,7 @@ from edge_agent.storage.state import StateStore
 from edge_agent.storage.store import ModelStore
 from edge_agent.systemd import SystemdNotifier
 from edge_agent.update.activation import Activator
-from edge_agent.update.dispatch import Dispatcher, Subscriptions
+from edge_agent.update.dispatch import Device, Dispatcher, Subscriptions
 from edge_agent.update.fetch import MqttChunkFetcher
 from edge_agent.update.http_fetch import HttpChunkFetcher
 from edge_agent.update.updater import INTERNAL_ERROR, ChunkFetcher, Updater
@@ -39,7 +39,7 @@ from edge_agent.uplink.telemetry import Telemetry, TelemetryCollector
 from edge_common.listen import listen_error
 from edge_common.supervise import Supervisor, TaskFailure, first_of
 from edge_protocol import Topics, TrustedState, utc_now
-from edge_protocol.messages import EventKind, UpdatePhase
+from edge_protocol.messages import EventKind
 from edge_protocol.trust import Clock
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,16 @@ class Agent:
             link=self.link,
             unsubscribe=self.subscriptions.unsubscribe,
         )
-        self.dispatcher = Dispatcher(self)
+        self.dispatcher = Dispatcher(
+            Device(config.device_id, self.topics, config.follows),
+            trust=self.trust,
+            updater=self.updater,
+            reporter=self.reporter,
+            subscriptions=self.subscriptions,
+            link=self.link,
+            chunks=self.mqtt_fetcher,
+            states=self.states,
+        )
         self.server = InferenceServer(
             self.repository, config.server, metrics=self.metrics, status_providers=[self.status]
         )
@@ -133,15 +142,7 @@ class Agent:
 
     def describe(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The (models, trust) parts of the state message."""
-        models: dict[str, Any] = {}
-        for name in sorted({*self.updater.state.models, *self.updater.phases}):
-            model_state = self.updater.state.model(name)
-            models[name] = {
-                "active": model_state.active.to_dict() if model_state.active else None,
-                "previous": model_state.previous.to_dict() if model_state.previous else None,
-                "phase": self.updater.phases.get(name, UpdatePhase.IDLE),
-                "last_error": self.updater.last_errors.get(name),
-            }
+        models = self.updater.describe()
         trust = {
             "root_version": self.trust.root.version,
             "assignment_seq": self.trust.assignment_seq,

@@ -8,6 +8,8 @@ and what was expected.
 
 from __future__ import annotations
 
+from edge_common.mqtt import errors as mqtt_errors
+
 
 class AgentError(Exception):
     """Root of every error edge_agent raises."""
@@ -180,19 +182,29 @@ class DownloadFailedError(DownloadError):
 
 
 # --- broker connection -----------------------------------------------------------------
+# The shared MQTT adapter (edge_common/mqtt) raises these, as its own types' subclasses.
 
 
-class BrokerError(AgentError):
+class BrokerError(AgentError, mqtt_errors.BrokerError):
     """The MQTT broker cannot be reached, refused something, or the connection ended."""
 
 
-class MqttConnectError(BrokerError):
+class MqttConnectError(BrokerError, mqtt_errors.MqttConnectError):
     """Connecting failed: unreachable host, TLS failure, refused CONNECT or no answer in time."""
 
 
-class MqttDisconnectedError(BrokerError):
+class MqttDisconnectedError(BrokerError, mqtt_errors.MqttDisconnectedError):
     """The connection ended before an operation completed, or while messages were awaited."""
 
 
-class MqttSubscribeError(BrokerError):
+class MqttSubscribeError(BrokerError, mqtt_errors.MqttSubscribeError):
     """The broker refused a subscription (SUBACK failure code 0x80)."""
+
+
+MQTT_ERRORS = mqtt_errors.ErrorTypes(
+    broker=BrokerError,
+    connect=MqttConnectError,
+    disconnected=MqttDisconnectedError,
+    subscribe=MqttSubscribeError,
+    settings=ConfigError,
+)

@@ -28,8 +28,9 @@ class AgentMetrics:
         # rows of each session.run and each request's validated input tensors, by model name.
         self.latency_listeners: list[Callable[[str, str, int, float], None]] = []
         self.batch_listeners: list[Callable[[str, int], None]] = []
-        self.input_listeners: list[Callable[[str, Mapping[str, Any]], None]] = []
-        # Probation hears each answer's outputs: (model, version, outputs by name, model io).
+        # (with the model version, whose release's drift profile telemetry bins the inputs in).
+        self.input_listeners: list[Callable[[LoadedModel, Mapping[str, Any]], None]] = []
+        # Probation and telemetry hear each answer's outputs: (model, version, outputs, io).
         self.output_listeners: list[Callable[[str, int, Mapping[str, Any], ModelIO], None]] = []
         r = self.registry
         self.requests = r.register(Counter(
@@ -87,7 +88,7 @@ class AgentMetrics:
         for timed in self.latency_listeners:
             timed(model, version, status, seconds)
 
-    def observe_inputs(self, model: str, inputs: Mapping[str, Any]) -> None:
+    def observe_inputs(self, model: LoadedModel, inputs: Mapping[str, Any]) -> None:
         """Hand one request's validated input tensors to the input listeners."""
         for listener in self.input_listeners:
             listener(model, inputs)

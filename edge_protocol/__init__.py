@@ -28,6 +28,7 @@ from edge_protocol.metadata import (
     TensorSpec,
 )
 from edge_protocol.onnx_scan import check_self_contained, find_external_reference
+from edge_protocol.profile import Bins, InputProfile, OutputProfile, Profile
 from edge_protocol.selftest import check_selftest_outputs
 from edge_protocol.topics import DEFAULT_PREFIX, TopicRef, Topics
 from edge_protocol.trust import ArtifactVerifier, TrustedState, utc_now
@@ -43,9 +44,13 @@ __all__ = [
     "ArtifactVerifier",
     "AssignedModel",
     "Assignment",
+    "Bins",
     "Envelope",
     "FormatError",
+    "InputProfile",
     "ModelIO",
+    "OutputProfile",
+    "Profile",
     "ProtocolError",
     "PublicKey",
     "RejectedError",

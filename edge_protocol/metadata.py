@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Self, TypeVar
 from edge_protocol.errors import KeyFormatError, MetadataFormatError
 from edge_protocol.fields import FieldReader, format_time
 from edge_protocol.keys import PublicKey
+from edge_protocol.profile import Profile
 
 SPEC_VERSION = "1.0"
 ONNX_MEDIA_TYPE = "application/vnd.onnx"
@@ -357,12 +358,15 @@ class Release:
     build: dict[str, Any] = field(default_factory=dict)
     spec_version: str = SPEC_VERSION
     unrecognized_fields: dict[str, Any] = field(default_factory=dict)
+    profile: Profile | None = None  # the reference profile drift is measured against
 
     @classmethod
     def from_dict(cls, obj: Any) -> Self:
         """Parse and validate a release `signed` object."""
         r = FieldReader(obj, "release")
         r.constant("_type", cls.TYPE)
+        io = ModelIO.from_dict(r.raw("io"), r.path("io"))
+        raw_profile = r.optional("profile")
         return cls(
             spec_version=_check_spec_version(r),
             model=r.string("model", name=True),
@@ -371,9 +375,12 @@ class Release:
             created=r.time("created"),
             expires=r.time("expires"),
             artifact=Artifact.from_dict(r.raw("artifact"), r.path("artifact")),
-            io=ModelIO.from_dict(r.raw("io"), r.path("io")),
+            io=io,
             selftest=SelfTest.from_dict(r.raw("selftest"), r.path("selftest")),
             build=r.obj("build"),
+            profile=None
+            if raw_profile is None
+            else Profile.from_dict(raw_profile, r.path("profile"), io.inputs),
             unrecognized_fields=r.unrecognized(),
         )
 
@@ -392,6 +399,7 @@ class Release:
             "io": self.io.to_dict(),
             "selftest": self.selftest.to_dict(),
             "build": self.build,
+            **({} if self.profile is None else {"profile": self.profile.to_dict()}),
         }
 
 

@@ -119,6 +119,17 @@ class DeployConfig:
 
 
 @dataclass(frozen=True)
+class RolloutsConfig:
+    """The rollout controller (docs/registry.md, "Rollouts")."""
+
+    check_interval_s: float | int = 5.0  # how often the controller looks at active rollouts
+
+    def __post_init__(self) -> None:
+        if not 0.1 <= self.check_interval_s <= 3600:
+            raise ConfigError("rollouts.check_interval_s: must be between 0.1 and 3600")
+
+
+@dataclass(frozen=True)
 class FleetConfig:
     """What the registry keeps of what devices report."""
 
@@ -197,6 +208,30 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class DriftConfig:
+    """When the registry calls the inputs or predictions of a model version drifted.
+
+    docs/registry.md, "Drift": the population stability index of the window's counts against
+    the release's profile, per device and fleet-wide, judged every `interval_s` by one replica.
+    """
+
+    window_s: int = 3600  # the sliding window of telemetry compared with the profile
+    min_samples: int = 200  # values a window needs before its PSI is judged
+    warn_psi: float = 0.1
+    alert_psi: float = 0.25
+    interval_s: int = 60  # how often the drift pass runs
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in {
+            "window_s": (60, 30 * 86_400), "min_samples": (1, 10**9), "interval_s": (1, 86_400),
+        }.items():  # fmt: skip
+            if not low <= getattr(self, name) <= high:
+                raise ConfigError(f"drift.{name}: must be between {low} and {high}")
+        if not 0 < self.warn_psi <= self.alert_psi <= 100:
+            raise ConfigError("drift: needs 0 < warn_psi <= alert_psi <= 100")
+
+
+@dataclass(frozen=True)
 class RegistryConfig:
     """The whole registry.toml, plus the home directory it was read from."""
 
@@ -207,8 +242,10 @@ class RegistryConfig:
     signing: SigningConfig = field(default_factory=SigningConfig)
     artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    rollouts: RolloutsConfig = field(default_factory=RolloutsConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
 
     def path(self, relative: str) -> Path:
@@ -236,8 +273,10 @@ _SECTIONS: dict[str, type[Any]] = {
     "signing": SigningConfig,
     "artifacts": ArtifactsConfig,
     "deploy": DeployConfig,
+    "rollouts": RolloutsConfig,
     "fleet": FleetConfig,
     "ingest": IngestConfig,
+    "drift": DriftConfig,
     "history": HistoryConfig,
 }
 
@@ -293,6 +332,8 @@ def _matches(value: Any, expected: Any) -> bool:
         return any(_matches(value, option) for option in typing.get_args(expected))
     if expected is int:
         return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:  # TOML's 1 is as good a number as 1.0
+        return isinstance(value, int | float) and not isinstance(value, bool)
     return isinstance(value, expected)
 
 

@@ -94,6 +94,10 @@ chunk_size_kib = 256
 # counts as failed.
 deadline_s = 600
 
+[rollouts]
+# How often the rollout controller looks at active rollouts (docs/registry.md, "Rollouts").
+check_interval_s = 5.0
+
 [fleet]
 # Telemetry and events older than these many days are deleted, and only the newest
 # `*_max_per_device` of each device are kept, by a pass every `prune_interval_s`.

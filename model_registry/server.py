@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,7 +25,7 @@ from edge_common.files import remove_temp_files, write_atomic
 from edge_common.listen import listen_error
 from edge_common.supervise import Supervisor, first_of
 from model_registry.api.app import create_app
-from model_registry.api.metrics import CounterSource, GaugeSource, RegistryMetrics
+from model_registry.api.metrics import CounterSource, FamilySource, GaugeSource, RegistryMetrics
 from model_registry.config import RegistryConfig, ServeOptions, parse_host_port
 from model_registry.errors import ConfigError, NotFoundError
 from model_registry.home import SERVE_FILE
@@ -41,8 +41,11 @@ from model_registry.preflight import (
     setting,
     sqlite_path,
 )
+from model_registry.rollouts.controller import rollout_loop
 from model_registry.services.acks import AckSender
 from model_registry.services.context import RegistryContext
+from model_registry.services.drift import INSUFFICIENT, SEVERITY, FeatureDrift
+from model_registry.services.drift_watch import DriftWatch
 from model_registry.services.history import history_loop
 from model_registry.services.ingest import DeviceIngest
 from model_registry.services.ingest_limits import TOP_DEVICES
@@ -52,6 +55,7 @@ from model_registry.storage import BlobStore, Storage, open_storage
 from model_registry.trust.signing import ReleaseSigner
 
 log = logging.getLogger(__name__)
+_Sample = tuple[Mapping[str, str], float]
 EXIT_TASK_FAILED = 1
 REPLICA_DEBRIS_AGE_S = 3600.0  # unfinished writes in a shared directory older than this are debris
 
@@ -88,6 +92,9 @@ async def running_registry(
         metrics = RegistryMetrics()
         if ingest is not None:
             _ingest_metrics(metrics, ingest)
+            watch = DriftWatch(ctx.storage, config.drift, ctx.clock)
+            supervisor.spawn(watch.run(), "drift")
+            _drift_metrics(metrics, watch)
         listen, key = options.api_listen(config)
         api_url = await _start_api(stack, create_app(ctx, metrics), listen, setting(config, key))
         ctx.api_url = api_url
@@ -187,6 +194,7 @@ async def _start_mqtt(
     supervisor.spawn(_resync_on_reconnect(connection, ctx), "broker resync")
     supervisor.spawn(maintenance_loop(ctx), "maintenance")
     supervisor.spawn(retention_loop(ctx), "retention")
+    supervisor.spawn(rollout_loop(ctx), "rollout controller")
     supervisor.spawn(history_loop(ctx), "history")
     return url, ingest
 
@@ -264,6 +272,40 @@ def _ingest_metrics(metrics: RegistryMetrics, ingest: DeviceIngest) -> None:
     )
     metrics.extra_gauges["model_registry_ingest_backlog"] = GaugeSource(
         "Device messages received and not yet stored.", lambda: ingest.backlog
+    )
+
+
+def _drift_metrics(metrics: RegistryMetrics, watch: DriftWatch) -> None:
+    """The fleet-wide drift gauges of the last pass, and the counts left out."""
+
+    def samples(
+        value: Callable[[FeatureDrift], float | None],
+    ) -> Iterator[tuple[Mapping[str, str], float]]:
+        for (model, version, feature), row in sorted(watch.fleet.items()):
+            number = value(row)
+            if number is not None:
+                yield {"model": model, "version": str(version), "feature": feature}, number
+
+    metrics.extra_families["model_registry_drift_psi"] = FamilySource(
+        "Population stability index of each feature of a model version, fleet-wide, over the"
+        " drift window (from the last drift pass of this registry).",
+        "gauge",
+        lambda: samples(lambda r: r.psi),
+    )
+    metrics.extra_families["model_registry_drift_max_cdf_gap"] = FamilySource(
+        "Largest gap between the profile's and the fleet's cumulative distributions.",
+        "gauge",
+        lambda: samples(lambda r: r.max_cdf_gap),
+    )
+    metrics.extra_families["model_registry_drift_status"] = FamilySource(
+        "Drift status of each feature, fleet-wide: 0 ok, 1 warn, 2 alert (absent: too few).",
+        "gauge",
+        lambda: samples(lambda r: None if r.status == INSUFFICIENT else SEVERITY[r.status]),
+    )
+    metrics.extra_counters["model_registry_drift_ignored_total"] = CounterSource(
+        "Reports' drift counts left out, by reason (bin_counts, not_counts, no_profile).",
+        "reason",
+        lambda: watch.ignored,
     )
 
 

@@ -31,6 +31,7 @@ from edge_agent.config.settings import (
 from edge_agent.errors import ConfigError
 from edge_agent.runtime import RuntimeOptions
 from edge_agent.server.settings import GrpcConfig, MiB, ServerConfig
+from edge_common.broker_address import BrokerAddress, BrokerURLError
 from edge_common.toml_file import ConfigFileError, load_toml, read_bounded
 from edge_protocol import Topics
 from edge_protocol.errors import TopicError
@@ -347,7 +348,10 @@ def _mqtt(src: _Source, values: dict[str, Any], device_id: str) -> MqttSettings:
     if password_file is not None:
         values["password"] = _read_secret(src, "mqtt.password_file", password_file)
     settings = MqttSettings(**{"username": device_id, **values})
-    _check_url(src, "mqtt.url", settings.url, ("mqtt", "mqtts"))
+    try:  # the one parser of broker URLs, which the connection uses too
+        BrokerAddress.parse(settings.url, "mqtt.url")
+    except BrokerURLError as e:
+        raise src.error(str(e)) from None
     if not settings.username:
         raise src.error("mqtt.username must not be empty")
     try:

@@ -1,58 +1,20 @@
-"""The caller's reconnect policy: jittered exponential backoff around one `AgentMqtt` at a time.
+"""The agent's link to the broker: one `AgentMqtt` at a time, under the shared reconnect policy.
 
-This is aiomqtt's recipe (`docs/reconnection.md`): paho never reconnects by itself; a loop opens
-a fresh connection, runs the caller's `on_connect`, dispatches messages until the connection
-ends, sleeps a jittered delay and starts over, until it is cancelled.
+The policy (jittered exponential backoff, handler errors kept off the connection) is
+`edge_common/mqtt/reconnect.py`, which the registry's link follows too.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import NoReturn
 
 from edge_agent.config.settings import MqttSettings
-from edge_agent.errors import BrokerError, MqttDisconnectedError
 from edge_agent.mqtt.address import broker_address
 from edge_agent.mqtt.connection import AgentMqtt, Message
+from edge_common.mqtt import Backoff, HandlerError, MqttClient, follow
 
-log = logging.getLogger(__name__)
-HandlerError = Callable[[Message, Exception], Awaitable[None]]  # told of a handler's failure
-
-
-class Backoff:
-    """Jittered exponential delays for a reconnect loop, each between min_s and max_s.
-
-    The n-th wait in a row is uniform in [min_s, min(min_s * 2**n, max_s)]: never shorter than
-    min_s (the documented `reconnect_min_s`), never longer than max_s, and spread out, so
-    devices that lost the same broker do not come back in lockstep.
-    """
-
-    def __init__(self, min_s: float, max_s: float, *, rng: random.Random | None = None) -> None:
-        if not 0 < min_s <= max_s:
-            raise ValueError(f"backoff needs 0 < min_s <= max_s, got {min_s} and {max_s}")
-        self.min_s = min_s  # the floor of every delay
-        self.max_s = max_s  # the ceiling never grows past this
-        # Jitter only spreads a fleet's reconnects out; it protects no secret.
-        self._rng = rng if rng is not None else random.Random()  # noqa: S311
-        self._ceiling = self._first_ceiling()
-
-    def _first_ceiling(self) -> float:
-        return min(self.min_s * 2, self.max_s)
-
-    def next_delay(self) -> float:
-        """Return a delay uniform in [min_s, ceiling]; the ceiling doubles up to max_s."""
-        # uniform() may round a hair past its bounds; the documented bounds are hard.
-        delay = min(max(self._rng.uniform(self.min_s, self._ceiling), self.min_s), self.max_s)
-        self._ceiling = min(self._ceiling * 2, self.max_s)
-        return delay
-
-    def reset(self) -> None:
-        """Start again from the first ceiling, after a connection that worked."""
-        self._ceiling = self._first_ceiling()
+__all__ = ["Backoff", "HandlerError", "run_with_reconnect"]
 
 
 async def run_with_reconnect(
@@ -66,89 +28,16 @@ async def run_with_reconnect(
     on_disconnect: Callable[[Exception], None] | None = None,
     on_handler_error: HandlerError | None = None,
 ) -> NoReturn:
-    """Stay connected until cancelled: connect, on_connect, dispatch messages, back off, repeat.
-
-    `on_connect` runs on every connection (publish state, subscribe: a restarted broker has
-    forgotten the session). Messages go to `on_message` one at a time, in order. A BrokerError
-    from either ends the connection like a drop does. Any other exception from `on_message` is
-    logged with its traceback, handed to `on_handler_error` and the next message handled: the
-    connection stays up (leaving it would send a clean DISCONNECT, which discards the will).
-    Any other exception from `on_connect` ends that connection and the loop reconnects.
-    `on_disconnect` hears why each attempt or connection ended.
-    """
+    """Stay connected to `[mqtt]`'s broker until cancelled (see `edge_common.mqtt.follow`)."""
     address = broker_address(settings.url)
-    handlers = _Handlers(on_connect, on_message, on_handler_error)
-    while True:
-        error = await _one_connection(
-            settings, client_id=client_id, will=will, handlers=handlers, backoff=backoff
-        )
-        delay = backoff.next_delay()
-        log.warning("MQTT: %s; reconnecting to %s in %.2f s", error, address, delay)
-        if on_disconnect is not None:
-            on_disconnect(error)
-        await asyncio.sleep(delay)
 
+    async def connected(client: MqttClient) -> None:
+        assert isinstance(client, AgentMqtt)  # noqa: S101 - `connect` below makes only these
+        await on_connect(client)
 
-@dataclass(frozen=True)
-class _Handlers:
-    """The caller's callbacks, with the guard that keeps their bugs off the connection."""
-
-    on_connect: Callable[[AgentMqtt], Awaitable[None]]
-    on_message: Callable[[Message], Awaitable[None]]
-    on_error: HandlerError | None
-
-    async def connected(self, client: AgentMqtt) -> None:
-        try:
-            await self.on_connect(client)
-        except (BrokerError, asyncio.CancelledError):
-            raise
-        except Exception as e:
-            log.exception("MQTT: setting up the connection failed")
-            raise BrokerError(f"setting up the connection failed: {e!r}") from e
-
-    async def dispatch(self, message: Message) -> None:
-        try:
-            await self.on_message(message)
-        except (BrokerError, asyncio.CancelledError):
-            raise
-        except Exception as e:
-            log.exception("MQTT: handling a message on %s failed", message.topic)
-            await self._report(message, e)
-
-    async def _report(self, message: Message, error: Exception) -> None:
-        if self.on_error is None:
-            return
-        try:
-            await self.on_error(message, error)
-        except (BrokerError, asyncio.CancelledError):
-            raise
-        except Exception:
-            log.exception("MQTT: reporting a failed message handler failed too")
-
-
-async def _one_connection(
-    settings: MqttSettings,
-    *,
-    client_id: str,
-    will: tuple[str, bytes] | None,
-    handlers: _Handlers,
-    backoff: Backoff,
-) -> BrokerError:
-    """Run one connection until it ends; return why it ended."""
-    try:
-        async with AgentMqtt(settings, client_id=client_id, will=will) as client:
-            log.info(
-                "MQTT: connected to %s as %s (user %s, session present: %s)",
-                broker_address(settings.url),
-                client_id,
-                settings.username or "anonymous",
-                client.session_present,
-            )
-            await handlers.connected(client)
-            # Reset only now: a broker that accepts and then fails on_connect still backs off.
-            backoff.reset()
-            async for message in client.messages():
-                await handlers.dispatch(message)
-    except BrokerError as e:
-        return e
-    return MqttDisconnectedError("the message stream ended")  # messages() ends by raising
+    await follow(
+        lambda: AgentMqtt(settings, client_id=client_id, will=will),
+        where=str(address), who=f"{client_id} (user {settings.username or 'anonymous'})",
+        on_connect=connected, on_message=on_message, backoff=backoff,
+        on_disconnect=on_disconnect, on_handler_error=on_handler_error,
+    )  # fmt: skip

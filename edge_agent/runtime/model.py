@@ -29,7 +29,7 @@ from edge_agent.errors import (
 from edge_agent.runtime.costs import PROBE_ROWS, RunCost, fit, time_runs
 from edge_agent.runtime.iospec import OIP_TO_NUMPY, VARIABLE, derive_io, shares_batch_axis
 from edge_agent.runtime.options import CPU_PROVIDER, RuntimeOptions
-from edge_protocol import ModelIO, TensorSpec, check_self_contained
+from edge_protocol import ModelIO, Profile, TensorSpec, check_self_contained
 from edge_protocol.errors import ExternalDataError, ModelFormatError
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class LoadedModel:
         self.providers: tuple[str, ...] = tuple(session.get_providers())
         self._session: Any = session
         self.run_cost: RunCost | None = None  # measured by warm_up; None: never run inline
+        self.profile: Profile | None = None  # the release's drift profile, set on activation
         self._lock = threading.Lock()
         self._in_flight = 0
         self._retired = False

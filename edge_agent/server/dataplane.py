@@ -149,7 +149,7 @@ class DataPlane:
         self, model: LoadedModel, inputs: dict[str, Array], rows: int, started: int
     ) -> BatchResult:
         """Queue validated inputs on the model's batcher; count the request in the stats."""
-        self.metrics.observe_inputs(model.name, inputs)
+        self.metrics.observe_inputs(model, inputs)
         queued = time.perf_counter_ns()  # since `started`: the lease and validation
         result = await self._batcher(model.name).submit(model, inputs, rows)
         done = time.perf_counter_ns()

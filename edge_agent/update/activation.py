@@ -22,7 +22,15 @@ from edge_agent.storage.state import Installed, StateStore
 from edge_agent.storage.store import ModelStore
 from edge_agent.update.observations import RecentAnswers
 from edge_agent.update.probation import ProbationWatcher, previous_record
-from edge_protocol import ProtocolError, Release, SelfTest, TensorData, check_selftest_outputs
+from edge_protocol import (
+    Envelope,
+    Profile,
+    ProtocolError,
+    Release,
+    SelfTest,
+    TensorData,
+    check_selftest_outputs,
+)
 
 log = logging.getLogger(__name__)
 NUMPY_TO_OIP = {dtype: name for name, dtype in OIP_TO_NUMPY.items() if name != "BYTES"}
@@ -73,6 +81,7 @@ class Activator:
         except BaseException:
             loaded.close()  # never swapped in, so nothing else holds its session
             raise
+        loaded.profile = release.profile  # what telemetry counts drift against
         self.repository.swap(name, loaded)
         log.info("%s v%d is serving", name, release.version)
 
@@ -89,6 +98,7 @@ class Activator:
         loaded = await self._load(
             name, installed.version, installed.sha256, self._store.model_path(installed.sha256)
         )
+        loaded.profile = await asyncio.to_thread(self._kept_profile, name, installed.sha256)
         self.repository.swap(name, loaded)
 
     async def serve_installed(self, name: str, installed: Installed) -> bool:
@@ -99,6 +109,22 @@ class Activator:
             log.error("cannot serve %s v%d from the store: %s", name, installed.version, e)
             return False
         return True
+
+    def _kept_profile(self, name: str, sha256: str) -> Profile | None:
+        """The drift profile of the release kept beside an installed model (blocking).
+
+        The release was verified when it was kept; a copy that no longer reads only costs its
+        drift counts, never the serving, so it is logged and passed over.
+        """
+        path = self._states.release_path(name, sha256)
+        try:
+            return Release.from_dict(Envelope.from_bytes(path.read_bytes()).signed).profile
+        except FileNotFoundError:
+            return None
+        except (OSError, ProtocolError) as e:
+            log.warning("the kept release of %s %s does not read (%s): no drift bins", name,
+                        sha256[:12], e)  # fmt: skip
+            return None
 
     async def _load(self, name: str, version: int, sha256: str, path: Path) -> LoadedModel:
         loaded = await asyncio.to_thread(

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from edge_agent.errors import AgentError, MqttDisconnectedError, MqttSubscribeError
 from edge_agent.mqtt import AgentMqtt, Message
-from edge_agent.update.updater import INTERNAL_ERROR
-from edge_protocol import Assignment, Envelope, RejectedError
+from edge_agent.mqtt.link import LinkState
+from edge_agent.storage.state import StateStore
+from edge_agent.update.fetch import MqttChunkFetcher
+from edge_agent.update.updater import INTERNAL_ERROR, Updater
+from edge_agent.uplink.reporting import Reporter
+from edge_protocol import Assignment, Envelope, RejectedError, Topics, TrustedState
 from edge_protocol.errors import ExpiredError, FormatError, TopicError
 from edge_protocol.messages import EventKind
 from edge_protocol.topics import KIND_ACKS, KIND_ARTIFACT, KIND_ASSIGNMENT, KIND_RELEASE, KIND_ROOT
-
-if TYPE_CHECKING:
-    from edge_agent.agent import Agent
 
 log = logging.getLogger(__name__)
 ROOT_KEY = "trust/root.json"  # the key of the root's writes in the updater's PendingWrites
@@ -88,23 +89,55 @@ class Subscriptions:
         return self.client
 
 
-class Dispatcher:
-    """Handles connection events and every message for the agent."""
+@dataclass(frozen=True)
+class Device:
+    """Who the messages are for: the device's id, its topics and the models it follows."""
 
-    def __init__(self, agent: Agent) -> None:
-        self._agent = agent
+    device_id: str
+    topics: Topics
+    follows: Callable[[str], bool]
+
+
+class Dispatcher:
+    """Handles connection events and every message for the agent.
+
+    Its collaborators are passed in, each for what the dispatcher does with it: the trust
+    verifies documents, the updater acts on them, the reporter answers, the subscriptions and
+    the link follow the connection, the chunk fetcher takes artifact chunks, and `states`
+    keeps the newest root on disk.
+    """
+
+    def __init__(
+        self,
+        device: Device,
+        *,
+        trust: TrustedState,
+        updater: Updater,
+        reporter: Reporter,
+        subscriptions: Subscriptions,
+        link: LinkState,
+        chunks: MqttChunkFetcher,
+        states: StateStore,
+    ) -> None:
+        self._device = device
+        self._trust = trust
+        self._updater = updater
+        self._reporter = reporter
+        self._subscriptions = subscriptions
+        self._link = link
+        self._chunks = chunks
+        self._states = states
         self._pending_roots: dict[int, bytes] = {}
         self.handler_errors = 0  # messages whose handling raised, since start
 
     async def connected(self, client: AgentMqtt) -> None:
         """On each connection: follow the trust and assignment topics, report, resume."""
-        agent = self._agent
-        topics, device = agent.topics, agent.config.device_id
-        await agent.subscriptions.subscribe_many([topics.all_roots(), topics.assignment(device)])
-        await agent.subscriptions.renew(client)
-        agent.link.connected(session_present=client.session_present)
+        topics, device = self._device.topics, self._device.device_id
+        await self._subscriptions.subscribe_many([topics.all_roots(), topics.assignment(device)])
+        await self._subscriptions.renew(client)
+        self._link.connected(session_present=client.session_present)
         registry_acks = await self._follow_acks(client)
-        await agent.reporter.connected(client, registry_acks=registry_acks)
+        await self._reporter.connected(client, registry_acks=registry_acks)
 
     async def _follow_acks(self, client: AgentMqtt) -> bool:
         """Subscribe to the registry's acks, before anything is sent that they would answer.
@@ -112,7 +145,7 @@ class Dispatcher:
         A broker whose access rules predate acks refuses the subscription: the connection
         goes on, and the broker's PUBACK is then what deletes a spooled message.
         """
-        topic = self._agent.topics.acks(self._agent.config.device_id)
+        topic = self._device.topics.acks(self._device.device_id)
         try:
             await client.subscribe(topic)
         except MqttSubscribeError as e:
@@ -122,36 +155,37 @@ class Dispatcher:
 
     def disconnected(self, error: Exception) -> None:
         """Forget the lost connection."""
-        self._agent.subscriptions.client = None
-        self._agent.link.disconnected()
-        self._agent.reporter.disconnected()
+        self._subscriptions.client = None
+        self._link.disconnected()
+        self._reporter.disconnected()
 
     async def handler_failed(self, message: Message, error: Exception) -> None:
         """A bug met while handling a message (logged by the MQTT loop): report it upstream."""
         self.handler_errors += 1
         detail = f"handling a message on {message.topic} failed: {error!r}"
-        await self._agent.reporter.event(EventKind.FAILED, reason=INTERNAL_ERROR, detail=detail)
+        await self._reporter.event(EventKind.FAILED, reason=INTERNAL_ERROR, detail=detail)
 
     async def handle(self, message: Message) -> None:
         """Route one message by its topic."""
         try:
-            ref = self._agent.topics.parse(message.topic)
+            ref = self._device.topics.parse(message.topic)
         except TopicError:
             log.debug("ignoring a message on %s", message.topic)
             return
+        device_id = self._device.device_id
         if ref.kind == KIND_ARTIFACT:
-            self._agent.mqtt_fetcher.feed(message.topic, message.payload)
+            self._chunks.feed(message.topic, message.payload)
         elif ref.kind == KIND_RELEASE and ref.number is not None:
-            self._agent.updater.on_release(ref.name, ref.number, message.payload)
+            self._updater.on_release(ref.name, ref.number, message.payload)
         elif ref.kind == KIND_ROOT and ref.number is not None and message.payload:
             await self._on_root(ref.number, message.payload)
-        elif ref.kind == KIND_ASSIGNMENT and ref.name == self._agent.config.device_id:
+        elif ref.kind == KIND_ASSIGNMENT and ref.name == device_id:
             await self._on_assignment(message.payload)
-        elif ref.kind == KIND_ACKS and ref.name == self._agent.config.device_id:
-            await self._agent.reporter.on_ack(message.payload)
+        elif ref.kind == KIND_ACKS and ref.name == device_id:
+            await self._reporter.on_ack(message.payload)
 
     async def _on_root(self, version: int, payload: bytes) -> None:
-        trust = self._agent.trust
+        trust = self._trust
         if version <= trust.root.version:
             return
         self._pending_roots[version] = payload
@@ -161,36 +195,36 @@ class Dispatcher:
             try:
                 trust.update_root(data)
             except RejectedError as e:
-                await self._agent.reporter.event(
+                await self._reporter.event(
                     EventKind.REJECTED, reason=e.reason, detail=f"root v{nxt}: {e}"
                 )
                 return
             log.info("trusting root version %d", nxt)
             await self._save_root(nxt, data)
-            await self._agent.reporter.publish_state()
+            await self._reporter.publish_state()
 
     async def _save_root(self, version: int, data: bytes) -> None:
         """Keep the newest trusted root on disk; a refused write is retried until it lands."""
-        save = functools.partial(self._agent.states.save_root, data)
-        refused = await self._agent.updater.writes.write(ROOT_KEY, save)
+        save = functools.partial(self._states.save_root, data)
+        # The updater's PendingWrites: one retry schedule for every state file of the device.
+        refused = await self._updater.writes.write(ROOT_KEY, save)
         if refused is not None:
             detail = f"root v{version} is trusted but not yet saved ({refused}); retrying"
-            await self._agent.reporter.event(EventKind.FAILED, reason=refused.reason, detail=detail)
+            await self._reporter.event(EventKind.FAILED, reason=refused.reason, detail=detail)
 
     async def _assignment_rejected(self, payload: bytes, error: RejectedError) -> None:
         """Report the refusal, per followed model it names when the registry signed it."""
         log.warning("rejected an assignment: %s", error)
-        agent = self._agent
-        named = _signed_models(payload, error, agent.config.device_id)
+        named = _signed_models(payload, error, self._device.device_id)
         followed = [
-            (model, version, seq) for model, version, seq in named if agent.config.follows(model)
+            (model, version, seq) for model, version, seq in named if self._device.follows(model)
         ]
         if not followed:
-            await agent.reporter.event(
+            await self._reporter.event(
                 EventKind.REJECTED, reason=error.reason, detail=f"assignment: {error}"
             )
         for model, version, seq in followed:
-            await agent.reporter.event(
+            await self._reporter.event(
                 EventKind.REJECTED, model=model, version=version, reason=error.reason,
                 detail=f"assignment {seq}: {error}", seq=seq,
             )  # fmt: skip
@@ -198,14 +232,14 @@ class Dispatcher:
     async def _on_assignment(self, payload: bytes) -> None:
         if not payload:
             return
-        agent = self._agent
         try:
-            assignment = agent.trust.verify_assignment(payload)
+            # Moves the trust's high-water mark, which the updater records before acting.
+            assignment = self._trust.verify_assignment(payload)
         except RejectedError as e:
             await self._assignment_rejected(payload, e)
             return
         try:
-            await agent.updater.accept(assignment, agent.trust.assignment_digest)
+            await self._updater.accept(assignment)
         except AgentError as e:
             log.error("cannot apply assignment %d: %s", assignment.seq, e)
 

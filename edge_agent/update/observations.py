@@ -95,11 +95,19 @@ def predicted_labels(outputs: Mapping[str, Any], io: ModelIO) -> list[Hashable] 
     Only a declared label output counts: a float matrix may as well be several regression
     targets as class scores.
     """
-    labels = [s for s in io.outputs if s.datatype in _LABEL_TYPES and s.name in outputs]
-    if not labels:
+    name = label_output(outputs, io)
+    if name is None:
         return None
-    values: list[Hashable] = np.asarray(outputs[labels[0].name]).reshape(-1).tolist()
+    values: list[Hashable] = np.asarray(outputs[name]).reshape(-1).tolist()
     return values
+
+
+def label_output(outputs: Mapping[str, Any], io: ModelIO) -> str | None:
+    """The name of the first integer or string output present in `outputs`, if any."""
+    for spec in io.outputs:
+        if spec.datatype in _LABEL_TYPES and spec.name in outputs:
+            return spec.name
+    return None
 
 
 def non_finite(outputs: Mapping[str, Any], io: ModelIO) -> bool:

@@ -69,6 +69,9 @@ class Updater:
         unsubscribe: Callable[[str], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self._config = config
+        # The last accepted assignment's seq and digest belong to `trust`, which moves them as
+        # it verifies; state.json's copy is stamped from it at every write (`_write_state`).
+        self._trust = trust
         self._states = states
         self.state = states.load()
         self._persisted = self.state  # what state.json holds: retention keeps its models too
@@ -90,13 +93,30 @@ class Updater:
         )  # fmt: skip
         self._waiting: Assignment | None = None  # accepted, but its seq is not on disk yet
         self._uncommitted: set[str] = set()  # passed probation; the commit waits for the disk
-        self.phases: dict[str, UpdatePhase] = {}
-        self.last_errors: dict[str, str | None] = {}
+        self._phases: dict[str, UpdatePhase] = {}
+        self._last_errors: dict[str, str | None] = {}
 
     @property
     def pending_writes(self) -> list[str]:
         """The state files the disk refused and that are being retried."""
         return self.writes.keys
+
+    def phase(self, name: str) -> UpdatePhase:
+        """Where the update of `name` stands (idle when none ever ran)."""
+        return self._phases.get(name, UpdatePhase.IDLE)
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """Each model's part of the state message: active, previous, phase and last error."""
+        models: dict[str, dict[str, Any]] = {}
+        for name in sorted({*self.state.models, *self._phases}):
+            model_state = self.state.model(name)
+            models[name] = {
+                "active": model_state.active.to_dict() if model_state.active else None,
+                "previous": model_state.previous.to_dict() if model_state.previous else None,
+                "phase": self.phase(name),
+                "last_error": self._last_errors.get(name),
+            }
+        return models
 
     # --- start-up ---------------------------------------------------------------------------
 
@@ -135,7 +155,7 @@ class Updater:
         task = asyncio.create_task(
             self._guarded(name, active.version, work), name=f"probation {name}"
         )
-        self._track(Job(name, active, self.state.assignment_seq, task))
+        self._track(Job(name, active, self._trust.assignment_seq, task))
 
     async def _fall_back(self, name: str, model_state: ModelState) -> None:
         previous = model_state.previous
@@ -146,17 +166,16 @@ class Updater:
 
     # --- inputs ---------------------------------------------------------------------------
 
-    async def accept(self, assignment: Assignment, digest: str | None) -> None:
-        """Record a verified assignment's seq and digest, then act on it (protocol.md 5.3).
+    async def accept(self, assignment: Assignment) -> None:
+        """Record the assignment the trust just verified, then act on it (protocol.md 5.3).
 
         Nothing is acted on before its seq is on disk. When the disk refuses it, every model
         the assignment changes reports `failed` with the reason, and the assignment waits: it
         is applied when the write lands (a newer assignment takes its place).
         """
-        state = self.state
-        unsaved = (assignment.seq, digest) != (state.assignment_seq, state.assignment_digest)
+        on_disk = (self._persisted.assignment_seq, self._persisted.assignment_digest)
+        unsaved = self._mark() != on_disk
         if unsaved or STATE_KEY in self.writes.keys:
-            self.state = replace(state, assignment_seq=assignment.seq, assignment_digest=digest)
             self._waiting = None  # replaced, whatever happens next
             refused = await self._write_state()
             if refused is not None:
@@ -322,7 +341,7 @@ class Updater:
             f"v{target.version} passed probation and keeps serving, but its commit could not "
             f"be written ({refused}); retrying until it lands"
         )
-        self.last_errors[name] = detail
+        self._last_errors[name] = detail
         await self._reporter.event(
             EventKind.FAILED,
             model=name,
@@ -345,10 +364,10 @@ class Updater:
             return
         failures = {
             **model_state.failed,
-            (failed.version, failed.sha256): self.state.assignment_seq,
+            (failed.version, failed.sha256): self._trust.assignment_seq,
         }
         await self._save(name, ModelState(active=previous, failed=failures))
-        self.last_errors[name] = str(error)
+        self._last_errors[name] = str(error)
         await self._reporter.event(
             EventKind.ROLLED_BACK, model=name, version=failed.version, reason=_reason(error),
             detail=str(error), to_version=previous.version,
@@ -361,7 +380,7 @@ class Updater:
         model_state = self.state.model(name)
         failures = {
             **model_state.failed,
-            (failed.version, failed.sha256): self.state.assignment_seq,
+            (failed.version, failed.sha256): self._trust.assignment_seq,
         }
         repository = self._activator.repository
         served = name in repository and repository.get(name).version == failed.version
@@ -397,7 +416,7 @@ class Updater:
     ) -> None:
         """Report an update that ended without a model to probate."""
         log.warning("%s v%d %s: %s", name, version, kind, detail)
-        self.last_errors[name] = detail
+        self._last_errors[name] = detail
         await self._reporter.event(
             kind, model=name, version=version, reason=reason, detail=detail, **extra
         )
@@ -410,13 +429,13 @@ class Updater:
             if not self._changes(name, pinned):
                 continue
             log.warning("%s v%d waits: %s", name, pinned.version, detail)
-            self.last_errors[name] = detail
+            self._last_errors[name] = detail
             await self._reporter.event(
                 EventKind.FAILED, model=name, version=pinned.version, reason=refused.reason,
                 detail=detail, seq=assignment.seq,
             )  # fmt: skip
             # An update under way keeps its own phase; one that is only tidying up is idle.
-            if name not in self._jobs or self.phases.get(name) == UpdatePhase.IDLE:
+            if name not in self._jobs or self.phase(name) == UpdatePhase.IDLE:
                 await self._set_phase(name, UpdatePhase.FAILED)
 
     # --- helpers ----------------------------------------------------------------------------
@@ -429,7 +448,13 @@ class Updater:
         return refused
 
     async def _write_state(self) -> StoreError | None:
+        seq, digest = self._mark()
+        self.state = replace(self.state, assignment_seq=seq, assignment_digest=digest)
         return await self.writes.write(STATE_KEY, self._state_write(self.state))
+
+    def _mark(self) -> tuple[int, str | None]:
+        """The last accepted assignment's (seq, digest), as the trust holds them."""
+        return self._trust.assignment_seq, self._trust.assignment_digest
 
     def _state_write(self, state: AgentState) -> Write:
         def write() -> None:
@@ -443,10 +468,7 @@ class Updater:
         if key != STATE_KEY:
             return
         for name in sorted(self._uncommitted):
-            if (
-                self.phases.get(name) == UpdatePhase.FAILED
-                and not self.state.model(name).in_probation
-            ):
+            if self.phase(name) == UpdatePhase.FAILED and not self.state.model(name).in_probation:
                 log.info("%s: the commit is on disk", name)
                 await self._set_phase(name, UpdatePhase.IDLE)
         self._uncommitted.clear()
@@ -456,7 +478,7 @@ class Updater:
             self.apply(waiting)
 
     async def _set_phase(self, name: str, phase: UpdatePhase) -> None:
-        self.phases[name] = phase
+        self._phases[name] = phase
         self._activator.metrics.set_update_state(name, phase)
         await self._reporter.publish_state()
 

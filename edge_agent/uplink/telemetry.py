@@ -26,15 +26,16 @@ import numpy as np
 from edge_agent import __version__
 from edge_agent.config.settings import TelemetrySettings
 from edge_agent.metrics import AgentMetrics
-from edge_agent.runtime.model import Array
+from edge_agent.runtime.model import LoadedModel
+from edge_agent.uplink.drift import DriftCounts, fit_bins
+from edge_agent.uplink.features import FeatureSummary
 from edge_agent.uplink.reporting import Reporter
+from edge_protocol import ModelIO
 from edge_protocol.messages import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
-MAX_FEATURES = 64  # columns summarized per input: the first ones of each flattened row
 LATENCY_SAMPLES = 2048  # per model version and interval; beyond, a uniform reservoir sample
-MERGE_ROWS = 64  # rows of requests kept before they are merged into a summary
 MAX_INPUTS = 16  # inputs summarized per model (the first ones by name)
 STATUS_CLASSES = ("2xx", "4xx", "5xx")
 NO_VERSION = "none"  # requests that named no served model
@@ -98,117 +99,6 @@ class BatchStats:
                 "max": self.max}  # fmt: skip
 
 
-class FeatureSummary:
-    """Per-column statistics of one numeric input over one interval, merged block by block.
-
-    Means and variances merge with Chan et al.'s parallel formula, which stays accurate where
-    sum-of-squares cancels. Non-finite values are counted apart and left out of the rest.
-    Requests are kept (their summarized columns, as float64) until MERGE_ROWS rows have come
-    and then merged as one block: the dozen numpy passes of a merge cost the same for one row
-    as for sixty-four, and most requests on a device are one row.
-    """
-
-    def __init__(self) -> None:
-        self.rows = 0
-        self.features = 0  # columns per row of the tensor, before the cap
-        # count, mean, m2 (sum of squared deviations), min, max, nan, inf: one array each
-        self._stats: dict[str, Array] = {}
-        self._width = 0  # columns summarized; a dynamic dimension may narrow it
-        self._pending: list[Array] = []
-        self._pending_rows = 0
-
-    @staticmethod
-    def accepts(value: Any) -> bool:
-        """Whether `value` is a numeric tensor (integers or floats; not bool, not bytes)."""
-        return isinstance(value, np.ndarray) and value.dtype.kind in "iuf"
-
-    def add(self, value: Array) -> None:
-        """Count one request's tensor: dimension 0 is rows, the rest is flattened to columns."""
-        rows = value.shape[0] if value.ndim else 1
-        if rows == 0:
-            return
-        matrix = value.reshape(rows, -1)
-        if not self.rows:
-            self.features = matrix.shape[1]
-            self._width = min(matrix.shape[1], MAX_FEATURES)
-            self._stats = _batch_stats(np.zeros((0, self._width)))
-        if matrix.shape[1] < self._width:
-            self._merge_pending()
-            self._width = matrix.shape[1]
-        self._pending.append(matrix[:, : self._width].astype(np.float64))
-        self._pending_rows += rows
-        self.rows += rows
-        if self._pending_rows >= MERGE_ROWS:
-            self._merge_pending()
-
-    def _merge_pending(self) -> None:
-        if not self._pending:
-            return
-        block = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
-        self._pending, self._pending_rows = [], 0
-        width = block.shape[1]
-        old = {key: column[:width] for key, column in self._stats.items()}
-        new = _batch_stats(block)
-        total = old["count"] + new["count"]
-        share = np.divide(new["count"], total, out=np.zeros(width), where=total > 0)
-        delta = new["mean"] - old["mean"]
-        self._stats = {
-            "count": total,
-            "mean": old["mean"] + delta * share,
-            "m2": old["m2"] + new["m2"] + np.square(delta) * old["count"] * share,
-            "min": np.minimum(old["min"], new["min"]),
-            "max": np.maximum(old["max"], new["max"]),
-            "nan": old["nan"] + new["nan"],
-            "inf": old["inf"] + new["inf"],
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report entry: one list per statistic, one element per summarized column."""
-        self._merge_pending()
-        stats = self._stats
-        count = stats["count"]
-        seen = count > 0
-        variance = np.divide(stats["m2"], count, out=np.zeros_like(count), where=seen)
-        return {
-            "rows": self.rows,
-            "features": self.features,
-            "summarized": len(count),
-            "count": count.astype(np.int64).tolist(),
-            "mean": _column(stats["mean"], seen),
-            "std": _column(np.sqrt(variance), seen),
-            "min": _column(stats["min"], seen),
-            "max": _column(stats["max"], seen),
-            "nan_count": stats["nan"].tolist(),
-            "inf_count": stats["inf"].tolist(),
-        }
-
-
-def _batch_stats(matrix: Array) -> dict[str, Array]:
-    """The per-column statistics of one request's rows (vectorized; empty rows give zeros)."""
-    x = np.asarray(matrix, dtype=np.float64)
-    finite, nan = np.isfinite(x), np.isnan(x)
-    count = finite.sum(axis=0).astype(np.float64)
-    total = np.where(finite, x, 0.0).sum(axis=0)
-    mean = np.divide(total, count, out=np.zeros_like(count), where=count > 0)
-    return {
-        "count": count,
-        "mean": mean,
-        "m2": np.square(np.where(finite, x - mean, 0.0)).sum(axis=0),
-        "min": np.where(finite, x, np.inf).min(axis=0, initial=np.inf),
-        "max": np.where(finite, x, -np.inf).max(axis=0, initial=-np.inf),
-        "nan": nan.sum(axis=0),
-        "inf": (~finite & ~nan).sum(axis=0),
-    }
-
-
-def _column(values: Array, seen: Array) -> list[float | None]:
-    """Seven significant digits (float32 precision); None where a column had no finite value."""
-    return [
-        float(f"{v:.7g}") if ok else None
-        for v, ok in zip(values.tolist(), seen.tolist(), strict=True)
-    ]
-
-
 @dataclass
 class Interval:
     """Everything counted since the last report."""
@@ -232,6 +122,8 @@ class TelemetryCollector:
         metrics.latency_listeners.append(self.on_request)
         metrics.batch_listeners.append(self.on_batch)
         metrics.input_listeners.append(self.on_inputs)
+        metrics.output_listeners.append(self.on_outputs)
+        self._drift = DriftCounts()  # bins and predictions per version (uplink/drift.py)
 
     def on_request(self, model: str, version: str, status: int, seconds: float) -> None:
         """AgentMetrics listener: one answered inference request."""
@@ -244,12 +136,22 @@ class TelemetryCollector:
         with self._lock:
             self._interval.batches.setdefault(model, BatchStats()).add(rows)
 
-    def on_inputs(self, model: str, inputs: Mapping[str, Any]) -> None:
+    def on_inputs(self, model: LoadedModel, inputs: Mapping[str, Any]) -> None:
         """AgentMetrics listener: the validated input tensors of one request."""
         try:
-            self._summarize(model, inputs)
+            self._summarize(model.name, inputs)
+            with self._lock:
+                self._drift.add_inputs(model.name, model.version, model.profile, inputs)
         except Exception:  # a summary must never fail the request it summarizes
-            log.exception("could not summarize the inputs of a %s request", model)
+            log.exception("could not summarize the inputs of a %s request", model.name)
+
+    def on_outputs(self, model: str, version: int, outputs: Mapping[str, Any], io: ModelIO) -> None:
+        """AgentMetrics listener: the outputs of one answered request (predictions)."""
+        try:
+            with self._lock:
+                self._drift.add_outputs(model, version, outputs, io)
+        except Exception:  # counting must never fail the request it counts
+            log.exception("could not count the predictions of a %s answer", model)
 
     def _summarize(self, model: str, inputs: Mapping[str, Any]) -> None:
         with self._lock:
@@ -266,6 +168,7 @@ class TelemetryCollector:
         """The body of a report on the interval just ended; the next interval starts now."""
         with self._lock:
             interval, self._interval = self._interval, Interval()
+            drift = self._drift.take()
         now, cpu = time.monotonic(), _cpu_seconds()
         elapsed, cpu_used = now - self._last_wall, cpu - self._last_cpu
         self._last_wall, self._last_cpu = now, cpu
@@ -274,12 +177,12 @@ class TelemetryCollector:
             "interval_s": _round(elapsed),
             "uptime_s": _round(now - self._started),
             "requests": _totals(interval.requests.values()),
-            "models": _models(interval),
+            "models": _models(interval, drift),
             "resources": self._resources(cpu, cpu_used, elapsed),
         }
         if spool is not None:
             body["spool"] = dict(spool)
-        return _fit(body)
+        return _fit(fit_bins(body))
 
     def _resources(self, cpu: float, cpu_used: float, elapsed: float) -> dict[str, Any]:
         disk = os.statvfs(self._state_dir)
@@ -346,11 +249,14 @@ class Telemetry:
                 log.exception("could not produce a telemetry report")
 
 
-def _models(interval: Interval) -> dict[str, Any]:
+def _models(interval: Interval, drift: Mapping[tuple[str, int], dict[str, Any]]) -> dict[str, Any]:
+    for model, number in drift:  # a version whose request ends in the next interval
+        interval.requests.setdefault((model, str(number)), RequestStats())
     models: dict[str, dict[str, Any]] = {}
     for (model, version), stats in sorted(interval.requests.items()):
         entry = models.setdefault(model, {"versions": {}})
-        entry["versions"][version or NO_VERSION] = stats.to_dict()
+        fields = drift.get((model, int(version)), {}) if version.isdigit() else {}
+        entry["versions"][version or NO_VERSION] = stats.to_dict() | fields
     for model, batches in sorted(interval.batches.items()):
         models.setdefault(model, {"versions": {}})["batches"] = batches.to_dict()
     for model, summaries in sorted(interval.features.items()):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from model_registry.api import deployments, devices, fleet_pages, models, system
+from model_registry.api import deployments, devices, drift, fleet_pages, models, rollouts, system
 from model_registry.api.auth import CTX_KEY, auth_middleware
 from model_registry.api.errors import error_middleware
 from model_registry.api.metrics import METRICS_KEY, RegistryMetrics, metrics_middleware
@@ -42,9 +42,16 @@ def create_app(ctx: RegistryContext, metrics: RegistryMetrics | None = None) -> 
             web.post("/v1/models/{name}/versions", models.push_version),
             web.get("/v1/models/{name}/versions/{version}", models.get_version),
             web.post("/v1/models/{name}/rollback", models.rollback_model),
+            web.get("/v1/models/{name}/drift", drift.get_drift),
             web.get("/v1/deployments", deployments.list_deployments),
             web.post("/v1/deployments", deployments.create_deployment),
             web.get("/v1/deployments/{id}", deployments.get_deployment),
+            web.get("/v1/rollouts", rollouts.list_rollouts),
+            web.post("/v1/rollouts", rollouts.create_rollout),
+            web.get("/v1/rollouts/{id}", rollouts.get_rollout),
+            web.post("/v1/rollouts/{id}/pause", rollouts.pause_rollout),
+            web.post("/v1/rollouts/{id}/resume", rollouts.resume_rollout),
+            web.post("/v1/rollouts/{id}/abort", rollouts.abort_rollout),
             web.get("/v1/devices", devices.list_devices),
             web.post("/v1/devices", devices.create_device),
             web.get("/v1/devices/{id}", devices.get_device),

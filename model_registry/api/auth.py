@@ -17,15 +17,19 @@ from datetime import timedelta
 from aiohttp import web
 
 from model_registry.api.errors import Handler
+from model_registry.api.keys import CTX_KEY, PRINCIPAL_KEY
 from model_registry.dashboard.session import check_session_request, session_token
 from model_registry.errors import AuthenticationError, NotFoundError, PermissionDeniedError
 from model_registry.mqtt.credentials import verify_password
 from model_registry.services.context import RegistryContext
 from model_registry.tokens import hash_token, role_allows
 
+# The handlers' modules import the keys from here, beside `require`.
+__all__ = [
+    "CTX_KEY", "DEVICE_OK", "PRINCIPAL_KEY", "REQUIRED_ROLE", "TOKEN_USE_RESOLUTION",
+    "auth_middleware", "require",
+]  # fmt: skip
 TOKEN_USE_RESOLUTION = timedelta(seconds=60)  # how exactly a token's `last_used` is kept
-CTX_KEY = web.AppKey("registry_context", RegistryContext)
-PRINCIPAL_KEY = web.RequestKey("principal", str)  # who made the request, for audit fields
 REQUIRED_ROLE: dict[Handler, str] = {}
 DEVICE_OK: set[Handler] = set()
 

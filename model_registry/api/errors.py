@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from edge_protocol.errors import FormatError
+from model_registry.api.keys import CTX_KEY
 from model_registry.errors import (
     AccuracyGateError,
     AuthenticationError,
@@ -76,9 +77,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 async def _with_close_names(request: web.Request, error: UnknownNameError) -> str:
     """The sentence of a 404 for a name, with the close names the registry does have."""
-    # auth imports this module for Handler; the context's key is looked up only here.
-    from model_registry.api.auth import CTX_KEY  # noqa: PLC0415
-
     if CTX_KEY not in request.app:
         return str(error)
     return await explain(request.app[CTX_KEY].storage, error)

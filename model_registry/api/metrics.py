@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -20,6 +20,7 @@ from model_registry.services.fleet import (
     connection,
     model_reports,
 )
+from model_registry.storage import ROLLOUT_STATES, RolloutRecord
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,15 @@ class GaugeSource:
     read: Callable[[], float]
 
 
+@dataclass(frozen=True)
+class FamilySource:
+    """A family of samples with labels of their own, kept elsewhere, read at scrape time."""
+
+    help: str
+    type: str
+    read: Callable[[], Iterable[tuple[Mapping[str, str], float]]]
+
+
 class RegistryMetrics:
     """Counters the API updates, and the text exposition of them and of the fleet."""
 
@@ -48,6 +58,7 @@ class RegistryMetrics:
         self.request_seconds: dict[tuple[str, str], float] = {}
         self.extra_counters: dict[str, CounterSource] = {}
         self.extra_gauges: dict[str, GaugeSource] = {}
+        self.extra_families: dict[str, FamilySource] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Record one answered request."""
@@ -67,6 +78,7 @@ class RegistryMetrics:
             ),
         )
         lines += await _fleet_lines(ctx)
+        lines += await _rollout_lines(ctx)
         for name, counter in sorted(self.extra_counters.items()):
             samples = sorted(counter.read().items())
             lines += family_lines(
@@ -74,6 +86,8 @@ class RegistryMetrics:
             )
         for name, gauge in sorted(self.extra_gauges.items()):
             lines += family_lines(name, gauge.help, "gauge", [({}, gauge.read())])
+        for name, family in sorted(self.extra_families.items()):
+            lines += family_lines(name, family.help, family.type, list(family.read()))
         return "\n".join(lines) + "\n"
 
 
@@ -139,6 +153,44 @@ async def _fleet_lines(ctx: RegistryContext) -> list[str]:
             "Models with at least one release.",
             "gauge",
             [({}, len(models))],
+        ),
+    ]
+
+
+async def _rollout_lines(ctx: RegistryContext) -> list[str]:
+    """Rollouts by state; for each active one, its wave and the devices it moved."""
+    rollouts = await ctx.storage.rollouts()
+    states = Counter(r.state for r in rollouts)
+    active = [r for r in rollouts if r.active]
+
+    def labels(r: RolloutRecord) -> dict[str, str]:
+        return {"rollout": str(r.rollout_id), "model": r.model, "version": str(r.version),
+                "group": r.group, "state": r.state}  # fmt: skip
+
+    return [
+        *family_lines(
+            "model_registry_rollouts",
+            "Rollouts by state.",
+            "gauge",
+            (({"state": s}, states[s]) for s in ROLLOUT_STATES),
+        ),
+        *family_lines(
+            "model_registry_rollout_wave",
+            "The wave an active rollout is at (1 for the first; 0 before it starts).",
+            "gauge",
+            ((labels(r), len(r.waves)) for r in active),
+        ),
+        *family_lines(
+            "model_registry_rollout_waves_passed",
+            "Waves of an active rollout that passed their soak.",
+            "gauge",
+            ((labels(r), sum(1 for w in r.waves if w.passed is not None)) for r in active),
+        ),
+        *family_lines(
+            "model_registry_rollout_devices_moved",
+            "Devices an active rollout has moved to its version so far.",
+            "gauge",
+            ((labels(r), len(r.previous)) for r in active),
         ),
     ]
 

@@ -46,6 +46,7 @@ async def push_version(request: web.Request) -> web.Response:
         label=upload.label,
         accuracy_limit_points=upload.accuracy_limit_points,
         calibration=upload.calibration,
+        reference=upload.reference,
         allow_duplicate=upload.allow_duplicate,
         gate=replace(upload.gate, forced_by=request[PRINCIPAL_KEY]),
     )

@@ -26,7 +26,7 @@ from model_registry.build.npz import read_npz_bytes
 from model_registry.errors import InvalidInputError, TooLargeError, UnsupportedMediaError
 
 READ_BLOCK = 64 * 1024
-FILE_FIELDS = ("model", "eval", "calibration")
+FILE_FIELDS = ("model", "eval", "calibration", "reference")
 TEXT_FIELDS = (
     "quantize", "label", "accuracy_limit", "allow_duplicate",
     "max_regression", "min_accuracy", "baseline", "force",
@@ -51,6 +51,7 @@ class Upload:
     calibration: NDArray[Any] | None = None
     allow_duplicate: bool = False  # push a file identical to an earlier version's anyway
     gate: GatePolicy = field(default_factory=GatePolicy)
+    reference: NDArray[Any] | None = None  # rows X the drift profile is made of
 
 
 async def read_upload(request: web.Request, limit: int, dataset_limit: int) -> Upload:
@@ -151,18 +152,24 @@ def _upload(fields: dict[str, bytes], dataset_limit: int) -> Upload:
     if fields.get("eval"):
         what = "the uploaded evaluation set"
         eval_set = parse_eval_set(read_npz_bytes(fields["eval"], what, dataset_limit), what)
-    calibration = None
-    if fields.get("calibration"):
-        what = "the uploaded calibration rows"
-        calibration = read_npz_bytes(fields["calibration"], what, dataset_limit).get("X")
-        if calibration is None:
-            raise InvalidInputError("the calibration .npz has no array named X")
     limit = _points(fields, "accuracy_limit", 0)
     limit = 1.0 if limit is None else limit
     return Upload(
-        model, quantize, label, eval_set, limit, calibration,
+        model, quantize, label, eval_set, limit, _rows(fields, "calibration", dataset_limit),
         allow_duplicate=_flag(fields, "allow_duplicate"), gate=_gate(fields),
+        reference=_rows(fields, "reference", dataset_limit),
     )  # fmt: skip
+
+
+def _rows(fields: dict[str, bytes], name: str, dataset_limit: int) -> NDArray[Any] | None:
+    """The array X of the uploaded .npz `name` (calibration or reference rows), if sent."""
+    if not fields.get(name):
+        return None
+    what = f"the uploaded {name} rows"
+    rows = read_npz_bytes(fields[name], what, dataset_limit).get("X")
+    if rows is None:
+        raise InvalidInputError(f"the {name} .npz has no array named X")
+    return rows
 
 
 def _gate(fields: dict[str, bytes]) -> GatePolicy:

@@ -11,7 +11,7 @@ from typing import Any
 
 from numpy.typing import NDArray
 
-from edge_protocol import ModelIO, SelfTest
+from edge_protocol import ModelIO, Profile, SelfTest
 from model_registry.build.batching import share_batch_dimension
 from model_registry.build.convert import ConversionReport
 from model_registry.build.datasets import EvalSet, check_features, load_eval_set, parse_eval_set
@@ -23,6 +23,7 @@ from model_registry.build.evaluate import (
     evaluate,
     resolve_task,
 )
+from model_registry.build.profile import make_profile
 from model_registry.build.quantize import QuantizationResult, quantize_model
 from model_registry.build.report import build_report
 from model_registry.build.runtime import LoadedModel, check_rows_fit, load_model
@@ -43,6 +44,7 @@ class BuildResult:
     selftest: SelfTest
     report: dict[str, Any]
     evaluation: Evaluation | None = None  # what the champion gate compares (services)
+    profile: Profile | None = None  # the reference profile drift is measured against
 
 
 def build(
@@ -56,11 +58,15 @@ def build(
     task: str | None = None,
     conversion: ConversionReport | None = None,
     selftest_rows: int = DEFAULT_ROWS,
+    reference_rows: NDArray[Any] | None = None,
 ) -> BuildResult:
     """Quantize (if asked), evaluate and gate, self-test and report an ONNX model."""
     _check_options(quantize, calibration, accuracy_limit_points, source)
     reference = load_model(model_bytes)
     calibration = _check_data(reference, eval_set, calibration)
+    if reference_rows is not None:  # checked before the long steps, for a quick answer
+        reference_rows = check_features(reference_rows, "the reference rows")
+        check_rows_fit(reference.io, reference_rows, "the reference rows")
     quantization = _quantize(model_bytes, quantize, calibration)
     quantized = quantization.method != "none"
     artifact = _load_artifact(quantization, reference) if quantized else reference
@@ -86,7 +92,19 @@ def build(
         conversion=conversion,
     )
     report["batch_dimension"] = batch_dimension
-    return BuildResult(artifact.model_bytes, artifact.io, selftest, report, evaluation)
+    profile, report["profile_source"] = _profile(artifact, eval_set, reference_rows)
+    return BuildResult(artifact.model_bytes, artifact.io, selftest, report, evaluation, profile)
+
+
+def _profile(
+    artifact: LoadedModel, eval_set: EvalSet | None, reference: NDArray[Any] | None
+) -> tuple[Profile | None, str]:
+    """The drift profile, from the reference rows or else the evaluation set, and its source."""
+    if reference is not None:
+        return make_profile(artifact, reference), "reference set"
+    if eval_set is not None:
+        return make_profile(artifact, eval_set.X), "evaluation set"
+    return None, "none"
 
 
 def _check_options(

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from model_registry.cli import deployments, fleet, keys, local, remote
+from model_registry.cli import deployments, drift, fleet, keys, local, remote, rollouts
 from model_registry.cli.display import printable
 from model_registry.cli.follow import EXIT_INTERRUPTED, FollowInterruptedError
 from model_registry.cli.parser import build_parser
@@ -30,10 +30,17 @@ COMMANDS: dict[str, Command] = {
     "push": remote.push,
     "models": remote.models,
     "versions": remote.versions,
+    "drift": drift.drift,
     "deploy": deployments.deploy,
     "rollback": deployments.rollback,
     "deployments list": deployments.deployments_list,
     "deployments show": deployments.deployments_show,
+    "rollout start": rollouts.start,
+    "rollout status": rollouts.status,
+    "rollout list": rollouts.listing,
+    "rollout pause": rollouts.pause,
+    "rollout resume": rollouts.resume,
+    "rollout abort": rollouts.abort,
     "devices add": remote.devices_add,
     "devices list": remote.devices_list,
     "devices show": fleet.devices_show,
@@ -56,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.command,
             getattr(args, "devices_command", None),
             getattr(args, "deployments_command", None),
+            getattr(args, "rollout_command", None),
             getattr(args, "token_command", None),
             getattr(args, "keys_command", None),
         )

@@ -29,7 +29,7 @@ STATUS_ORDER = (
 )  # fmt: skip
 MOVING = frozenset({"pending", "downloading", "probation"})
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command Ctrl-C stopped
-_UP_AND_CLEAR = "\x1b[{lines}F\x1b[J"  # cursor up to the block's first line, erase to the end
+UP_AND_CLEAR = "\x1b[{lines}F\x1b[J"  # cursor up to the block's first line, erase to the end
 
 
 class FollowInterruptedError(RegistryError):
@@ -135,7 +135,7 @@ class ProgressView:
         if len(devices) > room:
             lines.append(f"    ... and {len(devices) - room} more")
         if self._drawn:
-            self._out.write(_UP_AND_CLEAR.format(lines=self._drawn))
+            self._out.write(UP_AND_CLEAR.format(lines=self._drawn))
         for line in lines:
             self._out.write(printable(line) + "\n")
         self._drawn = len(lines)

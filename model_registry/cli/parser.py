@@ -8,6 +8,7 @@ from typing import cast
 
 from edge_common.usage import CommandParser
 from model_registry import __version__
+from model_registry.cli.rollout_parser import add_rollout_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _local_commands(commands)
     _model_commands(commands)
+    add_rollout_commands(commands, _api, _json)
     _fleet_commands(commands)
     _key_commands(commands)
     return parser
@@ -139,6 +141,11 @@ def _model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     push.add_argument(
         "--calibration", metavar="DATA.npz", help="rows X for static QDQ quantization"
     )
+    push.add_argument(
+        "--reference",
+        metavar="DATA.npz",
+        help="rows X the drift profile is made of (default: the --eval rows)",
+    )
     push.add_argument("--label", default="")
     push.add_argument(
         "--accuracy-limit", type=float, default=1.0, help="largest allowed drop, in points"
@@ -159,6 +166,8 @@ def _model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     _api(versions)
     versions.add_argument("name")
     _json(versions)
+
+    _drift_command(commands)
 
     deploy = commands.add_parser("deploy", help="deploy a version to a group or devices")
     _api(deploy)
@@ -190,6 +199,19 @@ def _model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     one.add_argument("id", type=int, metavar="ID")
     _wait(one)
     _json(one)
+
+
+def _drift_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    drift = commands.add_parser(
+        "drift", help="how far inputs and predictions moved from the release's profile"
+    )
+    _api(drift)
+    drift.add_argument("name")
+    drift.add_argument("--device", metavar="ID", help="only this device's rows")
+    drift.add_argument(
+        "--window", metavar="DURATION", help="30m, 1h, 2d... (default [drift] window_s)"
+    )
+    _json(drift)
 
 
 def _champion_gate(push: argparse.ArgumentParser) -> None:

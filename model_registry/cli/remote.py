@@ -65,6 +65,8 @@ def push(args: argparse.Namespace) -> int:
         fields["eval"] = Path(args.eval).read_bytes()
     if args.calibration:
         fields["calibration"] = Path(args.calibration).read_bytes()
+    if args.reference:
+        fields["reference"] = Path(args.reference).read_bytes()
     fields["max_regression"] = str(args.max_regression).encode()
     if args.min_accuracy is not None:
         fields["min_accuracy"] = str(args.min_accuracy).encode()
@@ -91,6 +93,9 @@ def _naming_the_files(error: ApiError, args: argparse.Namespace) -> ApiError:
         ("the uploaded evaluation set", "--eval", args.eval),
         ("the uploaded calibration rows", "--calibration", args.calibration),
         ("the calibration .npz", "--calibration", args.calibration),
+        ("the uploaded reference rows", "--reference", args.reference),
+        ("the reference .npz", "--reference", args.reference),
+        ("the reference rows", "--reference", args.reference),
     ]:
         if path:
             text = text.replace(words, f"{option} {path}")

@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from model_registry.api.auth import require
+from model_registry.dashboard.headers import SECURITY_HEADERS
 from model_registry.errors import UnavailableError
 from model_registry.services.context import RegistryContext
 
@@ -139,9 +140,6 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream(request: web.Request, hub: LiveHub) -> web.StreamResponse:
-    # Imported here: routes imports this module for the route table.
-    from model_registry.dashboard.routes import SECURITY_HEADERS  # noqa: PLC0415
-
     response = web.StreamResponse(
         headers={
             **SECURITY_HEADERS,

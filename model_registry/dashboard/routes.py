@@ -17,6 +17,7 @@ from aiohttp import web
 from model_registry.api.auth import CTX_KEY, token_role
 from model_registry.api.errors import Handler
 from model_registry.api.params import field, json_body
+from model_registry.dashboard.headers import SECURITY_HEADERS
 from model_registry.dashboard.live import events
 from model_registry.dashboard.session import (
     MAX_COOKIE_CHARS,
@@ -28,18 +29,6 @@ from model_registry.dashboard.session import (
 )
 from model_registry.errors import AuthenticationError, NotFoundError
 
-CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
-    " connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'none';"
-    " frame-ancestors 'none'"
-)
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
 _TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css"}
 
 

@@ -104,29 +104,62 @@ async def deploy_once(
         if key is not None and (earlier := await replayed(ctx, key)) is not None:
             return earlier, True
         devices = await _resolve(ctx, target)
-        now = ctx.clock()
-        record = DeploymentRecord(
-            deployment_id=0,
-            model=model,
-            version=version,
-            target_kind=target.kind,
-            target=target.label,
-            device_ids=tuple(d.device_id for d in devices),
-            created=now.replace(microsecond=0),
-            deadline=now.replace(microsecond=0) + timedelta(seconds=ctx.config.deploy.deadline_s),
-            created_by=created_by,
-            kind=kind,
-            idempotency_key=key.key if key is not None else None,
-            request_digest=key.digest if key is not None else None,
+        record, signed = await prepare_deployment(
+            ctx, release, devices, target, created_by=created_by, kind=kind, key=key
         )
-        signed = await _sign_assignments(ctx, devices, release, now)
         # One transaction: the deployment is stored with every assignment or not at all.
         deployment_id = await ctx.storage.add_deployment(record, signed)
-        await _announce_release(ctx, release)
-        if ctx.publisher is not None:
-            await ctx.publisher.publish_assignments({u.device_id: u.envelope for u in signed})
+        await publish_deployment(ctx, release, signed)
     log.info("%s %s v%d to %s (%d devices)", kind, model, version, target.label, len(devices))
     return await ctx.storage.get_deployment(deployment_id), False
+
+
+async def prepare_deployment(
+    ctx: RegistryContext,
+    release: ReleaseRecord,
+    devices: list[DeviceRecord],
+    target: Target,
+    *,
+    created_by: str,
+    kind: str = "deploy",
+    key: RequestKey | None = None,
+    deadline_s: float | None = None,
+) -> tuple[DeploymentRecord, list[AssignmentUpdate]]:
+    """The deployment of `release` to `devices` and their signed assignments, not yet stored.
+
+    The caller holds `ctx.state_lock`, stores both in one transaction (`add_deployment`, or
+    with a rollout's change), then calls `publish_deployment`.
+    """
+    now = ctx.clock()
+    created = now.replace(microsecond=0)
+    lifetime = ctx.config.deploy.deadline_s if deadline_s is None else deadline_s
+    record = DeploymentRecord(
+        deployment_id=0,
+        model=release.model,
+        version=release.version,
+        target_kind=target.kind,
+        target=target.label,
+        device_ids=tuple(d.device_id for d in devices),
+        created=created,
+        deadline=created + timedelta(seconds=lifetime),
+        created_by=created_by,
+        kind=kind,
+        idempotency_key=key.key if key is not None else None,
+        request_digest=key.digest if key is not None else None,
+    )
+    return record, await _sign_assignments(ctx, devices, release, now)
+
+
+async def publish_deployment(
+    ctx: RegistryContext, release: ReleaseRecord, signed: list[AssignmentUpdate]
+) -> None:
+    """Publish a stored deployment: the release and its chunks first, then the assignments.
+
+    A registry killed before this publishes them at its next start (`sync_broker`).
+    """
+    await _announce_release(ctx, release)
+    if ctx.publisher is not None:
+        await ctx.publisher.publish_assignments({u.device_id: u.envelope for u in signed})
 
 
 async def replayed(ctx: RegistryContext, key: RequestKey) -> DeploymentRecord | None:

@@ -37,6 +37,7 @@ class PushRequest:
     calibration: NDArray[Any] | None = None  # rows for static QDQ quantization
     allow_duplicate: bool = False  # build a new version even of bytes an earlier one has
     gate: GatePolicy = field(default_factory=GatePolicy)  # the champion gate (build/champion.py)
+    reference: NDArray[Any] | None = None  # rows X the drift profile is made of (else eval_set)
 
 
 async def push_model(ctx: RegistryContext, request: PushRequest) -> ReleaseRecord:
@@ -62,6 +63,7 @@ async def push_model(ctx: RegistryContext, request: PushRequest) -> ReleaseRecor
         calibration=request.calibration,
         accuracy_limit_points=request.accuracy_limit_points,
         source=request.source,
+        reference_rows=request.reference,
     )
     verdict = await champion_verdict(ctx, request.name, request.gate, result, request.eval_set)
     # The uploaded bytes' digest: the artifact's differs once the build rewrote the model.
@@ -109,6 +111,7 @@ async def _store_next_version(
             selftest=result.selftest,
             build=result.report,
             now=ctx.clock(),
+            profile=result.profile,
         )
         record = ReleaseRecord(
             model=release.model,

@@ -12,24 +12,34 @@ from model_registry.storage.base import (
     UNKNOWN_DEVICE,
     AssignmentUpdate,
     DeploymentRecord,
-    DeviceLiveness,
     DeviceMessageRecord,
     DeviceRecord,
     DeviceReport,
     ModelSummary,
     ReleaseRecord,
-    ResourcePoint,
     Storage,
     TokenRecord,
     VersionPoint,
 )
 from model_registry.storage.blobs import BlobStore
+from model_registry.storage.drift_records import DriftRecord
+from model_registry.storage.history_records import DeviceLiveness, ResourcePoint
 from model_registry.storage.postgres import PostgresStorage
+from model_registry.storage.rollout_records import (
+    ROLLOUT_ACTIVE,
+    ROLLOUT_STATES,
+    RolloutDecision,
+    RolloutDeployment,
+    RolloutRecord,
+    RolloutWave,
+)
 from model_registry.storage.sqlite import SQLiteStorage
 
 __all__ = [
     "DUPLICATE",
     "ROLES",
+    "ROLLOUT_ACTIVE",
+    "ROLLOUT_STATES",
     "STORED",
     "UNKNOWN_DEVICE",
     "AssignmentUpdate",
@@ -39,10 +49,15 @@ __all__ = [
     "DeviceMessageRecord",
     "DeviceRecord",
     "DeviceReport",
+    "DriftRecord",
     "ModelSummary",
     "PostgresStorage",
     "ReleaseRecord",
     "ResourcePoint",
+    "RolloutDecision",
+    "RolloutDeployment",
+    "RolloutRecord",
+    "RolloutWave",
     "SQLiteStorage",
     "Storage",
     "TokenRecord",

@@ -172,7 +172,7 @@ def set_device_group(device_id: str, group: str) -> Steps[DeviceRecord]:
 
 # Everything that refers to a device, children first (the foreign keys need that order).
 _DEVICE_ROWS = (
-    *("device_events", "telemetry", "version_points", "resource_points"),
+    *("device_events", "telemetry", "version_points", "resource_points", "drift_records"),
     *("deployment_targets", "devices"),
 )
 

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from model_registry.storage._db import Query, Steps, optional_from_text
 from model_registry.storage._fleet import _SELECT_DEVICES, _device
 from model_registry.storage._history import IN_CLAUSE_LIMIT
-from model_registry.storage.base import DeviceLiveness, DeviceRecord
+from model_registry.storage.base import DeviceRecord
+from model_registry.storage.history_records import DeviceLiveness
 
 
 def device_liveness() -> Steps[list[DeviceLiveness]]:

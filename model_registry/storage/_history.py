@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from model_registry.storage._db import Query, Row, Steps, from_text, to_text
-from model_registry.storage.base import ResourcePoint
+from model_registry.storage.history_records import ResourcePoint
 
 IN_CLAUSE_LIMIT = 500  # ids bound in one IN (...), well below both drivers' limits
 _POINT_COLUMNS = (

@@ -13,20 +13,34 @@ from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
 
 from model_registry.errors import InvalidInputError
-from model_registry.storage import _catalog, _fleet, _fleet_reads, _history, _points, _tokens
+from model_registry.storage import (
+    _catalog,
+    _drift,
+    _fleet,
+    _fleet_reads,
+    _history,
+    _points,
+    _rollouts,
+    _tokens,
+)
 from model_registry.storage._db import READ, SNAPSHOT, WRITE, ConstraintViolationError, Mode, Steps
 from model_registry.storage.base import (
     AssignmentUpdate,
     DeploymentRecord,
-    DeviceLiveness,
     DeviceMessageRecord,
     DeviceRecord,
     DeviceReport,
     ModelSummary,
     ReleaseRecord,
-    ResourcePoint,
     TokenRecord,
     VersionPoint,
+)
+from model_registry.storage.drift_records import DriftRecord
+from model_registry.storage.history_records import DeviceLiveness, ResourcePoint
+from model_registry.storage.rollout_records import (
+    RolloutDecision,
+    RolloutDeployment,
+    RolloutRecord,
 )
 
 PRUNE_DEVICES_PER_TRANSACTION = 100
@@ -232,6 +246,18 @@ class SQLStorage:
         """Delete points received before `older_than`; return how many."""
         return await self._run(WRITE, _points.prune_points, older_than)
 
+    async def add_drift_records(self, records: Sequence[DriftRecord]) -> None:
+        """Store drift status changes (one transaction)."""
+        await self._run(WRITE, _drift.add_records, records)
+
+    async def drift_records(self, model: str, limit: int = 100) -> list[DriftRecord]:
+        """Return a model's drift status changes, newest first."""
+        return await self._run(READ, _drift.records, model, limit)
+
+    async def drift_statuses(self, model: str) -> list[DriftRecord]:
+        """Return the latest drift record of each (version, device, feature) of a model."""
+        return await self._run(READ, _drift.statuses, model)
+
     async def prune_messages(self, kind: str, older_than: datetime, keep_per_device: int) -> int:
         """Delete old events or telemetry, and all but each device's newest; return the count."""
         table = _MESSAGE_TABLES.get(kind)
@@ -250,6 +276,41 @@ class SQLStorage:
     async def add_device_reports(self, reports: Sequence[DeviceReport]) -> list[str]:
         """Apply reports in order, in one transaction; return each one's outcome."""
         return await self._run(WRITE, _fleet.add_reports, reports)
+
+    # rollouts
+
+    async def add_rollout(self, rollout: RolloutRecord, decision: RolloutDecision) -> int:
+        """Store a new rollout with its first decision; ConflictError while one is active."""
+        return await self._run(WRITE, _rollouts.add_rollout, rollout, decision)
+
+    async def get_rollout(self, rollout_id: int) -> RolloutRecord:
+        """Return one rollout; raises NotFoundError."""
+        return await self._run(READ, _rollouts.get_rollout, rollout_id)
+
+    async def rollouts(
+        self, model: str | None = None, *, active: bool = False
+    ) -> list[RolloutRecord]:
+        """Return rollouts, newest first: all or of one model, all or only the active ones."""
+        return await self._run(READ, _rollouts.rollouts, model, active)
+
+    async def update_rollout(
+        self,
+        rollout: RolloutRecord,
+        deployments: Sequence[RolloutDeployment] = (),
+        decisions: Sequence[RolloutDecision] = (),
+    ) -> RolloutRecord:
+        """Store a rollout's change with its deployments and decisions, if still at its step."""
+        try:
+            return await self._run(WRITE, _rollouts.update_rollout, rollout, deployments, decisions)
+        except ConstraintViolationError as e:
+            first = deployments[0].deployment if deployments else None
+            if first is None:
+                raise
+            raise await self._run(READ, _catalog.deployment_error, e, first) from e
+
+    async def rollout_decisions(self, rollout_id: int) -> list[RolloutDecision]:
+        """Return a rollout's decisions, oldest first; raises NotFoundError."""
+        return await self._run(SNAPSHOT, _rollouts.rollout_decisions, rollout_id)
 
     # history
 

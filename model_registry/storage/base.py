@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from model_registry.storage.drift_records import DriftRecord
+from model_registry.storage.history_records import HistoryStorage, ResourcePoint
+from model_registry.storage.rollout_records import RolloutDecision, RolloutDeployment, RolloutRecord
+
 ROLES = ("viewer", "publisher", "admin")
 # What `Storage.add_device_reports` did with each report.
 STORED, DUPLICATE, UNKNOWN_DEVICE = "stored", "duplicate", "unknown_device"
@@ -139,38 +143,6 @@ class VersionPoint:
 
 
 @dataclass(frozen=True)
-class ResourcePoint:
-    """One device's resource use over `interval_s` from `at`: one report, or a bucket of them.
-
-    Every number is a sum, so points merge by adding (compaction into coarser buckets keeps
-    what readers compute): the mean RSS is `rss_bytes / rss_reports`, the CPU share
-    `cpu_seconds / interval_s`, the disk's free share `disk_free_bytes / disk_total_bytes`.
-    """
-
-    device_id: str
-    at: datetime  # when the registry received the report, or the start of the bucket
-    interval_s: float  # seconds the reports cover
-    reports: int
-    rss_bytes: float  # sum over the reports that carried it
-    rss_reports: int
-    cpu_seconds: float
-    disk_free_bytes: float  # sums over the reports that carried both disk numbers
-    disk_total_bytes: float
-    disk_reports: int
-
-
-@dataclass(frozen=True)
-class DeviceLiveness:
-    """What the fleet listing needs to filter a device without reading its state."""
-
-    device_id: str
-    group: str
-    online: bool
-    last_seen: datetime | None
-    telemetry_interval_s: float | None  # what its last online state said, as sent
-
-
-@dataclass(frozen=True)
 class DeviceReport:
     """One checked device message for `Storage.add_device_reports`.
 
@@ -197,7 +169,7 @@ class DeviceReport:
     resources: ResourcePoint | None = None  # telemetry only: stored with it, exactly once
 
 
-class Storage(Protocol):
+class Storage(HistoryStorage, Protocol):
     """Everything the registry persists, behind one async interface."""
 
     async def open(self) -> None:
@@ -252,11 +224,11 @@ class Storage(Protocol):
     async def devices(self, group: str | None = None) -> list[DeviceRecord]:
         """Return devices, all or of one group, by id."""
 
-    async def device_liveness(self) -> list[DeviceLiveness]:
-        """Return every device's group and liveness columns, by id (no state is read)."""
-
     async def devices_by_id(self, device_ids: Sequence[str]) -> list[DeviceRecord]:
         """Return the devices with these ids (unknown ids are left out), by id."""
+        ...
+
+    # history (docs/dashboard.md, "History")
 
     async def set_assignment(
         self, device_id: str, seq: int, envelope: bytes, assigned: dict[str, dict[str, Any]]
@@ -333,6 +305,7 @@ class Storage(Protocol):
         self, since: datetime, until: datetime, device_ids: Sequence[str]
     ) -> list[VersionPoint]:
         """Return every model's points of these devices received in [since, until), by time."""
+        ...
 
     async def replace_version_points(
         self,
@@ -342,6 +315,7 @@ class Storage(Protocol):
         points: Sequence[VersionPoint],
     ) -> None:
         """In one transaction, delete the devices' points in [since, until) and store `points`."""
+        ...
 
     async def prune_version_points(self, older_than: datetime) -> int:
         """Delete points received before `older_than`; return how many."""
@@ -351,35 +325,54 @@ class Storage(Protocol):
         """Delete `kind` ("events", "telemetry") before `older_than`, and all but each device's
         newest `keep_per_device`; return how many rows went."""
 
+    async def add_drift_records(self, records: Sequence[DriftRecord]) -> None:
+        """Store drift status changes (one transaction)."""
+
+    async def drift_records(self, model: str, limit: int = 100) -> list[DriftRecord]:
+        """Return a model's drift status changes, newest first."""
+        ...
+
+    async def drift_statuses(self, model: str) -> list[DriftRecord]:
+        """Return the latest drift record of each (version, device, feature) of a model."""
+        ...
+
     async def add_device_reports(self, reports: Sequence[DeviceReport]) -> list[str]:
         """Apply reports in order, in one transaction; return each one's outcome.
 
         Outcomes are STORED, DUPLICATE or UNKNOWN_DEVICE (never provisioned: nothing stored).
         """
 
-    # history (docs/dashboard.md, "History")
-    async def resource_points(
-        self, since: datetime, until: datetime, device_ids: Sequence[str] | None = None
-    ) -> list[ResourcePoint]:
-        """Return resource points with `since <= at < until`, of some devices or all, by time."""
+    # rollouts
+    async def add_rollout(self, rollout: RolloutRecord, decision: RolloutDecision) -> int:
+        """Store a new rollout (step 0) with its first decision; return its id.
 
-    async def replace_resource_points(
+        ConflictError while another rollout of the model to the group is active; NotFoundError
+        for an unknown release.
+        """
+
+    async def get_rollout(self, rollout_id: int) -> RolloutRecord:
+        """Return one rollout; raises NotFoundError."""
+
+    async def rollouts(
+        self, model: str | None = None, *, active: bool = False
+    ) -> list[RolloutRecord]:
+        """Return rollouts, newest first: all or of one model, all or only the active ones."""
+
+    async def update_rollout(
         self,
-        since: datetime,
-        until: datetime,
-        device_ids: Sequence[str],
-        points: Sequence[ResourcePoint],
-    ) -> None:
-        """In one transaction, delete the devices' points in [since, until) and store `points`."""
+        rollout: RolloutRecord,
+        deployments: Sequence[RolloutDeployment] = (),
+        decisions: Sequence[RolloutDecision] = (),
+    ) -> RolloutRecord:
+        """Store `rollout` with its deployments and decisions in one transaction; return it.
 
-    async def prune_resource_points(self, older_than: datetime) -> int:
-        """Delete resource points before `older_than`; return how many went."""
+        Only when the stored rollout is still at `rollout.step` (it is stored at step + 1, and
+        each deployment's id goes into its wave); ConflictError otherwise, and for a deployment
+        `add_deployment` would refuse: then nothing is stored.
+        """
 
-    async def history_mark(self, name: str) -> datetime | None:
-        """Return how far the compaction `name` has got, None before its first pass."""
-
-    async def set_history_mark(self, name: str, done_until: datetime) -> None:
-        """Record how far the compaction `name` has got."""
+    async def rollout_decisions(self, rollout_id: int) -> list[RolloutDecision]:
+        """Return a rollout's decisions, oldest first; raises NotFoundError."""
 
     # tokens
     async def add_token(self, name: str, role: str, token_hash: str, created: datetime) -> int:

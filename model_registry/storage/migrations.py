@@ -173,6 +173,63 @@ _VERSION_POINTS = (
     "CREATE INDEX version_points_by_time ON version_points (at)",
 )
 
+# Staged rollouts (docs/registry.md, "Rollouts"): one row per rollout, its waves, the versions
+# its devices ran before and its halt as JSON, changed by one conditional UPDATE on `step`; at
+# most one active rollout per model and group; every decision of the controller in the audit.
+_ROLLOUTS = (
+    """CREATE TABLE rollouts (
+        rollout_id {id},
+        model TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        device_group TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN
+            ('running', 'waiting', 'paused', 'halted', 'aborted', 'completed')),
+        created TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        updated TEXT NOT NULL,
+        step BIGINT NOT NULL CHECK (step >= 0),
+        waves TEXT NOT NULL,
+        previous TEXT NOT NULL,
+        halt TEXT,
+        FOREIGN KEY (model, version) REFERENCES releases (model, version)
+    )""",
+    "CREATE INDEX rollouts_by_model ON rollouts (model, rollout_id)",
+    "CREATE UNIQUE INDEX rollouts_one_active ON rollouts (model, device_group)"
+    " WHERE state IN ('running', 'waiting', 'paused')",
+    """CREATE TABLE rollout_decisions (
+        decision_id {id},
+        rollout_id BIGINT NOT NULL REFERENCES rollouts (rollout_id),
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        numbers TEXT NOT NULL
+    )""",
+    "CREATE INDEX rollout_decisions_by_rollout ON rollout_decisions (rollout_id, decision_id)",
+)
+
+# Changes of the drift status of each feature of a model version, per device and fleet-wide
+# (device_id '' ); the latest record of a key is its current status (services/drift_watch.py).
+_DRIFT_RECORDS = (
+    """CREATE TABLE drift_records (
+        record_id {id},
+        model TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        device_id TEXT NOT NULL,
+        feature TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        previous TEXT NOT NULL,
+        at TEXT NOT NULL,
+        psi DOUBLE PRECISION,
+        max_cdf_gap DOUBLE PRECISION,
+        samples BIGINT NOT NULL
+    )""",
+    "CREATE INDEX drift_records_by_key ON drift_records (model, version, device_id, feature)",
+    "CREATE INDEX drift_records_by_device ON drift_records (device_id)",
+)
+
 # The dashboard (docs/dashboard.md): each device's reporting interval beside its state, so the
 # fleet listing derives connections without reading every state; resource history, kept in
 # time buckets that the history duty compacts; how far each compaction has got; and the
@@ -207,7 +264,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "idempotency keys of deployments", _IDEMPOTENCY),
     Migration(4, "when each API token was last used", _TOKEN_USE),
     Migration(5, "per-version numbers of each telemetry report", _VERSION_POINTS),
-    Migration(6, "dashboard: device reporting intervals, resource history", _HISTORY),
+    Migration(6, "staged rollouts and their decisions", _ROLLOUTS),
+    Migration(7, "drift status changes of model versions", _DRIFT_RECORDS),
+    Migration(8, "dashboard: device reporting intervals, resource history", _HISTORY),
 )
 
 

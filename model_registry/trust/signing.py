@@ -23,6 +23,7 @@ from edge_protocol import (
     SelfTest,
     SigningKey,
 )
+from edge_protocol.profile import Profile
 
 ROOT_LIFETIME = timedelta(days=365)
 
@@ -83,6 +84,7 @@ class ReleaseSigner:
         selftest: SelfTest,
         build: dict[str, object],
         now: datetime,
+        profile: Profile | None = None,
     ) -> tuple[Release, bytes]:
         """Create and sign a release at time `now`; return it with its envelope bytes."""
         now = _whole_seconds(now)
@@ -96,6 +98,7 @@ class ReleaseSigner:
             io=io,
             selftest=selftest,
             build=dict(build),
+            profile=profile,
         )
         return release, sign_document(release.to_dict(), [self._key])
 

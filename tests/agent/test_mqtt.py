@@ -27,7 +27,8 @@ from edge_agent.errors import (
     MqttDisconnectedError,
     MqttSubscribeError,
 )
-from edge_agent.mqtt import AgentMqtt, Backoff, Message, connection, run_with_reconnect
+from edge_agent.mqtt import AgentMqtt, Backoff, Message, run_with_reconnect
+from edge_common.mqtt import connection
 from edge_protocol.topics import Topics
 from tests.agent.conftest import eventually
 from tests.support.broker import LOCALHOST, Broker, BrokerFactory, RetainedMessages, free_port
@@ -386,7 +387,7 @@ async def test_a_link_too_clogged_for_a_clean_disconnect_is_cut(
 async def test_run_with_reconnect_survives_a_broker_outage(
     broker_factory: BrokerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="edge_agent.mqtt")
+    caplog.set_level(logging.INFO, logger="edge_common.mqtt")
     broker = broker_factory.auth()
     release = TOPICS.release(unique("model"), 1)
     connects: list[bool] = []  # session_present of each connection
@@ -494,7 +495,7 @@ def test_backoff_reset_starts_over() -> None:
 async def test_run_with_reconnect_waits_at_least_reconnect_min_s_between_attempts(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="edge_agent.mqtt")
+    caplog.set_level(logging.WARNING, logger="edge_common.mqtt")
     settings = MqttSettings(url=f"mqtt://{LOCALHOST}:{free_port()}", username="dev-a")  # nobody
     endings: list[Exception] = []
 

@@ -25,7 +25,7 @@ class HandlerBugError(Exception):
 async def test_an_exception_in_a_message_handler_keeps_the_connection(
     mosquitto_auth: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="edge_agent.mqtt")
+    caplog.set_level(logging.ERROR, logger="edge_common.mqtt")
     broker, release = mosquitto_auth, TOPICS.release(unique("model"), 1)
     connects: list[AgentMqtt] = []
     endings: list[Exception] = []

@@ -22,9 +22,10 @@ from aiohttp import ClientSession
 from edge_agent.config.settings import MqttSettings, TelemetrySettings
 from edge_agent.metrics import AgentMetrics
 from edge_agent.mqtt import AgentMqtt, Backoff, Message, run_with_reconnect
+from edge_agent.uplink.features import MAX_FEATURES, FeatureSummary
 from edge_agent.uplink.reporting import Reporter
 from edge_agent.uplink.spool import Spool
-from edge_agent.uplink.telemetry import MAX_FEATURES, FeatureSummary, Telemetry, TelemetryCollector
+from edge_agent.uplink.telemetry import Telemetry, TelemetryCollector
 from edge_protocol.messages import parse_device_message, telemetry_payload
 from edge_protocol.topics import Topics
 from tests.agent.conftest import Gate, ServerFactory, eventually, infer_body, post

@@ -134,7 +134,7 @@ class Rig:
         self.seq += 1
         document = self.registry.assignment(self.seq, self.versions[version].release)
         assignment = self.trust.verify_assignment(self.registry.assignment_bytes(document))
-        await self.updater.accept(assignment, self.trust.assignment_digest)
+        await self.updater.accept(assignment)
 
     def answer(self, version: int, status: int = 200) -> None:
         """The local endpoint answered a request with `version` (what probation watches)."""
@@ -146,7 +146,7 @@ class Rig:
         return self.repository.get(MODEL).version if MODEL in self.repository else None
 
     def phase(self) -> str:
-        return self.updater.phases.get(MODEL, "idle")
+        return self.updater.phase(MODEL)
 
     def events(self) -> list[dict[str, Any]]:
         records = self.spool.take(10_000)

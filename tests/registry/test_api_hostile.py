@@ -279,7 +279,7 @@ def _cases(model: bytes) -> dict[str, Case]:
                                       "?label=a&label=b"),
     }  # fmt: skip
     for name, (make, status, complaint) in BAD_NPZ.items():
-        for field in ("eval", "calibration"):
+        for field in ("eval", "calibration", "reference"):
             body = _part("model", model) + _part("quantize", b"int8") + _part(field, make()) + END
             cases[f"{field}-{name}"] = _push(body, status, complaint)
     return cases
@@ -365,6 +365,7 @@ VALUES: list[Any] = [2**64, -(2**64), -1, 0, 1.5, True, None, "", "x" * 2000, "\
 BASE_BODIES: dict[str, dict[str, Any]] = {
     "/v1/tokens": {"role": "viewer", "name": "fuzz"},
     "/v1/deployments": {"model": "m", "version": 1, "group": "lab"},
+    "/v1/rollouts": {"model": "m", "version": 1, "group": "lab", "policy": {"soak": 1}},
     "/v1/devices": {"device_id": "fuzz-dev", "group": "lab"},
     "/v1/models/{name}/rollback": {"group": "lab"},
     "/v1/devices/{id}": {"group": "lab"},

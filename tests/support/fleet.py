@@ -46,15 +46,29 @@ class Fleet:
     registry: RegistryProcess = field(init=False)
     port: int = field(default_factory=free_port)
 
-    def start(self, chunk_size_kib: int = 256, database: str | None = None) -> None:
-        """init (on `database` if given: a postgresql:// URL), broker-config, mosquitto, serve."""
+    def start(
+        self,
+        chunk_size_kib: int = 256,
+        database: str | None = None,
+        settings: tuple[tuple[str, str], ...] = (),
+        extra_config: str = "",
+    ) -> None:
+        """init (on `database` if given: a postgresql:// URL), broker-config, mosquitto, serve.
+
+        `settings` are (line, replacement) pairs applied to the registry.toml `init` wrote;
+        `extra_config`: tables added to it before it serves.
+        """
         self.home = self.root / "home"
         cli("init", "--home", str(self.home), *(("--database", database) if database else ()))
         config = self.home / "registry.toml"
         text = config.read_text().replace(
             "chunk_size_kib = 256", f"chunk_size_kib = {chunk_size_kib}"
         )
-        config.write_text(text)
+        for line, replacement in settings:
+            if line not in text:
+                raise AssertionError(f"registry.toml has no line {line!r}")
+            text = text.replace(line, replacement)
+        config.write_text(with_settings(text, extra_config) if extra_config else text)
         self._write_broker_files()
         self.broker = self.broker_factory.from_config(
             self.root / "broker" / "mosquitto.conf", port=self.port

@@ -88,6 +88,12 @@ class RegistryProcess:
             self.process.kill()
             self.process.wait()
 
+    def kill(self) -> None:
+        """SIGKILL: the registry host lost power, as far as the database and broker can tell."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
     def _healthy(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as response:  # noqa: S310

@@ -17,7 +17,7 @@ from .haproxy import Balancer
 from .postgres import Schema, connect
 from .registry import RegistryProcess, cli
 
-DUTIES = ("maintenance", "retention")  # what runs on one replica at a time
+DUTIES = ("maintenance", "retention", "rollouts")  # what runs on one replica at a time
 _NOT_COPIED = ("serve.json", "serve.log", "serve.lock")  # what belongs to one running process
 
 

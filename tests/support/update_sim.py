@@ -272,7 +272,7 @@ class Sim:
 
     def phase(self, model: str) -> str:
         """The model's update phase."""
-        return self.live.updater.phases.get(model, "idle")
+        return self.live.updater.phase(model)
 
     def on_disk(self, model: str) -> dict[str, Any]:
         """What state.json says of `model` now."""
