@@ -15,6 +15,7 @@ from model_registry.storage.base import (
     DeviceMessageRecord,
     DeviceRecord,
     DeviceReport,
+    DriftRecord,
     ModelSummary,
     ReleaseRecord,
     Storage,
@@ -22,7 +23,6 @@ from model_registry.storage.base import (
     VersionPoint,
 )
 from model_registry.storage.blobs import BlobStore
-from model_registry.storage.drift_records import DriftRecord
 from model_registry.storage.history_records import DeviceLiveness, ResourcePoint
 from model_registry.storage.postgres import PostgresStorage
 from model_registry.storage.rollout_records import (

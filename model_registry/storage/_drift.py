@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from model_registry.storage._db import Query, Row, Steps, from_text, to_text
-from model_registry.storage.drift_records import DriftRecord
+from model_registry.storage.base import DriftRecord
 
 _COLUMNS = (
     "record_id, model, version, device_id, feature, kind, status, previous, at, psi,"

@@ -30,12 +30,12 @@ from model_registry.storage.base import (
     DeviceMessageRecord,
     DeviceRecord,
     DeviceReport,
+    DriftRecord,
     ModelSummary,
     ReleaseRecord,
     TokenRecord,
     VersionPoint,
 )
-from model_registry.storage.drift_records import DriftRecord
 from model_registry.storage.history_records import DeviceLiveness, ResourcePoint
 from model_registry.storage.rollout_records import (
     RolloutDecision,

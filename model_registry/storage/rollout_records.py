@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from model_registry.storage.base import AssignmentUpdate, DeploymentRecord
+    from model_registry.storage.records import AssignmentUpdate, DeploymentRecord
 
 
 @dataclass(frozen=True)

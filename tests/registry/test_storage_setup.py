@@ -97,6 +97,11 @@ EXPECTED_TABLES = {
     "telemetry",
     "tokens",
     "version_points",
+    "rollouts",
+    "rollout_decisions",
+    "drift_records",
+    "resource_points",
+    "history_marks",
 }
 
 
