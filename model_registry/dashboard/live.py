@@ -2,7 +2,7 @@
 
 A page does not poll. While at least one stream is open, one task per registry process looks
 at the database every POLL_S seconds (`snapshot`: a digest of every device's liveness and
-assignment, of the models and of the deployments) and, when something changed, sends each
+assignment, of the models, the deployments and the rollouts) and, when something changed, sends each
 stream a `change` event naming the parts that changed; the page then fetches what it shows
 again. Looking at the database rather than at this process's ingest means a page follows the
 fleet whichever replica stores the messages.
@@ -52,10 +52,14 @@ async def snapshot(ctx: RegistryContext) -> dict[str, str]:
         models.update(f"{m.name}\0{m.latest_version}\n".encode())
     deployments = await storage.deployments()
     newest = str(deployments[0].deployment_id) if deployments else ""
+    rollouts = hashlib.sha256()
+    for r in await storage.rollouts():
+        rollouts.update(f"{r.rollout_id}\0{r.state}\0{r.updated.isoformat()}\n".encode())
     return {
         "fleet": fleet.hexdigest()[:16],
         "models": models.hexdigest()[:16],
         "deployments": newest,
+        "rollouts": rollouts.hexdigest()[:16],
     }
 
 

@@ -22,7 +22,10 @@ from tests.support.registry import cli, cli_json
 
 CHROMIUM = Path("/usr/bin/chromium")
 WAIT_MS = 60_000  # how long a page may take to show what a step expects
-FAST_TELEMETRY = "[telemetry]\ninterval_s = 1\n"
+FAST_TELEMETRY = "[telemetry]\ninterval_s = 1\n[updates]\nprobation_s = 1\n"
+ROLLOUT_WAIT_MS = 180_000  # waves wait on the controller's passes, probation and a soak
+# No traffic needed: the dashboard's agents serve no requests while the waves move.
+ROLLOUT_POLICY = 'soak = "1s"\nrequire_traffic = false\nsuccess_percent = 100\n'
 HOSTILE_LABEL = "<img src=x onerror=\"document.title='pwned'\"> & <b>bold</b>"
 
 
@@ -145,6 +148,9 @@ def test_a_hostile_label_is_shown_as_text(
     page.goto(f"{fleet.registry.url}/ui/#/models/clf")
     expect(page.locator("#versions")).to_contain_text("second", timeout=WAIT_MS)
     page.screenshot(path=str(shots / "models.png"), full_page=True)
+    # The drift view of a model whose releases carry no profile says so.
+    page.goto(f"{fleet.registry.url}/ui/#/drift/clf")
+    expect(page.locator("main h1")).to_have_text("Drift of clf", timeout=WAIT_MS)
 
 
 def test_a_publisher_deploys_and_a_viewer_gets_no_button_and_a_403(
@@ -176,3 +182,64 @@ def test_a_publisher_deploys_and_a_viewer_gets_no_button_and_a_403(
     newest = cli_json("deployments", "list", *fleet.api())["deployments"][0]
     assert (newest["model"], newest["version"], newest["target"]) == ("clf", 1, {"group": "dash"})
     assert newest["created_by"] == "token:dash-publisher"
+
+
+def rollout_state(fleet: Fleet, rollout_id: int) -> str:
+    shown = cli_json("rollout", "status", str(rollout_id), *fleet.api())
+    return str(shown["state"])
+
+
+@pytest.mark.usefixtures("dashboard_fleet")
+def test_a_rollout_from_the_cli_moves_live_and_the_page_pauses_and_resumes_it(
+    browser: Browser, fleet: Fleet, models: Models, shots: Path, tmp_path: Path
+) -> None:
+    version = fleet.push(models.v3, "clf", "--label", "third")["version"]
+    policy = tmp_path / "policy.toml"
+    policy.write_text(ROLLOUT_POLICY)
+    page = sign_in(browser, fleet, token(fleet, "publisher"))
+    page.goto(f"{fleet.registry.url}/ui/#/rollouts")
+    page.evaluate("window.stillTheSamePage = true")
+    started = cli_json(
+        "rollout", "start", "clf", str(version), "--group", "dash", "--steps", "50,100",
+        "--manual", "--policy", str(policy), *fleet.api(),
+    )  # fmt: skip
+    rollout = started["id"]
+    # The listing shows it without a reload; the page follows it from there.
+    page.click(f"#rollouts tr[data-rollout='{rollout}'] a")
+    waves = page.locator("#waves tbody tr")
+    expect(waves).to_have_count(2, timeout=WAIT_MS)
+    first = page.locator("#waves tr[data-wave='1']")
+    expect(first).to_have_attribute("data-state", "passed", timeout=ROLLOUT_WAIT_MS)
+    expect(first.locator(".wave-count")).to_have_text("1/1 activated")
+    expect(page.locator("#rollout-state")).to_have_text("waiting", timeout=ROLLOUT_WAIT_MS)
+    expect(page.locator("#gates")).to_contain_text("install")
+    page.screenshot(path=str(shots / "rollout.png"), full_page=True)
+
+    page.click("#rollout-actions button[data-action='pause']")
+    expect(page.locator("#rollout-state")).to_have_text("paused", timeout=WAIT_MS)
+    assert rollout_state(fleet, rollout) == "paused"
+
+    viewer = sign_in(browser, fleet, token(fleet, "viewer"))
+    viewer.goto(f"{fleet.registry.url}/ui/#/rollouts/{rollout}")
+    expect(viewer.locator("#rollout-state")).to_have_text("paused", timeout=WAIT_MS)
+    assert viewer.locator("#rollout-actions").count() == 0
+    status = viewer.evaluate(
+        """async (id) => {
+            const session = await (await fetch("/ui/session")).json();
+            const answer = await fetch(`/v1/rollouts/${id}/resume`, {
+                method: "POST", headers: {"X-CSRF-Token": session.csrf},
+            });
+            return answer.status;
+        }""",
+        rollout,
+    )
+    assert status == 403
+    assert rollout_state(fleet, rollout) == "paused"
+
+    page.click("#rollout-actions button[data-action='resume']")
+    second = page.locator("#waves tr[data-wave='2']")
+    expect(second).not_to_have_attribute("data-state", "planned", timeout=ROLLOUT_WAIT_MS)
+    expect(page.locator("#rollout-state")).to_have_text("completed", timeout=ROLLOUT_WAIT_MS)
+    expect(second).to_have_attribute("data-state", "passed")
+    assert page.evaluate("window.stillTheSamePage") is True
+    assert rollout_state(fleet, rollout) == "completed"

@@ -8,12 +8,16 @@ import { startLive, stopLive } from "./live.js";
 import * as fleet from "./views/fleet.js";
 import * as device from "./views/device.js";
 import * as models from "./views/models.js";
+import * as rollouts from "./views/rollouts.js";
+import * as drift from "./views/drift.js";
 
 // [hash prefix, view, shown in the navigation as]
 const VIEWS = [
   ["fleet", fleet, "Fleet"],
   ["device", device, null],
   ["models", models, "Models"],
+  ["rollouts", rollouts, "Rollouts"],
+  ["drift", drift, "Drift"],
 ];
 
 const main = document.getElementById("main");
