@@ -369,6 +369,7 @@ BASE_BODIES: dict[str, dict[str, Any]] = {
     "/v1/devices": {"device_id": "fuzz-dev", "group": "lab"},
     "/v1/models/{name}/rollback": {"group": "lab"},
     "/v1/devices/{id}": {"group": "lab"},
+    "/ui/session": {"token": "not-a-token"},
 }
 
 
