@@ -1,4 +1,11 @@
-"""Time buckets: where a moment falls when points are merged into steps of whole seconds."""
+"""Time buckets: where a moment falls when points are merged into steps of whole seconds.
+
+A merged point is dated by the earliest report it holds, not by its bucket's start: readers
+select points by time (a rollout's window starts when its wave did), and a bucket whose
+reports all came after a moment then still counts as after it; only a bucket that straddles
+the moment moves, whole, to before it. Charts put it in the same step either way, as their
+steps are whole buckets.
+"""
 
 from __future__ import annotations
 

@@ -22,14 +22,15 @@ from model_registry.storage.base import VersionPoint
 
 
 def compact_version_points(points: Iterable[VersionPoint], bucket_s: int) -> list[VersionPoint]:
-    """One point per (model, version, device, bucket of `bucket_s` seconds), dated its start."""
+    """One point per (model, version, device, bucket of `bucket_s` seconds), dated by its
+    earliest report (`statistics.buckets`: why not the bucket's start)."""
     groups: dict[tuple[str, int, str, datetime], list[VersionPoint]] = {}
     for p in points:
         key = (p.model, p.version, p.device_id, bucket_start(p.at, bucket_s))
         groups.setdefault(key, []).append(p)
     merged: list[VersionPoint] = []
-    for key, group in sorted(groups.items(), key=lambda item: item[0]):
-        merged += merge_points(group, key[3])
+    for _, group in sorted(groups.items(), key=lambda item: item[0]):
+        merged += merge_points(group, min(p.at for p in group))
     return merged
 
 

@@ -80,11 +80,12 @@ def merge(points: Sequence[ResourcePoint], at: datetime) -> ResourcePoint:
 
 
 def compact(points: Iterable[ResourcePoint], bucket_s: int) -> list[ResourcePoint]:
-    """Merge points into one per device and bucket of `bucket_s` seconds, dated its start."""
+    """Merge points into one per device and bucket of `bucket_s` seconds, dated by its
+    earliest report (`statistics.buckets`: why not the bucket's start)."""
     groups: dict[tuple[str, datetime], list[ResourcePoint]] = {}
     for point in points:
         groups.setdefault((point.device_id, bucket_start(point.at, bucket_s)), []).append(point)
-    return [merge(group, at) for (_, at), group in sorted(groups.items())]
+    return [merge(group, min(p.at for p in group)) for _, group in sorted(groups.items())]
 
 
 def sample(point: ResourcePoint) -> ResourceSample:
