@@ -51,6 +51,11 @@ async def test_a_rollout_through_rest(fleet: Api) -> None:
     rollout_id = started["id"]
     shown = await _call(fleet, "GET", f"/v1/rollouts/{rollout_id}", 200)
     assert shown["waves"][0]["deployment"] is not None
+    # Every gate on the current wave as it stands now, for the dashboard.
+    gates = {g["gate"]: g for g in shown["gates"]}
+    assert list(gates) == ["install", "success", "error_rate", "latency", "prediction_shift"]
+    assert (gates["success"]["held"], gates["success"]["limit"]) == (False, 90.0)
+    assert gates["install"]["held"] is None  # nothing reported yet
     listed = (await _call(fleet, "GET", "/v1/rollouts?model=mnist", 200))["rollouts"]
     assert [r["id"] for r in listed] == [rollout_id]
     assert (await _call(fleet, "GET", "/v1/rollouts?active=true", 200))["rollouts"] == listed
@@ -69,6 +74,7 @@ async def test_a_rollout_through_rest(fleet: Api) -> None:
     assert aborted["halt"]["reason"] == "aborted by token:admin"
     assert aborted["waves"][0]["rollbacks"]
     assert (await _call(fleet, "GET", "/v1/rollouts?active=true", 200))["rollouts"] == []
+    assert (await _call(fleet, "GET", f"/v1/rollouts/{rollout_id}", 200))["gates"] == []
 
 
 @pytest.mark.parametrize(

@@ -56,10 +56,10 @@ function latestGates(decisions) {
   return null;
 }
 
-function gatesView(decisions) {
-  const latest = latestGates(decisions);
+function gatesView(r) {
+  const latest = r.gates && r.gates.length ? { at: "now", gates: r.gates } : latestGates(r.decisions);
   if (!latest) return h("p", {}, "No gate judged yet.");
-  return [h("p", { class: "summary" }, `as judged at ${latest.at}`),
+  return [h("p", { class: "summary" }, latest.at === "now" ? "on the current wave, as the controller judges them now" : `as judged at ${latest.at}`),
     table(["Gate", "Verdict", "Measured", "Limit", "Detail", "Devices"], latest.gates.map((g) =>
       h("tr", { dataset: { gate: String(g.gate) } }, h("td", {}, g.gate),
         h("td", {}, badge(g.held === true ? "held" : g.held === false ? "broken" : "not judged",
@@ -103,7 +103,7 @@ function detailView(r, report, reload) {
     haltView(r.halt),
     h("section", { class: "card" }, h("h2", {}, "Waves"),
       table(["Wave", "Reach", "State", "Progress", "", "Others"], r.waves.map(waveRow), { class: "grid", id: "waves" })),
-    h("section", { class: "card" }, h("h2", {}, "Gates"), gatesView(r.decisions)),
+    h("section", { class: "card" }, h("h2", {}, "Gates"), gatesView(r)),
     h("section", { class: "card" }, h("h2", {}, "Decisions"),
       table(["At", "Actor", "Action", "Reason"], [...r.decisions].reverse().map((d) =>
         h("tr", {}, h("td", {}, d.at.replace("T", " ").replace("Z", "")), h("td", {}, d.actor),
