@@ -128,6 +128,17 @@ drop_log_interval_s = 60
 # messages are dropped and counted as overloaded.
 backlog_mib = 256
 
+[drift]
+# Each feature of a model version is compared with its release's profile over the last
+# `window_s` (population stability index), per device and fleet-wide, every `interval_s`;
+# a window needs `min_samples` values to be judged: warn from `warn_psi`, alert from
+# `alert_psi`.
+window_s = 3600
+min_samples = 200
+warn_psi = 0.1
+alert_psi = 0.25
+interval_s = 60
+
 [history]
 # The dashboard's charts: telemetry merged into 1-minute points kept this many days, then
 # into 1-hour points deleted after `hour_points_days`, by a pass every `compact_interval_s`.

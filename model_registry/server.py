@@ -270,6 +270,12 @@ def _ingest_metrics(metrics: RegistryMetrics, ingest: DeviceIngest) -> None:
         "outcome",
         lambda: ingest.acks.outcomes,
     )
+    metrics.extra_counters["model_registry_ingest_detail_dropped_total"] = CounterSource(
+        "Per-version telemetry fields left out of the version points for not being counts"
+        " (a negative bin count), by field; the reports are stored.",
+        "field",
+        lambda: ingest.detail_dropped,
+    )
     metrics.extra_gauges["model_registry_ingest_backlog"] = GaugeSource(
         "Device messages received and not yet stored.", lambda: ingest.backlog
     )

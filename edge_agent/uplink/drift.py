@@ -42,10 +42,11 @@ class ColumnBins:
         self.width = len(columns)
         self.sizes = [len(c.counts) for c in columns]
         # Edges padded with +inf to one matrix: a finite value is never >= +inf, so the padding
-        # adds nothing to the bin index, and every column is binned in the same numpy pass.
-        self._edges = np.full((self.width, MAX_BINS - 1), np.inf)
+        # adds nothing to the bin index, and every column is binned in the same numpy passes.
+        widest = max((len(c.edges) for c in columns), default=0)
+        self._edges = np.full((widest, self.width), np.inf)  # row k: every column's k-th edge
         for i, column in enumerate(columns):
-            self._edges[i, : len(column.edges)] = column.edges
+            self._edges[: len(column.edges), i] = column.edges
         self._offsets = np.arange(self.width) * MAX_BINS
         self.counts = np.zeros(self.width * MAX_BINS, dtype=np.int64)
         self._pending: list[Array] = []
@@ -68,7 +69,11 @@ class ColumnBins:
             return
         block = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
         self._pending, self._pending_rows = [], 0
-        index = (block[:, :, None] >= self._edges[None, :, :]).sum(axis=2) + self._offsets
+        # One comparison of the whole block per edge rank (at most 15), not per value: about
+        # twice as fast as one three-dimensional comparison and its sum.
+        index = np.broadcast_to(self._offsets, block.shape).copy()
+        for edges in self._edges:
+            index += block >= edges
         self.counts += np.bincount(index[np.isfinite(block)], minlength=self.counts.size)
 
     def to_list(self) -> list[list[int]]:

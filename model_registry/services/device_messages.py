@@ -185,7 +185,33 @@ def _telemetry(body: dict[str, Any], limits: MessageLimits) -> dict[str, Any]:
             for name, entry in models.items()
         }
         out["features_dropped"] = True
+    if _size(out) > limits.max_telemetry_bytes:
+        out = _without_bins(out)
     return _capped(out, limits.max_telemetry_bytes, "telemetry")
+
+
+def _without_bins(out: dict[str, Any]) -> dict[str, Any]:
+    """The report without the drift bins of its versions (still over the cap without features)."""
+    models = out.get("models")
+    if not isinstance(models, dict):
+        return out
+
+    def versions_without_bins(versions: Any) -> Any:
+        if not isinstance(versions, dict):
+            return versions
+        return {
+            v: {k: x for k, x in n.items() if k != "bins"} if isinstance(n, dict) else n
+            for v, n in versions.items()
+        }
+
+    out["models"] = {
+        name: entry | {"versions": versions_without_bins(entry.get("versions"))}
+        if isinstance(entry, dict) and "versions" in entry
+        else entry
+        for name, entry in models.items()
+    }
+    out["bins_dropped"] = True
+    return out
 
 
 def _numbering(body: dict[str, Any], kind: str) -> dict[str, Any]:

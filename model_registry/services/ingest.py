@@ -65,6 +65,9 @@ class DeviceIngest:
         self._topics = topics
         self.dropped: Counter[str] = Counter()  # by reason, including storage outcomes
         self.stored: Counter[str] = Counter()  # by kind
+        # Fields of telemetry's per-version objects left out of the version points for not
+        # being counts (a negative bin count), by field name; the report itself is stored.
+        self.detail_dropped: Counter[str] = Counter()
         self.backlog = 0  # messages received but not yet stored
         limits = ctx.config.ingest
         self.limits = MessageLimits.from_config(limits)
@@ -170,7 +173,7 @@ class DeviceIngest:
             if reason == MALFORMED and (numbering := _numbering(ref.name, payload)) is not None:
                 self.acks.note(ref.name, *numbering)  # the same bytes again would fail again
             return None
-        return _report(ref.kind, ref.name, body, self._ctx.clock())
+        return _report(ref.kind, ref.name, body, self._ctx.clock(), self.detail_dropped)
 
     def admit(self, message: MqttMessage) -> bool:
         """Whether a message just received fits its device's rate; counts it if not.
@@ -201,14 +204,21 @@ class DeviceIngest:
         self.drop_log.note(device_id, reason)
 
 
-def _report(kind: str, device_id: str, body: dict[str, Any], now: datetime) -> DeviceReport:
+def _report(
+    kind: str,
+    device_id: str,
+    body: dict[str, Any],
+    now: datetime,
+    detail_dropped: Counter[str] | None = None,
+) -> DeviceReport:
     if kind == KIND_STATE:
         return DeviceReport(device_id, kind, now, body, online=bool(body.get("online")))
     error = None
     if kind == KIND_EVENTS and body.get("event") in ERROR_EVENTS:
         error = {k: body[k] for k in _ERROR_FIELDS if k in body} | {"at": format_time(now)}
-    points = points_from_telemetry(device_id, now, body) if kind == KIND_TELEMETRY else ()
-    resources = point_from_telemetry(device_id, now, body) if kind == KIND_TELEMETRY else None
+    telemetry = kind == KIND_TELEMETRY
+    points = points_from_telemetry(device_id, now, body, detail_dropped) if telemetry else ()
+    resources = point_from_telemetry(device_id, now, body) if telemetry else None
     epoch, seq = body.get("msg_epoch"), body.get("msg_seq")
     if isinstance(epoch, str) and isinstance(seq, int) and not isinstance(seq, bool):
         return DeviceReport(

@@ -23,6 +23,7 @@ class RetentionReport:
 
     events_pruned: int = 0
     telemetry_pruned: int = 0
+    drift_records_pruned: int = 0
 
 
 async def prune_device_messages(ctx: RegistryContext) -> RetentionReport:
@@ -39,7 +40,10 @@ async def prune_device_messages(ctx: RegistryContext) -> RetentionReport:
     )
     # Version points are the history duty's: merged into 1-minute, then 1-hour points and
     # deleted after `[history] hour_points_days` (services/history.py).
-    return RetentionReport(events, telemetry)
+    # Drift status changes go with the events' age; each status's latest record stays, since
+    # it is the status the drift duty compares with.
+    drift = await ctx.storage.prune_drift_records(now - timedelta(days=fleet.events_retention_days))
+    return RetentionReport(events, telemetry, drift)
 
 
 async def retention_loop(ctx: RegistryContext) -> None:
@@ -49,9 +53,10 @@ async def retention_loop(ctx: RegistryContext) -> None:
         report = await prune_device_messages(ctx)
         if report != RetentionReport():
             log.info(
-                "retention: deleted %d events and %d telemetry reports",
+                "retention: deleted %d events, %d telemetry reports and %d drift records",
                 report.events_pruned,
                 report.telemetry_pruned,
+                report.drift_records_pruned,
             )
 
     await duty_loop(ctx.storage, "retention", one_pass, ctx.config.fleet.prune_interval_s)

@@ -8,6 +8,7 @@ stored as sent, as before.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -24,9 +25,16 @@ MAX_COUNT = 2**53  # beyond this a count is not one a device made (and leaves BI
 
 
 def points_from_telemetry(
-    device_id: str, received: datetime, body: Mapping[str, Any]
+    device_id: str,
+    received: datetime,
+    body: Mapping[str, Any],
+    left_out: Counter[str] | None = None,
 ) -> tuple[VersionPoint, ...]:
-    """Return the points of one telemetry report, by model then version."""
+    """Return the points of one telemetry report, by model then version.
+
+    `left_out` counts, by field name, the detail fields left out for not being counts (a
+    negative bin count, a string where a number goes).
+    """
     models = body.get("models")
     if not isinstance(models, dict):
         return ()
@@ -41,7 +49,9 @@ def points_from_telemetry(
         for key, numbers in list(versions.items())[:MAX_VERSIONS_PER_MODEL]:
             version = _version(key)
             if version is not None and isinstance(numbers, dict):
-                point = _point((model, version, device_id), received, interval or 0.0, numbers)
+                point = _point(
+                    (model, version, device_id), received, interval or 0.0, numbers, left_out
+                )
                 if point is not None:
                     points.append(point)
     return tuple(points)
@@ -52,6 +62,7 @@ def _point(
     received: datetime,
     interval_s: float,
     numbers: dict[str, Any],
+    left_out: Counter[str] | None = None,
 ) -> VersionPoint | None:
     counts = [_count(numbers.get(k)) for k in ("requests", "2xx", "4xx", "5xx", "rejected_503")]
     if any(c is None for c in counts):
@@ -61,6 +72,8 @@ def _point(
     latency = latency if isinstance(latency, dict) else {}
     samples = _count(latency.get("samples")) or 0
     detail = {k: v for k, v in numbers.items() if k not in _SCALARS and is_counts(v)}
+    if left_out is not None:
+        left_out.update(k for k in numbers if k not in _SCALARS and k not in detail)
     model, version, device_id = key
     return VersionPoint(
         model=model,

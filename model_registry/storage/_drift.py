@@ -7,6 +7,7 @@ compares equal to itself); the records read back say None.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from model_registry.storage._db import Query, Row, Steps, from_text, to_text
 from model_registry.storage.base import DriftRecord
@@ -68,3 +69,13 @@ def _record(row: Row) -> DriftRecord:
         samples=int(row["samples"]),
         record_id=int(row["record_id"]),
     )
+
+
+def prune_records(older_than: datetime) -> Steps[int]:
+    """Delete records older than `older_than` but each key's latest (its current status)."""
+    result = yield Query(
+        "DELETE FROM drift_records WHERE at < ? AND record_id NOT IN ("
+        " SELECT MAX(record_id) FROM drift_records GROUP BY model, version, device_id, feature)",
+        (to_text(older_than),),
+    )
+    return result.rowcount

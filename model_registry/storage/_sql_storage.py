@@ -258,6 +258,10 @@ class SQLStorage:
         """Return the latest drift record of each (version, device, feature) of a model."""
         return await self._run(READ, _drift.statuses, model)
 
+    async def prune_drift_records(self, older_than: datetime) -> int:
+        """Delete drift records before `older_than`, but each key's latest; return how many."""
+        return await self._run(WRITE, _drift.prune_records, older_than)
+
     async def prune_messages(self, kind: str, older_than: datetime, keep_per_device: int) -> int:
         """Delete old events or telemetry, and all but each device's newest; return the count."""
         table = _MESSAGE_TABLES.get(kind)

@@ -220,6 +220,10 @@ class Storage(HistoryStorage, Protocol):
         """Return the latest drift record of each (version, device, feature) of a model."""
         ...
 
+    async def prune_drift_records(self, older_than: datetime) -> int:
+        """Delete drift records before `older_than`, but each key's latest; return how many."""
+        ...
+
     async def add_device_reports(self, reports: Sequence[DeviceReport]) -> list[str]:
         """Apply reports in order, in one transaction; return each one's outcome.
 

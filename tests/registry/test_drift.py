@@ -4,14 +4,17 @@ both storages; what does not fit the profile is counted and left out."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edge_protocol import Bins, InputProfile, OutputProfile, Profile
-from model_registry.config import DriftConfig
-from model_registry.errors import InvalidInputError
+from model_registry.config import DriftConfig, load_config
+from model_registry.errors import ConfigError, InvalidInputError
+from model_registry.services.device_messages import MessageLimits, clean_message
 from model_registry.services.drift import (
     ALERT,
     BIN_COUNTS,
@@ -27,6 +30,7 @@ from model_registry.services.drift import (
     window_drift,
 )
 from model_registry.services.drift_watch import CLEARED, RISEN, DriftWatch
+from model_registry.statistics.points import points_from_telemetry
 from model_registry.statistics.window import VersionWindow
 from model_registry.storage import DeviceReport, DriftRecord, Storage, VersionPoint
 from tests.protocol.factory import Registry
@@ -229,3 +233,73 @@ async def test_drift_records_round_trip_and_go_with_their_device(storage: Storag
     assert stored[1].at == T0
     await storage.remove_device("d1")
     assert [r.device_id for r in await storage.drift_records("iris")] == [None]
+
+
+# --- at ingest ---------------------------------------------------------------------------
+
+
+def test_negative_bin_counts_are_left_out_of_the_points_and_counted() -> None:
+    body = {
+        "interval_s": 1.0,
+        "models": {
+            "iris": {
+                "versions": {
+                    "1": {
+                        "requests": 3, "2xx": 3, "4xx": 0, "5xx": 0, "rejected_503": 0,
+                        "bins": {"input": [[1, -2, 3, 1], [1, 2]]},
+                        "predictions": {"output": "label", "classes": {"0": 3}},
+                    }
+                }
+            }
+        },
+    }  # fmt: skip
+    left_out: Counter[str] = Counter()
+    (point,) = points_from_telemetry("d1", T0, body, left_out)
+    assert "bins" not in point.detail
+    assert point.detail["predictions"] == {"output": "label", "classes": {"0": 3}}
+    assert left_out == {"bins": 1}
+
+
+def test_a_report_still_over_the_cap_without_features_loses_its_bins() -> None:
+    wide = [[1000] * 16] * 64
+    versions = {"1": {"requests": 1, "bins": {"X": wide}, "predictions": {"classes": {"a": 1}}}}
+    body = {"schema": 1, "device_id": "d1", "models": {"m": {"versions": versions}}}
+    limits = MessageLimits(max_telemetry_bytes=4096)
+    stored = clean_message("telemetry", body, limits)
+    assert stored["bins_dropped"] is True
+    assert stored["models"]["m"]["versions"]["1"] == {
+        "requests": 1, "predictions": {"classes": {"a": 1}}
+    }  # fmt: skip
+    assert "bins" in body["models"]["m"]["versions"]["1"], "the parsed message is not changed"
+
+
+def test_drift_limits_are_checked_where_they_are_read(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="warn_psi <= alert_psi"):
+        DriftConfig(warn_psi=0.3, alert_psi=0.2)
+    with pytest.raises(ConfigError, match="window_s"):
+        DriftConfig(window_s=10)
+    (tmp_path / "registry.toml").write_text("[drift]\nalert_psi = 1\nwarn_psi = 0.5\n")
+    assert load_config(tmp_path).drift.alert_psi == 1
+    (tmp_path / "registry.toml").write_text('[drift]\nalert_psi = "high"\n')
+    with pytest.raises(ConfigError, match=r"drift\.alert_psi must be a number"):
+        load_config(tmp_path)
+
+
+async def test_retention_keeps_each_status_s_latest_record(storage: Storage) -> None:
+    await _setup(storage)
+    old, new = T0, T0 + timedelta(days=100)
+    await storage.add_drift_records(
+        [
+            DriftRecord("iris", 1, "d1", "input[0]", RISEN, ALERT, OK, old, 0.4, 0.3, 300),
+            DriftRecord("iris", 1, "d1", "input[0]", CLEARED, OK, ALERT, old, 0.01, 0.0, 300),
+            DriftRecord("iris", 1, "d2", "input[0]", RISEN, WARN, OK, old, 0.2, 0.1, 300),
+            DriftRecord("iris", 1, "d2", "input[1]", RISEN, WARN, OK, new, 0.2, 0.1, 300),
+        ]
+    )
+    assert await storage.prune_drift_records(T0 + timedelta(days=10)) == 1
+    kept = {(r.device_id, r.feature, r.kind) for r in await storage.drift_records("iris")}
+    assert kept == {
+        ("d1", "input[0]", CLEARED),
+        ("d2", "input[0]", RISEN),
+        ("d2", "input[1]", RISEN),
+    }

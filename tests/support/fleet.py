@@ -229,6 +229,19 @@ def with_settings(config: str, extra_toml: str) -> str:
         elif insert_at is None:
             tail.append(line)
         else:
+            insert_at = _drop_key(lines, insert_at, line)
             lines.insert(insert_at, line)
             insert_at += 1
     return "\n".join([*lines, "", *tail]) + "\n"
+
+
+def _drop_key(lines: list[str], start: int, line: str) -> int:
+    """Remove the table's own line for the key `line` sets (a table holds each key once);
+    return where the table's body starts."""
+    key = line.split("=", 1)[0].strip()
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("[")), len(lines))
+    for i in range(start, end):
+        if "=" in lines[i] and lines[i].split("=", 1)[0].strip() == key:
+            del lines[i]
+            break
+    return start
