@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PACKAGES := edge_protocol edge_common model_registry edge_agent
 
-.PHONY: help install test lint typecheck pytest demo mosquitto haproxy chromium postgres clean arm64-check bench bench-quick
+.PHONY: help install test lint typecheck pytest demo mosquitto haproxy nats chromium postgres clean arm64-check bench bench-quick
 
 help:
 	@echo "make install    create $(VENV) and install the project with all extras"
@@ -29,6 +29,10 @@ mosquitto:
 haproxy:
 	@scripts/ensure-haproxy.sh
 
+# The clustered-broker test runs three NATS nodes (docs/operations.md section 12).
+nats:
+	@scripts/ensure-nats.sh
+
 # The dashboard's browser tests drive Debian's chromium; its alert rules are checked by promtool.
 chromium:
 	@scripts/ensure-chromium.sh
@@ -44,8 +48,10 @@ lint: install
 typecheck: install
 	$(BIN)/mypy $(PACKAGES)
 
-pytest: install mosquitto haproxy chromium postgres
-	$(BIN)/pytest -q -n auto
+# loadfile: a file's tests run on one worker, in order, so module fixtures are made once and
+# the steps of an end-to-end story stay together.
+pytest: install mosquitto haproxy nats chromium postgres
+	$(BIN)/pytest -q -n auto --dist loadfile
 
 test: lint typecheck pytest
 

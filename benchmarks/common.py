@@ -7,8 +7,6 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_common import processes as children
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results"
@@ -27,7 +27,6 @@ CACHE = BENCH / ".cache"
 WORK = CACHE / "work"
 BIN = Path(sys.executable).parent
 PYTHON = sys.executable
-LOCALHOST = "127.0.0.1"
 # Two cores: every server runs on CPU 0 and the load generator on CPU 1, for every peer alike.
 SERVER_CPUS = "0"
 LOAD_CPUS = "1"
@@ -36,14 +35,6 @@ LOAD_CPUS = "1"
 def log(message: str) -> None:
     """Progress on stderr, with a wall clock, so a long run shows where it is."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOCALHOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def pinned(argv: Sequence[str], cpus: str | None) -> list[str]:
@@ -75,15 +66,8 @@ def start(
 
 
 def stop(process: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
-    """SIGTERM, then SIGKILL after `timeout`."""
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=timeout)
+    """SIGTERM, then SIGKILL after `timeout` (`edge_common.processes.stop`)."""
+    children.stop(process, timeout)
 
 
 def http_status(url: str, timeout: float = 2.0) -> int | None:

@@ -59,10 +59,13 @@ def register(home_database: str, count: int) -> float:
     return time.monotonic() - began
 
 
-def run(mode: str) -> dict[str, Any]:
-    """Register the fleet, push a release per run, deploy it to the whole group, time each."""
+def run(mode: str, database: str = "") -> dict[str, Any]:
+    """Register the fleet, push a release per run, deploy it to the whole group, time each.
+
+    `database`: a postgresql:// URL of an empty database (or schema) to run on; SQLite if empty.
+    """
     settings = QUICK if mode == "quick" else FULL
-    deployment = Deployment(WORK / "deploy-scale")
+    deployment = Deployment(WORK / "deploy-scale", database=database)
     registered: list[float] = []
 
     def before_serve() -> None:
@@ -99,7 +102,11 @@ def run(mode: str) -> dict[str, Any]:
     return {
         "section": "deploy_scale",
         "mode": mode,
-        "settings": {"devices": settings.devices, "runs": settings.runs, "storage": "sqlite"},
+        "settings": {
+            "devices": settings.devices,
+            "runs": settings.runs,
+            "storage": "postgresql" if database else "sqlite",
+        },
         "register_s": round(registered[0], 1) if registered else None,
         "runs": runs,
         "summary": {
@@ -111,7 +118,11 @@ def run(mode: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    import argparse
     import json
-    import sys
 
-    print(json.dumps(run(sys.argv[1] if len(sys.argv) > 1 else "quick"), indent=2))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", nargs="?", default="quick", choices=("quick", "full"))
+    parser.add_argument("--database", default="", help="postgresql:// URL of an empty database")
+    arguments = parser.parse_args()
+    print(json.dumps(run(arguments.mode, arguments.database), indent=2))

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import BIN, LOCALHOST, free_port, start, stop, wait_ready
+from edge_common.processes import LOCALHOST, free_port, wait_until_listening
+
+from benchmarks.common import BIN, start, stop, wait_ready
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class Deployment:
 
     root: Path
     chunk_kib: int = 256
+    database: str = ""  # a postgresql:// URL; empty: the home's SQLite file
     mqtt_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
     broker: subprocess.Popen[bytes] | None = None
@@ -104,7 +107,12 @@ class Deployment:
         """init, broker-config, mosquitto, `before_serve` (with the home made), serve."""
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True)
-        cli("init", "--home", str(self.home))
+        cli(
+            "init",
+            "--home",
+            str(self.home),
+            *(("--database", self.database) if self.database else ()),
+        )
         self._set_chunk(self.chunk_kib)
         self._broker_files()
         self.broker = start(
@@ -151,16 +159,7 @@ class Deployment:
 
     @staticmethod
     def _wait_port(port: int, timeout: float = 20) -> None:
-        import socket  # noqa: PLC0415
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection((LOCALHOST, port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"nothing listens on {port}")
+        wait_until_listening(LOCALHOST, port, timeout)
 
     def client(self) -> ApiClient:
         """An admin API client."""

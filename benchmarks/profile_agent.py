@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from edge_common.processes import free_port
 
 from benchmarks.common import (
     BIN,
@@ -27,13 +28,13 @@ from benchmarks.common import (
     RESULTS,
     SERVER_CPUS,
     WORK,
-    free_port,
     start,
     stop,
     wait_ready,
 )
-from benchmarks.serving import served_models, write_bodies, wrk
+from benchmarks.serving import wrk
 from benchmarks.serving_device import ServingDevices
+from benchmarks.serving_peers import served_models, write_bodies
 
 IDLE = ("EpollSelector.select", "select (selectors.py", "Condition.wait", "_worker (concurrent")
 

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from benchmarks.common import BIN, LOCALHOST, log
+from edge_common.processes import LOCALHOST
+
+from benchmarks.common import BIN, log
 from benchmarks.harness import Deployment
 
 

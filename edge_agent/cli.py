@@ -171,7 +171,7 @@ def summary(config: DeviceConfig) -> str:
         listen = f"http://{host}:{server.port}"
     rows = {
         "device id": config.device_id,
-        "broker": f"{config.mqtt.url} as {config.mqtt.username}",
+        "broker": f"{', '.join(config.mqtt.urls)} as {config.mqtt.username}",
         "state dir": str(config.state_dir),
         "listen": listen,
         # Said either way: an endpoint without a token answers every local process.

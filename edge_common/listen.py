@@ -1,4 +1,4 @@
-"""Whether a server can listen on a TCP address, found out before it starts, in words."""
+"""TCP addresses a server listens on: `HOST:PORT` read, and whether it can listen there."""
 
 from __future__ import annotations
 
@@ -35,3 +35,15 @@ def listen_error(host: str, port: int, error: OSError) -> str:
     if error.errno == errno.EADDRINUSE:
         return f"{shown} is already in use by another process; stop it or choose a free port"
     return f"cannot listen on {shown} ({error.strerror or error})"
+
+
+def split_host_port(text: str) -> tuple[str, int] | None:
+    """Split HOST:PORT or [IPV6]:PORT; None if `text` is neither (both services' config)."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:  # an IPv6 address needs brackets, or its last group reads as the port
+        return None
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65_535:
+        return None
+    return host, int(port)

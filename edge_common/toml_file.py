@@ -30,6 +30,27 @@ def read_bounded(path: Path, limit: int) -> bytes:
     return data
 
 
+def read_small(path: Path, limit: int) -> bytes:
+    """The bytes of a file expected to be small and not empty; ConfigFileError saying why not.
+
+    Both services' start-up checks read their keys, certificates, roots and secrets this way,
+    so a missing, oversized, unreadable or empty file is named in the same sentence by both.
+    """
+    try:
+        data = read_bounded(path, limit)
+    except ConfigFileError:  # larger than the limit
+        raise
+    except FileNotFoundError:
+        raise ConfigFileError(f"there is no file at {path}", missing=True) from None
+    except IsADirectoryError:
+        raise ConfigFileError(f"{path} is a directory, not a file") from None
+    except OSError as e:
+        raise ConfigFileError(f"cannot read {path} ({e.strerror or e})") from e
+    if not data:
+        raise ConfigFileError(f"{path} is empty")
+    return data
+
+
 def load_toml(path: Path, limit: int = MAX_CONFIG_BYTES) -> dict[str, Any]:
     """The tables of a TOML file, or ConfigFileError saying in words what is wrong with it."""
     try:

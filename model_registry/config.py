@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_common.broker_address import BrokerAddress, BrokerURLError
+from edge_common.listen import split_host_port
 from edge_common.toml_file import ConfigFileError, load_toml
 from edge_protocol import Topics
 from edge_protocol.errors import TopicError
@@ -344,10 +345,10 @@ def _type_name(expected: Any) -> str:
 
 def parse_host_port(text: str, key: str) -> tuple[str, int]:
     """Split `HOST:PORT`, raising ConfigError naming `key` when it is not one."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{key}: {text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
+    address = split_host_port(text)
+    if address is None:
+        raise ConfigError(f"{key}: {text!r} is not HOST:PORT (write IPv6 addresses as [::1]:8700)")
+    return address
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge_common import toml_file
 from edge_common.listen import listen_problem
-from edge_common.toml_file import ConfigFileError, read_bounded
+from edge_common.toml_file import ConfigFileError
 from edge_protocol import SigningKey, TrustedState, format_time
 from edge_protocol.envelope import MAX_DOCUMENT_BYTES
 from edge_protocol.errors import ProtocolError
@@ -64,18 +65,9 @@ def check_home(config: RegistryConfig) -> list[str]:
 def read_small(path: Path, where: Setting, limit: int) -> bytes:
     """The bytes of a small file, or one sentence saying why it cannot be used."""
     try:
-        data = read_bounded(path, limit)
-    except ConfigFileError as e:  # larger than the limit
-        raise where.error(str(e)) from None
-    except FileNotFoundError:
-        raise where.error(f"there is no file at {path}") from None
-    except IsADirectoryError:
-        raise where.error(f"{path} is a directory, not a file") from None
-    except OSError as e:
-        raise where.error(f"cannot read {path} ({e.strerror or e})") from e
-    if not data:
-        raise where.error(f"{path} is empty")
-    return data
+        return toml_file.read_small(path, limit)
+    except ConfigFileError as e:
+        raise where.error(str(e)) from e.__cause__
 
 
 def load_release_key(config: RegistryConfig) -> SigningKey:

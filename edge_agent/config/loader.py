@@ -9,17 +9,15 @@ here, so a missing secret is a config error too. docs/configuration.md lists eve
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import importlib.util
-import math
-import typing
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from edge_agent.config.kinds import INT, OPTIONAL_PATH, PATH, STRING, STRINGS, Kind, keys_of
 from edge_agent.config.settings import (
     DEFAULT_STATE_DIR,
     ArtifactSettings,
@@ -32,6 +30,7 @@ from edge_agent.errors import ConfigError
 from edge_agent.runtime import RuntimeOptions
 from edge_agent.server.settings import GrpcConfig, MiB, ServerConfig
 from edge_common.broker_address import BrokerAddress, BrokerURLError
+from edge_common.listen import split_host_port
 from edge_common.toml_file import ConfigFileError, load_toml, read_bounded
 from edge_protocol import Topics
 from edge_protocol.errors import TopicError
@@ -42,68 +41,6 @@ NAME_RULE = "letters, digits, '.', '_' or '-', starting with a letter or digit, 
 T = TypeVar("T")
 MAX_FILE_BYTES = 1024 * 1024  # device.toml
 MAX_SECRET_BYTES = 64 * 1024  # a password or token file
-
-
-@dataclass(frozen=True)
-class _Kind:
-    """A TOML value type: its name in error messages, its test, its conversion."""
-
-    description: str
-    accepts: Callable[[object], bool]
-    convert: Callable[[Path, Any], Any] = lambda _base, value: value
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return math.isfinite(value)  # TOML has nan and inf; no setting of ours means anything by them
-
-
-def _is_strings(value: object) -> bool:
-    return isinstance(value, list) and all(isinstance(item, str) for item in value)
-
-
-INT = _Kind("an integer", _is_int)
-NUMBER = _Kind("a number", _is_number, lambda _base, value: float(value))
-STRING = _Kind("a string", lambda value: isinstance(value, str))
-BOOLEAN = _Kind("true or false", lambda value: isinstance(value, bool))
-STRINGS = _Kind("an array of strings", _is_strings, lambda _base, value: tuple(value))
-# An absolute path stays as it is: `base / "/abs"` is "/abs".
-PATH = _Kind("a non-empty path", lambda v: isinstance(v, str) and v != "", lambda b, v: b / v)
-# The bundle template writes `ca_file = ""` when there is no CA, so empty means "not set".
-OPTIONAL_PATH = _Kind("a path", STRING.accepts, lambda b, v: b / v if v else None)
-
-
-def _choice(options: Collection[str]) -> _Kind:
-    return _Kind(" or ".join(repr(o) for o in options), lambda value: value in options)
-
-
-_KIND_OF_TYPE: dict[Any, _Kind] = {
-    bool: BOOLEAN,
-    int: INT,
-    float: NUMBER,
-    str: STRING,
-    Path: PATH,
-    Path | None: OPTIONAL_PATH,
-    tuple[str, ...]: STRINGS,
-}
-
-
-def _keys_of(cls: type[Any], *, skip: Collection[str] = ()) -> dict[str, _Kind]:
-    """The TOML keys that are simply the dataclass fields of `cls`, with their kinds."""
-    hints = typing.get_type_hints(cls)
-    keys = {}
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        hint = hints[f.name]
-        literal = typing.get_origin(hint) is typing.Literal
-        keys[f.name] = _choice(typing.get_args(hint)) if literal else _KIND_OF_TYPE[hint]
-    return keys
 
 
 # ServerConfig fields that are not TOML keys of the same name: `_SERVER_KEYS` set them, and
@@ -153,18 +90,19 @@ _HINTS = {
 }
 
 _TOP_KEYS = {"device_id": STRING, "state_dir": PATH}
-_SECTIONS: dict[str, dict[str, _Kind]] = {
+_SECTIONS: dict[str, dict[str, Kind]] = {
     "trust": {"root_file": PATH},
-    "mqtt": _keys_of(MqttSettings, skip={"password"}) | {"password_file": OPTIONAL_PATH},
+    "mqtt": keys_of(MqttSettings, skip={"password"}) | {"password_file": OPTIONAL_PATH},
     "models": {"follow": STRINGS},
-    "artifacts": _keys_of(ArtifactSettings),
-    "runtime": _keys_of(RuntimeOptions),
-    "server": _keys_of(ServerConfig, skip={*_SERVER_DERIVED, "runtime", "grpc"}) | _SERVER_KEYS,
+    "artifacts": keys_of(ArtifactSettings),
+    "runtime": keys_of(RuntimeOptions),
+    "server": keys_of(ServerConfig, skip={*_SERVER_DERIVED, "runtime", "grpc"}) | _SERVER_KEYS,
     "grpc": _GRPC_KEYS,
-    "updates": _keys_of(UpdateSettings),
-    "telemetry": _keys_of(TelemetrySettings, skip={"spool_max_bytes"}) | {"spool_max_mb": INT},
+    "updates": keys_of(UpdateSettings),
+    "telemetry": keys_of(TelemetrySettings, skip={"spool_max_bytes"}) | {"spool_max_mb": INT},
 }
-_REQUIRED = {"": ("device_id",), "trust": ("root_file",), "mqtt": ("url",)}
+_REQUIRED = {"": ("device_id",), "trust": ("root_file",)}  # and mqtt.url or mqtt.urls
+MAX_BROKER_URLS = 16  # the nodes of one clustered broker; more is a mistake, not a cluster
 # Inclusive bounds of numeric keys the dataclasses do not check themselves.
 _LIMITS: dict[str, tuple[float, float]] = {
     "mqtt.keepalive_s": (1, 65_535),  # the MQTT keep-alive field is 16 bits
@@ -257,7 +195,7 @@ def _section(src: _Source, data: Mapping[str, Any], name: str) -> dict[str, Any]
 
 
 def _read_table(
-    src: _Source, section: str, table: Mapping[str, Any], kinds: Mapping[str, _Kind]
+    src: _Source, section: str, table: Mapping[str, Any], kinds: Mapping[str, Kind]
 ) -> dict[str, Any]:
     """Check each key of one table against `kinds`; return the converted values by TOML key."""
     values = {}
@@ -278,7 +216,7 @@ def _read_table(
     return values
 
 
-def _unknown(section: str, key: str, value: object, kinds: Mapping[str, _Kind]) -> str:
+def _unknown(section: str, key: str, value: object, kinds: Mapping[str, Kind]) -> str:
     dotted = f"{section}.{key}" if section else key
     what = f"unknown section [{dotted}]" if isinstance(value, dict) else f"unknown key {dotted}"
     known = [*kinds] if section else [*kinds, *_SECTIONS]
@@ -347,11 +285,8 @@ def _mqtt(src: _Source, values: dict[str, Any], device_id: str) -> MqttSettings:
     password_file = values.pop("password_file", None)
     if password_file is not None:
         values["password"] = _read_secret(src, "mqtt.password_file", password_file)
+    values["url"] = _broker_urls(src, values)[0]
     settings = MqttSettings(**{"username": device_id, **values})
-    try:  # the one parser of broker URLs, which the connection uses too
-        BrokerAddress.parse(settings.url, "mqtt.url")
-    except BrokerURLError as e:
-        raise src.error(str(e)) from None
     if not settings.username:
         raise src.error("mqtt.username must not be empty")
     try:
@@ -364,6 +299,36 @@ def _mqtt(src: _Source, values: dict[str, Any], device_id: str) -> MqttSettings:
     return settings
 
 
+def _check_broker_url(src: _Source, key: str, url: str) -> None:
+    try:  # the one parser of broker URLs, which the connection uses too
+        BrokerAddress.parse(url, key)
+    except BrokerURLError as e:
+        raise src.error(str(e)) from None
+
+
+def _broker_urls(src: _Source, values: Mapping[str, Any]) -> tuple[str, ...]:
+    """`mqtt.url`, or the nodes of `mqtt.urls`, checked: the first one is tried first."""
+    if "url" in values and "urls" in values:
+        raise src.error("set mqtt.url (one broker) or mqtt.urls (several), not both")
+    if "url" in values:
+        _check_broker_url(src, "mqtt.url", values["url"])
+        return (values["url"],)
+    urls: tuple[str, ...] = values.get("urls", ())
+    if "urls" not in values:
+        raise src.error("mqtt.url is required (or mqtt.urls, the nodes of a clustered broker)")
+    if not urls or len(urls) > MAX_BROKER_URLS:
+        raise src.error(f"mqtt.urls must list 1 to {MAX_BROKER_URLS} URLs, got {len(urls)}")
+    for n, url in enumerate(urls):
+        _check_broker_url(src, f"mqtt.urls[{n}]", url)
+    repeated = sorted({url for url in urls if urls.count(url) > 1})
+    if repeated:
+        raise src.error(f"mqtt.urls lists {repeated[0]!r} more than once")
+    if len({url.startswith("mqtts://") for url in urls}) > 1:
+        # A fallback in clear text would send the password unencrypted whenever it is used.
+        raise src.error("mqtt.urls mixes mqtt:// and mqtts://; use the same scheme for every node")
+    return urls
+
+
 def _check_tls(src: _Source, settings: MqttSettings) -> None:
     if (settings.client_cert is None) != (settings.client_key is None):
         raise src.error("mqtt.client_cert and mqtt.client_key go together: set both or neither")
@@ -373,8 +338,11 @@ def _check_tls(src: _Source, settings: MqttSettings) -> None:
         if path is None:
             continue
         # A TLS file next to a plain-text URL means the operator believes the link is encrypted.
-        if not settings.url.startswith("mqtts://"):
-            raise src.error(f"mqtt.{name} needs an mqtts:// url, but mqtt.url is {settings.url!r}")
+        if not settings.url.startswith("mqtts://"):  # every URL has the first one's scheme
+            which = f"mqtt.url is {settings.url!r}"
+            if len(settings.urls) > 1:
+                which = f"mqtt.urls are mqtt:// ({settings.url!r}...)"
+            raise src.error(f"mqtt.{name} needs an mqtts:// url, but {which}")
         _existing_file(src, f"mqtt.{name}", path)
 
 
@@ -401,7 +369,7 @@ def _server(
 ) -> ServerConfig:
     fields = _server_fields(src, sections["server"])
     if listen is not None:  # --listen: serve on TCP even if the file names a socket
-        address = _host_port(listen)
+        address = split_host_port(listen)
         if address is None:
             raise ConfigError(f"--listen: {listen!r} {NOT_HOST_PORT}")
         fields["host"], fields["port"] = address
@@ -421,7 +389,7 @@ def _server_fields(src: _Source, values: dict[str, Any]) -> dict[str, Any]:
     """ServerConfig's fields from the [server] keys: renamed, unit-converted, secrets read."""
     fields = {_SERVER_RENAMED.get(key, key): value for key, value in values.items()}
     if "listen" in fields:
-        address = _host_port(fields.pop("listen"))
+        address = split_host_port(fields.pop("listen"))
         if address is None:
             raise src.error(f"server.listen: {values['listen']!r} {NOT_HOST_PORT}")
         fields["host"], fields["port"] = address
@@ -439,7 +407,7 @@ def _grpc(src: _Source, values: Mapping[str, Any]) -> GrpcConfig:
     """The [grpc] section: off unless `listen` or `socket` is set (the socket wins)."""
     fields = {_SERVER_RENAMED.get(key, key): value for key, value in values.items()}
     if "listen" in fields:
-        address = _host_port(fields.pop("listen"))
+        address = split_host_port(fields.pop("listen"))
         if address is None:
             raise src.error(f"grpc.listen: {values['listen']!r} {NOT_HOST_PORT}")
         fields["host"], fields["port"] = address
@@ -453,15 +421,3 @@ def _grpc(src: _Source, values: Mapping[str, Any]) -> GrpcConfig:
     if config.enabled and importlib.util.find_spec("grpc") is None:
         raise src.error(f"[grpc] is set, but grpcio is not installed ({GRPC_EXTRA})")
     return config
-
-
-def _host_port(text: str) -> tuple[str, int] | None:
-    """Split HOST:PORT or [IPV6]:PORT; None if `text` is neither."""
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:  # an IPv6 address needs brackets, or its last group reads as the port
-        return None
-    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65_535:
-        return None
-    return host, int(port)

@@ -26,8 +26,9 @@ from cryptography.hazmat.primitives import serialization
 from edge_agent.config.settings import DeviceConfig, MqttSettings
 from edge_agent.errors import ConfigError
 from edge_agent.storage.state import ROOT_FILE, STATE_FILE, load_state
+from edge_common import toml_file
 from edge_common.listen import listen_problem
-from edge_common.toml_file import ConfigFileError, read_bounded
+from edge_common.toml_file import ConfigFileError
 from edge_protocol import TrustedState
 from edge_protocol.envelope import MAX_DOCUMENT_BYTES
 from edge_protocol.errors import ProtocolError
@@ -77,16 +78,9 @@ def check_files(config: DeviceConfig, labels: Labels) -> list[str]:
 def read_small(path: Path, fail: Setting, limit: int = MAX_DOCUMENT_BYTES) -> bytes:
     """The bytes of a file expected to be small (at most `limit`), or one sentence why not."""
     try:
-        data = read_bounded(path, limit)
-    except ConfigFileError as e:  # larger than the limit
-        raise fail.error(str(e)) from None
-    except IsADirectoryError:
-        raise fail.error(f"{path} is a directory, not a file") from None
-    except OSError as e:
-        raise fail.error(f"cannot read {path} ({e.strerror or e})") from e
-    if not data:
-        raise fail.error(f"{path} is empty")
-    return data
+        return toml_file.read_small(path, limit)
+    except ConfigFileError as e:
+        raise fail.error(str(e)) from e.__cause__
 
 
 def check_root(path: Path, device_id: str, fail: Setting) -> list[str]:

@@ -22,7 +22,7 @@ DEFAULT_STATE_DIR = Path("/var/lib/edge-agent")
 class MqttSettings:
     """How the agent reaches the broker (`[mqtt]`)."""
 
-    url: str  # mqtt://host[:port] or mqtts://host[:port]
+    url: str  # mqtt://host[:port] or mqtts://host[:port]: the first broker tried
     username: str  # defaults to the device id
     password: str | None = None  # read from `password_file`; never written back anywhere
     ca_file: Path | None = None  # CA that signed the broker's certificate (mqtts://)
@@ -32,6 +32,12 @@ class MqttSettings:
     topic_prefix: str = DEFAULT_PREFIX
     reconnect_min_s: float = 1.0  # jittered exponential backoff between these bounds
     reconnect_max_s: float = 60.0
+    # Every node of a clustered broker, tried in turn; empty means just `url`.
+    urls: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.urls:
+            object.__setattr__(self, "urls", (self.url,))  # frozen: set once, here
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (chunks on disk, chunks in the artifact)
 TopicsCall = Callable[[Sequence[str]], Awaitable[None]]
 WINDOW = 16  # chunk topics subscribed at once per download
+# A refused chunk subscription is asked again after 1, 2, 4, 8 s of connected time before the
+# download fails: NATS refuses one whose JetStream consumer took it more than 4 s to make.
+SUBSCRIBE_TRIES = 5
+RETRY_REFUSED_S = 1.0
 RESUBSCRIBE_AFTER_S = 30.0  # a resumed session that brings no chunk this long is not trusted
 
 
@@ -67,6 +71,8 @@ class _Active:
     cursor: int = 0  # every chunk below it is on disk, queued or in the window
     doubt_session_at: float | None = None  # connected time to renew what a session should bring
     stuck_epoch: int = -1  # subscribing failed on this connection: wait for the next one
+    refusals: int = 0  # SUBACKs in a row that refused some of the window
+    retry_at: float | None = None  # connected time to ask again for what was refused
     written: int = 0
 
 
@@ -87,6 +93,7 @@ class MqttChunkFetcher:
         link: LinkState | None = None,
         window: int = WINDOW,
         resubscribe_after_s: float = RESUBSCRIBE_AFTER_S,
+        subscribe_tries: int = SUBSCRIBE_TRIES,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
@@ -98,6 +105,7 @@ class MqttChunkFetcher:
         self._link.add_listener(self._wake)
         self._window = window
         self._resubscribe_after_s = resubscribe_after_s
+        self._subscribe_tries = subscribe_tries
         self._active: dict[str, _Active] = {}
         self.chunks_received = 0  # chunk messages for a download in progress, duplicates too
         self.chunk_bytes_received = 0
@@ -151,15 +159,13 @@ class MqttChunkFetcher:
         link = self._link
         if not link.up or active.stuck_epoch == link.epoch:
             return
+        if active.retry_at is not None and link.connected_time() < active.retry_at:
+            return
         if active.epoch != link.epoch:
             self._on_new_connection(active)
         try:
             await self._top_up(active)
             await self._drop_spent(active)
-        except MqttSubscribeError as e:
-            raise DownloadFailedError(
-                f"{e}: the broker's ACL must let this device read the artifact topics"
-            ) from e
         except BrokerError as e:
             active.stuck_epoch = link.epoch  # the link is going; the next connection resumes
             log.info("chunk subscriptions wait for the next connection: %s", e)
@@ -184,9 +190,32 @@ class MqttChunkFetcher:
             return
         # Registered before subscribing: retained chunks may arrive before the SUBACK.
         active.window.update(fresh)
-        await self._subscribe(self._chunk_topics(active, indices))
+        try:
+            await self._subscribe(self._chunk_topics(active, indices))
+        except MqttSubscribeError as e:
+            named = {t.rsplit("/", 1)[1] for t in e.refused}
+            refused = {i for i in indices if str(i) in named} or set(indices)
+            self._held(active, [i for i in indices if i not in refused])
+            self._refused(active, e)
+            return
+        active.refusals, active.retry_at = 0, None
+        self._held(active, indices)
+
+    def _held(self, active: _Active, indices: Sequence[int]) -> None:
+        """The broker granted these chunk topics."""
         active.subscribed.update(indices)
         active.spent.update(i for i in indices if i not in active.window)
+
+    def _refused(self, active: _Active, error: MqttSubscribeError) -> None:
+        """Ask again later, or fail once the broker refused SUBSCRIBE_TRIES times in a row."""
+        active.refusals += 1
+        if active.refusals >= self._subscribe_tries:
+            raise DownloadFailedError(
+                f"{error}: the broker's ACL must let this device read the artifact topics"
+            ) from error
+        delay = RETRY_REFUSED_S * 2 ** (active.refusals - 1)
+        active.retry_at = self._link.connected_time() + delay
+        log.info("%s; asking again in %g s of connected time", error, delay)
 
     async def _drop_spent(self, active: _Active) -> None:
         # In batches: one UNSUBSCRIBE per half window, not one per chunk.
@@ -238,8 +267,9 @@ class MqttChunkFetcher:
             if remaining <= 0:
                 raise DownloadStalledError(_stalled(active.download, self._stall_timeout_s))
             timeout = remaining
-            if active.doubt_session_at is not None:
-                timeout = min(timeout, max(0.0, active.doubt_session_at - link.connected_time()))
+            for due in (active.doubt_session_at, active.retry_at):  # woken to act on time
+                if due is not None:
+                    timeout = min(timeout, max(0.0, due - link.connected_time()))
         try:
             return await asyncio.wait_for(active.queue.get(), timeout)
         except TimeoutError:

@@ -17,18 +17,20 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from edge_agent.config.settings import DeviceConfig
-from edge_agent.errors import AgentError, ProbationFailedError, StoreError, UpdateError
+from edge_agent.errors import AgentError, ProbationFailedError, UpdateError
 from edge_agent.mqtt.link import LinkState
-from edge_agent.storage.state import AgentState, Installed, ModelState, StateStore
+from edge_agent.storage.state import Installed, ModelState, StateStore
 from edge_agent.storage.store import ModelStore
-from edge_agent.storage.writes import PendingWrites, Write, store_error
+from edge_agent.storage.writes import store_error
 from edge_agent.update.acquire import Acquisition
 from edge_agent.update.activation import Activator
+from edge_agent.update.endings import INTERNAL_ERROR, Job, UpdateEndings, reason_of
 from edge_agent.update.fetch import ChunkFetcher
+from edge_agent.update.ledger import STATE_KEY
 from edge_agent.uplink.reporting import Reporter
 from edge_common.supervise import watch
 from edge_protocol import AssignedModel, Assignment, RejectedError, Release, TrustedState
@@ -37,21 +39,9 @@ from edge_protocol.messages import EventKind, UpdatePhase
 __all__ = ["INTERNAL_ERROR", "STATE_KEY", "ChunkFetcher", "Job", "Updater"]  # agent.py's names
 
 log = logging.getLogger(__name__)
-STATE_KEY = "state.json"  # the key of state.json's writes in PendingWrites
-INTERNAL_ERROR = "internal_error"  # the reason of an update ended by a bug of the agent
 
 
-@dataclass(frozen=True)
-class Job:
-    """One model's update in progress."""
-
-    model: str
-    target: Installed
-    seq: int
-    task: asyncio.Task[None]
-
-
-class Updater:
+class Updater(UpdateEndings):
     """Turns verified assignments into installed, self-tested, probated models."""
 
     def __init__(
@@ -68,16 +58,8 @@ class Updater:
         link: LinkState | None = None,
         unsubscribe: Callable[[str], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
-        self._config = config
-        # The last accepted assignment's seq and digest belong to `trust`, which moves them as
-        # it verifies; state.json's copy is stamped from it at every write (`_write_state`).
-        self._trust = trust
-        self._states = states
-        self.state = states.load()
-        self._persisted = self.state  # what state.json holds: retention keeps its models too
+        super().__init__(config, trust, states=states, activator=activator, reporter=reporter)
         self._store = store
-        self._activator = activator
-        self._reporter = reporter
         self._acquire = Acquisition(
             config, trust, store=store, reporter=reporter, fetcher=fetcher, subscribe=subscribe,
             set_phase=self._set_phase, link=link, unsubscribe=unsubscribe,
@@ -86,37 +68,8 @@ class Updater:
         # A newer assignment naming the release a job is installing: if that job fails, the
         # newer seq has the right to try it again (the job records its failure at its own seq).
         self._renewed: dict[str, tuple[AssignedModel, int]] = {}
-        settings = config.updates
-        self.writes = PendingWrites(
-            min_s=settings.write_retry_min_s, max_s=settings.write_retry_max_s,
-            on_landed=self._landed,
-        )  # fmt: skip
         self._waiting: Assignment | None = None  # accepted, but its seq is not on disk yet
         self._uncommitted: set[str] = set()  # passed probation; the commit waits for the disk
-        self._phases: dict[str, UpdatePhase] = {}
-        self._last_errors: dict[str, str | None] = {}
-
-    @property
-    def pending_writes(self) -> list[str]:
-        """The state files the disk refused and that are being retried."""
-        return self.writes.keys
-
-    def phase(self, name: str) -> UpdatePhase:
-        """Where the update of `name` stands (idle when none ever ran)."""
-        return self._phases.get(name, UpdatePhase.IDLE)
-
-    def describe(self) -> dict[str, dict[str, Any]]:
-        """Each model's part of the state message: active, previous, phase and last error."""
-        models: dict[str, dict[str, Any]] = {}
-        for name in sorted({*self.state.models, *self._phases}):
-            model_state = self.state.model(name)
-            models[name] = {
-                "active": model_state.active.to_dict() if model_state.active else None,
-                "previous": model_state.previous.to_dict() if model_state.previous else None,
-                "phase": self.phase(name),
-                "last_error": self._last_errors.get(name),
-            }
-        return models
 
     # --- start-up ---------------------------------------------------------------------------
 
@@ -292,7 +245,7 @@ class Updater:
             return
         except (AgentError, OSError) as e:
             error = store_error(e) if isinstance(e, OSError) else e
-            await self._fail(name, pinned, seq, kind=EventKind.FAILED, reason=_reason(error),
+            await self._fail(name, pinned, seq, kind=EventKind.FAILED, reason=reason_of(error),
                              detail=str(error))  # fmt: skip
             return
         except Exception as e:  # a defect: fail this release here rather than retry it forever
@@ -335,133 +288,8 @@ class Updater:
         await self._set_phase(name, UpdatePhase.IDLE)
         await self._retain(finished=name)
 
-    async def _commit_waits(self, name: str, target: Installed, refused: StoreError) -> None:
-        """Passed probation, serving, not yet committed on disk: report it; the retry commits."""
-        detail = (
-            f"v{target.version} passed probation and keeps serving, but its commit could not "
-            f"be written ({refused}); retrying until it lands"
-        )
-        self._last_errors[name] = detail
-        await self._reporter.event(
-            EventKind.FAILED,
-            model=name,
-            version=target.version,
-            reason=refused.reason,
-            detail=detail,
-        )
-        await self._set_phase(name, UpdatePhase.FAILED)
-        if name not in self._uncommitted:  # the commit landed while this was reported
-            await self._set_phase(name, UpdatePhase.IDLE)
-        await self._retain(finished=name)
-
-    async def _roll_back(self, name: str, failed: Installed, error: AgentError) -> None:
-        model_state = self.state.model(name)
-        previous = model_state.previous
-        if previous is not None and not await self._activator.serve_installed(name, previous):
-            previous = None  # its file is damaged too
-        if previous is None:  # a device never serves nothing because probation failed
-            await self._keep_serving(name, failed, error)
-            return
-        failures = {
-            **model_state.failed,
-            (failed.version, failed.sha256): self._trust.assignment_seq,
-        }
-        await self._save(name, ModelState(active=previous, failed=failures))
-        self._last_errors[name] = str(error)
-        await self._reporter.event(
-            EventKind.ROLLED_BACK, model=name, version=failed.version, reason=_reason(error),
-            detail=str(error), to_version=previous.version,
-        )  # fmt: skip
-        await self._set_phase(name, UpdatePhase.IDLE)
-        await self._retain(finished=name)
-
-    async def _keep_serving(self, name: str, failed: Installed, error: AgentError) -> None:
-        """No earlier version to return to: the one that failed keeps serving, as `failed`."""
-        model_state = self.state.model(name)
-        failures = {
-            **model_state.failed,
-            (failed.version, failed.sha256): self._trust.assignment_seq,
-        }
-        repository = self._activator.repository
-        served = name in repository and repository.get(name).version == failed.version
-        if not served and not await self._activator.serve_installed(name, failed):
-            await self._save(name, ModelState(failed=failures))  # its file is gone: nothing is left
-        else:
-            await self._save(name, ModelState(active=failed, failed=failures))
-        detail = (
-            f"{error}; there is no earlier version to roll back to, "
-            f"so v{failed.version} keeps serving"
-        )
-        await self._end(
-            name, failed.version, kind=EventKind.FAILED, reason=_reason(error), detail=detail
-        )
-
-    async def _fail(
-        self,
-        name: str,
-        pinned: AssignedModel,
-        seq: int,
-        *,
-        kind: EventKind,
-        reason: str,
-        detail: str,
-    ) -> None:
-        model_state = self.state.model(name)
-        failures = {**model_state.failed, (pinned.version, pinned.sha256): seq}
-        await self._save(name, replace(model_state, failed=failures))
-        await self._end(name, pinned.version, kind=kind, reason=reason, detail=detail, seq=seq)
-
-    async def _end(
-        self, name: str, version: int, *, kind: EventKind, reason: str, detail: str, **extra: Any
-    ) -> None:
-        """Report an update that ended without a model to probate."""
-        log.warning("%s v%d %s: %s", name, version, kind, detail)
-        self._last_errors[name] = detail
-        await self._reporter.event(
-            kind, model=name, version=version, reason=reason, detail=detail, **extra
-        )
-        await self._set_phase(name, UpdatePhase.FAILED)
-        await self._retain(finished=name)
-
-    async def _report_waiting(self, assignment: Assignment, refused: StoreError) -> None:
-        detail = f"assignment {assignment.seq} cannot be recorded ({refused}); applied once it is"
-        for name, pinned in sorted(assignment.models.items()):
-            if not self._changes(name, pinned):
-                continue
-            log.warning("%s v%d waits: %s", name, pinned.version, detail)
-            self._last_errors[name] = detail
-            await self._reporter.event(
-                EventKind.FAILED, model=name, version=pinned.version, reason=refused.reason,
-                detail=detail, seq=assignment.seq,
-            )  # fmt: skip
-            # An update under way keeps its own phase; one that is only tidying up is idle.
-            if name not in self._jobs or self.phase(name) == UpdatePhase.IDLE:
-                await self._set_phase(name, UpdatePhase.FAILED)
-
     # --- helpers ----------------------------------------------------------------------------
-
-    async def _save(self, name: str, model_state: ModelState) -> StoreError | None:
-        """Change one model's state and write it; None, or why the disk refused (retried)."""
-        self.state = self.state.with_model(name, model_state)
-        refused = await self._write_state()
-        await self._reporter.publish_state()
-        return refused
-
-    async def _write_state(self) -> StoreError | None:
-        seq, digest = self._mark()
-        self.state = replace(self.state, assignment_seq=seq, assignment_digest=digest)
-        return await self.writes.write(STATE_KEY, self._state_write(self.state))
-
-    def _mark(self) -> tuple[int, str | None]:
-        """The last accepted assignment's (seq, digest), as the trust holds them."""
-        return self._trust.assignment_seq, self._trust.assignment_digest
-
-    def _state_write(self, state: AgentState) -> Write:
-        def write() -> None:
-            self._states.save(state)
-            self._persisted = state
-
-        return write
+    # --- helpers ----------------------------------------------------------------------------
 
     async def _landed(self, key: str) -> None:
         """A refused write of state.json landed: finish the commits and apply what waited."""
@@ -476,28 +304,3 @@ class Updater:
         if waiting is not None:
             log.info("assignment %d is on disk: applying it", waiting.seq)
             self.apply(waiting)
-
-    async def _set_phase(self, name: str, phase: UpdatePhase) -> None:
-        self._phases[name] = phase
-        self._activator.metrics.set_update_state(name, phase)
-        await self._reporter.publish_state()
-
-    async def _retain(self, finished: str | None = None) -> None:
-        # Keep what the state (in memory and on disk) refers to and what other updates are
-        # fetching; the update that just ended (`finished`) keeps nothing it did not install.
-        running = {(job.model, job.target.sha256) for job in self._jobs.values()
-                   if job.model != finished}  # fmt: skip
-        others = {sha256 for _model, sha256 in running}
-        keep = self.state.installed_shas() | self._persisted.installed_shas() | others
-        releases = self.state.installed_releases() | self._persisted.installed_releases() | running
-        try:
-            await asyncio.to_thread(self._store.retain, keep)
-            # A removed model's signed release goes with it (its job may be saving one now).
-            await asyncio.to_thread(self._states.retain_releases, releases)
-        except OSError as e:  # what is not deleted now is deleted after the next update
-            log.error("cannot remove unused model files: %s", e)
-
-
-def _reason(error: Exception) -> str:
-    reason = getattr(error, "reason", None)
-    return reason if isinstance(reason, str) else "failed"

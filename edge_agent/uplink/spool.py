@@ -31,18 +31,30 @@ import bisect
 import heapq
 import json
 import logging
-import os
 import re
 import secrets
-import struct
 import threading
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_agent.uplink.spool_record import HEADER, checked_size, encode_record, parse_record
 from edge_common.files import TEMP_SUFFIX, write_atomic
+
+__all__ = [
+    "HEADER",
+    "KINDS",
+    "KIND_EVENTS",
+    "KIND_TELEMETRY",
+    "META_FILE",
+    "SEQ_BLOCK",
+    "SPOOL_DIR",
+    "Spool",
+    "SpoolCounters",
+    "SpoolRecord",
+    "encode_record",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +63,6 @@ META_FILE = "meta.json"
 KIND_EVENTS = "events"
 KIND_TELEMETRY = "telemetry"
 KINDS = (KIND_EVENTS, KIND_TELEMETRY)
-MAGIC = b"ESP1"
-HEADER = struct.Struct(">4sII")  # magic, payload length, crc32 of the payload
 SEQ_BLOCK = 1024  # msg_seq numbers reserved per write of meta.json
 _RECORD_NAME = re.compile(r"^(\d{20})\.(events|telemetry)$")
 
@@ -322,7 +332,7 @@ class Spool:
     def _read(self, seq: int, kind: str) -> bytes | None:
         path = self._path(seq, kind)
         try:
-            payload = _parse_record(path.read_bytes())
+            payload = parse_record(path.read_bytes())
         except OSError as e:
             log.error("cannot read spooled message %s: %s", path.name, e)
             payload = None
@@ -346,7 +356,7 @@ class Spool:
             match = _RECORD_NAME.match(path.name)
             if match is None:
                 continue
-            size = _checked_size(path)
+            size = checked_size(path)
             if size is None:
                 log.warning("spool: skipping the torn message file %s", path.name)
                 path.unlink(missing_ok=True)
@@ -379,35 +389,3 @@ class Spool:
         data = {"epoch": meta.epoch, "seq_reserved": meta.seq_reserved,
                 "counters": asdict(meta.counters), "registry_acks": meta.registry_acks}  # fmt: skip
         write_atomic(self.directory / META_FILE, json.dumps(data, sort_keys=True).encode())
-
-
-def encode_record(payload: bytes) -> bytes:
-    """The bytes of one spool file: header, then the payload."""
-    return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
-
-
-def _parse_record(data: bytes) -> bytes | None:
-    """The payload of a spool file, or None when it is torn or damaged."""
-    if len(data) < HEADER.size:
-        return None
-    magic, length, crc = HEADER.unpack_from(data)
-    payload = data[HEADER.size :]
-    if magic != MAGIC or length != len(payload) or zlib.crc32(payload) != crc:
-        return None
-    return payload
-
-
-def _checked_size(path: Path) -> int | None:
-    """The file's size if its header is whole and its length matches, else None."""
-    try:
-        with path.open("rb") as handle:
-            header = handle.read(HEADER.size)
-            size = os.fstat(handle.fileno()).st_size
-    except OSError:
-        return None
-    if len(header) < HEADER.size:
-        return None
-    magic, length, _crc = HEADER.unpack(header)
-    if magic != MAGIC or size != HEADER.size + length:
-        return None
-    return size

@@ -199,9 +199,11 @@ class MqttClient:
         granted = zip(topic_filters, codes, strict=False)
         refused = [f for f, code in granted if code >= _SUBACK_FAILURE]
         if refused:
-            raise self._errors.subscribe(
+            error = self._errors.subscribe(
                 f"the broker refused the subscription to {', '.join(refused)}"
             )
+            error.refused = tuple(refused)
+            raise error
 
     async def unsubscribe(self, *topic_filters: str) -> None:
         """Unsubscribe and await the UNSUBACK."""

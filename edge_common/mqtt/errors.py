@@ -25,6 +25,8 @@ class MqttDisconnectedError(BrokerError):
 class MqttSubscribeError(BrokerError):
     """The broker refused a subscription (SUBACK failure code 0x80)."""
 
+    refused: tuple[str, ...] = ()  # the filters refused; the others of the SUBSCRIBE hold
+
 
 class MqttSettingsError(ValueError):
     """Settings that cannot work (a bad URL, TLS files with mqtt://, unreadable PEM files)."""

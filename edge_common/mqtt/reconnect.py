@@ -57,7 +57,7 @@ class Backoff:
 async def follow(
     connect: Callable[[], MqttClient],
     *,
-    where: str,
+    where: str | Callable[[], str],
     who: str,
     on_connect: Callable[[MqttClient], Awaitable[None]],
     on_message: Callable[[Message], Awaitable[None]],
@@ -67,23 +67,25 @@ async def follow(
 ) -> NoReturn:
     """Stay connected until cancelled: connect, on_connect, dispatch messages, back off, repeat.
 
-    `connect` makes each new (unopened) connection; `where` (the broker) and `who` (the login)
-    are for the log. `on_connect` runs on every connection (publish state, subscribe: a restarted
-    broker has forgotten the session). Messages go to `on_message` one at a time, in order. A
-    BrokerError from either ends the connection like a drop does. Any other exception from
-    `on_message` is logged with its traceback, handed to `on_handler_error` and the next
-    message handled: the connection stays up (leaving it would send a clean DISCONNECT, which
-    discards the will). Any other exception from `on_connect` ends that connection and the
-    loop reconnects. `on_disconnect` hears why each attempt or connection ended.
+    `connect` makes each new (unopened) connection; `where` (the broker, or a callable naming
+    the one `connect` uses next) and `who` (the login) are for the log. `on_connect` runs on
+    every connection (publish state, subscribe: a restarted broker has forgotten the session).
+    Messages go to `on_message` one at a time, in order. A BrokerError from either ends the
+    connection like a drop does. Any other exception from `on_message` is logged with its
+    traceback, handed to `on_handler_error` and the next message handled: the connection stays
+    up (leaving it would send a clean DISCONNECT, which discards the will). Any other exception
+    from `on_connect` ends that connection and the loop reconnects. `on_disconnect` hears why
+    each attempt or connection ended, before the wait.
     """
     handlers = _Handlers(on_connect, on_message, on_handler_error)
+    broker = where if callable(where) else lambda: where
     while True:
-        error = await _one_connection(connect, where=f"{where} as {who}", handlers=handlers,
+        error = await _one_connection(connect, where=f"{broker()} as {who}", handlers=handlers,
                                       backoff=backoff)  # fmt: skip
         delay = backoff.next_delay()
-        log.warning("MQTT: %s; reconnecting to %s in %.2f s", error, where, delay)
-        if on_disconnect is not None:
+        if on_disconnect is not None:  # first: it may move `where` on to another broker
             on_disconnect(error)
+        log.warning("MQTT: %s; reconnecting to %s in %.2f s", error, broker(), delay)
         await asyncio.sleep(delay)
 
 

@@ -11,10 +11,9 @@ from model_registry.api.auth import CTX_KEY, PRINCIPAL_KEY, require
 from model_registry.api.params import field, int_param, json_body, positive_field, query_text
 from model_registry.errors import InvalidInputError
 from model_registry.rollouts import service
-from model_registry.rollouts.controller import current_gates
 from model_registry.rollouts.policy import parse_policy
 from model_registry.rollouts.service import RolloutStatus, WaveStatus
-from model_registry.storage import ROLLOUT_ACTIVE, RolloutDecision, RolloutRecord
+from model_registry.storage import RolloutDecision, RolloutRecord
 
 
 @require("publisher")
@@ -51,11 +50,8 @@ async def list_rollouts(request: web.Request) -> web.Response:
 async def get_rollout(request: web.Request) -> web.Response:
     """GET /v1/rollouts/{id}: the rollout, each wave's progress and every decision."""
     rollout_id = int_param(request.match_info["id"], "rollout id")
-    ctx = request.app[CTX_KEY]
-    status = await service.rollout_status(ctx, rollout_id)
-    active = status.rollout.state in ROLLOUT_ACTIVE
-    gates = await current_gates(ctx, status.rollout) if active else []
-    return web.json_response({**status_view(status), "gates": [g.numbers() for g in gates]})
+    status = await service.rollout_status(request.app[CTX_KEY], rollout_id)
+    return web.json_response(status_view(status))
 
 
 @require("publisher")
@@ -108,6 +104,7 @@ def status_view(status: RolloutStatus) -> dict[str, Any]:
         **rollout_view(status.rollout),
         "policy": status.policy.to_dict(),
         "waves": [_wave_view(w) for w in status.waves],
+        "gates": [v.numbers() for v in status.gates],
         "decisions": [decision_view(d) for d in status.decisions],
     }
 

@@ -151,6 +151,9 @@ def status_lines(status: dict[str, Any], *, decisions: int = 0) -> list[str]:
     total = len(status["waves"])
     for wave in status["waves"]:
         lines.append(wave_line(wave, total))
+    gates = [gate_text(g) for g in status.get("gates") or []]
+    if gates:
+        lines.append(f"  gates now: {'; '.join(gates)}")
     halt = status.get("halt")
     if halt:
         lines.append(f"  {status['state']}: {halt.get('reason')}")
@@ -158,6 +161,15 @@ def status_lines(status: dict[str, Any], *, decisions: int = 0) -> list[str]:
         lines.append(f"    {decision['at']}  {decision['actor']}  {decision['action']}: "
                      f"{decision['reason']}")  # fmt: skip
     return lines
+
+
+def gate_text(gate: dict[str, Any]) -> str:
+    """`latency 1.2 (limit 2) held`, `latency waits (3 new, 40 replaced answers, ...)`."""
+    if gate["held"] is None:
+        return f"{gate['gate']} {'waits' if gate.get('waits') else 'not judged'} ({gate['detail']})"
+    measured = "-" if gate["measured"] is None else f"{gate['measured']:.3g}"
+    verdict = "held" if gate["held"] else "BROKEN"
+    return f"{gate['gate']} {measured} (limit {gate['limit']:g}) {verdict}"
 
 
 def wave_line(wave: dict[str, Any], total: int) -> str:

@@ -172,6 +172,8 @@ async def _give_back(
             if device is None or _version(device.assigned.get(rollout.model)) != rollout.version:
                 continue  # removed, moved to another group, or assigned something else since
             earlier = rollout.previous.get(device_id)
+            if earlier == rollout.version:
+                continue  # it ran this version before its wave: nothing to give back
             if earlier is None:
                 kept.append(device_id)
             else:

@@ -148,18 +148,6 @@ async def _pass_wave(
     return stored
 
 
-async def current_gates(ctx: RegistryContext, rollout: RolloutRecord) -> list[Verdict]:
-    """Every gate on the current wave as it stands now (install over the devices moved so far,
-    success over the wave's, the health gates): what the dashboard shows between decisions."""
-    if not rollout.waves:
-        return []
-    policy = parse_policy(rollout.policy)
-    moved, current = await _progress(ctx, rollout)
-    wave = rollout.waves[-1]
-    verdicts = [install_gate(moved, policy), settled(current, len(wave.devices), policy)]
-    return verdicts + await health.verdicts(ctx.storage, rollout, policy, wave, ctx.clock())
-
-
 async def _progress(
     ctx: RegistryContext, rollout: RolloutRecord
 ) -> tuple[list[DeviceProgress], list[DeviceProgress]]:

@@ -13,7 +13,11 @@ reported by both versions) is not judged and does not hold the wave. The gates:
 * `latency`: the new version's p99 over the replaced one's (at least `latency_floor_ms`) above
   `max_latency_ratio`;
 * `prediction_shift`: the PSI of the new version's predicted classes (or output bins) against
-  the replaced one's above `max_psi`; judged only when both versions report `predictions`.
+  the replaced one's above `max_psi`, and above what chance alone gives on that many
+  predictions (`statistics.distributions.psi_noise`, 99.9%): a shift past the limit but within
+  chance waits for more answers. Counts get half a count per bin first (`smoothed`), so a class
+  a small sample missed by chance does not weigh as if it had vanished. Judged only when both
+  versions report `predictions`.
 
 A verdict names the devices where the gate's own number is past its limit.
 """
@@ -27,7 +31,7 @@ from typing import Any
 
 from model_registry.rollouts.gates import Verdict
 from model_registry.rollouts.policy import RolloutPolicy
-from model_registry.statistics.distributions import psi
+from model_registry.statistics.distributions import psi, psi_noise, smoothed
 from model_registry.statistics.window import VersionWindow, aggregate
 from model_registry.storage import RolloutRecord, RolloutWave, Storage
 from model_registry.storage.base import VersionPoint
@@ -123,15 +127,26 @@ def prediction_shift(
     if pair is None:
         detail = "the versions do not both report predicted classes or output bins"
         return Verdict(PREDICTIONS, None, None, limit, detail=detail)
-    shift = psi(pair[1], pair[0])
+    shift, noise = _shift(pair)
     bad = []
     for device, window in sorted(new_by_device.items()):
         before = old_by_device.get(device)
         mine = _distributions(window.detail, before.detail) if before is not None else None
-        if mine is not None and psi(mine[1], mine[0]) > limit:
+        if mine is not None and (own := _shift(mine))[0] > max(limit, own[1]):
             bad.append(device)
-    detail = f"predicted {_top(pair[0])} against {_top(pair[1])} of version {old.version}"
+    detail = (
+        f"predicted {_top(pair[0])} against {_top(pair[1])} of version {old.version}; "
+        f"chance alone reaches {noise:.3g} on {sum(pair[0]):g} and {sum(pair[1]):g} predictions"
+    )
+    if limit < shift <= noise:  # past the limit, but no more than chance gives: more answers
+        return Verdict(PREDICTIONS, None, shift, limit, tuple(bad), detail, waits=True)
     return Verdict(PREDICTIONS, shift <= limit, shift, limit, tuple(bad), detail)
+
+
+def _shift(pair: tuple[list[float], list[float]]) -> tuple[float, float]:
+    """The PSI of new against old, and the PSI sampling alone stays below (`psi_noise`)."""
+    new, old = pair
+    return psi(smoothed(old), smoothed(new)), psi_noise(len(new), sum(old), sum(new))
 
 
 _GATES = (ERROR_RATE, LATENCY, PREDICTIONS)

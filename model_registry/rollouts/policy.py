@@ -43,7 +43,7 @@ class RolloutPolicy:
     max_latency_ratio: float = 2.0  # p99 of the new version over the old one's
     latency_floor_ms: float = 5.0  # an old p99 below this counts as this
     max_psi: float = 0.25  # PSI of the predicted classes
-    min_requests: int = 20  # per version, before a health gate is judged
+    min_requests: int = 100  # per version, before a health gate is judged (a p99 needs them)
     require_traffic: bool = True  # a soak lasts until the health gates had min_requests
     baseline: float = 3600.0  # how far back before a wave the old version's telemetry counts
 

@@ -14,10 +14,12 @@ from dataclasses import dataclass, replace
 from model_registry.errors import ConflictError, UnknownNameError
 from model_registry.rollouts.changes import actor_of, start_wave, stop, store
 from model_registry.rollouts.controller import advance
+from model_registry.rollouts.gates import Verdict, install_gate
+from model_registry.rollouts.health import verdicts
 from model_registry.rollouts.policy import RolloutPolicy, parse_policy
 from model_registry.rollouts.waves import plan, wave_devices
 from model_registry.services.context import RegistryContext
-from model_registry.services.fleet import STATUSES, deployment_progress
+from model_registry.services.fleet import STATUSES, DeviceProgress, deployment_progress
 from model_registry.storage import RolloutDecision, RolloutRecord, RolloutWave
 
 log = logging.getLogger(__name__)
@@ -155,6 +157,7 @@ class RolloutStatus:
     policy: RolloutPolicy
     waves: tuple[WaveStatus, ...]
     decisions: tuple[RolloutDecision, ...]
+    gates: tuple[Verdict, ...] = ()  # the gates of the current wave now (active rollouts)
 
 
 async def rollout_status(ctx: RegistryContext, rollout_id: int) -> RolloutStatus:
@@ -175,7 +178,26 @@ async def rollout_status(ctx: RegistryContext, rollout_id: int) -> RolloutStatus
             moved |= set(ids)
             shown.append(WaveStatus(index, percent, ids, None, dict.fromkeys(STATUSES, 0)))
     decisions = await ctx.storage.rollout_decisions(rollout_id)
-    return RolloutStatus(rollout, policy, tuple(shown), tuple(decisions))
+    gates = await _gates_now(ctx, rollout, policy) if rollout.active else ()
+    return RolloutStatus(rollout, policy, tuple(shown), tuple(decisions), gates)
+
+
+async def _gates_now(
+    ctx: RegistryContext, rollout: RolloutRecord, policy: RolloutPolicy
+) -> tuple[Verdict, ...]:
+    """What the controller's gates say of the current wave now, as its next pass would judge."""
+    current = next((w for w in reversed(rollout.waves) if w.passed is None), None)
+    if current is None:
+        return ()
+    moved: list[DeviceProgress] = []
+    for wave in rollout.waves:
+        if wave.deployment_id is not None:
+            moved += (await deployment_progress(ctx, wave.deployment_id)).devices
+    install = install_gate(moved, policy)
+    if current.settled is None:
+        return (install,)
+    health = await verdicts(ctx.storage, rollout, policy, current, ctx.clock())
+    return (install, *health)
 
 
 __all__ = ["abort", "actor_of", "pause", "resume", "rollout_status", "start_rollout"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 
 # An empty bin would make PSI infinite; it counts as this share instead (before renormalizing),
 # the usual practice, so one empty bin weighs heavily but finitely.
@@ -34,6 +35,39 @@ def psi(expected: Sequence[float], observed: Sequence[float], floor: float = SHA
     """
     e, o = _floored(expected, observed, floor)
     return math.fsum((oi - ei) * math.log(oi / ei) for ei, oi in zip(e, o, strict=True))
+
+
+PSEUDO_COUNT = 0.5  # Jeffreys' prior: half an observation in every bin
+
+
+def smoothed(counts: Sequence[float], pseudo: float = PSEUDO_COUNT) -> list[float]:
+    """`counts` with `pseudo` added to every bin, before a PSI of small samples.
+
+    A bin a small sample left empty by chance would otherwise count as the floor's 1e-4 and
+    make the PSI several units; half a count keeps it finite and modest (10 answers, one class
+    missing: about 0.5 instead of 2.5), while a class that really vanished from hundreds of
+    answers still weighs heavily.
+    """
+    if pseudo < 0:
+        raise ValueError("pseudo must not be negative")
+    return [c + pseudo for c in counts]
+
+
+def psi_noise(bins: int, n_expected: float, n_observed: float, confidence: float = 0.999) -> float:
+    """The PSI two samples of these sizes from one same distribution stay below with `confidence`.
+
+    With no shift at all, PSI is about (1/n_expected + 1/n_observed) times a chi-square variable
+    with `bins - 1` degrees of freedom (for small differences it is Pearson's two-sample
+    statistic, scaled); the quantile is the Wilson-Hilferty approximation. A PSI below this is
+    what sampling alone gives: 3 classes and 30 answers a side reach 0.6 one time in a hundred,
+    so a gate on PSI needs its shift to be above this as well as above its limit.
+    """
+    if bins < 2 or n_expected <= 0 or n_observed <= 0 or not 0.5 < confidence < 1:
+        raise ValueError("need 2 bins or more, positive sample sizes, a confidence in (0.5, 1)")
+    k = bins - 1
+    z = NormalDist().inv_cdf(confidence)
+    quantile = k * (1 - 2 / (9 * k) + z * math.sqrt(2 / (9 * k))) ** 3
+    return quantile * (1 / n_expected + 1 / n_observed)
 
 
 def max_cdf_gap(expected: Sequence[float], observed: Sequence[float]) -> float:

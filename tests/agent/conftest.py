@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,8 +19,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edge_agent.runtime import LoadedModel, ModelRepository, load_model
 from edge_agent.server import InferenceServer, ServerConfig
+from edge_common.processes import LOCALHOST
+from tests.agent.blobs import Blob, make_blob
+from tests.agent.device_toml import PASSWORD, TOKEN
 from tests.support.models import BuiltModel, ModelSet, build_classifier
 from tests.support.probation_models import KINDS, probation_model
+from tests.support.provisioning import write_root, write_tls
+from tests.support.systemd_notify import NotifyListener
 
 OPSET = [helper.make_opsetid("", 17)]
 
@@ -213,3 +219,65 @@ async def get(http: ClientSession, url: str, **kwargs: Any) -> Reply:
     """GET and read the whole reply."""
     async with http.get(url, **kwargs) as response:
         return Reply(response.status, dict(response.headers), await response.read())
+
+
+@pytest.fixture
+async def raw_http() -> AsyncIterator[ClientSession]:
+    """A client that sends bodies exactly as given (no automatic decompression)."""
+    async with ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+@pytest.fixture
+def blob() -> Blob:
+    return make_blob()
+
+
+@pytest.fixture
+def no_network_thread_survives() -> Iterator[None]:
+    """Leaving `async with AgentMqtt` has stopped paho's network thread, whatever happened."""
+    yield
+    survivors = [t.name for t in threading.enumerate() if t.name.startswith("paho-mqtt-client")]
+    assert survivors == []
+
+
+@pytest.fixture
+async def silent_broker() -> AsyncIterator[tuple[int, asyncio.Event]]:
+    """A TCP listener that accepts and reads but never answers; yields (port, ended event)."""
+    ended = asyncio.Event()
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # until the client goes away
+        ended.set()
+        writer.close()
+
+    server = await asyncio.start_server(swallow, LOCALHOST, 0)
+    yield int(server.sockets[0].getsockname()[1]), ended
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    """A directory with the files a config refers to (as a device bundle would have them)."""
+    directory = (tmp_path / "etc").resolve()
+    write_tls(directory / "tls")  # tls/ca.crt, tls/client.crt, tls/client.key
+    write_root(directory / "root.json")
+    files = {
+        "mqtt-password": PASSWORD + "\n",
+        "api-token": TOKEN + "\n",
+        "empty": "",
+        "short-token": "short\n",
+    }
+    for name, content in files.items():
+        (directory / name).write_text(content)
+    return directory
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[NotifyListener]:
+    """A notify socket on the file system, as systemd uses for services."""
+    notify = NotifyListener(str(tmp_path / "notify"))
+    yield notify
+    notify.close()

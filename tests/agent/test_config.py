@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edge_agent.cli import main
 from edge_agent.config.loader import load_config
 from edge_agent.config.settings import (
     ArtifactSettings,
@@ -22,134 +18,16 @@ from edge_agent.config.settings import (
 from edge_agent.errors import ConfigError
 from edge_agent.runtime import RuntimeOptions
 from edge_agent.server import ServerConfig
-from tests.support.broker import free_port
-from tests.support.provisioning import write_root, write_tls
-
-EDGE_AGENT = Path(sys.executable).parent / "edge-agent"
-PASSWORD = "s3cret-mqtt-password"  # noqa: S105 - a test value
-TOKEN = "0123456789abcdef-api-token"  # noqa: S105 - a test value
-DELETE = object()
-MiB = 1024 * 1024
-
-
-def toml_value(value: Any) -> str:
-    """One value in TOML syntax (JSON strings are valid TOML basic strings)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
-    return repr(value)  # int, float, nan, inf
-
-
-def to_toml(data: dict[str, Any]) -> str:
-    """A document of top-level keys and one level of tables."""
-    lines = [f"{k} = {toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
-    for name, table in data.items():
-        if isinstance(table, dict):
-            lines += [f"\n[{name}]", *(f"{k} = {toml_value(v)}" for k, v in table.items())]
-    return "\n".join(lines) + "\n"
-
-
-def full_config() -> dict[str, Any]:
-    """Every key set, none to its default; paths relative to the config file."""
-    return {
-        "device_id": "pi-kitchen",
-        "state_dir": "state",
-        "trust": {"root_file": "root.json"},
-        "mqtt": {
-            "url": "mqtts://broker.example.com:8883",
-            "username": "kitchen",
-            "password_file": "mqtt-password",
-            "ca_file": "tls/ca.crt",
-            "client_cert": "tls/client.crt",
-            "client_key": "tls/client.key",
-            "keepalive_s": 45,
-            "topic_prefix": "plant/edge",
-            "reconnect_min_s": 2,
-            "reconnect_max_s": 90.5,
-        },
-        "models": {"follow": ["fraud", "churn.v2"]},
-        "artifacts": {"transport": "http", "http_url": "https://registry.example.com/api"},
-        "runtime": {
-            "intra_op_threads": 3,
-            "inter_op_threads": 0,
-            "inference_workers": 2,
-            "execution_providers": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-        },
-        "server": {
-            "listen": "0.0.0.0:9000",
-            "socket": "",
-            "socket_mode": 0o600,
-            "token_file": "api-token",
-            "max_body_mb": 4,
-            "max_batch_size": 16,
-            "max_queue_delay_ms": 2,
-            "max_queue_size": 64,
-            "max_request_batch": 256,
-            "non_finite": "allow",
-            "retry_after_s": 3,
-            "shutdown_timeout_s": 10,
-        },
-        "updates": {
-            "release_timeout_s": 60,
-            "download_timeout_s": 900.0,
-            "activation_timeout_s": 600,
-            "probation_requests": 50,
-            "probation_s": 45.5,
-            "probation_max_error_rate": 0.02,
-            "max_probation_restarts": 3,
-        },
-        "telemetry": {"interval_s": 60, "spool_max_mb": 8},
-    }
-
-
-def minimal_config() -> dict[str, Any]:
-    """Only the required keys."""
-    return {
-        "device_id": "pi-kitchen",
-        "trust": {"root_file": "root.json"},
-        "mqtt": {"url": "mqtt://127.0.0.1:1883"},
-    }
-
-
-@pytest.fixture
-def config_dir(tmp_path: Path) -> Path:
-    """A directory with the files a config refers to (as a device bundle would have them)."""
-    directory = (tmp_path / "etc").resolve()
-    write_tls(directory / "tls")  # tls/ca.crt, tls/client.crt, tls/client.key
-    write_root(directory / "root.json")
-    files = {
-        "mqtt-password": PASSWORD + "\n",
-        "api-token": TOKEN + "\n",
-        "empty": "",
-        "short-token": "short\n",
-    }
-    for name, content in files.items():
-        (directory / name).write_text(content)
-    return directory
-
-
-def write(directory: Path, data: dict[str, Any], name: str = "device.toml") -> Path:
-    """Write `data` as TOML into `directory/name`."""
-    path = directory / name
-    path.write_text(to_toml(data))
-    return path
-
-
-def changed(data: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """`data` with dotted keys set (or removed, for DELETE)."""
-    for dotted, value in changes.items():
-        section, _, key = dotted.rpartition(".")
-        table = data.setdefault(section, {}) if section else data
-        if value is DELETE:
-            del table[key]
-        else:
-            table[key] = value
-    return data
+from tests.agent.device_toml import (
+    DELETE,
+    PASSWORD,
+    TOKEN,
+    MiB,
+    changed,
+    full_config,
+    minimal_config,
+    write,
+)
 
 
 def test_a_full_config_loads_into_the_dataclasses(config_dir: Path) -> None:
@@ -208,6 +86,22 @@ def test_a_minimal_config_takes_the_defaults(config_dir: Path) -> None:
     assert config.server == ServerConfig()
     assert config.updates == UpdateSettings()
     assert config.telemetry == TelemetrySettings()
+
+
+def test_the_nodes_of_a_clustered_broker_are_tried_in_the_order_listed(config_dir: Path) -> None:
+    nodes = ["mqtts://n2.example.com:8883", "mqtts://n3.example.com", "mqtts://n1.example.com"]
+    data = changed(full_config(), {"mqtt.url": DELETE, "mqtt.urls": nodes})
+
+    config = load_config(write(config_dir, data))
+
+    assert config.mqtt.urls == tuple(nodes)
+    assert config.mqtt.url == nodes[0]  # the first one is tried first
+
+
+def test_one_url_is_a_list_of_one(config_dir: Path) -> None:
+    config = load_config(write(config_dir, minimal_config()))
+
+    assert config.mqtt.urls == ("mqtt://127.0.0.1:1883",)
 
 
 def test_relative_paths_are_relative_to_the_config_file(
@@ -323,7 +217,46 @@ BAD_CONFIGS = [
     pytest.param({"device_id": DELETE}, "device_id is required", id="missing-device-id"),
     pytest.param({"trust.root_file": DELETE}, "trust.root_file is required", id="missing-root"),
     pytest.param({"trust": DELETE}, "trust.root_file is required", id="missing-trust"),
-    pytest.param({"mqtt.url": DELETE}, "mqtt.url is required", id="missing-url"),
+    pytest.param({"mqtt.url": DELETE}, "mqtt.url is required (or mqtt.urls", id="missing-url"),
+    pytest.param(
+        {"mqtt.urls": ["mqtts://b1:8883"]}, "set mqtt.url (one broker) or mqtt.urls", id="both"
+    ),
+    pytest.param({"mqtt.url": DELETE, "mqtt.urls": []}, "mqtt.urls must list 1 to 16", id="none"),
+    pytest.param(
+        {"mqtt.url": DELETE, "mqtt.urls": [f"mqtts://b{n}" for n in range(17)]},
+        "mqtt.urls must list 1 to 16 URLs, got 17",
+        id="too-many-urls",
+    ),
+    pytest.param(
+        {"mqtt.url": DELETE, "mqtt.urls": "mqtts://b1"},
+        "mqtt.urls must be an array",
+        id="urls-not-array",
+    ),
+    pytest.param(
+        {"mqtt.url": DELETE, "mqtt.urls": ["mqtts://b1", "http://b2"]},
+        "mqtt.urls[1] 'http://b2' must look like mqtt://host",
+        id="urls-scheme",
+    ),
+    pytest.param(
+        {"mqtt.url": DELETE, "mqtt.urls": ["mqtts://b1", "mqtts://u:p@b2"]},
+        "mqtt.urls[1] must not carry credentials",
+        id="urls-credentials",
+    ),
+    pytest.param(
+        {"mqtt.url": DELETE, "mqtt.urls": ["mqtts://b1:8883", "mqtts://b1:8883"]},
+        "mqtt.urls lists 'mqtts://b1:8883' more than once",
+        id="urls-repeated",
+    ),
+    pytest.param(
+        {"mqtt.url": DELETE, "mqtt.urls": ["mqtts://b1", "mqtt://b2"]},
+        "mqtt.urls mixes mqtt:// and mqtts://",
+        id="urls-mixed-tls",
+    ),
+    pytest.param(
+        {"mqtt.url": DELETE, "mqtt.urls": ["mqtt://b1", "mqtt://b2"]},
+        "mqtt.ca_file needs an mqtts:// url, but mqtt.urls are mqtt://",
+        id="urls-plain-with-tls-files",
+    ),
     pytest.param({"mqtt.url": "http://broker:1883"}, "mqtt.url 'http:", id="url-scheme"),
     pytest.param({"mqtt.url": "mqtts://"}, "mqtt.url", id="url-without-host"),
     pytest.param({"mqtt.url": "mqtts://broker:99999"}, "mqtt.url", id="url-port"),
@@ -412,102 +345,3 @@ def test_an_unreadable_file_is_named(tmp_path: Path, text: str | None, expected:
 
     with pytest.raises(ConfigError, match=f"^{path}: {expected}"):
         load_config(path)
-
-
-def check_config(path: Path) -> subprocess.CompletedProcess[str]:
-    """Run the installed `edge-agent check-config` from the file's directory."""
-    return subprocess.run(
-        [str(EDGE_AGENT), "check-config", path.name],
-        cwd=path.parent,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def test_check_config_prints_a_summary(config_dir: Path) -> None:
-    port = free_port()  # check-config makes sure nothing else listens there
-    result = check_config(
-        write(config_dir, changed(full_config(), {"server.listen": f"0.0.0.0:{port}"}))
-    )
-
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[0] == f"{config_dir / 'device.toml'}: OK"
-    for expected in (
-        "pi-kitchen",
-        "mqtts://broker.example.com:8883 as kitchen",
-        str(config_dir / "state"),
-        f"http://0.0.0.0:{port}",
-        "fraud, churn.v2",
-    ):
-        assert expected in result.stdout
-    assert PASSWORD not in result.stdout
-    assert "grpc" not in result.stdout  # off unless configured
-
-
-def test_check_config_names_the_grpc_listener(config_dir: Path) -> None:
-    data = changed(full_config(), {"server.listen": f"127.0.0.1:{free_port()}"})
-    result = check_config(write(config_dir, changed(data, {"grpc.listen": "127.0.0.1:8081"})))
-
-    assert result.returncode == 0, result.stderr
-    assert "  grpc       127.0.0.1:8081" in result.stdout.splitlines()
-    assert TOKEN not in result.stdout
-
-
-def test_check_config_says_whether_the_endpoint_needs_a_token(config_dir: Path) -> None:
-    data = changed(full_config(), {"server.listen": f"127.0.0.1:{free_port()}"})
-    with_token = check_config(write(config_dir, data))
-    assert with_token.returncode == 0, with_token.stderr
-    assert (
-        "  token      required: Authorization: Bearer (server.token_file), except /v2/health/*"
-        in with_token.stdout.splitlines()
-    )
-    without = check_config(write(config_dir, changed(data, {"server.token_file": ""})))
-    assert without.returncode == 0, without.stderr
-    assert (
-        "  token      none: every local process may call the endpoint"
-        in without.stdout.splitlines()
-    )
-
-
-def test_check_config_rejects_a_bad_file_in_one_sentence(config_dir: Path) -> None:
-    path = write(config_dir, changed(full_config(), {"server.max_batch_size": True}))
-
-    result = check_config(path)
-
-    assert result.returncode == 1
-    assert result.stdout == ""
-    assert result.stderr == ("edge-agent: device.toml: server.max_batch_size must be an integer\n")
-
-
-def test_usage_errors_exit_2(config_dir: Path) -> None:
-    for argv in (
-        ["check-config"],
-        ["run"],
-        ["run", "--config", "x", "--listen", "a:1", "--socket", "s"],
-    ):
-        result = subprocess.run(
-            [str(EDGE_AGENT), *argv], capture_output=True, text=True, timeout=120, check=False
-        )
-        assert result.returncode == 2, argv
-        assert "usage: edge-agent" in result.stderr
-
-
-def test_version_still_works() -> None:
-    result = subprocess.run(
-        [str(EDGE_AGENT), "--version"], capture_output=True, text=True, timeout=120, check=False
-    )
-
-    assert result.returncode == 0
-    assert result.stdout.startswith("edge-agent ")
-
-
-def test_run_with_a_bad_config_exits_1_before_starting(
-    config_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    path = write(config_dir, changed(full_config(), {"mqtt.url": DELETE}))
-
-    assert main(["run", "--config", str(path), "--log-level", "debug"]) == 1
-
-    assert capsys.readouterr().err == f"edge-agent: {path}: mqtt.url is required\n"

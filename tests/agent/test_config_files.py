@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from edge_protocol import Envelope
-from tests.agent.test_config import PASSWORD, TOKEN, changed, write
+from tests.agent.device_toml import PASSWORD, TOKEN, changed, write
 from tests.support.broker import LOCALHOST, free_port
 from tests.support.certs import issue_client_cert, make_ca, write_key
 from tests.support.provisioning import make_root, write_root, write_tls

@@ -87,7 +87,7 @@ def test_every_template_sets_every_tuning_key(template: Path) -> None:
     }
     # Keys that only some deployments need are documented, not set to a placeholder.
     optional = {"mqtt.username", "mqtt.client_cert", "mqtt.client_key", "server.socket"}
-    optional |= {"server.socket_mode", "server.token_file", "artifacts.http_url"}
+    optional |= {"server.socket_mode", "server.token_file", "artifacts.http_url", "mqtt.urls"}
     optional |= {
         f"grpc.{key}" for key in ("listen", "socket", "socket_mode", "max_concurrent_rpcs")
     }

@@ -14,7 +14,7 @@ import pytest
 
 from edge_agent.mqtt import AgentMqtt, Backoff, Message, run_with_reconnect
 from tests.agent.conftest import eventually
-from tests.agent.test_mqtt import DEADLINE_S, TOPICS, publish_as_registry, settings_for, unique
+from tests.agent.mqtt_helpers import DEADLINE_S, TOPICS, publish_as_registry, settings_for, unique
 from tests.support.broker import Broker
 
 

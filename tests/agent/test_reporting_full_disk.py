@@ -19,7 +19,7 @@ import pytest
 from edge_agent.mqtt import AgentMqtt
 from edge_agent.uplink.reporting import Reporter
 from edge_agent.uplink.spool import Spool
-from tests.agent.test_mqtt import DEADLINE_S, TOPICS, next_message, settings_for, unique
+from tests.agent.mqtt_helpers import DEADLINE_S, TOPICS, next_message, settings_for, unique
 from tests.support.broker import Broker
 from tests.support.disk import SmallDisk, small_disk
 

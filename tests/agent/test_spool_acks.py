@@ -24,7 +24,7 @@ from edge_agent.uplink.reporting import ACK_WINDOW, FALLBACK_SENDS, Reporter
 from edge_agent.uplink.spool import KIND_EVENTS, KIND_TELEMETRY, Spool
 from edge_protocol.messages import ack_payload
 from tests.agent.conftest import eventually
-from tests.agent.test_mqtt import DEADLINE_S, TOPICS, next_message, unique
+from tests.agent.mqtt_helpers import DEADLINE_S, TOPICS, next_message, unique
 from tests.support.broker import Broker
 
 

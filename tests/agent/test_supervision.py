@@ -32,7 +32,6 @@ from typing import Any
 import pytest
 
 from edge_protocol import AssignedModel, Assignment, Envelope, Topics, utc_now
-from tests.agent.test_systemd import NotifyListener
 from tests.support.agent import AgentProcess
 from tests.support.broker import (
     LOCALHOST,
@@ -43,6 +42,7 @@ from tests.support.broker import (
     free_port,
 )
 from tests.support.provisioning import TrustRoot, write_root
+from tests.support.systemd_notify import NotifyListener
 
 BIN = Path(sys.executable).parent
 TOPICS = Topics()

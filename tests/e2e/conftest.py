@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.request
@@ -14,10 +15,19 @@ import pytest
 from onnx import TensorProto, helper
 
 from edge_protocol import Envelope
+from model_registry.services.devices import BUNDLE_PASSWORD
+from tests.e2e.production_broker import (
+    DEVICE,
+    OTHER,
+    REGISTRY,
+    Production,
+    provision,
+)
 from tests.support.agent import AgentProcess
-from tests.support.broker import BrokerFactory, MqttTestClient
+from tests.support.broker import LOCALHOST, BrokerFactory, MqttTestClient, free_port
 from tests.support.fleet import TOPICS, Fleet
 from tests.support.models import build_classifier
+from tests.support.registry import cli
 
 CHUNK = 4 * 1024  # small chunks: every artifact spans many messages
 
@@ -148,3 +158,24 @@ def genuine_release(fleet: Fleet, version: int) -> bytes:
     )
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
         return Envelope.from_dict(json.loads(response.read())["signed_release"]).to_bytes()
+
+
+@pytest.fixture(scope="module")  # one per module that uses it
+def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]:
+    root = tmp_path_factory.mktemp("production")
+    home = root / "registry-home"
+    cli("init", "--home", str(home))
+    bundles = asyncio.run(provision(home, [DEVICE, OTHER], root / "bundles"))
+    factory = BrokerFactory(root / "brokers")
+    out, port = factory.new_workdir("broker-config"), free_port()
+    cli(
+        "broker-config", "--home", str(home), "--out", str(out), "--tls", "--port", str(port),
+        "--listen-host", LOCALHOST, "--tls-host", "localhost", "--tls-host", LOCALHOST,
+    )  # fmt: skip
+    users = {REGISTRY: (home / "secrets" / "mqtt-password").read_text().strip()}
+    users |= {d: (b / BUNDLE_PASSWORD).read_text().strip() for d, b in bundles.items()}
+    broker = factory.from_config(
+        out / "mosquitto.conf", port=port, tls=True, ca_file=out / "ca.crt", users=users
+    )
+    yield Production(home, broker, bundles, out)
+    factory.close()

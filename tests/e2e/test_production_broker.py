@@ -9,115 +9,30 @@ uses an allowed message sent afterwards as an ordering marker instead of a sleep
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
 import ssl
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from paho.mqtt.enums import MQTTProtocolVersion
 
-from edge_protocol import Topics
-from model_registry.config import load_config
-from model_registry.server import make_context
-from model_registry.services.devices import BUNDLE_PASSWORD, add_device
-from model_registry.storage import open_storage
+from model_registry.services.devices import BUNDLE_PASSWORD
+from tests.e2e.production_broker import (
+    DEVICE,
+    NEW,
+    OTHER,
+    REGISTRY,
+    SHA,
+    TOPICS,
+    V311,
+    Production,
+    marker,
+)
 from tests.support.broker import (
     LOCALHOST,
-    Broker,
-    BrokerFactory,
     ConnectRefusedError,
     MqttTestClient,
-    free_port,
 )
 from tests.support.registry import RegistryProcess, cli
-
-V311 = MQTTProtocolVersion.MQTTv311
-TOPICS = Topics()
-REGISTRY = "registry"
-DEVICE, OTHER, NEW = "dev-a", "dev-b", "dev-new"
-BIN = Path(sys.executable).parent
-SHA = "ab" * 32
-
-
-@dataclass
-class Production:
-    """The registry home, the running broker and the provisioned bundles."""
-
-    home: Path
-    broker: Broker
-    bundles: dict[str, Path]
-    broker_dir: Path
-
-    def connect(
-        self, username: str | None, host: str = LOCALHOST, client_id: str | None = None
-    ) -> MqttTestClient:
-        """An MQTT 3.1.1 client over TLS, trusting the generated CA, with its own password.
-
-        A device uses its device id as client id, as the agent does, unless told otherwise.
-        """
-        if client_id is None:
-            client_id = "" if username in (None, REGISTRY) else username
-        client = self.broker.paho_client(
-            username, client_id=client_id, protocol=V311, reconnect_on_failure=False
-        )
-        return MqttTestClient.connect(client, host, self.broker.port)
-
-
-async def _provision(home: Path, device_ids: list[str], bundles: Path) -> dict[str, Path]:
-    """What `model-registry devices add` does, through the registry's own service."""
-    config = load_config(home)
-    storage = open_storage(config.database_location)
-    await storage.open()
-    written = {}
-    try:
-        for device_id in device_ids:
-            bundle = await add_device(make_context(config, storage), device_id, group="prod")
-            directory = bundles / device_id
-            directory.mkdir(parents=True)
-            for name, content in bundle.files.items():
-                (directory / name).write_bytes(content)
-                (directory / name).chmod(0o600 if name == BUNDLE_PASSWORD else 0o644)
-            written[device_id] = directory
-    finally:
-        await storage.close()
-    return written
-
-
-@pytest.fixture(scope="module")
-def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]:
-    root = tmp_path_factory.mktemp("production")
-    home = root / "registry-home"
-    cli("init", "--home", str(home))
-    bundles = asyncio.run(_provision(home, [DEVICE, OTHER], root / "bundles"))
-    factory = BrokerFactory(root / "brokers")
-    out, port = factory.new_workdir("broker-config"), free_port()
-    cli(
-        "broker-config", "--home", str(home), "--out", str(out), "--tls", "--port", str(port),
-        "--listen-host", LOCALHOST, "--tls-host", "localhost", "--tls-host", LOCALHOST,
-    )  # fmt: skip
-    users = {REGISTRY: (home / "secrets" / "mqtt-password").read_text().strip()}
-    users |= {d: (b / BUNDLE_PASSWORD).read_text().strip() for d, b in bundles.items()}
-    broker = factory.from_config(
-        out / "mosquitto.conf", port=port, tls=True, ca_file=out / "ca.crt", users=users
-    )
-    yield Production(home, broker, bundles, out)
-    factory.close()
-
-
-def _marker(channel: str) -> str:
-    """A fresh topic under a shared channel, readable by every device."""
-    return f"edge/v1/{channel}/marker-{uuid.uuid4().hex[:12]}"
-
 
 # --- who may connect ----------------------------------------------------------------------
 
@@ -211,7 +126,7 @@ def test_a_device_cannot_read_another_devices_assignment(
     production: Production, topic_filter: str
 ) -> None:
     own, other = TOPICS.assignment(DEVICE), TOPICS.assignment(OTHER)
-    barrier = _marker("trust")
+    barrier = marker("trust")
     with production.connect(REGISTRY) as registry:
         for topic in (other, own, barrier):
             registry.publish(topic, f"signed for {topic}".encode(), retain=True)
@@ -296,7 +211,7 @@ def test_a_device_cannot_publish_outside_its_own_reports(
             still_connected = device.paho.is_connected()
         received = [(m.topic, m.payload) for m in registry.collect_until(own_events)]
         # Nothing was retained either: a new subscriber finds no forged document.
-        barrier = _marker("releases")
+        barrier = marker("releases")
         registry.publish(barrier, b"barrier", retain=True)
         with production.connect(REGISTRY) as late:
             late.subscribe(forbidden)
@@ -344,97 +259,3 @@ def test_devices_add_lets_the_device_log_in_on_the_running_broker(
     # The plugin saved the login: the broker keeps it across its own restarts.
     saved = json.loads((production.broker_dir / "data" / "dynamic-security.json").read_text())
     assert NEW in {client["username"] for client in saved["clients"]}
-
-
-# --- a real agent on the production broker ------------------------------------------------
-
-
-def _agent_config(production: Production, directory: Path) -> tuple[Path, str, str]:
-    """A device.toml for dev-a over mqtts:// with a bearer token; (config, password, token)."""
-    bundle = production.bundles[DEVICE]
-    token = f"tok-{uuid.uuid4().hex}"
-    (directory / "server-token").write_text(token + "\n")
-    (directory / "server-token").chmod(0o600)
-    config = directory / "device.toml"
-    config.write_text(
-        f'device_id = "{DEVICE}"\n'
-        f'[trust]\nroot_file = "{bundle / "root.json"}"\n'
-        f"[mqtt]\n"
-        f'url = "mqtts://localhost:{production.broker.port}"\n'
-        f'password_file = "{bundle / BUNDLE_PASSWORD}"\n'
-        f'ca_file = "{production.broker_dir / "ca.crt"}"\n'
-        f'[server]\ntoken_file = "server-token"\n'
-    )
-    return config, (bundle / BUNDLE_PASSWORD).read_text().strip(), token
-
-
-def _get(url: str, token: str | None = None) -> int:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - local http
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
-            return int(response.status)
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return 0
-
-
-def test_an_agent_runs_on_the_production_broker_and_logs_no_secret(
-    production: Production, tmp_path: Path
-) -> None:
-    config, password, token = _agent_config(production, tmp_path)
-    port = free_port()
-    url = f"http://{LOCALHOST}:{port}"
-    argv = [str(BIN / "edge-agent"), "run", "--config", str(config), "--log-level", "DEBUG"]
-    argv += ["--listen", f"{LOCALHOST}:{port}", "--state-dir", str(tmp_path / "state")]
-    log = tmp_path / "agent.log"
-    with production.connect(REGISTRY) as registry:
-        registry.subscribe(TOPICS.state(DEVICE))
-        with log.open("wb") as output:
-            agent = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
-        try:
-            online = _wait_online(registry, agent, log)
-            statuses = [
-                _get(f"{url}/v1/status", token),
-                _get(f"{url}/v1/status", "wrong-" + token),
-                _get(f"{url}/v1/status"),
-            ]
-            agent.send_signal(signal.SIGTERM)
-            code = agent.wait(timeout=60)
-        finally:
-            if agent.poll() is None:
-                agent.kill()
-                agent.wait()
-    text = log.read_text()
-
-    assert online["device_id"] == DEVICE
-    assert statuses == [200, 401, 401]
-    assert code == 0, text
-    assert f"connected to localhost:{production.broker.port}" in text
-    for secret in (password, token, "wrong-" + token):
-        assert secret not in text, "a secret appears in the agent's log"
-    # Nor any prefix long enough to matter (a truncated secret is still a leak).
-    assert password[:12] not in text
-    assert token[:12] not in text
-
-
-def _wait_online(
-    registry: MqttTestClient, agent: subprocess.Popen[bytes], log: Path
-) -> dict[str, object]:
-    """The agent's first online state message, as the registry sees it."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if agent.poll() is not None:
-            raise AssertionError(f"edge-agent exited {agent.returncode}:\n{log.read_text()}")
-        try:
-            message = registry.next_message(timeout=1)
-        except AssertionError:
-            continue
-        try:
-            state = json.loads(message.payload)
-        except ValueError:
-            continue  # an earlier test's report on the same topic
-        if isinstance(state, dict) and state.get("online"):
-            return dict(state)
-    raise AssertionError(f"the agent never came online:\n{log.read_text()}")

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.broker import LOCALHOST, BrokerFactory, free_port
+from tests.support.broker import LOCALHOST, BrokerFactory
 from tests.support.models import ModelSet
-from tests.support.registry import RegistryProcess, cli
+from tests.support.registry import RegistryProcess, cli, home_with_broker
 
 WAIT_S = 90.0  # paho retries at most every 30 s; a generous bound on the wait, not a timing claim
 
@@ -32,13 +32,8 @@ def _wait_for_link(home: Path, connected: bool) -> dict[str, Any]:
 def test_a_stopped_broker_is_the_registrys_problem_and_is_said_so(
     broker_factory: BrokerFactory, onnx_models: ModelSet, tmp_path: Path
 ) -> None:
-    home = tmp_path / "home"
-    cli("init", "--home", str(home))
-    port = free_port()
-    broker_dir = tmp_path / "broker"
-    cli("broker-config", "--home", str(home), "--out", str(broker_dir), "--port", str(port),
-        "--listen-host", LOCALHOST)  # fmt: skip
-    broker = broker_factory.from_config(broker_dir / "mosquitto.conf", port=port)
+    home, broker = home_with_broker(tmp_path, broker_factory)
+    port = broker.port
     registry = RegistryProcess(home, ("--mqtt-url", f"mqtt://{LOCALHOST}:{port}"))
     registry.start()
     try:

@@ -28,7 +28,7 @@ from edge_protocol import (
     check_selftest_outputs,
 )
 from tests.support.broker import LOCALHOST, BrokerFactory, MqttTestClient, free_port
-from tests.support.registry import RegistryProcess, cli, cli_json
+from tests.support.registry import RegistryProcess, cli, cli_json, home_with_broker
 
 TOPICS = Topics()
 DEVICE = "dev-1"
@@ -171,13 +171,8 @@ def _run_story(
 def test_update_reaches_a_device_through_mosquitto(
     workspace: Workspace, broker_factory: BrokerFactory, tmp_path: Path
 ) -> None:
-    home = tmp_path / "home"
-    cli("init", "--home", str(home))
-    port = free_port()
-    broker_dir = tmp_path / "broker"
-    cli("broker-config", "--home", str(home), "--out", str(broker_dir), "--port", str(port),
-        "--listen-host", LOCALHOST)  # fmt: skip
-    broker = broker_factory.from_config(broker_dir / "mosquitto.conf", port=port)
+    home, broker = home_with_broker(tmp_path, broker_factory)
+    port = broker.port
 
     def reconfigure() -> tuple[str, int]:
         # The device was provisioned after the broker started; `devices add` gave the running

@@ -1,8 +1,9 @@
 """Staged rollouts end to end: a `model-registry serve`, mosquitto and eight `edge-agent run`.
 
-A version several times slower than the one it replaces (it answers, probation on the devices
-is told not to judge latency) halts in its first wave on the registry's latency gate, is given
-back there, and never reaches the other devices. A good version reaches every device, wave by
+A version several times slower than the one it replaces, and one that predicts a single class
+(both answer; probation on the devices is told not to judge latency or classes), halt in their
+first wave on the registry's latency and prediction-shift gates, are given back there, and never
+reach the other devices. A good version reaches every device, wave by
 wave. A registry killed (SIGKILL) mid-rollout resumes after a restart: no wave starts twice and
 none is skipped.
 """
@@ -37,12 +38,13 @@ AGENT_TOML = (
 )
 POLICY = """\
 soak = "2s"
-min_requests = 10
-latency_floor_ms = 25.0
+min_requests = 40
+latency_floor_ms = 20.0  # a good version (2 to 8 ms) stays far below 3 x 20 ms
 max_latency_ratio = 3.0
 max_error_rate = 0.2
 success_percent = 100
 """
+LIMITS = {"latency": 3.0, "prediction_shift": 0.25}
 WAIT_S = 180.0  # a bound for a loaded 2-core machine, not a timing claim
 
 
@@ -65,7 +67,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("rollout-models")
     return {
         "good": probation_model("good", root / "good.onnx"),
-        "slow": probation_model("slow", root / "slow.onnx", slow_steps=4000),
+        "slow": probation_model("slow", root / "slow.onnx", slow_steps=8000),
+        "collapse": probation_model("collapse", root / "collapse.onnx"),
     }
 
 
@@ -158,14 +161,16 @@ def serving(agents: list[AgentProcess]) -> dict[str, int | None]:
     return {DEVICES[i]: agent.serving_version(MODEL) for i, agent in enumerate(agents)}
 
 
-def test_a_slow_version_halts_in_its_first_wave_and_is_given_back_there(
-    ring: Fleet, devices: list[AgentProcess], models: dict[str, Path], tmp_path: Path
-) -> None:
+@pytest.mark.parametrize(("kind", "gate"), [("slow", "latency"), ("collapse", "prediction_shift")])
+def test_a_bad_version_halts_in_its_first_wave_and_is_given_back_there(
+    ring: Fleet, devices: list[AgentProcess], models: dict[str, Path], tmp_path: Path, *,
+    kind: str, gate: str,
+) -> None:  # fmt: skip
     before = serving(devices)
     (current,) = set(before.values())
     assert current is not None
-    slow = push(ring, models["slow"])
-    started = start(ring, slow, tmp_path, "--steps", "25,100")
+    bad = push(ring, models[kind])
+    started = start(ring, bad, tmp_path, "--steps", "25,100")
     first_wave = set(started["waves"][0]["devices"])
     assert len(first_wave) == 2
     halted = wait_for(
@@ -173,11 +178,11 @@ def test_a_slow_version_halts_in_its_first_wave_and_is_given_back_there(
         lambda: (s := status(ring, started["id"]))["state"] == "halted" and s,
     )
     halt = halted["halt"]
-    assert halt["gate"] == "latency", halt
-    assert halt["measured"] > halt["limit"] == 3.0
+    assert halt["gate"] == gate, halt
+    assert halt["measured"] > halt["limit"] == LIMITS[gate]
     assert set(halt["devices"]) <= first_wave
     assert halt["devices"]
-    assert "latency" in halt["reason"]
+    assert f"gate {gate}" in halt["reason"]
     assert [w["state"] for w in halted["waves"]] != ["passed", "passed"]
     assert len(halted["waves"]) == 1  # the second wave never started
     actions = [d["action"] for d in halted["decisions"]]
@@ -187,9 +192,9 @@ def test_a_slow_version_halts_in_its_first_wave_and_is_given_back_there(
         if DEVICES[i] not in first_wave:
             shown = api_get(ring, f"/v1/devices/{DEVICES[i]}?events=200")
             mentioned = {e["body"].get("version") for e in shown["events"]}
-            assert slow not in mentioned, f"{DEVICES[i]} heard of version {slow}"
+            assert bad not in mentioned, f"{DEVICES[i]} heard of version {bad}"
     targeted = {d for dep in cli_json("deployments", "list", *ring.api())["deployments"]
-                if dep["version"] == slow for d in dep["devices"]}  # fmt: skip
+                if dep["version"] == bad for d in dep["devices"]}  # fmt: skip
     assert targeted == first_wave
 
 
@@ -206,6 +211,9 @@ def test_a_good_version_reaches_every_device_wave_by_wave(
     assert [len(w["devices"]) for w in final["waves"]] == [2, 2, 4]
     _each_wave_started_after_the_previous_passed(final)
     assert set(serving(devices).values()) == {good}
+    listed = cli("rollout", "list", *ring.api()).stdout.splitlines()
+    mine = [line.split() for line in listed if line.split()[:1] == [str(started["id"])]]
+    assert mine[0][1:5] == ["completed", MODEL, str(good), GROUP], listed
 
 
 def _each_wave_started_after_the_previous_passed(rollout: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -10,10 +11,12 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from model_registry.config import load_config
+from model_registry.api.app import create_app
+from model_registry.config import ApiConfig, load_config
 from model_registry.home import InitResult, init_home
 from model_registry.services.context import RegistryContext
 from model_registry.storage import Storage, open_storage
+from tests.registry.hostile_input import DATASET_MB, UPLOAD_MB
 from tests.support.postgres import new_schema
 
 
@@ -105,3 +108,18 @@ async def api(registry_home: InitResult) -> AsyncIterator[Api]:
     finally:
         await client.close()
         await storage.close()
+
+
+@pytest.fixture
+async def bounded_api(api: Api) -> AsyncIterator[Api]:
+    """The same registry, served with small upload and dataset limits, and device d1."""
+    from model_registry.services.devices import add_device
+
+    limits = ApiConfig(max_upload_mb=UPLOAD_MB, max_dataset_mb=DATASET_MB)
+    config = dataclasses.replace(api.ctx.config, api=limits)
+    ctx = dataclasses.replace(api.ctx, config=config)
+    await add_device(ctx, "d1", group="lab")
+    client = TestClient(TestServer(create_app(ctx)))
+    await client.start_server()
+    yield Api(client, ctx, api.admin_token)
+    await client.close()

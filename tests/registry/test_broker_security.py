@@ -34,7 +34,7 @@ from model_registry.server import make_context
 from model_registry.services.devices import BUNDLE_PASSWORD, add_device, revoke_device
 from model_registry.storage import open_storage
 from tests.registry.conftest import Api
-from tests.registry.test_broker_config import provision, start, write
+from tests.registry.generated_broker import provision, start, write
 from tests.support.broker import Broker, ConnectRefusedError, MqttTestClient, free_port
 
 TOPICS = Topics()

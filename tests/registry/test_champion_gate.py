@@ -21,9 +21,8 @@ from sklearn.ensemble import GradientBoostingRegressor
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
-from tests.support.broker import LOCALHOST, free_port
-from tests.support.models import TARGET_OPSET, BuiltModel, ModelSet, build_classifier
-from tests.support.registry import RegistryProcess, cli, cli_json
+from tests.support.models import TARGET_OPSET, BuiltModel, ModelSet, build_classifier, holdout
+from tests.support.registry import cli, cli_json, serving_home
 
 SCORES = re.compile(
     r"version (\d+) scores ([\d.]+)% on this evaluation set, the champion version (\d+) "
@@ -34,17 +33,8 @@ SCORES = re.compile(
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A registry home with `serve` running on the embedded broker."""
-    home = tmp_path_factory.mktemp("champion") / "home"
-    cli("init", "--home", str(home))
-    registry = RegistryProcess(home, ("--embedded-broker", f"{LOCALHOST}:{free_port()}"))
-    registry.start()
-    yield home
-    registry.stop()
-
-
-def holdout(model: BuiltModel, path: Path) -> Path:
-    np.savez(path, X=model.X_eval, y=model.y_eval)
-    return path
+    with serving_home(tmp_path_factory.mktemp("champion")) as home:
+        yield home
 
 
 def shuffled_classifier(model: BuiltModel, path: Path) -> Path:

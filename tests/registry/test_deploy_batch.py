@@ -15,9 +15,9 @@ from model_registry.mqtt.client import MqttConnection
 from model_registry.mqtt.publisher import Publisher
 from tests.registry.conftest import Api
 from tests.registry.test_api import _push
-from tests.registry.test_storage import device
 from tests.support.broker import Broker, BrokerFactory
 from tests.support.models import ModelSet
+from tests.support.storage_records import device
 
 FLEET = 300
 IDS = [f"unit-{i:03d}" for i in range(FLEET)]

@@ -14,7 +14,7 @@ from edge_protocol.profile import MAX_PROFILE_COLUMNS
 from model_registry.build import EvalSet, build
 from model_registry.errors import InvalidInputError
 from tests.registry.conftest import Api
-from tests.registry.test_api_hostile import END, MULTIPART, _part
+from tests.registry.hostile_input import END, MULTIPART, part
 from tests.support.models import ModelSet
 
 
@@ -99,9 +99,7 @@ async def test_a_push_with_reference_rows_signs_their_profile(
     model = onnx_models.classifier
     buffer = io.BytesIO()
     np.savez(buffer, X=model.X_eval[:100])
-    body = (
-        _part("model", model.onnx_path.read_bytes()) + _part("reference", buffer.getvalue()) + END
-    )
+    body = part("model", model.onnx_path.read_bytes()) + part("reference", buffer.getvalue()) + END
     response = await api.client.post(
         "/v1/models/m/versions",
         data=body,

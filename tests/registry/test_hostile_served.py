@@ -19,7 +19,7 @@ import pytest
 from edge_protocol import Topics, utc_now
 from edge_protocol.messages import event_payload, state_payload
 from model_registry.storage import SQLiteStorage
-from tests.registry.test_api_hostile import zip_bomb
+from tests.registry.hostile_input import zip_bomb
 from tests.support.broker import Broker, start_plain_broker
 from tests.support.models import ModelSet
 from tests.support.registry import RegistryProcess, cli, cli_json

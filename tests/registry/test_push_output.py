@@ -12,12 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from tests.support.broker import LOCALHOST, free_port
-from tests.support.models import BuiltModel, ModelSet
-from tests.support.registry import RegistryProcess, cli, cli_json
+from tests.support.models import ModelSet, holdout
+from tests.support.registry import cli, cli_json, serving_home
 
 ROW = re.compile(r"^  (\S+(?: \S+)?)\s{2,}(\S.*)$")  # `  name  value`, the value column aligned
 
@@ -25,18 +23,8 @@ ROW = re.compile(r"^  (\S+(?: \S+)?)\s{2,}(\S.*)$")  # `  name  value`, the valu
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A registry home with `serve` running on the embedded broker."""
-    home = tmp_path_factory.mktemp("push-output") / "home"
-    cli("init", "--home", str(home))
-    registry = RegistryProcess(home, ("--embedded-broker", f"{LOCALHOST}:{free_port()}"))
-    registry.start()
-    yield home
-    registry.stop()
-
-
-def holdout(model: BuiltModel, path: Path) -> Path:
-    """The model's held-out rows as an evaluation set (arrays X and y)."""
-    np.savez(path, X=model.X_eval, y=model.y_eval)
-    return path
+    with serving_home(tmp_path_factory.mktemp("push-output")) as home:
+        yield home
 
 
 def summary(output: str) -> tuple[str, dict[str, str]]:

@@ -78,6 +78,22 @@ def test_each_wave_has_its_progress_bar_and_the_halt_its_reason() -> None:
     assert [line.split()[2] for line in lines[4:]] == ["halted:", "rolled_back:"]
 
 
+def test_the_gates_of_the_current_wave_are_shown_as_they_stand() -> None:
+    gates = [
+        {"gate": "install", "held": True, "measured": 0.0, "limit": 10.0, "detail": "",
+         "waits": False},
+        {"gate": "latency", "held": None, "measured": None, "limit": 2.0, "waits": True,
+         "detail": "4 new, 30 replaced answers, fewer than 20"},
+        {"gate": "prediction_shift", "held": False, "measured": 1.734, "limit": 0.25, "detail": "",
+         "waits": False},
+    ]  # fmt: skip
+    lines = status_lines({**STATUS, "state": "running", "halt": None, "gates": gates})
+    assert lines[3] == (
+        "  gates now: install 0 (limit 10) held; latency waits (4 new, 30 replaced answers,"
+        " fewer than 20); prediction_shift 1.73 (limit 0.25) BROKEN"
+    )
+
+
 def test_the_followed_view_prints_only_what_changed_into_a_file() -> None:
     out = io.StringIO()
     view = RolloutView(out)

@@ -203,14 +203,14 @@ async def test_a_version_predicting_one_class_halts_on_its_prediction_shift(
 ) -> None:
     rollout = await _start(ctx, max_psi=0.25)
     wave = rollout.waves[0]
-    spread = {"0": 12, "1": 9, "2": 9}
+    spread = {"0": 120, "1": 90, "2": 90}  # enough that chance alone cannot explain a shift
     for device_id in wave.devices:
         await _report(ctx, device_id, 1, p99=3.0, at=wave.started - timedelta(seconds=30),
                       classes=spread)  # fmt: skip
     await _activate_wave(ctx, rollout.rollout_id)
     await run_rollouts(ctx)
     collapsed, fine = wave.devices
-    await _report(ctx, collapsed, 2, p99=3.0, at=ctx.clock(), classes={"0": 30})
+    await _report(ctx, collapsed, 2, p99=3.0, at=ctx.clock(), classes={"0": 300})
     await _report(ctx, fine, 2, p99=3.0, at=ctx.clock(), classes=spread)
     await run_rollouts(ctx)
     halted = await ctx.storage.get_rollout(rollout.rollout_id)

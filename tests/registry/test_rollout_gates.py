@@ -103,6 +103,19 @@ def test_the_prediction_shift_gate_measures_psi_of_the_classes() -> None:
     assert "do not both report" in without.detail
 
 
+def test_a_shift_no_larger_than_chance_gives_waits_for_more_answers() -> None:
+    before = [_point(1, classes={"0": 20, "1": 15, "2": 15})]
+    # A PSI of about 0.4, past the limit, on 50 predictions a side: chance reaches 0.56.
+    few = _verdicts([_point(2, classes={"0": 34, "1": 8, "2": 8})], before)["prediction_shift"]
+    assert few.held is None
+    assert few.waits
+    assert (few.measured or 0) > few.limit
+    assert "chance alone reaches 0.56" in few.detail
+    many = [_point(1, classes={"0": 200, "1": 150, "2": 150})]
+    shifted = [_point(2, classes={"0": 340, "1": 80, "2": 80})]
+    assert _verdicts(shifted, many)["prediction_shift"].broken  # the same shift, 10 times the data
+
+
 def test_health_gates_are_not_judged_on_too_few_answers() -> None:
     verdicts = _verdicts([_point(2, requests=5, errors=5, p99=500.0)], [_point(1)])
     assert all(v.held is None for v in verdicts.values())

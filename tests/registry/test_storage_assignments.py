@@ -7,7 +7,7 @@ import pytest
 
 from model_registry.errors import ConflictError, InvalidInputError, NotFoundError
 from model_registry.storage import AssignmentUpdate, Storage
-from tests.registry.test_storage import deployment, device, release
+from tests.support.storage_records import deployment, device, release
 
 # Above the 500 ids the storage puts in one `IN (...)`, so lookups span several.
 FLEET = 600

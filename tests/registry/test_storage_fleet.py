@@ -11,7 +11,7 @@ import pytest
 from model_registry.errors import ConflictError, InvalidInputError, NotFoundError
 from model_registry.storage import DUPLICATE, STORED, UNKNOWN_DEVICE, DeviceReport, Storage
 from tests.registry.conftest import StorageBackend
-from tests.registry.test_storage import T0, deployment, device, release
+from tests.support.storage_records import T0, deployment, device, release
 
 
 def report(kind: str, seq: int | None = None, **changes: object) -> DeviceReport:

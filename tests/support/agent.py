@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .broker import LOCALHOST, free_port
+from edge_common.processes import LOCALHOST, free_port
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 60.0

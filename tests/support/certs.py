@@ -1,9 +1,12 @@
-"""Throw-away X.509 PKI for tests: a CA plus server and client certificates."""
+"""Throw-away X.509 PKI for tests: a CA plus server and client certificates.
+
+The CA and the server certificates are the product's (`model_registry.mqtt.tls`, what
+`broker-config` writes); only client certificates, which the product never issues, are made here.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from model_registry.mqtt import tls
 
 # Short validity keeps stray test keys useless; the back-dating absorbs clock skew
 # between the test process and the broker's TLS library.
@@ -48,44 +53,22 @@ class IssuedCertificate:
 
 
 def make_ca(common_name: str = "edge-model-runtime test CA") -> CertificateAuthority:
-    """Create a self-signed CA allowed to sign leaf certificates only."""
-    key = _new_key()
-    name = _name(common_name)
-    builder = (
-        _base_builder(subject=name, issuer=name, public_key=key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-    return CertificateAuthority(key=key, cert=builder.sign(key, hashes.SHA256()))
+    """Create a self-signed CA allowed to sign leaf certificates only, as broker-config does."""
+    pair = tls.make_ca(common_name)
+    return CertificateAuthority(key=pair.key, cert=pair.cert)
 
 
 def issue_server_cert(
     ca: CertificateAuthority, hosts: Sequence[str] = ("localhost", "127.0.0.1")
 ) -> IssuedCertificate:
-    """Issue a TLS server certificate whose SAN lists `hosts` (DNS names or IP addresses)."""
-    if not hosts:
-        raise ValueError("a server certificate needs at least one host")
-    san = x509.SubjectAlternativeName([_general_name(host) for host in hosts])
-    return _issue_leaf(ca, hosts[0], ExtendedKeyUsageOID.SERVER_AUTH, san)
+    """Issue the product's TLS server certificate whose SAN lists `hosts` (names or addresses)."""
+    pair = tls.issue_server_cert(tls.KeyPair(ca.key, ca.cert), hosts)
+    return IssuedCertificate(key=pair.key, cert=pair.cert, ca=ca)
 
 
 def issue_client_cert(ca: CertificateAuthority, common_name: str) -> IssuedCertificate:
     """Issue a TLS client certificate with `common_name` as its subject CN."""
-    return _issue_leaf(ca, common_name, ExtendedKeyUsageOID.CLIENT_AUTH, san=None)
+    return _issue_leaf(ca, common_name, ExtendedKeyUsageOID.CLIENT_AUTH)
 
 
 def write_cert(cert: x509.Certificate, path: Path) -> Path:
@@ -112,7 +95,6 @@ def _issue_leaf(
     ca: CertificateAuthority,
     common_name: str,
     usage: x509.ObjectIdentifier,
-    san: x509.SubjectAlternativeName | None,
 ) -> IssuedCertificate:
     """Issue an end-entity certificate for one extended key usage."""
     key = _new_key()
@@ -143,8 +125,6 @@ def _issue_leaf(
             critical=False,
         )
     )
-    if san is not None:
-        builder = builder.add_extension(san, critical=False)
     return IssuedCertificate(key=key, cert=builder.sign(ca.key, hashes.SHA256()), ca=ca)
 
 
@@ -172,11 +152,3 @@ def _new_key() -> ec.EllipticCurvePrivateKey:
 def _name(common_name: str) -> x509.Name:
     """Build a subject/issuer name holding only a common name."""
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _general_name(host: str) -> x509.GeneralName:
-    """Map a host string to an IPAddress SAN entry if it parses as an IP, else a DNSName."""
-    try:
-        return x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        return x509.DNSName(host)

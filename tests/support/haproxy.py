@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .broker import LOCALHOST, free_port
+from edge_common import processes
+from edge_common.processes import LOCALHOST, accepts_connections, free_port
 
 START_TIMEOUT = 20.0
 _FALLBACKS = ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy")
@@ -112,7 +113,8 @@ class Balancer:
                 stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + START_TIMEOUT
-        while not self._listening():
+        # The stats socket may come a moment after the listener: wait_for_status needs it.
+        while not (self._listening() and self.stats_socket.exists()):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise AssertionError(f"haproxy did not start:\n{self.log_file.read_text()}")
@@ -120,14 +122,7 @@ class Balancer:
 
     def stop(self) -> None:
         """Stop haproxy."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        processes.stop(self.process, timeout=10)
 
     def server_stats(self) -> dict[str, dict[str, str]]:
         """`show stat` of the backend's servers: name -> HAProxy's columns (status, hrsp_2xx)."""
@@ -155,8 +150,4 @@ class Balancer:
             time.sleep(0.1)
 
     def _listening(self) -> bool:
-        try:
-            with socket.create_connection((LOCALHOST, self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
+        return accepts_connections(LOCALHOST, self.port)

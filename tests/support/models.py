@@ -134,3 +134,9 @@ def _export(
         output_names=tuple(output.name for output in onnx_model.graph.output),
         n_features=split.X_train.shape[1],
     )
+
+
+def holdout(model: BuiltModel, path: Path) -> Path:
+    """The model's held-out rows as an evaluation set (arrays X and y)."""
+    np.savez(path, X=model.X_eval, y=model.y_eval)
+    return path

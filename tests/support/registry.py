@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .broker import LOCALHOST, free_port
+from edge_common import processes
+from edge_common.processes import LOCALHOST, free_port
+
+from .broker import Broker, BrokerFactory
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 60.0  # the registry imports onnxruntime and scikit-learn before it listens
@@ -79,14 +84,7 @@ class RegistryProcess:
 
     def stop(self) -> None:
         """Stop the process with SIGTERM (SIGKILL if it hangs)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        processes.stop(self.process, timeout=20)
 
     def kill(self) -> None:
         """SIGKILL: the registry host lost power, as far as the database and broker can tell."""
@@ -100,3 +98,27 @@ class RegistryProcess:
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
+
+
+@contextlib.contextmanager
+def serving_home(directory: Path) -> Iterator[Path]:
+    """A registry home made by `init` under `directory`, `serve` running on the embedded broker."""
+    home = directory / "home"
+    cli("init", "--home", str(home))
+    registry = RegistryProcess(home, ("--embedded-broker", f"{LOCALHOST}:{free_port()}"))
+    registry.start()
+    try:
+        yield home
+    finally:
+        registry.stop()
+
+
+def home_with_broker(directory: Path, brokers: BrokerFactory) -> tuple[Path, Broker]:
+    """A registry home made by `init`, and mosquitto running on the files broker-config writes."""
+    home = directory / "home"
+    cli("init", "--home", str(home))
+    port = free_port()
+    broker_dir = directory / "broker"
+    cli("broker-config", "--home", str(home), "--out", str(broker_dir), "--port", str(port),
+        "--listen-host", LOCALHOST)  # fmt: skip
+    return home, brokers.from_config(broker_dir / "mosquitto.conf", port=port)

@@ -45,25 +45,34 @@ class ReplicaSet:
 
     def start(self, count: int = 2, chunk_size_kib: int = 256, shared: bool = True) -> None:
         """init on the schema, broker-config, mosquitto, `count` replicas, then the balancer."""
-        home = self.first_home
-        cli("init", "--home", str(home), "--database", self.schema.url)
-        ports = {f"r{n}": free_port() for n in range(1, count + 1)}
-        self.balancer = Balancer(self.root / "balancer", ports)
-        self.configure(home, chunk_size_kib=chunk_size_kib, shared=shared)
-        args = ["broker-config", "--home", str(home), "--out", str(self.root / "broker")]
+        self.init(count, chunk_size_kib=chunk_size_kib, shared=shared)
+        args = ["broker-config", "--home", str(self.first_home), "--out", str(self.root / "broker")]
         cli(*args, "--port", str(self.broker_port), "--listen-host", LOCALHOST)
         self.broker = self.broker_factory.from_config(
             self.root / "broker" / "mosquitto.conf", port=self.broker_port
         )
-        for name, port in ports.items():
+        self.start_replicas(f"mqtt://{LOCALHOST}:{self.broker_port}")
+
+    def init(self, count: int, *, chunk_size_kib: int, shared: bool) -> None:
+        """`init` the first home on the schema and configure it; name the replicas' ports."""
+        cli("init", "--home", str(self.first_home), "--database", self.schema.url)
+        ports = {f"r{n}": free_port() for n in range(1, count + 1)}
+        self.balancer = Balancer(self.root / "balancer", ports)
+        self.configure(self.first_home, chunk_size_kib=chunk_size_kib, shared=shared)
+
+    def start_replicas(self, mqtt_url: str) -> None:
+        """Copy the first home for each further replica, start them all on `mqtt_url`, then
+        the balancer (`init` first; any broker, mosquitto or a node of a cluster)."""
+        for name, port in self.balancer.servers.items():
             replica_home = self.root / f"home-{name}"
-            if replica_home != home:
-                shutil.copytree(home, replica_home, ignore=shutil.ignore_patterns(*_NOT_COPIED))
-            mqtt = ("--mqtt-url", f"mqtt://{LOCALHOST}:{self.broker_port}")
-            self.replicas[name] = RegistryProcess(replica_home, mqtt, port=port)
+            if replica_home != self.first_home:
+                shutil.copytree(
+                    self.first_home, replica_home, ignore=shutil.ignore_patterns(*_NOT_COPIED)
+                )
+            self.replicas[name] = RegistryProcess(replica_home, ("--mqtt-url", mqtt_url), port=port)
             self.replicas[name].start()
         self.balancer.start()
-        for name in ports:
+        for name in self.balancer.servers:
             self.balancer.wait_for_status(name, "UP")
 
     def configure(self, home: Path, *, chunk_size_kib: int, shared: bool) -> None:
@@ -97,7 +106,8 @@ class ReplicaSet:
 
     def stop(self) -> None:
         """Stop the balancer and every replica (the broker factory stops the broker)."""
-        self.balancer.stop()
+        if hasattr(self, "balancer"):  # else `init` never ran
+            self.balancer.stop()
         for replica in self.replicas.values():
             replica.stop()
 

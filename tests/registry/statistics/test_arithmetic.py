@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from model_registry.statistics.counts import CountsMismatchError, is_counts, merge_counts
-from model_registry.statistics.distributions import max_cdf_gap, psi, shares
+from model_registry.statistics.distributions import max_cdf_gap, psi, psi_noise, shares, smoothed
 from model_registry.statistics.proportions import (
     mean_interval,
     required_sample_size,
@@ -58,6 +59,30 @@ def test_psi_refuses_what_is_not_two_distributions(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         psi(expected, observed)
+
+
+def test_psi_noise_is_what_sampling_alone_gives() -> None:
+    # The chi-square quantiles scaled by 1/n1 + 1/n2: 13.82 for 2 degrees of freedom at 99.9%,
+    # 6.63 for 1 at 99% (the Wilson-Hilferty approximation is within a few percent).
+    assert psi_noise(3, 50, 50) == pytest.approx(13.82 * 0.04, rel=0.03)
+    assert psi_noise(2, 100, 400, confidence=0.99) == pytest.approx(6.63 * 0.0125, rel=0.03)
+    # Two samples of one distribution exceed it about as often as the confidence says.
+    rng = np.random.default_rng(3)
+    p, n1, n2 = [0.38, 0.32, 0.30], 40, 200
+    values = [psi(rng.multinomial(n1, p).tolist(), rng.multinomial(n2, p).tolist())
+              for _ in range(2000)]  # fmt: skip
+    above = sum(v > psi_noise(3, n1, n2, confidence=0.95) for v in values) / len(values)
+    assert 0.02 < above < 0.09
+    with pytest.raises(ValueError, match="2 bins or more"):
+        psi_noise(1, 10, 10)
+
+
+def test_smoothed_counts_keep_a_class_missed_by_chance_from_weighing_like_a_vanished_one() -> None:
+    before = [190, 160, 150]
+    assert psi(before, [6, 4, 0]) > 2.4  # the empty bin floored at 1e-4
+    assert psi(smoothed(before), smoothed([6, 4, 0])) < 0.6
+    assert psi(smoothed(before), smoothed([300, 0, 0])) > 2.5  # a class that did vanish
+    assert smoothed([0, 2], pseudo=1) == [1, 3]
 
 
 def test_max_cdf_gap() -> None:

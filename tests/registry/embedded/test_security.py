@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from model_registry.mqtt.limits import MAX_PACKET_BYTES, MAX_PAYLOAD_BYTES
-from tests.registry.test_embedded_broker import (
+from tests.registry.embedded.broker_thread import (
     DEADLINE,
     NOT_AUTHORIZED,
     REGISTRY,
@@ -28,20 +27,6 @@ from tests.registry.test_embedded_broker import (
 from tests.support.broker import ConnectRefusedError
 
 REGISTRY_CLIENT_ID = f"model-registry-{REGISTRY}"  # what `serve` connects as
-
-
-@pytest.fixture(scope="module")
-def embedded() -> Iterator[BrokerThread]:
-    """One embedded broker for the module; tests use fresh device ids so they do not interact."""
-    broker = BrokerThread().start()
-    yield broker
-    broker.stop()
-
-
-@pytest.fixture
-def registry(embedded: BrokerThread) -> tuple[str, str]:
-    """The registry's credentials (a fresh password each test: only the hash is stored)."""
-    return embedded.add_user(REGISTRY)
 
 
 def _refused(embedded: BrokerThread, user: tuple[str, str] | None, client_id: str) -> int:
