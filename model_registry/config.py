@@ -131,6 +131,20 @@ class RolloutsConfig:
 
 
 @dataclass(frozen=True)
+class ExperimentConfig:
+    """How an experiment's verdict is reached (docs/registry.md, "Experiments")."""
+
+    min_detectable_effect: float = 0.02  # the smallest accuracy difference worth detecting
+    alpha: float = 0.05  # significance level of the two-proportion z-test
+    power: float = 0.8  # chance to detect a difference of min_detectable_effect
+
+    def __post_init__(self) -> None:
+        for name in ("min_detectable_effect", "alpha", "power"):
+            if not 0 < getattr(self, name) < 1:
+                raise ConfigError(f"experiments.{name}: must be between 0 and 1 (exclusive)")
+
+
+@dataclass(frozen=True)
 class FleetConfig:
     """What the registry keeps of what devices report."""
 
@@ -244,6 +258,7 @@ class RegistryConfig:
     artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
     rollouts: RolloutsConfig = field(default_factory=RolloutsConfig)
+    experiments: ExperimentConfig = field(default_factory=ExperimentConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
@@ -275,6 +290,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "artifacts": ArtifactsConfig,
     "deploy": DeployConfig,
     "rollouts": RolloutsConfig,
+    "experiments": ExperimentConfig,
     "fleet": FleetConfig,
     "ingest": IngestConfig,
     "drift": DriftConfig,

@@ -27,6 +27,7 @@ from edge_agent.config.settings import (
     UpdateSettings,
 )
 from edge_agent.errors import ConfigError
+from edge_agent.experiments.settings import ExperimentSettings
 from edge_agent.runtime import RuntimeOptions
 from edge_agent.server.settings import GrpcConfig, MiB, ServerConfig
 from edge_common.broker_address import BrokerAddress, BrokerURLError
@@ -85,6 +86,7 @@ _HINTS = {
     "server.keepalive_timeout": "server.idle_timeout_s",
     "mqtt.password": "mqtt.password_file",
     "telemetry.spool_max_bytes": "telemetry.spool_max_mb",
+    "experiments.memory_budget_bytes": "experiments.memory_budget_mb",
     "root_file": "trust.root_file",
     "follow": "models.follow",
 }
@@ -100,6 +102,8 @@ _SECTIONS: dict[str, dict[str, Kind]] = {
     "grpc": _GRPC_KEYS,
     "updates": keys_of(UpdateSettings),
     "telemetry": keys_of(TelemetrySettings, skip={"spool_max_bytes"}) | {"spool_max_mb": INT},
+    "experiments": keys_of(ExperimentSettings, skip={"memory_budget_bytes"})
+    | {"memory_budget_mb": INT},
 }
 _REQUIRED = {"": ("device_id",), "trust": ("root_file",)}  # and mqtt.url or mqtt.urls
 MAX_BROKER_URLS = 16  # the nodes of one clustered broker; more is a mistake, not a cluster
@@ -169,7 +173,10 @@ def load_config(
         artifacts=_artifacts(src, sections["artifacts"]),
         server=_server(src, sections, listen, socket),
         updates=_construct(src, UpdateSettings, sections["updates"]),
-        telemetry=_telemetry(src, sections["telemetry"]),
+        telemetry=_construct(src, TelemetrySettings, _in_bytes(sections["telemetry"], "spool_max")),
+        experiments=_construct(
+            src, ExperimentSettings, _in_bytes(sections["experiments"], "memory_budget")
+        ),
     )
 
 
@@ -355,10 +362,11 @@ def _artifacts(src: _Source, values: Mapping[str, Any]) -> ArtifactSettings:
     return settings
 
 
-def _telemetry(src: _Source, values: dict[str, Any]) -> TelemetrySettings:
-    if "spool_max_mb" in values:
-        values["spool_max_bytes"] = values.pop("spool_max_mb") * MiB
-    return _construct(src, TelemetrySettings, values)
+def _in_bytes(values: dict[str, Any], key: str) -> dict[str, Any]:
+    """`values` with its `{key}_mb` (the TOML spelling) turned into `{key}_bytes`."""
+    if f"{key}_mb" in values:
+        values[f"{key}_bytes"] = values.pop(f"{key}_mb") * MiB
+    return values
 
 
 def _server(

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from model_registry.api import deployments, devices, drift, fleet_pages, models, rollouts, system
+from model_registry.api import (
+    deployments,
+    devices,
+    drift,
+    experiments,
+    fleet_pages,
+    models,
+    rollouts,
+    system,
+)
 from model_registry.api.auth import CTX_KEY, auth_middleware
 from model_registry.api.errors import error_middleware
 from model_registry.api.metrics import METRICS_KEY, RegistryMetrics, metrics_middleware
@@ -52,6 +61,11 @@ def create_app(ctx: RegistryContext, metrics: RegistryMetrics | None = None) -> 
             web.post("/v1/rollouts/{id}/pause", rollouts.pause_rollout),
             web.post("/v1/rollouts/{id}/resume", rollouts.resume_rollout),
             web.post("/v1/rollouts/{id}/abort", rollouts.abort_rollout),
+            web.get("/v1/experiments", experiments.list_experiments),
+            web.post("/v1/experiments", experiments.start_experiment),
+            web.get("/v1/experiments/{id}", experiments.get_experiment),
+            web.post("/v1/experiments/{id}/promote", experiments.promote_experiment),
+            web.post("/v1/experiments/{id}/stop", experiments.stop_experiment),
             web.get("/v1/devices", devices.list_devices),
             web.post("/v1/devices", devices.create_device),
             web.get("/v1/devices/{id}", devices.get_device),

@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_rollout_commands(commands, _api, _json)
     _fleet_commands(commands)
     _key_commands(commands)
+    _experiment_commands(commands)
     return parser
 
 
@@ -372,3 +373,35 @@ def _key_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         metavar="K",
         help="root signatures the new root requires (default: as now, at most N)",
     )
+
+
+def _experiment_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    experiment = commands.add_parser("experiment", help="A/B splits and shadows, and their verdict")
+    subcommands = experiment.add_subparsers(
+        dest="experiment_command", metavar="COMMAND", required=True
+    )
+    start = subcommands.add_parser("start", help="start a split or a shadow of model NAME")
+    _api(start)
+    start.add_argument("name", metavar="NAME", help="the model")
+    start.add_argument("--control", type=int, required=True, metavar="V1", help="answers the rest")
+    candidate = start.add_mutually_exclusive_group(required=True)
+    candidate.add_argument("--treatment", type=int, metavar="V2", help="answers --split percent")
+    candidate.add_argument(
+        "--shadow", type=int, metavar="V2", help="sees every input, answers none"
+    )
+    start.add_argument("--split", type=int, metavar="PERCENT", help="to the treatment, 1 to 99")
+    _target(start)
+    _json(start)
+    listing = subcommands.add_parser("list", help="experiments, newest first")
+    _api(listing)
+    listing.add_argument("--model", help="only this model's")
+    _json(listing)
+    for name, text in (
+        ("status", "each variant's numbers, the test and the verdict"),
+        ("promote", "roll out the winner to the experiment's devices"),
+        ("stop", "return every device to the control"),
+    ):
+        one = subcommands.add_parser(name, help=text)
+        _api(one)
+        one.add_argument("id", type=int, metavar="ID")
+        _json(one)

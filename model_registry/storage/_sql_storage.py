@@ -16,6 +16,7 @@ from model_registry.errors import InvalidInputError
 from model_registry.storage import (
     _catalog,
     _drift,
+    _experiments,
     _fleet,
     _fleet_reads,
     _history,
@@ -31,6 +32,7 @@ from model_registry.storage.base import (
     DeviceRecord,
     DeviceReport,
     DriftRecord,
+    ExperimentRecord,
     ModelSummary,
     ReleaseRecord,
     TokenRecord,
@@ -261,6 +263,37 @@ class SQLStorage:
     async def prune_drift_records(self, older_than: datetime) -> int:
         """Delete drift records before `older_than`, but each key's latest; return how many."""
         return await self._run(WRITE, _drift.prune_records, older_than)
+
+    async def add_experiment(
+        self, experiment: ExperimentRecord, assignments: Sequence[AssignmentUpdate] = ()
+    ) -> int:
+        """Store an experiment with the assignments that start it, atomically; its new id."""
+        return await self._run(WRITE, _experiments.add_experiment, experiment, assignments)
+
+    async def set_assignments(self, assignments: Sequence[AssignmentUpdate]) -> None:
+        """Store many devices' new assignments in one transaction: all of them or none."""
+        await self._run(WRITE, _fleet.set_assignments, assignments)
+
+    async def get_experiment(self, experiment_id: int) -> ExperimentRecord:
+        """Return one experiment; raises NotFoundError."""
+        return await self._run(SNAPSHOT, _experiments.get_experiment, experiment_id)
+
+    async def experiments(self, model: str | None = None) -> list[ExperimentRecord]:
+        """Return experiments, newest first, all or of one model."""
+        return await self._run(SNAPSHOT, _experiments.experiments, model)
+
+    async def end_experiment(
+        self,
+        experiment_id: int,
+        status: str,
+        ended: datetime,
+        outcome: str,
+        assignments: Sequence[AssignmentUpdate] = (),
+    ) -> ExperimentRecord:
+        """Mark a running experiment stopped or promoted, with the assignments that end it."""
+        return await self._run(
+            WRITE, _experiments.end_experiment, experiment_id, status, ended, outcome, assignments
+        )
 
     async def prune_messages(self, kind: str, older_than: datetime, keep_per_device: int) -> int:
         """Delete old events or telemetry, and all but each device's newest; return the count."""

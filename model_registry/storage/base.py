@@ -26,6 +26,7 @@ from model_registry.storage.records import (
     DeviceRecord,
     DeviceReport,
     DriftRecord,
+    ExperimentRecord,
     ModelSummary,
     ReleaseRecord,
     TokenRecord,
@@ -44,6 +45,7 @@ __all__ = [
     "DeviceRecord",
     "DeviceReport",
     "DriftRecord",
+    "ExperimentRecord",
     "ModelSummary",
     "ReleaseRecord",
     "RolloutDecision",
@@ -261,6 +263,32 @@ class Storage(HistoryStorage, Protocol):
 
     async def rollout_decisions(self, rollout_id: int) -> list[RolloutDecision]:
         """Return a rollout's decisions, oldest first; raises NotFoundError."""
+
+    # experiments
+    async def add_experiment(
+        self, experiment: ExperimentRecord, assignments: Sequence[AssignmentUpdate] = ()
+    ) -> int:
+        """Store an experiment with the assignments that start it, atomically; its new id."""
+
+    async def get_experiment(self, experiment_id: int) -> ExperimentRecord:
+        """Return one experiment; raises NotFoundError."""
+
+    async def set_assignments(self, assignments: Sequence[AssignmentUpdate]) -> None:
+        """Store many devices' new assignments in one transaction: all of them or none."""
+
+    async def experiments(self, model: str | None = None) -> list[ExperimentRecord]:
+        """Return experiments, newest first, all or of one model."""
+
+    async def end_experiment(
+        self,
+        experiment_id: int,
+        status: str,
+        ended: datetime,
+        outcome: str,
+        assignments: Sequence[AssignmentUpdate] = (),
+    ) -> ExperimentRecord:
+        """Mark a running experiment stopped or promoted, with the assignments that end it,
+        atomically; ConflictError when it is not running any more."""
 
     # tokens
     async def add_token(self, name: str, role: str, token_hash: str, created: datetime) -> int:

@@ -74,6 +74,27 @@ class DeploymentRecord:
 
 
 @dataclass(frozen=True)
+class ExperimentRecord:
+    """An experiment: a control and a candidate release of one model on a set of devices."""
+
+    experiment_id: int
+    name: str
+    model: str
+    mode: str  # "split" (the candidate is the treatment) or "shadow"
+    control: int
+    candidate: int
+    split_percent: int  # of the requests the treatment answers; 0 for a shadow
+    target_kind: str  # "group" or "devices"
+    target: str
+    device_ids: tuple[str, ...]
+    created: datetime
+    created_by: str
+    status: str = "running"  # "running", "stopped" or "promoted"
+    ended: datetime | None = None
+    outcome: str | None = None  # what ended it, in words ("control v1 kept")
+
+
+@dataclass(frozen=True)
 class AssignmentUpdate:
     """A device's newly signed assignment, to store as it is published."""
 

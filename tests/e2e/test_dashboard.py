@@ -151,6 +151,8 @@ def test_a_hostile_label_is_shown_as_text(
     # The drift view of a model whose releases carry no profile says so.
     page.goto(f"{fleet.registry.url}/ui/#/drift/clf")
     expect(page.locator("main h1")).to_have_text("Drift of clf", timeout=WAIT_MS)
+    page.goto(f"{fleet.registry.url}/ui/#/experiments")
+    expect(page.locator("main")).to_contain_text("No experiments yet", timeout=WAIT_MS)
 
 
 def test_a_publisher_deploys_and_a_viewer_gets_no_button_and_a_403(

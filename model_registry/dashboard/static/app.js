@@ -10,6 +10,7 @@ import * as device from "./views/device.js";
 import * as models from "./views/models.js";
 import * as rollouts from "./views/rollouts.js";
 import * as drift from "./views/drift.js";
+import * as experiments from "./views/experiments.js";
 
 // [hash prefix, view, shown in the navigation as]
 const VIEWS = [
@@ -18,6 +19,7 @@ const VIEWS = [
   ["models", models, "Models"],
   ["rollouts", rollouts, "Rollouts"],
   ["drift", drift, "Drift"],
+  ["experiments", experiments, "Experiments"],
 ];
 
 const main = document.getElementById("main");
