@@ -166,6 +166,25 @@ class FleetConfig:
 
 
 @dataclass(frozen=True)
+class HistoryConfig:
+    """How long the dashboard's history keeps each resolution (docs/dashboard.md, "History")."""
+
+    minute_points_days: int = 1  # reports merge into 1-minute points, kept this long
+    hour_points_days: int = 30  # then into 1-hour points, deleted after this long
+    compact_interval_s: int = 60  # how often the history duty runs
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.minute_points_days <= 366:
+            raise ConfigError("history.minute_points_days: must be between 1 and 366")
+        if not self.minute_points_days <= self.hour_points_days <= 3660:
+            raise ConfigError(
+                "history.hour_points_days: must be between minute_points_days and 3660"
+            )
+        if not 10 <= self.compact_interval_s <= 3600:
+            raise ConfigError("history.compact_interval_s: must be between 10 and 3600")
+
+
+@dataclass(frozen=True)
 class IngestConfig:
     """How much the registry takes from each device, and how big what it stores may be.
 
@@ -243,6 +262,7 @@ class RegistryConfig:
     fleet: FleetConfig = field(default_factory=FleetConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
 
     def path(self, relative: str) -> Path:
         """Resolve a configured path against the home."""
@@ -274,6 +294,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "fleet": FleetConfig,
     "ingest": IngestConfig,
     "drift": DriftConfig,
+    "history": HistoryConfig,
 }
 
 

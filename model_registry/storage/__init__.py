@@ -24,6 +24,7 @@ from model_registry.storage.base import (
     VersionPoint,
 )
 from model_registry.storage.blobs import BlobStore
+from model_registry.storage.history_records import DeviceLiveness, ResourcePoint
 from model_registry.storage.postgres import PostgresStorage
 from model_registry.storage.rollout_records import (
     ROLLOUT_ACTIVE,
@@ -45,6 +46,7 @@ __all__ = [
     "AssignmentUpdate",
     "BlobStore",
     "DeploymentRecord",
+    "DeviceLiveness",
     "DeviceMessageRecord",
     "DeviceRecord",
     "DeviceReport",
@@ -53,6 +55,7 @@ __all__ = [
     "ModelSummary",
     "PostgresStorage",
     "ReleaseRecord",
+    "ResourcePoint",
     "RolloutDecision",
     "RolloutDeployment",
     "RolloutRecord",

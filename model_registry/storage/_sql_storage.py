@@ -18,6 +18,8 @@ from model_registry.storage import (
     _drift,
     _experiments,
     _fleet,
+    _fleet_reads,
+    _history,
     _points,
     _rollouts,
     _tokens,
@@ -36,6 +38,7 @@ from model_registry.storage.base import (
     TokenRecord,
     VersionPoint,
 )
+from model_registry.storage.history_records import DeviceLiveness, ResourcePoint
 from model_registry.storage.rollout_records import (
     RolloutDecision,
     RolloutDeployment,
@@ -133,6 +136,14 @@ class SQLStorage:
         """Return devices, all or of one group, by id."""
         return await self._run(READ, _fleet.devices, group)
 
+    async def device_liveness(self) -> list[DeviceLiveness]:
+        """Return every device's group and liveness columns, by id (no state is read)."""
+        return await self._run(READ, _fleet_reads.device_liveness)
+
+    async def devices_by_id(self, device_ids: Sequence[str]) -> list[DeviceRecord]:
+        """Return the devices with these ids (unknown ids are left out), by id."""
+        return await self._run(SNAPSHOT, _fleet_reads.devices_by_id, device_ids)
+
     async def set_assignment(
         self, device_id: str, seq: int, envelope: bytes, assigned: dict[str, dict[str, Any]]
     ) -> None:
@@ -216,6 +227,22 @@ class SQLStorage:
         return await self._run(
             SNAPSHOT, _points.version_points, model, since, until, version, device_ids
         )
+
+    async def device_version_points(
+        self, since: datetime, until: datetime, device_ids: Sequence[str]
+    ) -> list[VersionPoint]:
+        """Return every model's points of these devices received in [since, until), by time."""
+        return await self._run(SNAPSHOT, _points.device_points, since, until, device_ids)
+
+    async def replace_version_points(
+        self,
+        since: datetime,
+        until: datetime,
+        device_ids: Sequence[str],
+        points: Sequence[VersionPoint],
+    ) -> None:
+        """In one transaction, delete the devices' points in [since, until) and store `points`."""
+        await self._run(WRITE, _points.replace_points, since, until, device_ids, points)
 
     async def prune_version_points(self, older_than: datetime) -> int:
         """Delete points received before `older_than`; return how many."""
@@ -321,6 +348,36 @@ class SQLStorage:
     async def rollout_decisions(self, rollout_id: int) -> list[RolloutDecision]:
         """Return a rollout's decisions, oldest first; raises NotFoundError."""
         return await self._run(SNAPSHOT, _rollouts.rollout_decisions, rollout_id)
+
+    # history
+
+    async def resource_points(
+        self, since: datetime, until: datetime, device_ids: Sequence[str] | None = None
+    ) -> list[ResourcePoint]:
+        """Return resource points with `since <= at < until`, of some devices or all, by time."""
+        return await self._run(SNAPSHOT, _history.resource_points, since, until, device_ids)
+
+    async def replace_resource_points(
+        self,
+        since: datetime,
+        until: datetime,
+        device_ids: Sequence[str],
+        points: Sequence[ResourcePoint],
+    ) -> None:
+        """In one transaction, delete the devices' points in [since, until) and store `points`."""
+        await self._run(WRITE, _history.replace_resource_points, since, until, device_ids, points)
+
+    async def prune_resource_points(self, older_than: datetime) -> int:
+        """Delete resource points before `older_than`; return how many went."""
+        return await self._run(WRITE, _history.prune_resource_points, older_than)
+
+    async def history_mark(self, name: str) -> datetime | None:
+        """Return how far the compaction `name` has got, None before its first pass."""
+        return await self._run(READ, _history.history_mark, name)
+
+    async def set_history_mark(self, name: str, done_until: datetime) -> None:
+        """Record how far the compaction `name` has got."""
+        await self._run(WRITE, _history.set_history_mark, name, done_until)
 
     # tokens
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
+from model_registry.storage.history_records import HistoryStorage
 from model_registry.storage.records import (
     DUPLICATE,
     ROLES,
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 
-class Storage(Protocol):
+class Storage(HistoryStorage, Protocol):
     """Everything the registry persists, behind one async interface."""
 
     async def open(self) -> None:
@@ -110,6 +111,10 @@ class Storage(Protocol):
 
     async def devices(self, group: str | None = None) -> list[DeviceRecord]:
         """Return devices, all or of one group, by id."""
+
+    async def devices_by_id(self, device_ids: Sequence[str]) -> list[DeviceRecord]:
+        """Return the devices with these ids (unknown ids are left out), by id."""
+        ...
 
     async def set_assignment(
         self, device_id: str, seq: int, envelope: bytes, assigned: dict[str, dict[str, Any]]
@@ -180,6 +185,22 @@ class Storage(Protocol):
         device_ids: Sequence[str] | None = None,
     ) -> list[VersionPoint]:
         """Return the model's points received in [since, until), oldest first."""
+        ...
+
+    async def device_version_points(
+        self, since: datetime, until: datetime, device_ids: Sequence[str]
+    ) -> list[VersionPoint]:
+        """Return every model's points of these devices received in [since, until), by time."""
+        ...
+
+    async def replace_version_points(
+        self,
+        since: datetime,
+        until: datetime,
+        device_ids: Sequence[str],
+        points: Sequence[VersionPoint],
+    ) -> None:
+        """In one transaction, delete the devices' points in [since, until) and store `points`."""
         ...
 
     async def prune_version_points(self, older_than: datetime) -> int:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from model_registry.storage.history_records import ResourcePoint
+
 ROLES = ("viewer", "publisher", "admin")
 # What `Storage.add_device_reports` did with each report.
 STORED, DUPLICATE, UNKNOWN_DEVICE = "stored", "duplicate", "unknown_device"
@@ -147,6 +149,7 @@ class VersionPoint:
     latency_p99_ms: float | None = None
     latency_max_ms: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    reports: int = 1  # how many reports the point sums: more once the history duty merged it
 
 
 @dataclass(frozen=True)
@@ -196,3 +199,4 @@ class DeviceReport:
     error: dict[str, Any] | None = None
     # Telemetry only: stored with the report, so a resend (DUPLICATE) adds none.
     points: tuple[VersionPoint, ...] = ()
+    resources: ResourcePoint | None = None  # telemetry only: stored with it, exactly once

@@ -31,6 +31,7 @@ BASE_BODIES: dict[str, dict[str, Any]] = {
     "/v1/experiments": {"model": "m", "control": 1, "treatment": 2, "split": 10, "group": "lab"},
     "/v1/models/{name}/rollback": {"group": "lab"},
     "/v1/devices/{id}": {"group": "lab"},
+    "/ui/session": {"token": "not-a-token"},
 }
 
 

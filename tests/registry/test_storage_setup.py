@@ -101,6 +101,8 @@ EXPECTED_TABLES = {
     "rollout_decisions",
     "drift_records",
     "experiments",
+    "resource_points",
+    "history_marks",
 }
 
 
