@@ -32,6 +32,9 @@ class MqttSettings:
     topic_prefix: str = DEFAULT_PREFIX
     reconnect_min_s: float = 1.0  # jittered exponential backoff between these bounds
     reconnect_max_s: float = 60.0
+    # A SUBACK, UNSUBACK or PUBACK not come after this long without a packet from the broker
+    # cuts the connection (edge_common/mqtt/acks.py): the next attempt goes to the next URL.
+    ack_timeout_s: float = 30.0
     # Every node of a clustered broker, tried in turn; empty means just `url`.
     urls: tuple[str, ...] = ()
 
