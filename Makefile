@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PACKAGES := edge_protocol edge_common model_registry edge_agent
 
-.PHONY: help install test lint typecheck pytest demo mosquitto haproxy nats postgres clean arm64-check bench bench-quick
+.PHONY: help install test lint typecheck pytest demo mosquitto haproxy nats chromium postgres clean arm64-check bench bench-quick
 
 help:
 	@echo "make install    create $(VENV) and install the project with all extras"
@@ -33,6 +33,10 @@ haproxy:
 nats:
 	@scripts/ensure-nats.sh
 
+# The dashboard's browser tests drive Debian's chromium; its alert rules are checked by promtool.
+chromium:
+	@scripts/ensure-chromium.sh
+
 # The storage tests run on SQLite and on PostgreSQL (TEST_POSTGRES_URL, default 127.0.0.1:5432).
 postgres: install
 	@PYTHON=$(BIN)/python scripts/ensure-postgres.sh
@@ -46,14 +50,15 @@ typecheck: install
 
 # loadfile: a file's tests run on one worker, in order, so module fixtures are made once and
 # the steps of an end-to-end story stay together.
-pytest: install mosquitto haproxy nats postgres
+pytest: install mosquitto haproxy nats chromium postgres
 	$(BIN)/pytest -q -n auto --dist loadfile
 
 test: lint typecheck pytest
 
-# The whole story in under two minutes; `make demo DEMO_DIR=path` works somewhere else.
+# The whole story in under two minutes; `make demo DEMO_DIR=path` works somewhere else, and
+# `make demo KEEP=1` keeps the registry and its dashboard up until Ctrl-C.
 demo: install
-	$(BIN)/python scripts/demo.py $(if $(DEMO_DIR),--dir $(DEMO_DIR))
+	$(BIN)/python scripts/demo.py $(if $(DEMO_DIR),--dir $(DEMO_DIR)) $(if $(KEEP),--keep)
 
 # Not part of `make test`: the agent as aarch64 code under qemu-user receives a signed update
 # from a registry on this machine and answers a request (docs/operations.md). Downloads about

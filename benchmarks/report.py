@@ -23,6 +23,7 @@ PEER_LABELS = {
 DIAGNOSTIC_LABELS = {
     "agent": "edge-agent run (MQTT, telemetry, as a device runs it)",
     "agent-bare": "bare InferenceServer (no MQTT, no telemetry)",
+    "agent-shadow": "bare InferenceServer with a shadow of the model attached",
 }
 MODEL_LABELS = {
     "small": "small: sklearn MLP 32-256-256-3, int8 by the registry",

@@ -17,6 +17,7 @@ from typing import Any
 
 from benchmarks import (
     agent_costs,
+    dashboard_scale,
     deploy_scale,
     fleet_sim,
     footprint,
@@ -61,6 +62,7 @@ SECTIONS: dict[str, Callable[[str], dict[str, Any]]] = {
     "fleet_scale": fleet_sim.run_scale,
     "deploy_scale": deploy_scale.run,
     "ingest_scale": ingest_scale.run,
+    "dashboard_scale": dashboard_scale.run,
 }
 PACKAGES = (
     "onnxruntime", "numpy", "aiohttp", "paho-mqtt", "cryptography", "scikit-learn", "skl2onnx",

@@ -74,7 +74,7 @@ QUICK = Settings(
     rounds=1,
     heavy_peers=("agent", "naive"),
     heavy_concurrencies=(128,),
-    diagnostics=("agent-bare",),
+    diagnostics=("agent-bare", "agent-shadow"),
 )
 FULL = Settings(
     models=("small", "heavy-fp32", "heavy-int8"),
@@ -83,7 +83,7 @@ FULL = Settings(
     duration_s=2,
     warmup_requests=50,
     rounds=3,
-    diagnostics=("agent-bare",),
+    diagnostics=("agent-bare", "agent-shadow"),
 )
 
 

@@ -98,6 +98,11 @@ def _bare_agent(served: Served, port: int, work: Path, grpc_port: int) -> Launch
     return argv, {}
 
 
+def _shadowed_agent(served: Served, port: int, work: Path, grpc_port: int) -> Launched:
+    argv, env = _bare_agent(served, port, work, grpc_port)
+    return [*argv, "--shadow"], env
+
+
 def device_agent(devices: ServingDevices) -> Callable[..., tuple[list[str], dict[str, str]]]:
     def launch(
         served: Served, port: int, work: Path, grpc_port: int
@@ -166,3 +171,6 @@ PEERS = {
 DIAGNOSTIC_LOADS = {"small": (1, 32), "heavy-int8": (128,)}
 PEERS["agent-bare"] = Peer("agent-bare", "bare InferenceServer", ("json",), _bare_agent,
                            only=DIAGNOSTIC_LOADS)  # fmt: skip
+# The same with a shadow of the model attached (experiments): its p99 against agent-bare's.
+PEERS["agent-shadow"] = Peer("agent-shadow", "bare InferenceServer + shadow", ("json",),
+                             _shadowed_agent, only=DIAGNOSTIC_LOADS)  # fmt: skip

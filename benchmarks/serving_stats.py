@@ -20,6 +20,7 @@ COMPARISONS: list[tuple[Series, list[Series]]] = [
     (("agent_grpc", "agent", "grpc"), [("mlserver_grpc", "mlserver", "grpc"),
                                        ("naive", "naive", "json")]),
     (("agent-bare", "agent-bare", "json"), [("naive", "naive", "json")]),
+    (("agent-shadow", "agent-shadow", "json"), [("agent-bare", "agent-bare", "json")]),
 ]  # fmt: skip
 
 

@@ -20,6 +20,8 @@ from typing import Any
 from edge_agent import eventloop
 from edge_agent.config.preflight import Labels
 from edge_agent.config.settings import DeviceConfig
+from edge_agent.experiments import Experiments
+from edge_agent.experiments.install import ExperimentInstaller
 from edge_agent.metrics import AgentMetrics
 from edge_agent.mqtt import Backoff, run_with_reconnect
 from edge_agent.mqtt.link import LinkState
@@ -105,6 +107,13 @@ class Agent:
             states=self.states,
             settings=config.updates,
         )
+        self.experiments = Experiments(config.experiments)
+        self.experiment_installer = ExperimentInstaller(
+            config, self.trust, experiments=self.experiments, repository=self.repository,
+            activator=activator, store=self.store, reporter=self.reporter,
+            fetcher=self._fetcher(), subscribe=self.subscriptions.subscribe, link=self.link,
+            unsubscribe=self.subscriptions.unsubscribe,
+        )  # fmt: skip
         self.updater = Updater(
             config,
             self.trust,
@@ -126,11 +135,14 @@ class Agent:
             link=self.link,
             chunks=self.mqtt_fetcher,
             states=self.states,
+            experiments=self.experiment_installer,
         )
         self.server = InferenceServer(
-            self.repository, config.server, metrics=self.metrics, status_providers=[self.status]
-        )
+            self.repository, config.server, metrics=self.metrics, status_providers=[self.status],
+            experiments=self.experiments,
+        )  # fmt: skip
         collector = TelemetryCollector(self.metrics, config.state_dir)
+        collector.version_details.append(self.experiments.counters.report)
         self.telemetry = Telemetry(collector, self.reporter, config.telemetry)
         self.server.add_status_provider(self.telemetry.status)
         self.supervisor = Supervisor("the agent")
@@ -253,6 +265,7 @@ class Agent:
             async with asyncio.timeout(REPORT_TIMEOUT_S):
                 await self.reporter.publish_offline()
         await self.supervisor.cancel(mqtt)
+        await self.experiment_installer.close()
         await self.updater.close(clean=clean)
         await self.server.drain_and_stop()
         await self.supervisor.stop()

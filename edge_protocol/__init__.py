@@ -4,6 +4,7 @@ Pure: bytes in, objects out. Imports only the standard library and `cryptography
 docs/protocol.md is the normative description of everything defined here.
 """
 
+from edge_protocol.assignment import AssignedModel, Assignment, ExperimentSpec, Pin
 from edge_protocol.canonical import canonical_bytes, parse_json
 from edge_protocol.envelope import MAX_DOCUMENT_BYTES, Envelope, Signature
 from edge_protocol.errors import (
@@ -17,8 +18,6 @@ from edge_protocol.keys import PublicKey, SigningKey
 from edge_protocol.metadata import (
     SPEC_VERSION,
     Artifact,
-    AssignedModel,
-    Assignment,
     ModelIO,
     Release,
     RoleKeys,
@@ -46,10 +45,12 @@ __all__ = [
     "Assignment",
     "Bins",
     "Envelope",
+    "ExperimentSpec",
     "FormatError",
     "InputProfile",
     "ModelIO",
     "OutputProfile",
+    "Pin",
     "Profile",
     "ProtocolError",
     "PublicKey",

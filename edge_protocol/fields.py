@@ -137,3 +137,21 @@ class FieldReader:
     def unrecognized(self) -> dict[str, Any]:
         """Return the fields no reader method asked for, to be kept and re-serialized."""
         return {k: v for k, v in self._obj.items() if k not in self._seen}
+
+
+def check_spec_version(reader: FieldReader, majors: tuple[int, ...]) -> str:
+    """Read `spec_version` and refuse a major version this implementation does not speak.
+
+    A document of another major version is refused rather than half-read: a newer major is
+    used exactly when an older receiver would otherwise ignore a part that changes the
+    document's meaning (docs/protocol.md, section 4).
+    """
+    value = reader.string("spec_version", max_length=16)
+    major = value.split(".", maxsplit=1)[0]
+    if not major.isdigit() or int(major) not in majors:
+        spoken = " or ".join(f"{m}.x" for m in majors)
+        raise MetadataFormatError(
+            f"{reader.path('spec_version')}: {value!r} is not a {spoken} document; "
+            f"this implementation speaks spec_version {' and '.join(map(str, majors))}"
+        )
+    return value

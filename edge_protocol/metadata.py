@@ -1,4 +1,5 @@
-"""The three signed document types: root, release and assignment (docs/protocol.md).
+"""Two of the three signed document types, root and release (docs/protocol.md); the
+assignment is in edge_protocol/assignment.py.
 
 Each is a frozen dataclass with a strict `from_dict` (every field checked, the error naming
 its path) and a `to_dict` that gives back the same object, unknown fields included, so a newer
@@ -14,7 +15,7 @@ from datetime import datetime
 from typing import Any, ClassVar, Self
 
 from edge_protocol.errors import KeyFormatError, MetadataFormatError
-from edge_protocol.fields import FieldReader, format_time
+from edge_protocol.fields import FieldReader, check_spec_version, format_time
 from edge_protocol.keys import PublicKey
 from edge_protocol.profile import Profile
 from edge_protocol.tensors import DATATYPES, ModelIO, SelfTest, TensorData, TensorSpec
@@ -22,11 +23,12 @@ from edge_protocol.tensors import DATATYPES, ModelIO, SelfTest, TensorData, Tens
 # Re-exported: importers of the release document's parts find them here, as before.
 __all__ = [
     "DATATYPES", "MAX_CHUNK_SIZE", "MAX_KEYS", "ONNX_MEDIA_TYPE", "SPEC_VERSION", "Artifact",
-    "AssignedModel", "Assignment", "ModelIO", "Release", "RoleKeys", "Root", "SelfTest",
+    "ModelIO", "Release", "RoleKeys", "Root", "SelfTest",
     "TensorData", "TensorSpec",
 ]  # fmt: skip
 
-SPEC_VERSION = "1.0"
+SPEC_VERSION = "1.0"  # of roots and releases; assignments: edge_protocol/assignment.py
+SPEC_MAJORS = (1,)
 ONNX_MEDIA_TYPE = "application/vnd.onnx"
 ROLE_NAMES = ("root", "release")
 
@@ -36,13 +38,7 @@ MAX_KEYS = 64
 
 
 def _check_spec_version(reader: FieldReader) -> str:
-    value = reader.string("spec_version", max_length=16)
-    if value.split(".", maxsplit=1)[0] != SPEC_VERSION.split(".", maxsplit=1)[0]:
-        raise MetadataFormatError(
-            f"{reader.path('spec_version')}: {value!r} is not a 1.x document; "
-            "this implementation speaks spec_version 1"
-        )
-    return value
+    return check_spec_version(reader, SPEC_MAJORS)
 
 
 @dataclass(frozen=True)
@@ -264,82 +260,4 @@ class Release:
             "selftest": self.selftest.to_dict(),
             "build": self.build,
             **({} if self.profile is None else {"profile": self.profile.to_dict()}),
-        }
-
-
-@dataclass(frozen=True)
-class AssignedModel:
-    """What an assignment pins for one model: the release version, its hash and size."""
-
-    version: int
-    sha256: str
-    size: int
-    unrecognized_fields: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, obj: Any, path: str) -> Self:
-        """Parse and validate one assigned model."""
-        r = FieldReader(obj, path)
-        return cls(
-            version=r.integer("version", minimum=1),
-            sha256=r.sha256("sha256"),
-            size=r.integer("size", minimum=1),
-            unrecognized_fields=r.unrecognized(),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the wire object."""
-        return {
-            **self.unrecognized_fields,
-            "version": self.version,
-            "sha256": self.sha256,
-            "size": self.size,
-        }
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """The registry's word for one device: which release of each model it must run."""
-
-    TYPE: ClassVar[str] = "assignment"
-    device_id: str
-    seq: int
-    created: datetime
-    expires: datetime
-    models: dict[str, AssignedModel]
-    spec_version: str = SPEC_VERSION
-    unrecognized_fields: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, obj: Any) -> Self:
-        """Parse and validate an assignment `signed` object."""
-        r = FieldReader(obj, "assignment")
-        r.constant("_type", cls.TYPE)
-        spec_version = _check_spec_version(r)
-        raw_models = r.obj("models")
-        models: dict[str, AssignedModel] = {}
-        for name, entry in raw_models.items():
-            FieldReader({"model": name}, r.path("models")).string("model", name=True)
-            models[name] = AssignedModel.from_dict(entry, f"{r.path('models')}.{name}")
-        return cls(
-            spec_version=spec_version,
-            device_id=r.string("device_id", name=True),
-            seq=r.integer("seq", minimum=1),
-            created=r.time("created"),
-            expires=r.time("expires"),
-            models=models,
-            unrecognized_fields=r.unrecognized(),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the `signed` object."""
-        return {
-            **self.unrecognized_fields,
-            "_type": self.TYPE,
-            "spec_version": self.spec_version,
-            "device_id": self.device_id,
-            "seq": self.seq,
-            "created": format_time(self.created),
-            "expires": format_time(self.expires),
-            "models": {name: m.to_dict() for name, m in self.models.items()},
         }

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from edge_protocol.assignment import AssignedModel, Assignment
 from edge_protocol.envelope import MAX_DOCUMENT_BYTES, Envelope
 from edge_protocol.errors import (
     ArtifactHashError,
@@ -30,7 +31,7 @@ from edge_protocol.errors import (
     WrongTypeError,
 )
 from edge_protocol.fields import format_time
-from edge_protocol.metadata import Artifact, AssignedModel, Assignment, Release, Root
+from edge_protocol.metadata import Artifact, Release, Root
 
 Clock = Callable[[], datetime]
 _PINNED_FIELDS = ("model", "version", "sha256", "size")

@@ -131,6 +131,20 @@ class RolloutsConfig:
 
 
 @dataclass(frozen=True)
+class ExperimentConfig:
+    """How an experiment's verdict is reached (docs/registry.md, "Experiments")."""
+
+    min_detectable_effect: float = 0.02  # the smallest accuracy difference worth detecting
+    alpha: float = 0.05  # significance level of the two-proportion z-test
+    power: float = 0.8  # chance to detect a difference of min_detectable_effect
+
+    def __post_init__(self) -> None:
+        for name in ("min_detectable_effect", "alpha", "power"):
+            if not 0 < getattr(self, name) < 1:
+                raise ConfigError(f"experiments.{name}: must be between 0 and 1 (exclusive)")
+
+
+@dataclass(frozen=True)
 class FleetConfig:
     """What the registry keeps of what devices report."""
 
@@ -149,6 +163,25 @@ class FleetConfig:
         for name in ("telemetry_max_per_device", "events_max_per_device"):
             if not 1 <= getattr(self, name) <= 10_000_000:
                 raise ConfigError(f"fleet.{name}: must be between 1 and 10000000")
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    """How long the dashboard's history keeps each resolution (docs/dashboard.md, "History")."""
+
+    minute_points_days: int = 1  # reports merge into 1-minute points, kept this long
+    hour_points_days: int = 30  # then into 1-hour points, deleted after this long
+    compact_interval_s: int = 60  # how often the history duty runs
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.minute_points_days <= 366:
+            raise ConfigError("history.minute_points_days: must be between 1 and 366")
+        if not self.minute_points_days <= self.hour_points_days <= 3660:
+            raise ConfigError(
+                "history.hour_points_days: must be between minute_points_days and 3660"
+            )
+        if not 10 <= self.compact_interval_s <= 3600:
+            raise ConfigError("history.compact_interval_s: must be between 10 and 3600")
 
 
 @dataclass(frozen=True)
@@ -225,9 +258,11 @@ class RegistryConfig:
     artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
     rollouts: RolloutsConfig = field(default_factory=RolloutsConfig)
+    experiments: ExperimentConfig = field(default_factory=ExperimentConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
 
     def path(self, relative: str) -> Path:
         """Resolve a configured path against the home."""
@@ -255,9 +290,11 @@ _SECTIONS: dict[str, type[Any]] = {
     "artifacts": ArtifactsConfig,
     "deploy": DeployConfig,
     "rollouts": RolloutsConfig,
+    "experiments": ExperimentConfig,
     "fleet": FleetConfig,
     "ingest": IngestConfig,
     "drift": DriftConfig,
+    "history": HistoryConfig,
 }
 
 

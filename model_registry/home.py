@@ -138,6 +138,13 @@ min_samples = 200
 warn_psi = 0.1
 alert_psi = 0.25
 interval_s = 60
+
+[history]
+# The dashboard's charts: telemetry merged into 1-minute points kept this many days, then
+# into 1-hour points deleted after `hour_points_days`, by a pass every `compact_interval_s`.
+minute_points_days = 1
+hour_points_days = 30
+compact_interval_s = 60
 """
 
 

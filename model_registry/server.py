@@ -46,6 +46,7 @@ from model_registry.services.acks import AckSender
 from model_registry.services.context import RegistryContext
 from model_registry.services.drift import INSUFFICIENT, SEVERITY, FeatureDrift
 from model_registry.services.drift_watch import DriftWatch
+from model_registry.services.history import history_loop
 from model_registry.services.ingest import DeviceIngest
 from model_registry.services.ingest_limits import TOP_DEVICES
 from model_registry.services.maintenance import maintenance_loop, sync_broker
@@ -194,6 +195,7 @@ async def _start_mqtt(
     supervisor.spawn(maintenance_loop(ctx), "maintenance")
     supervisor.spawn(retention_loop(ctx), "retention")
     supervisor.spawn(rollout_loop(ctx), "rollout controller")
+    supervisor.spawn(history_loop(ctx), "history")
     return url, ingest
 
 

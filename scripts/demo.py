@@ -52,6 +52,8 @@ from edge_common.processes import free_port
 class Demo(RegistrySide):
     """The story: the steps of `story`, in order; then what the user needs to keep playing."""
 
+    keep = False  # --keep: everything stays up before the shutdown until Ctrl-C
+
     # ---- the story
 
     def story(self) -> list[Callable[[], None]]:
@@ -80,6 +82,8 @@ class Demo(RegistrySide):
         story = self.story()
         self.total = len(story)
         for self.number, step in enumerate(story, 1):
+            if self.keep and step == self.shutdown:
+                self.keep_up()
             step()
 
     def start_agents(self) -> None:
@@ -266,6 +270,22 @@ class Demo(RegistrySide):
                         "30 s without errors, and rolls back on its own otherwise)"
                     )
 
+    def keep_up(self) -> None:
+        """`--keep`: everything stays up until Ctrl-C, with a token to look at the dashboard."""
+        viewer = self.cli_json("token", "create", "--role", "viewer", "--name", "demo-dashboard",
+                               *self.home_args())  # fmt: skip
+        say()
+        say(f"The dashboard: {self.api_url}/ui/")
+        say(f"  sign in with this viewer token: {viewer['token']}")
+        say("  (a publisher or admin token can deploy from it too: "
+            "model-registry token create --role publisher --home registry-home)")  # fmt: skip
+        say("Everything stays up until Ctrl-C.")
+        try:
+            while True:
+                time.sleep(3600)
+        except Interrupted:
+            say("\nCtrl-C: shutting down")
+
     def shutdown(self) -> None:
         with self.step("Shut down: SIGTERM the agents, then the registry") as step:
             step.note(*self.procs.stop_all())
@@ -298,8 +318,13 @@ def main(argv: list[str] | None = None) -> int:
         "--dir", type=Path, default=Path("demo-work"),
         help="working directory, removed and recreated at start (default: ./demo-work)",
     )  # fmt: skip
+    parser.add_argument(
+        "--keep", action="store_true",
+        help="keep the registry and agents up at the end, until Ctrl-C, to look at the dashboard",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     demo = Demo(args.dir)
+    demo.keep = bool(args.keep)
     SIGNALS.install()
     steps = len(demo.story())
     say(f"edge-model-runtime demo: registry, two devices, two model versions ({steps} steps)")

@@ -6,12 +6,14 @@ Python directly. No timing is asserted: the demo prints its own durations.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -82,6 +84,7 @@ def test_demo_runs_the_whole_story_and_cleans_up(tmp_path: Path) -> None:
     listing = re.findall(r"^\s+(cam-[12])\s+lab\s+online\s+classifier\s+2\s+2\s", output, re.M)
     assert sorted(listing) == ["cam-1", "cam-2"], output
     assert "every process the demo started has stopped" in output
+    assert re.search(r"dashboard http://127\.0\.0\.1:\d+/ui/", output), output
     assert "model-registry devices list --home registry-home" in output
 
     # What the user keeps: the home, both bundles with their installed model, the logs.
@@ -126,3 +129,56 @@ def test_ctrl_c_stops_every_process_the_demo_started(tmp_path: Path) -> None:
     assert "Interrupted by SIGINT: stopping everything the demo started" in output
     assert leftovers == [], f"still running after Ctrl-C: {leftovers}\n{output}"
     assert {name for _pid, name in recorded_processes(work)} >= {"registry", "cam-1", "cam-2"}
+
+
+@pytest.mark.timeout(900)
+def test_keep_leaves_the_dashboard_up_until_ctrl_c(tmp_path: Path) -> None:
+    work = tmp_path / "demo-work"
+    demo = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--dir", str(work), "--keep"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert demo.stdout is not None
+        url = token = ""
+        for line in demo.stdout:
+            lines.append(line)
+            if line.startswith("The dashboard: "):
+                url = line.split(": ", 1)[1].strip()
+            if "sign in with this viewer token: " in line:
+                token = line.rsplit(": ", 1)[1].strip()
+                break
+        else:
+            pytest.fail("the demo ended without keeping the dashboard up:\n" + "".join(lines))
+        page = urllib.request.urlopen(url, timeout=30)  # noqa: S310 - the demo's local URL
+        assert "Content-Security-Policy" in page.headers
+        signed_in = urllib.request.Request(  # noqa: S310
+            url.replace("/ui/", "/ui/session"),
+            data=json.dumps({"token": token}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(signed_in, timeout=30) as answer:  # noqa: S310
+            assert json.loads(answer.read())["role"] == "viewer"
+            cookie = answer.headers["Set-Cookie"].split(";", 1)[0]
+        fleet = urllib.request.Request(  # noqa: S310
+            url.replace("/ui/", "/v1/fleet/devices"), headers={"Cookie": cookie}
+        )
+        with urllib.request.urlopen(fleet, timeout=30) as answer:  # noqa: S310
+            devices = [d["device_id"] for d in json.loads(answer.read())["devices"]]
+        assert devices == ["cam-1", "cam-2"]
+        demo.send_signal(signal.SIGINT)
+        rest, _ = demo.communicate(timeout=300)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    output = "".join(lines) + rest
+    leftovers = check_nothing_left(work)
+    assert demo.returncode == 0, output
+    assert "Ctrl-C: shutting down" in output
+    assert leftovers == [], f"still running after Ctrl-C: {leftovers}\n{output}"

@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Any
 
-from edge_agent.config.kinds import INT, OPTIONAL_PATH, PATH, STRING, STRINGS, Kind, keys_of
+from edge_agent.config.broker_section import mqtt_settings
+from edge_agent.config.kinds import (
+    INT,
+    NOT_HOST_PORT,
+    OPTIONAL_PATH,
+    PATH,
+    STRING,
+    STRINGS,
+    Kind,
+    keys_of,
+)
 from edge_agent.config.settings import (
     DEFAULT_STATE_DIR,
     ArtifactSettings,
@@ -26,21 +34,23 @@ from edge_agent.config.settings import (
     TelemetrySettings,
     UpdateSettings,
 )
+from edge_agent.config.source import (
+    ConfigSource,
+    check_url,
+    construct,
+    existing_file,
+    read_secret,
+)
 from edge_agent.errors import ConfigError
+from edge_agent.experiments.settings import ExperimentSettings
 from edge_agent.runtime import RuntimeOptions
 from edge_agent.server.settings import GrpcConfig, MiB, ServerConfig
-from edge_common.broker_address import BrokerAddress, BrokerURLError
 from edge_common.listen import split_host_port
-from edge_common.toml_file import ConfigFileError, load_toml, read_bounded
-from edge_protocol import Topics
-from edge_protocol.errors import TopicError
+from edge_common.toml_file import ConfigFileError, load_toml
 from edge_protocol.fields import is_valid_name
 
-NOT_HOST_PORT = "is not HOST:PORT (write IPv6 addresses as [::1]:8080)"
 NAME_RULE = "letters, digits, '.', '_' or '-', starting with a letter or digit, at most 128"
-T = TypeVar("T")
 MAX_FILE_BYTES = 1024 * 1024  # device.toml
-MAX_SECRET_BYTES = 64 * 1024  # a password or token file
 
 
 # ServerConfig fields that are not TOML keys of the same name: `_SERVER_KEYS` set them, and
@@ -85,6 +95,7 @@ _HINTS = {
     "server.keepalive_timeout": "server.idle_timeout_s",
     "mqtt.password": "mqtt.password_file",
     "telemetry.spool_max_bytes": "telemetry.spool_max_mb",
+    "experiments.memory_budget_bytes": "experiments.memory_budget_mb",
     "root_file": "trust.root_file",
     "follow": "models.follow",
 }
@@ -100,9 +111,10 @@ _SECTIONS: dict[str, dict[str, Kind]] = {
     "grpc": _GRPC_KEYS,
     "updates": keys_of(UpdateSettings),
     "telemetry": keys_of(TelemetrySettings, skip={"spool_max_bytes"}) | {"spool_max_mb": INT},
+    "experiments": keys_of(ExperimentSettings, skip={"memory_budget_bytes"})
+    | {"memory_budget_mb": INT},
 }
 _REQUIRED = {"": ("device_id",), "trust": ("root_file",)}  # and mqtt.url or mqtt.urls
-MAX_BROKER_URLS = 16  # the nodes of one clustered broker; more is a mistake, not a cluster
 # Inclusive bounds of numeric keys the dataclasses do not check themselves.
 _LIMITS: dict[str, tuple[float, float]] = {
     "mqtt.keepalive_s": (1, 65_535),  # the MQTT keep-alive field is 16 bits
@@ -135,18 +147,6 @@ def supported_keys() -> list[str]:
     return [*_TOP_KEYS] + [f"{name}.{key}" for name, keys in _SECTIONS.items() for key in keys]
 
 
-@dataclass(frozen=True)
-class _Source:
-    """The file being read: named in every error; its directory anchors relative paths."""
-
-    path: Path
-    base: Path
-
-    def error(self, message: str) -> ConfigError:
-        """A ConfigError about this file."""
-        return ConfigError(f"{self.path}: {message}")
-
-
 def load_config(
     path: Path,
     *,
@@ -155,7 +155,7 @@ def load_config(
     socket: Path | None = None,
 ) -> DeviceConfig:
     """Read and validate a device.toml; the keywords (from the command line) override the file."""
-    src = _Source(path, path.resolve().parent)
+    src = ConfigSource(path, path.resolve().parent)
     data = _parse(src)
     top = _read_table(src, "", {k: v for k, v in data.items() if k not in _SECTIONS}, _TOP_KEYS)
     sections = {name: _section(src, data, name) for name in _SECTIONS}
@@ -164,13 +164,16 @@ def load_config(
         source=path.resolve(),
         device_id=device_id,
         state_dir=_state_dir(top, state_dir),
-        root_file=_existing_file(src, "trust.root_file", sections["trust"]["root_file"]),
-        mqtt=_mqtt(src, sections["mqtt"], device_id),
+        root_file=existing_file(src, "trust.root_file", sections["trust"]["root_file"]),
+        mqtt=mqtt_settings(src, sections["mqtt"], device_id),
         follow=_follow(src, sections["models"].get("follow", ())),
         artifacts=_artifacts(src, sections["artifacts"]),
         server=_server(src, sections, listen, socket),
-        updates=_construct(src, UpdateSettings, sections["updates"]),
-        telemetry=_telemetry(src, sections["telemetry"]),
+        updates=construct(src, UpdateSettings, sections["updates"]),
+        telemetry=construct(src, TelemetrySettings, _in_bytes(sections["telemetry"], "spool_max")),
+        experiments=construct(
+            src, ExperimentSettings, _in_bytes(sections["experiments"], "memory_budget")
+        ),
     )
 
 
@@ -181,14 +184,14 @@ def _state_dir(top: Mapping[str, Any], override: Path | None) -> Path:
     return state_dir
 
 
-def _parse(src: _Source) -> dict[str, Any]:
+def _parse(src: ConfigSource) -> dict[str, Any]:
     try:
         return load_toml(src.path, MAX_FILE_BYTES)
     except ConfigFileError as e:
         raise src.error(str(e)) from e
 
 
-def _section(src: _Source, data: Mapping[str, Any], name: str) -> dict[str, Any]:
+def _section(src: ConfigSource, data: Mapping[str, Any], name: str) -> dict[str, Any]:
     table = data.get(name, {})
     if not isinstance(table, dict):
         raise src.error(f"[{name}] must be a table")
@@ -196,7 +199,7 @@ def _section(src: _Source, data: Mapping[str, Any], name: str) -> dict[str, Any]
 
 
 def _read_table(
-    src: _Source, section: str, table: Mapping[str, Any], kinds: Mapping[str, Kind]
+    src: ConfigSource, section: str, table: Mapping[str, Any], kinds: Mapping[str, Kind]
 ) -> dict[str, Any]:
     """Check each key of one table against `kinds`; return the converted values by TOML key."""
     values = {}
@@ -226,144 +229,37 @@ def _unknown(section: str, key: str, value: object, kinds: Mapping[str, Kind]) -
     return f"{what}; did you mean {hint}?" if hint else f"{what} (see docs/configuration.md)"
 
 
-def _construct(src: _Source, cls: Callable[..., T], values: Mapping[str, Any]) -> T:
-    try:
-        return cls(**values)
-    except ConfigError as e:
-        raise src.error(str(e)) from e
-
-
-def _device_id(src: _Source, device_id: str) -> str:
+def _device_id(src: ConfigSource, device_id: str) -> str:
     if not is_valid_name(device_id):
         raise src.error(f"device_id {device_id!r} is not a valid name ({NAME_RULE})")
     return device_id
 
 
-def _follow(src: _Source, names: tuple[str, ...]) -> tuple[str, ...]:
+def _follow(src: ConfigSource, names: tuple[str, ...]) -> tuple[str, ...]:
     for name in names:
         if not is_valid_name(name):
             raise src.error(f"models.follow: {name!r} is not a valid model name ({NAME_RULE})")
     return names
 
 
-def _existing_file(src: _Source, key: str, path: Path) -> Path:
-    if path.is_dir():
-        raise src.error(f"{key}: {path} is a directory, not a file")
-    if not path.is_file():
-        raise src.error(f"{key}: there is no file at {path}")
-    return path
-
-
-def _read_secret(src: _Source, key: str, path: Path) -> str:
-    """The content of a one-line secret file, without its trailing newline."""
-    try:
-        secret = read_bounded(path, MAX_SECRET_BYTES).decode("utf-8").rstrip("\r\n")
-    except ConfigFileError as e:
-        raise src.error(f"{key}: {e}") from e
-    except OSError as e:
-        raise src.error(f"{key}: cannot read {path} ({e.strerror or e})") from e
-    except UnicodeDecodeError as e:
-        raise src.error(f"{key}: {path} is not UTF-8 text") from e
-    if not secret:
-        raise src.error(f"{key}: {path} is empty")
-    return secret
-
-
-def _check_url(src: _Source, key: str, url: str, schemes: tuple[str, ...]) -> None:
-    parts = urlsplit(url)
-    try:
-        port_ok = parts.port is None or parts.port > 0
-    except ValueError:  # a port that is not a number or above 65535
-        port_ok = False
-    expected = " or ".join(f"{scheme}://HOST[:PORT]" for scheme in schemes)
-    if parts.scheme not in schemes or not parts.hostname or not port_ok:
-        raise src.error(f"{key}: {url!r} is not a URL of the form {expected}")
-    if parts.username is not None:  # credentials belong in username and password_file
-        raise src.error(f"{key}: {url!r} must not contain credentials")
-
-
-def _mqtt(src: _Source, values: dict[str, Any], device_id: str) -> MqttSettings:
-    password_file = values.pop("password_file", None)
-    if password_file is not None:
-        values["password"] = _read_secret(src, "mqtt.password_file", password_file)
-    values["url"] = _broker_urls(src, values)[0]
-    settings = MqttSettings(**{"username": device_id, **values})
-    if not settings.username:
-        raise src.error("mqtt.username must not be empty")
-    try:
-        Topics(settings.topic_prefix)
-    except TopicError as e:
-        raise src.error(f"mqtt.topic_prefix: {e}") from e
-    if settings.reconnect_min_s > settings.reconnect_max_s:
-        raise src.error("mqtt.reconnect_min_s must not be above mqtt.reconnect_max_s")
-    _check_tls(src, settings)
-    return settings
-
-
-def _check_broker_url(src: _Source, key: str, url: str) -> None:
-    try:  # the one parser of broker URLs, which the connection uses too
-        BrokerAddress.parse(url, key)
-    except BrokerURLError as e:
-        raise src.error(str(e)) from None
-
-
-def _broker_urls(src: _Source, values: Mapping[str, Any]) -> tuple[str, ...]:
-    """`mqtt.url`, or the nodes of `mqtt.urls`, checked: the first one is tried first."""
-    if "url" in values and "urls" in values:
-        raise src.error("set mqtt.url (one broker) or mqtt.urls (several), not both")
-    if "url" in values:
-        _check_broker_url(src, "mqtt.url", values["url"])
-        return (values["url"],)
-    urls: tuple[str, ...] = values.get("urls", ())
-    if "urls" not in values:
-        raise src.error("mqtt.url is required (or mqtt.urls, the nodes of a clustered broker)")
-    if not urls or len(urls) > MAX_BROKER_URLS:
-        raise src.error(f"mqtt.urls must list 1 to {MAX_BROKER_URLS} URLs, got {len(urls)}")
-    for n, url in enumerate(urls):
-        _check_broker_url(src, f"mqtt.urls[{n}]", url)
-    repeated = sorted({url for url in urls if urls.count(url) > 1})
-    if repeated:
-        raise src.error(f"mqtt.urls lists {repeated[0]!r} more than once")
-    if len({url.startswith("mqtts://") for url in urls}) > 1:
-        # A fallback in clear text would send the password unencrypted whenever it is used.
-        raise src.error("mqtt.urls mixes mqtt:// and mqtts://; use the same scheme for every node")
-    return urls
-
-
-def _check_tls(src: _Source, settings: MqttSettings) -> None:
-    if (settings.client_cert is None) != (settings.client_key is None):
-        raise src.error("mqtt.client_cert and mqtt.client_key go together: set both or neither")
-    files = {"ca_file": settings.ca_file, "client_cert": settings.client_cert}
-    files["client_key"] = settings.client_key
-    for name, path in files.items():
-        if path is None:
-            continue
-        # A TLS file next to a plain-text URL means the operator believes the link is encrypted.
-        if not settings.url.startswith("mqtts://"):  # every URL has the first one's scheme
-            which = f"mqtt.url is {settings.url!r}"
-            if len(settings.urls) > 1:
-                which = f"mqtt.urls are mqtt:// ({settings.url!r}...)"
-            raise src.error(f"mqtt.{name} needs an mqtts:// url, but {which}")
-        _existing_file(src, f"mqtt.{name}", path)
-
-
-def _artifacts(src: _Source, values: Mapping[str, Any]) -> ArtifactSettings:
+def _artifacts(src: ConfigSource, values: Mapping[str, Any]) -> ArtifactSettings:
     settings = ArtifactSettings(**values)
     if settings.http_url:
-        _check_url(src, "artifacts.http_url", settings.http_url, ("http", "https"))
+        check_url(src, "artifacts.http_url", settings.http_url, ("http", "https"))
     elif settings.transport == "http":
         raise src.error('artifacts.http_url is required when artifacts.transport = "http"')
     return settings
 
 
-def _telemetry(src: _Source, values: dict[str, Any]) -> TelemetrySettings:
-    if "spool_max_mb" in values:
-        values["spool_max_bytes"] = values.pop("spool_max_mb") * MiB
-    return _construct(src, TelemetrySettings, values)
+def _in_bytes(values: dict[str, Any], key: str) -> dict[str, Any]:
+    """`values` with its `{key}_mb` (the TOML spelling) turned into `{key}_bytes`."""
+    if f"{key}_mb" in values:
+        values[f"{key}_bytes"] = values.pop(f"{key}_mb") * MiB
+    return values
 
 
 def _server(
-    src: _Source,
+    src: ConfigSource,
     sections: Mapping[str, dict[str, Any]],
     listen: str | None,
     socket: Path | None,
@@ -377,7 +273,7 @@ def _server(
         fields["unix_socket"] = None
     if socket is not None:
         fields["unix_socket"] = socket.absolute()
-    fields["runtime"] = _construct(src, RuntimeOptions, sections["runtime"])
+    fields["runtime"] = construct(src, RuntimeOptions, sections["runtime"])
     fields["grpc"] = _grpc(src, sections["grpc"])
     try:
         return ServerConfig(**fields)
@@ -386,7 +282,7 @@ def _server(
         raise src.error(f"{_SERVER_KEY_OF_FIELD.get(key, key)}{sep}{rest}") from e
 
 
-def _server_fields(src: _Source, values: dict[str, Any]) -> dict[str, Any]:
+def _server_fields(src: ConfigSource, values: dict[str, Any]) -> dict[str, Any]:
     """ServerConfig's fields from the [server] keys: renamed, unit-converted, secrets read."""
     fields = {_SERVER_RENAMED.get(key, key): value for key, value in values.items()}
     if "listen" in fields:
@@ -400,11 +296,11 @@ def _server_fields(src: _Source, values: dict[str, Any]) -> dict[str, Any]:
         fields["max_buffered_body_bytes"] = fields.pop("max_buffered_body_mb") * MiB
     token_file = fields.pop("token_file", None)
     if token_file is not None:
-        fields["token"] = _read_secret(src, "server.token_file", token_file)
+        fields["token"] = read_secret(src, "server.token_file", token_file)
     return fields
 
 
-def _grpc(src: _Source, values: Mapping[str, Any]) -> GrpcConfig:
+def _grpc(src: ConfigSource, values: Mapping[str, Any]) -> GrpcConfig:
     """The [grpc] section: off unless `listen` or `socket` is set (the socket wins)."""
     fields = {_SERVER_RENAMED.get(key, key): value for key, value in values.items()}
     if "listen" in fields:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from edge_agent.errors import ConfigError
+from edge_agent.experiments.settings import ExperimentSettings
 from edge_agent.server.settings import ServerConfig
 from edge_protocol import DEFAULT_PREFIX
 
@@ -117,6 +118,7 @@ class DeviceConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     updates: UpdateSettings = field(default_factory=UpdateSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    experiments: ExperimentSettings = field(default_factory=ExperimentSettings)
 
     def follows(self, model: str) -> bool:
         """Return whether this device installs updates of `model`."""

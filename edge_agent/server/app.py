@@ -9,6 +9,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from edge_agent.experiments import Experiments
 from edge_agent.metrics import AgentMetrics
 from edge_agent.runtime import ModelRepository
 from edge_agent.server.body import BODY_BUDGET, BodyBudget
@@ -26,6 +27,7 @@ def create_app(
     metrics: AgentMetrics | None = None,
     executor: Executor | None = None,
     status_providers: Iterable[StatusProvider] = (),
+    experiments: Experiments | None = None,
 ) -> web.Application:
     """Build the application serving `repository` under `config`.
 
@@ -38,7 +40,7 @@ def create_app(
     pool = executor or ThreadPoolExecutor(
         config.runtime.inference_workers, thread_name_prefix="edge-agent-infer"
     )
-    dataplane = DataPlane(repository, config, metrics, pool)
+    dataplane = DataPlane(repository, config, metrics, pool, experiments)
     dataplane.status_providers.extend(status_providers)
     # Outermost first: the connection guard, then token, errors and metrics in one layer
     # (each layer is a coroutine call on every request).

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from typing import Any
 
 from edge_agent import __version__
 from edge_agent.errors import AgentError, ModelNotFoundError, ShuttingDownError
+from edge_agent.experiments import Experiments
+from edge_agent.experiments.feedback import parse_feedback
 from edge_agent.metrics import AgentMetrics
 from edge_agent.runtime import Batcher, LoadedModel, ModelRepository
 from edge_agent.runtime.batching import BatchResult
@@ -46,8 +49,10 @@ class DataPlane:
         config: ServerConfig,
         metrics: AgentMetrics,
         executor: Executor,
+        experiments: Experiments | None = None,
     ) -> None:
         self.repository = repository
+        self.experiments = experiments or Experiments()
         self.metrics = metrics
         self.status_providers: list[StatusProvider] = []
         self.draining = False
@@ -113,10 +118,11 @@ class DataPlane:
             batcher.handoff_ns = self.handoff_ns
 
     async def infer(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
-        """Run one OIP inference request through the model's batcher."""
+        """Run one OIP inference request through the model's batcher (on the variant of an
+        experiment that the request is routed to)."""
         started = time.perf_counter_ns()
         try:
-            with self.repository.lease(name, version) as model:
+            with self._lease(name, version, request.routing_key) as model:
                 inputs, rows = validate_inputs(request.inputs, model, self._limits)
                 chosen = select_outputs(request, model.io, name)
                 result = await self._submit(model, inputs, rows, started)
@@ -124,14 +130,18 @@ class DataPlane:
             self.stats.record_failure(name, time.perf_counter_ns() - started)
             raise
         self.metrics.observe_outputs(name, result.model.version, result.outputs, result.model.io)
+        request_id = self.experiments.request_id(name, request.id)
+        self.experiments.answered(result.model, request_id, inputs, result.outputs)
         outputs = tuple(OutputTensor(n, result.outputs[n], binary) for n, binary in chosen)
-        return InferResponse(name, str(result.model.version), outputs, request.id)
+        return InferResponse(name, str(result.model.version), outputs, request_id)
 
-    async def predict(self, name: str, version: str | None, body: Any) -> dict[str, Any]:
+    async def predict(
+        self, name: str, version: str | None, body: Any, routing_key: str | None = None
+    ) -> dict[str, Any]:
         """Run a `{"instances": [...]}` request and return `{"predictions": [...]}`."""
         started = time.perf_counter_ns()
         try:
-            with self.repository.lease(name, version) as model:
+            with self._lease(name, version, routing_key) as model:
                 tensors = instances_to_tensors(body, model.io)
                 inputs, rows = validate_inputs(tensors, model, self._limits)
                 result = await self._submit(model, inputs, rows, started)
@@ -139,11 +149,33 @@ class DataPlane:
             self.stats.record_failure(name, time.perf_counter_ns() - started)
             raise
         self.metrics.observe_outputs(name, result.model.version, result.outputs, result.model.io)
-        return {
+        request_id = self.experiments.request_id(name, None)
+        self.experiments.answered(result.model, request_id, inputs, result.outputs)
+        answer: dict[str, Any] = {
             "model_name": name,
             "model_version": str(result.model.version),
             "predictions": predictions(result.outputs, result.model.io),
         }
+        if request_id is not None:
+            answer["id"] = request_id
+        return answer
+
+    def feedback(self, name: str, body: Any) -> dict[str, Any]:
+        """Score the application's ground truth against the answers of an experiment."""
+        items = parse_feedback(body, self.experiments.settings.max_feedback_items)
+        results = self.experiments.feedback(name, items)
+        matched = sum(r["status"] == "matched" for r in results)
+        return {"model_name": name, "matched": matched, "results": results}
+
+    @contextmanager
+    def _lease(self, name: str, version: str | None, key: str | None) -> Iterator[LoadedModel]:
+        """Hold the model that answers: an experiment's treatment, or the served model."""
+        with self.experiments.route(name, version, key) as treatment:
+            if treatment is not None:
+                yield treatment
+                return
+            with self.repository.lease(name, version) as model:
+                yield model
 
     async def _submit(
         self, model: LoadedModel, inputs: dict[str, Array], rows: int, started: int
@@ -177,6 +209,7 @@ class DataPlane:
             ready=self.is_ready(),
             draining=self.draining,
             models=[self._model_status(m) for m in self.repository.snapshot()],
+            **self.experiments.status(),
         )
         return status
 
@@ -222,3 +255,4 @@ class DataPlane:
         batchers, self._batchers = list(self._batchers.values()), {}
         for batcher in batchers:
             await batcher.close()
+        await self.experiments.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from aiohttp import hdrs, web
@@ -17,10 +18,12 @@ from edge_agent.server.dataplane import DataPlane
 from edge_agent.server.middleware import MODEL_VERSION
 from edge_agent.server.oip import (
     HEADER_LENGTH,
+    ROUTING_HEADER,
     decode_infer_request,
     encode_infer_response,
     parse_header_length,
     parse_json,
+    routing_key,
 )
 from edge_agent.server.settings import ServerConfig
 from edge_common.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
@@ -92,6 +95,8 @@ async def infer(request: web.Request) -> web.StreamResponse:
     async with read_body(request, config) as body:  # counts against the body budget till done
         header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
         parsed = await _off_loop(len(body), decode_infer_request, body, header_length)
+        if parsed.routing_key is None and ROUTING_HEADER in request.headers:
+            parsed = replace(parsed, routing_key=_header_key(request))
         result = await dataplane.infer(request.match_info["model"], _version(request), parsed)
         request[MODEL_VERSION] = result.model_version
         payload, json_length = encode_infer_response(result)
@@ -115,9 +120,22 @@ async def predict(request: web.Request) -> web.Response:
     config, dataplane = request.app[CONFIG], request.app[DATAPLANE]
     async with read_body(request, config) as body:  # counts against the body budget till done
         parsed = await _off_loop(len(body), parse_json, body, "the request body")
-        result = await dataplane.predict(request.match_info["model"], None, parsed)
+        model = request.match_info["model"]
+        result = await dataplane.predict(model, None, parsed, _header_key(request))
     request[MODEL_VERSION] = result["model_version"]
     return web.json_response(result)
+
+
+def _header_key(request: web.Request) -> str | None:
+    return routing_key(request.headers.get(ROUTING_HEADER), f"the {ROUTING_HEADER} header")
+
+
+async def feedback(request: web.Request) -> web.Response:
+    """The application's ground truth for answers of an experiment (batchable)."""
+    config, dataplane = request.app[CONFIG], request.app[DATAPLANE]
+    async with read_body(request, config) as body:
+        parsed = await _off_loop(len(body), parse_json, body, "the feedback")
+    return web.json_response(dataplane.feedback(request.match_info["model"], parsed))
 
 
 async def status(request: web.Request) -> web.Response:
@@ -152,6 +170,7 @@ def routes() -> list[web.RouteDef]:
         web.get(f"{VERSION}/stats", model_stats, name="model_version_stats"),
         web.post(f"{MODEL}/infer", infer, name="infer"),
         web.post(f"{VERSION}/infer", infer, name="infer_version"),
+        web.post(f"{MODEL}/feedback", feedback, name="feedback"),
         web.post("/v1/models/{model}:predict", predict, name="predict"),
         web.get("/v1/status", status, name="status"),
         web.get("/metrics", metrics, name="metrics"),

@@ -27,6 +27,9 @@ from edge_agent.server.tensors import (
 from edge_protocol.metadata import DATATYPES
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+ROUTING_PARAMETER = "experiment_key"  # the request parameter that routes an experiment
+ROUTING_HEADER = "Experiment-Key"  # the same as a header (a parameter wins)
+MAX_ROUTING_KEY = 256
 LONG_DIGITS = re.compile(rb"\d{19}")  # an integer that may not fit 64 bits (parse_json)
 MAX_RANK = 16
 MAX_TENSORS = 256
@@ -58,6 +61,7 @@ class InferRequest:
     outputs: tuple[RequestedOutput, ...] | None = None  # None: every output of the model
     id: str | None = None
     binary_output: bool = False  # request-level `binary_data_output`
+    routing_key: str | None = None  # which experiment variant answers (docs/inference-api.md)
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,19 @@ def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest
         outputs=requested_outputs(obj.get("outputs")),
         id=request_id,
         binary_output=flag(parameters, "binary_data_output", "request"),
+        routing_key=routing_key(
+            parameters.get(ROUTING_PARAMETER), "parameters." + ROUTING_PARAMETER
+        ),
     )
+
+
+def routing_key(value: Any, where: str) -> str | None:
+    """A request's experiment key: 1 to 256 characters, or None when it has none."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ROUTING_KEY:
+        raise InvalidRequestError(f"{where} must be a string of 1 to {MAX_ROUTING_KEY} characters")
+    return value
 
 
 def _decode_inputs(raw_inputs: list[Any], binary: memoryview) -> tuple[InputTensor, ...]:

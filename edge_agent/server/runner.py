@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from aiohttp import web
 
+from edge_agent.experiments import Experiments
 from edge_agent.metrics import AgentMetrics
 from edge_agent.runtime import ModelRepository
 from edge_agent.server.app import create_app
@@ -45,6 +46,7 @@ class InferenceServer:
         metrics: AgentMetrics | None = None,
         executor: Executor | None = None,
         status_providers: Iterable[StatusProvider] = (),
+        experiments: Experiments | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics or AgentMetrics()
@@ -54,6 +56,7 @@ class InferenceServer:
             metrics=self.metrics,
             executor=executor,
             status_providers=status_providers,
+            experiments=experiments,
         )
         self._runner: web.AppRunner | None = None
         self._port: int | None = None

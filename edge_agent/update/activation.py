@@ -61,6 +61,22 @@ class Activator:
         self, name: str, release: Release, envelope: bytes, path: Path, deadline_s: float
     ) -> None:
         """Load, warm up and self-test the model, keep its release, then swap it in."""
+        loaded = await self.prepare(name, release, path, deadline_s)
+        try:  # before the swap: a model whose release is not kept must not serve
+            await asyncio.to_thread(
+                self._states.save_release, name, release.artifact.sha256, envelope
+            )
+        except BaseException:
+            loaded.close()  # never swapped in, so nothing else holds its session
+            raise
+        self.repository.swap(name, loaded)
+        log.info("%s v%d is serving", name, release.version)
+
+    async def prepare(
+        self, name: str, release: Release, path: Path, deadline_s: float
+    ) -> LoadedModel:
+        """Load, warm up and self-test the model, ready to serve (not served yet): the
+        updater swaps it in, an experiment holds it as its candidate."""
         try:
             async with asyncio.timeout(deadline_s):
                 loaded = await self._load(name, release.version, release.artifact.sha256, path)
@@ -74,16 +90,8 @@ class Activator:
         except Exception:
             self.metrics.record_load_failure(name)
             raise
-        try:  # before the swap: a model whose release is not kept must not serve
-            await asyncio.to_thread(
-                self._states.save_release, name, release.artifact.sha256, envelope
-            )
-        except BaseException:
-            loaded.close()  # never swapped in, so nothing else holds its session
-            raise
         loaded.profile = release.profile  # what telemetry counts drift against
-        self.repository.swap(name, loaded)
-        log.info("%s v%d is serving", name, release.version)
+        return loaded
 
     async def probation(self, name: str, version: int, previous: int | None = None) -> None:
         """Wait out the new version's probation (raises a ProbationFailedError)."""

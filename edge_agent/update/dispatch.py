@@ -12,6 +12,7 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from edge_agent.errors import AgentError, MqttDisconnectedError, MqttSubscribeError
 from edge_agent.mqtt import AgentMqtt, Message
@@ -98,6 +99,16 @@ class Device:
     follows: Callable[[str], bool]
 
 
+class ExperimentFollower(Protocol):
+    """What the dispatcher hands experiments (edge_agent/experiments/install.py)."""
+
+    def on_release(self, model: str, version: int, payload: bytes) -> None:
+        """A release document from the broker."""
+
+    async def apply(self, assignment: Assignment) -> None:
+        """An accepted assignment."""
+
+
 class Dispatcher:
     """Handles connection events and every message for the agent.
 
@@ -118,6 +129,7 @@ class Dispatcher:
         link: LinkState,
         chunks: MqttChunkFetcher,
         states: StateStore,
+        experiments: ExperimentFollower | None = None,
     ) -> None:
         self._device = device
         self._trust = trust
@@ -127,6 +139,7 @@ class Dispatcher:
         self._link = link
         self._chunks = chunks
         self._states = states
+        self._experiments = experiments
         self._pending_roots: dict[int, bytes] = {}
         self.handler_errors = 0  # messages whose handling raised, since start
 
@@ -177,6 +190,8 @@ class Dispatcher:
             self._chunks.feed(message.topic, message.payload)
         elif ref.kind == KIND_RELEASE and ref.number is not None:
             self._updater.on_release(ref.name, ref.number, message.payload)
+            if self._experiments is not None:  # a candidate's release comes the same way
+                self._experiments.on_release(ref.name, ref.number, message.payload)
         elif ref.kind == KIND_ROOT and ref.number is not None and message.payload:
             await self._on_root(ref.number, message.payload)
         elif ref.kind == KIND_ASSIGNMENT and ref.name == device_id:
@@ -242,6 +257,8 @@ class Dispatcher:
             await self._updater.accept(assignment)
         except AgentError as e:
             log.error("cannot apply assignment %d: %s", assignment.seq, e)
+        if self._experiments is not None:  # the experiments it names, beside the control
+            await self._experiments.apply(assignment)
 
 
 def _signed_models(

@@ -30,6 +30,7 @@ from edge_agent.runtime.model import LoadedModel
 from edge_agent.uplink.drift import DriftCounts, fit_bins
 from edge_agent.uplink.features import FeatureSummary
 from edge_agent.uplink.reporting import Reporter
+from edge_agent.uplink.version_details import DetailSource, add_details
 from edge_protocol import ModelIO
 from edge_protocol.messages import MAX_MESSAGE_BYTES
 
@@ -119,6 +120,7 @@ class TelemetryCollector:
         self._started = time.monotonic()
         self._last_wall = self._started
         self._last_cpu = _cpu_seconds()
+        self.version_details: list[DetailSource] = []  # more fields per version (experiments)
         metrics.latency_listeners.append(self.on_request)
         metrics.batch_listeners.append(self.on_batch)
         metrics.input_listeners.append(self.on_inputs)
@@ -177,7 +179,9 @@ class TelemetryCollector:
             "interval_s": _round(elapsed),
             "uptime_s": _round(now - self._started),
             "requests": _totals(interval.requests.values()),
-            "models": _models(interval, drift),
+            "models": add_details(
+                _models(interval, drift), self.version_details, RequestStats().to_dict
+            ),
             "resources": self._resources(cpu, cpu_used, elapsed),
         }
         if spool is not None:

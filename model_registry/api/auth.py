@@ -3,6 +3,8 @@
 Each route declares the smallest role it needs when it is registered (`require`); routes that
 declare none are public (`/healthz`, the OpenAPI document). Artifact downloads also accept a
 device's own MQTT credentials over HTTP Basic, so devices on the HTTP transport need no token.
+The dashboard's session cookie (`model_registry.dashboard.session`) is taken in place of a
+bearer token, for requests without an Authorization header.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from aiohttp import web
 
 from model_registry.api.errors import Handler
 from model_registry.api.keys import CTX_KEY, PRINCIPAL_KEY
+from model_registry.dashboard.session import check_session_request, session_token
 from model_registry.errors import AuthenticationError, NotFoundError, PermissionDeniedError
 from model_registry.mqtt.credentials import verify_password
 from model_registry.services.context import RegistryContext
@@ -55,11 +58,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if header.startswith("Basic ") and route_handler in DEVICE_OK:
         request[PRINCIPAL_KEY] = await _device_principal(ctx, header[6:])
         return await handler(request)
+    if not header and (token := session_token(request)) is not None:
+        # The dashboard's session cookie stands for the bearer token, with CSRF checks.
+        check_session_request(request, token)
+        header = f"Bearer {token}"
     role, name = await _token_role(ctx, header)
     if not role_allows(role, required):
         raise PermissionDeniedError(f"this needs the {required} role; the token has {role}")
     request[PRINCIPAL_KEY] = name
     return await handler(request)
+
+
+async def token_role(ctx: RegistryContext, header: str) -> tuple[str, str]:
+    """The role and principal of an `Authorization: Bearer` header; AuthenticationError."""
+    return await _token_role(ctx, header)
 
 
 async def _token_role(ctx: RegistryContext, header: str) -> tuple[str, str]:

@@ -12,7 +12,14 @@ from aiohttp import web
 from edge_common.prometheus import family_lines
 from model_registry.api.errors import Handler
 from model_registry.services.context import RegistryContext
-from model_registry.services.fleet import OFFLINE, ONLINE, STALE, connection
+from model_registry.services.fleet import (
+    OFFLINE,
+    ONLINE,
+    STALE,
+    as_dict,
+    connection,
+    model_reports,
+)
 from model_registry.storage import ROLLOUT_STATES, RolloutRecord
 
 
@@ -88,13 +95,58 @@ async def _fleet_lines(ctx: RegistryContext) -> list[str]:
     devices = await ctx.storage.devices()
     models = await ctx.storage.models()
     now = ctx.clock()
-    heard = Counter(connection(d, now) for d in devices)
+    heard = {d.device_id: connection(d, now) for d in devices}
+    totals = Counter(heard.values())
+    by_group = Counter((d.group, heard[d.device_id]) for d in devices)
+    groups = sorted({d.group for d in devices})
+    served: Counter[tuple[str, str]] = Counter()
+    assigned: Counter[tuple[str, str]] = Counter()
+    for d in devices:
+        for model, entry in d.assigned.items():
+            assigned[(model, str(entry.get("version")))] += 1
+        if heard[d.device_id] != ONLINE:
+            continue  # what a silent device serves is not known
+        for model, status in model_reports(d).items():
+            version = as_dict(as_dict(status).get("active")).get("version")
+            if isinstance(version, int) and not isinstance(version, bool):
+                served[(model, str(version))] += 1
+    seen = [d.last_seen for d in devices if d.last_seen is not None]
+    lag = (now - max(seen)).total_seconds() if seen else 0.0
     return [
         *family_lines(
             "model_registry_devices",
             "Provisioned devices by connection state.",
             "gauge",
-            (({"state": c}, heard[c]) for c in (ONLINE, STALE, OFFLINE)),
+            (({"state": c}, totals[c]) for c in (ONLINE, STALE, OFFLINE)),
+        ),
+        *family_lines(
+            "model_registry_group_devices",
+            "Devices of each group by connection state.",
+            "gauge",
+            (
+                ({"group": g, "state": c}, by_group[(g, c)])
+                for g in groups
+                for c in (ONLINE, STALE, OFFLINE)
+            ),
+        ),
+        *family_lines(
+            "model_registry_version_devices_serving",
+            "Online devices whose last state serves this version of the model.",
+            "gauge",
+            (({"model": m, "version": v}, n) for (m, v), n in sorted(served.items())),
+        ),
+        *family_lines(
+            "model_registry_version_devices_assigned",
+            "Devices the registry assigned this version of the model.",
+            "gauge",
+            (({"model": m, "version": v}, n) for (m, v), n in sorted(assigned.items())),
+        ),
+        *family_lines(
+            "model_registry_ingest_lag_seconds",
+            "Seconds since the registry last stored a message of any device (0 before the first):"
+            " grows when the ingest or the broker link stalls.",
+            "gauge",
+            [({}, round(lag, 3))],
         ),
         *family_lines(
             "model_registry_models",

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from model_registry.cli import deployments, drift, fleet, keys, local, remote, rollouts
+from model_registry.cli import deployments, drift, experiments, fleet, keys, local, remote, rollouts
 from model_registry.cli.display import printable
 from model_registry.cli.follow import EXIT_INTERRUPTED, FollowInterruptedError
 from model_registry.cli.parser import build_parser
@@ -51,6 +51,11 @@ COMMANDS: dict[str, Command] = {
     "token revoke": fleet.token_revoke,
     "keys rotate-release": keys.rotate_release,
     "keys rotate-root": keys.rotate_root,
+    "experiment start": experiments.start,
+    "experiment list": experiments.listing,
+    "experiment status": experiments.status,
+    "experiment promote": experiments.promote,
+    "experiment stop": experiments.stop,
 }
 
 
@@ -66,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             getattr(args, "rollout_command", None),
             getattr(args, "token_command", None),
             getattr(args, "keys_command", None),
+            getattr(args, "experiment_command", None),
         )
         if part
     )

@@ -8,6 +8,8 @@ from typing import cast
 
 from edge_common.usage import CommandParser
 from model_registry import __version__
+from model_registry.cli.experiment_parser import add_experiment_commands
+from model_registry.cli.flags import api_flags, home_flag, json_flag, target_flags
 from model_registry.cli.rollout_parser import add_rollout_commands
 
 
@@ -25,41 +27,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _local_commands(commands)
     _model_commands(commands)
-    add_rollout_commands(commands, _api, _json)
+    add_rollout_commands(commands)
     _fleet_commands(commands)
     _key_commands(commands)
+    add_experiment_commands(commands)
     return parser
-
-
-def _home(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--home", help="registry home (default: $MODEL_REGISTRY_HOME or ./registry-home)"
-    )
-
-
-def _api(parser: argparse.ArgumentParser) -> None:
-    _home(parser)
-    parser.add_argument(
-        "--url", help="registry API URL (default: $MODEL_REGISTRY_URL or the home's)"
-    )
-    parser.add_argument("--token", help="API token (default: $MODEL_REGISTRY_TOKEN or the home's)")
-
-
-def _json(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
-def _target(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--group", help="every device of this group")
-    group.add_argument("--device", nargs="+", metavar="ID", help="these devices")
 
 
 def _local_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     init = commands.add_parser(
         "init", help="create a registry home: keys, root v1, database, admin token"
     )
-    _home(init)
+    home_flag(init)
     init.add_argument("--root-keys", type=int, default=1, help="number of root keys (default 1)")
     init.add_argument(
         "--root-threshold", type=int, default=1, help="root signatures required (default 1)"
@@ -94,7 +73,7 @@ def _local_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     broker_config = commands.add_parser(
         "broker-config", help="write mosquitto config, credentials and access rules"
     )
-    _home(broker_config)
+    home_flag(broker_config)
     broker_config.add_argument("--out", required=True, metavar="DIR")
     broker_config.add_argument(
         "--tls", action="store_true", help="TLS listener with a generated CA"
@@ -118,7 +97,7 @@ def _local_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def _serve_options(parser: argparse.ArgumentParser) -> None:
-    _home(parser)
+    home_flag(parser)
     parser.add_argument(
         "--listen", metavar="HOST:PORT", help="API address (default from registry.toml)"
     )
@@ -131,7 +110,7 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
 
 def _model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     push = commands.add_parser("push", help="upload an ONNX model as the next version")
-    _api(push)
+    api_flags(push)
     push.add_argument("file", metavar="FILE.onnx")
     push.add_argument("--name", required=True)
     push.add_argument("--quantize", choices=["int8"])
@@ -156,62 +135,62 @@ def _model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
         help="make a new version even if an earlier one was built from the same file",
     )
     _champion_gate(push)
-    _json(push)
+    json_flag(push)
 
     models = commands.add_parser("models", help="list models")
-    _api(models)
-    _json(models)
+    api_flags(models)
+    json_flag(models)
 
     versions = commands.add_parser("versions", help="list the versions of a model")
-    _api(versions)
+    api_flags(versions)
     versions.add_argument("name")
-    _json(versions)
+    json_flag(versions)
 
     _drift_command(commands)
 
     deploy = commands.add_parser("deploy", help="deploy a version to a group or devices")
-    _api(deploy)
+    api_flags(deploy)
     deploy.add_argument("name")
     deploy.add_argument("version", type=int)
-    _target(deploy)
+    target_flags(deploy)
     _wait(deploy)
     _idempotency_key(deploy)
-    _json(deploy)
+    json_flag(deploy)
 
     rollback = commands.add_parser("rollback", help="deploy the previous release a target ran")
-    _api(rollback)
+    api_flags(rollback)
     rollback.add_argument("name")
-    _target(rollback)
+    target_flags(rollback)
     _wait(rollback)
     _idempotency_key(rollback)
-    _json(rollback)
+    json_flag(rollback)
 
     listing = commands.add_parser("deployments", help="list deployments and follow one")
     deployment_commands = listing.add_subparsers(
         dest="deployments_command", metavar="COMMAND", required=True
     )
     many = deployment_commands.add_parser("list", help="deployments, newest first")
-    _api(many)
+    api_flags(many)
     many.add_argument("--model", help="only this model's")
-    _json(many)
+    json_flag(many)
     one = deployment_commands.add_parser("show", help="where each device of a deployment stands")
-    _api(one)
+    api_flags(one)
     one.add_argument("id", type=int, metavar="ID")
     _wait(one)
-    _json(one)
+    json_flag(one)
 
 
 def _drift_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     drift = commands.add_parser(
         "drift", help="how far inputs and predictions moved from the release's profile"
     )
-    _api(drift)
+    api_flags(drift)
     drift.add_argument("name")
     drift.add_argument("--device", metavar="ID", help="only this device's rows")
     drift.add_argument(
         "--window", metavar="DURATION", help="30m, 1h, 2d... (default [drift] window_s)"
     )
-    _json(drift)
+    json_flag(drift)
 
 
 def _champion_gate(push: argparse.ArgumentParser) -> None:
@@ -278,58 +257,58 @@ def _fleet_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
         dest="devices_command", metavar="COMMAND", required=True
     )
     add = device_commands.add_parser("add", help="register a device and write its bundle")
-    _api(add)
+    api_flags(add)
     add.add_argument("device_id", metavar="ID")
     add.add_argument("--group", default="default")
     add.add_argument("--out", required=True, metavar="DIR", help="bundle directory to create")
     add.add_argument(
         "--mqtt-url", metavar="URL", help="broker URL for the device (default from the registry)"
     )
-    _json(add)
+    json_flag(add)
     listing = device_commands.add_parser("list", help="list devices")
-    _api(listing)
+    api_flags(listing)
     listing.add_argument("--group")
-    _json(listing)
+    json_flag(listing)
     _device_commands(device_commands)
 
     token = commands.add_parser("token", help="manage API tokens")
     token_commands = token.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
     create = token_commands.add_parser("create", help="create a token (printed once)")
-    _api(create)
+    api_flags(create)
     create.add_argument("--role", required=True, choices=["viewer", "publisher", "admin"])
     create.add_argument("--name")
-    _json(create)
+    json_flag(create)
     tokens = token_commands.add_parser("list", help="list tokens (never their secrets)")
-    _api(tokens)
-    _json(tokens)
+    api_flags(tokens)
+    json_flag(tokens)
     revoke = token_commands.add_parser("revoke", help="revoke a token: it is refused from now on")
-    _api(revoke)
+    api_flags(revoke)
     revoke.add_argument("id", type=int, metavar="ID", help="the token's id (see token list)")
-    _json(revoke)
+    json_flag(revoke)
 
 
 def _device_commands(device_commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     show = device_commands.add_parser(
         "show", help="one device: its models, recent events and telemetry"
     )
-    _api(show)
+    api_flags(show)
     show.add_argument("device_id", metavar="ID")
     show.add_argument("--events", type=int, default=10, metavar="N", help="recent events (10)")
     show.add_argument("--telemetry", type=int, default=5, metavar="N", help="telemetry reports (5)")
-    _json(show)
+    json_flag(show)
     move = device_commands.add_parser(
         "move", help="put a device in another group (its assignment stays until a deploy)"
     )
-    _api(move)
+    api_flags(move)
     move.add_argument("device_id", metavar="ID")
     move.add_argument("--group", required=True, help="the new group")
-    _json(move)
+    json_flag(move)
     remove = device_commands.add_parser(
         "remove", help="revoke a device's broker login and delete it from the registry"
     )
-    _api(remove)
+    api_flags(remove)
     remove.add_argument("device_id", metavar="ID")
-    _json(remove)
+    json_flag(remove)
 
 
 def _key_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -344,7 +323,7 @@ def _key_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         help="new root keys: sign root N+1 with the old and the new ones (stop serve first)",
     )
     for command in (release, root):
-        _home(command)
+        home_flag(command)
         command.add_argument(
             "--root-key",
             action="extend",

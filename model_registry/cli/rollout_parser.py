@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+
+from model_registry.cli.flags import api_flags, json_flag
 
 
-def add_rollout_commands(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-    api: Callable[[argparse.ArgumentParser], None],
-    json_flag: Callable[[argparse.ArgumentParser], None],
-) -> None:
+def add_rollout_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`rollout start|status|list|pause|resume|abort`."""
     rollout = commands.add_parser("rollout", help="roll a version out wave by wave, halting itself")
     sub = rollout.add_subparsers(dest="rollout_command", metavar="COMMAND", required=True)
     start = sub.add_parser("start", help="start a staged rollout of a version to a group")
-    api(start)
+    api_flags(start)
     start.add_argument("name")
     start.add_argument("version", type=int)
     start.add_argument("--group", required=True, help="the group to roll out to")
@@ -35,7 +32,7 @@ def add_rollout_commands(
     start.add_argument("--wait", action="store_true", help="follow it as `rollout status --wait`")
     json_flag(start)
     status = sub.add_parser("status", help="one rollout: its waves, gates and decisions")
-    api(status)
+    api_flags(status)
     status.add_argument("id", type=int, metavar="ID")
     status.add_argument(
         "--wait",
@@ -44,7 +41,7 @@ def add_rollout_commands(
     )
     json_flag(status)
     many = sub.add_parser("list", help="rollouts, newest first")
-    api(many)
+    api_flags(many)
     many.add_argument("--model", help="only this model's")
     json_flag(many)
     for name, text in (
@@ -53,6 +50,6 @@ def add_rollout_commands(
         ("abort", "stop for good; moved devices get their previous version back"),
     ):
         action = sub.add_parser(name, help=text)
-        api(action)
+        api_flags(action)
         action.add_argument("id", type=int, metavar="ID")
         json_flag(action)

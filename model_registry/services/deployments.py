@@ -14,6 +14,7 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from edge_protocol import AssignedModel
 from model_registry.errors import ConflictError, InvalidInputError, NotFoundError, UnknownNameError
@@ -103,7 +104,7 @@ async def deploy_once(
     async with ctx.state_lock:
         if key is not None and (earlier := await replayed(ctx, key)) is not None:
             return earlier, True
-        devices = await _resolve(ctx, target)
+        devices = await resolve(ctx, target)
         record, signed = await prepare_deployment(
             ctx, release, devices, target, created_by=created_by, kind=kind, key=key
         )
@@ -157,7 +158,7 @@ async def publish_deployment(
 
     A registry killed before this publishes them at its next start (`sync_broker`).
     """
-    await _announce_release(ctx, release)
+    await announce_release(ctx, release)
     if ctx.publisher is not None:
         await ctx.publisher.publish_assignments({u.device_id: u.envelope for u in signed})
 
@@ -189,7 +190,7 @@ async def rollback(
     if key is not None and (earlier := await replayed(ctx, key)) is not None:
         return earlier, True
     await ctx.storage.releases(model)  # UnknownNameError for a model that was never pushed
-    devices = await _resolve(ctx, target)
+    devices = await resolve(ctx, target)
     current = {d.assigned.get(model, {}).get("version") for d in devices}
     targeted = {d.device_id for d in devices}
     for past in await ctx.storage.deployments(model):
@@ -207,7 +208,7 @@ async def reassign(ctx: RegistryContext, device: DeviceRecord) -> None:
         await _publish_assignment(ctx, fresh, fresh.assigned)
 
 
-async def _resolve(ctx: RegistryContext, target: Target) -> list[DeviceRecord]:
+async def resolve(ctx: RegistryContext, target: Target) -> list[DeviceRecord]:
     if target.group is not None:
         devices = await ctx.storage.devices(target.group)
         if not devices:
@@ -216,7 +217,7 @@ async def _resolve(ctx: RegistryContext, target: Target) -> list[DeviceRecord]:
     return [await ctx.storage.get_device(device_id) for device_id in dict.fromkeys(target.devices)]
 
 
-async def _announce_release(ctx: RegistryContext, release: ReleaseRecord) -> None:
+async def announce_release(ctx: RegistryContext, release: ReleaseRecord) -> None:
     # Chunks and the release go out before any assignment, so a device that receives its
     # assignment finds everything it needs already retained on the broker.
     if ctx.publisher is not None:
@@ -229,10 +230,21 @@ async def _sign_assignments(
 ) -> list[AssignmentUpdate]:
     """Each device's next assignment: what it has, with `release` pinned, seq + 1, signed."""
     pinned = AssignedModel(release.version, release.sha256, release.size)
-    entry = pinned.to_dict()
+    return await sign_model_entry(ctx, devices, release.model, pinned.to_dict(), now)
+
+
+async def sign_model_entry(
+    ctx: RegistryContext,
+    devices: list[DeviceRecord],
+    model: str,
+    entry: dict[str, Any],
+    now: datetime,
+) -> list[AssignmentUpdate]:
+    """Each device's next assignment: what it has, with `model`'s entry replaced by `entry`
+    (a pinned release, perhaps with an experiment), seq + 1, signed."""
     batch = []
     for device in devices:
-        assigned = {**device.assigned, release.model: entry}
+        assigned = {**device.assigned, model: entry}
         models = {name: AssignedModel.from_dict(e, name) for name, e in assigned.items()}
         batch.append((device.device_id, _next_seq(device), models, assigned))
     # Thousands of signatures take seconds of CPU: a worker thread keeps the API answering.

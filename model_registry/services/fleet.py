@@ -215,18 +215,29 @@ def as_dict(value: Any) -> dict[str, Any]:
 
 def connection(device: DeviceRecord, now: datetime) -> str:
     """`online`, `stale` or `offline`: whether the registry still hears from the device."""
-    if not device.online:
+    return connection_of(device.online, device.last_seen, telemetry_interval_s(device), now)
+
+
+def connection_of(
+    online: bool, last_seen: datetime | None, interval_s: float, now: datetime
+) -> str:
+    """The rule of `connection`, from the device's online flag, last sighting and interval."""
+    if not online:
         return OFFLINE
-    if device.last_seen is None:
+    if last_seen is None:
         return STALE
-    silent_s = (now - device.last_seen).total_seconds()
-    allowed_s = STALE_AFTER_INTERVALS * telemetry_interval_s(device) + STALE_GRACE_S
+    silent_s = (now - last_seen).total_seconds()
+    allowed_s = STALE_AFTER_INTERVALS * interval_s + STALE_GRACE_S
     return ONLINE if silent_s <= allowed_s else STALE
 
 
 def telemetry_interval_s(device: DeviceRecord) -> float:
     """How often the device says it reports (its state's `telemetry_interval_s`), or the default."""
-    value = as_dict(device.state).get("telemetry_interval_s")
+    return believable_interval(as_dict(device.state).get("telemetry_interval_s"))
+
+
+def believable_interval(value: Any) -> float:
+    """`value` as a reporting interval when it is a number from 1 to 86400 s, else the default."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return DEFAULT_TELEMETRY_INTERVAL_S
     return float(value) if 1 <= value <= MAX_TELEMETRY_INTERVAL_S else DEFAULT_TELEMETRY_INTERVAL_S

@@ -38,6 +38,7 @@ from model_registry.services.context import RegistryContext
 from model_registry.services.device_messages import MessageLimits, clean_message, clean_numbering
 from model_registry.services.ingest_limits import DeviceRateLimiter, DropLog, IngestQueue
 from model_registry.statistics.points import points_from_telemetry
+from model_registry.statistics.resources import point_from_telemetry
 from model_registry.storage import DUPLICATE, STORED, DeviceReport
 
 log = logging.getLogger(__name__)
@@ -217,12 +218,22 @@ def _report(
         error = {k: body[k] for k in _ERROR_FIELDS if k in body} | {"at": format_time(now)}
     telemetry = kind == KIND_TELEMETRY
     points = points_from_telemetry(device_id, now, body, detail_dropped) if telemetry else ()
+    resources = point_from_telemetry(device_id, now, body) if telemetry else None
     epoch, seq = body.get("msg_epoch"), body.get("msg_seq")
     if isinstance(epoch, str) and isinstance(seq, int) and not isinstance(seq, bool):
         return DeviceReport(
-            device_id, kind, now, body, msg_epoch=epoch, msg_seq=seq, error=error, points=points
+            device_id,
+            kind,
+            now,
+            body,
+            msg_epoch=epoch,
+            msg_seq=seq,
+            error=error,
+            points=points,
+            resources=resources,
         )
-    return DeviceReport(device_id, kind, now, body, error=error, points=points)  # always stored
+    # Unnumbered: always stored.
+    return DeviceReport(device_id, kind, now, body, error=error, points=points, resources=resources)
 
 
 def _numbering(topic_device_id: str, payload: bytes) -> tuple[str, int] | None:

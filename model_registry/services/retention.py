@@ -23,7 +23,6 @@ class RetentionReport:
 
     events_pruned: int = 0
     telemetry_pruned: int = 0
-    points_pruned: int = 0
     drift_records_pruned: int = 0
 
 
@@ -39,15 +38,12 @@ async def prune_device_messages(ctx: RegistryContext) -> RetentionReport:
         now - timedelta(days=fleet.telemetry_retention_days),
         fleet.telemetry_max_per_device,
     )
-    # Version points live as long as telemetry by age; they are far smaller than the reports,
-    # so windows reach back the whole retention even where the count per device cut reports.
-    points = await ctx.storage.prune_version_points(
-        now - timedelta(days=fleet.telemetry_retention_days)
-    )
+    # Version points are the history duty's: merged into 1-minute, then 1-hour points and
+    # deleted after `[history] hour_points_days` (services/history.py).
     # Drift status changes go with the events' age; each status's latest record stays, since
     # it is the status the drift duty compares with.
     drift = await ctx.storage.prune_drift_records(now - timedelta(days=fleet.events_retention_days))
-    return RetentionReport(events, telemetry, points, drift)
+    return RetentionReport(events, telemetry, drift)
 
 
 async def retention_loop(ctx: RegistryContext) -> None:
@@ -57,11 +53,9 @@ async def retention_loop(ctx: RegistryContext) -> None:
         report = await prune_device_messages(ctx)
         if report != RetentionReport():
             log.info(
-                "retention: deleted %d events, %d telemetry reports, %d version points and %d"
-                " drift records",
+                "retention: deleted %d events, %d telemetry reports and %d drift records",
                 report.events_pruned,
                 report.telemetry_pruned,
-                report.points_pruned,
                 report.drift_records_pruned,
             )
 

@@ -8,7 +8,9 @@ the same numbers the decisions used (docs/registry.md, "Fleet statistics"):
 * `counts`: merging the count fields devices send (predicted classes, bins, outcomes);
 * `window`: windows of points per model, version and device, and time series for charts;
 * `distributions`: population stability index and the largest CDF gap;
-* `proportions`: intervals, the two-proportion z-test and sample sizes, for comparing versions.
+* `proportions`: intervals, the two-proportion z-test and sample sizes, for comparing versions;
+* `resources`: each report's resource use per device (`storage.ResourcePoint`), for charts;
+* `buckets`: the time buckets the history duty merges points into (docs/dashboard.md).
 
 Pure but for `window`'s readers, which take the storage they read.
 """

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from edge_protocol import format_time
 from model_registry.statistics.counts import CountsMismatchError, merge_counts
 from model_registry.storage.base import Storage, VersionPoint
 
@@ -60,21 +61,21 @@ def aggregate(points: Iterable[VersionPoint]) -> VersionWindow | None:
         try:
             detail = merge_counts(detail, p.detail)
         except CountsMismatchError:
-            mismatched += 1  # left out rather than guessed at; counted for the reader
+            mismatched += p.reports  # left out rather than guessed at; counted for the reader
     first = items[0]
     return VersionWindow(
         model=first.model,
         version=first.version,
         devices=frozenset(p.device_id for p in items),
-        reports=len(items),
+        reports=sum(p.reports for p in items),
         requests=sum(p.requests for p in items),
         ok=sum(p.ok for p in items),
         client_errors=sum(p.client_errors for p in items),
         server_errors=sum(p.server_errors for p in items),
         rejected=sum(p.rejected for p in items),
         latency_samples=sum(p.latency_samples for p in items),
-        latency_p50_ms=_weighted(items, "latency_p50_ms"),
-        latency_p99_ms=_weighted(items, "latency_p99_ms"),
+        latency_p50_ms=weighted_latency(items, "latency_p50_ms"),
+        latency_p99_ms=weighted_latency(items, "latency_p99_ms"),
         latency_max_ms=max(
             (p.latency_max_ms for p in items if p.latency_max_ms is not None), default=None
         ),
@@ -149,6 +150,34 @@ async def series(
     ]
 
 
+async def device_series(
+    storage: Storage, device_id: str, since: datetime, until: datetime, step_s: int
+) -> dict[str, list[dict[str, Any]]]:
+    """One device's requests, 5xx and latency per model in steps of `step_s`, for its charts.
+
+    Every version the device served in a step is summed into it (a swap shows as one step
+    with both); latency percentiles are weighted by samples, as in windows.
+    """
+    points = await storage.device_version_points(since, until, [device_id])
+    steps: dict[str, dict[int, list[VersionPoint]]] = defaultdict(lambda: defaultdict(list))
+    for p in points:
+        steps[p.model][int((p.at - since).total_seconds() // step_s)].append(p)
+    return {
+        model: [
+            {
+                "at": format_time(since + timedelta(seconds=index * step_s)),
+                "versions": sorted({p.version for p in group}),
+                "requests": sum(p.requests for p in group),
+                "server_errors": sum(p.server_errors for p in group),
+                "latency_p50_ms": weighted_latency(group, "latency_p50_ms"),
+                "latency_p99_ms": weighted_latency(group, "latency_p99_ms"),
+            }
+            for index, group in sorted(by_step.items())
+        ]
+        for model, by_step in sorted(steps.items())
+    }
+
+
 def _grouped(
     points: Iterable[VersionPoint], key: Callable[[VersionPoint], _K]
 ) -> dict[_K, VersionWindow]:
@@ -159,7 +188,8 @@ def _grouped(
     return {k: w for k, w in windows.items() if w is not None}
 
 
-def _weighted(points: Sequence[VersionPoint], name: str) -> float | None:
+def weighted_latency(points: Sequence[VersionPoint], name: str) -> float | None:
+    """The mean of the points' `name` (a latency percentile) weighted by their sample counts."""
     total = weight = 0.0
     for p in points:
         value = getattr(p, name)

@@ -16,6 +16,7 @@ from model_registry.storage.base import (
     DeviceRecord,
     DeviceReport,
     DriftRecord,
+    ExperimentRecord,
     ModelSummary,
     ReleaseRecord,
     Storage,
@@ -23,6 +24,7 @@ from model_registry.storage.base import (
     VersionPoint,
 )
 from model_registry.storage.blobs import BlobStore
+from model_registry.storage.history_records import DeviceLiveness, ResourcePoint
 from model_registry.storage.postgres import PostgresStorage
 from model_registry.storage.rollout_records import (
     ROLLOUT_ACTIVE,
@@ -44,13 +46,16 @@ __all__ = [
     "AssignmentUpdate",
     "BlobStore",
     "DeploymentRecord",
+    "DeviceLiveness",
     "DeviceMessageRecord",
     "DeviceRecord",
     "DeviceReport",
     "DriftRecord",
+    "ExperimentRecord",
     "ModelSummary",
     "PostgresStorage",
     "ReleaseRecord",
+    "ResourcePoint",
     "RolloutDecision",
     "RolloutDeployment",
     "RolloutRecord",

@@ -24,6 +24,7 @@ from model_registry.storage._db import (
     optional_from_text,
     to_text,
 )
+from model_registry.storage._history import add_resource_point, reported_interval
 from model_registry.storage._points import add_points
 from model_registry.storage.base import (
     DUPLICATE,
@@ -151,8 +152,9 @@ def record_state(
 ) -> Steps[None]:
     """Store a device's latest state message; raises NotFoundError."""
     result = yield Query(
-        "UPDATE devices SET state = ?, online = ?, last_seen = ? WHERE device_id = ?",
-        (dumps(state), online, to_text(seen), device_id),
+        "UPDATE devices SET state = ?, online = ?, last_seen = ?, telemetry_interval_s = ?"
+        " WHERE device_id = ?",
+        (dumps(state), online, to_text(seen), reported_interval(state), device_id),
     )
     if result.rowcount == 0:
         raise no_device(device_id)
@@ -170,9 +172,9 @@ def set_device_group(device_id: str, group: str) -> Steps[DeviceRecord]:
 
 # Everything that refers to a device, children first (the foreign keys need that order).
 _DEVICE_ROWS = (
-    "device_events", "telemetry", "version_points", "drift_records", "deployment_targets",
-    "devices",
-)  # fmt: skip
+    *("device_events", "telemetry", "version_points", "resource_points", "drift_records"),
+    *("deployment_targets", "devices"),
+)
 
 
 def remove_device(device_id: str) -> Steps[None]:
@@ -284,8 +286,9 @@ def _apply_report(report: DeviceReport) -> Steps[str]:
             yield Query("UPDATE devices SET online = FALSE WHERE device_id = ?", (r.device_id,))
             return STORED
         yield Query(
-            "UPDATE devices SET state = ?, online = TRUE, last_seen = ? WHERE device_id = ?",
-            (dumps(r.body), seen, r.device_id),
+            "UPDATE devices SET state = ?, online = TRUE, last_seen = ?, telemetry_interval_s = ?"
+            " WHERE device_id = ?",
+            (dumps(r.body), seen, reported_interval(r.body), r.device_id),
         )
         return STORED
     values = (r.device_id, seen, dumps(r.body), r.msg_epoch, r.msg_seq)
@@ -293,6 +296,8 @@ def _apply_report(report: DeviceReport) -> Steps[str]:
     if inserted.rowcount == 0:
         return DUPLICATE
     yield from add_points(r.points)
+    if r.resources is not None:  # only with the report itself: a resend adds nothing
+        yield from add_resource_point(r.resources)
     yield Query(
         "UPDATE devices SET last_seen = ?, last_error = COALESCE(?, last_error)"
         " WHERE device_id = ?",

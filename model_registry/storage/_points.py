@@ -12,11 +12,11 @@ from model_registry.storage.base import VersionPoint
 
 _COLUMNS = (
     "model, version, device_id, at, interval_s, requests, ok, client_errors, server_errors,"
-    " rejected, latency_samples, latency_p50_ms, latency_p99_ms, latency_max_ms, detail"
+    " rejected, latency_samples, latency_p50_ms, latency_p99_ms, latency_max_ms, detail, reports"
 )
 _INSERT = (
     f"INSERT INTO version_points ({_COLUMNS})"  # noqa: S608 - a constant
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _DEVICES_PER_QUERY = 500  # ids per `IN (...)`, far below SQLite's bound on parameters
 
@@ -46,6 +46,38 @@ def version_points(
         found += yield from _select(f"{where} AND device_id IN ({marks})", [*params, *chunk])
     found.sort(key=lambda p: p.at)
     return found
+
+
+def device_points(
+    since: datetime, until: datetime, device_ids: Sequence[str]
+) -> Steps[list[VersionPoint]]:
+    """Return every model's points of these devices received in [since, until), by time."""
+    found: list[VersionPoint] = []
+    ids = sorted(set(device_ids))
+    for start in range(0, len(ids), _DEVICES_PER_QUERY):
+        chunk = ids[start : start + _DEVICES_PER_QUERY]
+        marks = ",".join("?" * len(chunk))
+        where = f"at >= ? AND at < ? AND device_id IN ({marks})"
+        found += yield from _select(where, [to_text(since), to_text(until), *chunk])
+    found.sort(key=lambda p: p.at)
+    return found
+
+
+def replace_points(
+    since: datetime, until: datetime, device_ids: Sequence[str], points: Sequence[VersionPoint]
+) -> Steps[None]:
+    """Delete the devices' points in [since, until) and store `points` (the history duty's
+    merge, in one transaction)."""
+    ids = sorted(set(device_ids))
+    for start in range(0, len(ids), _DEVICES_PER_QUERY):
+        chunk = ids[start : start + _DEVICES_PER_QUERY]
+        marks = ",".join("?" * len(chunk))
+        yield Query(
+            "DELETE FROM version_points"  # noqa: S608 - only "?"
+            f" WHERE at >= ? AND at < ? AND device_id IN ({marks})",
+            [to_text(since), to_text(until), *chunk],
+        )
+    yield from add_points(points)
 
 
 def prune_points(older_than: datetime) -> Steps[int]:
@@ -90,6 +122,7 @@ def _values(p: VersionPoint) -> tuple[object, ...]:
         p.latency_p99_ms,
         p.latency_max_ms,
         dumps(p.detail),
+        p.reports,
     )
 
 
@@ -110,6 +143,7 @@ def _point(row: Row) -> VersionPoint:
         latency_p99_ms=_optional_float(row["latency_p99_ms"]),
         latency_max_ms=_optional_float(row["latency_max_ms"]),
         detail=loads(row["detail"]),
+        reports=int(row["reports"]),
     )
 
 

@@ -13,7 +13,17 @@ from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
 
 from model_registry.errors import InvalidInputError
-from model_registry.storage import _catalog, _drift, _fleet, _points, _rollouts, _tokens
+from model_registry.storage import (
+    _catalog,
+    _drift,
+    _experiments,
+    _fleet,
+    _fleet_reads,
+    _history,
+    _points,
+    _rollouts,
+    _tokens,
+)
 from model_registry.storage._db import READ, SNAPSHOT, WRITE, ConstraintViolationError, Mode, Steps
 from model_registry.storage.base import (
     AssignmentUpdate,
@@ -22,11 +32,13 @@ from model_registry.storage.base import (
     DeviceRecord,
     DeviceReport,
     DriftRecord,
+    ExperimentRecord,
     ModelSummary,
     ReleaseRecord,
     TokenRecord,
     VersionPoint,
 )
+from model_registry.storage.history_records import DeviceLiveness, ResourcePoint
 from model_registry.storage.rollout_records import (
     RolloutDecision,
     RolloutDeployment,
@@ -124,6 +136,14 @@ class SQLStorage:
         """Return devices, all or of one group, by id."""
         return await self._run(READ, _fleet.devices, group)
 
+    async def device_liveness(self) -> list[DeviceLiveness]:
+        """Return every device's group and liveness columns, by id (no state is read)."""
+        return await self._run(READ, _fleet_reads.device_liveness)
+
+    async def devices_by_id(self, device_ids: Sequence[str]) -> list[DeviceRecord]:
+        """Return the devices with these ids (unknown ids are left out), by id."""
+        return await self._run(SNAPSHOT, _fleet_reads.devices_by_id, device_ids)
+
     async def set_assignment(
         self, device_id: str, seq: int, envelope: bytes, assigned: dict[str, dict[str, Any]]
     ) -> None:
@@ -208,6 +228,22 @@ class SQLStorage:
             SNAPSHOT, _points.version_points, model, since, until, version, device_ids
         )
 
+    async def device_version_points(
+        self, since: datetime, until: datetime, device_ids: Sequence[str]
+    ) -> list[VersionPoint]:
+        """Return every model's points of these devices received in [since, until), by time."""
+        return await self._run(SNAPSHOT, _points.device_points, since, until, device_ids)
+
+    async def replace_version_points(
+        self,
+        since: datetime,
+        until: datetime,
+        device_ids: Sequence[str],
+        points: Sequence[VersionPoint],
+    ) -> None:
+        """In one transaction, delete the devices' points in [since, until) and store `points`."""
+        await self._run(WRITE, _points.replace_points, since, until, device_ids, points)
+
     async def prune_version_points(self, older_than: datetime) -> int:
         """Delete points received before `older_than`; return how many."""
         return await self._run(WRITE, _points.prune_points, older_than)
@@ -227,6 +263,37 @@ class SQLStorage:
     async def prune_drift_records(self, older_than: datetime) -> int:
         """Delete drift records before `older_than`, but each key's latest; return how many."""
         return await self._run(WRITE, _drift.prune_records, older_than)
+
+    async def add_experiment(
+        self, experiment: ExperimentRecord, assignments: Sequence[AssignmentUpdate] = ()
+    ) -> int:
+        """Store an experiment with the assignments that start it, atomically; its new id."""
+        return await self._run(WRITE, _experiments.add_experiment, experiment, assignments)
+
+    async def set_assignments(self, assignments: Sequence[AssignmentUpdate]) -> None:
+        """Store many devices' new assignments in one transaction: all of them or none."""
+        await self._run(WRITE, _fleet.set_assignments, assignments)
+
+    async def get_experiment(self, experiment_id: int) -> ExperimentRecord:
+        """Return one experiment; raises NotFoundError."""
+        return await self._run(SNAPSHOT, _experiments.get_experiment, experiment_id)
+
+    async def experiments(self, model: str | None = None) -> list[ExperimentRecord]:
+        """Return experiments, newest first, all or of one model."""
+        return await self._run(SNAPSHOT, _experiments.experiments, model)
+
+    async def end_experiment(
+        self,
+        experiment_id: int,
+        status: str,
+        ended: datetime,
+        outcome: str,
+        assignments: Sequence[AssignmentUpdate] = (),
+    ) -> ExperimentRecord:
+        """Mark a running experiment stopped or promoted, with the assignments that end it."""
+        return await self._run(
+            WRITE, _experiments.end_experiment, experiment_id, status, ended, outcome, assignments
+        )
 
     async def prune_messages(self, kind: str, older_than: datetime, keep_per_device: int) -> int:
         """Delete old events or telemetry, and all but each device's newest; return the count."""
@@ -281,6 +348,36 @@ class SQLStorage:
     async def rollout_decisions(self, rollout_id: int) -> list[RolloutDecision]:
         """Return a rollout's decisions, oldest first; raises NotFoundError."""
         return await self._run(SNAPSHOT, _rollouts.rollout_decisions, rollout_id)
+
+    # history
+
+    async def resource_points(
+        self, since: datetime, until: datetime, device_ids: Sequence[str] | None = None
+    ) -> list[ResourcePoint]:
+        """Return resource points with `since <= at < until`, of some devices or all, by time."""
+        return await self._run(SNAPSHOT, _history.resource_points, since, until, device_ids)
+
+    async def replace_resource_points(
+        self,
+        since: datetime,
+        until: datetime,
+        device_ids: Sequence[str],
+        points: Sequence[ResourcePoint],
+    ) -> None:
+        """In one transaction, delete the devices' points in [since, until) and store `points`."""
+        await self._run(WRITE, _history.replace_resource_points, since, until, device_ids, points)
+
+    async def prune_resource_points(self, older_than: datetime) -> int:
+        """Delete resource points before `older_than`; return how many went."""
+        return await self._run(WRITE, _history.prune_resource_points, older_than)
+
+    async def history_mark(self, name: str) -> datetime | None:
+        """Return how far the compaction `name` has got, None before its first pass."""
+        return await self._run(READ, _history.history_mark, name)
+
+    async def set_history_mark(self, name: str, done_until: datetime) -> None:
+        """Record how far the compaction `name` has got."""
+        await self._run(WRITE, _history.set_history_mark, name, done_until)
 
     # tokens
 

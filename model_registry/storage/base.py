@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
+from model_registry.storage.history_records import HistoryStorage
 from model_registry.storage.records import (
     DUPLICATE,
     ROLES,
@@ -25,6 +26,7 @@ from model_registry.storage.records import (
     DeviceRecord,
     DeviceReport,
     DriftRecord,
+    ExperimentRecord,
     ModelSummary,
     ReleaseRecord,
     TokenRecord,
@@ -43,6 +45,7 @@ __all__ = [
     "DeviceRecord",
     "DeviceReport",
     "DriftRecord",
+    "ExperimentRecord",
     "ModelSummary",
     "ReleaseRecord",
     "RolloutDecision",
@@ -54,7 +57,7 @@ __all__ = [
 ]
 
 
-class Storage(Protocol):
+class Storage(HistoryStorage, Protocol):
     """Everything the registry persists, behind one async interface."""
 
     async def open(self) -> None:
@@ -108,6 +111,10 @@ class Storage(Protocol):
 
     async def devices(self, group: str | None = None) -> list[DeviceRecord]:
         """Return devices, all or of one group, by id."""
+
+    async def devices_by_id(self, device_ids: Sequence[str]) -> list[DeviceRecord]:
+        """Return the devices with these ids (unknown ids are left out), by id."""
+        ...
 
     async def set_assignment(
         self, device_id: str, seq: int, envelope: bytes, assigned: dict[str, dict[str, Any]]
@@ -180,6 +187,22 @@ class Storage(Protocol):
         """Return the model's points received in [since, until), oldest first."""
         ...
 
+    async def device_version_points(
+        self, since: datetime, until: datetime, device_ids: Sequence[str]
+    ) -> list[VersionPoint]:
+        """Return every model's points of these devices received in [since, until), by time."""
+        ...
+
+    async def replace_version_points(
+        self,
+        since: datetime,
+        until: datetime,
+        device_ids: Sequence[str],
+        points: Sequence[VersionPoint],
+    ) -> None:
+        """In one transaction, delete the devices' points in [since, until) and store `points`."""
+        ...
+
     async def prune_version_points(self, older_than: datetime) -> int:
         """Delete points received before `older_than`; return how many."""
         ...
@@ -240,6 +263,32 @@ class Storage(Protocol):
 
     async def rollout_decisions(self, rollout_id: int) -> list[RolloutDecision]:
         """Return a rollout's decisions, oldest first; raises NotFoundError."""
+
+    # experiments
+    async def add_experiment(
+        self, experiment: ExperimentRecord, assignments: Sequence[AssignmentUpdate] = ()
+    ) -> int:
+        """Store an experiment with the assignments that start it, atomically; its new id."""
+
+    async def get_experiment(self, experiment_id: int) -> ExperimentRecord:
+        """Return one experiment; raises NotFoundError."""
+
+    async def set_assignments(self, assignments: Sequence[AssignmentUpdate]) -> None:
+        """Store many devices' new assignments in one transaction: all of them or none."""
+
+    async def experiments(self, model: str | None = None) -> list[ExperimentRecord]:
+        """Return experiments, newest first, all or of one model."""
+
+    async def end_experiment(
+        self,
+        experiment_id: int,
+        status: str,
+        ended: datetime,
+        outcome: str,
+        assignments: Sequence[AssignmentUpdate] = (),
+    ) -> ExperimentRecord:
+        """Mark a running experiment stopped or promoted, with the assignments that end it,
+        atomically; ConflictError when it is not running any more."""
 
     # tokens
     async def add_token(self, name: str, role: str, token_hash: str, created: datetime) -> int:

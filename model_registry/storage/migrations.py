@@ -230,6 +230,58 @@ _DRIFT_RECORDS = (
     "CREATE INDEX drift_records_by_device ON drift_records (device_id)",
 )
 
+# Experiments: a control and a candidate release of one model on a set of devices
+# (docs/registry.md, "Experiments"). The devices are a JSON list: an experiment outlives a
+# device removed from the fleet, and its numbers stay readable.
+_EXPERIMENTS = (
+    """CREATE TABLE experiments (
+        experiment_id {id},
+        name TEXT NOT NULL,
+        model TEXT NOT NULL REFERENCES models (name),
+        mode TEXT NOT NULL CHECK (mode IN ('split', 'shadow')),
+        control INTEGER NOT NULL CHECK (control >= 1),
+        candidate INTEGER NOT NULL CHECK (candidate >= 1),
+        split_percent INTEGER NOT NULL CHECK (split_percent BETWEEN 0 AND 99),
+        target_kind TEXT NOT NULL,
+        target TEXT NOT NULL,
+        device_ids TEXT NOT NULL,
+        created TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('running', 'stopped', 'promoted')),
+        ended TEXT,
+        outcome TEXT
+    )""",
+    "CREATE INDEX experiments_by_model ON experiments (model, status)",
+)
+
+# The dashboard (docs/dashboard.md): each device's reporting interval beside its state, so the
+# fleet listing derives connections without reading every state; resource history, kept in
+# time buckets that the history duty compacts; how far each compaction has got; and the
+# number of reports a (merged) version point sums.
+_HISTORY = (
+    "ALTER TABLE devices ADD COLUMN telemetry_interval_s DOUBLE PRECISION",
+    """CREATE TABLE resource_points (
+        device_id TEXT NOT NULL,
+        at TEXT NOT NULL,
+        interval_s DOUBLE PRECISION NOT NULL,
+        reports INTEGER NOT NULL,
+        rss_bytes DOUBLE PRECISION NOT NULL,
+        rss_reports INTEGER NOT NULL,
+        cpu_seconds DOUBLE PRECISION NOT NULL,
+        disk_free_bytes DOUBLE PRECISION NOT NULL,
+        disk_total_bytes DOUBLE PRECISION NOT NULL,
+        disk_reports INTEGER NOT NULL
+    )""",
+    "CREATE INDEX resource_points_by_device ON resource_points (device_id, at)",
+    "CREATE INDEX resource_points_by_time ON resource_points (at)",
+    """CREATE TABLE history_marks (
+        name TEXT PRIMARY KEY,
+        done_until TEXT NOT NULL
+    )""",
+    # How many reports a version point sums, once the history duty merged it into a bucket.
+    "ALTER TABLE version_points ADD COLUMN reports INTEGER NOT NULL DEFAULT 1",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "roots, models, releases, devices, deployments, messages, tokens", _INITIAL),
     Migration(2, "device last error; message de-duplication by msg_epoch and msg_seq", _FLEET_VIEW),
@@ -238,6 +290,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "per-version numbers of each telemetry report", _VERSION_POINTS),
     Migration(6, "staged rollouts and their decisions", _ROLLOUTS),
     Migration(7, "drift status changes of model versions", _DRIFT_RECORDS),
+    Migration(8, "experiments: a control and a candidate on a set of devices", _EXPERIMENTS),
+    Migration(9, "dashboard: device reporting intervals, resource history", _HISTORY),
 )
 
 

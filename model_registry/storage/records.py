@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from model_registry.storage.history_records import ResourcePoint
+
 ROLES = ("viewer", "publisher", "admin")
 # What `Storage.add_device_reports` did with each report.
 STORED, DUPLICATE, UNKNOWN_DEVICE = "stored", "duplicate", "unknown_device"
@@ -72,6 +74,27 @@ class DeploymentRecord:
 
 
 @dataclass(frozen=True)
+class ExperimentRecord:
+    """An experiment: a control and a candidate release of one model on a set of devices."""
+
+    experiment_id: int
+    name: str
+    model: str
+    mode: str  # "split" (the candidate is the treatment) or "shadow"
+    control: int
+    candidate: int
+    split_percent: int  # of the requests the treatment answers; 0 for a shadow
+    target_kind: str  # "group" or "devices"
+    target: str
+    device_ids: tuple[str, ...]
+    created: datetime
+    created_by: str
+    status: str = "running"  # "running", "stopped" or "promoted"
+    ended: datetime | None = None
+    outcome: str | None = None  # what ended it, in words ("control v1 kept")
+
+
+@dataclass(frozen=True)
 class AssignmentUpdate:
     """A device's newly signed assignment, to store as it is published."""
 
@@ -126,6 +149,7 @@ class VersionPoint:
     latency_p99_ms: float | None = None
     latency_max_ms: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    reports: int = 1  # how many reports the point sums: more once the history duty merged it
 
 
 @dataclass(frozen=True)
@@ -175,3 +199,4 @@ class DeviceReport:
     error: dict[str, Any] | None = None
     # Telemetry only: stored with the report, so a resend (DUPLICATE) adds none.
     points: tuple[VersionPoint, ...] = ()
+    resources: ResourcePoint | None = None  # telemetry only: stored with it, exactly once

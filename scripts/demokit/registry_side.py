@@ -98,6 +98,8 @@ class RegistrySide(DemoFramework):
             step.note(
                 f"$ {registry.shown}",
                 f"API {self.api_url}, MQTT broker {self.mqtt_url} (pid {registry.process.pid})",
+                f"dashboard {self.api_url}/ui/ (sign in with an API token; `make demo KEEP=1`"
+                " keeps it up at the end)",
                 "port 0 lets the system choose; the registry writes the ports it got to "
                 "registry-home/serve.json",
             )

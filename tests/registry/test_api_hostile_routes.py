@@ -28,8 +28,10 @@ BASE_BODIES: dict[str, dict[str, Any]] = {
     "/v1/deployments": {"model": "m", "version": 1, "group": "lab"},
     "/v1/rollouts": {"model": "m", "version": 1, "group": "lab", "policy": {"soak": 1}},
     "/v1/devices": {"device_id": "fuzz-dev", "group": "lab"},
+    "/v1/experiments": {"model": "m", "control": 1, "treatment": 2, "split": 10, "group": "lab"},
     "/v1/models/{name}/rollback": {"group": "lab"},
     "/v1/devices/{id}": {"group": "lab"},
+    "/ui/session": {"token": "not-a-token"},
 }
 
 

@@ -100,6 +100,9 @@ EXPECTED_TABLES = {
     "rollouts",
     "rollout_decisions",
     "drift_records",
+    "experiments",
+    "resource_points",
+    "history_marks",
 }
 
 

@@ -58,9 +58,18 @@ def build_models(directory: Path) -> ModelSet:
 
 
 def build_classifier(
-    path: Path, *, n_features: int = 32, n_classes: int = 3, n_samples: int = 600
+    path: Path,
+    *,
+    n_features: int = 32,
+    n_classes: int = 3,
+    n_samples: int = 600,
+    shuffled_labels: bool = False,
 ) -> BuiltModel:
-    """Train an MLPClassifier on synthetic data and export it to ONNX without ZipMap."""
+    """Train an MLPClassifier on synthetic data and export it to ONNX without ZipMap.
+
+    `shuffled_labels` trains it on the labels in a random order: the same io and the same
+    evaluation rows, but a deliberately bad model (an experiment's losing treatment).
+    """
     features, labels = make_classification(
         n_samples=n_samples,
         n_features=n_features,
@@ -73,7 +82,10 @@ def build_classifier(
     # A few epochs are plenty for a fixture; the "did not converge" warning is expected noise.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        classifier.fit(split.X_train, split.y_train)
+        targets = split.y_train
+        if shuffled_labels:
+            targets = np.random.default_rng(RANDOM_STATE).permutation(targets)
+        classifier.fit(split.X_train, targets)
     # Without ZipMap the probabilities come out as a plain float tensor instead of a
     # list of dicts, which is what an inference server wants to return.
     options = {id(classifier): {"zipmap": False}}

@@ -17,12 +17,14 @@ from edge_agent.runtime.model import Array
 from edge_agent.server.grpc import inference_pb2 as pb
 from edge_agent.server.oip import (
     MAX_TENSORS,
+    ROUTING_PARAMETER,
     InferRequest,
     InferResponse,
     InputTensor,
     flag,
     input_header,
     requested_outputs,
+    routing_key,
 )
 from edge_agent.server.tensors import (
     array_datatype,
@@ -90,6 +92,7 @@ def decode_request(request: pb.ModelInferRequest) -> InferRequest:
         outputs=requested_outputs(outputs or None),
         id=request.id or None,
         binary_output=binary,
+        routing_key=routing_key(params.get(ROUTING_PARAMETER), "parameters." + ROUTING_PARAMETER),
     )
 
 

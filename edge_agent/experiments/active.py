@@ -1,0 +1,206 @@
+"""The experiments running on this device, one per model at most, as the server sees them.
+
+The control is the model the repository serves; the candidate is held here. A split sends
+`split_percent` of the requests to the candidate (the treatment); a shadow runs the candidate
+on every input after the control answered. Starting and stopping is the update path's job;
+routing, remembering answers and scoring feedback happen here, for the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from edge_agent.errors import ModelNotFoundError, ModelNotReadyError
+from edge_agent.experiments.answers import AnswerMemory, read_answer
+from edge_agent.experiments.counters import ExperimentCounters
+from edge_agent.experiments.feedback import FeedbackItem, score
+from edge_agent.experiments.routing import to_treatment
+from edge_agent.experiments.settings import ExperimentSettings
+from edge_agent.experiments.shadow import ShadowRunner
+from edge_agent.runtime.model import Array, LoadedModel
+from edge_protocol import ExperimentSpec
+
+log = logging.getLogger(__name__)
+
+
+class ActiveExperiment:
+    """One running experiment: its signed description, the candidate, the shadow worker."""
+
+    def __init__(
+        self,
+        model: str,
+        control_version: int,
+        spec: ExperimentSpec,
+        candidate: LoadedModel,
+        shadow: ShadowRunner | None,
+    ) -> None:
+        self.model = model
+        self.control_version = control_version
+        self.spec = spec
+        self.candidate = candidate
+        self.shadow = shadow
+
+    @property
+    def is_split(self) -> bool:
+        """Whether the candidate answers requests (a treatment), rather than shadows them."""
+        return self.spec.mode == "split"
+
+    def describe(self) -> dict[str, Any]:
+        """The experiment in `GET /v1/status`."""
+        body: dict[str, Any] = {
+            "id": self.spec.experiment_id,
+            "name": self.spec.name,
+            "mode": self.spec.mode,
+            "control": self.control_version,
+            "treatment" if self.is_split else "shadow": self.candidate.version,
+        }
+        if self.is_split:
+            body["split_percent"] = self.spec.split_percent
+        else:
+            body["shadow_queue"] = 0 if self.shadow is None else self.shadow.depth
+        return body
+
+
+class Experiments:
+    """Every experiment of the device, the answers feedback is matched with, their counts."""
+
+    def __init__(self, settings: ExperimentSettings | None = None) -> None:
+        self.settings = settings or ExperimentSettings()
+        self.counters = ExperimentCounters()
+        self.answers = AnswerMemory(self.settings.answers_kept)
+        self._active: dict[str, ActiveExperiment] = {}
+        self._lock = threading.Lock()
+        self._rng = random.Random()  # noqa: S311 - a traffic split, not a secret
+
+    def get(self, model: str) -> ActiveExperiment | None:
+        """The experiment running on `model`, if any."""
+        with self._lock:
+            return self._active.get(model)
+
+    def snapshot(self) -> list[ActiveExperiment]:
+        """The running experiments, by model name."""
+        with self._lock:
+            return [self._active[name] for name in sorted(self._active)]
+
+    async def start(
+        self, model: str, control_version: int, spec: ExperimentSpec, candidate: LoadedModel
+    ) -> None:
+        """Run `spec` on `model` with `candidate` loaded, warmed up and self-tested; an earlier
+        experiment on the model ends first."""
+        await self.stop(model)
+        shadow = None
+        if spec.mode == "shadow":
+            shadow = ShadowRunner(candidate, self.counters, self.settings.shadow_queue)
+            shadow.start()
+        experiment = ActiveExperiment(model, control_version, spec, candidate, shadow)
+        with self._lock:
+            self._active[model] = experiment
+        log.info("model %s: experiment %r started (%s)", model, spec.name, experiment.describe())
+
+    async def stop(self, model: str) -> ActiveExperiment | None:
+        """End the experiment on `model`: the control answers everything again."""
+        with self._lock:
+            experiment = self._active.pop(model, None)
+        if experiment is None:
+            return None
+        if experiment.shadow is not None:
+            await experiment.shadow.close()
+        experiment.candidate.retire()  # requests already on it finish, then it is released
+        self.answers.forget_model(model)
+        log.info("model %s: experiment %r stopped", model, experiment.spec.name)
+        return experiment
+
+    async def close(self) -> None:
+        """Stop every experiment (at shutdown)."""
+        for experiment in self.snapshot():
+            await self.stop(experiment.model)
+
+    @contextmanager
+    def route(
+        self, model: str, version: str | None, key: str | None
+    ) -> Iterator[LoadedModel | None]:
+        """The treatment, held for one request, when it is to answer; None: the control does.
+
+        A request naming a version gets that version: the treatment's is served here, any
+        other goes to the repository (which answers for the control or refuses).
+        """
+        experiment = self.get(model)
+        chosen = None
+        if experiment is not None and experiment.is_split:
+            if version is None:
+                spec = experiment.spec
+                if to_treatment(spec.experiment_id, spec.split_percent, key, self._rng):
+                    chosen = experiment.candidate
+            elif version == str(experiment.candidate.version):
+                chosen = experiment.candidate
+        if chosen is None:
+            yield None
+            return
+        try:
+            chosen.acquire()
+        except ModelNotReadyError as e:  # retired between the lookup and now: the experiment ended
+            raise ModelNotFoundError(
+                f"model {model!r} version {version} is no longer served"
+            ) from e
+        try:
+            yield chosen
+        finally:
+            chosen.release()
+
+    def request_id(self, model: str, given: str | None) -> str | None:
+        """The id an answer carries: the client's, or a fresh one while `model` is in an
+        experiment (feedback names it), or None."""
+        if given is not None or self.get(model) is None:
+            return given
+        return uuid.uuid4().hex
+
+    def answered(
+        self,
+        model: LoadedModel,
+        request_id: str | None,
+        inputs: Mapping[str, Array],
+        outputs: Mapping[str, Array],
+    ) -> None:
+        """After an answer: count it, remember it for feedback, hand the inputs to a shadow."""
+        experiment = self.get(model.name)
+        if experiment is None:
+            return
+        answer = read_answer(model.name, model.version, outputs, model.io)
+        self.counters.update(model.name, model.version, answered=1)
+        if request_id is not None and answer is not None:
+            self.answers.remember(request_id, answer)
+        if experiment.shadow is not None and model.version == experiment.control_version:
+            experiment.shadow.offer(inputs, answer)
+
+    def feedback(self, model: str, items: list[FeedbackItem]) -> list[dict[str, Any]]:
+        """Score each item against the answer of its request id; one result per item."""
+        if self.get(model) is None:
+            raise ModelNotFoundError(
+                f"model {model!r} is not in an experiment: answers are kept, and feedback "
+                "matched, only while one runs (GET /v1/status lists them)"
+            )
+        results = []
+        for item in items:
+            answer = self.answers.take(model, item.request_id)
+            result, increments = score(item, answer)
+            if answer is not None and increments:
+                self.counters.update(model, answer.version, **increments)
+            results.append(result)
+        return results
+
+    def status(self) -> dict[str, Any]:
+        """The `experiments` part of `GET /v1/status`."""
+        return {
+            "experiments": [e.describe() for e in self.snapshot()],
+            "experiment_answers": {
+                "kept": len(self.answers),
+                "capacity": self.answers.capacity,
+                "forgotten": self.answers.forgotten,
+            },
+        }

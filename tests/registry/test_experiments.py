@@ -1,0 +1,233 @@
+"""Experiments through the API: signed assignments, hostile requests, the verdict, promote, stop."""
+
+from __future__ import annotations
+
+import base64
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from edge_protocol import TrustedState
+from model_registry.statistics.points import points_from_telemetry
+from model_registry.storage import DeviceReport
+from tests.registry.conftest import Api
+from tests.registry.test_api import _add_device, _push
+from tests.support.models import ModelSet
+
+SPLIT = {"model": "clf", "control": 1, "treatment": 2, "split": 10, "group": "lab"}
+
+
+@pytest.fixture
+async def lab(api: Api, onnx_models: ModelSet) -> dict[str, bytes]:
+    """Versions 1 and 2 of clf, devices dev-1 and dev-2 in group lab; their roots."""
+    await _push(api, onnx_models)
+    await _push(api, onnx_models)
+    roots = {}
+    for device_id in ("dev-1", "dev-2"):
+        bundle = (await _add_device(api, device_id))["bundle"]
+        roots[device_id] = base64.b64decode(bundle["root.json"])
+    return roots
+
+
+async def _call(api: Api, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    response = await api.client.request(method, path, json=body, headers=api.auth())
+    return response.status, await response.json()
+
+
+async def test_a_split_signs_each_device_an_experiment_and_stop_takes_it_back(
+    api: Api, lab: dict[str, bytes]
+) -> None:
+    status, started = await _call(api, "POST", "/v1/experiments", SPLIT)
+    assert status == 201, started
+    assert (started["mode"], started["treatment"], started["split"]) == ("split", 2, 10)
+    assert started["devices"] == ["dev-1", "dev-2"]
+    device = await api.ctx.storage.get_device("dev-1")
+    assert device.assignment is not None
+    assignment = TrustedState(lab["dev-1"], device_id="dev-1").verify_assignment(device.assignment)
+    assert assignment.spec_version == "2.0"
+    experiment = assignment.models["clf"].experiment
+    assert experiment is not None
+    assert (experiment.experiment_id, experiment.mode, experiment.split_percent) == (
+        started["id"], "split", 10,
+    )  # fmt: skip
+    assert (assignment.models["clf"].version, experiment.candidate.version) == (1, 2)
+
+    again, refused = await _call(api, "POST", "/v1/experiments", {**SPLIT, "devices": ["dev-2"],
+                                                                  "group": None})  # fmt: skip
+    assert again == 400, refused  # group and devices together
+    clash, refused = await _call(api, "POST", "/v1/experiments", SPLIT)
+    assert clash == 409
+    assert f"experiment {started['id']}" in refused["error"]
+
+    status, stopped = await _call(api, "POST", f"/v1/experiments/{started['id']}/stop")
+    assert (status, stopped["status"]) == (200, "stopped")
+    device = await api.ctx.storage.get_device("dev-1")
+    assert device.assignment is not None
+    back = TrustedState(lab["dev-1"], device_id="dev-1").verify_assignment(device.assignment)
+    assert back.models["clf"].experiment is None
+    assert back.spec_version == "1.0"
+    assert (await _call(api, "POST", f"/v1/experiments/{started['id']}/stop"))[0] == 409
+
+
+HOSTILE: list[tuple[dict[str, Any], int, str]] = [
+    ({**SPLIT, "shadow": 2}, 400, "exactly one of"),
+    ({k: v for k, v in SPLIT.items() if k != "treatment"}, 400, "exactly one of"),
+    ({k: v for k, v in SPLIT.items() if k != "split"}, 400, "'split' is required"),
+    ({**SPLIT, "split": 0}, 400, "1 to 99"),
+    ({**SPLIT, "split": 100}, 400, "1 to 99"),
+    ({**SPLIT, "split": "10"}, 400, "'split' must be an integer"),
+    ({**SPLIT, "treatment": 1}, 400, "both version 1"),
+    ({"model": "clf", "control": 1, "shadow": 2, "split": 5, "group": "lab"}, 400, "no split"),
+    ({**SPLIT, "treatment": 9}, 404, "no version 9"),
+    ({**SPLIT, "model": "clff"}, 404, "clf"),
+    ({**SPLIT, "group": "nowhere"}, 404, "nowhere"),
+    ({**SPLIT, "name": "a/b"}, 400, "not valid"),
+    ({**SPLIT, "colour": "red"}, 400, "unknown field"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), HOSTILE)
+async def test_a_bad_start_is_a_4xx_naming_the_problem(
+    api: Api, lab: dict[str, bytes], body: dict[str, Any], status: int, message: str
+) -> None:
+    got, answer = await _call(api, "POST", "/v1/experiments", body)
+    assert got == status, answer
+    assert message in answer["error"]
+    assert await api.ctx.storage.experiments() == []
+
+
+def _variant(
+    answered: int, labels: int = 0, correct: int = 0, shadow: dict[str, int] | None = None
+) -> dict[str, Any]:
+    return {
+        "requests": answered, "2xx": answered, "4xx": 0, "5xx": 0, "rejected_503": 0,
+        "latency_ms": {"p50": 1.0, "p99": 2.0, "max": 3.0, "samples": answered},
+        "experiment": {
+            "answered": answered,
+            "feedback": {"labels": labels, "correct": correct, "values": 0, "abs_error_sum": 0.0},
+            "shadow": {"runs": 0, "failed": 0, "dropped": 0, "labels": 0, "agreed": 0,
+                       "values": 0, "abs_diff_sum": 0.0, **(shadow or {})},
+        },
+    }  # fmt: skip
+
+
+async def _report(api: Api, device_id: str, seq: int, versions: dict[str, Any]) -> None:
+    received = api.ctx.clock() + timedelta(seconds=seq)
+    body = {"schema": 1, "device_id": device_id, "msg_seq": seq, "msg_epoch": "e",
+            "interval_s": 30.0, "models": {"clf": {"versions": versions}}}  # fmt: skip
+    points = points_from_telemetry(device_id, received, body)
+    report = DeviceReport(device_id, "telemetry", received, body, msg_epoch="e", msg_seq=seq,
+                          points=points)  # fmt: skip
+    await api.ctx.storage.add_device_reports([report])
+
+
+async def test_the_verdict_adds_up_devices_and_promote_keeps_a_winning_control(
+    api: Api, lab: dict[str, bytes]
+) -> None:
+    _, started = await _call(api, "POST", "/v1/experiments", {**SPLIT, "split": 50})
+    path = f"/v1/experiments/{started['id']}"
+    _, early = await _call(api, "GET", path)
+    assert early["verdict"]["sentence"].startswith("No labelled answers yet")
+    assert (await _call(api, "POST", f"{path}/promote"))[0] == 409
+
+    for seq, device in enumerate(("dev-1", "dev-2"), start=1):  # 90% against 80%, in halves
+        await _report(
+            api, device, seq, {"1": _variant(600, 500, 450), "2": _variant(600, 500, 400)}
+        )
+    _, judged = await _call(api, "GET", path)
+    verdict = judged["verdict"]
+    control, treatment = verdict["variants"]
+    assert (control["accuracy"]["n"], control["accuracy"]["successes"]) == (1000, 900)
+    assert (treatment["devices"], treatment["requests"]) == (2, 1200)
+    assert control["accuracy"]["ci95"][0] < 0.9 < control["accuracy"]["ci95"][1]
+    accuracy = verdict["tests"][0]
+    assert (accuracy["metric"], accuracy["better"], accuracy["significant"]) == (
+        "accuracy",
+        1,
+        True,
+    )
+    assert accuracy["z"] < 0
+    assert accuracy["p_value"] < 0.001
+    assert verdict["winner"] == 1
+    assert verdict["sentence"] == (
+        "V1 is better on accuracy: 90.0% vs 80.0%, p < 0.001, 2,000 labelled answers"
+    )
+
+    status, promoted = await _call(api, "POST", f"{path}/promote")
+    assert status == 200, promoted
+    assert (promoted["status"], promoted["deployment"]) == ("promoted", None)
+    assert promoted["outcome"] == "control v1 kept"
+    assert (await api.ctx.storage.get_device("dev-2")).assigned["clf"] == {
+        k: v for k, v in (await api.ctx.storage.get_device("dev-2")).assigned["clf"].items()
+        if k != "experiment"
+    }  # fmt: skip
+
+
+async def test_a_winning_treatment_is_deployed_and_too_few_labels_say_how_many_more(
+    api: Api, lab: dict[str, bytes]
+) -> None:
+    _, started = await _call(api, "POST", "/v1/experiments", SPLIT)
+    path = f"/v1/experiments/{started['id']}"
+    await _report(api, "dev-1", 1, {"1": _variant(100, 100, 88), "2": _variant(10, 10, 9)})
+    _, judged = await _call(api, "GET", path)
+    assert judged["verdict"]["winner"] is None
+    assert judged["verdict"]["needed_per_variant"] > 1000
+    assert judged["verdict"]["sentence"].startswith(
+        "No significant difference on accuracy yet: V2 90.0% vs V1 88.0%"
+    )
+    conflict, refused = await _call(api, "POST", f"{path}/promote")
+    assert conflict == 409
+    assert "no winner yet" in refused["error"]
+
+    await _report(
+        api, "dev-2", 2, {"1": _variant(3000, 3000, 2640), "2": _variant(3000, 3000, 2790)}
+    )
+    status, promoted = await _call(api, "POST", f"{path}/promote")
+    assert status == 200, promoted
+    assert promoted["outcome"] == "v2 promoted: a staged rollout to group lab"
+    rollout = promoted["rollout"]
+    assert (rollout["version"], rollout["group"], rollout["state"]) == (2, "lab", "running")
+    assert promoted["deployment"] is None
+    # The first wave (5% of two devices: one) runs v2; the other is back on v1 alone.
+    assigned = [(await api.ctx.storage.get_device(d)).assigned["clf"] for d in ("dev-1", "dev-2")]
+    assert sorted(a["version"] for a in assigned) == [1, 2]
+    assert not any("experiment" in a for a in assigned)
+
+
+async def test_an_experiment_on_devices_is_promoted_by_one_deployment(
+    api: Api, lab: dict[str, bytes]
+) -> None:
+    body = {**SPLIT, "devices": ["dev-1"]}
+    del body["group"]
+    _, started = await _call(api, "POST", "/v1/experiments", body)
+    await _report(
+        api, "dev-1", 1, {"1": _variant(2000, 2000, 1700), "2": _variant(2000, 2000, 1900)}
+    )
+    status, promoted = await _call(api, "POST", f"/v1/experiments/{started['id']}/promote")
+    assert status == 200, promoted
+    assert (promoted["rollout"], promoted["deployment"]["devices"]) == (None, ["dev-1"])
+    assert (await api.ctx.storage.get_device("dev-1")).assigned["clf"]["version"] == 2
+    assert (await api.ctx.storage.get_device("dev-2")).assigned == {}
+
+
+async def test_a_shadow_reports_its_agreement(api: Api, lab: dict[str, bytes]) -> None:
+    body = {"model": "clf", "control": 1, "shadow": 2, "devices": ["dev-1"]}
+    status, started = await _call(api, "POST", "/v1/experiments", body)
+    assert (status, started["shadow"], started["split"]) == (201, 2, None)
+    await _report(
+        api,
+        "dev-1",
+        1,
+        {
+            "1": _variant(400),
+            "2": _variant(0, shadow={"runs": 390, "labels": 390, "agreed": 351, "dropped": 10}),
+        },
+    )
+    _, judged = await _call(api, "GET", f"/v1/experiments/{started['id']}")
+    shadow = judged["verdict"]["variants"][1]
+    assert (shadow["role"], shadow["agreement"]["value"]) == ("shadow", 0.9)
+    assert judged["verdict"]["sentence"].startswith(
+        "V2 agrees with V1 on 90.0% of 390 answers (95% CI"
+    )
+    assert judged["verdict"]["sentence"].endswith("10 inputs dropped under load")
