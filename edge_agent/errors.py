@@ -201,10 +201,15 @@ class MqttSubscribeError(BrokerError, mqtt_errors.MqttSubscribeError):
     """The broker refused a subscription (SUBACK failure code 0x80)."""
 
 
+class MqttAckTimeoutError(MqttDisconnectedError, mqtt_errors.MqttAckTimeoutError):
+    """No SUBACK, UNSUBACK or PUBACK came and the broker stayed silent: the link was cut."""
+
+
 MQTT_ERRORS = mqtt_errors.ErrorTypes(
     broker=BrokerError,
     connect=MqttConnectError,
     disconnected=MqttDisconnectedError,
     subscribe=MqttSubscribeError,
+    ack_timeout=MqttAckTimeoutError,
     settings=ConfigError,
 )

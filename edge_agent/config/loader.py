@@ -120,6 +120,7 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "mqtt.keepalive_s": (1, 65_535),  # the MQTT keep-alive field is 16 bits
     "mqtt.reconnect_min_s": (0.1, 3600),
     "mqtt.reconnect_max_s": (0.1, 86_400),
+    "mqtt.ack_timeout_s": (1, 3600),
     "server.max_body_mb": (1, 1024),  # ServerConfig's own bounds on max_body_bytes, in MiB
     "server.max_buffered_body_mb": (1, 65_536),  # ServerConfig's bounds, in MiB
     "updates.release_timeout_s": (1, 86_400),

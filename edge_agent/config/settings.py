@@ -33,6 +33,11 @@ class MqttSettings:
     topic_prefix: str = DEFAULT_PREFIX
     reconnect_min_s: float = 1.0  # jittered exponential backoff between these bounds
     reconnect_max_s: float = 60.0
+    # A SUBACK, UNSUBACK or PUBACK not come after this long without a packet from the broker
+    # cuts the connection (edge_common/mqtt/acks.py): the next attempt goes to the next URL.
+    # Twice the keep-alive: a NATS node making a SUBSCRIBE's consumers reads nothing else
+    # meanwhile, and paho's keep-alive already gives such a node that long.
+    ack_timeout_s: float = 60.0
     # Every node of a clustered broker, tried in turn; empty means just `url`.
     urls: tuple[str, ...] = ()
 

@@ -33,5 +33,5 @@ class AgentMqtt(MqttClient):
     ) -> None:
         super().__init__(
             settings, client_id=client_id, will=will, connect_timeout_s=connect_timeout_s,
-            errors=MQTT_ERRORS, refused_hint=REFUSED_HINT,
+            errors=MQTT_ERRORS, refused_hint=REFUSED_HINT, ack_timeout_s=settings.ack_timeout_s,
         )  # fmt: skip

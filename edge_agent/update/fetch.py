@@ -73,6 +73,7 @@ class _Active:
     stuck_epoch: int = -1  # subscribing failed on this connection: wait for the next one
     refusals: int = 0  # SUBACKs in a row that refused some of the window
     retry_at: float | None = None  # connected time to ask again for what was refused
+    trouble: str = ""  # the last broker error subscribing met, for the stall's reason
     written: int = 0
 
 
@@ -143,6 +144,7 @@ class MqttChunkFetcher:
         self._active[sha256] = active
         try:
             while not download.complete:
+                self._check_stall(active)  # also when every connection fails to subscribe
                 await self._keep_subscribed(active)
                 item = await self._next_chunk(active)
                 if item is not None:
@@ -167,7 +169,10 @@ class MqttChunkFetcher:
             await self._top_up(active)
             await self._drop_spent(active)
         except BrokerError as e:
-            active.stuck_epoch = link.epoch  # the link is going; the next connection resumes
+            # The link is going (lost, or cut for an acknowledgement that never came: the
+            # adapter's ack timeout); the next connection resumes.
+            active.stuck_epoch = link.epoch
+            active.trouble = str(e)
             log.info("chunk subscriptions wait for the next connection: %s", e)
 
     def _on_new_connection(self, active: _Active) -> None:
@@ -198,7 +203,7 @@ class MqttChunkFetcher:
             self._held(active, [i for i in indices if i not in refused])
             self._refused(active, e)
             return
-        active.refusals, active.retry_at = 0, None
+        active.refusals, active.retry_at, active.trouble = 0, None, ""
         self._held(active, indices)
 
     def _held(self, active: _Active, indices: Sequence[int]) -> None:
@@ -263,10 +268,7 @@ class MqttChunkFetcher:
         link = self._link
         timeout = None  # while disconnected, only a new connection moves things on
         if link.up:
-            remaining = self._stall_timeout_s - (link.connected_time() - active.progress_mark)
-            if remaining <= 0:
-                raise DownloadStalledError(_stalled(active.download, self._stall_timeout_s))
-            timeout = remaining
+            timeout = self._check_stall(active)
             for due in (active.doubt_session_at, active.retry_at):  # woken to act on time
                 if due is not None:
                     timeout = min(timeout, max(0.0, due - link.connected_time()))
@@ -275,6 +277,13 @@ class MqttChunkFetcher:
         except TimeoutError:
             self._doubt_session(active)
             return None
+
+    def _check_stall(self, active: _Active) -> float:
+        """Connected seconds left before the stall deadline; DownloadStalledError past it."""
+        remaining = self._stall_timeout_s - (self._link.connected_time() - active.progress_mark)
+        if remaining <= 0 and self._link.up:
+            raise DownloadStalledError(_stalled(active, self._stall_timeout_s))
+        return remaining
 
     def _doubt_session(self, active: _Active) -> None:
         due = active.doubt_session_at
@@ -310,9 +319,11 @@ def _sha(active: _Active) -> str:
     return active.download.artifact.sha256
 
 
-def _stalled(download: PartialDownload, timeout_s: float) -> str:
+def _stalled(active: _Active, timeout_s: float) -> str:
+    download = active.download
     artifact = download.artifact
-    return (
+    text = (
         f"no new chunk of {artifact.sha256} in {timeout_s:g} s connected to the broker; "
         f"{download.have_count} of {len(artifact.chunks)} chunks are on disk"
     )
+    return f"{text}; subscribing last failed: {active.trouble}" if active.trouble else text

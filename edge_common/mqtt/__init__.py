@@ -12,6 +12,7 @@ from edge_common.mqtt.connection import Message, MqttClient
 from edge_common.mqtt.errors import (
     BrokerError,
     ErrorTypes,
+    MqttAckTimeoutError,
     MqttConnectError,
     MqttDisconnectedError,
     MqttSettingsError,
@@ -28,6 +29,7 @@ __all__ = [
     "ErrorTypes",
     "HandlerError",
     "Message",
+    "MqttAckTimeoutError",
     "MqttClient",
     "MqttConnectError",
     "MqttDisconnectedError",

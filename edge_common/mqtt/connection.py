@@ -26,6 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_common import tls_hints
 from edge_common.broker_address import BrokerAddress, BrokerURLError
+from edge_common.mqtt.acks import ack_name, within_silence
 from edge_common.mqtt.errors import ErrorTypes, MqttSettingsError
 from edge_common.mqtt.settings import ConnectionSettings
 from edge_common.mqtt.texts import ConnectionTexts
@@ -61,6 +62,9 @@ class MqttClient:
     raises is of the caller's `errors`; `refused_hint` follows the sentence of refused
     credentials (where the caller keeps its password). `max_inflight` raises paho's bound of
     20 unacknowledged publishes, for a caller that sends many at once.
+
+    `ack_timeout_s` bounds each wait for an acknowledgement by the broker's silence (see
+    `edge_common.mqtt.acks`); past it the connection is cut, as if lost. None: no bound.
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class MqttClient:
         max_inflight: int | None = None,
         errors: ErrorTypes = ErrorTypes(),  # noqa: B008 - frozen, so one shared default is safe
         refused_hint: str = "",
+        ack_timeout_s: float | None = None,
     ) -> None:
         self._errors = errors
         try:
@@ -86,6 +91,8 @@ class MqttClient:
         )  # fmt: skip
         self._keepalive_s = settings.keepalive_s
         self._connect_timeout_s = connect_timeout_s
+        self._ack_timeout_s = ack_timeout_s
+        self._heard_at = 0.0  # loop time of the last packet the broker sent us (messages, acks)
         self._client = self._make_client(settings, client_id, will, clean_session)
         if max_inflight is not None:
             self._client.max_inflight_messages_set(max_inflight)
@@ -126,8 +133,8 @@ class MqttClient:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
-        client.on_unsubscribe = self._on_unsubscribe
-        client.on_publish = self._on_publish
+        client.on_unsubscribe = self._on_acknowledged
+        client.on_publish = self._on_acknowledged
         client.on_message = self._on_message
         return client
 
@@ -236,7 +243,16 @@ class MqttClient:
             raise self._errors.broker(f"cannot {what}: {paho.error_string(result)}")
         future: asyncio.Future[tuple[int, ...]] = self._running_loop().create_future()
         self._pending[mid] = future
-        return await future
+        try:
+            return await within_silence(future, self._ack_timeout_s, lambda: self._heard_at)
+        except TimeoutError:
+            text = (
+                f"no {ack_name(what)} from the broker at {self._address} to {what} after "
+                f"{self._ack_timeout_s:g} s without a word from it; dropping the connection"
+            )
+        log.warning("MQTT: %s", text)
+        self._cut_socket()  # paho's thread sees the loss: the other waits and the stream end
+        raise self._errors.ack_timeout(text)
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
@@ -280,9 +296,14 @@ class MqttClient:
         self._queue.put_nowait(_Lost(text))
 
     def _resolve(self, mid: int, codes: tuple[int, ...]) -> None:
+        self._heard_at = self._running_loop().time()
         future = self._pending.pop(mid, None)
         if future is not None and not future.done():  # done: its waiter was cancelled
             future.set_result(codes)
+
+    def _received(self, message: Message) -> None:
+        self._heard_at = self._running_loop().time()  # the broker is serving this connection
+        self._queue.put_nowait(message)
 
     def _fail_opening(self, text: str, *, cause: Exception | None = None) -> None:
         if self._opening is not None and not self._opening.done():
@@ -359,33 +380,12 @@ class MqttClient:
         self._hand_over(self._connection_lost, str(reason))
 
     def _on_subscribe(
-        self,
-        _client: paho.Client,
-        _userdata: Any,
-        mid: int,
-        reasons: list[ReasonCode],
-        _properties: Properties | None,
+        self, _client: paho.Client, _userdata: Any, mid: int, reasons: list[ReasonCode], *_: Any
     ) -> None:
         self._hand_over(self._resolve, mid, tuple(r.value for r in reasons))
 
-    def _on_unsubscribe(
-        self,
-        _client: paho.Client,
-        _userdata: Any,
-        mid: int,
-        _reasons: list[ReasonCode],
-        _properties: Properties | None,
-    ) -> None:
-        self._hand_over(self._resolve, mid, ())
-
-    def _on_publish(
-        self,
-        _client: paho.Client,
-        _userdata: Any,
-        mid: int,
-        _reason: ReasonCode,
-        _properties: Properties | None,
-    ) -> None:
+    def _on_acknowledged(self, _client: paho.Client, _userdata: Any, mid: int, *_: Any) -> None:
+        """UNSUBACK or PUBACK: nothing in it but the packet id matters to us."""
         self._hand_over(self._resolve, mid, ())
 
     def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
@@ -395,4 +395,4 @@ class MqttClient:
             # Raising here would end paho's thread; brokers reject such topics anyway.
             self._hand_over(log.warning, "MQTT: dropped a message whose topic is not UTF-8")
             return
-        self._hand_over(self._queue.put_nowait, converted)
+        self._hand_over(self._received, converted)

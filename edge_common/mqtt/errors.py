@@ -22,6 +22,11 @@ class MqttDisconnectedError(BrokerError):
     """The connection ended before an operation completed, or while messages were awaited."""
 
 
+class MqttAckTimeoutError(MqttDisconnectedError):
+    """The broker kept silent past the bound while an acknowledgement was awaited; the
+    connection was cut (a broker node that answers pings but serves nothing)."""
+
+
 class MqttSubscribeError(BrokerError):
     """The broker refused a subscription (SUBACK failure code 0x80)."""
 
@@ -40,4 +45,5 @@ class ErrorTypes:
     connect: type[MqttConnectError] = MqttConnectError
     disconnected: type[MqttDisconnectedError] = MqttDisconnectedError
     subscribe: type[MqttSubscribeError] = MqttSubscribeError
+    ack_timeout: type[MqttAckTimeoutError] = MqttAckTimeoutError
     settings: type[ValueError] = MqttSettingsError

@@ -53,6 +53,7 @@ def full_config() -> dict[str, Any]:
             "topic_prefix": "plant/edge",
             "reconnect_min_s": 2,
             "reconnect_max_s": 90.5,
+            "ack_timeout_s": 75,
         },
         "models": {"follow": ["fraud", "churn.v2"]},
         "artifacts": {"transport": "http", "http_url": "https://registry.example.com/api"},

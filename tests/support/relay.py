@@ -20,7 +20,7 @@ from .broker import LOCALHOST, Broker
 from .mqtt_frames import FrameReader, Packet
 
 T = TypeVar("T")
-Action = Literal["cut", "stall"]
+Action = Literal["cut", "stall", "drop"]
 
 
 @dataclass(eq=False)
@@ -43,7 +43,9 @@ class _Link:
 class _Trigger:
     matches: Callable[[Packet], bool]
     action: Action
+    every: bool = False  # fire at every matching packet, not only the first
     fired: asyncio.Event = field(default_factory=asyncio.Event)
+    count: int = 0
 
 
 class TcpRelay:
@@ -102,12 +104,19 @@ class TcpRelay:
             link.abort()
         self._stalled.clear()
 
-    def when_client_sends(self, matches: Callable[[Packet], bool], action: Action) -> asyncio.Event:
-        """Once, at the first client packet `matches` accepts: cut or stall its link before it
-        reaches the broker. The returned event is set when that happened."""
-        trigger = _Trigger(matches, action)
+    def when_client_sends(
+        self, matches: Callable[[Packet], bool], action: Action, *, every: bool = False
+    ) -> asyncio.Event:
+        """Once (or at `every` one), at a client packet `matches` accepts: cut or stall its link
+        before it reaches the broker, or drop just that packet (the broker never sees it, so
+        never answers it, and the link goes on). The returned event is set when that happened."""
+        trigger = _Trigger(matches, action, every)
         self._triggers.append(trigger)
         return trigger.fired
+
+    def fired(self, event: asyncio.Event) -> int:
+        """How many times the trigger `when_client_sends` returned `event` for acted."""
+        return sum(t.count for t in self._triggers if t.fired is event)
 
     async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._relay, LOCALHOST, 0)
@@ -167,7 +176,10 @@ class TcpRelay:
         self, link: _Link, packet: Packet, sink: asyncio.StreamWriter, *, to_broker: bool
     ) -> bool:
         """Send one packet on; False once the link is gone."""
-        if to_broker and not self._fire_triggers(link, packet):
+        action = self._fire_triggers(link, packet) if to_broker else None
+        if action == "drop":
+            return True  # swallowed; the link goes on
+        if action is not None:
             await link.flowing.wait()  # stalled before this packet: it is never sent
             return False
         await link.flowing.wait()
@@ -186,11 +198,15 @@ class TcpRelay:
             await asyncio.sleep(packet.size / self.to_client_bytes_per_s)
         return True
 
-    def _fire_triggers(self, link: _Link, packet: Packet) -> bool:
-        """Run the first trigger `packet` matches; False when the packet must not go on."""
+    def _fire_triggers(self, link: _Link, packet: Packet) -> Action | None:
+        """Run the first trigger `packet` matches; its action, None when the packet goes on."""
         for trigger in self._triggers:
-            if not trigger.fired.is_set() and trigger.matches(packet):
+            armed = trigger.every or not trigger.fired.is_set()
+            if armed and trigger.matches(packet):
                 trigger.fired.set()
+                trigger.count += 1
+                if trigger.action == "drop":
+                    return "drop"
                 if trigger.action == "cut":
                     link.abort()
                     with contextlib.suppress(ValueError):
@@ -200,8 +216,8 @@ class TcpRelay:
                     with contextlib.suppress(ValueError):
                         self._links.remove(link)
                     self._stalled.append(link)
-                return False
-        return True
+                return trigger.action
+        return None
 
 
 class RelayThread:
