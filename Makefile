@@ -49,9 +49,11 @@ typecheck: install
 	$(BIN)/mypy $(PACKAGES)
 
 # loadfile: a file's tests run on one worker, in order, so module fixtures are made once and
-# the steps of an end-to-end story stay together.
+# the steps of an end-to-end story stay together. Three workers on two cores: the end-to-end
+# tests spend much of their time waiting on processes they started, which a third worker fills.
+PYTEST_WORKERS ?= 3
 pytest: install mosquitto haproxy nats chromium postgres
-	$(BIN)/pytest -q -n auto --dist loadfile
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 test: lint typecheck pytest
 
