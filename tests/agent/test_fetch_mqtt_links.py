@@ -4,7 +4,7 @@ session, subscriptions cut short or refused (real mosquitto, real files)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -21,20 +21,12 @@ from tests.agent.blobs import N_CHUNKS, TOPICS, Blob
 from tests.agent.conftest import eventually
 from tests.agent.mqtt_rig import (
     LoopSubscriber,
-    MqttRig,
     flat,
     mqtt_rig,
     publish_chunks,
     received_topics,
 )
 from tests.support.broker import Broker, RetainedMessages
-
-
-@pytest.fixture
-async def rig(mosquitto_plain: Broker) -> AsyncIterator[MqttRig]:
-    made = await mqtt_rig(mosquitto_plain, window=4)
-    yield made
-    made.subscriber.close()
 
 
 async def test_mqtt_a_new_connection_without_the_session_subscribes_the_window_again(
