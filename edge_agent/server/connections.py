@@ -13,113 +13,27 @@ aiohttp's own; the body deadline and budget are where bodies are read (body.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
-import json
 import logging
-import math
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
+from edge_agent.server.admission import MAX_HEAD_BYTES, MAX_HEADERS, Admission, ConnectionCount
+from edge_agent.server.fastlane import FastLane, PlainRequest, recognize
 from edge_agent.server.middleware import error_response
-from edge_agent.server.settings import ServerConfig
 
 log = logging.getLogger(__name__)
 
 LINGER_S = 2.0  # after answering early, read and drop the rest of a body this long, then close
-MAX_HEADERS = 32  # header lines in a request head (aiohttp's default is 128, of 8190 bytes each)
-# A whole request head, as Node.js bounds it: aiohttp bounds only each line, which lets a
-# connection hold 32 x 8 KiB while its head is incomplete.
-MAX_HEAD_BYTES = 32 * 1024
 HEAD_END = b"\r\n\r\n"
-WARN_EVERY_S = 60.0  # at most one warning a minute about the connection cap
-
-
-class Admission(enum.Enum):
-    """What happens to a new connection."""
-
-    SERVE = "serve"
-    REFUSE = "refuse"  # over the cap: its request gets a 503, then the connection closes
-    DROP = "drop"  # far over the cap: closed at once
-
-
-@dataclass(frozen=True)
-class ConnectionLimits:
-    """The [server] settings that bound connections."""
-
-    max_connections: int
-    header_timeout_s: float
-    idle_timeout_s: float
-    send_timeout_s: float
-    retry_after_s: int
-
-    @classmethod
-    def of(cls, config: ServerConfig) -> ConnectionLimits:
-        """The connection limits of a server configuration."""
-        return cls(
-            config.max_connections,
-            config.header_timeout_s,
-            config.idle_timeout_s,
-            config.send_timeout_s,
-            config.retry_after_s,
-        )
-
-    @property
-    def overflow(self) -> int:
-        """Connections beyond the cap that still get their 503 before the rest are dropped."""
-        return max(8, self.max_connections // 8)
-
-
-class ConnectionCount:
-    """The open connections of one server, shared by its handlers."""
-
-    def __init__(self, limits: ConnectionLimits) -> None:
-        self.limits = limits
-        self.served = 0
-        self.refused = 0
-        self._warned_at = -math.inf
-        message = f"the request head did not arrive within {limits.header_timeout_s:g} s"
-        self.head_timeout_reply = _raw_reply(HTTPStatus.REQUEST_TIMEOUT, message)
-        message = f"the request head is larger than {MAX_HEAD_BYTES // 1024} KiB"
-        self.head_too_large_reply = _raw_reply(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, message)
-
-    def admit(self) -> Admission:
-        """Count a new connection in and say what becomes of it."""
-        if self.served < self.limits.max_connections:
-            self.served += 1
-            return Admission.SERVE
-        if time.monotonic() - self._warned_at > WARN_EVERY_S:
-            self._warned_at = time.monotonic()
-            log.warning(
-                "%d connections are open, the limit (server.max_connections): new ones get 503",
-                self.served,
-            )
-        if self.refused < self.limits.overflow:
-            self.refused += 1
-            return Admission.REFUSE
-        return Admission.DROP
-
-    def release(self, admission: Admission) -> None:
-        """Count a closed connection out."""
-        if admission is Admission.SERVE:
-            self.served -= 1
-        elif admission is Admission.REFUSE:
-            self.refused -= 1
-
-
-def _raw_reply(status: HTTPStatus, message: str) -> bytes:
-    """A complete HTTP/1.1 error response, for when no request exists to answer."""
-    body = json.dumps({"error": message}).encode()
-    head = (
-        f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    )
-    return head.encode() + body
+HOLD_S = 0.05  # a plain request's body may follow its head this long, then aiohttp reads it
+HOLD_BYTES = 64 * 1024  # the largest plain request held for the rest of its body
+BACKLOG_BYTES = 64 * 1024  # bytes sent behind a request being answered, before reading pauses
 
 
 class _Phase(enum.Enum):
@@ -135,17 +49,35 @@ class GuardedHandler(web.RequestHandler):
 
     __slots__ = (
         "_admission",
+        "_backlog",
+        "_backlog_paused",
         "_count",
+        "_fast",
         "_head_bytes",
         "_head_tail",
         "_head_timer",
+        "_held",
+        "_hold_timer",
+        "_lane",
         "_phase",
         "_send_timer",
     )
 
-    def __init__(self, manager: web.Server, count: ConnectionCount, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        manager: web.Server,
+        count: ConnectionCount,
+        lane: FastLane | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(manager, **kwargs)
         self._count = count
+        self._lane = lane  # None: every request goes through aiohttp
+        self._fast: asyncio.Task[None] | None = None  # the fast lane's answer being made
+        self._held = b""  # a plain request's head, waiting for the rest of its body
+        self._hold_timer: asyncio.TimerHandle | None = None
+        self._backlog = bytearray()  # what arrived while the fast lane was answering
+        self._backlog_paused = False
         self._admission = Admission.DROP
         self._phase = _Phase.HEAD
         self._head_bytes = 0  # of the head being received; -1 once it is complete
@@ -179,6 +111,104 @@ class GuardedHandler(web.RequestHandler):
         self._await_head()
 
     def data_received(self, data: bytes) -> None:
+        """Give a plain request to the fast lane, anything else to aiohttp."""
+        if self._fast is not None:  # answers go out in order: the next request waits
+            self._queue_behind_answer(data)
+            return
+        if self._held:
+            data, self._held = self._held + data, b""
+            _cancel(self._hold_timer)
+            self._hold_timer = None
+            if self._offer(data, hold=False):
+                return
+        elif data and self._lane_open() and self._offer(data, hold=True):
+            return
+        self._to_aiohttp(data)
+
+    def _lane_open(self) -> bool:
+        """Whether the connection is between requests, with nothing of aiohttp's pending."""
+        between = self._phase is _Phase.IDLE or (
+            self._phase is _Phase.HEAD and self._head_tail is None
+        )
+        return (
+            between
+            and self._lane is not None
+            and self._admission is Admission.SERVE
+            and not (self._request_in_progress or self._messages or self._upgraded)
+            and self._payload_parser is None
+            and not (self._force_close or self._close)
+        )
+
+    def _offer(self, data: bytes, *, hold: bool) -> bool:
+        """Answer `data` in the fast lane if it is a plain request; hold the start of one
+        whose body is still coming (once); say whether the fast lane took the bytes."""
+        lane = self._lane
+        if lane is None:
+            return False
+        found = recognize(data, lane.max_body_bytes)
+        if isinstance(found, PlainRequest):
+            self._phase = _Phase.BUSY
+            _cancel(self._head_timer)
+            self._head_timer = None
+            self._fast = self._loop.create_task(self._answer_fast(lane, found))
+            return True
+        if hold and isinstance(found, int) and len(data) + found <= HOLD_BYTES:
+            self._held = data
+            self._hold_timer = self._loop.call_later(HOLD_S, self._release_held)
+            return True
+        return False
+
+    def _release_held(self) -> None:
+        # The body is slow: aiohttp reads it, under the body deadline (body.py).
+        self._hold_timer = None
+        data, self._held = self._held, b""
+        if data:
+            self._to_aiohttp(data)
+
+    async def _answer_fast(self, lane: FastLane, request: PlainRequest) -> None:
+        try:
+            reply = await lane.answer(request)
+        finally:
+            self._fast = None
+        transport = self.transport
+        if transport is None:
+            return  # the client has gone
+        transport.write(reply)
+        if request.close:
+            self.force_close()  # closes once the answer is written
+            return
+        self._phase = _Phase.IDLE
+        # aiohttp's keep-alive timer closes the connection if nothing follows in time.
+        close_time = self._loop.time() + self._keepalive_timeout
+        self._next_keepalive_close_time = close_time
+        if self._keepalive_handle is None and self._keepalive_timeout > 0:
+            self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
+        if self._backlog:
+            data = bytes(self._backlog)
+            self._backlog.clear()
+            if self._backlog_paused:
+                self._backlog_paused = False
+                transport.resume_reading()
+            self.data_received(data)
+
+    def _queue_behind_answer(self, data: bytes) -> None:
+        self._backlog += data
+        transport = self.transport
+        if len(self._backlog) > BACKLOG_BYTES and transport and not self._backlog_paused:
+            self._backlog_paused = True  # resumed when the answer has gone out
+            transport.pause_reading()
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 - aiohttp's signature
+        """Let the fast lane's answer in progress go out, then shut down as aiohttp does."""
+        self._lane = None  # no new request takes the fast lane
+        fast = self._fast
+        if fast is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(fast)
+        await super().shutdown(timeout)
+
+    def _to_aiohttp(self, data: bytes) -> None:
         """Start the head timer at a new request's first byte; bound the size of its head."""
         if data and self._phase is _Phase.IDLE:
             self._await_head()
@@ -217,6 +247,8 @@ class GuardedHandler(web.RequestHandler):
         """Stop the timers and count the connection out."""
         _cancel(self._head_timer)
         self._head_timer = None
+        _cancel(self._hold_timer)
+        self._hold_timer = None
         _cancel(self._send_timer)
         self._send_timer = None
         if self._admission is Admission.DROP:
@@ -297,8 +329,11 @@ def _cancel(timer: asyncio.TimerHandle | None) -> None:
         timer.cancel()
 
 
-def handler_factory(runner: web.AppRunner, count: ConnectionCount) -> Callable[[], GuardedHandler]:
-    """The protocol factory of a listener: one GuardedHandler per connection."""
+def handler_factory(
+    runner: web.AppRunner, count: ConnectionCount, lane: FastLane | None = None
+) -> Callable[[], GuardedHandler]:
+    """The protocol factory of a listener: one GuardedHandler per connection (with `lane`, plain
+    inference requests take the fast lane)."""
     manager, loop = runner.server, asyncio.get_running_loop()
     if manager is None:
         raise RuntimeError("set the runner up before making handlers")
@@ -310,7 +345,7 @@ def handler_factory(runner: web.AppRunner, count: ConnectionCount) -> Callable[[
         "auto_decompress": False,  # encoding.py decodes bodies, with errors of its own
         "access_log": None,
     }
-    return lambda: GuardedHandler(manager, count, **options)
+    return lambda: GuardedHandler(manager, count, lane, **options)
 
 
 @web.middleware

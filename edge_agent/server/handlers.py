@@ -5,26 +5,14 @@ docs/openapi-agent.json documents every route registered here (a test holds them
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from dataclasses import replace
-from typing import Any, TypeVar
-
 from aiohttp import hdrs, web
 
 from edge_agent.metrics import AgentMetrics
 from edge_agent.server.body import read_body
 from edge_agent.server.dataplane import DataPlane
+from edge_agent.server.inference import COMPRESS_BYTES, infer_exchange, off_loop
 from edge_agent.server.middleware import MODEL_VERSION
-from edge_agent.server.oip import (
-    HEADER_LENGTH,
-    ROUTING_HEADER,
-    decode_infer_request,
-    encode_infer_response,
-    parse_header_length,
-    parse_json,
-    routing_key,
-)
+from edge_agent.server.oip import HEADER_LENGTH, ROUTING_HEADER, parse_json, routing_key
 from edge_agent.server.settings import ServerConfig
 from edge_common.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 
@@ -32,19 +20,9 @@ DATAPLANE = web.AppKey("dataplane", DataPlane)
 CONFIG = web.AppKey("config", ServerConfig)
 METRICS = web.AppKey("metrics", AgentMetrics)
 
-OFFLOAD_BYTES = 256 * 1024  # bodies above this are decoded in a thread, not on the loop
-COMPRESS_BYTES = 1024  # responses above this are compressed when the client accepts it
-T = TypeVar("T")
-
 
 def _version(request: web.Request) -> str | None:
     return request.match_info.get("version")
-
-
-async def _off_loop(size: int, function: Callable[..., T], *args: Any) -> T:
-    if size > OFFLOAD_BYTES:
-        return await asyncio.to_thread(function, *args)
-    return function(*args)
 
 
 async def server_live(request: web.Request) -> web.Response:
@@ -93,19 +71,18 @@ async def infer(request: web.Request) -> web.StreamResponse:
     """OIP inference, JSON or with the binary tensor data extension."""
     config, dataplane = request.app[CONFIG], request.app[DATAPLANE]
     async with read_body(request, config) as body:  # counts against the body budget till done
-        header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
-        parsed = await _off_loop(len(body), decode_infer_request, body, header_length)
-        if parsed.routing_key is None and ROUTING_HEADER in request.headers:
-            parsed = replace(parsed, routing_key=_header_key(request))
-        result = await dataplane.infer(request.match_info["model"], _version(request), parsed)
-        request[MODEL_VERSION] = result.model_version
-        payload, json_length = encode_infer_response(result)
-    if json_length is None:
-        response = web.Response(body=payload, content_type="application/json")
+        answer = await infer_exchange(
+            dataplane, request.match_info["model"], _version(request), body,
+            header_length=request.headers.get(HEADER_LENGTH),
+            routing=request.headers.get(ROUTING_HEADER),
+        )  # fmt: skip
+        request[MODEL_VERSION] = answer.model_version
+    if answer.json_length is None:
+        response = web.Response(body=answer.payload, content_type="application/json")
     else:
-        response = web.Response(body=payload, content_type="application/octet-stream")
-        response.headers[HEADER_LENGTH] = str(json_length)
-    _maybe_compress(request, response, len(payload))
+        response = web.Response(body=answer.payload, content_type="application/octet-stream")
+        response.headers[HEADER_LENGTH] = str(answer.json_length)
+    _maybe_compress(request, response, len(answer.payload))
     return response
 
 
@@ -119,7 +96,7 @@ async def predict(request: web.Request) -> web.Response:
     """The simple form: `{"instances": [...]}` -> `{"predictions": [...]}`."""
     config, dataplane = request.app[CONFIG], request.app[DATAPLANE]
     async with read_body(request, config) as body:  # counts against the body budget till done
-        parsed = await _off_loop(len(body), parse_json, body, "the request body")
+        parsed = await off_loop(len(body), parse_json, body, "the request body")
         model = request.match_info["model"]
         result = await dataplane.predict(model, None, parsed, _header_key(request))
     request[MODEL_VERSION] = result["model_version"]
@@ -134,7 +111,7 @@ async def feedback(request: web.Request) -> web.Response:
     """The application's ground truth for answers of an experiment (batchable)."""
     config, dataplane = request.app[CONFIG], request.app[DATAPLANE]
     async with read_body(request, config) as body:
-        parsed = await _off_loop(len(body), parse_json, body, "the feedback")
+        parsed = await off_loop(len(body), parse_json, body, "the feedback")
     return web.json_response(dataplane.feedback(request.match_info["model"], parsed))
 
 

@@ -102,16 +102,49 @@ def request_middleware(
             return response
         finally:
             if endpoint is not None:
-                name = request.match_info.get("model", "")
-                metrics.observe_request(
-                    model=name if name in repository else UNKNOWN_MODEL,
-                    version=_answering_version(request, repository, name),
-                    status=status,
-                    endpoint=endpoint,
+                record_request(
+                    metrics, repository, request.match_info.get("model", ""),
+                    answered=request.get(MODEL_VERSION), status=status, endpoint=endpoint,
                     seconds=time.perf_counter() - started,
-                )
+                )  # fmt: skip
 
     return handle
+
+
+def record_request(
+    metrics: AgentMetrics,
+    repository: ModelRepository,
+    name: str,
+    *,
+    answered: str | None,
+    status: int,
+    endpoint: str,
+    seconds: float,
+) -> None:
+    """Count one inference request by model, answering version and final status.
+
+    A failed request has no answering version: it counts against the one serving now, since
+    probation judges a new model by its failures too.
+    """
+    if answered is None:
+        answered = str(repository.get(name).version) if name in repository else ""
+    metrics.observe_request(
+        model=name if name in repository else UNKNOWN_MODEL,
+        version=str(answered),
+        status=status,
+        endpoint=endpoint,
+        seconds=seconds,
+    )
+
+
+def domain_error_reply(
+    error: AgentError, method: str, path: str
+) -> tuple[int, str, dict[str, str] | None]:
+    """The status, message and extra headers a domain error is answered with."""
+    status = status_for(error)
+    if status >= 500 and not isinstance(error, ServingError):
+        log.error("%s %s failed: %s", method, path, error, exc_info=error)
+    return status, str(error), _error_headers(error)
 
 
 async def _answer(
@@ -122,10 +155,7 @@ async def _answer(
             check_bearer(request.headers.get(hdrs.AUTHORIZATION), expected)
         return await handler(request)
     except AgentError as e:
-        status = status_for(e)
-        if status >= 500 and not isinstance(e, ServingError):
-            log.error("%s %s failed: %s", request.method, request.path, e, exc_info=e)
-        return error_response(status, str(e), _error_headers(e))
+        return error_response(*domain_error_reply(e, request.method, request.path))
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -165,14 +195,3 @@ def check_bearer(header: str | None, expected: bytes) -> None:
     # compare_digest takes the same time wherever the first difference is.
     if not hmac.compare_digest(given, expected):
         raise UnauthorizedError("the bearer token is not valid")
-
-
-def _answering_version(request: web.Request, repository: ModelRepository, name: str) -> str:
-    """The version that answered; for a failed request, the one serving now.
-
-    Failures must count against a version too: probation judges a new model by them.
-    """
-    answered = request.get(MODEL_VERSION)
-    if answered is not None:
-        return str(answered)
-    return str(repository.get(name).version) if name in repository else ""

@@ -17,16 +17,13 @@ from aiohttp import web
 from edge_agent.experiments import Experiments
 from edge_agent.metrics import AgentMetrics
 from edge_agent.runtime import ModelRepository
+from edge_agent.server.admission import ConnectionCount, ConnectionLimits
 from edge_agent.server.app import create_app
 from edge_agent.server.body import BODY_BUDGET
-from edge_agent.server.connections import (
-    ConnectionCount,
-    ConnectionLimits,
-    GuardedSite,
-    handler_factory,
-)
+from edge_agent.server.connections import GuardedSite, handler_factory
 from edge_agent.server.dataplane import DataPlane, StatusProvider
-from edge_agent.server.handlers import DATAPLANE
+from edge_agent.server.fastlane import FastLane
+from edge_agent.server.handlers import CONFIG, DATAPLANE
 from edge_agent.server.settings import ServerConfig
 
 if TYPE_CHECKING:
@@ -61,6 +58,8 @@ class InferenceServer:
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._connections = ConnectionCount(ConnectionLimits.of(config))
+        app = self.app
+        self.fast_lane = FastLane(app[DATAPLANE], app[CONFIG], app[BODY_BUDGET])
         self.add_status_provider(self._client_limits)
         self.grpc: GrpcServer | None = None
         if config.grpc.enabled:
@@ -132,7 +131,8 @@ class InferenceServer:
 
     async def _bind(self, runner: web.AppRunner) -> None:
         path = self.config.unix_socket
-        factory = handler_factory(runner, self._connections)  # connection cap and deadlines
+        # The connection cap, the deadlines and the fast lane, on every connection.
+        factory = handler_factory(runner, self._connections, self.fast_lane)
         if path is not None:
             await GuardedSite(runner, factory, path=str(path)).start()
             os.chmod(path, self.config.unix_socket_mode)
