@@ -78,9 +78,14 @@ class Metric:
         self._lock = threading.Lock()
 
     def _key(self, labels: dict[str, str]) -> LabelKey:
-        if set(labels) != set(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {sorted(labels)}")
-        return tuple(str(labels[name]) for name in self.labelnames)
+        # On every request: as many labels as names, each name present, is the same check as
+        # comparing the two as sets, without building them.
+        try:
+            if len(labels) == len(self.labelnames):
+                return tuple([str(labels[name]) for name in self.labelnames])
+        except KeyError:
+            pass
+        raise ValueError(f"{self.name} takes labels {self.labelnames}, got {sorted(labels)}")
 
     def render(self) -> list[str]:
         """Return the HELP and TYPE lines followed by the sample lines."""
