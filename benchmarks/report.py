@@ -94,6 +94,9 @@ def targets(mode: str) -> list[dict[str, Any]]:
         add(f"{heavy}, c=128: agent req/s >= 3x naive (binary extension)",
             ratio(f"{heavy}/c128/agent_binary_over_naive", "rps"), 3.0, True)  # fmt: skip
         add(f"{heavy}, c=128: agent p99 <= 0.8x naive's", ratio(key, "p99"), 0.8, False)
+    for c in (1, 32):
+        add(f"small, c={c}: p99 with a shadow attached <= 1.1x without (bare server)",
+            ratio(f"small/c{c}/agent-shadow_over_agent-bare", "p99"), 1.1, False)  # fmt: skip
     add("small, c=32, gRPC: agent req/s over MLServer's gRPC server (no target)",
         ratio("small/c32/agent_grpc_over_mlserver_grpc", "rps"), 0.0, True)  # fmt: skip
     out[-1]["status"] = "reported" if out[-1]["status"] != "not run" else "not run"

@@ -3,14 +3,20 @@ response path, and only its agreement with the control is counted.
 
 The answer never waits for the shadow: the request only appends to a bounded queue. One
 worker task drains it on a thread of its own, so a slow shadow never takes a thread the
-served model needs. When the queue is full the new input is dropped (counted): under load
-the shadow is the first thing to give way.
+served model needs. That thread runs at the lowest scheduling priority the system gives a
+thread (nice 19 on Linux): on a device with one or two cores the shadow's session.run would
+otherwise take the CPU from the next answer, which then waits for it; at nice 19 the
+scheduler hands the CPU to the answering threads as soon as they have work, and the shadow
+gets what is left. When the queue is full the new input is dropped (counted): under load the
+shadow is the first thing to give way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +29,16 @@ from edge_agent.runtime.model import Array, LoadedModel
 from edge_common.supervise import watch
 
 log = logging.getLogger(__name__)
+
+LOWEST_PRIORITY = 19  # the nice value of the shadow's thread
+
+
+def _lower_priority() -> None:
+    """Make the calling thread the last to get the CPU (Linux: a thread has its own nice)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
+    except (AttributeError, OSError) as e:  # another system, or a sandbox that refuses it
+        log.debug("the shadow thread keeps its priority: %s", e)
 
 
 @dataclass(frozen=True)
@@ -40,7 +56,9 @@ class ShadowRunner:
         self._queue: deque[_Job] = deque()
         self._capacity = capacity
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"shadow-{model.name}")
+        self._executor = ThreadPoolExecutor(
+            1, thread_name_prefix=f"shadow-{model.name}", initializer=_lower_priority
+        )
         self._task: asyncio.Task[None] | None = None
 
     @property

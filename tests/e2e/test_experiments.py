@@ -241,3 +241,38 @@ def _retained(client: Any, topic: str, timeout: float = 20) -> bytes:
         if message.topic == topic and message.payload:
             payload: bytes = message.payload
             return payload
+
+
+def test_an_agent_that_restarts_mid_experiment_comes_back_in_it(
+    fleet: Fleet, agents: list[AgentProcess], variants: tuple[BuiltModel, BuiltModel]
+) -> None:
+    good, bad = variants
+    # New versions of the same files: the module's other test may have pushed them already.
+    v1 = fleet.push(good.onnx_path, "clf", "--allow-duplicate")["version"]
+    v2 = fleet.push(bad.onnx_path, "clf", "--allow-duplicate")["version"]
+    device = "restart-me"
+    agent = start_agent(fleet, agents, device, "restarts", SETTINGS)
+    fleet.deploy("clf", v1, "restarts")
+    agent.wait_for_version("clf", v1)
+    experiment_id = _start(fleet, "--control", str(v1), "--treatment", str(v2), "--split", "50",
+                           "--device", device)  # fmt: skip
+    before = _wait(lambda: _experiments(agent), f"the split on {device}")
+    row = good.X_eval[0].astype(np.float32).tolist()
+    keyed = {k: _infer(agent, row, parameters={"experiment_key": k})["model_version"]
+             for k in (f"user-{n}" for n in range(12))}  # fmt: skip
+
+    for end in (agent.kill, agent.stop):  # power loss, then a clean stop
+        end()
+        agent.start()
+
+        after = _wait(lambda: _experiments(agent), f"the split on {device} after {end.__name__}")
+        assert [(e["name"], e["split_percent"]) for e in after] == [
+            (e["name"], e["split_percent"]) for e in before
+        ]
+        answered = {int(_infer(agent, row)["model_version"]) for _ in range(60)}
+        assert answered == {v1, v2}, "both variants answer again"
+        again = {k: _infer(agent, row, parameters={"experiment_key": k})["model_version"]
+                 for k in keyed}  # fmt: skip
+        assert again == keyed, "a key reaches the variant it reached before the restart"
+    record = _registry(fleet, f"/v1/experiments/{experiment_id}")
+    assert record["status"] == "running"
