@@ -231,3 +231,56 @@ async def test_a_shadow_reports_its_agreement(api: Api, lab: dict[str, bytes]) -
         "V2 agrees with V1 on 90.0% of 390 answers (95% CI"
     )
     assert judged["verdict"]["sentence"].endswith("10 inputs dropped under load")
+
+
+async def test_a_deploy_or_rollout_to_a_device_in_an_experiment_is_refused_until_it_ends(
+    api: Api, lab: dict[str, bytes]
+) -> None:
+    body = {**SPLIT, "devices": ["dev-1"]}
+    del body["group"]
+    _, started = await _call(api, "POST", "/v1/experiments", body)
+    before = (await api.ctx.storage.get_device("dev-1")).assignment
+    deploys = await api.ctx.storage.deployments()
+
+    for path, request in (
+        ("/v1/deployments", {"model": "clf", "version": 2, "group": "lab"}),
+        ("/v1/deployments", {"model": "clf", "version": 1, "devices": ["dev-1"]}),
+        ("/v1/rollouts", {"model": "clf", "version": 2, "group": "lab", "policy": {"soak": 1}}),
+    ):
+        status, refused = await _call(api, "POST", path, request)
+        assert status == 409, (path, refused)
+        assert f"experiment {started['id']}" in refused["error"]
+        assert "'dev-1'" in refused["error"]
+        assert f"experiment stop {started['id']}" in refused["error"]
+    assert (await api.ctx.storage.get_device("dev-1")).assignment == before, "nothing signed"
+    assert await api.ctx.storage.deployments() == deploys, "nothing stored"
+
+    await _call(api, "POST", f"/v1/experiments/{started['id']}/stop")
+    status, deployed = await _call(
+        api, "POST", "/v1/deployments", {"model": "clf", "version": 2, "group": "lab"}
+    )
+    assert status == 201, deployed
+
+
+def _regressor(answered: int, values: int, abs_error_sum: float) -> dict[str, Any]:
+    variant = _variant(answered)
+    variant["experiment"]["feedback"] |= {"values": values, "abs_error_sum": abs_error_sum}
+    return variant
+
+
+async def test_a_regressor_is_judged_by_the_mean_absolute_error_of_every_device(
+    api: Api, lab: dict[str, bytes]
+) -> None:
+    _, started = await _call(api, "POST", "/v1/experiments", {**SPLIT, "split": 50})
+    # Per device, per variant: values fed back and the sum of their absolute errors.
+    await _report(api, "dev-1", 1, {"1": _regressor(100, 40, 20.0), "2": _regressor(100, 60, 90.0)})
+    await _report(api, "dev-2", 2, {"1": _regressor(100, 60, 40.0), "2": _regressor(100, 40, 30.0)})
+
+    _, record = await _call(api, "GET", f"/v1/experiments/{started['id']}")
+
+    by_role = {v["role"]: v for v in record["verdict"]["variants"]}
+    assert by_role["control"]["labelled_values"] == 100
+    assert by_role["control"]["mean_abs_error"] == pytest.approx(60.0 / 100)
+    assert by_role["treatment"]["labelled_values"] == 100
+    assert by_role["treatment"]["mean_abs_error"] == pytest.approx(120.0 / 100)
+    assert by_role["control"]["accuracy"]["n"] == 0, "no labels: no accuracy"
