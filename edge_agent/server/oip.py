@@ -31,6 +31,11 @@ ROUTING_PARAMETER = "experiment_key"  # the request parameter that routes an exp
 ROUTING_HEADER = "Experiment-Key"  # the same as a header (a parameter wins)
 MAX_ROUTING_KEY = 256
 LONG_DIGITS = re.compile(rb"\d{19}")  # an integer that may not fit 64 bits (parse_json)
+# The same search for small bodies, several times faster than the regular expression: every
+# digit becomes "0" and every other byte a space, then a run of 19 zeros is looked for.
+DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+NINETEEN_DIGITS = b"0" * 19
+TRANSLATE_BYTES = 64 * 1024  # above this the copy translate makes costs more than it saves
 MAX_RANK = 16
 MAX_TENSORS = 256
 
@@ -93,7 +98,7 @@ def parse_json(data: bytes, what: str) -> Any:
     float where the standard library keeps it exact (and the tensor check names it): a body
     with a run of 19 digits or more, which every such integer has, goes to the latter too.
     """
-    if not LONG_DIGITS.search(data):
+    if not _has_long_integer(data):
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -102,6 +107,13 @@ def parse_json(data: bytes, what: str) -> Any:
         return json.loads(data)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError too
         raise InvalidRequestError(f"{what} is not valid JSON: {e}") from e
+
+
+def _has_long_integer(data: bytes) -> bool:
+    """Whether `data` holds a run of 19 digits or more (parse_json)."""
+    if len(data) <= TRANSLATE_BYTES:
+        return NINETEEN_DIGITS in data.translate(DIGITS_ONLY)
+    return LONG_DIGITS.search(data) is not None
 
 
 def dump_json(value: Any) -> bytes:
