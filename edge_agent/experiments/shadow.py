@@ -5,12 +5,19 @@ The answer never waits for the shadow: the request only appends to a bounded que
 worker task drains it on a thread of its own, so a slow shadow never takes a thread the
 served model needs. When the queue is full the new input is dropped (counted): under load
 the shadow is the first thing to give way.
+
+That thread runs at the lowest scheduling priority (nice 19, for it alone): on a device with
+one core the shadow's session.run would otherwise take turns with the answers' runs and
+their p99 would grow by the shadow's time. At nice 19 the scheduler gives the CPU to any
+answer that is ready first, and the shadow uses what is left.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +38,18 @@ class _Job:
     control: Answer | None
 
 
+SHADOW_NICENESS = 19  # the lowest priority: the shadow yields the CPU to every answer
+
+
+def lower_priority() -> None:
+    """Lower the calling thread's scheduling priority (Linux: a thread is a task with its own
+    nice value); elsewhere, or when refused, the shadow runs at the normal priority."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SHADOW_NICENESS)
+    except (AttributeError, OSError) as e:  # no setpriority (not Unix), or not permitted
+        log.info("the shadow runs at the normal priority: %s", e)
+
+
 class ShadowRunner:
     """Runs `model` on the inputs offered to it, compares with the control's answers."""
 
@@ -40,7 +59,9 @@ class ShadowRunner:
         self._queue: deque[_Job] = deque()
         self._capacity = capacity
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"shadow-{model.name}")
+        self._executor = ThreadPoolExecutor(
+            1, thread_name_prefix=f"shadow-{model.name}", initializer=lower_priority
+        )
         self._task: asyncio.Task[None] | None = None
 
     @property

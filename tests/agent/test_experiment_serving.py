@@ -170,6 +170,25 @@ async def test_a_full_shadow_queue_drops_and_counts(
     assert shadow["runs"] + shadow["failed"] >= 2  # the last one may still be running
 
 
+async def test_the_shadow_runs_at_the_lowest_priority_so_answers_go_first(
+    onnx_models: ModelSet, classifier_v2: BuiltModel
+) -> None:
+    import os
+    import threading
+
+    experiments = Experiments()
+    runner = ShadowRunner(load(classifier_v2, 2), experiments.counters, capacity=3)
+    runner.start()
+    runner.offer({"X": onnx_models.classifier.X_eval[:1].astype(np.float32)}, None)
+    await eventually(lambda: experiments.counters.drain(), "the shadow ran the input")
+    workers = [t for t in threading.enumerate() if t.name.startswith("shadow-classifier")]
+    niceness = [os.getpriority(os.PRIO_PROCESS, t.native_id or 0) for t in workers]
+    served = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    await runner.close()
+    assert niceness == [19], "the shadow's own thread yields to every answer"
+    assert served < 19, "the serving threads keep their priority"
+
+
 HOSTILE: list[tuple[Any, str]] = [
     ([1, 2], "must be a JSON object"),
     ({"feedback": "x"}, "'feedback' must be an array"),
