@@ -180,7 +180,7 @@ async def test_the_shadow_runs_at_the_lowest_priority_so_answers_go_first(
     runner = ShadowRunner(load(classifier_v2, 2), experiments.counters, capacity=3)
     runner.start()
     runner.offer({"X": onnx_models.classifier.X_eval[:1].astype(np.float32)}, None)
-    await eventually(lambda: experiments.counters.drain(), "the shadow ran the input")
+    await eventually(experiments.counters.drain, "the shadow ran the input")
     workers = [t for t in threading.enumerate() if t.name.startswith("shadow-classifier")]
     niceness = [os.getpriority(os.PRIO_PROCESS, t.native_id or 0) for t in workers]
     served = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
