@@ -126,6 +126,7 @@ class ShadowRunner:
                 differences = [d for a, b in pairs if (d := abs_difference(a, b)) is not None]
                 counts["shadow_values"] = len(differences)
                 counts["shadow_abs_diff_sum"] = sum(differences)
+                counts["shadow_abs_diff_sq_sum"] = sum(d * d for d in differences)
         self._count(**counts)
 
     def _count(self, **increments: float) -> None:

@@ -98,14 +98,20 @@ async def test_a_bad_start_is_a_4xx_naming_the_problem(
 
 
 def _variant(
-    answered: int, labels: int = 0, correct: int = 0, shadow: dict[str, int] | None = None
+    answered: int,
+    labels: int = 0,
+    correct: int = 0,
+    shadow: dict[str, int] | None = None,
+    values: tuple[int, float, float] = (0, 0.0, 0.0),  # n, sum and sum of squares of |errors|
 ) -> dict[str, Any]:
+    n, total, squares = values
     return {
         "requests": answered, "2xx": answered, "4xx": 0, "5xx": 0, "rejected_503": 0,
         "latency_ms": {"p50": 1.0, "p99": 2.0, "max": 3.0, "samples": answered},
         "experiment": {
             "answered": answered,
-            "feedback": {"labels": labels, "correct": correct, "values": 0, "abs_error_sum": 0.0},
+            "feedback": {"labels": labels, "correct": correct, "values": n,
+                         "abs_error_sum": total, "abs_error_sq_sum": squares},
             "shadow": {"runs": 0, "failed": 0, "dropped": 0, "labels": 0, "agreed": 0,
                        "values": 0, "abs_diff_sum": 0.0, **(shadow or {})},
         },
@@ -162,6 +168,44 @@ async def test_the_verdict_adds_up_devices_and_promote_keeps_a_winning_control(
         k: v for k, v in (await api.ctx.storage.get_device("dev-2")).assigned["clf"].items()
         if k != "experiment"
     }  # fmt: skip
+
+
+async def test_a_regressors_verdict_is_the_mean_absolute_error_with_welchs_test(
+    api: Api, lab: dict[str, bytes]
+) -> None:
+    _, started = await _call(api, "POST", "/v1/experiments", {**SPLIT, "split": 50})
+    path = f"/v1/experiments/{started['id']}"
+    # 400 values each: control errors of mean 0.5 and variance 0.04, treatment 0.6 and 0.09
+    # (sum of squares = (n - 1) variance + n mean^2).
+    control_values = (400, 200.0, 399 * 0.04 + 400 * 0.25)
+    treatment_values = (400, 240.0, 399 * 0.09 + 400 * 0.36)
+    await _report(api, "dev-1", 1, {"1": _variant(400, values=control_values),
+                                     "2": _variant(400, values=treatment_values)})  # fmt: skip
+
+    _, judged = await _call(api, "GET", path)
+
+    verdict = judged["verdict"]
+    control, treatment = verdict["variants"]
+    assert control["mean_abs_error"]["value"] == pytest.approx(0.5)
+    assert control["mean_abs_error"]["ci95"] == pytest.approx(
+        [0.5 - 0.0196, 0.5 + 0.0196], abs=1e-4
+    )
+    assert treatment["mean_abs_error"]["ci95"] == pytest.approx(
+        [0.6 - 0.0294, 0.6 + 0.0294], abs=1e-4
+    )
+    test = verdict["tests"][0]
+    assert (test["metric"], test["test"], test["better"]) == (
+        "mean absolute error",
+        "Welch z-test",
+        1,
+    )
+    assert test["z"] == pytest.approx(0.1 / (0.09 / 400 + 0.04 / 400) ** 0.5)  # 5.547
+    assert test["p_value"] < 0.001
+    assert verdict["winner"] == 1
+    assert verdict["sentence"] == (
+        "V1 is better on mean absolute error: 0.5 (95% CI 0.4804 to 0.5196) vs "
+        "0.6 (95% CI 0.5706 to 0.6294), p < 0.001, 800 labelled values"
+    )
 
 
 async def test_a_winning_treatment_is_deployed_and_too_few_labels_say_how_many_more(
