@@ -275,3 +275,38 @@ async def test_a_shadow_reports_its_agreement(api: Api, lab: dict[str, bytes]) -
         "V2 agrees with V1 on 90.0% of 390 answers (95% CI"
     )
     assert judged["verdict"]["sentence"].endswith("10 inputs dropped under load")
+
+
+async def test_a_deploy_rollback_or_rollout_reaching_an_experiment_is_refused_unless_forced(
+    api: Api, lab: dict[str, bytes]
+) -> None:
+    from model_registry.cli.parser import build_parser
+
+    _, started = await _call(api, "POST", "/v1/experiments", SPLIT)
+    path = f"/v1/experiments/{started['id']}"
+    deploy = {"model": "clf", "version": 2, "devices": ["dev-1"]}
+    for method, route, body in (
+        ("POST", "/v1/deployments", deploy),
+        ("POST", "/v1/models/clf/rollback", {"devices": ["dev-1"]}),
+        ("POST", "/v1/rollouts", {"model": "clf", "version": 2, "group": "lab"}),
+    ):
+        status, refused = await _call(api, method, route, body)
+        assert status == 409, refused
+        assert f"experiment {started['id']}" in refused["error"]
+        assert "experiment stop" in refused["error"]
+        assert "--force" in refused["error"]
+    assert (await _call(api, "GET", path))[1]["status"] == "running"
+    assert await api.ctx.storage.deployments("clf") == []
+
+    status, deployed = await _call(api, "POST", "/v1/deployments", {**deploy, "force": True})
+
+    assert status == 201, deployed
+    _, ended = await _call(api, "GET", path)
+    assert ended["status"] == "stopped"
+    assert "a forced deploy of clf to dev-1 reached 1 of its devices" in ended["outcome"]
+    one, two = [(await api.ctx.storage.get_device(d)).assigned["clf"] for d in ("dev-1", "dev-2")]
+    assert (one["version"], "experiment" in one) == (2, False)
+    assert (two["version"], "experiment" in two) == (1, False), "back on the control alone"
+    assert (await _call(api, "POST", "/v1/deployments", {**deploy, "force": "yes"}))[0] == 400
+    parsed = build_parser().parse_args(["deploy", "clf", "2", "--device", "dev-1", "--force"])
+    assert parsed.force
