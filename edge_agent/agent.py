@@ -110,7 +110,7 @@ class Agent:
         self.experiments = Experiments(config.experiments)
         self.experiment_installer = ExperimentInstaller(
             config, self.trust, experiments=self.experiments, repository=self.repository,
-            activator=activator, store=self.store, reporter=self.reporter,
+            activator=activator, store=self.store, states=self.states, reporter=self.reporter,
             fetcher=self._fetcher(), subscribe=self.subscriptions.subscribe, link=self.link,
             unsubscribe=self.subscriptions.unsubscribe,
         )  # fmt: skip
@@ -125,6 +125,7 @@ class Agent:
             subscribe=self.subscriptions.subscribe,
             link=self.link,
             unsubscribe=self.subscriptions.unsubscribe,
+            also_kept=lambda: self.experiment_installer.kept.candidates,
         )
         self.dispatcher = Dispatcher(
             Device(config.device_id, self.topics, config.follows),
@@ -213,12 +214,17 @@ class Agent:
         await asyncio.to_thread(self.store.remove_debris)
         await asyncio.to_thread(self.states.remove_debris)
         await self.updater.serve_installed()
+        # The experiments that ran at the stop, from the kept assignment: their candidates
+        # install while the server starts (each waits for its control to serve).
+        await self.experiment_installer.resume()
         # Releases of models that are gone: a crash between the two deletions leaves them.
         installed = self.updater.state.installed_releases()
-        await asyncio.to_thread(self.states.retain_releases, installed)
+        kept = self.experiment_installer.kept.candidates
+        await asyncio.to_thread(self.states.retain_releases, installed | kept)
         try:
             await self._start_server()
         except BaseException:
+            await self.experiment_installer.close()
             await self.updater.close()
             self.repository.close()
             raise

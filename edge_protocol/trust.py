@@ -108,12 +108,42 @@ class TrustedState:
         self.assignment_seq, self.assignment_digest = assignment.seq, digest
         return assignment
 
-    def verify_release(self, data: bytes, model: str, pinned: AssignedModel) -> Release:
-        """Verify a release against the model entry of an accepted assignment."""
+    def verify_kept_assignment(self, data: bytes) -> Assignment:
+        """Re-verify the accepted assignment the device kept on disk (to resume what it runs).
+
+        Its signature must hold under the trusted root and it must be the very document the
+        high-water mark records (its seq and digest): a kept copy that is older, newer or
+        altered is refused. Its expiry is not checked: an assignment that expires stops no
+        model the device serves, and a restart must not either.
+        """
+        envelope = self._envelope(data)
+        _verify_role(envelope, self.root, "release")
+        assignment = _typed(envelope, Assignment)
+        if assignment.device_id != self.device_id:
+            raise WrongDeviceError(
+                f"assignment is for device {assignment.device_id!r}, this is {self.device_id!r}"
+            )
+        digest = hashlib.sha256(envelope.signed_bytes()).hexdigest()
+        if (assignment.seq, digest) != (self.assignment_seq, self.assignment_digest):
+            raise ReplayedAssignmentError(
+                f"the kept assignment (seq {assignment.seq}) is not the accepted one "
+                f"(seq {self.assignment_seq})"
+            )
+        return assignment
+
+    def verify_release(
+        self, data: bytes, model: str, pinned: AssignedModel, *, kept: bool = False
+    ) -> Release:
+        """Verify a release against the model entry of an accepted assignment.
+
+        `kept`: a release the device stored when it verified it first, read back at a restart;
+        like a kept assignment, its expiry no longer stops what it describes from serving.
+        """
         envelope = self._envelope(data)
         _verify_role(envelope, self.root, "release")
         release = _typed(envelope, Release)
-        self._check_expiry("release", release.expires)
+        if not kept:
+            self._check_expiry("release", release.expires)
         wanted = (model, pinned.version, pinned.sha256, pinned.size)
         got = (release.model, release.version, release.artifact.sha256, release.artifact.size)
         for label, expected, actual in zip(_PINNED_FIELDS, wanted, got, strict=True):

@@ -21,6 +21,7 @@ class VariantCounts:
     feedback_correct: int = 0  # of those, rows where the variant's label was the true one
     feedback_values: int = 0  # rows with a true value (regressors)
     feedback_abs_error_sum: float = 0.0  # sum of |predicted - true| over those rows
+    feedback_abs_error_sq_sum: float = 0.0  # sum of its squares (the registry's variance)
     shadow_runs: int = 0  # requests the shadow ran
     shadow_failed: int = 0  # of those, runs that raised
     shadow_dropped: int = 0  # requests the shadow skipped because its queue was full
@@ -28,6 +29,7 @@ class VariantCounts:
     shadow_agreed: int = 0  # of those, rows where both gave the same label
     shadow_values: int = 0  # rows whose value was compared with the control's
     shadow_abs_diff_sum: float = 0.0  # sum of |shadow - control| over those rows
+    shadow_abs_diff_sq_sum: float = 0.0  # sum of its squares
 
     def to_dict(self) -> dict[str, Any]:
         """The wire object: feedback and shadow numbers in two sub-objects."""

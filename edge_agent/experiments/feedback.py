@@ -107,4 +107,8 @@ def score(item: FeedbackItem, answer: Answer | None) -> tuple[dict[str, Any], di
         return result, {"feedback_labels": len(pairs), "feedback_correct": correct}
     errors = [e for p, t in pairs if (e := abs_difference(p, t)) is not None]
     result["abs_error"] = sum(errors) / len(errors) if errors else None
-    return result, {"feedback_values": len(errors), "feedback_abs_error_sum": sum(errors)}
+    return result, {
+        "feedback_values": len(errors),
+        "feedback_abs_error_sum": sum(errors),
+        "feedback_abs_error_sq_sum": sum(e * e for e in errors),
+    }

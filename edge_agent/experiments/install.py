@@ -20,8 +20,10 @@ from typing import Any
 from edge_agent.config.settings import DeviceConfig
 from edge_agent.errors import AgentError, StepTimeoutError
 from edge_agent.experiments.active import Experiments
+from edge_agent.experiments.kept import KeptExperiments
 from edge_agent.mqtt.link import LinkState
 from edge_agent.runtime import ModelRepository
+from edge_agent.storage.state import StateStore
 from edge_agent.storage.store import ModelStore
 from edge_agent.storage.writes import store_error
 from edge_agent.update.acquire import Acquisition
@@ -56,6 +58,7 @@ class ExperimentInstaller:
         repository: ModelRepository,
         activator: Activator,
         store: ModelStore,
+        states: StateStore,
         reporter: Reporter,
         fetcher: ChunkFetcher,
         subscribe: Callable[[str], Coroutine[Any, Any, None]],
@@ -63,6 +66,7 @@ class ExperimentInstaller:
         unsubscribe: Callable[[str], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self._config = config
+        self.kept = KeptExperiments(states, trust)
         self._experiments = experiments
         self._repository = repository
         self._activator = activator
@@ -78,8 +82,19 @@ class ExperimentInstaller:
         """Hand a release document from the broker to a candidate waiting for it."""
         self._acquire.on_release(model, version, payload)
 
-    async def apply(self, assignment: Assignment) -> None:
-        """Start, keep or stop each followed model's experiment as `assignment` says."""
+    async def resume(self) -> None:
+        """At start-up: run again the experiments of the kept assignment (kept.py)."""
+        assignment = await self.kept.load()
+        if assignment is not None:
+            await self.apply(assignment)
+
+    async def apply(self, assignment: Assignment, envelope: bytes | None = None) -> None:
+        """Start, keep or stop each followed model's experiment as `assignment` says;
+        `envelope`, the assignment as signed, is kept while it names an experiment."""
+        followed = {name for name in assignment.models if self._config.follows(name)}
+        self.kept.name(assignment, followed)
+        if envelope is not None:
+            await self.kept.keep(envelope if self.kept.candidates else None)
         for name, entry in assignment.models.items():
             if not self._config.follows(name):
                 continue
@@ -136,8 +151,11 @@ class ExperimentInstaller:
             await self._control_served(name, entry.version)
             self._check_budget(name, spec, assignment)
             pin = AssignedModel(candidate.version, candidate.sha256, candidate.size)
-            release, _envelope = await self._acquire.release(name, pin)
-            path = await self._acquire.model_file(name, release)
+            kept = await self.kept.release(name, pin)
+            release, signed = kept or await self._acquire.release(name, pin)
+            path = await self._acquire.model_file(name, release)  # the store's copy if any
+            if kept is None:
+                await self.kept.keep_release(name, release, signed)
             deadline_s = self._config.updates.activation_timeout_s
             loaded = await self._activator.prepare(name, release, path, deadline_s)
         except asyncio.CancelledError:

@@ -29,21 +29,23 @@ from edge_agent.runtime.model import Array, LoadedModel
 
 log = logging.getLogger(__name__)
 
-LOWEST_PRIORITY = 19  # the nice value of the shadow's thread
-
-
-def _lower_priority() -> None:
-    """Make the calling thread the last to get the CPU (Linux: a thread has its own nice)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
-    except (AttributeError, OSError) as e:  # another system, or a sandbox that refuses it
-        log.debug("the shadow thread keeps its priority: %s", e)
-
 
 @dataclass(frozen=True)
 class _Job:
     inputs: Mapping[str, Array]
     control: Answer | None
+
+
+SHADOW_NICENESS = 19  # the lowest priority: the shadow yields the CPU to every answer
+
+
+def lower_priority() -> None:
+    """Lower the calling thread's scheduling priority (Linux: a thread is a task with its own
+    nice value); elsewhere, or when refused, the shadow runs at the normal priority."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SHADOW_NICENESS)
+    except (AttributeError, OSError) as e:  # no setpriority (not Unix), or not permitted
+        log.info("the shadow runs at the normal priority: %s", e)
 
 
 class ShadowRunner:
@@ -92,7 +94,7 @@ class ShadowRunner:
             return None if self._closed else self._queue.popleft()
 
     def _work(self) -> None:
-        _lower_priority()
+        lower_priority()
         while (job := self._next()) is not None:
             try:
                 self.model.acquire()
@@ -123,6 +125,7 @@ class ShadowRunner:
                 differences = [d for a, b in pairs if (d := abs_difference(a, b)) is not None]
                 counts["shadow_values"] = len(differences)
                 counts["shadow_abs_diff_sum"] = sum(differences)
+                counts["shadow_abs_diff_sq_sum"] = sum(d * d for d in differences)
         self._count(**counts)
 
     def _count(self, **increments: float) -> None:

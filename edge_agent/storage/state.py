@@ -18,6 +18,8 @@ from edge_common.files import fsync_directory, write_atomic
 
 STATE_FILE = "state.json"
 ROOT_FILE = "trust/root.json"
+# The accepted assignment whose experiments run, as signed (edge_agent/experiments/resume.py).
+EXPERIMENT_ASSIGNMENT_FILE = "trust/experiment-assignment.json"
 RELEASES_DIR = "releases"
 STATE_SCHEMA = 1
 
@@ -180,6 +182,22 @@ class StateStore:
     def save_root(self, root: bytes) -> None:
         """Persist a newly accepted root."""
         write_atomic(self.state_dir / ROOT_FILE, root)
+
+    def kept_experiment_assignment(self) -> bytes | None:
+        """The signed assignment kept for the experiments it runs, or None (blocking)."""
+        try:
+            return (self.state_dir / EXPERIMENT_ASSIGNMENT_FILE).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def keep_experiment_assignment(self, envelope: bytes | None) -> None:
+        """Keep the signed assignment of the running experiments; None: there are none."""
+        path = self.state_dir / EXPERIMENT_ASSIGNMENT_FILE
+        if envelope is not None:
+            write_atomic(path, envelope)
+        elif path.exists():
+            path.unlink()
+            fsync_directory(path.parent)
 
     def release_path(self, model: str, sha256: str) -> Path:
         """Where the signed release of an installed model is kept (for offline starts)."""

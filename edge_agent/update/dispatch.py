@@ -105,8 +105,8 @@ class ExperimentFollower(Protocol):
     def on_release(self, model: str, version: int, payload: bytes) -> None:
         """A release document from the broker."""
 
-    async def apply(self, assignment: Assignment) -> None:
-        """An accepted assignment."""
+    async def apply(self, assignment: Assignment, envelope: bytes | None = None) -> None:
+        """An accepted assignment, and its signed bytes."""
 
 
 class Dispatcher:
@@ -258,7 +258,7 @@ class Dispatcher:
         except AgentError as e:
             log.error("cannot apply assignment %d: %s", assignment.seq, e)
         if self._experiments is not None:  # the experiments it names, beside the control
-            await self._experiments.apply(assignment)
+            await self._experiments.apply(assignment, payload)
 
 
 def _signed_models(

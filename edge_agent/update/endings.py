@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -40,6 +41,8 @@ class UpdateEndings(UpdateLedger):
     _store: ModelStore
     _jobs: dict[str, Job]
     _uncommitted: set[str]  # passed probation; the commit waits for the disk
+    # (model, sha256) of other files to keep: the candidates of running experiments.
+    _also_kept: Callable[[], set[tuple[str, str]]]
 
     def _changes(self, name: str, pinned: AssignedModel) -> bool:
         """Whether an assignment pinning `pinned` would start an update of `name`."""
@@ -149,10 +152,11 @@ class UpdateEndings(UpdateLedger):
                 await self._set_phase(name, UpdatePhase.FAILED)
 
     async def _retain(self, finished: str | None = None) -> None:
-        # Keep what the state (in memory and on disk) refers to and what other updates are
-        # fetching; the update that just ended (`finished`) keeps nothing it did not install.
+        # Keep what the state (in memory and on disk) refers to, what other updates are
+        # fetching and what experiments run (kept for their restart); the update that just
+        # ended (`finished`) keeps nothing it did not install.
         running = {(job.model, job.target.sha256) for job in self._jobs.values()
-                   if job.model != finished}  # fmt: skip
+                   if job.model != finished} | self._also_kept()  # fmt: skip
         others = {sha256 for _model, sha256 in running}
         keep = self.state.installed_shas() | self._persisted.installed_shas() | others
         releases = self.state.installed_releases() | self._persisted.installed_releases() | running

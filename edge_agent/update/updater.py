@@ -57,8 +57,10 @@ class Updater(UpdateEndings):
         subscribe: Callable[[str], Coroutine[Any, Any, None]],
         link: LinkState | None = None,
         unsubscribe: Callable[[str], Coroutine[Any, Any, None]] | None = None,
+        also_kept: Callable[[], set[tuple[str, str]]] = set,
     ) -> None:
         super().__init__(config, trust, states=states, activator=activator, reporter=reporter)
+        self._also_kept = also_kept
         self._store = store
         self._acquire = Acquisition(
             config, trust, store=store, reporter=reporter, fetcher=fetcher, subscribe=subscribe,

@@ -19,6 +19,7 @@ from model_registry.api.params import (
 from model_registry.api.views import deployment_view, progress_view
 from model_registry.services.context import RegistryContext
 from model_registry.services.deployments import RequestKey, Target, deploy_once
+from model_registry.services.experiment_guard import make_way
 from model_registry.services.fleet import ONLINE, connection, deployment_progress
 from model_registry.storage import DeploymentRecord
 
@@ -28,16 +29,17 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 @require("publisher")
 async def create_deployment(request: web.Request) -> web.Response:
     """POST /v1/deployments {"model", "version", "group" | "devices"} [Idempotency-Key]."""
-    body = await json_body(request, ("model", "version", "group", "devices"))
+    body = await json_body(request, ("model", "version", "group", "devices", "force"))
     model, version, target = (
         field(body, "model", str),
         positive_field(body, "version"),
         target_from(body),
     )
     key = request_key(request, kind="deploy", model=model, version=version, target=target)
-    deployment, replayed = await deploy_once(
-        request.app[CTX_KEY], model, version, target, created_by=request[PRINCIPAL_KEY], key=key
-    )
+    ctx, actor = request.app[CTX_KEY], request[PRINCIPAL_KEY]
+    force = bool(field(body, "force", bool, required=False))
+    await make_way(ctx, model, target, force=force, actor=actor, action="deploy")
+    deployment, replayed = await deploy_once(ctx, model, version, target, created_by=actor, key=key)
     return await deployment_response(request.app[CTX_KEY], deployment, replayed=replayed)
 
 

@@ -8,10 +8,11 @@ from aiohttp import web
 
 from model_registry.api.auth import CTX_KEY, PRINCIPAL_KEY, require
 from model_registry.api.deployments import deployment_response, request_key
-from model_registry.api.params import int_param, json_body, target_from
+from model_registry.api.params import field, int_param, json_body, target_from
 from model_registry.api.uploads import read_upload
 from model_registry.api.views import model_view, release_view
 from model_registry.services.deployments import rollback
+from model_registry.services.experiment_guard import make_way
 from model_registry.services.releases import PushRequest, push_model
 
 
@@ -65,10 +66,11 @@ async def get_version(request: web.Request) -> web.Response:
 @require("publisher")
 async def rollback_model(request: web.Request) -> web.Response:
     """POST /v1/models/{name}/rollback with {"group": G} or {"devices": [...]}."""
-    body = await json_body(request, ("group", "devices"))
+    body = await json_body(request, ("group", "devices", "force"))
     model, target = request.match_info["name"], target_from(body)
     key = request_key(request, kind="rollback", model=model, target=target)
-    deployment, replayed = await rollback(
-        request.app[CTX_KEY], model, target, created_by=request[PRINCIPAL_KEY], key=key
-    )
+    ctx, actor = request.app[CTX_KEY], request[PRINCIPAL_KEY]
+    force = bool(field(body, "force", bool, required=False))
+    await make_way(ctx, model, target, force=force, actor=actor, action="rollback")
+    deployment, replayed = await rollback(ctx, model, target, created_by=actor, key=key)
     return await deployment_response(request.app[CTX_KEY], deployment, replayed=replayed)

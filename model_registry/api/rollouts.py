@@ -13,18 +13,23 @@ from model_registry.errors import InvalidInputError
 from model_registry.rollouts import service
 from model_registry.rollouts.policy import parse_policy
 from model_registry.rollouts.service import RolloutStatus, WaveStatus
+from model_registry.services.deployments import Target
+from model_registry.services.experiment_guard import make_way
 from model_registry.storage import RolloutDecision, RolloutRecord
 
 
 @require("publisher")
 async def create_rollout(request: web.Request) -> web.Response:
     """POST /v1/rollouts {"model", "version", "group", "policy"?}: 201 with the rollout."""
-    body = await json_body(request, ("model", "version", "group", "policy"))
+    body = await json_body(request, ("model", "version", "group", "policy", "force"))
     model, version, group = (
         field(body, "model", str), positive_field(body, "version"), field(body, "group", str)
     )  # fmt: skip
     policy = parse_policy(body.get("policy", {}), where="field 'policy'")
     ctx = request.app[CTX_KEY]
+    force = bool(field(body, "force", bool, required=False))
+    await make_way(ctx, model, Target(group=group), force=force, actor=request[PRINCIPAL_KEY],
+                   action="rollout")  # fmt: skip
     rollout = await service.start_rollout(
         ctx, model, version, group, policy, created_by=request[PRINCIPAL_KEY]
     )

@@ -73,7 +73,7 @@ def _target(args: argparse.Namespace) -> dict[str, Any]:
 def deploy(args: argparse.Namespace) -> int:
     """model-registry deploy NAME VERSION [--wait [--timeout SECONDS]]."""
     client = _client(args)
-    body = {"model": args.name, "version": args.version, **_target(args)}
+    body = {"model": args.name, "version": args.version, **_target(args), **_force(args)}
     check = f"model-registry deployments list --model {args.name}"
     deployment = post_once(client, "/v1/deployments", body, _key(args), check)
     return _after_posting(args, client, deployment, "deploy")
@@ -84,8 +84,12 @@ def rollback(args: argparse.Namespace) -> int:
     client = _client(args)
     check = f"model-registry deployments list --model {args.name}"
     path = f"/v1/models/{quote(args.name)}/rollback"
-    deployment = post_once(client, path, _target(args), _key(args), check)
+    deployment = post_once(client, path, {**_target(args), **_force(args)}, _key(args), check)
     return _after_posting(args, client, deployment, "rollback")
+
+
+def _force(args: argparse.Namespace) -> dict[str, bool]:
+    return {"force": True} if args.force else {}
 
 
 def _after_posting(

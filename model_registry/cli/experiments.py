@@ -126,7 +126,7 @@ def _variant_row(v: dict[str, Any]) -> list[Any]:
         v["version"], v["role"], v["devices"], v["requests"],
         _pct(v["server_error_rate"]), _num(v["latency_ms"]["p99"]),
         _pct(accuracy, interval=True), accuracy["n"] + v["labelled_values"],
-        _num(v["mean_abs_error"]), None if agreement is None else _pct(agreement, interval=True),
+        _mean(v["mean_abs_error"]), None if agreement is None else _pct(agreement, interval=True),
     ]  # fmt: skip
 
 
@@ -138,6 +138,13 @@ def _pct(rate: dict[str, Any], *, interval: bool = False) -> str | None:
         low, high = rate["ci95"]
         text += f" ({low * 100:.1f}-{high * 100:.1f})"
     return text
+
+
+def _mean(mean: dict[str, Any]) -> str | None:
+    if mean["value"] is None:
+        return None
+    low, high = mean["ci95"]
+    return f"{mean['value']:.3g} ({low:.3g}-{high:.3g})"
 
 
 def _num(value: float | None) -> str | None:

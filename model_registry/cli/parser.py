@@ -154,6 +154,7 @@ def _model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     deploy.add_argument("version", type=int)
     target_flags(deploy)
     _wait(deploy)
+    _force(deploy, "deploy")
     _idempotency_key(deploy)
     json_flag(deploy)
 
@@ -162,6 +163,7 @@ def _model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     rollback.add_argument("name")
     target_flags(rollback)
     _wait(rollback)
+    _force(rollback, "rollback")
     _idempotency_key(rollback)
     json_flag(rollback)
 
@@ -351,3 +353,10 @@ def _key_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         metavar="K",
         help="root signatures the new root requires (default: as now, at most N)",
     )
+
+
+def _force(command: argparse.ArgumentParser, action: str) -> None:
+    command.add_argument(
+        "--force", action="store_true",
+        help=f"stop a running experiment this {action} reaches (refused otherwise)",
+    )  # fmt: skip

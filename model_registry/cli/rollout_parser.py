@@ -26,6 +26,10 @@ def add_rollout_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         "--canary", nargs="+", metavar="ID", help="these devices form the first wave"
     )
     start.add_argument(
+        "--force", action="store_true",
+        help="stop a running experiment of the model in the group (refused otherwise)",
+    )  # fmt: skip
+    start.add_argument(
         "--manual", action="store_true", help="wait for `rollout resume` before each next wave"
     )
     start.add_argument("--policy", metavar="FILE.toml", help="policy settings (the flags win)")

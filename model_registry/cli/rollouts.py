@@ -39,6 +39,8 @@ def start(args: argparse.Namespace) -> int:
     policy = _policy(args)
     client = _client(args)
     body = {"model": args.name, "version": args.version, "group": args.group}
+    if args.force:
+        body["force"] = True
     status = client.post_json("/v1/rollouts", {**body, "policy": policy.to_dict()})
     if args.wait:
         return _follow(args, client, status["id"])

@@ -19,7 +19,6 @@ from model_registry.rollouts.health import verdicts
 from model_registry.rollouts.policy import RolloutPolicy, parse_policy
 from model_registry.rollouts.waves import plan, wave_devices
 from model_registry.services.context import RegistryContext
-from model_registry.services.deployments import refuse_running_experiments
 from model_registry.services.fleet import STATUSES, DeviceProgress, deployment_progress
 from model_registry.storage import RolloutDecision, RolloutRecord, RolloutWave
 
@@ -50,7 +49,6 @@ async def start_rollout(
             raise UnknownNameError(
                 "device", canary, f"canary {canary!r} is not a device of group {group!r}"
             )
-    await refuse_running_experiments(ctx, model, devices, "start the rollout")
     ctx.require_broker("no rollout was started")
     now = ctx.clock()
     record = RolloutRecord(

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -106,7 +105,6 @@ async def deploy_once(
         if key is not None and (earlier := await replayed(ctx, key)) is not None:
             return earlier, True
         devices = await resolve(ctx, target)
-        await refuse_running_experiments(ctx, model, (d.device_id for d in devices), kind)
         record, signed = await prepare_deployment(
             ctx, release, devices, target, created_by=created_by, kind=kind, key=key
         )
@@ -115,27 +113,6 @@ async def deploy_once(
         await publish_deployment(ctx, release, signed)
     log.info("%s %s v%d to %s (%d devices)", kind, model, version, target.label, len(devices))
     return await ctx.storage.get_deployment(deployment_id), False
-
-
-async def refuse_running_experiments(
-    ctx: RegistryContext, model: str, device_ids: Iterable[str], doing: str
-) -> None:
-    """ConflictError when one of the devices takes part in a running experiment on `model`.
-
-    A new assignment of the model would end the experiment on that device while its record
-    still counted the device in: the operator ends the experiment first (stop or promote).
-    """
-    wanted = set(device_ids)
-    for experiment in await ctx.storage.experiments(model):
-        overlap = sorted(wanted & set(experiment.device_ids))
-        if experiment.status == "running" and overlap:
-            more = f" and {len(overlap) - 1} more" if len(overlap) > 1 else ""
-            raise ConflictError(
-                f"nothing was changed: device {overlap[0]!r}{more} takes part in experiment "
-                f"{experiment.experiment_id} ({experiment.name}) on {model!r}; end it first "
-                f"(experiment stop {experiment.experiment_id}, or experiment promote "
-                f"{experiment.experiment_id}), then {doing}"
-            )
 
 
 async def prepare_deployment(

@@ -13,8 +13,11 @@ from typing import Any
 
 from model_registry.config import ExperimentConfig
 from model_registry.statistics.proportions import (
+    mean_from_sums,
+    mean_interval,
     required_sample_size,
     two_proportion_z_test,
+    welch_z_test,
     wilson_interval,
 )
 from model_registry.statistics.window import VersionWindow, windows_by_version
@@ -49,6 +52,36 @@ class Rate:
 
 
 @dataclass(frozen=True)
+class Mean:
+    """The mean of `n` values (absolute errors) with its variance and 95% normal interval."""
+
+    value: float | None
+    variance: float
+    n: int
+
+    @classmethod
+    def of(cls, total: float, squares: float, n: int) -> Mean:
+        """From the sums devices report (a variant with no values has value None)."""
+        if n <= 0:
+            return cls(None, 0.0, 0)
+        mean, variance = mean_from_sums(total, max(squares, 0.0), n)
+        return cls(mean, variance, n)
+
+    def interval(self) -> tuple[float, float] | None:
+        """The 95% normal interval of the mean (errors are never below 0)."""
+        if self.value is None:
+            return None
+        low, high = mean_interval(self.value, self.variance**0.5, self.n)
+        return max(0.0, low), high
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        interval = self.interval()
+        return {"value": self.value, "n": self.n,
+                "ci95": None if interval is None else list(interval)}  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Variant:
     """What one variant did on the experiment's devices."""
 
@@ -61,7 +94,7 @@ class Variant:
     latency_p50_ms: float | None
     latency_p99_ms: float | None
     accuracy: Rate  # labelled rows answered correctly (classifiers)
-    mean_abs_error: float | None  # over the labelled rows of a regressor
+    mean_abs_error: Mean  # over the labelled rows of a regressor
     labelled_values: int
     agreement: Rate | None  # a shadow's rows with the control's label
     mean_abs_difference: float | None  # a shadow's |shadow - control| per compared value
@@ -75,7 +108,8 @@ class Variant:
             "server_error_rate": self.server_errors.to_dict(),
             "latency_ms": {"p50": self.latency_p50_ms, "p99": self.latency_p99_ms},
             "accuracy": self.accuracy.to_dict(),
-            "mean_abs_error": self.mean_abs_error, "labelled_values": self.labelled_values,
+            "mean_abs_error": self.mean_abs_error.to_dict(),
+            "labelled_values": self.labelled_values,
             "agreement": None if self.agreement is None else self.agreement.to_dict(),
             "mean_abs_difference": self.mean_abs_difference, "shadow": self.shadow,
         }  # fmt: skip
@@ -83,17 +117,19 @@ class Variant:
 
 @dataclass(frozen=True)
 class Test:
-    """A two-proportion z-test of one metric, treatment against control."""
+    """A test of one metric, treatment against control: a two-proportion z-test of a rate,
+    Welch's z-test of a mean (regressors' absolute error)."""
 
     metric: str
     z: float
     p_value: float
     significant: bool
     better: int | None  # the version that is better, when significant
+    test: str = "two-proportion z-test"
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
-        return {"metric": self.metric, "test": "two-proportion z-test", "z": self.z,
+        return {"metric": self.metric, "test": self.test, "z": self.z,
                 "p_value": self.p_value, "significant": self.significant,
                 "better": self.better}  # fmt: skip
 
@@ -135,6 +171,10 @@ async def verdict(
     candidate = _variant(experiment.candidate, role, windows.get(experiment.candidate))
     if experiment.mode == "shadow":
         return Verdict((control, candidate), (), None, None, _shadow_sentence(control, candidate))
+    if not control.accuracy.n + candidate.accuracy.n and (
+        control.labelled_values + candidate.labelled_values
+    ):
+        return _regression_verdict(control, candidate, config)
     tests = (
         _test("accuracy", control, candidate, control.accuracy, candidate.accuracy, config),
         _test("server error rate", control, candidate, control.server_errors,
@@ -163,7 +203,8 @@ def _variant(version: int, role: str, window: VersionWindow | None) -> Variant:
         latency_p50_ms=None if window is None else window.latency_p50_ms,
         latency_p99_ms=None if window is None else window.latency_p99_ms,
         accuracy=Rate.of(feedback.get("correct", 0), feedback.get("labels", 0)),
-        mean_abs_error=feedback.get("abs_error_sum", 0.0) / values if values else None,
+        mean_abs_error=Mean.of(feedback.get("abs_error_sum", 0.0),
+                               feedback.get("abs_error_sq_sum", 0.0), values),
         labelled_values=values,
         agreement=Rate.of(shadow.get("agreed", 0), shadow.get("labels", 0))
         if role == "shadow" else None,
@@ -255,6 +296,38 @@ def _shadow_sentence(control: Variant, shadow: Variant) -> str:
         f"{agreement.n:,} answers (95% CI {agreement.low * 100:.1f}% to "
         f"{agreement.high * 100:.1f}%); {dropped:,} inputs dropped under load"
     )
+
+
+def _regression_verdict(control: Variant, candidate: Variant, config: ExperimentConfig) -> Verdict:
+    """A regressor's split: the mean absolute errors, Welch's z-test, lower is better."""
+    a, b = control.mean_abs_error, candidate.mean_abs_error
+    z, p = welch_z_test(b.value or 0.0, b.variance, b.n, a.value or 0.0, a.variance, a.n)
+    significant = p < config.alpha and z != 0
+    better = (control.version if z > 0 else candidate.version) if significant else None
+    test = Test("mean absolute error", z, p, significant, better, "Welch z-test")
+    errors = _test("server error rate", control, candidate, control.server_errors,
+                   candidate.server_errors, config, lower_is_better=True)  # fmt: skip
+    labelled = a.n + b.n
+    if better is not None:
+        best, other = (candidate, control) if better == candidate.version else (control, candidate)
+        sentence = (
+            f"V{best.version} is better on mean absolute error: {_mae(best)} vs {_mae(other)}, "
+            f"{_p(p)}, {labelled:,} labelled values"
+        )
+    else:
+        sentence = (
+            f"No significant difference on mean absolute error yet: V{candidate.version} "
+            f"{_mae(candidate)} vs V{control.version} {_mae(control)}, {_p(p)}, "
+            f"{labelled:,} labelled values"
+        )
+    return Verdict((control, candidate), (test, errors), None, better, sentence)
+
+
+def _mae(variant: Variant) -> str:
+    mean, interval = variant.mean_abs_error.value, variant.mean_abs_error.interval()
+    if mean is None or interval is None:
+        return "n/a"
+    return f"{mean:.4g} (95% CI {interval[0]:.4g} to {interval[1]:.4g})"
 
 
 def _percent(rate: Rate) -> str:

@@ -144,7 +144,7 @@ async def stop(ctx: RegistryContext, experiment_id: int, *, stopped_by: str) -> 
     record = await ctx.storage.get_experiment(experiment_id)
     _require_running(record)
     ctx.require_broker("the experiment was not stopped")
-    return await _end(ctx, record, "stopped", f"stopped by {stopped_by}")
+    return await end_experiment(ctx, record, "stopped", f"stopped by {stopped_by}")
 
 
 async def promote(
@@ -164,23 +164,31 @@ async def promote(
     ctx.require_broker("nothing was promoted")
     winner = judged.winner
     if winner == record.control:
-        return await _end(ctx, record, "promoted", f"control v{record.control} kept"), None, None
+        return (
+            await end_experiment(ctx, record, "promoted", f"control v{record.control} kept"),
+            None,
+            None,
+        )
     if record.target_kind == "group":
         outcome = f"v{winner} promoted: a staged rollout to group {record.target}"
-        ended = await _end(ctx, record, "promoted", outcome)
+        ended = await end_experiment(ctx, record, "promoted", outcome)
         rollout = await start_rollout(
             ctx, record.model, winner, record.target, RolloutPolicy(), created_by=promoted_by
         )
         return ended, None, rollout
-    ended = await _end(ctx, record, "promoted", f"v{winner} promoted: a deployment to its devices")
+    ended = await end_experiment(
+        ctx, record, "promoted", f"v{winner} promoted: a deployment to its devices"
+    )
     target = Target(devices=record.device_ids)
     deployment = await deploy(ctx, record.model, winner, target, created_by=promoted_by)
     return ended, deployment, None
 
 
-async def _end(
+async def end_experiment(
     ctx: RegistryContext, record: ExperimentRecord, status_: str, outcome: str
 ) -> ExperimentRecord:
+    """End the experiment: every device of it gets the control alone (status_: stopped or
+    promoted; `outcome` says why)."""
     control = await ctx.storage.get_release(record.model, record.control)
     entry = AssignedModel(control.version, control.sha256, control.size).to_dict()
     async with ctx.state_lock:

@@ -81,3 +81,29 @@ def _z(confidence: float) -> float:
 def _check_counts(successes: int, n: int) -> None:
     if n < 0 or not 0 <= successes <= n:
         raise ValueError(f"{successes} successes out of {n} is not a rate")
+
+
+def mean_from_sums(total: float, squares: float, n: int) -> tuple[float, float]:
+    """(mean, sample variance) of `n` values given their sum and sum of squares."""
+    if n <= 0:
+        raise ValueError("n must be positive")
+    mean = total / n
+    variance = max(0.0, (squares - n * mean * mean) / (n - 1)) if n > 1 else 0.0
+    return mean, variance
+
+
+def welch_z_test(  # noqa: PLR0917 - two means, each with its variance and count
+    mean1: float, var1: float, n1: int, mean2: float, var2: float, n2: int
+) -> tuple[float, float]:
+    """(z, two-sided p-value) of mean1 against mean2 with Welch's unequal-variance standard
+    error and the normal distribution (the large-sample Welch test; z > 0: the first higher).
+
+    An empty arm, or no variance in either, is no evidence: z 0 and p 1.
+    """
+    if n1 <= 0 or n2 <= 0:
+        return 0.0, 1.0
+    se = math.sqrt(var1 / n1 + var2 / n2)
+    if se == 0:
+        return 0.0, 1.0
+    z = (mean1 - mean2) / se
+    return z, 2 * (1 - _NORMAL.cdf(abs(z)))

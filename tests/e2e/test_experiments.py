@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from edge_common.processes import LOCALHOST, free_port
 from tests.e2e.conftest import collect_events, start_agent
 from tests.support.agent import AgentProcess
 from tests.support.fleet import TOPICS, Fleet
@@ -108,12 +109,21 @@ def _variants(fleet: Fleet, experiment_id: int) -> dict[str, Any]:
     return {v["role"]: v for v in verdict["variants"]} | {"verdict": verdict}
 
 
+@pytest.fixture(scope="module")
+def pushed(fleet: Fleet, variants: tuple[BuiltModel, BuiltModel]) -> tuple[int, int]:
+    """The good and the bad classifier as versions of `clf`, pushed once for the module."""
+    good, bad = variants
+    return fleet.push(good.onnx_path, "clf")["version"], fleet.push(bad.onnx_path, "clf")["version"]
+
+
 def test_a_worse_treatment_loses_a_shadow_never_answers_and_tampering_is_refused(
-    fleet: Fleet, agents: list[AgentProcess], variants: tuple[BuiltModel, BuiltModel]
+    fleet: Fleet,
+    agents: list[AgentProcess],
+    variants: tuple[BuiltModel, BuiltModel],
+    pushed: tuple[int, int],
 ) -> None:
     good, bad = variants
-    v1 = fleet.push(good.onnx_path, "clf")["version"]
-    v2 = fleet.push(bad.onnx_path, "clf")["version"]
+    v1, v2 = pushed
     trial = [start_agent(fleet, agents, device, GROUP, SETTINGS) for device in DEVICES]
     tight = start_agent(fleet, agents, "trial-tight", GROUP, TIGHT)
     fleet.deploy("clf", v1, GROUP)
@@ -234,6 +244,53 @@ def test_a_worse_treatment_loses_a_shadow_never_answers_and_tampering_is_refused
     assert shadow["requests"] == 0
 
 
+def test_a_split_survives_restarts_of_the_agent_even_offline(
+    fleet: Fleet,
+    agents: list[AgentProcess],
+    variants: tuple[BuiltModel, BuiltModel],
+    pushed: tuple[int, int],
+) -> None:
+    good, _bad = variants
+    v1, v2 = pushed
+    agent = start_agent(fleet, agents, "restart-a", "restart", SETTINGS)
+    fleet.deploy("clf", v1, "restart")
+    agent.wait_for_version("clf", v1)
+    split_id = _start(fleet, "--control", str(v1), "--treatment", str(v2), "--split", "50",
+                      "--device", _name(agent))  # fmt: skip
+    running = _wait(lambda: _experiments(agent), "the split on the device")
+    rows = good.X_eval.astype(np.float32)
+    keys = [f"user-{n}" for n in range(30)]
+    keyed = {key: _infer(agent, rows[0].tolist(), parameters={"experiment_key": key})
+             ["model_version"] for key in keys}  # fmt: skip
+    assert set(keyed.values()) == {str(v1), str(v2)}
+
+    # A kill, then a start with no broker to be reached: only the state directory can say
+    # what ran, and the store must hold the treatment's file (nothing can be downloaded).
+    agent.kill()
+    online = agent.config.read_text()
+    agent.config.write_text(
+        online.replace(f"{LOCALHOST}:{fleet.port}", f"{LOCALHOST}:{free_port()}")
+    )
+    for restart in (agent.kill, agent.stop):
+        agent.start()
+        resumed = _wait(lambda: _experiments(agent), "the split after the restart",
+                        seen=lambda: agent.log_file.read_text()[-3000:])  # fmt: skip
+        assert resumed == running, "the same experiment: variants, split and id"
+        again = {key: _infer(agent, rows[0].tolist(), parameters={"experiment_key": key})
+                 ["model_version"] for key in keyed}  # fmt: skip
+        assert again == keyed, "each key reaches the variant it reached before the restart"
+        restart()
+
+    # Back online: the registry's retained assignment is the kept one; nothing changes.
+    agent.config.write_text(online)
+    agent.start()
+    assert _wait(lambda: _experiments(agent), "the split back online") == running
+    _wait(lambda: agent.get("/v1/status")["telemetry"]["reports"] >= 1, "a report upstream")
+    assert _experiments(agent) == running
+    cli("experiment", "stop", str(split_id), *fleet.api())
+    _wait(lambda: not _experiments(agent), "the end of the split")
+
+
 def _retained(client: Any, topic: str, timeout: float = 20) -> bytes:
     deadline = time.monotonic() + timeout
     while True:
@@ -241,38 +298,3 @@ def _retained(client: Any, topic: str, timeout: float = 20) -> bytes:
         if message.topic == topic and message.payload:
             payload: bytes = message.payload
             return payload
-
-
-def test_an_agent_that_restarts_mid_experiment_comes_back_in_it(
-    fleet: Fleet, agents: list[AgentProcess], variants: tuple[BuiltModel, BuiltModel]
-) -> None:
-    good, bad = variants
-    # New versions of the same files: the module's other test may have pushed them already.
-    v1 = fleet.push(good.onnx_path, "clf", "--allow-duplicate")["version"]
-    v2 = fleet.push(bad.onnx_path, "clf", "--allow-duplicate")["version"]
-    device = "restart-me"
-    agent = start_agent(fleet, agents, device, "restarts", SETTINGS)
-    fleet.deploy("clf", v1, "restarts")
-    agent.wait_for_version("clf", v1)
-    experiment_id = _start(fleet, "--control", str(v1), "--treatment", str(v2), "--split", "50",
-                           "--device", device)  # fmt: skip
-    before = _wait(lambda: _experiments(agent), f"the split on {device}")
-    row = good.X_eval[0].astype(np.float32).tolist()
-    keyed = {k: _infer(agent, row, parameters={"experiment_key": k})["model_version"]
-             for k in (f"user-{n}" for n in range(12))}  # fmt: skip
-
-    for end in (agent.kill, agent.stop):  # power loss, then a clean stop
-        end()
-        agent.start()
-
-        after = _wait(lambda: _experiments(agent), f"the split on {device} after {end.__name__}")
-        assert [(e["name"], e["split_percent"]) for e in after] == [
-            (e["name"], e["split_percent"]) for e in before
-        ]
-        answered = {int(_infer(agent, row)["model_version"]) for _ in range(60)}
-        assert answered == {v1, v2}, "both variants answer again"
-        again = {k: _infer(agent, row, parameters={"experiment_key": k})["model_version"]
-                 for k in keyed}  # fmt: skip
-        assert again == keyed, "a key reaches the variant it reached before the restart"
-    record = _registry(fleet, f"/v1/experiments/{experiment_id}")
-    assert record["status"] == "running"

@@ -98,14 +98,20 @@ async def test_a_bad_start_is_a_4xx_naming_the_problem(
 
 
 def _variant(
-    answered: int, labels: int = 0, correct: int = 0, shadow: dict[str, int] | None = None
+    answered: int,
+    labels: int = 0,
+    correct: int = 0,
+    shadow: dict[str, int] | None = None,
+    values: tuple[int, float, float] = (0, 0.0, 0.0),  # n, sum and sum of squares of |errors|
 ) -> dict[str, Any]:
+    n, total, squares = values
     return {
         "requests": answered, "2xx": answered, "4xx": 0, "5xx": 0, "rejected_503": 0,
         "latency_ms": {"p50": 1.0, "p99": 2.0, "max": 3.0, "samples": answered},
         "experiment": {
             "answered": answered,
-            "feedback": {"labels": labels, "correct": correct, "values": 0, "abs_error_sum": 0.0},
+            "feedback": {"labels": labels, "correct": correct, "values": n,
+                         "abs_error_sum": total, "abs_error_sq_sum": squares},
             "shadow": {"runs": 0, "failed": 0, "dropped": 0, "labels": 0, "agreed": 0,
                        "values": 0, "abs_diff_sum": 0.0, **(shadow or {})},
         },
@@ -162,6 +168,44 @@ async def test_the_verdict_adds_up_devices_and_promote_keeps_a_winning_control(
         k: v for k, v in (await api.ctx.storage.get_device("dev-2")).assigned["clf"].items()
         if k != "experiment"
     }  # fmt: skip
+
+
+async def test_a_regressors_verdict_is_the_mean_absolute_error_with_welchs_test(
+    api: Api, lab: dict[str, bytes]
+) -> None:
+    _, started = await _call(api, "POST", "/v1/experiments", {**SPLIT, "split": 50})
+    path = f"/v1/experiments/{started['id']}"
+    # 400 values each: control errors of mean 0.5 and variance 0.04, treatment 0.6 and 0.09
+    # (sum of squares = (n - 1) variance + n mean^2).
+    control_values = (400, 200.0, 399 * 0.04 + 400 * 0.25)
+    treatment_values = (400, 240.0, 399 * 0.09 + 400 * 0.36)
+    await _report(api, "dev-1", 1, {"1": _variant(400, values=control_values),
+                                     "2": _variant(400, values=treatment_values)})  # fmt: skip
+
+    _, judged = await _call(api, "GET", path)
+
+    verdict = judged["verdict"]
+    control, treatment = verdict["variants"]
+    assert control["mean_abs_error"]["value"] == pytest.approx(0.5)
+    assert control["mean_abs_error"]["ci95"] == pytest.approx(
+        [0.5 - 0.0196, 0.5 + 0.0196], abs=1e-4
+    )
+    assert treatment["mean_abs_error"]["ci95"] == pytest.approx(
+        [0.6 - 0.0294, 0.6 + 0.0294], abs=1e-4
+    )
+    test = verdict["tests"][0]
+    assert (test["metric"], test["test"], test["better"]) == (
+        "mean absolute error",
+        "Welch z-test",
+        1,
+    )
+    assert test["z"] == pytest.approx(0.1 / (0.09 / 400 + 0.04 / 400) ** 0.5)  # 5.547
+    assert test["p_value"] < 0.001
+    assert verdict["winner"] == 1
+    assert verdict["sentence"] == (
+        "V1 is better on mean absolute error: 0.5 (95% CI 0.4804 to 0.5196) vs "
+        "0.6 (95% CI 0.5706 to 0.6294), p < 0.001, 800 labelled values"
+    )
 
 
 async def test_a_winning_treatment_is_deployed_and_too_few_labels_say_how_many_more(
@@ -233,54 +277,36 @@ async def test_a_shadow_reports_its_agreement(api: Api, lab: dict[str, bytes]) -
     assert judged["verdict"]["sentence"].endswith("10 inputs dropped under load")
 
 
-async def test_a_deploy_or_rollout_to_a_device_in_an_experiment_is_refused_until_it_ends(
+async def test_a_deploy_rollback_or_rollout_reaching_an_experiment_is_refused_unless_forced(
     api: Api, lab: dict[str, bytes]
 ) -> None:
-    body = {**SPLIT, "devices": ["dev-1"]}
-    del body["group"]
-    _, started = await _call(api, "POST", "/v1/experiments", body)
-    before = (await api.ctx.storage.get_device("dev-1")).assignment
-    deploys = await api.ctx.storage.deployments()
+    from model_registry.cli.parser import build_parser
 
-    for path, request in (
-        ("/v1/deployments", {"model": "clf", "version": 2, "group": "lab"}),
-        ("/v1/deployments", {"model": "clf", "version": 1, "devices": ["dev-1"]}),
-        ("/v1/rollouts", {"model": "clf", "version": 2, "group": "lab", "policy": {"soak": 1}}),
+    _, started = await _call(api, "POST", "/v1/experiments", SPLIT)
+    path = f"/v1/experiments/{started['id']}"
+    deploy = {"model": "clf", "version": 2, "devices": ["dev-1"]}
+    for method, route, body in (
+        ("POST", "/v1/deployments", deploy),
+        ("POST", "/v1/models/clf/rollback", {"devices": ["dev-1"]}),
+        ("POST", "/v1/rollouts", {"model": "clf", "version": 2, "group": "lab"}),
     ):
-        status, refused = await _call(api, "POST", path, request)
-        assert status == 409, (path, refused)
+        status, refused = await _call(api, method, route, body)
+        assert status == 409, refused
         assert f"experiment {started['id']}" in refused["error"]
-        assert "'dev-1'" in refused["error"]
-        assert f"experiment stop {started['id']}" in refused["error"]
-    assert (await api.ctx.storage.get_device("dev-1")).assignment == before, "nothing signed"
-    assert await api.ctx.storage.deployments() == deploys, "nothing stored"
+        assert "experiment stop" in refused["error"]
+        assert "--force" in refused["error"]
+    assert (await _call(api, "GET", path))[1]["status"] == "running"
+    assert await api.ctx.storage.deployments("clf") == []
 
-    await _call(api, "POST", f"/v1/experiments/{started['id']}/stop")
-    status, deployed = await _call(
-        api, "POST", "/v1/deployments", {"model": "clf", "version": 2, "group": "lab"}
-    )
+    status, deployed = await _call(api, "POST", "/v1/deployments", {**deploy, "force": True})
+
     assert status == 201, deployed
-
-
-def _regressor(answered: int, values: int, abs_error_sum: float) -> dict[str, Any]:
-    variant = _variant(answered)
-    variant["experiment"]["feedback"] |= {"values": values, "abs_error_sum": abs_error_sum}
-    return variant
-
-
-async def test_a_regressor_is_judged_by_the_mean_absolute_error_of_every_device(
-    api: Api, lab: dict[str, bytes]
-) -> None:
-    _, started = await _call(api, "POST", "/v1/experiments", {**SPLIT, "split": 50})
-    # Per device, per variant: values fed back and the sum of their absolute errors.
-    await _report(api, "dev-1", 1, {"1": _regressor(100, 40, 20.0), "2": _regressor(100, 60, 90.0)})
-    await _report(api, "dev-2", 2, {"1": _regressor(100, 60, 40.0), "2": _regressor(100, 40, 30.0)})
-
-    _, record = await _call(api, "GET", f"/v1/experiments/{started['id']}")
-
-    by_role = {v["role"]: v for v in record["verdict"]["variants"]}
-    assert by_role["control"]["labelled_values"] == 100
-    assert by_role["control"]["mean_abs_error"] == pytest.approx(60.0 / 100)
-    assert by_role["treatment"]["labelled_values"] == 100
-    assert by_role["treatment"]["mean_abs_error"] == pytest.approx(120.0 / 100)
-    assert by_role["control"]["accuracy"]["n"] == 0, "no labels: no accuracy"
+    _, ended = await _call(api, "GET", path)
+    assert ended["status"] == "stopped"
+    assert "a forced deploy of clf to dev-1 reached 1 of its devices" in ended["outcome"]
+    one, two = [(await api.ctx.storage.get_device(d)).assigned["clf"] for d in ("dev-1", "dev-2")]
+    assert (one["version"], "experiment" in one) == (2, False)
+    assert (two["version"], "experiment" in two) == (1, False), "back on the control alone"
+    assert (await _call(api, "POST", "/v1/deployments", {**deploy, "force": "yes"}))[0] == 400
+    parsed = build_parser().parse_args(["deploy", "clf", "2", "--device", "dev-1", "--force"])
+    assert parsed.force

@@ -66,6 +66,7 @@ class TcpRelay:
         self.to_client: list[Packet] = []  # every packet forwarded from the broker, in order
         self.to_broker: list[Packet] = []
         self.connections = 0  # relayed connections accepted
+        self.open = 0  # relayed connections not yet ended
         self.refused = 0  # connection attempts refused while down
         self.broker_closed = asyncio.Event()  # the broker is done with a relayed connection
 
@@ -143,9 +144,13 @@ class TcpRelay:
         link.flowing.set()
         self._links.append(link)
         self.connections += 1
-        async with asyncio.TaskGroup() as relays:
-            relays.create_task(self._pump(link, client_in, broker_out, to_broker=True))
-            relays.create_task(self._pump(link, broker_in, client_out, to_broker=False))
+        self.open += 1
+        try:
+            async with asyncio.TaskGroup() as relays:
+                relays.create_task(self._pump(link, client_in, broker_out, to_broker=True))
+                relays.create_task(self._pump(link, broker_in, client_out, to_broker=False))
+        finally:
+            self.open -= 1
         self.broker_closed.set()
 
     async def _pump(
