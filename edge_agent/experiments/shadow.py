@@ -1,15 +1,15 @@
 """The shadow: the candidate runs on every input after the control has answered, off the
 response path, and only its agreement with the control is counted.
 
-The answer never waits for the shadow: the request only appends to a bounded queue. A thread
-of the shadow's own takes the inputs from it and does all of the shadow's work there (the run,
-the comparison, the counting), so a slow shadow never takes a thread the served model needs
-and the event loop is not woken once per shadow run. That thread runs at the lowest
-scheduling priority the system gives a thread (nice 19 on Linux): on a device with one or two
-cores the shadow's session.run would otherwise take the CPU from the next answer, which then
-waits for it; at nice 19 the scheduler hands the CPU to the answering threads as soon as they
-have work, and the shadow gets what is left. When the queue is full the new input is dropped
-(counted): under load the shadow is the first thing to give way.
+The answer never waits for the shadow: the request only appends to a bounded queue. One
+worker task drains it on a thread of its own, so a slow shadow never takes a thread the
+served model needs. When the queue is full the new input is dropped (counted): under load
+the shadow is the first thing to give way.
+
+That thread runs at the lowest scheduling priority (nice 19, for it alone): on a device with
+one core the shadow's session.run would otherwise take turns with the answers' runs and
+their p99 would grow by the shadow's time. At nice 19 the scheduler gives the CPU to any
+answer that is ready first, and the shadow uses what is left.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ import os
 import threading
 from collections import deque
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from edge_agent.errors import AgentError, ModelNotReadyError
 from edge_agent.experiments.answers import Answer, abs_difference, read_answer, same_label
 from edge_agent.experiments.counters import ExperimentCounters
 from edge_agent.runtime.model import Array, LoadedModel
+from edge_common.supervise import watch
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +58,11 @@ class ShadowRunner:
         self._counters = counters
         self._queue: deque[_Job] = deque()
         self._capacity = capacity
-        self._ready = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._work, name=f"shadow-{model.name}", daemon=True)
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(
+            1, thread_name_prefix=f"shadow-{model.name}", initializer=lower_priority
+        )
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def depth(self) -> int:
@@ -66,52 +70,49 @@ class ShadowRunner:
         return len(self._queue)
 
     def start(self) -> None:
-        """Start the shadow's thread."""
-        self._thread.start()
+        """Start the worker (on the running event loop)."""
+        self._task = asyncio.get_running_loop().create_task(
+            self._work(), name=f"shadow {self.model.name} v{self.model.version}"
+        )
+        watch(self._task)
 
     def offer(self, inputs: Mapping[str, Array], control: Answer | None) -> None:
         """Queue one request's inputs for the shadow, or drop them when the queue is full."""
         if len(self._queue) >= self._capacity:
             self._count(shadow_dropped=1)
             return
-        with self._ready:
-            self._queue.append(_Job(inputs, control))
-            self._ready.notify()
+        self._queue.append(_Job(inputs, control))
+        self._wake.set()
 
     async def close(self) -> None:
-        """Forget what is queued, let the run in progress end, let the model go."""
-        with self._ready:
-            self._closed = True
-            self._queue.clear()
-            self._ready.notify()
-        if self._thread.is_alive():
-            await asyncio.to_thread(self._thread.join)
+        """Stop the worker, forget what is queued, let the model go."""
+        self._queue.clear()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _next(self) -> _Job | None:
-        with self._ready:
-            while not self._queue and not self._closed:
-                self._ready.wait()
-            return None if self._closed else self._queue.popleft()
-
-    def _work(self) -> None:
-        lower_priority()
-        while (job := self._next()) is not None:
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            job = self._queue.popleft()
             try:
                 self.model.acquire()
             except ModelNotReadyError:  # the shadow was retired: nothing more to run
                 return
             try:
-                outputs = self.model.run(job.inputs)
+                outputs = await loop.run_in_executor(self._executor, self.model.run, job.inputs)
             except AgentError as e:  # model.run raises only these for a bad run
                 log.debug("shadow %r failed on an input: %s", self.model, e)
                 self._count(shadow_runs=1, shadow_failed=1)
                 continue
             finally:
                 self.model.release()
-            try:
-                self._compare(job.control, outputs)
-            except Exception:  # the shadow must go on; its counts are what it is for
-                log.exception("shadow %r could not compare an answer", self.model)
+            self._compare(job.control, outputs)
 
     def _compare(self, control: Answer | None, outputs: Mapping[str, Array]) -> None:
         mine = read_answer(self.model.name, self.model.version, outputs, self.model.io)
