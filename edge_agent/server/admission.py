@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import math
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
 
+from edge_agent.server.middleware import error_body
 from edge_agent.server.settings import ServerConfig
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class ConnectionCount:
 
 def raw_reply(status: HTTPStatus, message: str) -> bytes:
     """A complete HTTP/1.1 error response, for when no request exists to answer."""
-    body = json.dumps({"error": message}).encode()
+    body = error_body(message)
     head = (
         f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"

@@ -20,7 +20,6 @@ experiments), the domain errors and their statuses, the request metrics, compres
 from __future__ import annotations
 
 import email.utils
-import json
 import logging
 import re
 import time
@@ -39,6 +38,7 @@ from edge_agent.server.middleware import (
     CLIENT_CLOSED,
     check_bearer,
     domain_error_reply,
+    error_body,
     record_request,
 )
 from edge_agent.server.oip import HEADER_LENGTH, ROUTING_HEADER
@@ -56,6 +56,8 @@ HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*((?:[!-~][ \t]*)
 # Their presence sends a request to aiohttp: framing, codings and upgrades are its business.
 NOT_PLAIN = frozenset({b"transfer-encoding", b"content-encoding", b"expect", b"upgrade"})
 CONNECTION_VALUES = frozenset({b"keep-alive", b"close"})
+HEADER_LENGTH_FIELD = HEADER_LENGTH.lower().encode()  # header names as `headers` keys them
+ROUTING_FIELD = ROUTING_HEADER.lower().encode()
 ACCEPTED_MEDIA = frozenset(t.encode() for t in ACCEPTED_TYPES)
 # Compressed as aiohttp's `enable_compression` would choose: the first coding accepted.
 CODINGS = (("deflate", zlib.MAX_WBITS), ("gzip", 16 + zlib.MAX_WBITS))
@@ -178,8 +180,8 @@ class FastLane:
             share.grow_to(len(request.body))
             return await infer_exchange(
                 self._dataplane, request.model, request.version, request.body,
-                header_length=request.header(HEADER_LENGTH.lower().encode()),
-                routing=request.header(ROUTING_HEADER.lower().encode()),
+                header_length=request.header(HEADER_LENGTH_FIELD),
+                routing=request.header(ROUTING_FIELD),
             )  # fmt: skip
 
     def _ok(self, answer: Answer, request: PlainRequest) -> bytes:
@@ -201,8 +203,9 @@ class FastLane:
         return self._frame(200, media, payload, headers, request.close)
 
     def _error(self, status: int, message: str, headers: dict[str, str], close: bool) -> bytes:
-        body = json.dumps({"error": message}).encode()
-        return self._frame(status, "application/json; charset=utf-8", body, headers, close)
+        return self._frame(
+            status, "application/json; charset=utf-8", error_body(message), headers, close
+        )
 
     def _frame(
         self, status: int, media: str, body: bytes, headers: dict[str, str], close: bool

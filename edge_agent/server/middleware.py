@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import time
 from typing import Any
@@ -69,11 +70,19 @@ def status_for(error: AgentError) -> int:
     return 500
 
 
+def error_body(message: str) -> bytes:
+    """The OIP error body, `{"error": "..."}`, for whichever reader writes the answer."""
+    return json.dumps({"error": message}).encode()
+
+
 def error_response(
     status: int, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:
-    """The OIP error body: `{"error": "..."}`."""
-    return web.json_response({"error": message}, status=status, headers=headers)
+    """The OIP error answer of the aiohttp routes."""
+    return web.Response(
+        body=error_body(message), status=status, headers=headers,
+        content_type="application/json", charset="utf-8",
+    )  # fmt: skip
 
 
 def _error_headers(error: AgentError) -> dict[str, str] | None:

@@ -341,36 +341,3 @@ def test_grpc_requests_carry_the_experiment_key_as_a_parameter() -> None:
     assert decode_request(keyed).routing_key == "customer-7"
     with pytest.raises(InvalidRequestError, match=r"parameters\.experiment_key"):
         decode_request(request(experiment_key={"int64_param": 7}))
-
-
-async def test_a_regressor_split_counts_the_absolute_error_of_the_values_fed_back(
-    serving: tuple[InferenceServer, Experiments], onnx_models: ModelSet, http: ClientSession
-) -> None:
-    server, experiments = serving
-    model = onnx_models.regressor
-    spec = ExperimentSpec(8, "values", "split", CANDIDATE, 50)
-    await experiments.start("regressor", 1, spec, load(model, version=2))
-    url = f"{server.url}/v2/models/regressor"
-    rows = model.X_eval[:40].astype(np.float32)
-    truth = [float(v) for v in model.y_eval[:40]]
-
-    answers = []
-    for row in rows:
-        reply = await post(http, f"{url}/infer", json=infer_body(model, row[None, :]))
-        assert reply.status == 200, reply.body
-        answers.append(reply.json())
-    items = [{"id": a["id"], "value": t} for a, t in zip(answers, truth, strict=True)]
-    fed = await post(http, f"{url}/feedback", json={"feedback": items})
-
-    assert fed.status == 200, fed.body
-    assert fed.json()["matched"] == len(items)
-    expected: dict[str, list[float]] = {"1": [], "2": []}
-    for answer, true in zip(answers, truth, strict=True):
-        predicted = float(np.asarray(answer["outputs"][0]["data"]).ravel()[0])
-        expected[answer["model_version"]].append(abs(predicted - true))
-    counted = experiments.counters.report()
-    for version, errors in expected.items():
-        feedback = counted[("regressor", version)]["experiment"]["feedback"]
-        assert feedback["values"] == len(errors)
-        assert feedback["abs_error_sum"] == pytest.approx(sum(errors), rel=1e-3)
-        assert feedback["labels"] == 0
