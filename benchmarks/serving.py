@@ -265,16 +265,20 @@ def _serve_and_load(  # noqa: PLR0917 - one call site, read together with it
                 load.check()
             for concurrency in concurrencies:
                 before = _agent_counters(port) if agent else None
+                shadow_before = _shadow_totals(port) if agent else None
                 cpu_before = _cpu_seconds(process.pid)
                 result = load.run(concurrency, settings.duration_s, work)
                 cpu = _cpu_seconds(process.pid) - cpu_before
                 after = _agent_counters(port) if agent else None
+                shadow_after = _shadow_totals(port) if agent else None
                 entry = _entry(
                     result, round_index, served.key, peer=peer.key, body=body, c=concurrency
                 )
                 entry["cpu_us_per_request"] = round(cpu / max(1, result["requests"]) * 1e6, 1)
                 if before is not None and after is not None:
                     _agent_deltas(entry, before, after)
+                if shadow_before is not None and shadow_after is not None:
+                    _shadow_share(entry, shadow_before, shadow_after)
                 log(
                     f"serving r{round_index} {served.key:10} {peer.key:8} {body:6}"
                     f" c={concurrency:<3}"
@@ -352,6 +356,23 @@ def _retry(check: Callable[[], str], attempts: int = 20) -> str:
         except Exception:  # noqa: BLE001 - tried again; the last attempt raises
             time.sleep(0.25)
     return check()
+
+
+def _shadow_totals(port: int) -> dict[str, int] | None:
+    """The shadow's inputs ran and dropped so far (GET /v1/status), or None: no shadow."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/status", timeout=5) as r:
+        status = json.loads(r.read())
+    for experiment in status.get("experiments", []):
+        if experiment.get("mode") == "shadow":
+            return {k: int(experiment[f"shadow_{k}"]) for k in ("ran", "dropped")}
+    return None
+
+
+def _shadow_share(entry: dict[str, Any], before: dict[str, int], after: dict[str, int]) -> None:
+    """Which share of the load's inputs the shadow ran (the rest it dropped: busy server)."""
+    ran, dropped = (after[k] - before[k] for k in ("ran", "dropped"))
+    entry["shadow_ran"], entry["shadow_dropped"] = ran, dropped
+    entry["shadow_ran_share"] = round(ran / max(1, ran + dropped), 3)
 
 
 def _agent_deltas(entry: dict[str, Any], before: Counters, after: Counters) -> None:

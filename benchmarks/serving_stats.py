@@ -45,6 +45,9 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows = [e["batch_rows_mean"] for e in entries if "batch_rows_mean" in e]
         if rows:
             item["batch_rows_mean"] = round(median(rows), 2)
+        shadowed = [e["shadow_ran_share"] for e in entries if "shadow_ran_share" in e]
+        if shadowed:
+            item["shadow_ran_share"] = round(median(shadowed), 3)
         out.append(item)
     return out
 

@@ -8,12 +8,12 @@ routing, remembering answers and scoring feedback happen here, for the server.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import random
 import threading
-import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from edge_agent.errors import ModelNotFoundError, ModelNotReadyError
@@ -64,7 +64,23 @@ class ActiveExperiment:
             body["split_percent"] = self.spec.split_percent
         else:
             body["shadow_queue"] = 0 if self.shadow is None else self.shadow.depth
+            totals = {} if self.shadow is None else self.shadow.totals
+            body.update({f"shadow_{k}": v for k, v in totals.items()})
         return body
+
+
+class RequestIds:
+    """The ids the agent gives answers that came without one: 32 hex digits, a random half
+    drawn once per run and a counter, so ids never repeat within a run nor across runs
+    (a fresh uuid4 per request cost more than the rest of the experiment's bookkeeping)."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count()
+
+    def next(self) -> str:
+        """The next id."""
+        return f"{self._prefix}{next(self._counter):016x}"
 
 
 class Experiments:
@@ -77,6 +93,16 @@ class Experiments:
         self._active: dict[str, ActiveExperiment] = {}
         self._lock = threading.Lock()
         self._rng = random.Random()  # noqa: S311 - a traffic split, not a secret
+        self._ids = RequestIds()
+        self._serving: Callable[[], bool] = lambda: False
+
+    def watch_serving(self, busy: Callable[[], bool]) -> None:
+        """Learn from the server whether requests are being answered now: a shadow runs
+        only in the moments between them."""
+        self._serving = busy
+
+    def _is_serving(self) -> bool:
+        return self._serving()  # looked up each time: the server may watch after a start
 
     def get(self, model: str) -> ActiveExperiment | None:
         """The experiment running on `model`, if any."""
@@ -96,7 +122,9 @@ class Experiments:
         await self.stop(model)
         shadow = None
         if spec.mode == "shadow":
-            shadow = ShadowRunner(candidate, self.counters, self.settings.shadow_queue)
+            shadow = ShadowRunner(
+                candidate, self.counters, self.settings.shadow_queue, busy=self._is_serving
+            )
             shadow.start()
         experiment = ActiveExperiment(model, control_version, spec, candidate, shadow)
         with self._lock:
@@ -121,44 +149,37 @@ class Experiments:
         for experiment in self.snapshot():
             await self.stop(experiment.model)
 
-    @contextmanager
-    def route(
-        self, model: str, version: str | None, key: str | None
-    ) -> Iterator[LoadedModel | None]:
-        """The treatment, held for one request, when it is to answer; None: the control does.
+    def treatment(self, model: str, version: str | None, key: str | None) -> LoadedModel | None:
+        """The treatment, acquired for one request (the caller releases it), when it is to
+        answer; None: the control does.
 
         A request naming a version gets that version: the treatment's is served here, any
         other goes to the repository (which answers for the control or refuses).
         """
         experiment = self.get(model)
-        chosen = None
-        if experiment is not None and experiment.is_split:
-            if version is None:
-                spec = experiment.spec
-                if to_treatment(spec.experiment_id, spec.split_percent, key, self._rng):
-                    chosen = experiment.candidate
-            elif version == str(experiment.candidate.version):
-                chosen = experiment.candidate
-        if chosen is None:
-            yield None
-            return
+        if experiment is None or not experiment.is_split:
+            return None
+        spec = experiment.spec
+        if version is None:
+            if not to_treatment(spec.experiment_id, spec.split_percent, key, self._rng):
+                return None
+        elif version != str(experiment.candidate.version):
+            return None
+        chosen = experiment.candidate
         try:
             chosen.acquire()
         except ModelNotReadyError as e:  # retired between the lookup and now: the experiment ended
             raise ModelNotFoundError(
                 f"model {model!r} version {version} is no longer served"
             ) from e
-        try:
-            yield chosen
-        finally:
-            chosen.release()
+        return chosen
 
     def request_id(self, model: str, given: str | None) -> str | None:
         """The id an answer carries: the client's, or a fresh one while `model` is in an
         experiment (feedback names it), or None."""
         if given is not None or self.get(model) is None:
             return given
-        return uuid.uuid4().hex
+        return self._ids.next()
 
     def answered(
         self,
@@ -172,7 +193,7 @@ class Experiments:
         if experiment is None:
             return
         answer = read_answer(model.name, model.version, outputs, model.io)
-        self.counters.update(model.name, model.version, answered=1)
+        self.counters.count_answered(model.name, model.version)
         if request_id is not None and answer is not None:
             self.answers.remember(request_id, answer)
         if experiment.shadow is not None and model.version == experiment.control_version:

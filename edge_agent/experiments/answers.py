@@ -12,7 +12,6 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from edge_agent.runtime.model import Array
@@ -27,14 +26,31 @@ MAX_ROWS = 64  # rows of one request whose answers are kept; feedback beyond the
 Prediction = int | str | float
 
 
-@dataclass(frozen=True)
 class Answer:
-    """One request's answer: which version gave it and its label or value per row."""
+    """One request's answer: which version gave it and its label or value per row.
 
-    model: str
-    version: int
-    kind: str  # "label" or "value"
-    rows: tuple[Prediction, ...]
+    Made from a copy of the output's first column and turned into Python values only when
+    asked: most answers are never scored, and the request should not pay for it.
+    """
+
+    __slots__ = ("_column", "_rows", "kind", "model", "version")
+
+    def __init__(
+        self, model: str, version: int, kind: str, rows: tuple[Prediction, ...] | Array
+    ) -> None:
+        self.model = model
+        self.version = version
+        self.kind = kind  # "label" or "value"
+        self._rows = rows if isinstance(rows, tuple) else None
+        self._column = None if isinstance(rows, tuple) else rows
+
+    @property
+    def rows(self) -> tuple[Prediction, ...]:
+        """The label or value of each row."""
+        if self._rows is None:
+            self._rows = tuple(_predictions(self.kind, self._column))
+            self._column = None
+        return self._rows
 
 
 def output_kind(io: ModelIO) -> tuple[str, str] | None:
@@ -52,17 +68,40 @@ def read_answer(
     model: str, version: int, outputs: Mapping[str, Array], io: ModelIO
 ) -> Answer | None:
     """The answer in `outputs` (the first MAX_ROWS rows), or None when it has no label or value."""
+    found = _column(outputs, io, MAX_ROWS)
+    if found is None:
+        return None
+    kind, column = found
+    return Answer(model, version, kind, column.copy())  # a copy: the outputs may be large
+
+
+def predictions(outputs: Mapping[str, Array], io: ModelIO) -> tuple[str, list[Prediction]] | None:
+    """(kind, the label or value of each row), or None when the outputs have neither."""
+    found = _column(outputs, io)
+    if found is None:
+        return None
+    kind, column = found
+    return kind, _predictions(kind, column)
+
+
+def _column(
+    outputs: Mapping[str, Array], io: ModelIO, limit: int | None = None
+) -> tuple[str, Array] | None:
+    """(kind, the first column of the output feedback speaks of, its first `limit` rows)."""
     found = output_kind(io)
     if found is None or found[1] not in outputs:
         return None
     kind, name = found
     array = outputs[name]
-    flat = array.reshape(array.shape[0], -1)[:MAX_ROWS, 0] if array.ndim else array.reshape(1)
+    if array.size == 0:  # no rows: nothing to compare (reshape below needs one element)
+        return kind, array.reshape(0)
+    return kind, array.reshape(array.shape[0], -1)[:limit, 0] if array.ndim else array.reshape(1)
+
+
+def _predictions(kind: str, column: Any) -> list[Prediction]:
     if kind == "label":
-        rows: tuple[Prediction, ...] = tuple(_label(v) for v in flat.tolist())
-    else:
-        rows = tuple(float(v) for v in flat.tolist())
-    return Answer(model, version, kind, rows)
+        return [_label(v) for v in column.tolist()]
+    return [float(v) for v in column.tolist()]
 
 
 def _label(value: Any) -> int | str:

@@ -59,6 +59,14 @@ class ExperimentCounters:
             for name, amount in increments.items():
                 setattr(counts, name, getattr(counts, name) + amount)
 
+    def count_answered(self, model: str, version: int) -> None:
+        """One more request answered by the variant (`update(answered=1)`, for every request)."""
+        with self._lock:
+            counts = self._counts.get((model, version))
+            if counts is None:
+                counts = self._counts[model, version] = VariantCounts()
+            counts.answered += 1
+
     def drain(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Every variant's wire object, by (model, version as text); counting starts again."""
         with self._lock:

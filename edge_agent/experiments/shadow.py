@@ -1,15 +1,22 @@
 """The shadow: the candidate runs on every input after the control has answered, off the
 response path, and only its agreement with the control is counted.
 
-The answer never waits for the shadow: the request only appends to a bounded queue. One
-worker task drains it on a thread of its own, so a slow shadow never takes a thread the
-served model needs. When the queue is full the new input is dropped (counted): under load
-the shadow is the first thing to give way.
+The answer never waits for the shadow: the request only appends to a bounded queue. When the
+queue is full the new input is dropped (counted): under load the shadow is the first thing
+to give way.
 
-That thread runs at the lowest scheduling priority (nice 19, for it alone): on a device with
-one core the shadow's session.run would otherwise take turns with the answers' runs and
-their p99 would grow by the shadow's time. At nice 19 the scheduler gives the CPU to any
-answer that is ready first, and the shadow uses what is left.
+The shadow runs in gathered batches, not once per request. One worker task waits until half
+the queue is filled or its oldest input has waited `GATHER_S`, then stacks the inputs that
+share their trailing shapes into one session.run (at most `MAX_RUN_ROWS` rows) and compares
+the whole batch at once. Per request that leaves an append to a deque: the hand-off to the
+thread, the loop's wake-up and the comparison are paid once per batch, so on a device with
+one core they meet an answer's request in one batch of many rather than on every request.
+
+session.run runs on a thread of its own at the lowest scheduling priority (nice 19, for that
+thread alone), so a slow shadow never takes a thread the served model needs and the
+scheduler gives the core to any answer that is ready first. Only session.run runs there: a
+thread of the lowest priority holding the interpreter lock through Python work would make
+the answers wait for it.
 """
 
 from __future__ import annotations
@@ -19,26 +26,36 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from edge_agent.errors import AgentError, ModelNotReadyError
-from edge_agent.experiments.answers import Answer, abs_difference, read_answer, same_label
+from edge_agent.experiments.answers import Answer, abs_difference, predictions, same_label
 from edge_agent.experiments.counters import ExperimentCounters
+from edge_agent.runtime.batching import merge_inputs
 from edge_agent.runtime.model import Array, LoadedModel
 from edge_common.supervise import watch
 
 log = logging.getLogger(__name__)
 
+SHADOW_NICENESS = 19  # the lowest priority: the shadow yields the CPU to every answer
+GATHER_S = 0.05  # the longest an input waits for others to share its session.run
+MAX_RUN_ROWS = 256  # rows stacked into one shadow session.run
+IDLE_POLL_S = 0.001  # how often a shadow that waits for the server to be idle looks again
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class _Job:
     inputs: Mapping[str, Array]
     control: Answer | None
+    rows: int
 
-
-SHADOW_NICENESS = 19  # the lowest priority: the shadow yields the CPU to every answer
+    @property
+    def signature(self) -> tuple[Any, ...]:
+        """Inputs stack only when every one agrees on dtype and dimensions after the first."""
+        return tuple((k, v.dtype.str, v.shape[1:]) for k, v in self.inputs.items())
 
 
 def lower_priority() -> None:
@@ -50,19 +67,47 @@ def lower_priority() -> None:
         log.info("the shadow runs at the normal priority: %s", e)
 
 
+def plan_runs(jobs: list[_Job], batchable: bool) -> list[list[_Job]]:
+    """Consecutive jobs of the same trailing shapes share one run, up to MAX_RUN_ROWS rows;
+    a model without a shared batch axis runs each job alone."""
+    if not batchable:
+        return [[job] for job in jobs]
+    runs: list[list[_Job]] = []
+    signature: tuple[Any, ...] = ()
+    rows = 0
+    for job in jobs:
+        mine, count = job.signature, job.rows
+        if runs and mine == signature and rows + count <= MAX_RUN_ROWS:
+            runs[-1].append(job)
+            rows += count
+        else:
+            runs.append([job])
+            signature, rows = mine, count
+    return runs
+
+
 class ShadowRunner:
     """Runs `model` on the inputs offered to it, compares with the control's answers."""
 
-    def __init__(self, model: LoadedModel, counters: ExperimentCounters, capacity: int) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        counters: ExperimentCounters,
+        capacity: int,
+        busy: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.model = model
+        self._busy = busy  # whether requests are being answered now
         self._counters = counters
         self._queue: deque[_Job] = deque()
         self._capacity = capacity
+        self._batch_jobs = max(1, capacity // 2)  # a queue this full runs without waiting
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(
             1, thread_name_prefix=f"shadow-{model.name}", initializer=lower_priority
         )
         self._task: asyncio.Task[None] | None = None
+        self.totals = {"ran": 0, "dropped": 0, "failed": 0}  # inputs since the start
 
     @property
     def depth(self) -> int:
@@ -79,10 +124,14 @@ class ShadowRunner:
     def offer(self, inputs: Mapping[str, Array], control: Answer | None) -> None:
         """Queue one request's inputs for the shadow, or drop them when the queue is full."""
         if len(self._queue) >= self._capacity:
+            self.totals["dropped"] += 1
             self._count(shadow_dropped=1)
             return
-        self._queue.append(_Job(inputs, control))
-        self._wake.set()
+        first = next(iter(inputs.values()), None)
+        rows = int(first.shape[0]) if first is not None and first.ndim else 1
+        self._queue.append(_Job(inputs, control, rows))
+        if len(self._queue) in (1, self._batch_jobs):  # the first starts the wait, then full
+            self._wake.set()
 
     async def close(self) -> None:
         """Stop the worker, forget what is queued, let the model go."""
@@ -93,41 +142,107 @@ class ShadowRunner:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            if not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            job = self._queue.popleft()
+            await self._gathered()
+            await self._between_requests()
+            jobs = list(self._queue)
+            self._queue.clear()
             try:
                 self.model.acquire()
             except ModelNotReadyError:  # the shadow was retired: nothing more to run
                 return
             try:
-                outputs = await loop.run_in_executor(self._executor, self.model.run, job.inputs)
-            except AgentError as e:  # model.run raises only these for a bad run
-                log.debug("shadow %r failed on an input: %s", self.model, e)
-                self._count(shadow_runs=1, shadow_failed=1)
-                continue
+                await self._run(jobs)
             finally:
                 self.model.release()
-            self._compare(job.control, outputs)
 
-    def _compare(self, control: Answer | None, outputs: Mapping[str, Array]) -> None:
-        mine = read_answer(self.model.name, self.model.version, outputs, self.model.io)
-        counts: dict[str, float] = {"shadow_runs": 1}
-        if control is not None and mine is not None and mine.kind == control.kind:
-            pairs = list(zip(mine.rows, control.rows, strict=False))
-            if control.kind == "label":
-                counts["shadow_labels"] = len(pairs)
-                counts["shadow_agreed"] = sum(same_label(a, b) for a, b in pairs)
+    async def _gathered(self) -> None:
+        """Return once the queue is half full or its oldest input has waited GATHER_S."""
+        while not self._queue:
+            self._wake.clear()
+            await self._wake.wait()
+        if len(self._queue) < self._batch_jobs:
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(GATHER_S):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def _between_requests(self) -> None:
+        """Return at a moment no request is being answered. While the server is never idle
+        the shadow waits and its full queue drops what comes (counted): under load the
+        shadow gives way first."""
+        # Polled, not signalled: an event would cost every request a set, for the shadow alone.
+        while self._busy():  # noqa: ASYNC110
+            await asyncio.sleep(IDLE_POLL_S)
+
+    async def _run(self, jobs: list[_Job]) -> None:
+        loop = asyncio.get_running_loop()
+        runs = plan_runs(jobs, self.model.batchable)
+        merged = [merge_inputs([job.inputs for job in run]) for run in runs]
+        outcomes = await loop.run_in_executor(self._executor, self._run_each, merged)
+        await self._between_requests()  # the comparison too runs on the loop
+        counts: dict[str, float] = {}
+        for run, outcome in zip(runs, outcomes, strict=True):
+            if isinstance(outcome, AgentError) and len(run) > 1:
+                # One bad input must not cost its neighbours their comparison.
+                alone = [dict(job.inputs) for job in run]
+                singles = await loop.run_in_executor(self._executor, self._run_each, alone)
+                for job, single in zip(run, singles, strict=True):
+                    self._compare([job], single, counts)
             else:
-                differences = [d for a, b in pairs if (d := abs_difference(a, b)) is not None]
-                counts["shadow_values"] = len(differences)
-                counts["shadow_abs_diff_sum"] = sum(differences)
-                counts["shadow_abs_diff_sq_sum"] = sum(d * d for d in differences)
+                self._compare(run, outcome, counts)
         self._count(**counts)
 
+    def _run_each(self, merged: list[dict[str, Array]]) -> list[dict[str, Array] | AgentError]:
+        """On the shadow's thread: session.run on each stacked input, its failure kept."""
+        outcomes: list[dict[str, Array] | AgentError] = []
+        for inputs in merged:
+            try:
+                outcomes.append(self.model.run(inputs))
+            except AgentError as e:  # model.run raises only these for a bad run
+                outcomes.append(e)
+        return outcomes
+
+    def _compare(
+        self, run: list[_Job], outcome: dict[str, Array] | AgentError, counts: dict[str, float]
+    ) -> None:
+        _add(counts, "shadow_runs", len(run))
+        if isinstance(outcome, AgentError):
+            log.debug("shadow %r failed on an input: %s", self.model, outcome)
+            _add(counts, "shadow_failed", len(run))
+            return
+        found = predictions(outcome, self.model.io)
+        if found is None:
+            return
+        kind, mine = found
+        if len(run) > 1 and len(mine) != sum(job.rows for job in run):
+            return  # a stacked output that is not one row per input row cannot be shared out
+        start = 0
+        for job in run:
+            rows = mine[start : start + job.rows] if len(run) > 1 else mine
+            start += job.rows
+            if job.control is not None and job.control.kind == kind:
+                _add_agreement(counts, kind, list(zip(rows, job.control.rows, strict=False)))
+
     def _count(self, **increments: float) -> None:
-        self._counters.update(self.model.name, self.model.version, **increments)
+        self.totals["ran"] += int(increments.get("shadow_runs", 0))
+        self.totals["failed"] += int(increments.get("shadow_failed", 0))
+        if increments:
+            self._counters.update(self.model.name, self.model.version, **increments)
+
+
+def _add(counts: dict[str, float], key: str, amount: float) -> None:
+    counts[key] = counts.get(key, 0) + amount
+
+
+def _add_agreement(counts: dict[str, float], kind: str, pairs: list[tuple[Any, Any]]) -> None:
+    if kind == "label":
+        _add(counts, "shadow_labels", len(pairs))
+        _add(counts, "shadow_agreed", sum(same_label(a, b) for a, b in pairs))
+        return
+    differences = [d for a, b in pairs if (d := abs_difference(a, b)) is not None]
+    _add(counts, "shadow_values", len(differences))
+    _add(counts, "shadow_abs_diff_sum", sum(differences))
+    _add(counts, "shadow_abs_diff_sq_sum", sum(d * d for d in differences))

@@ -91,6 +91,15 @@ class ModelRepository:
     @contextmanager
     def lease(self, name: str, version: str | None = None) -> Iterator[LoadedModel]:
         """Hold the serving model (optionally a specific version) for one request."""
+        model = self.hold(name, version)
+        try:
+            yield model
+        finally:
+            model.release()
+
+    def hold(self, name: str, version: str | None = None) -> LoadedModel:
+        """The serving model (optionally a specific version), acquired: the caller releases
+        it (`lease` in a with-statement; the request path, where every call counts)."""
         with self._lock:
             model = self._models.get(name)
             if model is None:
@@ -102,10 +111,7 @@ class ModelRepository:
                 )
             # Under the repository lock, so a concurrent swap cannot retire it in between.
             model.acquire()
-        try:
-            yield model
-        finally:
-            model.release()
+        return model
 
     def close(self) -> None:
         """Retire every model (at shutdown)."""

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
-from contextlib import contextmanager
 from typing import Any
 
 from edge_agent import __version__
@@ -64,6 +63,8 @@ class DataPlane:
         self._closed = False
         self.handoff_ns: float | None = None  # measured by `calibrate` when the server starts
         self.stats = InferenceStats(repository)
+        self._answering = 0  # inference requests between their model's lease and its answer
+        self.experiments.watch_serving(lambda: self._answering > 0)
         metrics.registry.add_collect_hook(self._refresh_gauges)
 
     def server_metadata(self) -> dict[str, Any]:
@@ -121,14 +122,20 @@ class DataPlane:
         """Run one OIP inference request through the model's batcher (on the variant of an
         experiment that the request is routed to)."""
         started = time.perf_counter_ns()
+        self._answering += 1
         try:
-            with self._lease(name, version, request.routing_key) as model:
+            model = self._hold(name, version, request.routing_key)
+            try:
                 inputs, rows = validate_inputs(request.inputs, model, self._limits)
                 chosen = select_outputs(request, model.io, name)
                 result = await self._submit(model, inputs, rows, started)
+            finally:
+                model.release()
         except AgentError:
             self.stats.record_failure(name, time.perf_counter_ns() - started)
             raise
+        finally:
+            self._answering -= 1
         self.metrics.observe_outputs(name, result.model.version, result.outputs, result.model.io)
         request_id = self.experiments.request_id(name, request.id)
         self.experiments.answered(result.model, request_id, inputs, result.outputs)
@@ -140,14 +147,20 @@ class DataPlane:
     ) -> dict[str, Any]:
         """Run a `{"instances": [...]}` request and return `{"predictions": [...]}`."""
         started = time.perf_counter_ns()
+        self._answering += 1
         try:
-            with self._lease(name, version, routing_key) as model:
+            model = self._hold(name, version, routing_key)
+            try:
                 tensors = instances_to_tensors(body, model.io)
                 inputs, rows = validate_inputs(tensors, model, self._limits)
                 result = await self._submit(model, inputs, rows, started)
+            finally:
+                model.release()
         except AgentError:  # a domain error counts as a failure of model `name`
             self.stats.record_failure(name, time.perf_counter_ns() - started)
             raise
+        finally:
+            self._answering -= 1
         self.metrics.observe_outputs(name, result.model.version, result.outputs, result.model.io)
         request_id = self.experiments.request_id(name, None)
         self.experiments.answered(result.model, request_id, inputs, result.outputs)
@@ -167,15 +180,11 @@ class DataPlane:
         matched = sum(r["status"] == "matched" for r in results)
         return {"model_name": name, "matched": matched, "results": results}
 
-    @contextmanager
-    def _lease(self, name: str, version: str | None, key: str | None) -> Iterator[LoadedModel]:
-        """Hold the model that answers: an experiment's treatment, or the served model."""
-        with self.experiments.route(name, version, key) as treatment:
-            if treatment is not None:
-                yield treatment
-                return
-            with self.repository.lease(name, version) as model:
-                yield model
+    def _hold(self, name: str, version: str | None, key: str | None) -> LoadedModel:
+        """The model that answers, acquired (the caller releases it): an experiment's
+        treatment, or the served model."""
+        treatment = self.experiments.treatment(name, version, key)
+        return treatment if treatment is not None else self.repository.hold(name, version)
 
     async def _submit(
         self, model: LoadedModel, inputs: dict[str, Array], rows: int, started: int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from aiohttp import ClientSession
 
+from edge_agent.errors import InferenceError
 from edge_agent.experiments import Experiments, ExperimentSettings
 from edge_agent.experiments.answers import Answer
 from edge_agent.experiments.shadow import ShadowRunner
@@ -174,6 +176,9 @@ async def test_a_shadow_never_answers_and_its_agreement_is_counted(
     rows = onnx_models.classifier.X_eval[:3].astype(np.float32)
     expected = ort_outputs(onnx_models.classifier.onnx_path, {"X": rows})
     shadow = ort_outputs(classifier_v2.onnx_path, {"X": rows})
+    narrow = infer_body(onnx_models.classifier, rows[:, :2])  # too few features: refused
+    refused = await post(http, f"{server.url}/v2/models/classifier/infer", json=narrow)
+    assert refused.status == 400, "and it must not leave the server looking busy forever"
 
     for _ in range(25):
         answer = await _infer(http, server.url, infer_body(onnx_models.classifier, rows))
@@ -221,6 +226,96 @@ async def test_a_full_shadow_queue_drops_and_counts(
     await eventually(all_run, "the shadow ran what it kept")
     await runner.close()
     assert counted == {"runs": 3, "dropped": 7}
+
+
+def _drain_shadow(experiments: Experiments, totals: dict[str, float]) -> None:
+    for key, counts in experiments.counters.drain().items():
+        assert key == ("classifier", "2")
+        for name in totals:
+            totals[name] += counts["shadow"].get(name, 0)
+
+
+async def test_the_shadow_stacks_what_it_gathered_into_few_runs_and_compares_each_input(
+    onnx_models: ModelSet, classifier_v2: BuiltModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    experiments = Experiments()
+    model = load(classifier_v2, 2)
+    rows_run: list[int] = []
+    run = model.run
+    monkeypatch.setattr(
+        model, "run", lambda inputs: rows_run.append(len(inputs["X"])) or run(inputs)
+    )
+    runner = ShadowRunner(model, experiments.counters, capacity=200)
+    features = onnx_models.classifier.X_eval[:60].astype(np.float32)
+    mine = ort_outputs(classifier_v2.onnx_path, {"X": features})["label"].tolist()
+    runner.start()
+    for i in range(0, 60, 2):  # 30 requests of two rows, each "answered" with the shadow's own
+        runner.offer({"X": features[i : i + 2]}, Answer("classifier", 1, "label", (mine[i], -1)))
+    totals = {"runs": 0, "labels": 0, "agreed": 0, "failed": 0}
+
+    def compared() -> bool:
+        _drain_shadow(experiments, totals)
+        return totals["runs"] == 30
+
+    await eventually(compared, "the shadow compared every input")
+    await runner.close()
+    assert totals == {"runs": 30, "labels": 60, "agreed": 30, "failed": 0}
+    assert sum(rows_run) == 60
+    assert len(rows_run) < 30, f"stacked, not one run each: {rows_run}"
+
+
+async def test_an_input_that_fails_the_shadow_does_not_cost_its_neighbours_their_comparison(
+    onnx_models: ModelSet, classifier_v2: BuiltModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    experiments = Experiments()
+    model = load(classifier_v2, 2)
+    run = model.run
+
+    def refusing(inputs: dict[str, Any]) -> dict[str, Any]:
+        if (inputs["X"] == 999).any():
+            raise InferenceError("this input breaks the shadow")
+        return run(inputs)
+
+    monkeypatch.setattr(model, "run", refusing)
+    runner = ShadowRunner(model, experiments.counters, capacity=100)
+    features = onnx_models.classifier.X_eval[:10].astype(np.float32)
+    mine = ort_outputs(classifier_v2.onnx_path, {"X": features})["label"].tolist()
+    for i in range(10):  # queued before the worker starts: they share one stacked run
+        row = features[i : i + 1].copy()
+        if i == 4:
+            row[:] = 999
+        runner.offer({"X": row}, Answer("classifier", 1, "label", (mine[i],)))
+    runner.start()
+    totals = {"runs": 0, "labels": 0, "agreed": 0, "failed": 0}
+
+    def compared() -> bool:
+        _drain_shadow(experiments, totals)
+        return totals["runs"] == 10
+
+    await eventually(compared, "the shadow ran every input")
+    await runner.close()
+    assert totals == {"runs": 10, "labels": 9, "agreed": 9, "failed": 1}
+
+
+async def test_the_shadow_waits_for_a_moment_without_requests_and_drops_meanwhile(
+    onnx_models: ModelSet, classifier_v2: BuiltModel
+) -> None:
+    experiments = Experiments()
+    answering = [True]
+    runner = ShadowRunner(
+        load(classifier_v2, 2), experiments.counters, capacity=4, busy=lambda: answering[0]
+    )
+    runner.start()
+    inputs = {"X": onnx_models.classifier.X_eval[:1].astype(np.float32)}
+    for _ in range(10):
+        runner.offer(inputs, None)
+    await asyncio.sleep(0.2)  # four GATHER_S windows: a shadow that did not wait would have run
+    assert runner.totals == {"ran": 0, "dropped": 6, "failed": 0}
+    assert runner.depth == 4
+    answering[0] = False
+    await eventually(lambda: runner.totals["ran"] == 4, "the shadow ran once the server was idle")
+    await runner.close()
+    assert runner.totals == {"ran": 4, "dropped": 6, "failed": 0}
 
 
 async def test_the_shadow_runs_at_the_lowest_priority_so_answers_go_first(
