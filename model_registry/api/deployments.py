@@ -39,7 +39,9 @@ async def create_deployment(request: web.Request) -> web.Response:
     ctx, actor = request.app[CTX_KEY], request[PRINCIPAL_KEY]
     force = bool(field(body, "force", bool, required=False))
     await make_way(ctx, model, target, force=force, actor=actor, action="deploy")
-    deployment, replayed = await deploy_once(ctx, model, version, target, created_by=actor, key=key)
+    deployment, replayed = await deploy_once(
+        ctx, model, version, target, created_by=actor, key=key, guard=True
+    )
     return await deployment_response(request.app[CTX_KEY], deployment, replayed=replayed)
 
 

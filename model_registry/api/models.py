@@ -72,5 +72,5 @@ async def rollback_model(request: web.Request) -> web.Response:
     ctx, actor = request.app[CTX_KEY], request[PRINCIPAL_KEY]
     force = bool(field(body, "force", bool, required=False))
     await make_way(ctx, model, target, force=force, actor=actor, action="rollback")
-    deployment, replayed = await rollback(ctx, model, target, created_by=actor, key=key)
+    deployment, replayed = await rollback(ctx, model, target, created_by=actor, key=key, guard=True)
     return await deployment_response(request.app[CTX_KEY], deployment, replayed=replayed)

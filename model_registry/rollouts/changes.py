@@ -20,6 +20,7 @@ from model_registry.rollouts.policy import RolloutPolicy
 from model_registry.rollouts.waves import plan, wave_devices
 from model_registry.services.context import RegistryContext
 from model_registry.services.deployments import Target, prepare_deployment, publish_deployment
+from model_registry.services.experiment_overlap import overlaps
 from model_registry.storage import (
     AssignmentUpdate,
     ReleaseRecord,
@@ -64,6 +65,14 @@ async def start_wave(
             [d.device_id for d in group], policy.steps, policy.canary, index, moved
         )
         chosen = [d for d in group if d.device_id in set(ids)]
+        # A device in a running experiment on the model stays in it: this wave leaves it out,
+        # and the next wave takes it once the experiment has ended (it is not moved yet).
+        held = {
+            device
+            for _, reached in await overlaps(ctx, rollout.model, (d.device_id for d in chosen))
+            for device in reached
+        }
+        chosen = [d for d in chosen if d.device_id not in held]
         release = await ctx.storage.get_release(rollout.model, rollout.version)
         now = ctx.clock()
         wave = RolloutWave(index, percent, tuple(d.device_id for d in chosen), now)
@@ -75,7 +84,8 @@ async def start_wave(
         decision = RolloutDecision(
             now, actor, "wave_started",
             f"wave {index + 1} of {total} moves {len(chosen)} device(s) to version "
-            f"{rollout.version}, reaching {percent:g}% of group {rollout.group!r}",
+            f"{rollout.version}, reaching {percent:g}% of group {rollout.group!r}"
+            + (f"; {len(held)} device(s) in a running experiment are left out" if held else ""),
             {"wave": index + 1, "percent": percent, "device_count": len(wave.devices),
              "devices": list(wave.devices[:MAX_NAMED_DEVICES])},
         )  # fmt: skip

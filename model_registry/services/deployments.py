@@ -19,6 +19,7 @@ from typing import Any
 from edge_protocol import AssignedModel
 from model_registry.errors import ConflictError, InvalidInputError, NotFoundError, UnknownNameError
 from model_registry.services.context import RegistryContext
+from model_registry.services.experiment_overlap import refuse_overlap
 from model_registry.storage import AssignmentUpdate, DeploymentRecord, DeviceRecord, ReleaseRecord
 
 log = logging.getLogger(__name__)
@@ -93,11 +94,13 @@ async def deploy_once(
     created_by: str,
     kind: str = "deploy",
     key: RequestKey | None = None,
+    guard: bool = False,
 ) -> tuple[DeploymentRecord, bool]:
     """`deploy`, or with `key` the deployment an earlier request with that key made.
 
     Returns the deployment and whether it is such a replay. ConflictError when the key was
-    used for a different request.
+    used for a different request, and with `guard` when a targeted device is in a running
+    experiment on the model (checked under the state lock: experiment_overlap.py).
     """
     release = await ctx.storage.get_release(model, version)
     ctx.require_broker(f"nothing was {'rolled back' if kind == 'rollback' else 'deployed'}")
@@ -105,6 +108,8 @@ async def deploy_once(
         if key is not None and (earlier := await replayed(ctx, key)) is not None:
             return earlier, True
         devices = await resolve(ctx, target)
+        if guard:
+            await refuse_overlap(ctx, model, (d.device_id for d in devices), kind)
         record, signed = await prepare_deployment(
             ctx, release, devices, target, created_by=created_by, kind=kind, key=key
         )
@@ -184,8 +189,10 @@ async def rollback(
     *,
     created_by: str,
     key: RequestKey | None = None,
+    guard: bool = False,
 ) -> tuple[DeploymentRecord, bool]:
-    """Deploy the release the target ran before its current one (or replay `key`'s rollback)."""
+    """Deploy the release the target ran before its current one (or replay `key`'s rollback);
+    `guard` as for `deploy_once`."""
     # Before resolving: once rolled back, "the release before the current one" is another.
     if key is not None and (earlier := await replayed(ctx, key)) is not None:
         return earlier, True
@@ -196,8 +203,9 @@ async def rollback(
     for past in await ctx.storage.deployments(model):
         if past.version not in current and targeted & set(past.device_ids):
             return await deploy_once(
-                ctx, model, past.version, target, created_by=created_by, kind="rollback", key=key
-            )
+                ctx, model, past.version, target, created_by=created_by, kind="rollback",
+                key=key, guard=guard,
+            )  # fmt: skip
     raise NotFoundError(f"no earlier release of {model!r} was deployed to {target.label}")
 
 

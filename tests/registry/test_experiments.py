@@ -310,3 +310,32 @@ async def test_a_deploy_rollback_or_rollout_reaching_an_experiment_is_refused_un
     assert (await _call(api, "POST", "/v1/deployments", {**deploy, "force": "yes"}))[0] == 400
     parsed = build_parser().parse_args(["deploy", "clf", "2", "--device", "dev-1", "--force"])
     assert parsed.force
+
+
+async def test_the_check_is_made_again_under_the_lock_and_a_later_wave_leaves_such_devices_out(
+    api: Api, lab: dict[str, bytes]
+) -> None:
+    from model_registry.errors import ConflictError
+    from model_registry.rollouts.changes import start_wave
+    from model_registry.rollouts.policy import parse_policy
+    from model_registry.services.deployments import Target, deploy_once
+
+    policy = {"steps": [50, 100], "canary": ["dev-1"], "manual": True}
+    body = {"model": "clf", "version": 2, "group": "lab", "policy": policy}
+    status, rollout = await _call(api, "POST", "/v1/rollouts", body)
+    assert status == 201, rollout
+    shadow = {"model": "clf", "control": 1, "shadow": 2, "devices": ["dev-2"]}
+    status, started = await _call(api, "POST", "/v1/experiments", shadow)
+    assert status == 201, started
+
+    # As if the experiment had started between the API's check and the deploy's lock.
+    with pytest.raises(ConflictError, match=f"experiment {started['id']}"):
+        await deploy_once(api.ctx, "clf", 1, Target(devices=("dev-2",)), created_by="t", guard=True)
+
+    record = await api.ctx.storage.get_rollout(rollout["id"])
+    after = await start_wave(api.ctx, record, parse_policy(policy), "test")
+    assert after.waves[-1].devices == ()
+    _, shown = await _call(api, "GET", f"/v1/rollouts/{rollout['id']}")
+    assert shown["decisions"][-1]["action"] == "wave_started"
+    assert "1 device(s) in a running experiment are left out" in str(shown["decisions"][-1])
+    assert (await api.ctx.storage.get_device("dev-2")).assigned["clf"]["experiment"]
