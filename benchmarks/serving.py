@@ -63,6 +63,7 @@ class Settings:
     heavy_peers: tuple[str, ...] | None = None  # peers run on the heavy models (None: all)
     heavy_concurrencies: tuple[int, ...] | None = None
     diagnostics: tuple[str, ...] = ()  # agent variants that measure what each cause costs
+    pairs: int = 3  # alternating windows of the two diagnostics, per load
 
 
 QUICK = Settings(
@@ -84,6 +85,7 @@ FULL = Settings(
     warmup_requests=50,
     rounds=3,
     diagnostics=("agent-bare", "agent-shadow"),
+    pairs=8,
 )
 
 
@@ -191,7 +193,7 @@ def run(mode: str) -> dict[str, Any]:
         for round_index in range(settings.rounds):
             order = [k for k in settings.peers if k not in skipped]
             order = order[round_index % len(order) :] + order[: round_index % len(order)]
-            order += list(settings.diagnostics)
+            order += list(settings.diagnostics[:1])  # the bare server beside the peers
             for served in models:
                 for key in order:
                     peer = peers[key]
@@ -202,6 +204,9 @@ def run(mode: str) -> dict[str, Any]:
                         peer, served, bodies[served.key], concurrencies, settings, work,
                         round_index, answers, startup,
                     )  # fmt: skip
+        if len(settings.diagnostics) == 2:
+            for served in models:
+                runs += paired_diagnostics(peers, served, bodies[served.key], settings, work)
     finally:
         devices.stop()
     return {
@@ -211,6 +216,7 @@ def run(mode: str) -> dict[str, Any]:
             "duration_s": settings.duration_s,
             "warmup_requests": settings.warmup_requests,
             "rounds": settings.rounds,
+            "diagnostic_pairs": settings.pairs,
             "concurrencies": list(settings.concurrencies),
             "server_cpus": SERVER_CPUS,
             "load_cpus": LOAD_CPUS,
@@ -264,30 +270,91 @@ def _serve_and_load(  # noqa: PLR0917 - one call site, read together with it
             for _ in range(settings.warmup_requests):
                 load.check()
             for concurrency in concurrencies:
-                before = _agent_counters(port) if agent else None
-                shadow_before = _shadow_totals(port) if agent else None
-                cpu_before = _cpu_seconds(process.pid)
-                result = load.run(concurrency, settings.duration_s, work)
-                cpu = _cpu_seconds(process.pid) - cpu_before
-                after = _agent_counters(port) if agent else None
-                shadow_after = _shadow_totals(port) if agent else None
-                entry = _entry(
-                    result, round_index, served.key, peer=peer.key, body=body, c=concurrency
-                )
-                entry["cpu_us_per_request"] = round(cpu / max(1, result["requests"]) * 1e6, 1)
-                if before is not None and after is not None:
-                    _agent_deltas(entry, before, after)
-                if shadow_before is not None and shadow_after is not None:
-                    _shadow_share(entry, shadow_before, shadow_after)
-                log(
-                    f"serving r{round_index} {served.key:10} {peer.key:8} {body:6}"
-                    f" c={concurrency:<3}"
-                    f" {entry['rps']:8.0f} req/s p50 {entry['p50_ms']:7.2f} ms"
-                    f" p99 {entry['p99_ms']:7.2f} ms errors {entry['errors']}"
-                )
-                runs.append(entry)
+                where = Measured(peer.key, served.key, body, process.pid, port if agent else None)
+                runs.append(_measure(where, load, c=concurrency, settings=settings, work=work,
+                                     round_index=round_index))  # fmt: skip
     finally:
         stop(process)
+    return runs
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What one load runs against: the server, its model and body, and its metrics port
+    (None: not an agent, no /metrics to read)."""
+
+    peer: str
+    model: str
+    body: str
+    pid: int
+    agent_port: int | None
+
+
+def _measure(
+    where: Measured, load: Load, *, c: int, settings: Settings, work: Path, round_index: int
+) -> dict[str, Any]:
+    """One load of `settings.duration_s` at `concurrency`: its entry in the results."""
+    port = where.agent_port
+    before = _agent_counters(port) if port else None
+    shadow_before = _shadow_totals(port) if port else None
+    cpu_before = _cpu_seconds(where.pid)
+    result = load.run(c, settings.duration_s, work)
+    cpu = _cpu_seconds(where.pid) - cpu_before
+    after = _agent_counters(port) if port else None
+    shadow_after = _shadow_totals(port) if port else None
+    entry = _entry(result, round_index, where.model, peer=where.peer, body=where.body, c=c)
+    entry["cpu_us_per_request"] = round(cpu / max(1, result["requests"]) * 1e6, 1)
+    if before is not None and after is not None:
+        _agent_deltas(entry, before, after)
+    if shadow_before is not None and shadow_after is not None:
+        _shadow_share(entry, shadow_before, shadow_after)
+    log(
+        f"serving r{round_index} {where.model:10} {where.peer:8} {where.body:6}"
+        f" c={c:<3}"
+        f" {entry['rps']:8.0f} req/s p50 {entry['p50_ms']:7.2f} ms"
+        f" p99 {entry['p99_ms']:7.2f} ms errors {entry['errors']}"
+    )
+    return entry
+
+
+# Rounds of the paired diagnostics are numbered from here, apart from the main rounds.
+PAIRED_ROUND = 100
+
+
+def paired_diagnostics(
+    peers: dict[str, Peer], served: Served, bodies: Bodies, settings: Settings, work: Path
+) -> list[dict[str, Any]]:
+    """The diagnostic pair (the bare server, and the same with a shadow) up at once and
+    loaded in alternating windows, `settings.pairs` of each load: a ratio of two p99s taken
+    minutes apart moves with the machine (other tenants), one of neighbouring windows does not.
+    """
+    keys = list(settings.diagnostics)
+    loads = _loads(peers[keys[0]], served, settings)
+    if not loads:
+        return []
+    started: dict[str, tuple[subprocess.Popen[bytes], int, int]] = {}
+    runs = []
+    try:
+        for key in keys:
+            log_file = work / "logs" / f"{key}-{served.key}-paired.log"
+            started[key] = _start_server(peers[key], served, work, log_file)
+        measured = {}
+        for key, (process, port, grpc_port) in started.items():
+            url = f"http://127.0.0.1:{port}{peers[key].infer_path(served)}"
+            load = _load_of("json", bodies, url, grpc_port, served)
+            for _ in range(settings.warmup_requests):
+                load.check()
+            measured[key] = (Measured(key, served.key, "json", process.pid, port), load)
+        for concurrency in loads:
+            for pair in range(settings.pairs):
+                for key in keys if pair % 2 == 0 else keys[::-1]:
+                    where, load = measured[key]
+                    round_index = PAIRED_ROUND + pair
+                    runs.append(_measure(where, load, c=concurrency, settings=settings, work=work,
+                                     round_index=round_index))  # fmt: skip
+    finally:
+        for process, _, _ in started.values():
+            stop(process)
     return runs
 
 

@@ -193,7 +193,7 @@ class Experiments:
         if experiment is None:
             return
         answer = read_answer(model.name, model.version, outputs, model.io)
-        self.counters.count_answered(model.name, model.version)
+        self.counters.count(model.name, model.version, "answered")
         if request_id is not None and answer is not None:
             self.answers.remember(request_id, answer)
         if experiment.shadow is not None and model.version == experiment.control_version:

@@ -59,13 +59,14 @@ class ExperimentCounters:
             for name, amount in increments.items():
                 setattr(counts, name, getattr(counts, name) + amount)
 
-    def count_answered(self, model: str, version: int) -> None:
-        """One more request answered by the variant (`update(answered=1)`, for every request)."""
+    def count(self, model: str, version: int, name: str) -> None:
+        """One more of `name` (a whole-number field) for the variant: `update(name=1)` for
+        what happens on every request (answered, a shadow's drop), without its keywords."""
         with self._lock:
             counts = self._counts.get((model, version))
             if counts is None:
                 counts = self._counts[model, version] = VariantCounts()
-            counts.answered += 1
+            setattr(counts, name, getattr(counts, name) + 1)
 
     def drain(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Every variant's wire object, by (model, version as text); counting starts again."""

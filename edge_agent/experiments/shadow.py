@@ -125,7 +125,7 @@ class ShadowRunner:
         """Queue one request's inputs for the shadow, or drop them when the queue is full."""
         if len(self._queue) >= self._capacity:
             self.totals["dropped"] += 1
-            self._count(shadow_dropped=1)
+            self._counters.count(self.model.name, self.model.version, "shadow_dropped")
             return
         first = next(iter(inputs.values()), None)
         rows = int(first.shape[0]) if first is not None and first.ndim else 1

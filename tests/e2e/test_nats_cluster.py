@@ -41,6 +41,10 @@ probation_requests = 100000
 """
 RATE = 16 * 1024  # bytes per second from a node to a device: a download takes seconds
 CRAWL = 128  # bytes per second: a chunk every few seconds, from a node about to be killed
+# Bytes per second from node 3 until a device is a quarter in: a 1 KiB chunk every 0.1 s or so,
+# slow enough that the test sees every device there mid-download (at full speed a download of
+# dozens of chunks ends between two looks), fast enough for the release document.
+PACE = 10 * 1024
 WINDOW = 16  # the agent's chunk subscriptions at once (docs/agent.md, "Lost links")
 WAIT_S = 240.0  # a loaded 2-core machine: every wait is for a condition, never a sleep
 # Each chunk topic a device subscribes costs NATS a JetStream consumer: downloads are slow.
@@ -195,6 +199,8 @@ def test_a_node_killed_mid_download_sends_its_devices_to_another_that_finishes(
             victim.relays[1].call(lambda r: r.cut())
     _wait_for(lambda: all(on_node_3(n) for n in victims), "the devices of node 3 on it",
               lambda: {n: on_node_3(n) for n in victims})  # fmt: skip
+    for victim in victims.values():
+        victim.relays[2].call(lambda r: setattr(r, "to_client_bytes_per_s", PACE))
     before = {name: device.downloads() for name, device in devices.items()}
     argv = [str(BIN / "model-registry"), "deploy", "big", str(release["version"])]
     argv += ["--group", "nats", "--wait", "--timeout", str(WAIT_S), *replicas.api()]
@@ -204,8 +210,8 @@ def test_a_node_killed_mid_download_sends_its_devices_to_another_that_finishes(
         return devices[name].downloads()["chunks_written"] - before[name]["chunks_written"]
 
     def all_held_mid_download() -> bool:
-        """Slow each device on node 3 to a crawl once it is a quarter in: so that every one of
-        them, whatever its pace, is still mid-download when the node dies."""
+        """Slow each device on node 3 from its pace to a crawl once it is a quarter in: so that
+        every one of them, whatever its pace, is still mid-download when the node dies."""
         progress = {name: written(name) for name in victims}
         for name, count in progress.items():
             if count >= chunks // 4:
