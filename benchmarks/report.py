@@ -94,9 +94,11 @@ def targets(mode: str) -> list[dict[str, Any]]:
         add(f"{heavy}, c=128: agent req/s >= 3x naive (binary extension)",
             ratio(f"{heavy}/c128/agent_binary_over_naive", "rps"), 3.0, True)  # fmt: skip
         add(f"{heavy}, c=128: agent p99 <= 0.8x naive's", ratio(key, "p99"), 0.8, False)
+    shadowed = _ratios(read_result(mode, "shadow") or {})  # benchmarks/shadow.py: paired
     for c in (1, 32):
-        add(f"small, c={c}: p99 with a shadow attached <= 1.1x without (bare server)",
-            ratio(f"small/c{c}/agent-shadow_over_agent-bare", "p99"), 1.1, False)  # fmt: skip
+        value = shadowed.get(f"small/c{c}/agent-shadow_over_agent-bare", {}).get("p99")
+        add(f"small, c={c}: p99 with a shadow attached <= 1.1x without (bare server, paired)",
+            value, 1.1, False)  # fmt: skip
     add("small, c=32, gRPC: agent req/s over MLServer's gRPC server (no target)",
         ratio("small/c32/agent_grpc_over_mlserver_grpc", "rps"), 0.0, True)  # fmt: skip
     out[-1]["status"] = "reported" if out[-1]["status"] != "not run" else "not run"
@@ -167,6 +169,7 @@ def serving_tables(mode: str) -> list[str]:
             rows.append(row)
         lines += _table(headers, rows)
     lines += _diagnostics(serving)
+    lines += _shadow_rows(read_result(mode, "shadow"))
     ratios = {k: v for k, v in _ratios(serving).items() if "/agent-bare_" not in k}
     if ratios:
         lines += ["", "Ratios, the agent over each peer (JSON unless named): medians of the "
@@ -215,6 +218,29 @@ def _diagnostics(serving: dict[str, Any]) -> list[str]:
               "CPU µs/req", "rows/batch", "req/s / naive", "p50 / naive"]  # fmt: skip
     return ["", "Diagnostics: the bare InferenceServer (what serving costs without the rest of "
             "a running agent) next to `edge-agent run`.", "", *_table(header, rows)]  # fmt: skip
+
+
+def _shadow_rows(shadow: dict[str, Any] | None) -> list[str]:
+    """The shadow section (benchmarks/shadow.py): both servers per load, the shadow's share of
+    the inputs it ran, and the median of the per-pair ratios."""
+    if not shadow or not shadow.get("summary"):
+        return []
+    ratios = _ratios(shadow)
+    rows = []
+    for s in sorted(shadow["summary"], key=lambda s: (s["model"], s["concurrency"], s["peer"])):
+        ratio = ratios.get(f"{s['model']}/c{s['concurrency']}/agent-shadow_over_agent-bare", {})
+        shadowed = s["peer"] == "agent-shadow"
+        rows.append([s["model"], str(s["concurrency"]), DIAGNOSTIC_LABELS[s["peer"]],
+                     f"{s['rps']:.0f}", f"{s['p50_ms']:.2f}", f"{s['p99_ms']:.2f}",
+                     f"{s['cpu_us_per_request']:.0f}",
+                     _fmt(s.get("shadow_ran_share")) if shadowed else "-",
+                     _fmt(ratio.get("p99")) if shadowed else "-"])  # fmt: skip
+    header = ["model", "c", "server", "req/s", "p50 ms", "p99 ms", "CPU µs/req",
+              "share shadowed", "p99 / bare (paired)"]  # fmt: skip
+    pairs = shadow["settings"]["pairs"]
+    return ["", f"The shadow's cost (benchmarks/shadow.py): both servers up at once, each load in "
+            f"{pairs} alternating pairs of windows; medians over the windows, and the median of "
+            "the per-pair p99 ratios.", "", *_table(header, rows)]  # fmt: skip
 
 
 def _wire(summary: dict[str, Any]) -> str:

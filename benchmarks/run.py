@@ -25,6 +25,7 @@ from benchmarks import (
     propagation,
     quantization,
     serving,
+    shadow,
 )
 from benchmarks.common import (
     BENCH,
@@ -54,6 +55,7 @@ def profile(mode: str) -> dict[str, Any]:
 SECTIONS: dict[str, Callable[[str], dict[str, Any]]] = {
     "quantization": quantization.run,
     "serving": serving.run,
+    "shadow": shadow.run,
     "agent_costs": agent_costs.run,
     "profile": profile,
     "footprint": footprint.run,

@@ -63,7 +63,7 @@ class Settings:
     heavy_peers: tuple[str, ...] | None = None  # peers run on the heavy models (None: all)
     heavy_concurrencies: tuple[int, ...] | None = None
     diagnostics: tuple[str, ...] = ()  # agent variants that measure what each cause costs
-    pairs: int = 3  # alternating windows of the two diagnostics, per load
+    pairs: int = 3  # alternating windows of the shadow section's two servers, per load
 
 
 QUICK = Settings(
@@ -75,7 +75,7 @@ QUICK = Settings(
     rounds=1,
     heavy_peers=("agent", "naive"),
     heavy_concurrencies=(128,),
-    diagnostics=("agent-bare", "agent-shadow"),
+    diagnostics=("agent-bare",),
 )
 FULL = Settings(
     models=("small", "heavy-fp32", "heavy-int8"),
@@ -84,7 +84,7 @@ FULL = Settings(
     duration_s=2,
     warmup_requests=50,
     rounds=3,
-    diagnostics=("agent-bare", "agent-shadow"),
+    diagnostics=("agent-bare",),
     pairs=8,
 )
 
@@ -193,7 +193,7 @@ def run(mode: str) -> dict[str, Any]:
         for round_index in range(settings.rounds):
             order = [k for k in settings.peers if k not in skipped]
             order = order[round_index % len(order) :] + order[: round_index % len(order)]
-            order += list(settings.diagnostics[:1])  # the bare server beside the peers
+            order += list(settings.diagnostics)
             for served in models:
                 for key in order:
                     peer = peers[key]
@@ -204,9 +204,6 @@ def run(mode: str) -> dict[str, Any]:
                         peer, served, bodies[served.key], concurrencies, settings, work,
                         round_index, answers, startup,
                     )  # fmt: skip
-        if len(settings.diagnostics) == 2:
-            for served in models:
-                runs += paired_diagnostics(peers, served, bodies[served.key], settings, work)
     finally:
         devices.stop()
     return {
@@ -216,7 +213,6 @@ def run(mode: str) -> dict[str, Any]:
             "duration_s": settings.duration_s,
             "warmup_requests": settings.warmup_requests,
             "rounds": settings.rounds,
-            "diagnostic_pairs": settings.pairs,
             "concurrencies": list(settings.concurrencies),
             "server_cpus": SERVER_CPUS,
             "load_cpus": LOAD_CPUS,
@@ -258,20 +254,20 @@ def _serve_and_load(  # noqa: PLR0917 - one call site, read together with it
 ) -> list[dict[str, Any]]:
     log_file = work / "logs" / f"{peer.key}-{served.key}.log"
     began = time.monotonic()
-    process, port, grpc_port = _start_server(peer, served, work, log_file)
+    process, port, grpc_port = start_server(peer, served, work, log_file)
     runs = []
     try:
         startup.setdefault(peer.key, []).append(time.monotonic() - began)
         url = f"http://127.0.0.1:{port}{peer.infer_path(served)}"
         agent = peer.key.startswith("agent")
         for body in peer.bodies:
-            load = _load_of(body, bodies, url, grpc_port, served)
+            load = load_of(body, bodies, url, grpc_port, served)
             answers[f"{peer.key}/{served.key}/{body}"] = load.check()
             for _ in range(settings.warmup_requests):
                 load.check()
             for concurrency in concurrencies:
                 where = Measured(peer.key, served.key, body, process.pid, port if agent else None)
-                runs.append(_measure(where, load, c=concurrency, settings=settings, work=work,
+                runs.append(measure(where, load, c=concurrency, settings=settings, work=work,
                                      round_index=round_index))  # fmt: skip
     finally:
         stop(process)
@@ -290,7 +286,7 @@ class Measured:
     agent_port: int | None
 
 
-def _measure(
+def measure(
     where: Measured, load: Load, *, c: int, settings: Settings, work: Path, round_index: int
 ) -> dict[str, Any]:
     """One load of `settings.duration_s` at `concurrency`: its entry in the results."""
@@ -317,52 +313,11 @@ def _measure(
     return entry
 
 
-# Rounds of the paired diagnostics are numbered from here, apart from the main rounds.
-PAIRED_ROUND = 100
-
-
-def paired_diagnostics(
-    peers: dict[str, Peer], served: Served, bodies: Bodies, settings: Settings, work: Path
-) -> list[dict[str, Any]]:
-    """The diagnostic pair (the bare server, and the same with a shadow) up at once and
-    loaded in alternating windows, `settings.pairs` of each load: a ratio of two p99s taken
-    minutes apart moves with the machine (other tenants), one of neighbouring windows does not.
-    """
-    keys = list(settings.diagnostics)
-    loads = _loads(peers[keys[0]], served, settings)
-    if not loads:
-        return []
-    started: dict[str, tuple[subprocess.Popen[bytes], int, int]] = {}
-    runs = []
-    try:
-        for key in keys:
-            log_file = work / "logs" / f"{key}-{served.key}-paired.log"
-            started[key] = _start_server(peers[key], served, work, log_file)
-        measured = {}
-        for key, (process, port, grpc_port) in started.items():
-            url = f"http://127.0.0.1:{port}{peers[key].infer_path(served)}"
-            load = _load_of("json", bodies, url, grpc_port, served)
-            for _ in range(settings.warmup_requests):
-                load.check()
-            measured[key] = (Measured(key, served.key, "json", process.pid, port), load)
-        for concurrency in loads:
-            for pair in range(settings.pairs):
-                for key in keys if pair % 2 == 0 else keys[::-1]:
-                    where, load = measured[key]
-                    round_index = PAIRED_ROUND + pair
-                    runs.append(_measure(where, load, c=concurrency, settings=settings, work=work,
-                                     round_index=round_index))  # fmt: skip
-    finally:
-        for process, _, _ in started.values():
-            stop(process)
-    return runs
-
-
 BIND_FAILURES = ("Address already in use", "cannot listen")
 START_ATTEMPTS = 3
 
 
-def _start_server(
+def start_server(
     peer: Peer, served: Served, work: Path, log_file: Path
 ) -> tuple[subprocess.Popen[bytes], int, int]:
     """Start `peer` on free ports and wait until it is ready; return it and its ports.
@@ -394,7 +349,7 @@ class Load:
     run: Callable[[int, int, Path], dict[str, Any]]  # (concurrency, seconds, work) -> summary
 
 
-def _load_of(body: str, bodies: Bodies, url: str, grpc_port: int, served: Served) -> Load:
+def load_of(body: str, bodies: Bodies, url: str, grpc_port: int, served: Served) -> Load:
     if body == "grpc":
         checker = grpc_load.Checker(grpc_port, served)
 

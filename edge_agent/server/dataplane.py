@@ -63,8 +63,10 @@ class DataPlane:
         self._closed = False
         self.handoff_ns: float | None = None  # measured by `calibrate` when the server starts
         self.stats = InferenceStats(repository)
-        self._answering = 0  # inference requests between their model's lease and its answer
-        self.experiments.watch_serving(lambda: self._answering > 0)
+        # Inference requests being answered: each counts from its decoding (infer_exchange)
+        # or its lease to its answer, so that a shadow runs only when none is.
+        self.answering = 0
+        self.experiments.watch_serving(lambda: self.answering > 0)
         metrics.registry.add_collect_hook(self._refresh_gauges)
 
     def server_metadata(self) -> dict[str, Any]:
@@ -122,7 +124,7 @@ class DataPlane:
         """Run one OIP inference request through the model's batcher (on the variant of an
         experiment that the request is routed to)."""
         started = time.perf_counter_ns()
-        self._answering += 1
+        self.answering += 1
         try:
             model = self._hold(name, version, request.routing_key)
             try:
@@ -135,7 +137,7 @@ class DataPlane:
             self.stats.record_failure(name, time.perf_counter_ns() - started)
             raise
         finally:
-            self._answering -= 1
+            self.answering -= 1
         self.metrics.observe_outputs(name, result.model.version, result.outputs, result.model.io)
         request_id = self.experiments.request_id(name, request.id)
         self.experiments.answered(result.model, request_id, inputs, result.outputs)
@@ -147,7 +149,7 @@ class DataPlane:
     ) -> dict[str, Any]:
         """Run a `{"instances": [...]}` request and return `{"predictions": [...]}`."""
         started = time.perf_counter_ns()
-        self._answering += 1
+        self.answering += 1
         try:
             model = self._hold(name, version, routing_key)
             try:
@@ -160,7 +162,7 @@ class DataPlane:
             self.stats.record_failure(name, time.perf_counter_ns() - started)
             raise
         finally:
-            self._answering -= 1
+            self.answering -= 1
         self.metrics.observe_outputs(name, result.model.version, result.outputs, result.model.io)
         request_id = self.experiments.request_id(name, None)
         self.experiments.answered(result.model, request_id, inputs, result.outputs)

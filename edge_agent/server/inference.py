@@ -50,10 +50,15 @@ async def infer_exchange(
 ) -> Answer:
     """Decode `body` (with its Inference-Header-Content-Length and Experiment-Key header
     values), run it on `model` (`version`), encode the answer."""
-    split = parse_header_length(header_length, len(body))
-    parsed = await off_loop(len(body), decode_infer_request, body, split)
-    if parsed.routing_key is None and routing is not None:
-        parsed = replace(parsed, routing_key=routing_key(routing, f"the {ROUTING_HEADER} header"))
-    result = await dataplane.infer(model, version, parsed)
-    payload, json_length = encode_infer_response(result)
+    dataplane.answering += 1  # from the decoding on, not only in dataplane.infer
+    try:
+        split = parse_header_length(header_length, len(body))
+        parsed = await off_loop(len(body), decode_infer_request, body, split)
+        if parsed.routing_key is None and routing is not None:
+            where = f"the {ROUTING_HEADER} header"
+            parsed = replace(parsed, routing_key=routing_key(routing, where))
+        result = await dataplane.infer(model, version, parsed)
+        payload, json_length = encode_infer_response(result)
+    finally:
+        dataplane.answering -= 1
     return Answer(payload, json_length, result.model_version)
