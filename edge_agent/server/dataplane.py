@@ -39,6 +39,11 @@ EXTENSIONS = ("binary_tensor_data",)
 StatusProvider = Callable[[], Mapping[str, Any]]
 
 
+# How long the server must have answered nothing before a shadow may run: more than the gap
+# between an answer and the next request of a client that sends them back to back.
+QUIET_S = 0.001
+
+
 class DataPlane:
     """Health, metadata, inference and status, independent of the transport."""
 
@@ -64,10 +69,26 @@ class DataPlane:
         self.handoff_ns: float | None = None  # measured by `calibrate` when the server starts
         self.stats = InferenceStats(repository)
         # Inference requests being answered: each counts from its decoding (infer_exchange)
-        # or its lease to its answer, so that a shadow runs only when none is.
-        self.answering = 0
-        self.experiments.watch_serving(lambda: self.answering > 0)
+        # or its lease to its answer. A shadow runs only once none has been for QUIET_S.
+        self._answering = 0
+        self._quiet_from = 0.0  # perf_counter() when the last one was answered
+        self.experiments.watch_serving(self.recently_busy)
         metrics.registry.add_collect_hook(self._refresh_gauges)
+
+    def begin_answer(self) -> None:
+        """An inference request is being answered (end_answer when it is)."""
+        self._answering += 1
+
+    def end_answer(self) -> None:
+        """The request begun last is answered, or failed."""
+        self._answering -= 1
+        if not self._answering:
+            self._quiet_from = time.perf_counter()
+
+    def recently_busy(self) -> bool:
+        """Whether a request is being answered, or was less than QUIET_S ago: under a steady
+        load the gaps between answers are shorter, and a shadow keeps out of them."""
+        return bool(self._answering) or time.perf_counter() - self._quiet_from < QUIET_S
 
     def server_metadata(self) -> dict[str, Any]:
         """The OIP server metadata object."""
@@ -124,7 +145,7 @@ class DataPlane:
         """Run one OIP inference request through the model's batcher (on the variant of an
         experiment that the request is routed to)."""
         started = time.perf_counter_ns()
-        self.answering += 1
+        self.begin_answer()
         try:
             model = self._hold(name, version, request.routing_key)
             try:
@@ -137,7 +158,7 @@ class DataPlane:
             self.stats.record_failure(name, time.perf_counter_ns() - started)
             raise
         finally:
-            self.answering -= 1
+            self.end_answer()
         self.metrics.observe_outputs(name, result.model.version, result.outputs, result.model.io)
         request_id = self.experiments.request_id(name, request.id)
         self.experiments.answered(result.model, request_id, inputs, result.outputs)
@@ -149,7 +170,7 @@ class DataPlane:
     ) -> dict[str, Any]:
         """Run a `{"instances": [...]}` request and return `{"predictions": [...]}`."""
         started = time.perf_counter_ns()
-        self.answering += 1
+        self.begin_answer()
         try:
             model = self._hold(name, version, routing_key)
             try:
@@ -162,7 +183,7 @@ class DataPlane:
             self.stats.record_failure(name, time.perf_counter_ns() - started)
             raise
         finally:
-            self.answering -= 1
+            self.end_answer()
         self.metrics.observe_outputs(name, result.model.version, result.outputs, result.model.io)
         request_id = self.experiments.request_id(name, None)
         self.experiments.answered(result.model, request_id, inputs, result.outputs)
