@@ -318,6 +318,33 @@ async def test_the_shadow_waits_for_a_moment_without_requests_and_drops_meanwhil
     assert runner.totals == {"ran": 4, "dropped": 6, "failed": 0}
 
 
+async def test_the_server_counts_as_busy_while_answering_and_for_a_quiet_millisecond_after(
+    serving: tuple[InferenceServer, Experiments], onnx_models: ModelSet, http: ClientSession
+) -> None:
+    from edge_agent.server.dataplane import QUIET_S
+
+    server, _ = serving
+    dataplane = server.dataplane
+    rows = onnx_models.classifier.X_eval[:1].astype(np.float32)
+    seen: list[bool] = []
+    original = dataplane.infer
+
+    async def watched(*args: Any) -> Any:
+        seen.append(dataplane.recently_busy())
+        return await original(*args)
+
+    dataplane.infer = watched  # type: ignore[method-assign]
+    await _infer(http, server.url, infer_body(onnx_models.classifier, rows))
+    assert seen == [True], "busy while a request is being answered"
+    await asyncio.sleep(QUIET_S * 2)
+    assert not dataplane.recently_busy(), "quiet once nothing was answered for QUIET_S"
+    dataplane.begin_answer()
+    dataplane.end_answer()
+    assert dataplane.recently_busy(), "an answer just given: not quiet yet"
+    await asyncio.sleep(QUIET_S * 2)
+    assert not dataplane.recently_busy()
+
+
 async def test_the_shadow_runs_at_the_lowest_priority_so_answers_go_first(
     onnx_models: ModelSet, classifier_v2: BuiltModel
 ) -> None:
