@@ -55,7 +55,7 @@ class ExperimentCounters:
     def update(self, model: str, version: int, **increments: float) -> None:
         """Add `increments` (field name -> amount) to the variant's counts."""
         with self._lock:
-            counts = self._counts.setdefault((model, version), VariantCounts())
+            counts = self._variant(model, version)
             for name, amount in increments.items():
                 setattr(counts, name, getattr(counts, name) + amount)
 
@@ -63,10 +63,15 @@ class ExperimentCounters:
         """One more of `name` (a whole-number field) for the variant: `update(name=1)` for
         what happens on every request (answered, a shadow's drop), without its keywords."""
         with self._lock:
-            counts = self._counts.get((model, version))
-            if counts is None:
-                counts = self._counts[model, version] = VariantCounts()
+            counts = self._variant(model, version)
             setattr(counts, name, getattr(counts, name) + 1)
+
+    def _variant(self, model: str, version: int) -> VariantCounts:
+        """The variant's counts, made on first use (the caller holds the lock)."""
+        counts = self._counts.get((model, version))
+        if counts is None:
+            counts = self._counts[model, version] = VariantCounts()
+        return counts
 
     def drain(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Every variant's wire object, by (model, version as text); counting starts again."""

@@ -34,7 +34,7 @@ from typing import Any
 from edge_agent.errors import AgentError, ModelNotReadyError
 from edge_agent.experiments.answers import Answer, abs_difference, predictions, same_label
 from edge_agent.experiments.counters import ExperimentCounters
-from edge_agent.runtime.batching import merge_inputs
+from edge_agent.runtime.batching import merge_inputs, stack_signature
 from edge_agent.runtime.model import Array, LoadedModel
 from edge_common.supervise import watch
 
@@ -51,11 +51,6 @@ class _Job:
     inputs: Mapping[str, Array]
     control: Answer | None
     rows: int
-
-    @property
-    def signature(self) -> tuple[Any, ...]:
-        """Inputs stack only when every one agrees on dtype and dimensions after the first."""
-        return tuple((k, v.dtype.str, v.shape[1:]) for k, v in self.inputs.items())
 
 
 def lower_priority() -> None:
@@ -76,7 +71,7 @@ def plan_runs(jobs: list[_Job], batchable: bool) -> list[list[_Job]]:
     signature: tuple[Any, ...] = ()
     rows = 0
     for job in jobs:
-        mine, count = job.signature, job.rows
+        mine, count = stack_signature(job.inputs), job.rows
         if runs and mine == signature and rows + count <= MAX_RUN_ROWS:
             runs[-1].append(job)
             rows += count

@@ -68,9 +68,7 @@ class _Item:
     elements: int = field(init=False)  # input elements, what an inline run is bounded by
 
     def __post_init__(self) -> None:
-        # Requests merge only when every input agrees on dtype and dimensions after the first.
-        shapes = sorted((k, v.dtype.str, v.shape[1:]) for k, v in self.inputs.items())
-        self.signature = (id(self.model), tuple(shapes))
+        self.signature = (id(self.model), stack_signature(self.inputs))
         self.elements = sum(int(v.size) for v in self.inputs.values())
 
 
@@ -368,6 +366,12 @@ def _settle(item: _Item, result: BatchResult) -> None:
 def _settle_error(item: _Item, error: Exception) -> None:
     if not item.future.done():
         item.future.set_exception(error)
+
+
+def stack_signature(inputs: Mapping[str, Array]) -> tuple[Any, ...]:
+    """What inputs must share to be stacked into one session.run: every input's dtype and
+    dimensions after the first (merge_inputs stacks along the first)."""
+    return tuple(sorted((k, v.dtype.str, v.shape[1:]) for k, v in inputs.items()))
 
 
 def merge_inputs(requests: list[Mapping[str, Array]]) -> dict[str, Array]:

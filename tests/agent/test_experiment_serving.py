@@ -228,11 +228,21 @@ async def test_a_full_shadow_queue_drops_and_counts(
     assert counted == {"runs": 3, "dropped": 7}
 
 
-def _drain_shadow(experiments: Experiments, totals: dict[str, float]) -> None:
-    for key, counts in experiments.counters.drain().items():
-        assert key == ("classifier", "2")
-        for name in totals:
-            totals[name] += counts["shadow"].get(name, 0)
+async def _shadow_counts(experiments: Experiments, runner: ShadowRunner, runs: int) -> Any:
+    """The shadow's runs, labels, agreed and failed counts, once it has run `runs` inputs;
+    the runner is closed."""
+    totals = {"runs": 0, "labels": 0, "agreed": 0, "failed": 0}
+
+    def ran_them() -> bool:
+        for key, counts in experiments.counters.drain().items():
+            assert key == ("classifier", "2")
+            for name in totals:
+                totals[name] += counts["shadow"].get(name, 0)
+        return totals["runs"] == runs
+
+    await eventually(ran_them, f"the shadow ran {runs} inputs")
+    await runner.close()
+    return totals
 
 
 async def test_the_shadow_stacks_what_it_gathered_into_few_runs_and_compares_each_input(
@@ -251,14 +261,7 @@ async def test_the_shadow_stacks_what_it_gathered_into_few_runs_and_compares_eac
     runner.start()
     for i in range(0, 60, 2):  # 30 requests of two rows, each "answered" with the shadow's own
         runner.offer({"X": features[i : i + 2]}, Answer("classifier", 1, "label", (mine[i], -1)))
-    totals = {"runs": 0, "labels": 0, "agreed": 0, "failed": 0}
-
-    def compared() -> bool:
-        _drain_shadow(experiments, totals)
-        return totals["runs"] == 30
-
-    await eventually(compared, "the shadow compared every input")
-    await runner.close()
+    totals = await _shadow_counts(experiments, runner, 30)
     assert totals == {"runs": 30, "labels": 60, "agreed": 30, "failed": 0}
     assert sum(rows_run) == 60
     assert len(rows_run) < 30, f"stacked, not one run each: {rows_run}"
@@ -286,14 +289,7 @@ async def test_an_input_that_fails_the_shadow_does_not_cost_its_neighbours_their
             row[:] = 999
         runner.offer({"X": row}, Answer("classifier", 1, "label", (mine[i],)))
     runner.start()
-    totals = {"runs": 0, "labels": 0, "agreed": 0, "failed": 0}
-
-    def compared() -> bool:
-        _drain_shadow(experiments, totals)
-        return totals["runs"] == 10
-
-    await eventually(compared, "the shadow ran every input")
-    await runner.close()
+    totals = await _shadow_counts(experiments, runner, 10)
     assert totals == {"runs": 10, "labels": 9, "agreed": 9, "failed": 1}
 
 
