@@ -12,11 +12,14 @@ the whole batch at once. Per request that leaves an append to a deque: the hand-
 thread, the loop's wake-up and the comparison are paid once per batch, so on a device with
 one core they meet an answer's request in one batch of many rather than on every request.
 
-session.run runs on a thread of its own at the lowest scheduling priority (nice 19, for that
-thread alone), so a slow shadow never takes a thread the served model needs and the
-scheduler gives the core to any answer that is ready first. Only session.run runs there: a
-thread of the lowest priority holding the interpreter lock through Python work would make
-the answers wait for it.
+session.run runs on a thread of its own at the idle scheduling class (Linux's SCHED_IDLE,
+for that thread alone; nice 19 where that is refused), so a slow shadow never takes a thread
+the served model needs and the scheduler hands the core to any answer the moment it is
+ready: a nice-19 thread may still finish its slice first, an idle one is preempted at once.
+Only session.run runs there: a thread of the lowest priority holding the interpreter lock
+through Python work would make the answers wait for it. The comparison runs on the loop in
+slices of `COMPARE_SLICE` inputs, looking again for requests between two slices, so an
+answer that arrives meanwhile waits for one slice, not for the whole batch.
 """
 
 from __future__ import annotations
@@ -40,10 +43,11 @@ from edge_common.supervise import watch
 
 log = logging.getLogger(__name__)
 
-SHADOW_NICENESS = 19  # the lowest priority: the shadow yields the CPU to every answer
+SHADOW_NICENESS = 19  # where the idle class is refused: the lowest nice value
 GATHER_S = 0.05  # the longest an input waits for others to share its session.run
 MAX_RUN_ROWS = 256  # rows stacked into one shadow session.run
 IDLE_POLL_S = 0.001  # how often a shadow that waits for the server to be idle looks again
+COMPARE_SLICE = 8  # inputs compared between two looks for requests (about 30 µs of Python)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +58,16 @@ class _Job:
 
 
 def lower_priority() -> None:
-    """Lower the calling thread's scheduling priority (Linux: a thread is a task with its own
-    nice value); elsewhere, or when refused, the shadow runs at the normal priority."""
+    """Put the calling thread in the idle scheduling class (Linux: a thread is a task with its
+    own policy), else at nice 19; elsewhere the shadow runs at the normal priority."""
+    tid = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SHADOW_NICENESS)
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        return
+    except (AttributeError, OSError) as e:  # not Linux, or a sandbox that refuses it
+        log.info("the shadow thread stays out of the idle class: %s", e)
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, SHADOW_NICENESS)
     except (AttributeError, OSError) as e:  # no setpriority (not Unix), or not permitted
         log.info("the shadow runs at the normal priority: %s", e)
 
@@ -177,7 +187,6 @@ class ShadowRunner:
         runs = plan_runs(jobs, self.model.batchable)
         merged = [merge_inputs([job.inputs for job in run]) for run in runs]
         outcomes = await loop.run_in_executor(self._executor, self._run_each, merged)
-        await self._between_requests()  # the comparison too runs on the loop
         counts: dict[str, float] = {}
         for run, outcome in zip(runs, outcomes, strict=True):
             if isinstance(outcome, AgentError) and len(run) > 1:
@@ -185,9 +194,9 @@ class ShadowRunner:
                 alone = [dict(job.inputs) for job in run]
                 singles = await loop.run_in_executor(self._executor, self._run_each, alone)
                 for job, single in zip(run, singles, strict=True):
-                    self._compare([job], single, counts)
+                    await self._compare([job], single, counts)
             else:
-                self._compare(run, outcome, counts)
+                await self._compare(run, outcome, counts)
         self._count(**counts)
 
     def _run_each(self, merged: list[dict[str, Array]]) -> list[dict[str, Array] | AgentError]:
@@ -200,14 +209,17 @@ class ShadowRunner:
                 outcomes.append(e)
         return outcomes
 
-    def _compare(
+    async def _compare(
         self, run: list[_Job], outcome: dict[str, Array] | AgentError, counts: dict[str, float]
     ) -> None:
+        """Count one run's agreement with the control, a slice of its inputs at a time, each
+        slice at a moment no request is being answered."""
         _add(counts, "shadow_runs", len(run))
         if isinstance(outcome, AgentError):
             log.debug("shadow %r failed on an input: %s", self.model, outcome)
             _add(counts, "shadow_failed", len(run))
             return
+        await self._between_requests()
         found = predictions(outcome, self.model.io)
         if found is None:
             return
@@ -215,7 +227,10 @@ class ShadowRunner:
         if len(run) > 1 and len(mine) != sum(job.rows for job in run):
             return  # a stacked output that is not one row per input row cannot be shared out
         start = 0
-        for job in run:
+        for index, job in enumerate(run):
+            if index and index % COMPARE_SLICE == 0:
+                await asyncio.sleep(0)  # the loop reads what has arrived before the next slice
+                await self._between_requests()
             rows = mine[start : start + job.rows] if len(run) > 1 else mine
             start += job.rows
             if job.control is not None and job.control.kind == kind:

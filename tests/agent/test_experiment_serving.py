@@ -15,7 +15,8 @@ from aiohttp import ClientSession
 from edge_agent.errors import InferenceError
 from edge_agent.experiments import Experiments, ExperimentSettings
 from edge_agent.experiments.answers import Answer
-from edge_agent.experiments.shadow import ShadowRunner
+from edge_agent.experiments import shadow
+from edge_agent.experiments.shadow import COMPARE_SLICE, ShadowRunner
 from edge_agent.runtime import ModelRepository
 from edge_agent.server import InferenceServer, ServerConfig
 from edge_protocol import ExperimentSpec, Pin
@@ -314,6 +315,37 @@ async def test_the_shadow_waits_for_a_moment_without_requests_and_drops_meanwhil
     assert runner.totals == {"ran": 4, "dropped": 6, "failed": 0}
 
 
+async def test_a_request_arriving_during_the_comparison_pauses_it_after_one_slice(
+    onnx_models: ModelSet, classifier_v2: BuiltModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    experiments = Experiments()
+    compared: list[int] = []
+    agreement = shadow._add_agreement
+    monkeypatch.setattr(
+        shadow,
+        "_add_agreement",
+        lambda counts, kind, pairs: compared.append(len(pairs)) or agreement(counts, kind, pairs),
+    )
+    runner = ShadowRunner(
+        load(classifier_v2, 2),
+        experiments.counters,
+        capacity=100,
+        busy=lambda: bool(compared),  # a request arrives once the first input is compared
+    )
+    features = onnx_models.classifier.X_eval[:40].astype(np.float32)
+    for i in range(40):  # queued before the worker starts: one stacked run of 40 inputs
+        runner.offer({"X": features[i : i + 1]}, Answer("classifier", 1, "label", (0,)))
+    runner.start()
+    await eventually(lambda: compared, "the comparison began")
+    await asyncio.sleep(0.05)  # fifty looks for the request: it is still being answered
+    assert len(compared) == COMPARE_SLICE, "the comparison paused after its first slice"
+    assert runner.totals["ran"] == 0
+    monkeypatch.setattr(runner, "_busy", lambda: False)
+    await eventually(lambda: runner.totals["ran"] == 40, "the rest compared once it was answered")
+    await runner.close()
+    assert len(compared) == 40
+
+
 async def test_the_server_counts_as_busy_while_answering_and_for_a_quiet_millisecond_after(
     serving: tuple[InferenceServer, Experiments], onnx_models: ModelSet, http: ClientSession
 ) -> None:
@@ -351,11 +383,11 @@ async def test_the_shadow_runs_at_the_lowest_priority_so_answers_go_first(
     runner.offer({"X": onnx_models.classifier.X_eval[:1].astype(np.float32)}, None)
     await eventually(experiments.counters.drain, "the shadow ran the input")
     workers = [t for t in threading.enumerate() if t.name.startswith("shadow-classifier")]
-    niceness = [os.getpriority(os.PRIO_PROCESS, t.native_id or 0) for t in workers]
-    served = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    policies = [os.sched_getscheduler(t.native_id or 0) for t in workers]
+    served = os.sched_getscheduler(threading.get_native_id())
     await runner.close()
-    assert niceness == [19], "the shadow's own thread yields to every answer"
-    assert served < 19, "the serving threads keep their priority"
+    assert policies == [os.SCHED_IDLE], "the shadow's own thread yields to every answer"
+    assert served == os.SCHED_OTHER, "the serving threads keep their priority"
 
 
 HOSTILE: list[tuple[Any, str]] = [

@@ -25,6 +25,7 @@ from model_registry.services.devices import add_device
 from model_registry.services.ingest import DeviceIngest
 from tests.registry.conftest import Api
 from tests.support.broker import BrokerFactory
+from tests.support.storage_records import device as device_record
 
 TOPICS = Topics()
 DEV, OTHER = "dev-1", "dev-2"
@@ -203,7 +204,7 @@ async def test_the_mqtt_side_counts_what_it_drops_in_metrics(
     config = load_config(registry_home.home)
     options = ServeOptions(listen="127.0.0.1:0", mqtt_url=broker.url)
     async with running_registry(config, options) as registry:
-        await add_device(registry.ctx, DEV, group="lab")
+        await registry.ctx.storage.add_device(device_record(DEV, "lab"))  # a plain broker: no login
         with broker.connect() as device:
             for topic, payload in [
                 (TOPICS.events(DEV), b"{not json"),

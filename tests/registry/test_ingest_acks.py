@@ -25,6 +25,7 @@ from model_registry.services.ingest import DeviceIngest
 from tests.registry.conftest import Api
 from tests.registry.test_ingest import _metrics
 from tests.support.broker import BrokerFactory, MqttTestClient
+from tests.support.storage_records import device as device_record
 
 TOPICS = Topics()
 DEV, OTHER = "dev-1", "dev-2"
@@ -112,7 +113,7 @@ async def test_the_registry_publishes_acks_to_the_device(
     config = load_config(registry_home.home)
     options = ServeOptions(listen="127.0.0.1:0", mqtt_url=broker.url)
     async with running_registry(config, options) as registry:
-        await add_device(registry.ctx, DEV, group="lab")
+        await registry.ctx.storage.add_device(device_record(DEV, "lab"))  # a plain broker: no login
         with broker.connect(client_id=DEV) as device:
             device.subscribe(TOPICS.acks(DEV))
             for seq in (1, 2, 3):

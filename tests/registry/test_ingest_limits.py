@@ -25,10 +25,10 @@ from model_registry.config import FleetConfig, IngestConfig, load_config
 from model_registry.home import InitResult
 from model_registry.mqtt.client import MqttMessage
 from model_registry.server import RunningRegistry, ServeOptions, running_registry
-from model_registry.services.devices import add_device
 from model_registry.services.ingest import DeviceIngest
 from model_registry.services.retention import prune_device_messages
 from tests.support.broker import Broker, BrokerFactory
+from tests.support.storage_records import device as device_record
 
 TOPICS = Topics()
 NOISY, CALM = "noisy", "calm"
@@ -76,8 +76,9 @@ async def _serve(home: Path, broker: Broker) -> AsyncIterator[RunningRegistry]:
     """The registry of `home` on `broker`, with the two devices provisioned."""
     options = ServeOptions(listen="127.0.0.1:0", mqtt_url=broker.url)
     async with running_registry(load_config(home), options) as registry:
-        for device in (NOISY, CALM):
-            await add_device(registry.ctx, device, group="lab")
+        # Records alone: this plain broker has no logins to make (no wait for its answer).
+        for name in (NOISY, CALM):
+            await registry.ctx.storage.add_device(device_record(name, "lab"))
         yield registry
 
 
