@@ -63,7 +63,7 @@ class Settings:
     heavy_peers: tuple[str, ...] | None = None  # peers run on the heavy models (None: all)
     heavy_concurrencies: tuple[int, ...] | None = None
     diagnostics: tuple[str, ...] = ()  # agent variants that measure what each cause costs
-    pairs: int = 3  # alternating windows of the shadow section's two servers, per load
+    pairs: int = 3  # rounds of the shadow section's servers, per load (a multiple of three)
 
 
 QUICK = Settings(
@@ -85,7 +85,7 @@ FULL = Settings(
     warmup_requests=50,
     rounds=3,
     diagnostics=("agent-bare",),
-    pairs=8,
+    pairs=12,
 )
 
 

@@ -174,3 +174,6 @@ PEERS["agent-bare"] = Peer("agent-bare", "bare InferenceServer", ("json",), _bar
 # The same with a shadow of the model attached (experiments): its p99 against agent-bare's.
 PEERS["agent-shadow"] = Peer("agent-shadow", "bare InferenceServer + shadow", ("json",),
                              _shadowed_agent, only=DIAGNOSTIC_LOADS)  # fmt: skip
+# agent-bare started a second time: its ratio to the first is what the machine alone gives.
+PEERS["agent-bare-again"] = Peer("agent-bare-again", "bare InferenceServer, second process",
+                                 ("json",), _bare_agent, only=DIAGNOSTIC_LOADS)  # fmt: skip

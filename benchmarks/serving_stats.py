@@ -21,6 +21,7 @@ COMPARISONS: list[tuple[Series, list[Series]]] = [
                                        ("naive", "naive", "json")]),
     (("agent-bare", "agent-bare", "json"), [("naive", "naive", "json")]),
     (("agent-shadow", "agent-shadow", "json"), [("agent-bare", "agent-bare", "json")]),
+    (("agent-bare-again", "agent-bare-again", "json"), [("agent-bare", "agent-bare", "json")]),
 ]  # fmt: skip
 
 

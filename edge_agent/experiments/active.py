@@ -13,7 +13,7 @@ import logging
 import os
 import random
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from edge_agent.errors import ModelNotFoundError, ModelNotReadyError
@@ -22,7 +22,7 @@ from edge_agent.experiments.counters import ExperimentCounters
 from edge_agent.experiments.feedback import FeedbackItem, score
 from edge_agent.experiments.routing import to_treatment
 from edge_agent.experiments.settings import ExperimentSettings
-from edge_agent.experiments.shadow import ShadowRunner
+from edge_agent.experiments.shadow import ServingActivity, ShadowRunner
 from edge_agent.runtime.model import Array, LoadedModel
 from edge_protocol import ExperimentSpec
 
@@ -94,15 +94,16 @@ class Experiments:
         self._lock = threading.Lock()
         self._rng = random.Random()  # noqa: S311 - a traffic split, not a secret
         self._ids = RequestIds()
-        self._serving: Callable[[], bool] = lambda: False
+        self._serving: ServingActivity | None = None
 
-    def watch_serving(self, busy: Callable[[], bool]) -> None:
-        """Learn from the server whether requests are being answered now: a shadow runs
-        only in the moments between them."""
-        self._serving = busy
+    def watch_serving(self, serving: ServingActivity) -> None:
+        """Learn from the server when requests are being answered: a shadow runs only in
+        the quiet moments between them."""
+        self._serving = serving
 
-    def _is_serving(self) -> bool:
-        return self._serving()  # looked up each time: the server may watch after a start
+    async def _until_quiet(self) -> None:
+        if self._serving is not None:  # looked up each time: the server may watch after a start
+            await self._serving.quiet()
 
     def get(self, model: str) -> ActiveExperiment | None:
         """The experiment running on `model`, if any."""
@@ -123,7 +124,7 @@ class Experiments:
         shadow = None
         if spec.mode == "shadow":
             shadow = ShadowRunner(
-                candidate, self.counters, self.settings.shadow_queue, busy=self._is_serving
+                candidate, self.counters, self.settings.shadow_queue, quiet=self._until_quiet
             )
             shadow.start()
         experiment = ActiveExperiment(model, control_version, spec, candidate, shadow)

@@ -29,10 +29,10 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from edge_agent.errors import AgentError, ModelNotReadyError
 from edge_agent.experiments.answers import Answer, abs_difference, predictions, same_label
@@ -46,8 +46,18 @@ log = logging.getLogger(__name__)
 SHADOW_NICENESS = 19  # where the idle class is refused: the lowest nice value
 GATHER_S = 0.05  # the longest an input waits for others to share its session.run
 MAX_RUN_ROWS = 256  # rows stacked into one shadow session.run
-IDLE_POLL_S = 0.001  # how often a shadow that waits for the server to be idle looks again
 COMPARE_SLICE = 8  # inputs compared between two looks for requests (about 30 µs of Python)
+
+
+class ServingActivity(Protocol):
+    """What the shadow learns from the server (edge_agent/server/answering.py)."""
+
+    async def quiet(self) -> None:
+        """Return at a moment no request is being answered."""
+
+
+async def _at_once() -> None:
+    """No server to wait for (a runner on its own)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +109,10 @@ class ShadowRunner:
         model: LoadedModel,
         counters: ExperimentCounters,
         capacity: int,
-        busy: Callable[[], bool] = lambda: False,
+        quiet: Callable[[], Awaitable[None]] = _at_once,
     ) -> None:
         self.model = model
-        self._busy = busy  # whether requests are being answered now
+        self._quiet = quiet  # returns at a moment no request is being answered
         self._counters = counters
         self._queue: deque[_Job] = deque()
         self._capacity = capacity
@@ -178,9 +188,7 @@ class ShadowRunner:
         """Return at a moment no request is being answered. While the server is never idle
         the shadow waits and its full queue drops what comes (counted): under load the
         shadow gives way first."""
-        # Polled, not signalled: an event would cost every request a set, for the shadow alone.
-        while self._busy():  # noqa: ASYNC110
-            await asyncio.sleep(IDLE_POLL_S)
+        await self._quiet()
 
     async def _run(self, jobs: list[_Job]) -> None:
         loop = asyncio.get_running_loop()

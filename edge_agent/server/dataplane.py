@@ -22,6 +22,7 @@ from edge_agent.runtime import Batcher, LoadedModel, ModelRepository
 from edge_agent.runtime.batching import BatchResult
 from edge_agent.runtime.costs import measure_handoff
 from edge_agent.runtime.model import Array
+from edge_agent.server.answering import Answering
 from edge_agent.server.model_config import model_config
 from edge_agent.server.oip import InferRequest, InferResponse, OutputTensor
 from edge_agent.server.settings import ServerConfig
@@ -37,11 +38,6 @@ EXTENSIONS = ("binary_tensor_data",)
 
 # Returns a fragment merged into GET /v1/status (the updater adds "update", trust adds "trust").
 StatusProvider = Callable[[], Mapping[str, Any]]
-
-
-# How long the server must have answered nothing before a shadow may run: more than the gap
-# between an answer and the next request of a client that sends them back to back.
-QUIET_S = 0.001
 
 
 class DataPlane:
@@ -70,25 +66,9 @@ class DataPlane:
         self.stats = InferenceStats(repository)
         # Inference requests being answered: each counts from its decoding (infer_exchange)
         # or its lease to its answer. A shadow runs only once none has been for QUIET_S.
-        self._answering = 0
-        self._quiet_from = 0.0  # perf_counter() when the last one was answered
-        self.experiments.watch_serving(self.recently_busy)
+        self.answering = Answering()
+        self.experiments.watch_serving(self.answering)
         metrics.registry.add_collect_hook(self._refresh_gauges)
-
-    def begin_answer(self) -> None:
-        """An inference request is being answered (end_answer when it is)."""
-        self._answering += 1
-
-    def end_answer(self) -> None:
-        """The request begun last is answered, or failed."""
-        self._answering -= 1
-        if not self._answering:
-            self._quiet_from = time.perf_counter()
-
-    def recently_busy(self) -> bool:
-        """Whether a request is being answered, or was less than QUIET_S ago: under a steady
-        load the gaps between answers are shorter, and a shadow keeps out of them."""
-        return bool(self._answering) or time.perf_counter() - self._quiet_from < QUIET_S
 
     def server_metadata(self) -> dict[str, Any]:
         """The OIP server metadata object."""
@@ -145,7 +125,7 @@ class DataPlane:
         """Run one OIP inference request through the model's batcher (on the variant of an
         experiment that the request is routed to)."""
         started = time.perf_counter_ns()
-        self.begin_answer()
+        self.answering.begin()
         try:
             model = self._hold(name, version, request.routing_key)
             try:
@@ -158,7 +138,7 @@ class DataPlane:
             self.stats.record_failure(name, time.perf_counter_ns() - started)
             raise
         finally:
-            self.end_answer()
+            self.answering.end()
         self.metrics.observe_outputs(name, result.model.version, result.outputs, result.model.io)
         request_id = self.experiments.request_id(name, request.id)
         self.experiments.answered(result.model, request_id, inputs, result.outputs)
@@ -170,7 +150,7 @@ class DataPlane:
     ) -> dict[str, Any]:
         """Run a `{"instances": [...]}` request and return `{"predictions": [...]}`."""
         started = time.perf_counter_ns()
-        self.begin_answer()
+        self.answering.begin()
         try:
             model = self._hold(name, version, routing_key)
             try:
@@ -183,7 +163,7 @@ class DataPlane:
             self.stats.record_failure(name, time.perf_counter_ns() - started)
             raise
         finally:
-            self.end_answer()
+            self.answering.end()
         self.metrics.observe_outputs(name, result.model.version, result.outputs, result.model.io)
         request_id = self.experiments.request_id(name, None)
         self.experiments.answered(result.model, request_id, inputs, result.outputs)

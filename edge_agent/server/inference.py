@@ -50,7 +50,7 @@ async def infer_exchange(
 ) -> Answer:
     """Decode `body` (with its Inference-Header-Content-Length and Experiment-Key header
     values), run it on `model` (`version`), encode the answer."""
-    dataplane.begin_answer()  # from the decoding on, not only in dataplane.infer
+    dataplane.answering.begin()  # from the decoding on, not only in dataplane.infer
     try:
         split = parse_header_length(header_length, len(body))
         parsed = await off_loop(len(body), decode_infer_request, body, split)
@@ -60,5 +60,5 @@ async def infer_exchange(
         result = await dataplane.infer(model, version, parsed)
         payload, json_length = encode_infer_response(result)
     finally:
-        dataplane.end_answer()
+        dataplane.answering.end()
     return Answer(payload, json_length, result.model_version)

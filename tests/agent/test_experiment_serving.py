@@ -13,12 +13,12 @@ import pytest
 from aiohttp import ClientSession
 
 from edge_agent.errors import InferenceError
-from edge_agent.experiments import Experiments, ExperimentSettings
+from edge_agent.experiments import Experiments, ExperimentSettings, shadow
 from edge_agent.experiments.answers import Answer
-from edge_agent.experiments import shadow
 from edge_agent.experiments.shadow import COMPARE_SLICE, ShadowRunner
 from edge_agent.runtime import ModelRepository
 from edge_agent.server import InferenceServer, ServerConfig
+from edge_agent.server.answering import QUIET_S, Answering
 from edge_protocol import ExperimentSpec, Pin
 from tests.agent.conftest import eventually, infer_body, load, ort_outputs, post
 from tests.support.models import BuiltModel, ModelSet
@@ -298,9 +298,10 @@ async def test_the_shadow_waits_for_a_moment_without_requests_and_drops_meanwhil
     onnx_models: ModelSet, classifier_v2: BuiltModel
 ) -> None:
     experiments = Experiments()
-    answering = [True]
+    answering = Answering()
+    answering.begin()  # a request is being answered
     runner = ShadowRunner(
-        load(classifier_v2, 2), experiments.counters, capacity=4, busy=lambda: answering[0]
+        load(classifier_v2, 2), experiments.counters, capacity=4, quiet=answering.quiet
     )
     runner.start()
     inputs = {"X": onnx_models.classifier.X_eval[:1].astype(np.float32)}
@@ -309,7 +310,7 @@ async def test_the_shadow_waits_for_a_moment_without_requests_and_drops_meanwhil
     await asyncio.sleep(0.2)  # four GATHER_S windows: a shadow that did not wait would have run
     assert runner.totals == {"ran": 0, "dropped": 6, "failed": 0}
     assert runner.depth == 4
-    answering[0] = False
+    answering.end()
     await eventually(lambda: runner.totals["ran"] == 4, "the shadow ran once the server was idle")
     await runner.close()
     assert runner.totals == {"ran": 4, "dropped": 6, "failed": 0}
@@ -319,28 +320,29 @@ async def test_a_request_arriving_during_the_comparison_pauses_it_after_one_slic
     onnx_models: ModelSet, classifier_v2: BuiltModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     experiments = Experiments()
+    answering = Answering()
     compared: list[int] = []
     agreement = shadow._add_agreement
-    monkeypatch.setattr(
-        shadow,
-        "_add_agreement",
-        lambda counts, kind, pairs: compared.append(len(pairs)) or agreement(counts, kind, pairs),
-    )
+
+    def counted(counts: dict[str, float], kind: str, pairs: list[tuple[Any, Any]]) -> None:
+        if not compared:
+            answering.begin()  # a request arrives once the first input is compared
+        compared.append(len(pairs))
+        agreement(counts, kind, pairs)
+
+    monkeypatch.setattr(shadow, "_add_agreement", counted)
     runner = ShadowRunner(
-        load(classifier_v2, 2),
-        experiments.counters,
-        capacity=100,
-        busy=lambda: bool(compared),  # a request arrives once the first input is compared
+        load(classifier_v2, 2), experiments.counters, capacity=100, quiet=answering.quiet
     )
     features = onnx_models.classifier.X_eval[:40].astype(np.float32)
     for i in range(40):  # queued before the worker starts: one stacked run of 40 inputs
         runner.offer({"X": features[i : i + 1]}, Answer("classifier", 1, "label", (0,)))
     runner.start()
     await eventually(lambda: compared, "the comparison began")
-    await asyncio.sleep(0.05)  # fifty looks for the request: it is still being answered
+    await asyncio.sleep(0.05)  # the request is still being answered
     assert len(compared) == COMPARE_SLICE, "the comparison paused after its first slice"
     assert runner.totals["ran"] == 0
-    monkeypatch.setattr(runner, "_busy", lambda: False)
+    answering.end()
     await eventually(lambda: runner.totals["ran"] == 40, "the rest compared once it was answered")
     await runner.close()
     assert len(compared) == 40
@@ -349,28 +351,46 @@ async def test_a_request_arriving_during_the_comparison_pauses_it_after_one_slic
 async def test_the_server_counts_as_busy_while_answering_and_for_a_quiet_millisecond_after(
     serving: tuple[InferenceServer, Experiments], onnx_models: ModelSet, http: ClientSession
 ) -> None:
-    from edge_agent.server.dataplane import QUIET_S
-
     server, _ = serving
-    dataplane = server.dataplane
+    answering = server.dataplane.answering
     rows = onnx_models.classifier.X_eval[:1].astype(np.float32)
     seen: list[bool] = []
-    original = dataplane.infer
+    original = server.dataplane.infer
 
     async def watched(*args: Any) -> Any:
-        seen.append(dataplane.recently_busy())
+        seen.append(answering.busy())
         return await original(*args)
 
-    dataplane.infer = watched  # type: ignore[method-assign]
+    server.dataplane.infer = watched  # type: ignore[method-assign]
     await _infer(http, server.url, infer_body(onnx_models.classifier, rows))
     assert seen == [True], "busy while a request is being answered"
     await asyncio.sleep(QUIET_S * 2)
-    assert not dataplane.recently_busy(), "quiet once nothing was answered for QUIET_S"
-    dataplane.begin_answer()
-    dataplane.end_answer()
-    assert dataplane.recently_busy(), "an answer just given: not quiet yet"
+    assert not answering.busy(), "quiet once nothing was answered for QUIET_S"
+    answering.begin()
+    answering.end()
+    assert answering.busy(), "an answer just given: not quiet yet"
     await asyncio.sleep(QUIET_S * 2)
-    assert not dataplane.recently_busy()
+    assert not answering.busy()
+
+
+async def test_a_wait_for_quiet_ends_a_quiet_time_after_the_last_answer_not_before() -> None:
+    loop = asyncio.get_running_loop()
+    answering = Answering(quiet_s=0.05)
+    answering.begin()
+    waiting = asyncio.create_task(answering.quiet())
+    await asyncio.sleep(0.1)
+    assert not waiting.done(), "no quiet moment while a request is being answered"
+    answering.end()
+    await asyncio.sleep(0.02)
+    answering.begin()  # the next request, inside the quiet time: the moment is gone
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    answering.end()
+    last_answer = loop.time()
+    await asyncio.wait_for(waiting, timeout=10)
+    assert loop.time() - last_answer >= 0.05, "a whole quiet time after the last answer"
+    assert not answering.busy()
+    await answering.quiet()  # already quiet: at once
 
 
 async def test_the_shadow_runs_at_the_lowest_priority_so_answers_go_first(
