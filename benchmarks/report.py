@@ -100,9 +100,7 @@ def targets(mode: str) -> list[dict[str, Any]]:
         value = shadowed.get(f"small/c{c}/agent-shadow_over_agent-bare", {}).get("p99")
         add(f"small, c={c}: p99 with a shadow attached <= 1.1x without (bare server, paired)",
             value, 1.1, False)  # fmt: skip
-        noise = shadowed.get(f"small/c{c}/agent-bare-again_over_agent-bare", {}).get("p99")
-        if noise is not None:  # the same server twice: what the machine alone gives
-            out[-1]["measured"] += f" (the same server twice: {noise:.2f}x)"
+        out[-1]["measured"] += _noise(shadowed, f"small/c{c}")
     add("small, c=32, gRPC: agent req/s over MLServer's gRPC server (no target)",
         ratio("small/c32/agent_grpc_over_mlserver_grpc", "rps"), 0.0, True)  # fmt: skip
     out[-1]["status"] = "reported" if out[-1]["status"] != "not run" else "not run"
@@ -222,6 +220,12 @@ def _diagnostics(serving: dict[str, Any]) -> list[str]:
               "CPU µs/req", "rows/batch", "req/s / naive", "p50 / naive"]  # fmt: skip
     return ["", "Diagnostics: the bare InferenceServer (what serving costs without the rest of "
             "a running agent) next to `edge-agent run`.", "", *_table(header, rows)]  # fmt: skip
+
+
+def _noise(shadowed: dict[str, Any], load: str) -> str:
+    """The bare server's second process over its first: what the machine alone gives."""
+    noise = shadowed.get(f"{load}/agent-bare-again_over_agent-bare", {}).get("p99")
+    return "" if noise is None else f" (the same server twice: {noise:.2f}x)"
 
 
 def _shadow_rows(shadow: dict[str, Any] | None) -> list[str]:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-PROBE_ROWS = 8  # the second measurement of a batchable model, to see how the cost grows
+PROBE_ROWS = 32  # the second measurement of a batchable model, to see how the cost grows
 SAMPLES = 9  # timed runs per measurement (the fastest is kept)
 HANDOFF_SAMPLES = 32
 
