@@ -107,8 +107,8 @@ class Experiments:
 
     def get(self, model: str) -> ActiveExperiment | None:
         """The experiment running on `model`, if any."""
-        with self._lock:
-            return self._active.get(model)
+        # Without the lock: one dict lookup is atomic, and every request makes two of them.
+        return self._active.get(model)
 
     def snapshot(self) -> list[ActiveExperiment]:
         """The running experiments, by model name."""
@@ -175,30 +175,27 @@ class Experiments:
             ) from e
         return chosen
 
-    def request_id(self, model: str, given: str | None) -> str | None:
-        """The id an answer carries: the client's, or a fresh one while `model` is in an
-        experiment (feedback names it), or None."""
-        if given is not None or self.get(model) is None:
-            return given
-        return self._ids.next()
-
     def answered(
         self,
         model: LoadedModel,
-        request_id: str | None,
+        given_id: str | None,
         inputs: Mapping[str, Array],
         outputs: Mapping[str, Array],
-    ) -> None:
-        """After an answer: count it, remember it for feedback, hand the inputs to a shadow."""
+    ) -> str | None:
+        """After an answer: count it, remember it for feedback, hand the inputs to a shadow.
+        Returns the id the answer carries: the client's, or a fresh one while the model is in
+        an experiment (feedback names it), or None."""
         experiment = self.get(model.name)
         if experiment is None:
-            return
+            return given_id
+        request_id = self._ids.next() if given_id is None else given_id
         answer = read_answer(model.name, model.version, outputs, model.io)
         self.counters.count(model.name, model.version, "answered")
-        if request_id is not None and answer is not None:
+        if answer is not None:
             self.answers.remember(request_id, answer)
         if experiment.shadow is not None and model.version == experiment.control_version:
             experiment.shadow.offer(inputs, answer)
+        return request_id
 
     def feedback(self, model: str, items: list[FeedbackItem]) -> list[dict[str, Any]]:
         """Score each item against the answer of its request id; one result per item."""

@@ -140,8 +140,7 @@ class DataPlane:
         finally:
             self.answering.end()
         self.metrics.observe_outputs(name, result.model.version, result.outputs, result.model.io)
-        request_id = self.experiments.request_id(name, request.id)
-        self.experiments.answered(result.model, request_id, inputs, result.outputs)
+        request_id = self.experiments.answered(result.model, request.id, inputs, result.outputs)
         outputs = tuple(OutputTensor(n, result.outputs[n], binary) for n, binary in chosen)
         return InferResponse(name, str(result.model.version), outputs, request_id)
 
@@ -165,8 +164,7 @@ class DataPlane:
         finally:
             self.answering.end()
         self.metrics.observe_outputs(name, result.model.version, result.outputs, result.model.io)
-        request_id = self.experiments.request_id(name, None)
-        self.experiments.answered(result.model, request_id, inputs, result.outputs)
+        request_id = self.experiments.answered(result.model, None, inputs, result.outputs)
         answer: dict[str, Any] = {
             "model_name": name,
             "model_version": str(result.model.version),
