@@ -23,7 +23,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 PROBE_ROWS = 32  # the second measurement of a batchable model, to see how the cost grows
-SAMPLES = 9  # timed runs per measurement (the fastest is kept)
+SAMPLES = 9  # timed runs per measurement (the fastest is kept)...
+SAMPLES_BUDGET_NS = 20_000_000  # ...or fewer, once they have taken this long: a slow model
+# gains nothing from more samples, and its warm-up delays the swap
+# A model whose one-row run costs more than this never runs inline (a hand-off costs tens of
+# µs): its cost at PROBE_ROWS rows is not measured, so a slow model's warm-up stays short.
+INLINE_CANDIDATE_NS = 1_000_000
 HANDOFF_SAMPLES = 32
 
 
@@ -50,10 +55,13 @@ class RunCost:
         return max(self.measured_elements, fits)
 
 
-def time_runs(run: Callable[[], object], samples: int = SAMPLES) -> float:
-    """The shortest wall time of `samples` calls of `run`, in nanoseconds."""
-    times = []
-    for _ in range(samples):
+def time_runs(
+    run: Callable[[], object], samples: int = SAMPLES, budget_ns: int = SAMPLES_BUDGET_NS
+) -> float:
+    """The shortest wall time of `samples` calls of `run` (fewer once they took `budget_ns`),
+    in nanoseconds."""
+    times: list[int] = []
+    while len(times) < samples and sum(times) < budget_ns:
         began = time.perf_counter_ns()
         run()
         times.append(time.perf_counter_ns() - began)

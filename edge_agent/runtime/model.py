@@ -26,7 +26,7 @@ from edge_agent.errors import (
     ModelLoadError,
     ModelNotReadyError,
 )
-from edge_agent.runtime.costs import PROBE_ROWS, RunCost, fit, time_runs
+from edge_agent.runtime.costs import INLINE_CANDIDATE_NS, PROBE_ROWS, RunCost, fit, time_runs
 from edge_agent.runtime.iospec import OIP_TO_NUMPY, VARIABLE, derive_io, shares_batch_axis
 from edge_agent.runtime.options import CPU_PROVIDER, RuntimeOptions
 from edge_protocol import ModelIO, Profile, TensorSpec, check_self_contained
@@ -94,7 +94,7 @@ class LoadedModel:
         one = {spec.name: example_input(spec, rows) for spec in self.io.inputs}
         self.run(one)
         probes = [(_elements(one), time_runs(lambda: self.run(one)))]
-        if self.batchable:
+        if self.batchable and probes[0][1] <= INLINE_CANDIDATE_NS:
             more = {spec.name: example_input(spec, rows * PROBE_ROWS) for spec in self.io.inputs}
             self.run(more)
             probes.append((_elements(more), time_runs(lambda: self.run(more))))

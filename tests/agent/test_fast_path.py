@@ -10,6 +10,7 @@ request that completes with the gate shut provably ran on the loop.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from aiohttp import ClientSession
 
 from edge_agent.errors import InvalidRequestError
 from edge_agent.runtime import Batcher, BatchPolicy, LoadedModel, ModelRepository, load_model
-from edge_agent.runtime.costs import RunCost, fit
+from edge_agent.runtime.costs import SAMPLES, RunCost, fit, time_runs
 from tests.agent.conftest import Gate, ServerFactory, eventually
 from tests.agent.test_batching import idx
 
@@ -166,6 +167,30 @@ def test_the_inline_limit_follows_the_measured_costs() -> None:
     fixed_shape = fit((32, 10_000.0), None)  # not batchable: only inputs as small as measured
     assert fixed_shape.inline_elements(1e9) == 32
     assert fixed_shape.inline_elements(5_000) == 0
+
+
+def test_a_slow_model_is_timed_briefly_and_not_at_many_rows(
+    warm: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its warm-up delays the swap: samples stop at their budget, and a model too slow ever to
+    run on the loop is not run at PROBE_ROWS rows at all."""
+    rows: list[int] = []
+    run = warm.run
+
+    def slow(inputs: dict[str, Any]) -> dict[str, Any]:
+        rows.append(len(next(iter(inputs.values()))))
+        time.sleep(0.008)  # 8 ms a run: far more than any hand-off
+        return run(inputs)
+
+    assert warm.batchable, "a model that could be measured at PROBE_ROWS rows"
+    monkeypatch.setattr(warm, "run", slow)
+    warm.warm_up()
+    assert rows == [1, 1, 1, 1], "one run to set up, then samples until 20 ms were spent"
+    assert warm.run_cost is not None
+    assert warm.run_cost.inline_elements(1e6) == 0
+    calls: list[None] = []
+    time_runs(lambda: calls.append(None))
+    assert len(calls) == SAMPLES, "a cheap run gets every sample"
 
 
 async def test_the_server_measures_its_hand_off_and_serves_concurrent_requests(

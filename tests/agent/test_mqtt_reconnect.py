@@ -99,8 +99,9 @@ async def test_run_with_reconnect_survives_a_broker_outage(
     received: asyncio.Queue[Message] = asyncio.Queue()
 
     async def on_connect(client: AgentMqtt) -> None:
-        connects.append(client.session_present)
+        present = client.session_present
         await client.subscribe(release)  # a restarted broker has forgotten the session
+        connects.append(present)  # counted once subscribed: what is published next arrives
 
     async def next_payload() -> bytes:
         return (await asyncio.wait_for(received.get(), DEADLINE_S)).payload
