@@ -199,8 +199,12 @@ def test_a_node_killed_mid_download_sends_its_devices_to_another_that_finishes(
             victim.relays[1].call(lambda r: r.cut())
     _wait_for(lambda: all(on_node_3(n) for n in victims), "the devices of node 3 on it",
               lambda: {n: on_node_3(n) for n in victims})  # fmt: skip
+    # Both links of each victim paced, then slowed to a crawl: a device whose link to node 3
+    # dropped on its own before the kill (it went on to node 2, its next URL) is held
+    # mid-download there too, instead of finishing at full speed before the check sees it.
     for victim in victims.values():
-        victim.relays[2].call(lambda r: setattr(r, "to_client_bytes_per_s", PACE))
+        for relay in victim.relays.values():
+            relay.call(lambda r: setattr(r, "to_client_bytes_per_s", PACE))
     before = {name: device.downloads() for name, device in devices.items()}
     argv = [str(BIN / "model-registry"), "deploy", "big", str(release["version"])]
     argv += ["--group", "nats", "--wait", "--timeout", str(WAIT_S), *replicas.api()]
@@ -215,7 +219,8 @@ def test_a_node_killed_mid_download_sends_its_devices_to_another_that_finishes(
         progress = {name: written(name) for name in victims}
         for name, count in progress.items():
             if count >= chunks // 4:
-                victims[name].relays[2].call(lambda r: setattr(r, "to_client_bytes_per_s", CRAWL))
+                for relay in victims[name].relays.values():
+                    relay.call(lambda r: setattr(r, "to_client_bytes_per_s", CRAWL))
         return all(chunks // 4 <= count < chunks for count in progress.values())
 
     _wait_for(
@@ -226,6 +231,7 @@ def test_a_node_killed_mid_download_sends_its_devices_to_another_that_finishes(
     cluster.nodes[2].kill()  # SIGKILL: no goodbye to its peers or its clients
     for victim in victims.values():  # new connections to it are refused, as to a dead host
         victim.relays[2].call(lambda r: r.down())
+        victim.relays[1].call(lambda r: setattr(r, "to_client_bytes_per_s", RATE))
     halfway = {name: written(name) for name in victims}
 
     out, err = deploy.communicate(timeout=WAIT_S + 60)
