@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 SHADOW_NICENESS = 19  # where the idle class is refused: the lowest nice value
 GATHER_S = 0.05  # the longest an input waits for others to share its session.run
 MAX_RUN_ROWS = 256  # rows stacked into one shadow session.run
-COMPARE_SLICE = 8  # inputs compared between two looks for requests (about 30 µs of Python)
+COMPARE_SLICE = 8  # inputs compared between two looks for requests: what an answer may wait for
 
 
 class ServingActivity(Protocol):
