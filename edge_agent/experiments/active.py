@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from edge_agent.errors import ModelNotFoundError, ModelNotReadyError
-from edge_agent.experiments.answers import AnswerMemory, read_answer
-from edge_agent.experiments.counters import ExperimentCounters
+from edge_agent.experiments.answers import AnswerMemory, output_kind, read_answer
+from edge_agent.experiments.counters import ExperimentCounters, VariantCounts
 from edge_agent.experiments.feedback import FeedbackItem, score
 from edge_agent.experiments.routing import to_treatment
 from edge_agent.experiments.settings import ExperimentSettings
@@ -39,12 +39,39 @@ class ActiveExperiment:
         spec: ExperimentSpec,
         candidate: LoadedModel,
         shadow: ShadowRunner | None,
+        *,
+        counters: ExperimentCounters,
     ) -> None:
         self.model = model
         self.control_version = control_version
         self.spec = spec
         self.candidate = candidate
         self.shadow = shadow
+        self._counters = counters
+        # Per version that answered: its counts, and the (kind, output name) its answers are
+        # read from; found on its first answer, so that the next ones look up nothing else.
+        self._counts: dict[int, VariantCounts] = {}
+        self._answer_outputs: dict[int, tuple[str, str] | None] = {}
+
+    def counts(self, version: int) -> VariantCounts:
+        """The counts of the variant `version` of this experiment's model."""
+        counts = self._counts.get(version)
+        if counts is None:
+            counts = self._counts[version] = self._counters.variant(self.model, version)
+        return counts
+
+    def end_counts(self) -> None:
+        """The experiment ended: its variants' counts go out with the next report, then end."""
+        for version in {self.control_version, self.candidate.version, *self._counts}:
+            self._counters.end(self.model, version)
+
+    def answer_output(self, model: LoadedModel) -> tuple[str, str] | None:
+        """(kind, name) of the output of `model` that feedback is scored against."""
+        try:
+            return self._answer_outputs[model.version]
+        except KeyError:
+            found = self._answer_outputs[model.version] = output_kind(model.io)
+            return found
 
     @property
     def is_split(self) -> bool:
@@ -127,7 +154,9 @@ class Experiments:
                 candidate, self.counters, self.settings.shadow_queue, quiet=self._until_quiet
             )
             shadow.start()
-        experiment = ActiveExperiment(model, control_version, spec, candidate, shadow)
+        experiment = ActiveExperiment(
+            model, control_version, spec, candidate, shadow, counters=self.counters
+        )
         with self._lock:
             self._active[model] = experiment
         log.info("model %s: experiment %r started (%s)", model, spec.name, experiment.describe())
@@ -141,6 +170,7 @@ class Experiments:
         if experiment.shadow is not None:
             await experiment.shadow.close()
         experiment.candidate.retire()  # requests already on it finish, then it is released
+        experiment.end_counts()
         self.answers.forget_model(model)
         log.info("model %s: experiment %r stopped", model, experiment.spec.name)
         return experiment
@@ -189,9 +219,11 @@ class Experiments:
         if experiment is None:
             return given_id
         request_id = self._ids.next() if given_id is None else given_id
-        answer = read_answer(model.name, model.version, outputs, model.io)
-        self.counters.count(model.name, model.version, "answered")
-        if answer is not None:
+        experiment.counts(model.version).answered += 1
+        found = experiment.answer_output(model)
+        answer = None
+        if found is not None and found[1] in outputs:
+            answer = read_answer(model.name, model.version, found[0], outputs[found[1]])
             self.answers.remember(request_id, answer)
         if experiment.shadow is not None and model.version == experiment.control_version:
             experiment.shadow.offer(inputs, answer)

@@ -9,10 +9,10 @@ request ids, bounded, so that feedback arriving later finds which variant answer
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 from edge_agent.runtime.model import Array
 from edge_protocol import ModelIO
@@ -22,6 +22,7 @@ LABEL_TYPES = frozenset(
 )
 FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
 MAX_ROWS = 64  # rows of one request whose answers are kept; feedback beyond them is refused
+KEPT_BYTES = 512  # the most an answer holds of its output: MAX_ROWS 64-bit labels
 
 Prediction = int | str | float
 
@@ -29,11 +30,12 @@ Prediction = int | str | float
 class Answer:
     """One request's answer: which version gave it and its label or value per row.
 
-    Made from a copy of the output's first column and turned into Python values only when
-    asked: most answers are never scored, and the request should not pay for it.
+    Holds the model's output as it came and reads the label or value from it only when asked:
+    most answers are never scored, and the request should not pay for it. `slot` is its
+    place in the AnswerMemory that keeps it.
     """
 
-    __slots__ = ("_column", "_rows", "kind", "model", "version")
+    __slots__ = ("_rows", "kind", "model", "slot", "version")
 
     def __init__(
         self, model: str, version: int, kind: str, rows: tuple[Prediction, ...] | Array
@@ -41,15 +43,14 @@ class Answer:
         self.model = model
         self.version = version
         self.kind = kind  # "label" or "value"
-        self._rows = rows if isinstance(rows, tuple) else None
-        self._column = None if isinstance(rows, tuple) else rows
+        self.slot = -1
+        self._rows = rows  # the model's output until the rows are first asked for
 
     @property
     def rows(self) -> tuple[Prediction, ...]:
-        """The label or value of each row."""
-        if self._rows is None:
-            self._rows = tuple(_predictions(self.kind, self._column))
-            self._column = None
+        """The label or value of each row (the first MAX_ROWS)."""
+        if not isinstance(self._rows, tuple):
+            self._rows = tuple(_predictions(self.kind, _first_column(self._rows, MAX_ROWS)))
         return self._rows
 
 
@@ -64,15 +65,22 @@ def output_kind(io: ModelIO) -> tuple[str, str] | None:
     return None
 
 
-def read_answer(
-    model: str, version: int, outputs: Mapping[str, Array], io: ModelIO
-) -> Answer | None:
-    """The answer in `outputs` (the first MAX_ROWS rows), or None when it has no label or value."""
-    found = _column(outputs, io, MAX_ROWS)
-    if found is None:
-        return None
-    kind, column = found
-    return Answer(model, version, kind, column.copy())  # a copy: the outputs may be large
+def read_answer(model: str, version: int, kind: str, output: Array) -> Answer:
+    """The answer in `output`, the output `output_kind` names.
+
+    A request's output is most often a slice of its batch's: a small batch output is kept as
+    it is, shared by the answers of its batch. A larger one would hold memory for rows no
+    feedback can name, so its first column's first MAX_ROWS rows are copied out (the cost
+    per answer the memory was sized for; every answer holds at most KEPT_BYTES either way).
+    """
+    base = output.base
+    if base is None:
+        size = output.nbytes
+    else:  # a view: what it keeps alive is the array it views
+        size = base.nbytes if isinstance(base, np.ndarray) else KEPT_BYTES + 1
+    if size > KEPT_BYTES:
+        output = _first_column(output, MAX_ROWS).copy()
+    return Answer(model, version, kind, output)
 
 
 def predictions(outputs: Mapping[str, Array], io: ModelIO) -> tuple[str, list[Prediction]] | None:
@@ -84,18 +92,20 @@ def predictions(outputs: Mapping[str, Array], io: ModelIO) -> tuple[str, list[Pr
     return kind, _predictions(kind, column)
 
 
-def _column(
-    outputs: Mapping[str, Array], io: ModelIO, limit: int | None = None
-) -> tuple[str, Array] | None:
-    """(kind, the first column of the output feedback speaks of, its first `limit` rows)."""
+def _column(outputs: Mapping[str, Array], io: ModelIO) -> tuple[str, Array] | None:
+    """(kind, the first column of the output feedback speaks of)."""
     found = output_kind(io)
     if found is None or found[1] not in outputs:
         return None
     kind, name = found
-    array = outputs[name]
+    return kind, _first_column(outputs[name])
+
+
+def _first_column(array: Array, limit: int | None = None) -> Array:
+    """The first value of each row of `array` (of its first `limit` rows)."""
     if array.size == 0:  # no rows: nothing to compare (reshape below needs one element)
-        return kind, array.reshape(0)
-    return kind, array.reshape(array.shape[0], -1)[:limit, 0] if array.ndim else array.reshape(1)
+        return array.reshape(0)
+    return array.reshape(array.shape[0], -1)[:limit, 0] if array.ndim else array.reshape(1)
 
 
 def _predictions(kind: str, column: Any) -> list[Prediction]:
@@ -124,12 +134,21 @@ def abs_difference(a: Prediction, b: Prediction) -> float | None:
 
 
 class AnswerMemory:
-    """The answers of the most recent `capacity` request ids; the oldest is forgotten first."""
+    """The answers of the most recent `capacity` request ids; the oldest is forgotten first.
+
+    A ring of `capacity` slots in the order the answers came, and a dict from request id to
+    answer: remembering one costs a slot and a dict entry, with no lock. Everything that
+    touches it runs on the event loop's thread (answers, feedback, an experiment's end).
+    A slot keeps the id of the answer it last took; an answer taken by feedback, or replaced
+    by a later answer under the same id, leaves its slot naming an id that is no longer (or
+    elsewhere) in the dict, and the ring passes over it.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._answers: OrderedDict[str, Answer] = OrderedDict()
-        self._lock = threading.Lock()
+        self._answers: dict[str, Answer] = {}
+        self._ring: list[str | None] = [None] * capacity
+        self._next = 0  # the slot the next answer takes
         self.forgotten = 0  # answers pushed out before their feedback came
 
     def __len__(self) -> int:
@@ -137,24 +156,30 @@ class AnswerMemory:
 
     def remember(self, request_id: str, answer: Answer) -> None:
         """Keep `answer` under `request_id` (a reused id keeps only its latest answer)."""
-        with self._lock:
-            self._answers.pop(request_id, None)
-            self._answers[request_id] = answer
-            while len(self._answers) > self.capacity:
-                self._answers.popitem(last=False)
+        if not self.capacity:
+            self.forgotten += 1
+            return
+        slot = self._next
+        self._next = slot + 1 if slot + 1 < self.capacity else 0
+        oldest = self._ring[slot]
+        if oldest is not None:
+            kept = self._answers.get(oldest)
+            if kept is not None and kept.slot == slot:
+                del self._answers[oldest]
                 self.forgotten += 1
+        answer.slot = slot
+        self._ring[slot] = request_id
+        self._answers[request_id] = answer
 
     def take(self, model: str, request_id: str) -> Answer | None:
         """The answer of `request_id` for `model`, removed: each answer is scored once."""
-        with self._lock:
-            answer = self._answers.get(request_id)
-            if answer is None or answer.model != model:
-                return None
-            del self._answers[request_id]
-            return answer
+        answer = self._answers.get(request_id)
+        if answer is None or answer.model != model:
+            return None
+        del self._answers[request_id]
+        return answer
 
     def forget_model(self, model: str) -> None:
         """Drop the answers of `model` (its experiment ended)."""
-        with self._lock:
-            for request_id in [k for k, a in self._answers.items() if a.model == model]:
-                del self._answers[request_id]
+        for request_id in [k for k, a in self._answers.items() if a.model == model]:
+            del self._answers[request_id]

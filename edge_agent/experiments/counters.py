@@ -7,7 +7,6 @@ by summing them.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -31,6 +30,11 @@ class VariantCounts:
     shadow_abs_diff_sum: float = 0.0  # sum of |shadow - control| over those rows
     shadow_abs_diff_sq_sum: float = 0.0  # sum of its squares
 
+    def reset(self) -> None:
+        """Every count back to zero."""
+        for f in fields(self):
+            setattr(self, f.name, f.default)
+
     def to_dict(self) -> dict[str, Any]:
         """The wire object: feedback and shadow numbers in two sub-objects."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -46,39 +50,54 @@ def _round(value: float) -> float:
 
 
 class ExperimentCounters:
-    """VariantCounts by (model, version), drained at every report."""
+    """VariantCounts by (model, version), drained at every report.
+
+    Each variant's counts stay one object from its first count on, so the request path adds
+    to a field of an object it already holds (`variant`), not a locked lookup per answer:
+    everything that counts or drains runs on the event loop's thread (answers, feedback, the
+    shadow's worker, the telemetry report). A drain reports the variants that counted
+    something and sets them back to zero in place.
+    """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._counts: dict[tuple[str, int], VariantCounts] = {}
+        self._ended: set[tuple[str, int]] = set()  # forgotten once their last counts are out
+
+    def variant(self, model: str, version: int) -> VariantCounts:
+        """The variant's counts, to add to (made on first use; kept until it has ended)."""
+        key = (model, version)
+        self._ended.discard(key)
+        counts = self._counts.get(key)
+        if counts is None:
+            counts = self._counts[key] = VariantCounts()
+        return counts
 
     def update(self, model: str, version: int, **increments: float) -> None:
         """Add `increments` (field name -> amount) to the variant's counts."""
-        with self._lock:
-            counts = self._variant(model, version)
-            for name, amount in increments.items():
-                setattr(counts, name, getattr(counts, name) + amount)
+        counts = self.variant(model, version)
+        for name, amount in increments.items():
+            setattr(counts, name, getattr(counts, name) + amount)
 
-    def count(self, model: str, version: int, name: str) -> None:
-        """One more of `name` (a whole-number field) for the variant: `update(name=1)` for
-        what happens on every request (answered, a shadow's drop), without its keywords."""
-        with self._lock:
-            counts = self._variant(model, version)
-            setattr(counts, name, getattr(counts, name) + 1)
-
-    def _variant(self, model: str, version: int) -> VariantCounts:
-        """The variant's counts, made on first use (the caller holds the lock)."""
-        counts = self._counts.get((model, version))
-        if counts is None:
-            counts = self._counts[model, version] = VariantCounts()
-        return counts
+    def end(self, model: str, version: int) -> None:
+        """The variant counts no more (its experiment ended): forget it after the next drain."""
+        if (model, version) in self._counts:
+            self._ended.add((model, version))
 
     def drain(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Every variant's wire object, by (model, version as text); counting starts again."""
-        with self._lock:
-            counts, self._counts = self._counts, {}
-        return {(model, str(version)): c.to_dict() for (model, version), c in counts.items()}
+        drained = {}
+        for (model, version), counts in self._counts.items():
+            if counts != ZERO:
+                drained[model, str(version)] = counts.to_dict()
+                counts.reset()  # the same object: the request path holds it
+        for key in self._ended:
+            del self._counts[key]
+        self._ended.clear()
+        return drained
 
     def report(self) -> dict[tuple[str, str], dict[str, Any]]:
         """`drain`, as the `experiment` field of each version's telemetry entry."""
         return {key: {"experiment": counts} for key, counts in self.drain().items()}
+
+
+ZERO = VariantCounts()

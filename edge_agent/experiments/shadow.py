@@ -114,6 +114,7 @@ class ShadowRunner:
         self.model = model
         self._quiet = quiet  # returns at a moment no request is being answered
         self._counters = counters
+        self._counts = counters.variant(model.name, model.version)  # a drop adds to it
         self._queue: deque[_Job] = deque()
         self._capacity = capacity
         self._batch_jobs = max(1, capacity // 2)  # a queue this full runs without waiting
@@ -140,7 +141,7 @@ class ShadowRunner:
         """Queue one request's inputs for the shadow, or drop them when the queue is full."""
         if len(self._queue) >= self._capacity:
             self.totals["dropped"] += 1
-            self._counters.count(self.model.name, self.model.version, "shadow_dropped")
+            self._counts.shadow_dropped += 1
             return
         first = next(iter(inputs.values()), None)
         rows = int(first.shape[0]) if first is not None and first.ndim else 1
