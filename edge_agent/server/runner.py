@@ -20,6 +20,7 @@ from edge_agent.runtime import ModelRepository
 from edge_agent.server.admission import ConnectionCount, ConnectionLimits
 from edge_agent.server.app import create_app
 from edge_agent.server.body import BODY_BUDGET
+from edge_agent.server.collection import pace_collection
 from edge_agent.server.connections import GuardedSite, handler_factory
 from edge_agent.server.dataplane import DataPlane, StatusProvider
 from edge_agent.server.fastlane import FastLane
@@ -127,6 +128,7 @@ class InferenceServer:
             await runner.cleanup()
             raise
         self._runner = runner
+        pace_collection()  # the process serves from now on: see collection.py
         log.info("inference endpoint listening on %s", self.url)
 
     async def _bind(self, runner: web.AppRunner) -> None:
