@@ -233,6 +233,16 @@ class Batcher:
             if not batch:
                 self._finish_slot()
                 continue
+            limit = self._inline_elements(batch[0].model)
+            if limit and sum(item.elements for item in batch) <= limit:
+                # A queued batch as cheap as the hand-off runs on the loop too. Were it handed
+                # to the executor, the loop would be free while it ran, the next requests would
+                # queue behind it and go the same way: once one batch took the thread, every
+                # later one would, and two starts of one server settled at different costs.
+                self._run_inline(batch)
+                if self._queue:
+                    await asyncio.sleep(0)  # the answers go out before the next batch runs
+                continue
             task = asyncio.create_task(self._run(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)

@@ -117,6 +117,32 @@ async def test_batches_larger_than_the_measurements_allow_go_to_the_executor(
     await b.close()
 
 
+async def test_requests_queued_behind_a_batch_in_the_executor_run_on_the_loop_when_they_fit(
+    warm: LoadedModel, gate: Gate
+) -> None:
+    warm.run_cost = INLINE_UP_TO_3
+    runs: list[int] = []
+    policy = BatchPolicy(max_batch_size=8, max_concurrent_batches=2)
+    b = Batcher("gather", policy, gate.executor, runs.append, handoff_ns=4000)
+    b.start()
+    large = asyncio.create_task(b.submit(warm, idx(1, 2, 3, 4, 5), 5))
+    await eventually(lambda: warm.in_flight == 1, "the large run waits in the executor")
+
+    # They queue (a batch is running) and are dispatched as one batch of two elements: with the
+    # gate shut they can only be answered on the loop.
+    queued = await asyncio.wait_for(
+        asyncio.gather(b.submit(warm, idx(1), 1), b.submit(warm, idx(2), 1)), timeout=5
+    )
+
+    assert [r.outputs["value"].tolist() for r in queued] == [[1.5], [3.0]]
+    assert all(r.batch_size == 2 for r in queued)
+    assert not large.done()
+    gate.open()
+    assert (await large).outputs["value"].tolist() == [1.5, 3.0, 4.5, 6.0, 7.5]
+    assert runs == [5, 2]
+    await b.close()
+
+
 async def test_a_request_that_goes_away_leaves_the_model_held_until_its_run_ends(
     gather_model: Path, gate: Gate
 ) -> None:
