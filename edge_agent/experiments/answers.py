@@ -68,10 +68,11 @@ def output_kind(io: ModelIO) -> tuple[str, str] | None:
 def read_answer(model: str, version: int, kind: str, output: Array) -> Answer:
     """The answer in `output`, the output `output_kind` names.
 
-    A request's output is most often a slice of its batch's: a small batch output is kept as
-    it is, shared by the answers of its batch. A larger one would hold memory for rows no
-    feedback can name, so its first column's first MAX_ROWS rows are copied out (the cost
-    per answer the memory was sized for; every answer holds at most KEPT_BYTES either way).
+    A request's output is most often a slice of its batch's (onnxruntime's array of that
+    output, which holds just that tensor): a batch output this small is kept as it is, shared
+    by the answers of its batch. A larger one would hold memory for rows no feedback can name,
+    and memory that is not an array's cannot be sized, so then the first column's first
+    MAX_ROWS rows are copied out. Either way an answer holds at most KEPT_BYTES of output.
     """
     base = output.base
     if base is None:
